@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Apache Kafka 4.x, single KRaft node on 127.0.0.1, from its Maven Central jars.
+# usage: kafka.sh start|stop|status|wait|reset
+#   CERTNODE_KAFKA_PORT (default 9092), CERTNODE_LOCAL (state folder)
+source "$(dirname "$0")/lib.sh"
+PORT="${CERTNODE_KAFKA_PORT:-9092}"
+CTRL_PORT=$((PORT + 1))
+KDIR="$CERTNODE_LOCAL/kafka"
+LIBS="$REPO_ROOT/.cache/kafka/libs"
+PIDF="$KDIR/kafka.pid"
+
+fetch() {
+  local pom="$REPO_ROOT/deploy/local/kafka/pom.xml" stamp="$LIBS/.pom.sha256"
+  local want; want=$(sha256sum "$pom" | cut -d' ' -f1)
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  log "fetching Kafka jars from Maven Central"
+  rm -rf "$LIBS"; mkdir -p "$LIBS"
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
+  echo "$want" >"$stamp"
+}
+
+configure() {
+  mkdir -p "$KDIR/data"
+  cat >"$KDIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CTRL_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KDIR/data
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=24
+PROPS
+  cat >"$KDIR/log4j2.properties" <<PROPS
+rootLogger.level=WARN
+rootLogger.appenderRef.f.ref=F
+appender.f.type=File
+appender.f.name=F
+appender.f.fileName=$KDIR/server.log
+appender.f.layout.type=PatternLayout
+appender.f.layout.pattern=[%d] %p %m (%c)%n
+PROPS
+}
+
+java_cmd=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+  -Dlog4j2.configurationFile="$KDIR/log4j2.properties" -cp "$LIBS/*")
+
+start() {
+  if pid_alive "$PIDF"; then log "already running (pid $(cat "$PIDF")) on 127.0.0.1:$PORT"; wait_ready; return; fi
+  port_open 127.0.0.1 "$PORT" && die "127.0.0.1:$PORT is taken by another process"
+  fetch; configure
+  if [ ! -f "$KDIR/data/meta.properties" ]; then
+    "${java_cmd[@]}" kafka.tools.StorageTool format --standalone -t "$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid)" \
+      -c "$KDIR/server.properties" >"$KDIR/format.log" 2>&1 || { cat "$KDIR/format.log" >&2; die "storage format failed"; }
+  fi
+  log "starting on 127.0.0.1:$PORT"
+  nohup "${java_cmd[@]}" kafka.Kafka "$KDIR/server.properties" >"$KDIR/stdout.log" 2>&1 &
+  echo $! >"$PIDF"
+  wait_ready
+}
+
+# The TCP port opens before the broker can serve metadata; the Go smoke test
+# proves the rest, so here an open port plus a live process is "up".
+wait_ready() {
+  if ! wait_port 127.0.0.1 "$PORT" 90; then
+    tail -n 40 "$KDIR/stdout.log" "$KDIR/server.log" 2>/dev/null >&2 || true
+    die "broker did not open 127.0.0.1:$PORT within 90s"
+  fi
+  pid_alive "$PIDF" || die "broker exited; see $KDIR/stdout.log"
+  log "ready on 127.0.0.1:$PORT"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop_pid "$PIDF" kafka ;;
+  status) if pid_alive "$PIDF" && port_open 127.0.0.1 "$PORT"; then echo "kafka running on 127.0.0.1:$PORT (pid $(cat "$PIDF"))"; else echo "kafka stopped"; exit 3; fi ;;
+  wait) wait_ready ;;
+  reset) stop_pid "$PIDF" kafka; rm -rf "$KDIR" ;;
+  fetch) fetch ;;
+  *) echo "usage: $0 start|stop|status|wait|reset|fetch" >&2; exit 2 ;;
+esac

@@ -1,0 +1,46 @@
+# Shared helpers for the local service scripts. Sourced, not run.
+# Everything lives under $CERTNODE_LOCAL (default: <repo>/.local), which is git-ignored.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CERTNODE_LOCAL="${CERTNODE_LOCAL:-$REPO_ROOT/.local}"
+mkdir -p "$CERTNODE_LOCAL"
+
+log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+apt_updated=0
+# apt_install PKG... installs missing Debian packages (root is expected on these machines).
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if [ "$apt_updated" -eq 0 ]; then $sudo apt-get update -qq; apt_updated=1; fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# wait_port HOST PORT SECONDS: true once something accepts TCP connections there.
+wait_port() {
+  local host=$1 port=$2 secs=$3 i
+  for ((i = 0; i < secs * 4; i++)); do
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# pid_alive FILE: the pid in FILE names a running process.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop_pid FILE NAME: TERM, wait up to 30 s, then KILL.
+stop_pid() {
+  local f=$1 name=$2 pid i
+  if ! pid_alive "$f"; then rm -f "$f"; log "$name not running"; return 0; fi
+  pid=$(cat "$f"); kill "$pid" 2>/dev/null || true
+  for ((i = 0; i < 120; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+  rm -f "$f"; log "$name stopped"
+}

@@ -1,0 +1,89 @@
+package schemas
+
+import (
+	"crypto/sha256"
+	"fmt"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+)
+
+// Alg is the only signature algorithm of CertNode v1 receipts.
+const Alg = "ES256"
+
+// Receipt is a CertNode v1 receipt. Field order is the wire order.
+type Receipt struct {
+	Protected        string         `json:"protected"`
+	Payload          jsontext.Value `json:"payload"`
+	Signature        string         `json:"signature"`
+	Kid              string         `json:"kid"`
+	PayloadJCSSHA256 string         `json:"payload_jcs_sha256,omitempty"`
+	ReceiptID        string         `json:"receipt_id,omitempty"`
+}
+
+// ProtectedHeader returns the base64url protected header for kid, byte-exact
+// with other CertNode implementations: {"alg":"ES256","kid":"..."}.
+func ProtectedHeader(kid string) string {
+	k, _ := json.Marshal(kid) // marshalling a string cannot fail
+	return B64U([]byte(`{"alg":"` + Alg + `","kid":` + string(k) + `}`))
+}
+
+// Unsigned is a receipt waiting for its signature.
+type Unsigned struct {
+	Kid       string
+	Protected string
+	Payload   []byte // canonical (JCS) payload
+	input     []byte // protected + "." + b64u(payload)
+}
+
+// NewUnsigned canonicalizes payload (a JSON object) and prepares the signing
+// input for kid.
+func NewUnsigned(kid string, payload []byte) (*Unsigned, error) {
+	canon, err := CanonicalizeObject(payload)
+	if err != nil {
+		return nil, err
+	}
+	prot := ProtectedHeader(kid)
+	return &Unsigned{Kid: kid, Protected: prot, Payload: canon, input: signingInput(prot, canon)}, nil
+}
+
+func signingInput(protected string, canonicalPayload []byte) []byte {
+	in := make([]byte, 0, len(protected)+1+b64u.EncodedLen(len(canonicalPayload)))
+	in = append(in, protected...)
+	in = append(in, '.')
+	return b64u.AppendEncode(in, canonicalPayload)
+}
+
+// SigningInput is what ES256 signs: protected + "." + b64u(JCS(payload)).
+func (u *Unsigned) SigningInput() []byte { return u.input }
+
+// Digest is the SHA-256 of the signing input, the value an HSM signs.
+func (u *Unsigned) Digest() [32]byte { return sha256.Sum256(u.input) }
+
+// Complete attaches a 64-byte P1363 (r||s) signature and derives the hashes.
+func (u *Unsigned) Complete(sig []byte) (*Receipt, error) {
+	if len(sig) != 64 {
+		return nil, fmt.Errorf("signature must be 64 bytes r||s, got %d", len(sig))
+	}
+	s := B64U(sig)
+	ph := sha256.Sum256(u.Payload)
+	return &Receipt{
+		Protected:        u.Protected,
+		Payload:          jsontext.Value(u.Payload),
+		Signature:        s,
+		Kid:              u.Kid,
+		PayloadJCSSHA256: B64U(ph[:]),
+		ReceiptID:        receiptID(u.input, s),
+	}, nil
+}
+
+func receiptID(input []byte, sig string) string {
+	h := sha256.New()
+	h.Write(input)
+	h.Write([]byte{'.'})
+	h.Write([]byte(sig))
+	return B64U(h.Sum(nil))
+}
+
+// Marshal writes the receipt as compact JSON without HTML escaping.
+func (r *Receipt) Marshal() ([]byte, error) { return json.Marshal(r) }

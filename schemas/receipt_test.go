@@ -1,0 +1,209 @@
+package schemas
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/go-json-experiment/json"
+)
+
+// signForTest builds a receipt with a plain Go key, the way every signer does.
+func signForTest(t testing.TB, key *ecdsa.PrivateKey, payload string) (*Receipt, []byte) {
+	t.Helper()
+	jwk, err := NewJWK(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := NewUnsigned(jwk.Kid, []byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := u.Digest()
+	r, s, err := ecdsa.Sign(rand.Reader, key, d[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p1363 [64]byte
+	r.FillBytes(p1363[:32])
+	s.FillBytes(p1363[32:])
+	rc, err := u.Complete(p1363[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := rc.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc, raw
+}
+
+func newKey(t testing.TB) (*ecdsa.PrivateKey, *KeySet) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, _ := NewJWK(&key.PublicKey)
+	ks, err := NewKeySet(JWKS{Keys: []JWK{jwk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, ks
+}
+
+func TestReceiptFormat(t *testing.T) {
+	key, ks := newKey(t)
+	rc, raw := signForTest(t, key, `{"b":2,"a":"x<y","n":1E3}`)
+
+	hdr, _ := base64.RawURLEncoding.DecodeString(rc.Protected)
+	if want := `{"alg":"ES256","kid":"` + rc.Kid + `"}`; string(hdr) != want {
+		t.Fatalf("protected header %s, want %s", hdr, want)
+	}
+	if string(rc.Payload) != `{"a":"x<y","b":2,"n":1000}` {
+		t.Fatalf("payload not canonical: %s", rc.Payload)
+	}
+	sum := sha256.Sum256(rc.Payload)
+	if rc.PayloadJCSSHA256 != B64U(sum[:]) {
+		t.Fatal("payload_jcs_sha256 wrong")
+	}
+	id := sha256.Sum256([]byte(rc.Protected + "." + B64U(rc.Payload) + "." + rc.Signature))
+	if rc.ReceiptID != B64U(id[:]) {
+		t.Fatal("receipt_id wrong")
+	}
+	sig, _ := base64.RawURLEncoding.DecodeString(rc.Signature)
+	if len(sig) != 64 {
+		t.Fatalf("signature is %d bytes", len(sig))
+	}
+	wantOrder := []string{`"protected"`, `"payload"`, `"signature"`, `"kid"`, `"payload_jcs_sha256"`, `"receipt_id"`}
+	last := -1
+	for _, k := range wantOrder {
+		i := strings.Index(string(raw), k)
+		if i <= last {
+			t.Fatalf("field %s out of order in %s", k, raw)
+		}
+		last = i
+	}
+	if strings.Contains(string(raw), `\u003c`) {
+		t.Fatalf("receipt JSON is HTML-escaped: %s", raw)
+	}
+	if _, err := ks.Verify(raw); err != nil {
+		t.Fatalf("fresh receipt does not verify: %v", err)
+	}
+}
+
+func TestJWKThumbprintRFC7638(t *testing.T) {
+	// RFC 7638 defines the thumbprint over {"crv","kty","x","y"}; check it
+	// against an independent computation from the JWK's own JSON.
+	key, _ := newKey(t)
+	jwk, _ := NewJWK(&key.PublicKey)
+	members, _ := json.Marshal(map[string]string{"crv": jwk.Crv, "kty": jwk.Kty, "x": jwk.X, "y": jwk.Y}, json.Deterministic(true))
+	sum := sha256.Sum256(members)
+	if jwk.Kid != B64U(sum[:]) {
+		t.Fatalf("kid %s, thumbprint %s", jwk.Kid, B64U(sum[:]))
+	}
+	pub, err := jwk.PublicKey()
+	if err != nil || !pub.Equal(&key.PublicKey) {
+		t.Fatalf("JWK does not round-trip: %v", err)
+	}
+	bad := jwk
+	bad.Y = jwk.X // not on the curve (overwhelmingly likely)
+	if _, err := bad.PublicKey(); err == nil {
+		t.Fatal("point off the curve accepted")
+	}
+	if _, err := (JWK{Kty: "RSA"}).PublicKey(); !errors.Is(err, ErrUnsupportedKey) {
+		t.Fatalf("RSA key: %v", err)
+	}
+}
+
+func TestVerifyReasons(t *testing.T) {
+	key, ks := newKey(t)
+	otherKey, _ := newKey(t)
+	good, _ := signForTest(t, key, `{"order":42,"items":["a","b"]}`)
+	other, _ := signForTest(t, otherKey, `{"order":42,"items":["a","b"]}`)
+
+	edit := func(f func(r *Receipt)) []byte {
+		r := *good
+		f(&r)
+		b, err := r.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	hdr := func(s string) string { return B64U([]byte(s)) }
+	cases := []struct {
+		name string
+		raw  []byte
+		want error
+	}{
+		{"not JSON", []byte(`{"protected":`), ErrMalformed},
+		{"duplicate top-level key", []byte(`{"kid":"a","kid":"b"}`), ErrMalformed},
+		{"missing signature", edit(func(r *Receipt) { r.Signature = "" }), ErrMalformed},
+		{"payload not an object", edit(func(r *Receipt) { r.Payload = []byte(`[1,2]`); r.PayloadJCSSHA256 = "" }), ErrMalformed},
+		{"protected not base64url", edit(func(r *Receipt) { r.Protected = "***" }), ErrMalformed},
+		{"alg none", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"none","kid":"` + r.Kid + `"}`) }), ErrUnsupportedAlg},
+		{"alg RS256", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"RS256","kid":"` + r.Kid + `"}`) }), ErrUnsupportedAlg},
+		{"header kid differs", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"ES256","kid":"someone-else"}`) }), ErrKidMismatch},
+		{"unknown kid", other.mustMarshal(t), ErrUnknownKid},
+		{"payload edited", edit(func(r *Receipt) { r.Payload = []byte(`{"order":43,"items":["a","b"]}`) }), ErrPayloadHashMismatch},
+		{"payload and hash edited", edit(func(r *Receipt) {
+			r.Payload = []byte(`{"items":["a","b"],"order":43}`)
+			s := sha256.Sum256(r.Payload)
+			r.PayloadJCSSHA256 = B64U(s[:])
+		}), ErrBadSignature},
+		{"signature flipped", edit(func(r *Receipt) {
+			s, _ := base64.RawURLEncoding.DecodeString(r.Signature)
+			s[10] ^= 1
+			r.Signature = B64U(s)
+		}), ErrBadSignature},
+		{"DER-length signature", edit(func(r *Receipt) { r.Signature = B64U(make([]byte, 70)) }), ErrBadSignature},
+		{"receipt id edited", edit(func(r *Receipt) { r.ReceiptID = B64U(make([]byte, 32)) }), ErrReceiptIDMismatch},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ks.Verify(tc.raw)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			var ve *VerifyError
+			if !errors.As(err, &ve) || ve.Reason == "" {
+				t.Fatalf("error %v carries no reason", err)
+			}
+		})
+	}
+
+	t.Run("payload whitespace and key order do not matter", func(t *testing.T) {
+		raw := edit(func(r *Receipt) { r.Payload = []byte(`{ "items" : [ "a", "b" ], "order" : 42.0 }`) })
+		if _, err := ks.Verify(raw); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("optional hashes may be absent", func(t *testing.T) {
+		raw := edit(func(r *Receipt) { r.PayloadJCSSHA256, r.ReceiptID = "", "" })
+		if _, err := ks.Verify(raw); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func (r *Receipt) mustMarshal(t *testing.T) []byte {
+	b, err := r.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParseJWKS(t *testing.T) {
+	for _, bad := range []string{``, `{}`, `{"keys":[]}`, `{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}`} {
+		if _, err := ParseJWKS([]byte(bad)); err == nil {
+			t.Errorf("ParseJWKS(%q) accepted", bad)
+		}
+	}
+}
