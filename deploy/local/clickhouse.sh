@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# ClickHouse from Debian's clickhouse-server package, run as a plain process
+# with its data under $CERTNODE_LOCAL/clickhouse, listening on 127.0.0.1 only.
+# usage: clickhouse.sh start|stop|status|wait|reset
+#   CERTNODE_CLICKHOUSE_PORT (native, default 9000); HTTP is that port - 877 (8123).
+source "$(dirname "$0")/lib.sh"
+PORT="${CERTNODE_CLICKHOUSE_PORT:-9000}"
+HTTP_PORT=$((PORT - 877))
+CDIR="$CERTNODE_LOCAL/clickhouse"
+PIDF="$CDIR/clickhouse.pid"
+
+configure() {
+  mkdir -p "$CDIR/data" "$CDIR/tmp" "$CDIR/user_files" "$CDIR/format_schemas" "$CDIR/log"
+  # <yandex> is the root element 18.16 understands; current releases accept it too.
+  cat >"$CDIR/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$CDIR/log/server.log</log><errorlog>$CDIR/log/error.log</errorlog><size>100M</size><count>2</count></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>$PORT</tcp_port>
+  <http_port>$HTTP_PORT</http_port>
+  <max_connections>512</max_connections>
+  <keep_alive_timeout>3</keep_alive_timeout>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <mark_cache_size>268435456</mark_cache_size>
+  <path>$CDIR/data/</path>
+  <tmp_path>$CDIR/tmp/</tmp_path>
+  <user_files_path>$CDIR/user_files/</user_files_path>
+  <format_schema_path>$CDIR/format_schemas/</format_schema_path>
+  <users_config>$CDIR/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mlock_executable>false</mlock_executable>
+</yandex>
+XML
+  cat >"$CDIR/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+XML
+}
+
+start() {
+  if pid_alive "$PIDF"; then log "already running (pid $(cat "$PIDF")) on 127.0.0.1:$PORT"; wait_ready; return; fi
+  port_open 127.0.0.1 "$PORT" && die "127.0.0.1:$PORT is taken by another process"
+  command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  configure
+  log "starting on 127.0.0.1:$PORT (http $HTTP_PORT)"
+  nohup clickhouse-server --config-file="$CDIR/config.xml" >"$CDIR/log/stdout.log" 2>&1 &
+  echo $! >"$PIDF"
+  wait_ready
+}
+
+wait_ready() {
+  local i
+  for ((i = 0; i < 240; i++)); do
+    if port_open 127.0.0.1 "$HTTP_PORT" && [ "$(exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT"; printf 'GET /ping HTTP/1.0\r\n\r\n' >&3; tail -n1 <&3)" = "Ok." ]; then
+      log "ready on 127.0.0.1:$PORT"; return 0
+    fi
+    pid_alive "$PIDF" || break
+    sleep 0.25
+  done
+  tail -n 40 "$CDIR/log/stdout.log" "$CDIR/log/error.log" 2>/dev/null >&2 || true
+  die "clickhouse did not become ready on 127.0.0.1:$HTTP_PORT"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop_pid "$PIDF" clickhouse ;;
+  status) if pid_alive "$PIDF" && port_open 127.0.0.1 "$PORT"; then echo "clickhouse running on 127.0.0.1:$PORT (pid $(cat "$PIDF"))"; else echo "clickhouse stopped"; exit 3; fi ;;
+  wait) wait_ready ;;
+  reset) stop_pid "$PIDF" clickhouse; rm -rf "$CDIR" ;;
+  *) echo "usage: $0 start|stop|status|wait|reset" >&2; exit 2 ;;
+esac
