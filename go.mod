@@ -3,9 +3,12 @@ module github.com/certnode/certnode
 go 1.26
 
 require (
-	github.com/ThalesGroup/crypto11 v1.6.2 // indirect
-	github.com/go-json-experiment/json v1.27.2 // indirect
-	github.com/miekg/pkcs11 v1.1.2 // indirect
+	github.com/ThalesGroup/crypto11 v1.6.2
+	github.com/go-json-experiment/json v1.27.2
+	github.com/miekg/pkcs11 v1.1.2
+)
+
+require (
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/thales-e-security/pool v0.0.2 // indirect
 )

@@ -1,0 +1,58 @@
+// Package testenv finds the real services that integration tests use. The
+// services are started by `make test` (deploy/local); a test that cannot
+// find one fails with a message saying how to start it, never skips.
+package testenv
+
+import (
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// Service addresses, overridable by environment.
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// KafkaBrokers returns the seed broker of the local Kafka, checked reachable.
+func KafkaBrokers(t testing.TB) []string {
+	t.Helper()
+	addr := env("CERTNODE_TEST_KAFKA", "127.0.0.1:9092")
+	reachable(t, "Kafka", addr, "deploy/local/kafka.sh start")
+	return []string{addr}
+}
+
+// ClickHouseAddr returns the native-protocol address of the local ClickHouse.
+func ClickHouseAddr(t testing.TB) string {
+	t.Helper()
+	addr := env("CERTNODE_TEST_CLICKHOUSE", "127.0.0.1:9000")
+	reachable(t, "ClickHouse", addr, "deploy/local/clickhouse.sh start")
+	return addr
+}
+
+// PKCS11 returns the module and token label of the local SoftHSM2 token.
+// The PIN comes from CERTNODE_PKCS11_PIN(_FILE), as in production.
+func PKCS11(t testing.TB) (module, token string) {
+	t.Helper()
+	module, token = os.Getenv("CERTNODE_PKCS11_MODULE"), os.Getenv("CERTNODE_PKCS11_TOKEN")
+	if module == "" || token == "" || os.Getenv("SOFTHSM2_CONF") == "" {
+		t.Fatal("SoftHSM2 is not configured: run `make test`, or `eval \"$(deploy/local/softhsm.sh env)\"` first")
+	}
+	if _, err := os.Stat(module); err != nil {
+		t.Fatalf("PKCS#11 module: %v (deploy/local/softhsm.sh init installs it)", err)
+	}
+	return module, token
+}
+
+func reachable(t testing.TB, name, addr, how string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatalf("%s is not reachable at %s: %v (start it with `%s`, or run `make test`)", name, addr, err, how)
+	}
+	c.Close()
+}

@@ -1,0 +1,274 @@
+//go:build integration
+
+package signer
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/schemas"
+)
+
+func openTestHSM(t *testing.T, signers int) *HSM {
+	t.Helper()
+	module, token := testenv.PKCS11(t)
+	pin, err := PINFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := OpenHSM(PKCS11Config{Module: module, TokenLabel: token, PIN: pin, Signers: signers, PoolWaitTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func testLabel(t *testing.T) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("test-%s-%x", strings.ReplaceAll(t.Name(), "/", "-"), b)
+}
+
+func verifyP1363(pub *ecdsa.PublicKey, digest, sig []byte) bool {
+	return len(sig) == 64 && ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+}
+
+func TestHSMConcurrentSigning(t *testing.T) {
+	h := openTestHSM(t, 4)
+	key, err := h.GenerateKey(testLabel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const goroutines, each = 64, 40
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	errs := make(chan error, goroutines)
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				d := sha256.Sum256([]byte(fmt.Sprintf("%d/%d", g, i)))
+				sig, err := key.SignDigest(context.Background(), d[:])
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !verifyP1363(key.Public(), d[:], sig) {
+					bad.Add(1)
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := bad.Load(); n != 0 {
+		t.Fatalf("%d of %d HSM signatures did not verify", n, goroutines*each)
+	}
+}
+
+func TestHSMReceiptsThroughRing(t *testing.T) {
+	h := openTestHSM(t, 2)
+	key, err := h.GenerateKey(testLabel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := NewRing(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := ring.KeySet()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			rc, err := ring.Sign(context.Background(), []byte(fmt.Sprintf(`{"g":%d,"s":"\u2028é😀","n":1e21}`, g)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			raw, _ := rc.Marshal()
+			if _, err := ks.Verify(raw); err != nil {
+				errs <- fmt.Errorf("receipt %d: %w", g, err)
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestHSMKeyManagement(t *testing.T) {
+	h := openTestHSM(t, 2)
+	label := testLabel(t)
+	if _, err := h.Key(label); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("missing key: got %v, want ErrKeyNotFound", err)
+	}
+	k, err := h.GenerateKey(label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.GenerateKey(label); !errors.Is(err, ErrKeyExists) {
+		t.Fatalf("duplicate label: got %v, want ErrKeyExists", err)
+	}
+	again, err := h.Key(label)
+	if err != nil || !again.Public().Equal(k.Public()) {
+		t.Fatalf("lookup after generate: %v", err)
+	}
+	keys, err := h.ListKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, _ := schemas.NewJWK(k.Public())
+	found := false
+	for _, ki := range keys {
+		if ki.Label == label {
+			found = ki.Kid == jwk.Kid && ki.Type == "EC P-256"
+		}
+	}
+	if !found {
+		t.Fatalf("ListKeys %+v lacks %s with kid %s", keys, label, jwk.Kid)
+	}
+}
+
+func TestHSMUnavailable(t *testing.T) {
+	module, token := testenv.PKCS11(t)
+	pin, _ := PINFromEnv()
+	cases := []struct {
+		name string
+		cfg  PKCS11Config
+		want string
+	}{
+		{"wrong PIN", PKCS11Config{Module: module, TokenLabel: token, PIN: pin + "x"}, "PIN incorrect"},
+		{"unknown token", PKCS11Config{Module: module, TokenLabel: "no-such-token", PIN: pin}, "token not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := OpenHSM(tc.cfg)
+			if err == nil {
+				h.Close()
+				t.Fatal("opened")
+			}
+			if !errors.Is(err, ErrHSMUnavailable) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want ErrHSMUnavailable mentioning %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), pin) {
+				t.Fatal("error message contains the PIN")
+			}
+		})
+	}
+}
+
+// TestHSMBusy holds every signing slot and checks the wait is bounded.
+func TestHSMBusy(t *testing.T) {
+	h := openTestHSM(t, 2)
+	h.cfg.PoolWaitTimeout = 50 * time.Millisecond
+	key, err := h.GenerateKey(testLabel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sem <- struct{}{}
+	h.sem <- struct{}{}
+	d := sha256.Sum256([]byte("x"))
+	if _, err := key.SignDigest(context.Background(), d[:]); !errors.Is(err, ErrBusy) {
+		t.Fatalf("all slots taken: got %v, want ErrBusy", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := key.SignDigest(ctx, d[:]); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled context: got %v", err)
+	}
+	<-h.sem
+	if _, err := key.SignDigest(context.Background(), d[:]); err != nil {
+		t.Fatalf("after a slot freed: %v", err)
+	}
+}
+
+// TestHSMRecoversFromClosedSessions closes every session of the token behind
+// crypto11's back (as a device reset or another process's C_CloseAllSessions
+// would), then signs from many goroutines: the client must reopen once and
+// every call must succeed.
+func TestHSMRecoversFromClosedSessions(t *testing.T) {
+	h := openTestHSM(t, 4)
+	key, err := h.GenerateKey(testLabel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("before"))
+	if _, err := key.SignDigest(context.Background(), d[:]); err != nil {
+		t.Fatal(err)
+	}
+	genBefore := h.gen
+
+	module, token := testenv.PKCS11(t)
+	p := pkcs11.New(module)
+	if p == nil {
+		t.Fatal("load module")
+	}
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		t.Fatal(err)
+	}
+	slots, err := p.GetSlotList(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	for _, s := range slots {
+		ti, err := p.GetTokenInfo(s)
+		if err == nil && ti.Label == token {
+			if err := p.CloseAllSessions(s); err != nil {
+				t.Fatal(err)
+			}
+			closed = true
+		}
+	}
+	if !closed {
+		t.Fatalf("token %q not found", token)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			d := sha256.Sum256([]byte(fmt.Sprint(g)))
+			sig, err := key.SignDigest(context.Background(), d[:])
+			if err == nil && !verifyP1363(key.Public(), d[:], sig) {
+				err = errors.New("signature does not verify")
+			}
+			if err != nil {
+				errs <- err
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("after sessions were closed: %v", err)
+	}
+	if h.gen == genBefore {
+		t.Fatal("client did not reopen its context")
+	}
+}
