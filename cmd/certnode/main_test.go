@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func certnode(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(stdin), &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+// setup makes a key and its JWKS in a temp dir.
+func setup(t *testing.T) (dir, key, jwks string) {
+	dir = t.TempDir()
+	key, jwks = filepath.Join(dir, "key.pem"), filepath.Join(dir, "jwks.json")
+	if r := certnode(t, "", "keys", "generate", "--out", key); r.code != 0 {
+		t.Fatalf("keys generate: %+v", r)
+	}
+	r := certnode(t, "", "jwks", "--key", key)
+	if r.code != 0 {
+		t.Fatalf("jwks: %+v", r)
+	}
+	os.WriteFile(jwks, []byte(r.stdout), 0o644)
+	return dir, key, jwks
+}
+
+func TestSignVerifyRoundTrip(t *testing.T) {
+	dir, key, jwks := setup(t)
+	r := certnode(t, `{"z":1,"a":{"y":[1e21,-0]}}`, "sign", "--key", key)
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("sign: %+v", r)
+	}
+	if !strings.Contains(r.stdout, `"payload":{"a":{"y":[1e+21,0]},"z":1}`) {
+		t.Fatalf("payload not canonical in %s", r.stdout)
+	}
+	receipt := filepath.Join(dir, "r.json")
+	os.WriteFile(receipt, []byte(r.stdout), 0o644)
+	if v := certnode(t, "", "verify", "--jwks", jwks, "--receipt", receipt); v.code != 0 || v.stdout != "valid\n" {
+		t.Fatalf("verify: %+v", v)
+	}
+	// Pretty-printed receipts on stdin are one document, not NDJSON.
+	pretty := strings.Replace(strings.Replace(r.stdout, `,"signature"`, ",\n  \"signature\"", 1), `{"protected"`, "{\n  \"protected\"", 1)
+	if v := certnode(t, pretty, "verify", "--jwks", jwks); v.code != 0 || v.stdout != "valid\n" {
+		t.Fatalf("verify pretty: %+v", v)
+	}
+	tampered := strings.Replace(r.stdout, `"z":1`, `"z":2`, 1)
+	if v := certnode(t, tampered, "verify", "--jwks", jwks); v.code != 1 || v.stdout != "invalid: payload_hash_mismatch\n" {
+		t.Fatalf("verify tampered: %+v", v)
+	}
+	// A different key's JWKS does not know the kid.
+	_, _, otherJWKS := setup(t)
+	if v := certnode(t, r.stdout, "verify", "--jwks", otherJWKS); v.code != 1 || !strings.HasPrefix(v.stdout, "invalid: unknown_kid") {
+		t.Fatalf("verify other jwks: %+v", v)
+	}
+}
+
+func TestNDJSON(t *testing.T) {
+	_, key, jwks := setup(t)
+	r := certnode(t, "{\"n\":1}\n\n{\"n\":2}\n[3]\n{\"n\":4}", "sign", "--key", key, "--ndjson")
+	if r.code != 1 || !strings.Contains(r.stderr, "line 4: payload rejected: payload must be a JSON object") {
+		t.Fatalf("sign ndjson: %+v", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want 3 receipts, got %d", len(lines))
+	}
+	good := certnode(t, r.stdout, "verify", "--jwks", jwks)
+	if good.code != 0 || !strings.HasSuffix(good.stdout, "3 receipts: 3 valid, 0 invalid\n") {
+		t.Fatalf("verify ndjson: %+v", good)
+	}
+	lines[1] = strings.Replace(lines[1], `"signature":"`, `"signature":"A`, 1)
+	lines = append(lines, "not json")
+	bad := certnode(t, strings.Join(lines, "\n"), "verify", "--jwks", jwks)
+	want := []string{"line 1: valid", "line 2: invalid: bad_signature", "line 3: valid", "line 4: invalid: malformed", "4 receipts: 2 valid, 2 invalid"}
+	for _, w := range want {
+		if !strings.Contains(bad.stdout, w) {
+			t.Errorf("verify output lacks %q:\n%s", w, bad.stdout)
+		}
+	}
+	if bad.code != 1 {
+		t.Fatalf("exit %d, want 1", bad.code)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	dir, key, jwks := setup(t)
+	notPEM := filepath.Join(dir, "not.pem")
+	os.WriteFile(notPEM, []byte("hello"), 0o600)
+	rsa := filepath.Join(dir, "rsa.pem")
+	os.WriteFile(rsa, []byte("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"), 0o600)
+	cases := []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+		msg   string
+	}{
+		{"payload not JSON", "{nope", []string{"sign", "--key", key}, 1, "payload rejected: invalid JSON"},
+		{"payload not an object", `"str"`, []string{"sign", "--key", key}, 1, "payload must be a JSON object"},
+		{"duplicate keys", `{"a":1,"a":2}`, []string{"sign", "--key", key}, 1, "duplicate object key"},
+		{"empty payload", "", []string{"sign", "--key", key}, 1, "invalid JSON"},
+		{"no key", "{}", []string{"sign"}, 2, "no key"},
+		{"key and HSM", "{}", []string{"sign", "--key", key, "--pkcs11-module", "/x.so", "--token", "t", "--label", "l"}, 2, "not both"},
+		{"HSM without label", "{}", []string{"sign", "--pkcs11-module", "/x.so", "--token", "t"}, 2, "--label is required"},
+		{"missing key file", "{}", []string{"sign", "--key", filepath.Join(dir, "missing.pem")}, 2, "no such file"},
+		{"key not PEM", "{}", []string{"sign", "--key", notPEM}, 2, "not PEM"},
+		{"wrong key type", "{}", []string{"sign", "--key", rsa}, 2, "wrong key type"},
+		{"missing payload file", "", []string{"sign", "--key", key, "--payload", filepath.Join(dir, "nope.json")}, 2, "no such file"},
+		{"verify without jwks", "{}", []string{"verify"}, 2, "--jwks FILE is required"},
+		{"jwks not JSON", "{}", []string{"verify", "--jwks", key}, 2, "jwks"},
+		{"verify empty input", "\n\n", []string{"verify", "--jwks", jwks}, 2, "no receipt on input"},
+		{"verify not JSON", "garbage", []string{"verify", "--jwks", jwks}, 1, ""},
+		{"unknown command", "", []string{"frobnicate"}, 2, "unknown command"},
+		{"unknown flag", "", []string{"sign", "--frob"}, 2, "unknown flag"},
+		{"stray argument", "", []string{"verify", "extra"}, 2, "unknown command"},
+		{"generate without target", "", []string{"keys", "generate"}, 2, "give --out FILE"},
+		{"keys list without token", "", []string{"keys", "list"}, 2, "needs --pkcs11-module"},
+		{"generate overwrites", "", []string{"keys", "generate", "--out", key}, 2, "file exists"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := certnode(t, tc.stdin, tc.args...)
+			if r.code != tc.code {
+				t.Fatalf("exit %d, want %d: %+v", r.code, tc.code, r)
+			}
+			if tc.code == 2 && (!strings.Contains(r.stderr, tc.msg) || strings.Count(r.stderr, "\n") != 1) {
+				t.Fatalf("stderr %q, want one line containing %q", r.stderr, tc.msg)
+			}
+			if tc.code == 1 && tc.msg != "" && !strings.Contains(r.stderr, tc.msg) {
+				t.Fatalf("stderr %q, want %q", r.stderr, tc.msg)
+			}
+			if strings.Contains(r.stderr, "goroutine") || strings.Contains(r.stderr, "panic") {
+				t.Fatalf("stack trace on stderr: %s", r.stderr)
+			}
+		})
+	}
+}
+
+func TestEnvConfiguresFlags(t *testing.T) {
+	_, key, _ := setup(t)
+	t.Setenv("CERTNODE_KEY", key)
+	if r := certnode(t, `{"a":1}`, "sign"); r.code != 0 {
+		t.Fatalf("sign with CERTNODE_KEY: %+v", r)
+	}
+}
