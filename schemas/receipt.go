@@ -86,4 +86,46 @@ func receiptID(input []byte, sig string) string {
 }
 
 // Marshal writes the receipt as compact JSON without HTML escaping.
-func (r *Receipt) Marshal() ([]byte, error) { return json.Marshal(r) }
+func (r *Receipt) Marshal() ([]byte, error) { return r.AppendJSON(nil) }
+
+// AppendJSON appends the receipt's JSON to b. Receipts this package made
+// hold only base64url strings and a canonical payload, which are written
+// directly (signing is the hot path); anything else goes through the JSON
+// encoder, which escapes and validates.
+func (r *Receipt) AppendJSON(b []byte) ([]byte, error) {
+	if !isB64U(r.Protected) || !isB64U(r.Signature) || !isB64U(r.Kid) ||
+		!isB64U(r.PayloadJCSSHA256) || !isB64U(r.ReceiptID) || !jsontext.Value(r.Payload).IsValid() {
+		out, err := json.Marshal(r)
+		return append(b, out...), err
+	}
+	b = append(b, `{"protected":"`...)
+	b = append(b, r.Protected...)
+	b = append(b, `","payload":`...)
+	b = append(b, r.Payload...)
+	b = append(b, `,"signature":"`...)
+	b = append(b, r.Signature...)
+	b = append(b, `","kid":"`...)
+	b = append(b, r.Kid...)
+	b = append(b, '"')
+	if r.PayloadJCSSHA256 != "" {
+		b = append(b, `,"payload_jcs_sha256":"`...)
+		b = append(b, r.PayloadJCSSHA256...)
+		b = append(b, '"')
+	}
+	if r.ReceiptID != "" {
+		b = append(b, `,"receipt_id":"`...)
+		b = append(b, r.ReceiptID...)
+		b = append(b, '"')
+	}
+	return append(b, '}'), nil
+}
+
+func isB64U(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -207,3 +207,33 @@ func TestParseJWKS(t *testing.T) {
 		}
 	}
 }
+
+// The direct writer and the JSON encoder agree byte for byte, and odd
+// strings (from receipts parsed off the wire) are escaped, not copied.
+func TestReceiptMarshalMatchesEncoder(t *testing.T) {
+	key, _ := newKey(t)
+	rc, raw := signForTest(t, key, "{\"s\":\"<\u2028>\",\"n\":[1,2]}")
+	want, err := json.Marshal(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(raw) != string(want) {
+		t.Fatalf("direct %s\nencoder %s", raw, want)
+	}
+	odd := *rc
+	odd.Kid = `a"b\c`
+	out, err := odd.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Receipt
+	if err := json.Unmarshal(out, &back); err != nil || back.Kid != odd.Kid {
+		t.Fatalf("odd kid did not round-trip: %s %v", out, err)
+	}
+	partial := *rc
+	partial.ReceiptID, partial.PayloadJCSSHA256 = "", ""
+	out, _ = partial.Marshal()
+	if strings.Contains(string(out), "receipt_id") || strings.Contains(string(out), "payload_jcs_sha256") {
+		t.Fatalf("empty optional fields written: %s", out)
+	}
+}

@@ -1,0 +1,43 @@
+# CertNode pipeline. Quick start: `make run`, `make test` (see README.md).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO ?= go
+LOCAL ?= $(CURDIR)/.local
+export CERTNODE_LOCAL := $(LOCAL)
+# Integration tests find SoftHSM2 through these (written by deploy/local/softhsm.sh).
+WITH_HSM = set -a; . $(LOCAL)/softhsm/env; set +a;
+
+.PHONY: build run test test-unit services services-down lint bench clean
+
+build:
+	$(GO) build -o bin/certnode ./cmd/certnode
+
+# Until the pipeline lands, `run` demonstrates the CLI: key, sign, verify.
+run: build
+	@bash deploy/local/demo.sh
+
+services:
+	bash deploy/local/services.sh up
+
+services-down:
+	bash deploy/local/services.sh down
+
+# Everything: installs and starts the real services, then unit and
+# integration tests with the race detector.
+test: services lint
+	$(WITH_HSM) $(GO) test -race -tags integration -count=1 -timeout 15m ./...
+
+# Unit tests only; no services needed.
+test-unit:
+	$(GO) test -race -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags integration ./...
+
+bench: build
+	bash deploy/local/softhsm.sh init
+	$(WITH_HSM) $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bench/ | tee $(LOCAL)/bench.txt
+
+clean:
+	rm -rf bin

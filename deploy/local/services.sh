@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Starts (or stops) everything the integration tests use: Kafka, ClickHouse,
+# the SoftHSM2 token and the Node interop packages. Idempotent.
+# usage: services.sh up|down|status
+source "$(dirname "$0")/lib.sh"
+here="$(dirname "$0")"
+
+node_deps() {
+  local dir="$REPO_ROOT/internal/interop/node" stamp
+  stamp="$dir/node_modules/.lock.sha256"
+  command -v node >/dev/null || apt_install nodejs npm
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)" ]; then
+    log "installing Node interop packages"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
+    sha256sum "$dir/package-lock.json" | cut -d' ' -f1 >"$stamp"
+  fi
+}
+
+case "${1:-}" in
+  up)
+    bash "$here/softhsm.sh" init
+    bash "$here/clickhouse.sh" start
+    bash "$here/kafka.sh" start
+    node_deps
+    ;;
+  down)
+    bash "$here/kafka.sh" stop
+    bash "$here/clickhouse.sh" stop
+    ;;
+  status)
+    rc=0
+    bash "$here/kafka.sh" status || rc=1
+    bash "$here/clickhouse.sh" status || rc=1
+    exit $rc
+    ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
