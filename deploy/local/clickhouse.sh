@@ -54,7 +54,7 @@ XML
 start() {
   if pid_alive "$PIDF"; then log "already running (pid $(cat "$PIDF")) on 127.0.0.1:$PORT"; wait_ready; return; fi
   port_open 127.0.0.1 "$PORT" && die "127.0.0.1:$PORT is taken by another process"
-  command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  apt_install clickhouse-server clickhouse-client
   configure
   log "starting on 127.0.0.1:$PORT (http $HTTP_PORT)"
   nohup clickhouse-server --config-file="$CDIR/config.xml" >"$CDIR/log/stdout.log" 2>&1 &

@@ -10,7 +10,7 @@ TOKEN="${CERTNODE_SOFTHSM_TOKEN:-certnode-test}"
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 
 init() {
-  [ -f "$MODULE" ] || apt_install softhsm2
+  apt_install softhsm2
   mkdir -p "$HDIR/tokens"; chmod 700 "$HDIR"
   printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
     "$HDIR/tokens" >"$HDIR/softhsm2.conf"
