@@ -29,6 +29,7 @@ func newKeysGenerateCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var key signer.Key
+			kf.preferExplicit(cmd.Flags().Changed("out"))
 			switch {
 			case out != "" && kf.usePKCS11():
 				return usageErr("use either --out or the --pkcs11-* flags, not both")
@@ -78,6 +79,7 @@ func newKeysListCmd() *cobra.Command {
 		Short: "List the key pairs on a PKCS#11 token",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			kf.preferExplicit(false)
 			if !kf.usePKCS11() {
 				return usageErr("keys list needs --pkcs11-module and --token")
 			}

@@ -17,9 +17,11 @@ type keyFlags struct {
 	label    string
 	signers  int
 	needsKey bool // false for `keys list`, which needs only the token
+	fs       *pflag.FlagSet
 }
 
 func (k *keyFlags) register(fs *pflag.FlagSet, withFile bool) {
+	k.fs = fs
 	if withFile {
 		fs.StringVar(&k.keyFile, "key", "", "software key: PKCS#8 PEM file")
 		bindEnv(fs, "key", "CERTNODE_KEY")
@@ -34,6 +36,30 @@ func (k *keyFlags) register(fs *pflag.FlagSet, withFile bool) {
 }
 
 func (k *keyFlags) usePKCS11() bool { return k.module != "" || k.token != "" }
+
+// preferExplicit drops environment-supplied settings of the other key source
+// when the command line chose one: `--key k.pem` with CERTNODE_PKCS11_*
+// exported signs with k.pem. software reports an explicit software choice
+// (--key, or --out for keys generate).
+func (k *keyFlags) preferExplicit(software bool) {
+	changed := func(names ...string) bool {
+		for _, n := range names {
+			if k.fs.Lookup(n) != nil && k.fs.Changed(n) {
+				return true
+			}
+		}
+		return false
+	}
+	if software || changed("key") {
+		for name, v := range map[string]*string{"pkcs11-module": &k.module, "token": &k.token, "label": &k.label} {
+			if !changed(name) {
+				*v = ""
+			}
+		}
+	} else if changed("pkcs11-module", "token", "label") && !changed("key") {
+		k.keyFile = ""
+	}
+}
 
 func (k *keyFlags) validate() error {
 	var errs []error
@@ -75,6 +101,7 @@ func (k *keyFlags) openHSM() (*signer.HSM, error) {
 // open returns the selected key and a function that releases it.
 func (k *keyFlags) open() (signer.Key, func(), error) {
 	k.needsKey = true
+	k.preferExplicit(false)
 	if err := k.validate(); err != nil {
 		return nil, nil, err
 	}

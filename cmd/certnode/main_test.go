@@ -149,8 +149,35 @@ func TestBadInput(t *testing.T) {
 
 func TestEnvConfiguresFlags(t *testing.T) {
 	_, key, _ := setup(t)
+	t.Setenv("CERTNODE_PKCS11_MODULE", "") // make test exports the SoftHSM2 token
+	t.Setenv("CERTNODE_PKCS11_TOKEN", "")
 	t.Setenv("CERTNODE_KEY", key)
 	if r := certnode(t, `{"a":1}`, "sign"); r.code != 0 {
 		t.Fatalf("sign with CERTNODE_KEY: %+v", r)
+	}
+}
+
+// Explicit flags choose the key source over environment of the other one.
+func TestExplicitKeySourceBeatsEnvironment(t *testing.T) {
+	dir, key, _ := setup(t)
+	t.Setenv("CERTNODE_PKCS11_MODULE", "/nonexistent/module.so")
+	t.Setenv("CERTNODE_PKCS11_TOKEN", "env-token")
+	t.Setenv("CERTNODE_PKCS11_KEY_LABEL", "env-label")
+	if r := certnode(t, `{"a":1}`, "sign", "--key", key); r.code != 0 {
+		t.Fatalf("--key with PKCS#11 env: %+v", r)
+	}
+	if r := certnode(t, "", "keys", "generate", "--out", filepath.Join(dir, "k2.pem")); r.code != 0 {
+		t.Fatalf("generate --out with PKCS#11 env: %+v", r)
+	}
+	// Without an explicit choice the environment's HSM is used (and fails
+	// here, clearly, because the module does not exist).
+	t.Setenv("CERTNODE_PKCS11_PIN", "x")
+	if r := certnode(t, `{"a":1}`, "sign"); r.code != 2 || !strings.Contains(r.stderr, "/nonexistent/module.so") {
+		t.Fatalf("env HSM: %+v", r)
+	}
+	// Both sources from the environment: refuse to guess.
+	t.Setenv("CERTNODE_KEY", key)
+	if r := certnode(t, `{"a":1}`, "sign"); r.code != 2 || !strings.Contains(r.stderr, "not both") {
+		t.Fatalf("both sources in env: %+v", r)
 	}
 }
