@@ -20,8 +20,13 @@ func certnode(t *testing.T, stdin string, args ...string) result {
 	return result{code, out.String(), errb.String()}
 }
 
-// setup makes a key and its JWKS in a temp dir.
+// setup makes a key and its JWKS in a temp dir. It clears the key-source
+// variables `make test` exports for the HSM tests, so the software-key
+// tests see only what they set themselves.
 func setup(t *testing.T) (dir, key, jwks string) {
+	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL"} {
+		t.Setenv(v, "")
+	}
 	dir = t.TempDir()
 	key, jwks = filepath.Join(dir, "key.pem"), filepath.Join(dir, "jwks.json")
 	if r := certnode(t, "", "keys", "generate", "--out", key); r.code != 0 {
@@ -149,8 +154,6 @@ func TestBadInput(t *testing.T) {
 
 func TestEnvConfiguresFlags(t *testing.T) {
 	_, key, _ := setup(t)
-	t.Setenv("CERTNODE_PKCS11_MODULE", "") // make test exports the SoftHSM2 token
-	t.Setenv("CERTNODE_PKCS11_TOKEN", "")
 	t.Setenv("CERTNODE_KEY", key)
 	if r := certnode(t, `{"a":1}`, "sign"); r.code != 0 {
 		t.Fatalf("sign with CERTNODE_KEY: %+v", r)
