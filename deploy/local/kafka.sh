@@ -72,15 +72,26 @@ start() {
   wait_ready
 }
 
-# The TCP port opens before the broker can serve metadata; the Go smoke test
-# proves the rest, so here an open port plus a live process is "up".
+# api_versions_ok sends a Kafka ApiVersions v0 request (key 18, correlation
+# id 1, client id "up") and checks the reply's correlation id and error code:
+# the broker is serving requests, not just listening.
+api_versions_ok() {
+  local reply
+  reply=$(exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$PORT" || exit 1
+    printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02up' >&3
+    timeout 2 head -c 10 <&3 | od -An -tx1 | tr -d ' \n') 2>/dev/null || return 1
+  [ "${reply:8:12}" = "000000010000" ]
+}
+
 wait_ready() {
-  if ! wait_port 127.0.0.1 "$PORT" 90; then
-    tail -n 40 "$KDIR/stdout.log" "$KDIR/server.log" 2>/dev/null >&2 || true
-    die "broker did not open 127.0.0.1:$PORT within 90s"
-  fi
-  pid_alive "$PIDF" || die "broker exited; see $KDIR/stdout.log"
-  log "ready on 127.0.0.1:$PORT"
+  local i
+  for ((i = 0; i < 360; i++)); do
+    if api_versions_ok; then log "ready on 127.0.0.1:$PORT"; return 0; fi
+    pid_alive "$PIDF" || break
+    sleep 0.25
+  done
+  tail -n 40 "$KDIR/stdout.log" "$KDIR/server.log" 2>/dev/null >&2 || true
+  die "broker did not answer on 127.0.0.1:$PORT within 90s"
 }
 
 case "${1:-}" in
