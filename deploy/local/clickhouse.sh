@@ -62,24 +62,17 @@ start() {
   wait_ready
 }
 
+ping_ok() {
+  [ "$(exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT" && printf 'GET /ping HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3)" = "Ok." ]
+}
+
 wait_ready() {
-  local i
-  for ((i = 0; i < 240; i++)); do
-    if port_open 127.0.0.1 "$HTTP_PORT" && [ "$(exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT"; printf 'GET /ping HTTP/1.0\r\n\r\n' >&3; tail -n1 <&3)" = "Ok." ]; then
-      log "ready on 127.0.0.1:$PORT"; return 0
-    fi
-    pid_alive "$PIDF" || break
-    sleep 0.25
-  done
-  tail -n 40 "$CDIR/log/stdout.log" "$CDIR/log/error.log" 2>/dev/null >&2 || true
-  die "clickhouse did not become ready on 127.0.0.1:$HTTP_PORT"
+  wait_until "clickhouse on 127.0.0.1:$PORT" "$PIDF" 60 ping_ok "$CDIR/log/stdout.log" "$CDIR/log/error.log"
 }
 
 case "${1:-}" in
   start) start ;;
-  stop) stop_pid "$PIDF" clickhouse ;;
-  status) if pid_alive "$PIDF" && port_open 127.0.0.1 "$PORT"; then echo "clickhouse running on 127.0.0.1:$PORT (pid $(cat "$PIDF"))"; else echo "clickhouse stopped"; exit 3; fi ;;
   wait) wait_ready ;;
-  reset) stop_pid "$PIDF" clickhouse; rm -rf "$CDIR" ;;
-  *) echo "usage: $0 start|stop|status|wait|reset" >&2; exit 2 ;;
+  *) service_cmd clickhouse "$PIDF" "$PORT" "$CDIR" "${1:-}" ||
+    { echo "usage: $0 start|stop|status|wait|reset" >&2; exit 2; } ;;
 esac

@@ -84,22 +84,13 @@ api_versions_ok() {
 }
 
 wait_ready() {
-  local i
-  for ((i = 0; i < 360; i++)); do
-    if api_versions_ok; then log "ready on 127.0.0.1:$PORT"; return 0; fi
-    pid_alive "$PIDF" || break
-    sleep 0.25
-  done
-  tail -n 40 "$KDIR/stdout.log" "$KDIR/server.log" 2>/dev/null >&2 || true
-  die "broker did not answer on 127.0.0.1:$PORT within 90s"
+  wait_until "kafka on 127.0.0.1:$PORT" "$PIDF" 90 api_versions_ok "$KDIR/stdout.log" "$KDIR/server.log"
 }
 
 case "${1:-}" in
   start) start ;;
-  stop) stop_pid "$PIDF" kafka ;;
-  status) if pid_alive "$PIDF" && port_open 127.0.0.1 "$PORT"; then echo "kafka running on 127.0.0.1:$PORT (pid $(cat "$PIDF"))"; else echo "kafka stopped"; exit 3; fi ;;
   wait) wait_ready ;;
-  reset) stop_pid "$PIDF" kafka; rm -rf "$KDIR" ;;
   fetch) fetch ;;
-  *) echo "usage: $0 start|stop|status|wait|reset|fetch" >&2; exit 2 ;;
+  *) service_cmd kafka "$PIDF" "$PORT" "$KDIR" "${1:-}" ||
+    { echo "usage: $0 start|stop|status|wait|reset|fetch" >&2; exit 2; } ;;
 esac

@@ -23,16 +23,6 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# wait_port HOST PORT SECONDS: true once something accepts TCP connections there.
-wait_port() {
-  local host=$1 port=$2 secs=$3 i
-  for ((i = 0; i < secs * 4; i++)); do
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-    sleep 0.25
-  done
-  return 1
-}
-
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # pid_alive FILE: the pid in FILE names a running process.
@@ -46,4 +36,34 @@ stop_pid() {
   for ((i = 0; i < 120; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
   rm -f "$f"; log "$name stopped"
+}
+
+# wait_until NAME PIDFILE SECONDS CHECK [LOG...]: polls the CHECK command
+# until it succeeds; fails early if the process died, and shows the logs.
+wait_until() {
+  local name=$1 pidf=$2 secs=$3 check=$4 i
+  shift 4
+  for ((i = 0; i < secs * 4; i++)); do
+    if $check; then log "$name ready"; return 0; fi
+    pid_alive "$pidf" || break
+    sleep 0.25
+  done
+  tail -n 40 "$@" 2>/dev/null >&2 || true
+  die "$name did not become ready within ${secs}s"
+}
+
+# service_cmd NAME PIDFILE PORT DIR VERB: the verbs every service shares.
+service_cmd() {
+  local name=$1 pidf=$2 port=$3 dir=$4
+  case "$5" in
+    stop) stop_pid "$pidf" "$name" ;;
+    status)
+      if pid_alive "$pidf" && port_open 127.0.0.1 "$port"; then
+        echo "$name running on 127.0.0.1:$port (pid $(cat "$pidf"))"
+      else
+        echo "$name stopped"; exit 3
+      fi ;;
+    reset) stop_pid "$pidf" "$name"; rm -rf "$dir" ;;
+    *) return 1 ;;
+  esac
 }
