@@ -1,0 +1,90 @@
+// Package kafka builds franz-go clients the same way for every tier and
+// creates the CertNode topics.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/certnode/certnode/schemas"
+)
+
+// Config is the connection and topic layout shared by all roles.
+type Config struct {
+	Brokers []string
+	// Partitions per topic when a topic has to be created.
+	Partitions int32
+	// ReplicationFactor for created topics (1 for a single local broker).
+	ReplicationFactor int16
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka: at least one broker is required"))
+	}
+	for _, b := range c.Brokers {
+		if !strings.Contains(b, ":") {
+			errs = append(errs, fmt.Errorf("kafka: broker %q must be host:port", b))
+		}
+	}
+	if c.Partitions < 1 {
+		errs = append(errs, errors.New("kafka: partitions must be at least 1"))
+	}
+	if c.ReplicationFactor < 1 {
+		errs = append(errs, errors.New("kafka: replication factor must be at least 1"))
+	}
+	return errors.Join(errs...)
+}
+
+// NewClient returns a client with CertNode's producer defaults: idempotent,
+// acks=all, records keyed by tenant and partitioned with Kafka's murmur2
+// (franz-go's default partitioner hashes keys exactly like the Java client),
+// so every client that uses murmur2 puts a tenant on the same partition.
+func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
+	base := []kgo.Opt{
+		kgo.SeedBrokers(c.Brokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(2 * time.Millisecond),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.WithLogger(kgoLogger{}),
+	}
+	return kgo.NewClient(append(base, opts...)...)
+}
+
+// EnsureTopics creates the CertNode topics that do not exist yet.
+func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
+	adm := kadm.NewClient(cl)
+	res, err := adm.CreateTopics(ctx, c.Partitions, c.ReplicationFactor, nil,
+		schemas.TopicRequests, schemas.TopicReceipts, schemas.TopicDLQ)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for _, r := range res.Sorted() {
+		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
+		}
+	}
+	return nil
+}
+
+// kgoLogger sends franz-go's warnings and errors to slog.
+type kgoLogger struct{}
+
+func (kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+func (kgoLogger) Log(level kgo.LogLevel, msg string, kv ...any) {
+	l := slog.LevelWarn
+	if level == kgo.LogLevelError {
+		l = slog.LevelError
+	}
+	slog.Log(context.Background(), l, "kafka: "+msg, kv...)
+}

@@ -1,0 +1,333 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/schemas"
+	"github.com/certnode/certnode/signer"
+)
+
+const apiKey = "cn_test_key_for_acme"
+
+type harness struct {
+	t       *testing.T
+	cluster *kfake.Cluster
+	kcfg    kafka.Config
+	ring    *signer.Ring
+	store   *tenants.FileStore
+	mac     *tenants.MAC
+	client  *kgo.Client
+}
+
+func newHarness(t *testing.T, partitions int32) *harness {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, schemas.TopicRequests, schemas.TopicReceipts, schemas.TopicDLQ))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	key, _ := signer.GenerateSoftware()
+	ring, _ := signer.NewRing(key)
+	store, err := tenants.NewFileStore(tenants.File{Tenants: []tenants.Tenant{
+		{ID: "acme", APIKeyHashes: []string{tenants.HashKey(apiKey)}},
+		{ID: "globex", APIKeyHashes: []string{tenants.HashKey("cn_globex")}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := tenants.NewMAC([]byte("0123456789abcdef0123456789abcdef"))
+	kcfg := kafka.Config{Brokers: c.ListenAddrs(), Partitions: partitions, ReplicationFactor: 1}
+	cl, err := kafka.NewClient(kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return &harness{t: t, cluster: c, kcfg: kcfg, ring: ring, store: store, mac: mac, client: cl}
+}
+
+func (h *harness) worker(ctx context.Context) (*Worker, func()) {
+	cfg := DefaultConfig()
+	cfg.Kafka = h.kcfg
+	cfg.MaxBatch = 50
+	w, err := New(cfg, h.ring, h.store, h.mac)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	go func() { done <- w.Run(ctx) }()
+	return w, func() {
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Errorf("worker: %v", err)
+		}
+		w.Close()
+	}
+}
+
+// request builds a record as ingest writes it (MAC) or a customer does (API key).
+func (h *harness) request(tenant, id string, kind schemas.Kind, body string, viaAPIKey string) *kgo.Record {
+	req := schemas.Request{V: 1, ID: id, Tenant: tenant, Kind: kind}
+	if kind == schemas.KindSign {
+		req.Payload = []byte(body)
+	} else {
+		req.Receipt = []byte(body)
+	}
+	val, err := json.Marshal(req)
+	if err != nil {
+		// Invalid payload JSON cannot go through the encoder; write it raw.
+		val = []byte(fmt.Sprintf(`{"v":1,"id":%q,"tenant":%q,"kind":%q,"payload":%s}`, id, tenant, kind, body))
+	}
+	r := &kgo.Record{Topic: schemas.TopicRequests, Key: []byte(tenant), Value: val}
+	if viaAPIKey != "" {
+		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderAPIKey, Value: []byte(viaAPIKey)}}
+	} else {
+		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte(h.mac.Sum(tenant, id))}}
+	}
+	return r
+}
+
+func (h *harness) produce(recs ...*kgo.Record) {
+	h.t.Helper()
+	if err := h.client.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// consume reads n records from topic (from the start), failing after a timeout.
+func (h *harness) consume(topic string, n int) []*kgo.Record {
+	h.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(h.kcfg.Brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < n {
+		f := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			h.t.Fatalf("%s: got %d records, want %d", topic, len(out), n)
+		}
+		out = append(out, f.Records()...)
+	}
+	return out
+}
+
+func results(t *testing.T, recs []*kgo.Record) map[string]*schemas.Result {
+	t.Helper()
+	m := map[string]*schemas.Result{}
+	for _, r := range recs {
+		res, err := schemas.DecodeResult(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, dup := m[res.ID]; dup {
+			t.Errorf("request %s has two results", res.ID)
+		}
+		if string(r.Key) != res.Tenant {
+			t.Errorf("result keyed %q for tenant %q", r.Key, res.Tenant)
+		}
+		m[res.ID] = res
+	}
+	return m
+}
+
+func TestWorkerSignsAndVerifies(t *testing.T) {
+	h := newHarness(t, 4)
+	good, _ := h.ring.Sign(context.Background(), []byte(`{"already":"signed"}`))
+	goodRaw, _ := good.Marshal()
+	tampered := []byte(string(goodRaw[:len(goodRaw)-3]) + `AA"}`)
+	h.produce(
+		h.request("acme", "s1", schemas.KindSign, `{"b":2,"a":1}`, ""),
+		h.request("acme", "s2", schemas.KindSign, `{"x":"y"}`, apiKey), // customer-produced
+		h.request("acme", "v1", schemas.KindVerify, string(goodRaw), ""),
+		h.request("acme", "v2", schemas.KindVerify, string(tampered), ""),
+	)
+	_, stop := h.worker(context.Background())
+	defer stop()
+	res := results(t, h.consume(schemas.TopicReceipts, 4))
+
+	ks := h.ring.KeySet()
+	for _, id := range []string{"s1", "s2"} {
+		r := res[id]
+		if r == nil || r.Status != schemas.StatusSigned {
+			t.Fatalf("%s: %+v", id, r)
+		}
+		if _, err := ks.Verify(r.Receipt); err != nil {
+			t.Fatalf("%s: signed receipt does not verify: %v", id, err)
+		}
+	}
+	if string(res["s1"].Receipt) == "" || !jsonHas(res["s1"].Receipt, `"payload":{"a":1,"b":2}`) {
+		t.Fatalf("s1 payload not canonical: %s", res["s1"].Receipt)
+	}
+	if r := res["v1"]; r.Status != schemas.StatusValid || r.ReceiptID != good.ReceiptID || r.Kid != good.Kid {
+		t.Fatalf("v1: %+v", r)
+	}
+	if r := res["v2"]; r.Status != schemas.StatusInvalid || r.Reason == "" {
+		t.Fatalf("v2: %+v", r)
+	}
+}
+
+func jsonHas(b []byte, s string) bool { return len(b) > 0 && contains(string(b), s) }
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+func TestWorkerDLQDoesNotBlockPartition(t *testing.T) {
+	h := newHarness(t, 1) // one partition: poison must not block what follows
+	garbage := &kgo.Record{Topic: schemas.TopicRequests, Key: []byte("acme"), Value: []byte("not json")}
+	h.produce(
+		garbage,
+		h.request("acme", "bad-key", schemas.KindSign, `{"a":1}`, "cn_wrong"),
+		h.request("acme", "other-tenant-key", schemas.KindSign, `{"a":1}`, "cn_globex"),
+		h.request("acme", "not-object", schemas.KindSign, `[1,2]`, ""),
+		h.request("acme", "dup-keys", schemas.KindSign, `{"a":1,"a":2}`, ""),
+		h.request("acme", "after", schemas.KindSign, `{"ok":true}`, ""),
+	)
+	_, stop := h.worker(context.Background())
+	defer stop()
+
+	dlq := h.consume(schemas.TopicDLQ, 5)
+	reasons := map[string]int{}
+	for _, r := range dlq {
+		for _, hd := range r.Headers {
+			if hd.Key == schemas.HeaderDLQReason {
+				reasons[string(hd.Value)]++
+			}
+			if hd.Key == schemas.HeaderAPIKey {
+				t.Fatal("API key copied into the DLQ")
+			}
+		}
+	}
+	// Duplicate keys inside the payload make the envelope itself ambiguous
+	// JSON, so that record is refused whole (ingest rejects such payloads
+	// before they reach Kafka).
+	want := map[string]int{"bad_envelope": 2, "unauthenticated": 2, "invalid_payload": 1}
+	for k, v := range want {
+		if reasons[k] != v {
+			t.Fatalf("DLQ reasons %v, want %v", reasons, want)
+		}
+	}
+	// Authenticated but unprocessable requests also get a failed result, so
+	// jobs finish; unauthenticated ones do not (their tenant is unproven).
+	res := results(t, h.consume(schemas.TopicReceipts, 2))
+	if res["after"].Status != schemas.StatusSigned {
+		t.Fatalf("record after the poison: %+v", res["after"])
+	}
+	for _, id := range []string{"not-object"} {
+		if r := res[id]; r == nil || r.Status != schemas.StatusFailed || r.Reason != "invalid_payload" {
+			t.Fatalf("%s: %+v", id, r)
+		}
+	}
+	if _, ok := res["bad-key"]; ok {
+		t.Fatal("unauthenticated request produced a result")
+	}
+}
+
+// TestWorkerCommitsOnlyAfterProduce fails the results produce a few times
+// and checks that the group's offset does not move until it succeeds.
+func TestWorkerCommitsOnlyAfterProduce(t *testing.T) {
+	h := newHarness(t, 1)
+	h.produce(h.request("acme", "r1", schemas.KindSign, `{"n":1}`, ""))
+	// From now on only the worker produces.
+	fault := h.cluster.Fault(kfake.Fault{
+		Keys:  []kmsg.Key{kmsg.Produce},
+		Err:   kerr.NotEnoughReplicas, // retriable, as when the ISR shrinks
+		Count: -1,
+	})
+	_, stop := h.worker(context.Background())
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := fault.Wait(ctx, 2); err != nil { // franz-go backs off between attempts
+		t.Fatalf("produce was not attempted: %v (hits %d, committed %d)", err, fault.Hits(), committed(t, h, "certnode-workers"))
+	}
+	if off := committed(t, h, "certnode-workers"); off > 0 {
+		t.Fatalf("offset %d committed while results could not be produced", off)
+	}
+	fault.Remove()
+	res := results(t, h.consume(schemas.TopicReceipts, 1))
+	if res["r1"].Status != schemas.StatusSigned {
+		t.Fatalf("%+v", res["r1"])
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for committed(t, h, "certnode-workers") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("offset not committed after the produce succeeded")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func committed(t *testing.T, h *harness, group string) int64 {
+	t.Helper()
+	offs, err := kadm.NewClient(h.client).FetchOffsets(context.Background(), group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	offs.Each(func(o kadm.OffsetResponse) {
+		if o.Topic == schemas.TopicRequests && o.At > 0 {
+			total += o.At
+		}
+	})
+	return total
+}
+
+// TestWorkerRebalanceHandsOverCleanly runs a second worker into the group
+// mid-stream and closes the first: every request gets exactly one result.
+func TestWorkerRebalanceHandsOverCleanly(t *testing.T) {
+	h := newHarness(t, 6)
+	const n = 1200
+	var recs []*kgo.Record
+	for i := 0; i < n; i++ {
+		tenant := []string{"acme", "globex"}[i%2]
+		recs = append(recs, h.request(tenant, fmt.Sprintf("req-%d", i), schemas.KindSign, fmt.Sprintf(`{"i":%d}`, i), ""))
+	}
+	h.produce(recs[:n/2]...)
+	_, stopA := h.worker(context.Background())
+	var once sync.Once
+	stopAOnce := func() { once.Do(stopA) }
+	defer stopAOnce()
+
+	// Wait for A to be part-way through, then add B and remove A.
+	for committed(t, h, "certnode-workers") == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, stopB := h.worker(context.Background())
+	defer stopB()
+	h.produce(recs[n/2:]...)
+	time.Sleep(100 * time.Millisecond)
+	stopAOnce()
+
+	res := results(t, h.consume(schemas.TopicReceipts, n)) // fails on duplicates
+	if len(res) != n {
+		t.Fatalf("%d distinct results, want %d", len(res), n)
+	}
+}
