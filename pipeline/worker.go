@@ -275,7 +275,12 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 		return nil, err
 	}
 	w.m.records.WithLabelValues(string(req.Kind), string(res.Status)).Inc()
-	return append([]*kgo.Record{{Topic: schemas.TopicReceipts, Key: []byte(req.Tenant), Value: val}}, out...), nil
+	result := &kgo.Record{Topic: schemas.TopicReceipts, Key: []byte(req.Tenant), Value: val,
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderRequestID, Value: []byte(req.ID)}}}
+	if req.JobID != "" {
+		result.Headers = append(result.Headers, kgo.RecordHeader{Key: schemas.HeaderJobID, Value: []byte(req.JobID)})
+	}
+	return append([]*kgo.Record{result}, out...), nil
 }
 
 func (w *Worker) authenticate(rec *kgo.Record) (*schemas.Request, error) {

@@ -29,6 +29,10 @@ const (
 	HeaderIngestMAC = "certnode-ingest-mac"
 	// HeaderDLQReason names why a record went to certnode.dlq.
 	HeaderDLQReason = "certnode-dlq-reason"
+	// HeaderRequestID and HeaderJobID repeat a result's id and job_id so
+	// that readers waiting for one request or job skip others undecoded.
+	HeaderRequestID = "certnode-id"
+	HeaderJobID     = "certnode-job"
 )
 
 // EnvelopeVersion is the version of the request and result envelopes.

@@ -1,0 +1,52 @@
+package ingest
+
+import (
+	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// apiError writes {"error":{"code":...,"message":...}}.
+func apiError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
+	writeJSON(ctx, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = fasthttp.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"encoding failed"}}`)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	produced *prometheus.CounterVec
+	lines    *prometheus.CounterVec
+	lag      prometheus.Gauge
+	waiting  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_http_requests_total",
+			Help: "HTTP requests by route and status."}, []string{"route", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "certnode_http_request_seconds",
+			Help: "HTTP request latency by route.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"route"}),
+		produced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_ingest_produced_total",
+			Help: "Requests produced to Kafka, by outcome."}, []string{"outcome"}),
+		lines: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_ingest_job_lines_total",
+			Help: "Bulk job lines, by outcome."}, []string{"outcome"}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_result_lag_seconds",
+			Help: "Age of the newest result read back from certnode.receipts."}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_waiting_requests",
+			Help: "Requests waiting for their result."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting)
+	}
+	return m
+}
