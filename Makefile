@@ -12,9 +12,9 @@ WITH_HSM = set -a; . $(LOCAL)/softhsm/env; set +a;
 build:
 	$(GO) build -o bin/certnode ./cmd/certnode
 
-# Until the pipeline lands, `run` demonstrates the CLI: key, sign, verify.
+# The whole pipeline in one process on an embedded Kafka; state in .local/dev.
 run: build
-	@bash deploy/local/demo.sh
+	./bin/certnode dev --data $(LOCAL)/dev
 
 services:
 	bash deploy/local/services.sh up

@@ -123,3 +123,17 @@ func (k *keyFlags) open() (signer.Key, func(), error) {
 	}
 	return key, func() { h.Close() }, nil
 }
+
+// ring opens the selected key as a signing ring.
+func (k *keyFlags) ring() (*signer.Ring, func(), error) {
+	key, release, err := k.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	ring, err := signer.NewRing(key)
+	if err != nil {
+		release()
+		return nil, nil, &exitError{code: exitUsage, err: err}
+	}
+	return ring, release, nil
+}

@@ -79,7 +79,8 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})
-	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd())
+	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(),
+		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd())
 	return root
 }
 

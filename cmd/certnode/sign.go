@@ -5,8 +5,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/certnode/certnode/signer"
 )
 
 func newSignCmd() *cobra.Command {
@@ -21,15 +19,11 @@ func newSignCmd() *cobra.Command {
 			"are reported on stderr with their line number and the exit code is 1.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, release, err := kf.open()
+			ring, release, err := kf.ring()
 			if err != nil {
 				return err
 			}
 			defer release()
-			ring, err := signer.NewRing(key)
-			if err != nil {
-				return &exitError{code: exitUsage, err: err}
-			}
 			in, err := openInput(cmd, payloadFile)
 			if err != nil {
 				return err

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/pipeline"
+	"github.com/certnode/certnode/schemas"
+	chsink "github.com/certnode/certnode/sinks/clickhouse"
+)
+
+// kafkaFlags are shared by every role.
+type kafkaFlags struct {
+	brokers    string
+	partitions int32
+	rf         int16
+}
+
+func (k *kafkaFlags) register(fs *pflag.FlagSet, required bool) {
+	usage := "Kafka bootstrap brokers, comma separated"
+	if !required {
+		usage += " (default: an embedded broker)"
+	}
+	fs.StringVar(&k.brokers, "kafka", "", usage)
+	bindEnv(fs, "kafka", "CERTNODE_KAFKA")
+	fs.Int32Var(&k.partitions, "partitions", 8, "partitions for topics this process creates")
+	bindEnv(fs, "partitions", "CERTNODE_KAFKA_PARTITIONS")
+	fs.Int16Var(&k.rf, "replication-factor", 1, "replication factor for topics this process creates")
+	bindEnv(fs, "replication-factor", "CERTNODE_KAFKA_REPLICATION_FACTOR")
+}
+
+func (k *kafkaFlags) config() kafka.Config {
+	var brokers []string
+	for _, b := range strings.Split(k.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			brokers = append(brokers, b)
+		}
+	}
+	return kafka.Config{Brokers: brokers, Partitions: k.partitions, ReplicationFactor: k.rf}
+}
+
+// staticKeys serves a JWKS file to the ingest tier.
+type staticKeys schemas.JWKS
+
+func (s staticKeys) JWKS() schemas.JWKS { return schemas.JWKS(s) }
+
+func loadJWKS(path string) (staticKeys, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return staticKeys{}, err
+	}
+	if _, err := schemas.ParseJWKS(data); err != nil {
+		return staticKeys{}, err
+	}
+	var j schemas.JWKS
+	err = json.Unmarshal(data, &j)
+	return staticKeys(j), err
+}
+
+// runParts runs long-lived parts until a signal or the first failure.
+func runParts(ctx context.Context, parts map[string]func(context.Context) error) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g, gctx := errgroup.WithContext(ctx)
+	for name, run := range parts {
+		g.Go(func() error {
+			if err := run(gctx); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// newRegistry is the process's metrics registry, with Go and process metrics.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// metricsServer serves /metrics for roles without an HTTP API.
+func metricsServer(addr string, g prometheus.Gatherer) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`{"status":"ok"}`)) })
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { <-ctx.Done(); srv.Shutdown(context.WithoutCancel(ctx)) }()
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}
+}
+
+func loadMAC() (*tenants.MAC, error) {
+	secret, err := tenants.SecretFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	return tenants.NewMAC(secret)
+}
+
+func newIngestCmd() *cobra.Command {
+	var kf kafkaFlags
+	var addr, tenantsFile, jwksFile, clickhouse string
+	cmd := &cobra.Command{
+		Use:   "ingest",
+		Short: "Run the HTTP API tier (produces to Kafka, reads results back)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var errs []error
+			cfg := ingest.DefaultConfig()
+			cfg.Addr, cfg.Kafka = addr, kf.config()
+			if err := cfg.Validate(); err != nil {
+				errs = append(errs, err)
+			}
+			store, err := tenants.LoadFile(tenantsFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--tenants: %w", err))
+			}
+			keys, err := loadJWKS(jwksFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--jwks: %w", err))
+			}
+			mac, err := loadMAC()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if err := errors.Join(errs...); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			reg := newRegistry()
+			cfg.Registerer, cfg.Gatherer = reg, reg
+			var rs ingest.ReceiptStore
+			if clickhouse != "" {
+				chs, err := ingest.OpenClickHouseStore(cmd.Context(), []string{clickhouse}, "default", os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer chs.Close()
+				rs = chs
+			}
+			srv, err := ingest.New(cmd.Context(), cfg, store, keys, rs, mac)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			defer srv.Close()
+			slog.Info("ingest listening", "addr", srv.Addr())
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"ingest": srv.Run}))
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&addr, "http", "127.0.0.1:8080", "listen address")
+	bindEnv(fs, "http", "CERTNODE_HTTP")
+	fs.StringVar(&tenantsFile, "tenants", "", "tenants file (JSON with hashed API keys)")
+	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
+	fs.StringVar(&jwksFile, "jwks", "", "JWKS file to publish (from `certnode jwks`)")
+	bindEnv(fs, "jwks", "CERTNODE_JWKS_FILE")
+	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts")
+	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	kf.register(fs, true)
+	return cmd
+}
+
+func newWorkerCmd() *cobra.Command {
+	var kf kafkaFlags
+	var keys keyFlags
+	var tenantsFile, metricsAddr string
+	var concurrency int
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a pipeline worker (consumes requests, signs or verifies, produces results)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var errs []error
+			cfg := pipeline.DefaultConfig()
+			cfg.Kafka = kf.config()
+			if concurrency > 0 {
+				cfg.Concurrency = concurrency
+			}
+			if err := cfg.Validate(); err != nil {
+				errs = append(errs, err)
+			}
+			store, err := tenants.LoadFile(tenantsFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--tenants: %w", err))
+			}
+			mac, err := loadMAC()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if err := errors.Join(errs...); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			ring, release, err := keys.ring()
+			if err != nil {
+				return err
+			}
+			defer release()
+			reg := newRegistry()
+			cfg.Registerer = reg
+			w, err := pipeline.New(cfg, ring, store, mac)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			defer w.Close()
+			slog.Info("worker started", "kid", ring.ActiveKID(), "concurrency", cfg.Concurrency)
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
+				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg)}))
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&tenantsFile, "tenants", "", "tenants file (JSON with hashed API keys)")
+	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
+	fs.IntVar(&concurrency, "concurrency", 0, "requests processed at once (default 2 x cores)")
+	bindEnv(fs, "concurrency", "CERTNODE_WORKER_CONCURRENCY")
+	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9101", "address for /metrics")
+	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	kf.register(fs, true)
+	keys.register(fs, true)
+	return cmd
+}
+
+func newSinkCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
+	var kf kafkaFlags
+	var addr, metricsAddr string
+	ch := &cobra.Command{
+		Use:   "clickhouse",
+		Short: "Write every result into ClickHouse (batched, idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := chsink.DefaultConfig()
+			cfg.Kafka, cfg.Addr = kf.config(), []string{addr}
+			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+			if err := cfg.Validate(); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			reg := newRegistry()
+			cfg.Registerer = reg
+			s, err := chsink.New(cmd.Context(), cfg)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			defer s.Close()
+			slog.Info("clickhouse sink started", "clickhouse", addr)
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
+				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg)}))
+		},
+	}
+	fs := ch.Flags()
+	fs.StringVar(&addr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address")
+	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
+	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	kf.register(fs, true)
+	cmd.AddCommand(ch)
+	return cmd
+}
+
+// runErr turns a role's failure into exit status 1 with its message.
+func runErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{code: exitInvalid, err: err}
+}
