@@ -170,10 +170,8 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		writeResult(ctx, res)
 	case <-timer.C:
 		s.res.cancel(id)
-		writeJSON(ctx, fasthttp.StatusGatewayTimeout, map[string]any{
-			"error":  map[string]string{"code": "timeout", "message": "accepted, but no result yet; poll GET /v1/jobs/" + id},
-			"job_id": id,
-		})
+		writeJSON(ctx, fasthttp.StatusGatewayTimeout, errorBody{
+			Error: errorDetail{"timeout", "accepted, but no result yet; poll GET /v1/jobs/" + id}, JobID: id})
 	}
 }
 
@@ -312,13 +310,11 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 	s.res.update(j.ID, func(j *job) { j.State, j.Total = "running", out.LinesAccepted })
 	switch {
 	case out.LinesAccepted == 0 && (failed.Load() > 0 || flushErr != nil):
-		writeJSON(ctx, fasthttp.StatusServiceUnavailable, map[string]any{
-			"error": map[string]string{"code": "kafka_unavailable", "message": "no line was accepted: the message broker is unavailable; retry later"},
-			"job":   out})
+		writeJSON(ctx, fasthttp.StatusServiceUnavailable, errorBody{
+			Error: errorDetail{"kafka_unavailable", "no line was accepted: the message broker is unavailable; retry later"}, Job: out})
 	case out.LinesAccepted == 0:
-		writeJSON(ctx, fasthttp.StatusUnprocessableEntity, map[string]any{
-			"error": map[string]string{"code": "no_valid_lines", "message": "the upload had no valid line"},
-			"job":   out})
+		writeJSON(ctx, fasthttp.StatusUnprocessableEntity, errorBody{
+			Error: errorDetail{"no_valid_lines", "the upload had no valid line"}, Job: out})
 	default:
 		writeJSON(ctx, fasthttp.StatusAccepted, out)
 	}

@@ -6,9 +6,22 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// errorBody is the JSON of every API error; Job rides along where a
+// partly processed bulk job explains the error.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+	JobID string      `json:"job_id,omitempty"`
+	Job   any         `json:"job,omitempty"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
 // apiError writes {"error":{"code":...,"message":...}}.
 func apiError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
-	writeJSON(ctx, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	writeJSON(ctx, status, errorBody{Error: errorDetail{code, msg}})
 }
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {

@@ -2,6 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -18,7 +21,6 @@ import (
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
-	"github.com/certnode/certnode/signer"
 )
 
 const apiKey = "cn_test_key_for_acme"
@@ -27,7 +29,7 @@ type harness struct {
 	t       *testing.T
 	cluster *kfake.Cluster
 	kcfg    kafka.Config
-	ring    *signer.Ring
+	ring    *memSigner
 	store   *tenants.FileStore
 	mac     *tenants.MAC
 	client  *kgo.Client
@@ -40,8 +42,7 @@ func newHarness(t *testing.T, partitions int32) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	key, _ := signer.GenerateSoftware()
-	ring, _ := signer.NewRing(key)
+	ring := newMemSigner(t)
 	store, err := tenants.NewFileStore(tenants.File{Tenants: []tenants.Tenant{
 		{ID: "acme", APIKeyHashes: []string{tenants.HashKey(apiKey)}},
 		{ID: "globex", APIKeyHashes: []string{tenants.HashKey("cn_globex")}},
@@ -330,4 +331,43 @@ func TestWorkerRebalanceHandsOverCleanly(t *testing.T) {
 	if len(res) != n {
 		t.Fatalf("%d distinct results, want %d", len(res), n)
 	}
+}
+
+// memSigner is an in-memory signer; the pipeline never sees key storage
+// (cmd wires the signer package in).
+type memSigner struct {
+	key *ecdsa.PrivateKey
+	kid string
+	ks  *schemas.KeySet
+}
+
+func newMemSigner(t *testing.T) *memSigner {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, _ := schemas.NewJWK(&key.PublicKey)
+	ks, err := schemas.NewKeySet(schemas.JWKS{Keys: []schemas.JWK{jwk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &memSigner{key: key, kid: jwk.Kid, ks: ks}
+}
+
+func (m *memSigner) KeySet() *schemas.KeySet { return m.ks }
+
+func (m *memSigner) Sign(_ context.Context, payload []byte) (*schemas.Receipt, error) {
+	u, err := schemas.NewUnsigned(m.kid, payload)
+	if err != nil {
+		return nil, err
+	}
+	d := u.Digest()
+	r, s, err := ecdsa.Sign(rand.Reader, m.key, d[:])
+	if err != nil {
+		return nil, err
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return u.Complete(sig)
 }

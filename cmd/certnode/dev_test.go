@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/schemas"
+)
+
+type devEnv struct {
+	t    *testing.T
+	base string
+	key  string // demo tenant
+	slow string // tenant limited to 1 request/s
+	dir  string
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startDev runs `certnode dev` in-process on an embedded Kafka, with a
+// second, rate-limited tenant.
+func startDev(t *testing.T) *devEnv {
+	t.Helper()
+	dir := t.TempDir()
+	demoKey, _ := tenants.GenerateKey()
+	slowKey, _ := tenants.GenerateKey()
+	writeJSONFile(filepath.Join(dir, "credentials.json"), credentials{Tenant: "demo", APIKey: demoKey, AdminToken: "x"})
+	writeJSONFile(filepath.Join(dir, "tenants.json"), tenants.File{Tenants: []tenants.Tenant{
+		{ID: "demo", APIKeyHashes: []string{tenants.HashKey(demoKey)}},
+		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, RateLimit: 1, Burst: 1},
+	}})
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	var mu sync.Mutex
+	go func() {
+		done <- runContext(ctx, []string{"dev", "--data", dir, "--http", addr, "--partitions", "3"},
+			strings.NewReader(""), io.Discard, &lockedWriter{w: &stderr, mu: &mu})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				mu.Lock()
+				t.Errorf("dev exited %d: %s", code, stderr.String())
+				mu.Unlock()
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("dev did not stop within 30s")
+		}
+	})
+	e := &devEnv{t: t, base: "http://" + addr, key: demoKey, slow: slowKey, dir: dir}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if code, _ := e.do("GET", "/readyz", "", "", ""); code == 200 {
+			return e
+		}
+		if time.Now().After(deadline) {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("dev not ready: %s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (e *devEnv) do(method, path, key, ctype, body string) (int, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.base+path, strings.NewReader(body))
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func errorCode(t *testing.T, body string) string {
+	var e struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &e, json.RejectUnknownMembers(false)); err != nil || e.Error.Code == "" || e.Error.Message == "" {
+		t.Fatalf("not a JSON error body: %s", body)
+	}
+	return e.Error.Code
+}
+
+func TestDevAPI(t *testing.T) {
+	e := startDev(t)
+	const js = "application/json"
+
+	code, jwksBody := e.do("GET", "/.well-known/jwks.json", "", "", "")
+	ks, err := schemas.ParseJWKS([]byte(jwksBody))
+	if code != 200 || err != nil {
+		t.Fatalf("jwks: %d %s %v", code, jwksBody, err)
+	}
+
+	t.Run("sign then verify", func(t *testing.T) {
+		code, body := e.do("POST", "/v1/sign", e.key, js, `{"payload":{"b":1,"a":"\u2028","n":1e21}}`)
+		if code != 200 {
+			t.Fatalf("sign: %d %s", code, body)
+		}
+		rc, err := ks.Verify([]byte(body))
+		if err != nil {
+			t.Fatalf("receipt does not verify against the served JWKS: %v", err)
+		}
+		if string(rc.Payload) != "{\"a\":\"\u2028\",\"b\":1,\"n\":1e+21}" {
+			t.Fatalf("payload %s", rc.Payload)
+		}
+		code, v := e.do("POST", "/v1/verify", e.key, js, `{"receipt":`+body+`}`)
+		if code != 200 || !strings.Contains(v, `"valid":true`) || !strings.Contains(v, rc.Kid) {
+			t.Fatalf("verify: %d %s", code, v)
+		}
+		tampered := strings.Replace(body, `"b":1`, `"b":2`, 1)
+		code, v = e.do("POST", "/v1/verify", e.key, js, `{"receipt":`+tampered+`}`)
+		if code != 200 || !strings.Contains(v, `"valid":false`) || !strings.Contains(v, `"reason":"payload_hash_mismatch"`) {
+			t.Fatalf("verify tampered: %d %s", code, v)
+		}
+		// With the caller's own JWKS that lacks our key.
+		other := `{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}`
+		code, v = e.do("POST", "/v1/verify", e.key, js, `{"receipt":`+body+`,"jwks":`+other+`}`)
+		if code != 200 || !strings.Contains(v, `"reason":"unknown_kid"`) {
+			t.Fatalf("verify with other jwks: %d %s", code, v)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		cases := []struct {
+			name, method, path, key, ctype, body string
+			status                               int
+			code                                 string
+		}{
+			{"no key", "POST", "/v1/sign", "", js, `{"payload":{}}`, 401, "unauthorized"},
+			{"unknown key", "POST", "/v1/sign", "cn_nope", js, `{"payload":{}}`, 401, "unauthorized"},
+			{"wrong content type", "POST", "/v1/sign", e.key, "text/plain", `{"payload":{}}`, 415, "unsupported_media_type"},
+			{"not JSON", "POST", "/v1/sign", e.key, js, `{"payload":`, 400, "malformed_json"},
+			{"duplicate body keys", "POST", "/v1/sign", e.key, js, `{"payload":{},"payload":{}}`, 400, "malformed_json"},
+			{"missing payload", "POST", "/v1/sign", e.key, js, `{}`, 422, "invalid_payload"},
+			{"payload not object", "POST", "/v1/sign", e.key, js, `{"payload":[1]}`, 422, "invalid_payload"},
+			{"payload duplicate keys", "POST", "/v1/sign", e.key, js, `{"payload":{"a":1,"a":2}}`, 400, "malformed_json"},
+			{"payload number overflow", "POST", "/v1/sign", e.key, js, `{"payload":{"a":1e999}}`, 422, "invalid_payload"},
+			{"too large", "POST", "/v1/sign", e.key, js, `{"payload":{"a":"` + strings.Repeat("x", 2<<20) + `"}}`, 413, "too_large"},
+			{"verify without receipt", "POST", "/v1/verify", e.key, js, `{}`, 422, "invalid_receipt"},
+			{"verify receipt not object", "POST", "/v1/verify", e.key, js, `{"receipt":"x"}`, 422, "invalid_receipt"},
+			{"verify bad jwks", "POST", "/v1/verify", e.key, js, `{"receipt":{},"jwks":{"keys":[]}}`, 422, "invalid_jwks"},
+			{"job without type", "POST", "/v1/jobs", e.key, "application/x-ndjson", "{}\n", 400, "invalid_type"},
+			{"job wrong content type", "POST", "/v1/jobs?type=sign", e.key, js, "{}\n", 415, "unsupported_media_type"},
+			{"job all lines bad", "POST", "/v1/jobs?type=sign", e.key, "application/x-ndjson", "[1]\nnope\n", 422, "no_valid_lines"},
+			{"unknown job", "GET", "/v1/jobs/job_nope", e.key, "", "", 404, "not_found"},
+			{"method", "GET", "/v1/sign", e.key, "", "", 405, "method_not_allowed"},
+			{"route", "GET", "/v2/nothing", e.key, "", "", 404, "not_found"},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				code, body := e.do(tc.method, tc.path, tc.key, tc.ctype, tc.body)
+				if code != tc.status || errorCode(t, body) != tc.code {
+					t.Fatalf("got %d %s, want %d %s", code, body, tc.status, tc.code)
+				}
+			})
+		}
+		// 401 bodies are identical whether or not the key exists.
+		_, a := e.do("POST", "/v1/sign", "", js, `{}`)
+		_, b := e.do("POST", "/v1/sign", "cn_nope", js, `{}`)
+		if a != b {
+			t.Fatalf("401 bodies differ: %s vs %s", a, b)
+		}
+	})
+
+	t.Run("quota", func(t *testing.T) {
+		var got429 bool
+		for i := 0; i < 5 && !got429; i++ {
+			code, body := e.do("POST", "/v1/sign", e.slow, js, `{"payload":{"i":1}}`)
+			if code == 429 {
+				got429 = errorCode(t, body) == "over_quota"
+			} else if code != 200 {
+				t.Fatalf("slow tenant: %d %s", code, body)
+			}
+		}
+		if !got429 {
+			t.Fatal("a tenant limited to 1 request/s was never refused")
+		}
+		// Other tenants are unaffected.
+		if code, body := e.do("POST", "/v1/sign", e.key, js, `{"payload":{"i":1}}`); code != 200 {
+			t.Fatalf("demo tenant after slow tenant's 429: %d %s", code, body)
+		}
+	})
+
+	t.Run("bulk sign job", func(t *testing.T) {
+		var in strings.Builder
+		const n = 500
+		for i := 1; i <= n; i++ {
+			switch i {
+			case 7:
+				in.WriteString("not json\n")
+			case 9:
+				in.WriteString("\n") // blank lines keep numbering
+			default:
+				fmt.Fprintf(&in, "{\"i\":%d}\n", i)
+			}
+		}
+		code, body := e.do("POST", "/v1/jobs?type=sign", e.key, "application/x-ndjson", in.String())
+		var acc struct {
+			JobID         string `json:"job_id"`
+			LinesAccepted int64  `json:"lines_accepted"`
+			LinesRejected int64  `json:"lines_rejected"`
+			Rejected      []struct {
+				Line int64  `json:"line"`
+				Code string `json:"code"`
+			} `json:"rejected"`
+		}
+		if code != 202 || json.Unmarshal([]byte(body), &acc, json.RejectUnknownMembers(false)) != nil {
+			t.Fatalf("create: %d %s", code, body)
+		}
+		if acc.LinesAccepted != n-2 || acc.LinesRejected != 1 || acc.Rejected[0].Line != 7 || acc.Rejected[0].Code != "invalid_payload" {
+			t.Fatalf("accepted %+v", acc)
+		}
+		// Results stream until the job is done, one per accepted line.
+		code, stream := e.do("GET", "/v1/jobs/"+acc.JobID+"/results", e.key, "", "")
+		lines := strings.Split(strings.TrimSpace(stream), "\n")
+		if code != 200 || len(lines) != n-2 {
+			t.Fatalf("results: %d, %d lines", code, len(lines))
+		}
+		seen := map[int64]bool{}
+		for _, l := range lines {
+			var r struct {
+				Line    int64          `json:"line"`
+				Status  string         `json:"status"`
+				Receipt jsontext.Value `json:"receipt"`
+			}
+			if err := json.Unmarshal([]byte(l), &r, json.RejectUnknownMembers(false)); err != nil {
+				t.Fatal(err)
+			}
+			if r.Status != "signed" || seen[r.Line] || r.Line == 7 || r.Line == 9 {
+				t.Fatalf("result line %s", l)
+			}
+			seen[r.Line] = true
+			rc, err := ks.Verify(r.Receipt)
+			if err != nil || string(rc.Payload) != fmt.Sprintf(`{"i":%d}`, r.Line) {
+				t.Fatalf("line %d: receipt %s does not match its input (%v)", r.Line, r.Receipt, err)
+			}
+		}
+		code, st := e.do("GET", "/v1/jobs/"+acc.JobID, e.key, "", "")
+		if code != 200 || !strings.Contains(st, `"state":"done"`) || !strings.Contains(st, fmt.Sprintf(`"done":%d`, n-2)) || !strings.Contains(st, fmt.Sprintf(`"valid":%d`, n-2)) {
+			t.Fatalf("status: %d %s", code, st)
+		}
+		// Another tenant cannot see it.
+		if code, _ := e.do("GET", "/v1/jobs/"+acc.JobID, e.slow, "", ""); code != 404 {
+			t.Fatalf("other tenant sees the job: %d", code)
+		}
+	})
+
+	t.Run("bulk verify job", func(t *testing.T) {
+		_, good := e.do("POST", "/v1/sign", e.key, js, `{"payload":{"v":1}}`)
+		bad := strings.Replace(good, `"v":1`, `"v":2`, 1)
+		code, body := e.do("POST", "/v1/jobs?type=verify", e.key, "application/x-ndjson", good+bad)
+		if code != 202 {
+			t.Fatalf("%d %s", code, body)
+		}
+		var acc struct {
+			JobID string `json:"job_id"`
+		}
+		json.Unmarshal([]byte(body), &acc, json.RejectUnknownMembers(false))
+		_, stream := e.do("GET", "/v1/jobs/"+acc.JobID+"/results", e.key, "", "")
+		if !strings.Contains(stream, `"line":1,`) || !strings.Contains(stream, `"status":"valid"`) || !strings.Contains(stream, `"reason":"payload_hash_mismatch"`) {
+			t.Fatalf("verify results: %s", stream)
+		}
+		_, st := e.do("GET", "/v1/jobs/"+acc.JobID, e.key, "", "")
+		if !strings.Contains(st, `"valid":1`) || !strings.Contains(st, `"invalid":1`) {
+			t.Fatalf("status: %s", st)
+		}
+	})
+
+	t.Run("ops endpoints", func(t *testing.T) {
+		if code, body := e.do("GET", "/healthz", "", "", ""); code != 200 {
+			t.Fatalf("healthz %d %s", code, body)
+		}
+		code, body := e.do("GET", "/metrics", "", "", "")
+		for _, m := range []string{"certnode_http_requests_total", "certnode_worker_records_total", "certnode_ingest_result_lag_seconds"} {
+			if code != 200 || !strings.Contains(body, m) {
+				t.Fatalf("metrics lack %s", m)
+			}
+		}
+		if strings.Contains(body, e.key) {
+			t.Fatal("API key in metrics")
+		}
+		creds, _ := os.Stat(filepath.Join(e.dir, "credentials.json"))
+		if creds.Mode().Perm() != 0o600 {
+			t.Fatalf("credentials.json mode %v", creds.Mode().Perm())
+		}
+	})
+}
