@@ -106,7 +106,7 @@ func (s *Server) envelope(t *tenants.Tenant, kind schemas.Kind, id, jobID string
 	if err != nil {
 		return nil, err
 	}
-	return &kgo.Record{Topic: schemas.TopicRequests, Key: []byte(t.ID), Value: val,
+	return &kgo.Record{Topic: s.cfg.Kafka.Topics().Requests, Key: []byte(t.ID), Value: val,
 		Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte(s.mac.Sum(t.ID, id))}}}, nil
 }
 

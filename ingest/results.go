@@ -73,7 +73,7 @@ func newResults(ctx context.Context, kcfg kafka.Config, retention time.Duration,
 		admin.Close()
 		return nil, err
 	}
-	r.cl, err = kafka.NewClient(kcfg, consumeFrom(start), kgo.FetchMaxWait(100*time.Millisecond))
+	r.cl, err = kafka.NewClient(kcfg, consumeFrom(kcfg.Topics().Receipts, start), kgo.FetchMaxWait(100*time.Millisecond))
 	if err != nil {
 		admin.Close()
 		return nil, err
@@ -81,18 +81,19 @@ func newResults(ctx context.Context, kcfg kafka.Config, retention time.Duration,
 	return r, nil
 }
 
-func consumeFrom(start map[int32]int64) kgo.Opt {
+func consumeFrom(topic string, start map[int32]int64) kgo.Opt {
 	parts := map[int32]kgo.Offset{}
 	for p, o := range start {
 		parts[p] = kgo.NewOffset().At(o)
 	}
-	return kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{schemas.TopicReceipts: parts})
+	return kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: parts})
 }
 
 func (r *results) endOffsets(ctx context.Context) (map[int32]int64, error) {
-	ends, err := r.adm.ListEndOffsets(ctx, schemas.TopicReceipts)
+	topic := r.kcfg.Topics().Receipts
+	ends, err := r.adm.ListEndOffsets(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("list %s offsets: %w", schemas.TopicReceipts, err)
+		return nil, fmt.Errorf("list %s offsets: %w", topic, err)
 	}
 	out := map[int32]int64{}
 	var firstErr error
@@ -103,7 +104,7 @@ func (r *results) endOffsets(ctx context.Context) (map[int32]int64, error) {
 		out[o.Partition] = o.Offset
 	})
 	if len(out) == 0 && firstErr == nil {
-		firstErr = fmt.Errorf("topic %s has no partitions", schemas.TopicReceipts)
+		firstErr = fmt.Errorf("topic %s has no partitions", topic)
 	}
 	return out, firstErr
 }

@@ -38,7 +38,7 @@ func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, id stri
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such bulk job")
 		return
 	}
-	cl, err := kafka.NewClient(s.cfg.Kafka, consumeFrom(j.start), kgo.FetchMaxWait(200*time.Millisecond))
+	cl, err := kafka.NewClient(s.cfg.Kafka, consumeFrom(s.cfg.Kafka.Topics().Receipts, j.start), kgo.FetchMaxWait(200*time.Millisecond))
 	if err != nil {
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", err.Error())
 		return

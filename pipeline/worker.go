@@ -115,6 +115,7 @@ type Worker struct {
 	signer Signer
 	auth   Authenticator
 	mac    *tenants.MAC
+	topics schemas.Topics
 	m      *metrics
 	log    *slog.Logger
 	now    func() time.Time
@@ -128,11 +129,11 @@ func New(cfg Config, s Signer, auth Authenticator, mac *tenants.MAC, opts ...kgo
 	if s == nil || auth == nil || mac == nil {
 		return nil, errors.New("worker: signer, authenticator and MAC are required")
 	}
-	w := &Worker{cfg: cfg, signer: s, auth: auth, mac: mac, m: newMetrics(cfg.Registerer),
+	w := &Worker{cfg: cfg, signer: s, auth: auth, mac: mac, topics: cfg.Kafka.Topics(), m: newMetrics(cfg.Registerer),
 		log: slog.With("role", "worker"), now: time.Now}
 	base := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
-		kgo.ConsumeTopics(schemas.TopicRequests),
+		kgo.ConsumeTopics(w.topics.Requests),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
 		// A rebalance waits until the polled batch is produced and committed
@@ -275,7 +276,7 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 		return nil, err
 	}
 	w.m.records.WithLabelValues(string(req.Kind), string(res.Status)).Inc()
-	result := &kgo.Record{Topic: schemas.TopicReceipts, Key: []byte(req.Tenant), Value: val,
+	result := &kgo.Record{Topic: w.topics.Receipts, Key: []byte(req.Tenant), Value: val,
 		Headers: []kgo.RecordHeader{{Key: schemas.HeaderRequestID, Value: []byte(req.ID)}}}
 	if req.JobID != "" {
 		result.Headers = append(result.Headers, kgo.RecordHeader{Key: schemas.HeaderJobID, Value: []byte(req.JobID)})
@@ -357,7 +358,7 @@ func (w *Worker) dlq(rec *kgo.Record, pe *permanentError) *kgo.Record {
 		}
 	}
 	w.log.Warn("record sent to DLQ", "reason", pe.reason, "partition", rec.Partition, "offset", rec.Offset, "err", pe.err)
-	return &kgo.Record{Topic: schemas.TopicDLQ, Key: rec.Key, Value: rec.Value, Headers: hs}
+	return &kgo.Record{Topic: w.topics.DLQ, Key: rec.Key, Value: rec.Value, Headers: hs}
 }
 
 // Close leaves the group (after the current batch) and closes the client.

@@ -25,6 +25,8 @@ import (
 
 const apiKey = "cn_test_key_for_acme"
 
+var topics = schemas.TopicsFor(schemas.DefaultTopicPrefix)
+
 type harness struct {
 	t       *testing.T
 	cluster *kfake.Cluster
@@ -37,7 +39,7 @@ type harness struct {
 
 func newHarness(t *testing.T, partitions int32) *harness {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, schemas.TopicRequests, schemas.TopicReceipts, schemas.TopicDLQ))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, schemas.TopicsFor(schemas.DefaultTopicPrefix).All()...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +95,7 @@ func (h *harness) request(tenant, id string, kind schemas.Kind, body string, via
 		// Invalid payload JSON cannot go through the encoder; write it raw.
 		val = []byte(fmt.Sprintf(`{"v":1,"id":%q,"tenant":%q,"kind":%q,"payload":%s}`, id, tenant, kind, body))
 	}
-	r := &kgo.Record{Topic: schemas.TopicRequests, Key: []byte(tenant), Value: val}
+	r := &kgo.Record{Topic: topics.Requests, Key: []byte(tenant), Value: val}
 	if viaAPIKey != "" {
 		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderAPIKey, Value: []byte(viaAPIKey)}}
 	} else {
@@ -162,7 +164,7 @@ func TestWorkerSignsAndVerifies(t *testing.T) {
 	)
 	_, stop := h.worker(context.Background())
 	defer stop()
-	res := results(t, h.consume(schemas.TopicReceipts, 4))
+	res := results(t, h.consume(topics.Receipts, 4))
 
 	ks := h.ring.KeySet()
 	for _, id := range []string{"s1", "s2"} {
@@ -198,7 +200,7 @@ func contains(s, sub string) bool {
 
 func TestWorkerDLQDoesNotBlockPartition(t *testing.T) {
 	h := newHarness(t, 1) // one partition: poison must not block what follows
-	garbage := &kgo.Record{Topic: schemas.TopicRequests, Key: []byte("acme"), Value: []byte("not json")}
+	garbage := &kgo.Record{Topic: topics.Requests, Key: []byte("acme"), Value: []byte("not json")}
 	h.produce(
 		garbage,
 		h.request("acme", "bad-key", schemas.KindSign, `{"a":1}`, "cn_wrong"),
@@ -210,7 +212,7 @@ func TestWorkerDLQDoesNotBlockPartition(t *testing.T) {
 	_, stop := h.worker(context.Background())
 	defer stop()
 
-	dlq := h.consume(schemas.TopicDLQ, 5)
+	dlq := h.consume(topics.DLQ, 5)
 	reasons := map[string]int{}
 	for _, r := range dlq {
 		for _, hd := range r.Headers {
@@ -233,7 +235,7 @@ func TestWorkerDLQDoesNotBlockPartition(t *testing.T) {
 	}
 	// Authenticated but unprocessable requests also get a failed result, so
 	// jobs finish; unauthenticated ones do not (their tenant is unproven).
-	res := results(t, h.consume(schemas.TopicReceipts, 2))
+	res := results(t, h.consume(topics.Receipts, 2))
 	if res["after"].Status != schemas.StatusSigned {
 		t.Fatalf("record after the poison: %+v", res["after"])
 	}
@@ -270,7 +272,7 @@ func TestWorkerCommitsOnlyAfterProduce(t *testing.T) {
 		t.Fatalf("offset %d committed while results could not be produced", off)
 	}
 	fault.Remove()
-	res := results(t, h.consume(schemas.TopicReceipts, 1))
+	res := results(t, h.consume(topics.Receipts, 1))
 	if res["r1"].Status != schemas.StatusSigned {
 		t.Fatalf("%+v", res["r1"])
 	}
@@ -294,7 +296,7 @@ func committed(t *testing.T, h *harness, group string) int64 {
 	}
 	var total int64
 	offs.Each(func(o kadm.OffsetResponse) {
-		if o.Topic == schemas.TopicRequests && o.At > 0 {
+		if o.Topic == topics.Requests && o.At > 0 {
 			total += o.At
 		}
 	})
@@ -327,7 +329,7 @@ func TestWorkerRebalanceHandsOverCleanly(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	stopAOnce()
 
-	res := results(t, h.consume(schemas.TopicReceipts, n)) // fails on duplicates
+	res := results(t, h.consume(topics.Receipts, n)) // fails on duplicates
 	if len(res) != n {
 		t.Fatalf("%d distinct results, want %d", len(res), n)
 	}

@@ -9,13 +9,25 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 )
 
-// Kafka topics. Records on all three are keyed by tenant id, so a tenant's
-// traffic keeps its order.
-const (
-	TopicRequests = "certnode.requests"
-	TopicReceipts = "certnode.receipts"
-	TopicDLQ      = "certnode.dlq"
-)
+// Topics names the three Kafka topics. Records on all three are keyed by
+// tenant id, so a tenant's traffic keeps its order.
+type Topics struct {
+	Requests string
+	Receipts string
+	DLQ      string
+}
+
+// DefaultTopicPrefix gives certnode.requests, certnode.receipts, certnode.dlq.
+const DefaultTopicPrefix = "certnode"
+
+// TopicsFor names the topics under prefix, so several environments (or
+// test runs) can share one cluster.
+func TopicsFor(prefix string) Topics {
+	return Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq"}
+}
+
+// All lists the topics.
+func (t Topics) All() []string { return []string{t.Requests, t.Receipts, t.DLQ} }
 
 // Record headers.
 const (

@@ -18,7 +18,6 @@ import (
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
-	"github.com/certnode/certnode/schemas"
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
 )
@@ -54,7 +53,7 @@ func newDevCmd() *cobra.Command {
 			kcfg := kf.config()
 			if len(kcfg.Brokers) == 0 {
 				cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DataDir(filepath.Join(dataDir, "kafka")),
-					kfake.SeedTopics(kcfg.Partitions, schemas.TopicRequests, schemas.TopicReceipts, schemas.TopicDLQ))
+					kfake.SeedTopics(kcfg.Partitions, kcfg.Topics().All()...))
 				if err != nil {
 					return usageErr("embedded Kafka: %v", err)
 				}
@@ -79,7 +78,7 @@ func newDevCmd() *cobra.Command {
 			reg := newRegistry()
 			parts := map[string]func(context.Context) error{}
 			wcfg := pipeline.DefaultConfig()
-			wcfg.Kafka, wcfg.Registerer = kcfg, reg
+			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg
 			w, err := pipeline.New(wcfg, ring, store, mac)
 			if err != nil {
 				return usageErr("%v", err)
@@ -94,7 +93,7 @@ func newDevCmd() *cobra.Command {
 			}
 			if chFound {
 				scfg := chsink.DefaultConfig()
-				scfg.Kafka, scfg.Addr, scfg.Registerer = kcfg, []string{chAddr}, reg
+				scfg.Kafka, scfg.Addr, scfg.Group, scfg.Registerer = kcfg, []string{chAddr}, kf.prefix+"-sink-clickhouse", reg
 				sink, err := chsink.New(ctx, scfg)
 				if err != nil {
 					return usageErr("%v", err)

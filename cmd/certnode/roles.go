@@ -34,6 +34,7 @@ type kafkaFlags struct {
 	brokers    string
 	partitions int32
 	rf         int16
+	prefix     string
 }
 
 func (k *kafkaFlags) register(fs *pflag.FlagSet, required bool) {
@@ -47,6 +48,8 @@ func (k *kafkaFlags) register(fs *pflag.FlagSet, required bool) {
 	bindEnv(fs, "partitions", "CERTNODE_KAFKA_PARTITIONS")
 	fs.Int16Var(&k.rf, "replication-factor", 1, "replication factor for topics this process creates")
 	bindEnv(fs, "replication-factor", "CERTNODE_KAFKA_REPLICATION_FACTOR")
+	fs.StringVar(&k.prefix, "topic-prefix", schemas.DefaultTopicPrefix, "topic names PREFIX.requests, PREFIX.receipts, PREFIX.dlq; consumer groups PREFIX-workers, PREFIX-sink-clickhouse")
+	bindEnv(fs, "topic-prefix", "CERTNODE_TOPIC_PREFIX")
 }
 
 func (k *kafkaFlags) config() kafka.Config {
@@ -56,7 +59,7 @@ func (k *kafkaFlags) config() kafka.Config {
 			brokers = append(brokers, b)
 		}
 	}
-	return kafka.Config{Brokers: brokers, Partitions: k.partitions, ReplicationFactor: k.rf}
+	return kafka.Config{Brokers: brokers, Partitions: k.partitions, ReplicationFactor: k.rf, TopicPrefix: k.prefix}
 }
 
 // staticKeys serves a JWKS file to the ingest tier.
@@ -201,7 +204,7 @@ func newWorkerCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
 			cfg := pipeline.DefaultConfig()
-			cfg.Kafka = kf.config()
+			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-workers"
 			if concurrency > 0 {
 				cfg.Concurrency = concurrency
 			}
@@ -258,7 +261,7 @@ func newSinkCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := chsink.DefaultConfig()
-			cfg.Kafka, cfg.Addr = kf.config(), []string{addr}
+			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
 			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}

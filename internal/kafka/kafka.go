@@ -24,6 +24,16 @@ type Config struct {
 	Partitions int32
 	// ReplicationFactor for created topics (1 for a single local broker).
 	ReplicationFactor int16
+	// TopicPrefix names the topics (default "certnode": certnode.requests...).
+	TopicPrefix string
+}
+
+// Topics returns the topic names for this config.
+func (c *Config) Topics() schemas.Topics {
+	if c.TopicPrefix == "" {
+		return schemas.TopicsFor(schemas.DefaultTopicPrefix)
+	}
+	return schemas.TopicsFor(c.TopicPrefix)
 }
 
 // Validate reports every problem at once.
@@ -64,8 +74,7 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 // EnsureTopics creates the CertNode topics that do not exist yet.
 func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
 	adm := kadm.NewClient(cl)
-	res, err := adm.CreateTopics(ctx, c.Partitions, c.ReplicationFactor, nil,
-		schemas.TopicRequests, schemas.TopicReceipts, schemas.TopicDLQ)
+	res, err := adm.CreateTopics(ctx, c.Partitions, c.ReplicationFactor, nil, c.Topics().All()...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}

@@ -92,7 +92,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	}
 	base := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
-		kgo.ConsumeTopics(schemas.TopicReceipts),
+		kgo.ConsumeTopics(cfg.Kafka.Topics().Receipts),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
