@@ -132,8 +132,15 @@ func New(ctx context.Context, cfg Config, auth Authenticator, keys KeySource, st
 	s := &Server{cfg: cfg, auth: auth, keys: keys, store: store, mac: mac, log: slog.With("role", "ingest"),
 		limiters: map[string]*rate.Limiter{}, m: newMetrics(cfg.Registerer)}
 	var err error
-	s.prod, err = kafka.NewClient(cfg.Kafka, kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
-		kgo.MaxBufferedRecords(20000))
+	// acks=all, but not franz-go's idempotent mode: an idempotent producer
+	// must hold a record whose fate it cannot know until the broker is back,
+	// which would turn an outage into hung requests instead of 503s. A
+	// retry can then write a request twice; request ids absorb that
+	// downstream (results, job counts and ClickHouse dedupe on them). With
+	// idempotence off franz-go keeps one request in flight per broker, so a
+	// tenant's order still holds.
+	s.prod, err = kafka.NewClient(cfg.Kafka, kgo.DisableIdempotentWrite(),
+		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout), kgo.MaxBufferedRecords(20000))
 	if err != nil {
 		return nil, err
 	}

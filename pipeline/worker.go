@@ -140,6 +140,10 @@ func New(cfg Config, s Signer, auth Authenticator, mac *tenants.MAC, opts ...kgo
 		// (drain before revoke), so a handover neither loses nor repeats work.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxWait(250 * time.Millisecond),
+		// A worker that dies without leaving the group holds its partitions
+		// until the session times out: keep that short.
+		kgo.SessionTimeout(10 * time.Second),
+		kgo.HeartbeatInterval(time.Second),
 	}
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
 	if err != nil {

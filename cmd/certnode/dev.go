@@ -37,6 +37,7 @@ func newDevCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
 	var addr, dataDir, clickhouse string
+	icfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every role in one process (embedded Kafka and a software key unless told otherwise)",
@@ -110,7 +111,6 @@ func newDevCmd() *cobra.Command {
 				slog.Warn("no ClickHouse on 127.0.0.1:9000 and no --clickhouse: the analytics sink is off and GET /v1/receipts answers 503")
 			}
 
-			icfg := ingest.DefaultConfig()
 			icfg.Addr, icfg.Kafka, icfg.Registerer, icfg.Gatherer = addr, kcfg, reg, reg
 			signerCheck := func(ctx context.Context) error {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
@@ -135,6 +135,7 @@ func newDevCmd() *cobra.Command {
 	bindEnv(fs, "data", "CERTNODE_DATA")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (default: 127.0.0.1:9000 when reachable)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	ingestLimitFlags(fs, &icfg)
 	kf.register(fs, false)
 	keys.register(fs, true)
 	return cmd

@@ -122,6 +122,21 @@ func metricsServer(addr string, g prometheus.Gatherer) func(context.Context) err
 	}
 }
 
+// ensureTopics creates the topics a role reads, if no other role did yet.
+func ensureTopics(ctx context.Context, kcfg kafka.Config) error {
+	cl, err := kafka.NewClient(kcfg)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := kafka.EnsureTopics(ctx, cl, kcfg); err != nil {
+		return &exitError{code: exitUsage, err: err}
+	}
+	return nil
+}
+
 func loadMAC() (*tenants.MAC, error) {
 	secret, err := tenants.SecretFromEnv()
 	if err != nil {
@@ -133,13 +148,13 @@ func loadMAC() (*tenants.MAC, error) {
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
 	var addr, tenantsFile, jwksFile, clickhouse string
+	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "ingest",
 		Short: "Run the HTTP API tier (produces to Kafka, reads results back)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
-			cfg := ingest.DefaultConfig()
 			cfg.Addr, cfg.Kafka = addr, kf.config()
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
@@ -188,8 +203,23 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "jwks", "CERTNODE_JWKS_FILE")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	ingestLimitFlags(fs, &cfg)
 	kf.register(fs, true)
 	return cmd
+}
+
+// ingestLimitFlags exposes the ingest limits and waits.
+func ingestLimitFlags(fs *pflag.FlagSet, cfg *ingest.Config) {
+	fs.IntVar(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest /v1/sign or /v1/verify body")
+	bindEnv(fs, "max-body-bytes", "CERTNODE_MAX_BODY_BYTES")
+	fs.IntVar(&cfg.MaxLineBytes, "max-line-bytes", cfg.MaxLineBytes, "largest line of a bulk job")
+	bindEnv(fs, "max-line-bytes", "CERTNODE_MAX_LINE_BYTES")
+	fs.Int64Var(&cfg.MaxJobLines, "max-job-lines", cfg.MaxJobLines, "most lines in one bulk job")
+	bindEnv(fs, "max-job-lines", "CERTNODE_MAX_JOB_LINES")
+	fs.DurationVar(&cfg.SignWait, "sign-wait", cfg.SignWait, "how long /v1/sign and /v1/verify wait before 504 with a job id")
+	bindEnv(fs, "sign-wait", "CERTNODE_SIGN_WAIT")
+	fs.DurationVar(&cfg.ProduceTimeout, "produce-timeout", cfg.ProduceTimeout, "how long to wait for Kafka's acknowledgement before 503")
+	bindEnv(fs, "produce-timeout", "CERTNODE_PRODUCE_TIMEOUT")
 }
 
 func newWorkerCmd() *cobra.Command {
@@ -227,6 +257,9 @@ func newWorkerCmd() *cobra.Command {
 				return err
 			}
 			defer release()
+			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
+				return err
+			}
 			reg := newRegistry()
 			cfg.Registerer = reg
 			w, err := pipeline.New(cfg, ring, store, mac)
@@ -255,16 +288,19 @@ func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
 	var addr, metricsAddr string
+	cfg := chsink.DefaultConfig()
 	ch := &cobra.Command{
 		Use:   "clickhouse",
 		Short: "Write every result into ClickHouse (batched, idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := chsink.DefaultConfig()
 			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
 			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}
+			}
+			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
+				return err
 			}
 			reg := newRegistry()
 			cfg.Registerer = reg
@@ -283,6 +319,10 @@ func newSinkCmd() *cobra.Command {
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
 	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	fs.IntVar(&cfg.BatchRows, "batch-rows", cfg.BatchRows, "rows per insert at most")
+	bindEnv(fs, "batch-rows", "CERTNODE_SINK_BATCH_ROWS")
+	fs.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest wait before a partial batch is inserted")
+	bindEnv(fs, "batch-wait", "CERTNODE_SINK_BATCH_WAIT")
 	kf.register(fs, true)
 	cmd.AddCommand(ch)
 	return cmd

@@ -18,6 +18,7 @@ node_deps() {
 
 case "${1:-}" in
   up)
+    apt_install kcat # the non-Go Kafka producer of the integration tests
     bash "$here/softhsm.sh" init
     bash "$here/clickhouse.sh" start
     bash "$here/kafka.sh" start

@@ -97,6 +97,8 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxWait(250 * time.Millisecond),
+		kgo.SessionTimeout(10 * time.Second), // a killed sink's partitions move on soon
+		kgo.HeartbeatInterval(time.Second),
 	}
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
 		conn.Close()

@@ -1,0 +1,273 @@
+//go:build integration
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/internal/tenants"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// certnodeBinary builds the binary once per test run: the end-to-end tests
+// run every role as its own process, as in production.
+func certnodeBinary(t *testing.T) string {
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "certnode-e2e-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "certnode")
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// e2e is one isolated deployment on the shared real services: its own
+// topic prefix (so topics and consumer groups), tenant, key and secret.
+type e2e struct {
+	t        *testing.T
+	dir      string
+	prefix   string
+	tenant   string
+	apiKey   string
+	kafka    string
+	ch       string
+	http     string
+	env      []string
+	jwksFile string
+	keyFile  string
+}
+
+func newE2E(t *testing.T, kafkaAddr string) *e2e {
+	t.Helper()
+	var b [5]byte
+	rand.Read(b[:])
+	suffix := fmt.Sprintf("%x", b)
+	e := &e2e{t: t, dir: t.TempDir(), prefix: "e2e-" + suffix, tenant: "tenant-" + suffix,
+		kafka: kafkaAddr, ch: testenv.ClickHouseAddr(t), http: freeAddr(t)}
+	if e.kafka == "" {
+		e.kafka = testenv.KafkaBrokers(t)[0]
+	}
+	e.apiKey, _ = tenants.GenerateKey()
+	tenFile := filepath.Join(e.dir, "tenants.json")
+	if err := writeJSONFile(tenFile, tenants.File{Tenants: []tenants.Tenant{{ID: e.tenant, APIKeyHashes: []string{tenants.HashKey(e.apiKey)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.keyFile, e.jwksFile = filepath.Join(e.dir, "key.pem"), filepath.Join(e.dir, "jwks.json")
+	if r := certnode(t, "", "keys", "generate", "--out", e.keyFile); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	r := certnode(t, "", "jwks", "--key", e.keyFile)
+	os.WriteFile(e.jwksFile, []byte(r.stdout), 0o644)
+	secret, _ := tenants.GenerateKey()
+	e.env = append(os.Environ(),
+		"CERTNODE_KAFKA="+e.kafka, "CERTNODE_TOPIC_PREFIX="+e.prefix, "CERTNODE_KAFKA_PARTITIONS=4",
+		"CERTNODE_TENANTS_FILE="+tenFile, "CERTNODE_INTERNAL_SECRET="+secret,
+		"CERTNODE_PKCS11_MODULE=", "CERTNODE_PKCS11_TOKEN=", "CERTNODE_KEY="+e.keyFile)
+	return e
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	mu   *sync.Mutex
+	done chan struct{}
+}
+
+func (e *e2e) start(name string, args ...string) *proc {
+	e.t.Helper()
+	cmd := exec.Command(certnodeBinary(e.t), args...)
+	cmd.Env = e.env
+	var mu sync.Mutex
+	out := &bytes.Buffer{}
+	w := &lockedWriter{w: out, mu: &mu}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	p := &proc{name: name, cmd: cmd, out: out, mu: &mu, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	e.t.Cleanup(func() {
+		p.signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(20 * time.Second):
+			p.signal(syscall.SIGKILL)
+			<-p.done
+		}
+		if e.t.Failed() {
+			e.t.Logf("--- %s output:\n%s", name, p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) signal(s syscall.Signal) { p.cmd.Process.Signal(s) }
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// kill stops a process the hard way and waits for it.
+func (p *proc) kill() {
+	p.signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (e *e2e) ingest(extra ...string) *proc {
+	p := e.start("ingest", append([]string{"ingest", "--http", e.http, "--jwks", e.jwksFile, "--clickhouse", e.ch}, extra...)...)
+	e.waitReady(p)
+	return p
+}
+
+func (e *e2e) worker() *proc {
+	return e.start("worker", "worker", "--metrics", freeAddr(e.t), "--concurrency", "4")
+}
+
+func (e *e2e) sink(extra ...string) *proc {
+	return e.start("sink", append([]string{"sink", "clickhouse", "--clickhouse", e.ch, "--metrics", freeAddr(e.t)}, extra...)...)
+}
+
+func (e *e2e) waitReady(p *proc) {
+	e.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if code, _ := e.do("GET", "/readyz", "", ""); code == 200 {
+			return
+		}
+		select {
+		case <-p.done:
+			e.t.Fatalf("%s exited: %s", p.name, p.output())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	e.t.Fatalf("%s not ready: %s", p.name, p.output())
+}
+
+var httpClient = &http.Client{Timeout: 60 * time.Second}
+
+func (e *e2e) do(method, path, ctype, body string) (int, string) {
+	req, _ := http.NewRequest(method, "http://"+e.http+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+e.apiKey)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
+// submitJob posts NDJSON and returns the job id.
+func (e *e2e) submitJob(kind string, lines []string) string {
+	e.t.Helper()
+	code, body := e.do("POST", "/v1/jobs?type="+kind, "application/x-ndjson", strings.Join(lines, "\n")+"\n")
+	var acc struct {
+		JobID         string `json:"job_id"`
+		LinesAccepted int    `json:"lines_accepted"`
+	}
+	if code != 202 || json.Unmarshal([]byte(body), &acc, json.RejectUnknownMembers(false)) != nil || acc.LinesAccepted != len(lines) {
+		e.t.Fatalf("job: %d %s", code, body)
+	}
+	return acc.JobID
+}
+
+type jobState struct {
+	State string `json:"state"`
+	Total int    `json:"total"`
+	Done  int    `json:"done"`
+	Valid int    `json:"valid"`
+}
+
+func (e *e2e) jobStatus(id string) jobState {
+	_, body := e.do("GET", "/v1/jobs/"+id, "", "")
+	var s jobState
+	json.Unmarshal([]byte(body), &s, json.RejectUnknownMembers(false))
+	return s
+}
+
+// waitFor polls cond until it holds or the time runs out.
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var last string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s: gave up after %s (%s)", what, limit, last)
+}
+
+func (e *e2e) clickhouse() driver.Conn {
+	e.t.Helper()
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{e.ch}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// rowCounts returns, for the tenant, rows as queries see them (FINAL),
+// distinct request ids, and rows including not-yet-merged duplicates.
+func (e *e2e) rowCounts(conn driver.Conn) (final, distinct, raw uint64) {
+	e.t.Helper()
+	ctx := context.Background()
+	if err := conn.QueryRow(ctx, "SELECT count() FROM certnode.receipts FINAL WHERE tenant = ?", e.tenant).Scan(&final); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT uniqExact(id), count() FROM certnode.receipts WHERE tenant = ?", e.tenant).Scan(&distinct, &raw); err != nil {
+		e.t.Fatal(err)
+	}
+	return
+}
+
+// waitRows waits until ClickHouse shows exactly n requests for the tenant,
+// each once in query results.
+func (e *e2e) waitRows(conn driver.Conn, n uint64, limit time.Duration) {
+	e.t.Helper()
+	waitFor(e.t, "rows in ClickHouse", limit, func() (bool, string) {
+		final, distinct, raw := e.rowCounts(conn)
+		return final == n && distinct == n, fmt.Sprintf("final %d, distinct %d, raw %d, want %d", final, distinct, raw, n)
+	})
+}

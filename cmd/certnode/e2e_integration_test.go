@@ -1,0 +1,363 @@
+//go:build integration
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/certnode/certnode/internal/interop"
+	"github.com/certnode/certnode/schemas"
+)
+
+func payloads(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf(`{"src":%q,"i":%d,"amount":%d.5,"note":"\u2028 é 😀"}`, prefix, i, i)
+	}
+	return out
+}
+
+// results reads a job's result stream and returns the receipts by line.
+func (e *e2e) jobReceipts(id string, want int) map[int64]string {
+	e.t.Helper()
+	code, body := e.do("GET", "/v1/jobs/"+id+"/results", "", "")
+	if code != 200 {
+		e.t.Fatalf("results: %d %s", code, body)
+	}
+	out := map[int64]string{}
+	for _, l := range strings.Split(strings.TrimSpace(body), "\n") {
+		var r struct {
+			Line    int64          `json:"line"`
+			Status  string         `json:"status"`
+			Receipt jsontext.Value `json:"receipt"`
+		}
+		if err := json.Unmarshal([]byte(l), &r, json.RejectUnknownMembers(false)); err != nil {
+			e.t.Fatalf("result line %q: %v", l, err)
+		}
+		if _, dup := out[r.Line]; dup {
+			e.t.Fatalf("line %d streamed twice", r.Line)
+		}
+		out[r.Line] = string(r.Receipt)
+	}
+	if len(out) != want {
+		e.t.Fatalf("job %s streamed %d results, want %d", id, len(out), want)
+	}
+	return out
+}
+
+// TestE2EExactlyOnceToClickHouse: 10,000 sign and 10,000 verify requests,
+// through HTTP calls and bulk jobs, processed by two workers, land in
+// ClickHouse once each; every receipt verifies with certnode verify and
+// with Node's jose + canonicalize.
+func TestE2EExactlyOnceToClickHouse(t *testing.T) {
+	e := newE2E(t, "")
+	e.sink()
+	e.worker()
+	e.worker()
+	e.ingest()
+	const viaHTTP, viaJob = 200, 9800
+
+	var mu sync.Mutex
+	var receipts []string
+	var wg sync.WaitGroup
+	errs := make(chan error, viaHTTP)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := g; i < viaHTTP; i += 8 {
+				code, body := e.do("POST", "/v1/sign", "application/json", `{"payload":`+payloads("http", viaHTTP)[i]+`}`)
+				if code != 200 {
+					errs <- fmt.Errorf("sign %d: %d %s", i, code, body)
+					return
+				}
+				mu.Lock()
+				receipts = append(receipts, strings.TrimSpace(body))
+				mu.Unlock()
+			}
+		}(g)
+	}
+	signJob := e.submitJob("sign", payloads("job", viaJob))
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	byLine := e.jobReceipts(signJob, viaJob)
+	for _, r := range byLine {
+		receipts = append(receipts, r)
+	}
+	if len(receipts) != 10000 {
+		t.Fatalf("%d receipts", len(receipts))
+	}
+
+	// Verify: the HTTP-signed ones one by one, the job's in a bulk job.
+	httpReceipts := receipts[:viaHTTP]
+	for i, r := range httpReceipts {
+		code, body := e.do("POST", "/v1/verify", "application/json", `{"receipt":`+r+`}`)
+		if code != 200 || !strings.Contains(body, `"valid":true`) {
+			t.Fatalf("verify %d: %d %s", i, code, body)
+		}
+	}
+	verifyJob := e.submitJob("verify", receipts[viaHTTP:])
+	waitFor(t, "verify job", 2*time.Minute, func() (bool, string) {
+		s := e.jobStatus(verifyJob)
+		return s.State == "done" && s.Valid == viaJob, fmt.Sprintf("%+v", s)
+	})
+
+	conn := e.clickhouse()
+	e.waitRows(conn, 20000, 2*time.Minute)
+	var signed, valid uint64
+	if err := conn.QueryRow(context.Background(), `SELECT countIf(status = 'signed'), countIf(status = 'valid')
+		FROM certnode.receipts FINAL WHERE tenant = ?`, e.tenant).Scan(&signed, &valid); err != nil {
+		t.Fatal(err)
+	}
+	if signed != 10000 || valid != 10000 {
+		t.Fatalf("ClickHouse: %d signed, %d valid", signed, valid)
+	}
+
+	// A stored receipt is served back to its tenant.
+	var one schemas.Receipt
+	json.Unmarshal([]byte(receipts[0]), &one)
+	if code, body := e.do("GET", "/v1/receipts/"+one.ReceiptID, "", ""); code != 200 || strings.TrimSpace(body) != receipts[0] {
+		t.Fatalf("GET receipt: %d %s", code, body)
+	}
+
+	// Independent verifiers: the CLI and Node's jose + canonicalize.
+	all := strings.Join(receipts, "\n") + "\n"
+	if r := certnode(t, all, "verify", "--jwks", e.jwksFile); r.code != 0 || !strings.Contains(r.stdout, "10000 receipts: 10000 valid, 0 invalid") {
+		t.Fatalf("certnode verify: exit %d, %s", r.code, lastLine(r.stdout))
+	}
+	verdicts := interop.NodeVerify(t, e.jwksFile, []byte(all))
+	bad := 0
+	for _, v := range verdicts {
+		if v != "ok" {
+			bad++
+		}
+	}
+	if len(verdicts) != 10000 || bad != 0 {
+		t.Fatalf("node: %d verdicts, %d not ok", len(verdicts), bad)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestE2EWorkerKilled: a worker killed with SIGKILL mid-stream and replaced
+// loses nothing.
+func TestE2EWorkerKilled(t *testing.T) {
+	e := newE2E(t, "")
+	e.sink()
+	w := e.worker()
+	e.ingest()
+	const n = 6000
+	job := e.submitJob("sign", payloads("kill", n))
+	waitFor(t, "some progress", time.Minute, func() (bool, string) {
+		s := e.jobStatus(job)
+		return s.Done > 0, fmt.Sprintf("%+v", s)
+	})
+	w.kill()
+	if s := e.jobStatus(job); s.Done >= n {
+		t.Logf("the worker finished before it was killed (%d done); the test still checks nothing was lost", s.Done)
+	}
+	e.worker()
+	waitFor(t, "job done after restart", 2*time.Minute, func() (bool, string) {
+		s := e.jobStatus(job)
+		return s.State == "done" && s.Done == n && s.Valid == n, fmt.Sprintf("%+v", s)
+	})
+	got := e.jobReceipts(job, n)
+	ks, _ := schemas.ParseJWKS(mustRead(t, e.jwksFile))
+	for line, r := range got {
+		rc, err := ks.Verify([]byte(r))
+		if err != nil || !strings.Contains(string(rc.Payload), fmt.Sprintf(`"i":%d,`, line-1)) {
+			t.Fatalf("line %d: %v %s", line, err, r)
+		}
+	}
+	e.waitRows(e.clickhouse(), n, 2*time.Minute)
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestE2ESinkKilledMidBatch: the ClickHouse sink killed while it holds a
+// partial batch, and restarted, shows every request exactly once in query
+// results.
+func TestE2ESinkKilledMidBatch(t *testing.T) {
+	e := newE2E(t, "")
+	e.worker()
+	e.ingest()
+	conn := e.clickhouse()
+	sink := e.sink("--batch-rows", "300", "--batch-wait", "2s")
+	const jobs, per = 10, 500
+	for i := 0; i < jobs; i++ {
+		e.submitJob("sign", payloads(fmt.Sprintf("sink%d", i), per))
+		if i == 3 {
+			waitFor(t, "first rows", time.Minute, func() (bool, string) {
+				_, distinct, _ := e.rowCounts(conn)
+				return distinct > 0, fmt.Sprint(distinct)
+			})
+			sink.kill() // it is holding results that arrived in the last 2 s
+			_, distinct, _ := e.rowCounts(conn)
+			t.Logf("sink killed with %d of %d rows written", distinct, jobs*per)
+		}
+		if i == 6 {
+			sink = e.sink("--batch-rows", "300", "--batch-wait", "2s")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	e.waitRows(conn, jobs*per, 2*time.Minute)
+}
+
+// TestE2EKafkaOutage: with the broker stopped, ingest answers 503 (nothing
+// is silently dropped) and the pipeline resumes when the broker is back.
+func TestE2EKafkaOutage(t *testing.T) {
+	port := strings.Split(freeAddr(t), ":")[1]
+	local := t.TempDir()
+	broker := func(verb string) {
+		t.Helper()
+		cmd := exec.Command("bash", "../../deploy/local/kafka.sh", verb)
+		cmd.Env = append(os.Environ(), "CERTNODE_LOCAL="+local, "CERTNODE_KAFKA_PORT="+port)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kafka.sh %s: %v\n%s", verb, err, out)
+		}
+	}
+	broker("start")
+	t.Cleanup(func() { broker("stop") })
+
+	e := newE2E(t, "127.0.0.1:"+port)
+	e.worker()
+	e.ingest("--produce-timeout", "3s", "--sign-wait", "30s")
+	before := e.submitJob("sign", payloads("before", 300))
+	if code, body := e.do("POST", "/v1/sign", "application/json", `{"payload":{"phase":"before"}}`); code != 200 {
+		t.Fatalf("sign before outage: %d %s", code, body)
+	}
+
+	broker("stop")
+	code, body := e.do("POST", "/v1/sign", "application/json", `{"payload":{"phase":"during"}}`)
+	if code != 503 || errorCode(t, body) != "kafka_unavailable" {
+		t.Fatalf("sign during outage: %d %s", code, body)
+	}
+	code, body = e.do("POST", "/v1/jobs?type=sign", "application/x-ndjson", `{"phase":"during"}`+"\n")
+	if code != 503 || errorCode(t, body) != "kafka_unavailable" {
+		t.Fatalf("job during outage: %d %s", code, body)
+	}
+	if code, _ := e.do("GET", "/readyz", "", ""); code != 503 {
+		t.Fatalf("readyz during outage: %d", code)
+	}
+
+	broker("start")
+	waitFor(t, "sign after the broker is back", 2*time.Minute, func() (bool, string) {
+		code, body := e.do("POST", "/v1/sign", "application/json", `{"payload":{"phase":"after"}}`)
+		return code == 200, fmt.Sprint(code, " ", body)
+	})
+	after := e.submitJob("sign", payloads("after", 300))
+	for _, j := range []string{before, after} {
+		waitFor(t, "job "+j, 2*time.Minute, func() (bool, string) {
+			s := e.jobStatus(j)
+			return s.State == "done" && s.Valid == 300, fmt.Sprintf("%+v", s)
+		})
+	}
+}
+
+// TestE2ECustomerProducerKcat: a customer system writes requests straight
+// into Kafka with kcat (librdkafka, murmur2_random as documented); the
+// worker signs them, lands each tenant on the partition franz-go (and the
+// Java client) would choose, and refuses records with a wrong API key.
+func TestE2ECustomerProducerKcat(t *testing.T) {
+	if _, err := exec.LookPath("kcat"); err != nil {
+		t.Fatal("kcat is not installed (deploy/local/services.sh up installs it)")
+	}
+	e := newE2E(t, "")
+	e.worker()
+	e.ingest() // creates the topics
+	topics := schemas.TopicsFor(e.prefix)
+	var in bytes.Buffer
+	const n = 20
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&in, "%s|{\"v\":1,\"id\":\"kcat-%d\",\"tenant\":%q,\"kind\":\"sign\",\"payload\":{\"from\":\"kcat\",\"i\":%d}}\n", e.tenant, i, e.tenant, i)
+	}
+	kcat := func(key string, input []byte) {
+		cmd := exec.Command("kcat", "-P", "-b", e.kafka, "-t", topics.Requests, "-K", "|",
+			"-H", "certnode-api-key="+key, "-X", "partitioner=murmur2_random")
+		cmd.Stdin = bytes.NewReader(input)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kcat: %v\n%s", err, out)
+		}
+	}
+	kcat(e.apiKey, in.Bytes())
+	kcat("cn_wrong_key", []byte(fmt.Sprintf("%s|{\"v\":1,\"id\":\"kcat-bad\",\"tenant\":%q,\"kind\":\"sign\",\"payload\":{}}\n", e.tenant, e.tenant)))
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka), kgo.ConsumeTopics(topics.Receipts, topics.Requests, topics.DLQ),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ks, _ := schemas.ParseJWKS(mustRead(t, e.jwksFile))
+	signed, dlq := map[string]bool{}, 0
+	partitions := map[int32]bool{}
+	var requestRec *kgo.Record
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for (len(signed) < n || dlq < 1) && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			switch r.Topic {
+			case topics.Requests:
+				partitions[r.Partition] = true
+				requestRec = r
+			case topics.DLQ:
+				if header(r, schemas.HeaderDLQReason) == "unauthenticated" {
+					dlq++
+				}
+			case topics.Receipts:
+				res, err := schemas.DecodeResult(r.Value)
+				if err != nil || res.Status != schemas.StatusSigned {
+					t.Fatalf("result %s: %v", r.Value, err)
+				}
+				if _, err := ks.Verify(res.Receipt); err != nil {
+					t.Fatalf("receipt for %s: %v", res.ID, err)
+				}
+				signed[res.ID] = true
+			}
+		})
+	}
+	if len(signed) != n || dlq != 1 || signed["kcat-bad"] {
+		t.Fatalf("signed %d of %d, DLQ unauthenticated %d", len(signed), n, dlq)
+	}
+	if len(partitions) != 1 {
+		t.Fatalf("one tenant's records landed on partitions %v", partitions)
+	}
+	want := kgo.StickyKeyPartitioner(nil).ForTopic(topics.Requests).Partition(&kgo.Record{Key: []byte(e.tenant)}, 4)
+	if requestRec.Partition != int32(want) {
+		t.Fatalf("kcat put tenant %s on partition %d, franz-go's murmur2 on %d", e.tenant, requestRec.Partition, want)
+	}
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
