@@ -38,6 +38,7 @@ lint:
 bench: build
 	bash deploy/local/softhsm.sh init
 	$(WITH_HSM) $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bench/ | tee $(LOCAL)/bench.txt
+	bash deploy/local/bench.sh | tee -a $(LOCAL)/bench.txt
 
 clean:
 	rm -rf bin

@@ -88,8 +88,8 @@ func newDevCmd() *cobra.Command {
 			parts["worker"] = w.Run
 
 			var rs ingest.ReceiptStore
-			chAddr, chFound := clickhouse, clickhouse != ""
-			if !chFound {
+			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
+			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
 			}
 			if chFound {
@@ -108,7 +108,7 @@ func newDevCmd() *cobra.Command {
 				defer chs.Close()
 				rs = chs
 			} else {
-				slog.Warn("no ClickHouse on 127.0.0.1:9000 and no --clickhouse: the analytics sink is off and GET /v1/receipts answers 503")
+				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts answers 503")
 			}
 
 			icfg.Addr, icfg.Kafka, icfg.Registerer, icfg.Gatherer = addr, kcfg, reg, reg
@@ -133,7 +133,7 @@ func newDevCmd() *cobra.Command {
 	bindEnv(fs, "http", "CERTNODE_HTTP")
 	fs.StringVar(&dataDir, "data", ".certnode", "folder for the key, tenants, credentials and embedded Kafka data")
 	bindEnv(fs, "data", "CERTNODE_DATA")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (default: 127.0.0.1:9000 when reachable)")
+	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (default: 127.0.0.1:9000 when reachable; none: off)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	ingestLimitFlags(fs, &icfg)
 	kf.register(fs, false)

@@ -86,7 +86,7 @@ func newRoot() *cobra.Command {
 		return &exitError{code: exitUsage, err: err}
 	})
 	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(),
-		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd())
+		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newBenchCmd())
 	return root
 }
 
