@@ -21,8 +21,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-json-experiment/json"
 
-	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/internal/testenv"
 )
 
 var (

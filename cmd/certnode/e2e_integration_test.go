@@ -360,4 +360,3 @@ func header(r *kgo.Record, key string) string {
 	}
 	return ""
 }
-
