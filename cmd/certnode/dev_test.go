@@ -42,6 +42,9 @@ func freeAddr(t *testing.T) string {
 // second, rate-limited tenant.
 func startDev(t *testing.T) *devEnv {
 	t.Helper()
+	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL", "CERTNODE_KAFKA"} {
+		t.Setenv(v, "") // make test exports the SoftHSM2 token for other tests
+	}
 	dir := t.TempDir()
 	demoKey, _ := tenants.GenerateKey()
 	slowKey, _ := tenants.GenerateKey()
