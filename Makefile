@@ -7,7 +7,7 @@ export CERTNODE_LOCAL := $(LOCAL)
 # Integration tests find SoftHSM2 through these (written by deploy/local/softhsm.sh).
 WITH_HSM = set -a; . $(LOCAL)/softhsm/env; set +a;
 
-.PHONY: build run test test-unit services services-down lint bench clean
+.PHONY: build run up down test test-unit services services-down lint bench clean
 
 build:
 	$(GO) build -o bin/certnode ./cmd/certnode
@@ -15,6 +15,13 @@ build:
 # The whole pipeline in one process on an embedded Kafka; state in .local/dev.
 run: build
 	./bin/certnode dev --data $(LOCAL)/dev
+
+# The full system as separate processes on real Kafka, ClickHouse and SoftHSM2.
+up: build
+	bash deploy/local/up.sh up
+
+down:
+	bash deploy/local/up.sh down
 
 services:
 	bash deploy/local/services.sh up

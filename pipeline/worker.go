@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -87,6 +88,7 @@ type metrics struct {
 	records *prometheus.CounterVec
 	batch   prometheus.Histogram
 	retries prometheus.Counter
+	lag     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -101,9 +103,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certnode_worker_retries_total", Help: "Transient failures retried (signer, produce, commit).",
 		}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "certnode_worker_partition_lag", Help: "Requests behind the partition's high watermark at the last poll.",
+		}, []string{"partition"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.batch, m.retries)
+		reg.MustRegister(m.records, m.batch, m.retries, m.lag)
 	}
 	return m
 }
@@ -168,6 +173,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		fetches.EachError(func(t string, p int32, err error) {
 			w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+		})
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if n := len(p.Records); n > 0 {
+				w.m.lag.WithLabelValues(strconv.Itoa(int(p.Partition))).Set(float64(p.HighWatermark - p.Records[n-1].Offset - 1))
+			}
 		})
 		recs := fetches.Records()
 		if len(recs) > 0 {

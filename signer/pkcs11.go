@@ -338,6 +338,11 @@ func (h *HSM) ListKeys() ([]KeyInfo, error) {
 	return out, err
 }
 
+// InUse is how many sign operations hold a signing slot now, and Capacity
+// the slots there are: the pool's use, for metrics.
+func (h *HSM) InUse() int    { return len(h.sem) }
+func (h *HSM) Capacity() int { return cap(h.sem) }
+
 // Close logs out and unloads the module once no other context uses it.
 func (h *HSM) Close() error {
 	h.mu.Lock()

@@ -77,6 +77,7 @@ func newDevCmd() *cobra.Command {
 			}
 
 			reg := newRegistry()
+			keys.registerPoolMetrics(reg)
 			parts := map[string]func(context.Context) error{}
 			wcfg := pipeline.DefaultConfig()
 			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg

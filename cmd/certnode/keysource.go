@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/spf13/pflag"
 
 	"github.com/certnode/certnode/signer"
@@ -18,6 +20,7 @@ type keyFlags struct {
 	signers  int
 	needsKey bool // false for `keys list`, which needs only the token
 	fs       *pflag.FlagSet
+	hsm      *signer.HSM // set by open when the key is on a token
 }
 
 func (k *keyFlags) register(fs *pflag.FlagSet, withFile bool) {
@@ -121,7 +124,21 @@ func (k *keyFlags) open() (signer.Key, func(), error) {
 		h.Close()
 		return nil, nil, &exitError{code: exitUsage, err: err}
 	}
+	k.hsm = h
 	return key, func() { h.Close() }, nil
+}
+
+// registerPoolMetrics exposes the HSM session pool's use, when there is one.
+func (k *keyFlags) registerPoolMetrics(reg prometheus.Registerer) {
+	if k.hsm == nil {
+		return
+	}
+	h := k.hsm
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_signer_pool_in_use", Help: "HSM sign operations in progress."},
+			func() float64 { return float64(h.InUse()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_signer_pool_capacity", Help: "HSM sign operations allowed at once."},
+			func() float64 { return float64(h.Capacity()) }))
 }
 
 // ring opens the selected key as a signing ring.

@@ -262,6 +262,7 @@ func newWorkerCmd() *cobra.Command {
 			}
 			reg := newRegistry()
 			cfg.Registerer = reg
+			keys.registerPoolMetrics(reg)
 			w, err := pipeline.New(cfg, ring, store, mac)
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The full system on one machine, each part its own process: real Kafka,
+# ClickHouse and SoftHSM2, plus `certnode worker` (signing in the HSM),
+# `certnode sink clickhouse` and `certnode ingest` on 127.0.0.1:8080.
+# usage: up.sh [down|status]   (state and logs in $CERTNODE_LOCAL/up)
+source "$(dirname "$0")/lib.sh"
+here="$(dirname "$0")"
+bin="$REPO_ROOT/bin/certnode"
+UP="$CERTNODE_LOCAL/up"
+HTTP="${CERTNODE_HTTP:-127.0.0.1:8080}"
+LABEL=certnode-up
+
+roles=(worker sink ingest)
+
+down() {
+  local r
+  for r in ingest sink worker; do stop_pid "$UP/$r.pid" "$r"; done
+}
+
+status() {
+  local r rc=0
+  for r in "${roles[@]}"; do
+    if pid_alive "$UP/$r.pid"; then echo "$r running (pid $(cat "$UP/$r.pid"))"; else echo "$r stopped"; rc=3; fi
+  done
+  return $rc
+}
+
+start_role() { # name, args...
+  local name=$1; shift
+  pid_alive "$UP/$name.pid" && { log "$name already running"; return; }
+  nohup "$bin" "$@" >"$UP/$name.log" 2>&1 &
+  echo $! >"$UP/$name.pid"
+}
+
+up() {
+  [ -x "$bin" ] || die "build first: make build"
+  bash "$here/services.sh" up
+  mkdir -p "$UP"; chmod 700 "$UP"
+  set -a; . "$CERTNODE_LOCAL/softhsm/env"; set +a
+  # One demo tenant; its API key is shown only in credentials.json (0600).
+  if [ ! -f "$UP/credentials.json" ]; then
+    local key secret hash
+    key="cn_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    secret="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    hash="sha256:$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)"
+    (umask 077
+      printf '{"tenants":[{"id":"demo","api_key_hashes":["%s"]}]}\n' "$hash" >"$UP/tenants.json"
+      printf '%s\n' "$secret" >"$UP/internal.secret"
+      printf '{"http":"http://%s","tenant":"demo","api_key":"%s"}\n' "$HTTP" "$key" >"$UP/credentials.json")
+  fi
+  "$bin" keys list --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" | grep -q "^$LABEL " ||
+    "$bin" keys generate --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" >/dev/null
+  "$bin" jwks --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" >"$UP/jwks.json"
+
+  export CERTNODE_KAFKA=127.0.0.1:9092 CERTNODE_TENANTS_FILE="$UP/tenants.json" CERTNODE_INTERNAL_SECRET_FILE="$UP/internal.secret"
+  start_role worker worker --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" --metrics 127.0.0.1:9101
+  start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
+  start_role ingest ingest --http "$HTTP" --jwks "$UP/jwks.json" --clickhouse 127.0.0.1:9000
+  local i
+  for ((i = 0; i < 120; i++)); do
+    curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break
+    pid_alive "$UP/ingest.pid" || { tail -20 "$UP/ingest.log" >&2; die "ingest exited"; }
+    sleep 0.25
+  done
+  status
+  log "API on http://$HTTP; API key in $UP/credentials.json; logs in $UP/*.log; stop with: $0 down"
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 [up|down|status]" >&2; exit 2 ;;
+esac
