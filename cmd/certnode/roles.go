@@ -137,6 +137,19 @@ func ensureTopics(ctx context.Context, kcfg kafka.Config) error {
 	return nil
 }
 
+// loadTenants reads the --tenants file, which every role that
+// authenticates needs until the coordinator serves tenants.
+func loadTenants(path string) (*tenants.FileStore, error) {
+	if path == "" {
+		return nil, errors.New("--tenants FILE is required (JSON: {\"tenants\":[{\"id\":...,\"api_key_hashes\":[\"sha256:...\"]}]})")
+	}
+	s, err := tenants.LoadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--tenants: %w", err)
+	}
+	return s, nil
+}
+
 func loadMAC() (*tenants.MAC, error) {
 	secret, err := tenants.SecretFromEnv()
 	if err != nil {
@@ -159,13 +172,13 @@ func newIngestCmd() *cobra.Command {
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
-			store, err := tenants.LoadFile(tenantsFile)
+			store, err := loadTenants(tenantsFile)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("--tenants: %w", err))
+				errs = append(errs, err)
 			}
 			keys, err := loadJWKS(jwksFile)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("--jwks: %w", err))
+				errs = append(errs, fmt.Errorf("--jwks FILE (the workers' public keys, from `certnode jwks`): %w", err))
 			}
 			mac, err := loadMAC()
 			if err != nil {
@@ -241,9 +254,9 @@ func newWorkerCmd() *cobra.Command {
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
-			store, err := tenants.LoadFile(tenantsFile)
+			store, err := loadTenants(tenantsFile)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("--tenants: %w", err))
+				errs = append(errs, err)
 			}
 			mac, err := loadMAC()
 			if err != nil {
