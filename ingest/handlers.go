@@ -30,13 +30,20 @@ func mediaType(ctx *fasthttp.RequestCtx) string {
 
 // readBody reads at most limit bytes, answering 413 itself when over.
 func (s *Server) readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, bool) {
-	if cl := ctx.Request.Header.ContentLength(); cl > limit {
-		apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is %d bytes; the limit is %d", cl, limit))
-		return nil, false
-	}
 	var r io.Reader = bytes.NewReader(ctx.PostBody())
 	if st := ctx.RequestBodyStream(); st != nil {
 		r = st
+	}
+	tooLarge := func(msg string) {
+		// Read (a bounded amount of) what the client is still sending:
+		// closing a socket with unread data resets it, and the client would
+		// see a broken connection instead of this answer.
+		io.CopyN(io.Discard, r, drainLimit)
+		apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large", msg)
+	}
+	if cl := ctx.Request.Header.ContentLength(); cl > limit {
+		tooLarge(fmt.Sprintf("body is %d bytes; the limit is %d", cl, limit))
+		return nil, false
 	}
 	b, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
 	if err != nil {
@@ -44,11 +51,14 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, bool) {
 		return nil, false
 	}
 	if len(b) > limit {
-		apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is over the %d-byte limit", limit))
+		tooLarge(fmt.Sprintf("body is over the %d-byte limit", limit))
 		return nil, false
 	}
 	return b, true
 }
+
+// drainLimit bounds what is read and dropped from a refused body.
+const drainLimit = 16 << 20
 
 // quota answers 429 itself when the tenant is over its rate.
 func (s *Server) quota(ctx *fasthttp.RequestCtx, t *tenants.Tenant) bool {
@@ -167,6 +177,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	select {
 	case res := <-ch:
 		s.m.waiting.Dec()
+		s.res.forget(id) // answered: only timed-out requests stay pollable
 		writeResult(ctx, res)
 	case <-timer.C:
 		s.res.cancel(id)

@@ -40,7 +40,7 @@ func freeAddr(t *testing.T) string {
 
 // startDev runs `certnode dev` in-process on an embedded Kafka, with a
 // second, rate-limited tenant.
-func startDev(t *testing.T) *devEnv {
+func startDev(t *testing.T, extra ...string) *devEnv {
 	t.Helper()
 	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL", "CERTNODE_KAFKA"} {
 		t.Setenv(v, "") // make test exports the SoftHSM2 token for other tests
@@ -59,7 +59,7 @@ func startDev(t *testing.T) *devEnv {
 	var stderr bytes.Buffer
 	var mu sync.Mutex
 	go func() {
-		done <- runContext(ctx, []string{"dev", "--data", dir, "--http", addr, "--partitions", "3"},
+		done <- runContext(ctx, append([]string{"dev", "--data", dir, "--http", addr, "--partitions", "3", "--clickhouse", "none"}, extra...),
 			strings.NewReader(""), io.Discard, &lockedWriter{w: &stderr, mu: &mu})
 	}()
 	t.Cleanup(func() {
@@ -186,7 +186,7 @@ func TestDevAPI(t *testing.T) {
 			{"payload not object", "POST", "/v1/sign", e.key, js, `{"payload":[1]}`, 422, "invalid_payload"},
 			{"payload duplicate keys", "POST", "/v1/sign", e.key, js, `{"payload":{"a":1,"a":2}}`, 400, "malformed_json"},
 			{"payload number overflow", "POST", "/v1/sign", e.key, js, `{"payload":{"a":1e999}}`, 422, "invalid_payload"},
-			{"too large", "POST", "/v1/sign", e.key, js, `{"payload":{"a":"` + strings.Repeat("x", 2<<20) + `"}}`, 413, "too_large"},
+			{"too large", "POST", "/v1/sign", e.key, js, `{"payload":{"a":"` + strings.Repeat("x", 4<<20) + `"}}`, 413, "too_large"},
 			{"verify without receipt", "POST", "/v1/verify", e.key, js, `{}`, 422, "invalid_receipt"},
 			{"verify receipt not object", "POST", "/v1/verify", e.key, js, `{"receipt":"x"}`, 422, "invalid_receipt"},
 			{"verify bad jwks", "POST", "/v1/verify", e.key, js, `{"receipt":{},"jwks":{"keys":[]}}`, 422, "invalid_jwks"},
@@ -335,4 +335,29 @@ func TestDevAPI(t *testing.T) {
 			t.Fatalf("credentials.json mode %v", creds.Mode().Perm())
 		}
 	})
+}
+
+// TestDevSignTimeout: when the result is slower than --sign-wait the call
+// answers 504 with a job id, and the job then shows the result.
+func TestDevSignTimeout(t *testing.T) {
+	e := startDev(t, "--sign-wait", "1ns")
+	code, body := e.do("POST", "/v1/sign", e.key, "application/json", `{"payload":{"slow":true}}`)
+	if code != 504 || errorCode(t, body) != "timeout" {
+		t.Fatalf("got %d %s", code, body)
+	}
+	var b struct {
+		JobID string `json:"job_id"`
+	}
+	json.Unmarshal([]byte(body), &b, json.RejectUnknownMembers(false))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, st := e.do("GET", "/v1/jobs/"+b.JobID, e.key, "", "")
+		if code == 200 && strings.Contains(st, `"state":"done"`) && strings.Contains(st, `"status":"signed"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job never finished: %d %s", code, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
