@@ -260,6 +260,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 		}
 	}
 	var acked, failed atomic.Int64
+	var inflight sync.WaitGroup
 	limiter := s.limiter(t)
 	br := bufio.NewReaderSize(body, s.cfg.MaxLineBytes+1)
 	var produced int64
@@ -298,7 +299,9 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 					reject(n, "internal", eerr.Error())
 				} else {
 					produced++
+					inflight.Add(1)
 					s.prod.Produce(context.Background(), rec, func(_ *kgo.Record, err error) {
+						defer inflight.Done()
 						if err != nil {
 							failed.Add(1)
 							reject(n, "kafka_unavailable", "not accepted: "+err.Error())
@@ -313,14 +316,13 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 			break
 		}
 	}
-	fctx, cancel := context.WithTimeout(context.Background(), s.cfg.ProduceTimeout+5*time.Second)
-	flushErr := s.prod.Flush(fctx)
-	cancel()
+	// Every record ends acknowledged or failed within the delivery timeout.
+	inflight.Wait()
 	out.LinesAccepted = acked.Load()
 	s.m.lines.WithLabelValues("accepted").Add(float64(out.LinesAccepted))
 	s.res.update(j.ID, func(j *job) { j.State, j.Total = "running", out.LinesAccepted })
 	switch {
-	case out.LinesAccepted == 0 && (failed.Load() > 0 || flushErr != nil):
+	case out.LinesAccepted == 0 && failed.Load() > 0:
 		writeJSON(ctx, fasthttp.StatusServiceUnavailable, errorBody{
 			Error: errorDetail{"kafka_unavailable", "no line was accepted: the message broker is unavailable; retry later"}, Job: out})
 	case out.LinesAccepted == 0:
