@@ -20,9 +20,12 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-json-experiment/json"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/schemas"
 )
 
 var (
@@ -78,6 +81,16 @@ func newE2E(t *testing.T, kafkaAddr string) *e2e {
 	if e.kafka == "" {
 		e.kafka = testenv.KafkaBrokers(t)[0]
 	}
+	t.Cleanup(func() { // after the processes stopped (cleanups run last-in, first-out)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka))
+		if err != nil {
+			return
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		kadm.NewClient(cl).DeleteTopics(ctx, schemas.TopicsFor(e.prefix).All()...)
+	})
 	e.apiKey, _ = tenants.GenerateKey()
 	tenFile := filepath.Join(e.dir, "tenants.json")
 	if err := writeJSONFile(tenFile, tenants.File{Tenants: []tenants.Tenant{{ID: e.tenant, APIKeyHashes: []string{tenants.HashKey(e.apiKey)}}}}); err != nil {
