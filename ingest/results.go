@@ -67,11 +67,18 @@ func newResults(ctx context.Context, kcfg kafka.Config, retention time.Duration,
 	r := &results{kcfg: kcfg, adm: adm, retention: retention, m: m,
 		waiters: map[string]chan *schemas.Result{}, jobs: map[string]*job{}}
 	// Start from offsets fixed now, before serving, so no result of a
-	// request accepted from here on can be skipped.
-	start, err := r.endOffsets(ctx)
-	if err != nil {
-		admin.Close()
-		return nil, err
+	// request accepted from here on can be skipped. Topics created a moment
+	// ago may not be listed by every broker yet: retry for a while.
+	var start map[int32]int64
+	for attempt := 0; ; attempt++ {
+		if start, err = r.endOffsets(ctx); err == nil {
+			break
+		}
+		if attempt == 60 || ctx.Err() != nil {
+			admin.Close()
+			return nil, err
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	r.cl, err = kafka.NewClient(kcfg, consumeFrom(kcfg.Topics().Receipts, start), kgo.FetchMaxWait(100*time.Millisecond))
 	if err != nil {
