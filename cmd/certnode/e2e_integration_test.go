@@ -318,12 +318,14 @@ func TestE2ECustomerProducerKcat(t *testing.T) {
 	var requestRec *kgo.Record
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for (len(signed) < n || dlq < 1) && ctx.Err() == nil {
+	requests := 0
+	for (len(signed) < n || dlq < 1 || requests < n+1) && ctx.Err() == nil {
 		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
 			switch r.Topic {
 			case topics.Requests:
 				partitions[r.Partition] = true
 				requestRec = r
+				requests++
 			case topics.DLQ:
 				if header(r, schemas.HeaderDLQReason) == "unauthenticated" {
 					dlq++
@@ -340,8 +342,8 @@ func TestE2ECustomerProducerKcat(t *testing.T) {
 			}
 		})
 	}
-	if len(signed) != n || dlq != 1 || signed["kcat-bad"] {
-		t.Fatalf("signed %d of %d, DLQ unauthenticated %d", len(signed), n, dlq)
+	if len(signed) != n || dlq != 1 || signed["kcat-bad"] || requests != n+1 {
+		t.Fatalf("signed %d of %d, DLQ unauthenticated %d, requests read %d", len(signed), n, dlq, requests)
 	}
 	if len(partitions) != 1 {
 		t.Fatalf("one tenant's records landed on partitions %v", partitions)
