@@ -8,8 +8,6 @@ package bench
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"flag"
@@ -19,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
@@ -28,37 +27,17 @@ import (
 // A ~400-byte receipt payload, the size DESIGN.md's limits assume.
 var payload = []byte(`{"tenant":"acme-corp","order_id":"ord_8f3a2c91d7","items":[{"sku":"A-1001","qty":2,"price":19.99},{"sku":"B-2002","qty":1,"price":249.5}],"customer":{"id":"cus_12345","email":"buyer@example.com","country":"DE"},"total":289.48,"currency":"EUR","created_at":"2026-11-26T12:00:00Z","tags":["priority","gift"],"meta":{"ip":"203.0.113.7","ua":"Mozilla/5.0"}}`)
 
-// rawSign and rawVerify are P-256 ops/s on all cores, measured by TestMain.
+// rawSign and rawVerify are P-256 ops/s on all cores, measured once per
+// run by TestMain (testing.Benchmark cannot run inside a benchmark).
 var rawSign, rawVerify float64
 
-// TestMain measures raw P-256 sign and verify once per run, in parallel on
-// every core like the benchmarks it normalizes. (testing.Benchmark cannot
-// run inside a benchmark: it waits for the same lock.)
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		d := sha256.Sum256(payload)
-		r, s, _ := ecdsa.Sign(rand.Reader, key, d[:])
-		rawSign = opsPerSec(testing.Benchmark(func(b *testing.B) {
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					ecdsa.Sign(rand.Reader, key, d[:])
-				}
-			})
-		}))
-		rawVerify = opsPerSec(testing.Benchmark(func(b *testing.B) {
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					ecdsa.Verify(&key.PublicKey, d[:], r, s)
-				}
-			})
-		}))
+		rawSign, rawVerify = RawECDSA(2 * time.Second)
 	}
 	os.Exit(m.Run())
 }
-
-func opsPerSec(r testing.BenchmarkResult) float64 { return float64(r.N) / r.T.Seconds() }
 
 // report adds ops/s and the ratio to a same-run raw rate.
 func report(b *testing.B, unit string, raw float64) {

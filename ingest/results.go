@@ -60,15 +60,11 @@ func newResults(ctx context.Context, kcfg kafka.Config, retention time.Duration,
 		return nil, err
 	}
 	adm := kadm.NewClient(admin)
-	if err := kafka.EnsureTopics(ctx, admin, kcfg); err != nil {
-		admin.Close()
-		return nil, err
-	}
 	r := &results{kcfg: kcfg, adm: adm, retention: retention, m: m,
 		waiters: map[string]chan *schemas.Result{}, jobs: map[string]*job{}}
 	// Start from offsets fixed now, before serving, so no result of a
-	// request accepted from here on can be skipped. Topics created a moment
-	// ago may not be listed by every broker yet: retry for a while.
+	// request accepted from here on can be skipped. The topics may have been
+	// created a moment ago and not be listed by every broker yet: retry.
 	var start map[int32]int64
 	for attempt := 0; ; attempt++ {
 		if start, err = r.endOffsets(ctx); err == nil {

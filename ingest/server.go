@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -116,6 +117,7 @@ type Server struct {
 	prod   *kgo.Client
 	res    *results
 	srv    *fasthttp.Server
+	promh  fasthttp.RequestHandler
 	ln     net.Listener
 	log    *slog.Logger
 	m      *metrics
@@ -149,6 +151,11 @@ func New(ctx context.Context, cfg Config, auth Authenticator, keys KeySource, st
 		s.prod.Close()
 		return nil, err
 	}
+	g := cfg.Gatherer
+	if g == nil {
+		g = prometheus.DefaultGatherer
+	}
+	s.promh = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:            s.handle,
 		Name:               "certnode",
@@ -197,7 +204,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	path := string(ctx.Path())
 	route := s.route(ctx, path)
-	s.m.requests.WithLabelValues(route, fmt.Sprint(ctx.Response.StatusCode())).Inc()
+	s.m.requests.WithLabelValues(route, strconv.Itoa(ctx.Response.StatusCode())).Inc()
 	s.m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 }
 
@@ -213,7 +220,7 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, path string) string {
 		s.readyz(ctx)
 		return "readyz"
 	case path == "/metrics":
-		s.metricsHandler()(ctx)
+		s.promh(ctx)
 		return "metrics"
 	case path == "/.well-known/jwks.json" || path == "/v1/jwks":
 		writeJSON(ctx, fasthttp.StatusOK, s.keys.JWKS())
@@ -248,20 +255,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, path string) string {
 		s.getReceipt(ctx, t, strings.TrimPrefix(path, "/v1/receipts/"))
 		return "receipts"
 	}
-	if known := map[string]bool{"/v1/sign": true, "/v1/verify": true, "/v1/jobs": true}; known[path] {
+	if path == "/v1/sign" || path == "/v1/verify" || path == "/v1/jobs" {
 		apiError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", method+" is not allowed on "+path)
 		return "other"
 	}
 	apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+path)
 	return "other"
-}
-
-func (s *Server) metricsHandler() fasthttp.RequestHandler {
-	g := s.cfg.Gatherer
-	if g == nil {
-		g = prometheus.DefaultGatherer
-	}
-	return fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 }
 
 func (s *Server) readyz(ctx *fasthttp.RequestCtx) {

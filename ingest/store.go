@@ -4,11 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
-	"time"
 
-	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/certnode/certnode/internal/chconn"
 )
 
 // ClickHouseStore reads receipts the ClickHouse sink wrote.
@@ -16,13 +15,9 @@ type ClickHouseStore struct{ conn driver.Conn }
 
 // OpenClickHouseStore connects to ClickHouse (the sink creates the tables).
 func OpenClickHouseStore(ctx context.Context, addr []string, user, password string) (*ClickHouseStore, error) {
-	conn, err := ch.Open(&ch.Options{Addr: addr, Auth: ch.Auth{Username: user, Password: password}, DialTimeout: 5 * time.Second})
+	conn, err := chconn.Open(ctx, addr, user, password)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse: %w", err)
-	}
-	if err := conn.Ping(ctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("clickhouse %v: %w", addr, err)
+		return nil, err
 	}
 	return &ClickHouseStore{conn: conn}, nil
 }

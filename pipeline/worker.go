@@ -136,20 +136,7 @@ func New(cfg Config, s Signer, auth Authenticator, mac *tenants.MAC, opts ...kgo
 	}
 	w := &Worker{cfg: cfg, signer: s, auth: auth, mac: mac, topics: cfg.Kafka.Topics(), m: newMetrics(cfg.Registerer),
 		log: slog.With("role", "worker"), now: time.Now}
-	base := []kgo.Opt{
-		kgo.ConsumerGroup(cfg.Group),
-		kgo.ConsumeTopics(w.topics.Requests),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.DisableAutoCommit(),
-		// A rebalance waits until the polled batch is produced and committed
-		// (drain before revoke), so a handover neither loses nor repeats work.
-		kgo.BlockRebalanceOnPoll(),
-		kgo.FetchMaxWait(250 * time.Millisecond),
-		// A worker that dies without leaving the group holds its partitions
-		// until the session times out: keep that short.
-		kgo.SessionTimeout(10 * time.Second),
-		kgo.HeartbeatInterval(time.Second),
-	}
+	base := kafka.GroupConsumer(cfg.Group, w.topics.Requests)
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
 	if err != nil {
 		return nil, err

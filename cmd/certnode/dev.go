@@ -53,13 +53,15 @@ func newDevCmd() *cobra.Command {
 			}
 			kcfg := kf.config()
 			if len(kcfg.Brokers) == 0 {
-				cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DataDir(filepath.Join(dataDir, "kafka")),
-					kfake.SeedTopics(kcfg.Partitions, kcfg.Topics().All()...))
+				cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DataDir(filepath.Join(dataDir, "kafka")))
 				if err != nil {
 					return usageErr("embedded Kafka: %v", err)
 				}
 				defer cluster.Close()
 				kcfg.Brokers = cluster.ListenAddrs()
+			}
+			if err := ensureTopics(ctx, kcfg); err != nil {
+				return err
 			}
 			ring, release, err := devRing(&keys, dataDir)
 			if err != nil {

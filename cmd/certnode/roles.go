@@ -67,16 +67,17 @@ type staticKeys schemas.JWKS
 
 func (s staticKeys) JWKS() schemas.JWKS { return schemas.JWKS(s) }
 
+// loadJWKS reads and checks (every key decodes) a JWKS file.
 func loadJWKS(path string) (staticKeys, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return staticKeys{}, err
 	}
-	if _, err := schemas.ParseJWKS(data); err != nil {
+	var j schemas.JWKS
+	if err := json.Unmarshal(data, &j); err != nil {
 		return staticKeys{}, err
 	}
-	var j schemas.JWKS
-	err = json.Unmarshal(data, &j)
+	_, err = schemas.NewKeySet(j)
 	return staticKeys(j), err
 }
 
@@ -122,7 +123,8 @@ func metricsServer(addr string, g prometheus.Gatherer) func(context.Context) err
 	}
 }
 
-// ensureTopics creates the topics a role reads, if no other role did yet.
+// ensureTopics creates the topics with the configured partitions, if no
+// other process did yet. Every role calls it before it starts.
 func ensureTopics(ctx context.Context, kcfg kafka.Config) error {
 	cl, err := kafka.NewClient(kcfg)
 	if err != nil {
@@ -197,6 +199,9 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer chs.Close()
 				rs = chs
+			}
+			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
+				return err
 			}
 			srv, err := ingest.New(cmd.Context(), cfg, store, keys, rs, mac)
 			if err != nil {

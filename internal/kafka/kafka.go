@@ -71,6 +71,25 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 	return kgo.NewClient(append(base, opts...)...)
 }
 
+// GroupConsumer returns the options every consumer-group stage uses: it
+// reads topic from the start, commits only what the stage commits itself,
+// and holds a rebalance until the polled batch is finished (drain before
+// revoke: AllowRebalance after each batch), so a handover neither loses nor
+// repeats work. A member that dies without leaving holds its partitions
+// until its session times out, so that is kept short.
+func GroupConsumer(group, topic string) []kgo.Opt {
+	return []kgo.Opt{
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.FetchMaxWait(250 * time.Millisecond),
+		kgo.SessionTimeout(10 * time.Second),
+		kgo.HeartbeatInterval(time.Second),
+	}
+}
+
 // EnsureTopics creates the CertNode topics that do not exist yet.
 func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
 	adm := kadm.NewClient(cl)

@@ -11,11 +11,11 @@ import (
 	"log/slog"
 	"time"
 
-	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/schemas"
 )
@@ -78,7 +78,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	conn, err := Open(ctx, cfg.Addr, cfg.Username, cfg.Password)
+	conn, err := open(ctx, cfg.Addr, cfg.Username, cfg.Password)
 	if err != nil {
 		return nil, err
 	}
@@ -90,16 +90,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.rows, s.lag)
 	}
-	base := []kgo.Opt{
-		kgo.ConsumerGroup(cfg.Group),
-		kgo.ConsumeTopics(cfg.Kafka.Topics().Receipts),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.DisableAutoCommit(),
-		kgo.BlockRebalanceOnPoll(),
-		kgo.FetchMaxWait(250 * time.Millisecond),
-		kgo.SessionTimeout(10 * time.Second), // a killed sink's partitions move on soon
-		kgo.HeartbeatInterval(time.Second),
-	}
+	base := kafka.GroupConsumer(cfg.Group, cfg.Kafka.Topics().Receipts)
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
 		conn.Close()
 		return nil, err
@@ -107,17 +98,11 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	return s, nil
 }
 
-// Open connects to ClickHouse and applies the DDL; the ingest tier uses it
-// to read receipts back.
-func Open(ctx context.Context, addr []string, user, password string) (driver.Conn, error) {
-	conn, err := ch.Open(&ch.Options{Addr: addr, Auth: ch.Auth{Username: user, Password: password},
-		DialTimeout: 5 * time.Second})
+// open connects to ClickHouse and applies the DDL.
+func open(ctx context.Context, addr []string, user, password string) (driver.Conn, error) {
+	conn, err := chconn.Open(ctx, addr, user, password)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse: %w", err)
-	}
-	if err := conn.Ping(ctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("clickhouse %v: %w", addr, err)
+		return nil, err
 	}
 	for _, ddl := range schemas.ClickHouseDDL {
 		if err := conn.Exec(ctx, ddl); err != nil {

@@ -1,0 +1,24 @@
+// Package chconn opens ClickHouse connections the same way for every tier.
+package chconn
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Open connects over the native protocol and checks the server answers.
+func Open(ctx context.Context, addr []string, user, password string) (driver.Conn, error) {
+	conn, err := ch.Open(&ch.Options{Addr: addr, Auth: ch.Auth{Username: user, Password: password}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse: %w", err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("clickhouse %v: %w", addr, err)
+	}
+	return conn, nil
+}
