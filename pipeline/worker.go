@@ -123,7 +123,6 @@ type Worker struct {
 	topics schemas.Topics
 	m      *metrics
 	log    *slog.Logger
-	now    func() time.Time
 }
 
 // New connects a worker; Run starts consuming.
@@ -135,7 +134,7 @@ func New(cfg Config, s Signer, auth Authenticator, mac *tenants.MAC, opts ...kgo
 		return nil, errors.New("worker: signer, authenticator and MAC are required")
 	}
 	w := &Worker{cfg: cfg, signer: s, auth: auth, mac: mac, topics: cfg.Kafka.Topics(), m: newMetrics(cfg.Registerer),
-		log: slog.With("role", "worker"), now: time.Now}
+		log: slog.With("role", "worker")}
 	base := kafka.GroupConsumer(cfg.Group, w.topics.Requests)
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
 	if err != nil {
@@ -254,7 +253,7 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 		JobID: req.JobID, Line: req.Line, Size: len(rec.Value), ReceivedAt: req.ReceivedAt,
 	}
 	if res.ReceivedAt.IsZero() {
-		res.ReceivedAt = rec.Timestamp // stable across replays, unlike now()
+		res.ReceivedAt = rec.Timestamp // stable across replays, unlike the clock
 	}
 	var out []*kgo.Record
 	switch req.Kind {
@@ -271,7 +270,7 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 	case err != nil:
 		return nil, err
 	}
-	res.ProcessedAt = w.now()
+	res.ProcessedAt = time.Now()
 	val, err := json.Marshal(res)
 	if err != nil {
 		return nil, err

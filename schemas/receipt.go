@@ -54,9 +54,6 @@ func signingInput(protected string, canonicalPayload []byte) []byte {
 	return b64u.AppendEncode(in, canonicalPayload)
 }
 
-// SigningInput is what ES256 signs: protected + "." + b64u(JCS(payload)).
-func (u *Unsigned) SigningInput() []byte { return u.input }
-
 // Digest is the SHA-256 of the signing input, the value an HSM signs.
 func (u *Unsigned) Digest() [32]byte { return sha256.Sum256(u.input) }
 
@@ -86,13 +83,13 @@ func receiptID(input []byte, sig string) string {
 }
 
 // Marshal writes the receipt as compact JSON without HTML escaping.
-func (r *Receipt) Marshal() ([]byte, error) { return r.AppendJSON(nil) }
+func (r *Receipt) Marshal() ([]byte, error) { return r.appendJSON(nil) }
 
-// AppendJSON appends the receipt's JSON to b. Receipts this package made
+// appendJSON appends the receipt's JSON to b. Receipts this package made
 // hold only base64url strings and a canonical payload, which are written
 // directly (signing is the hot path); anything else goes through the JSON
 // encoder, which escapes and validates.
-func (r *Receipt) AppendJSON(b []byte) ([]byte, error) {
+func (r *Receipt) appendJSON(b []byte) ([]byte, error) {
 	if !isB64U(r.Protected) || !isB64U(r.Signature) || !isB64U(r.Kid) ||
 		!isB64U(r.PayloadJCSSHA256) || !isB64U(r.ReceiptID) || !jsontext.Value(r.Payload).IsValid() {
 		out, err := json.Marshal(r)

@@ -361,9 +361,6 @@ type HSMKey struct {
 	pub   *ecdsa.PublicKey
 }
 
-// Label is the key's CKA_LABEL.
-func (k *HSMKey) Label() string { return k.label }
-
 // Public returns the public key.
 func (k *HSMKey) Public() *ecdsa.PublicKey { return k.pub }
 

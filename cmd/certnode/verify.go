@@ -45,9 +45,10 @@ func newVerifyCmd() *cobra.Command {
 			// One document (possibly pretty-printed), or NDJSON: NDJSON when
 			// the first non-blank line is a complete JSON value and more follows.
 			br := bufio.NewReaderSize(in, 1<<20)
-			var first []byte
+			var head, first []byte // head keeps leading blank lines, so line numbers stay true
 			for len(bytes.TrimSpace(first)) == 0 {
 				first, err = br.ReadBytes('\n')
+				head = append(head, first...)
 				if err == io.EOF {
 					break
 				}
@@ -58,7 +59,7 @@ func newVerifyCmd() *cobra.Command {
 			if len(bytes.TrimSpace(first)) == 0 {
 				return usageErr("no receipt on input")
 			}
-			all := io.MultiReader(bytes.NewReader(first), br)
+			all := io.MultiReader(bytes.NewReader(head), br)
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			defer out.Flush()
 			_, peekErr := br.Peek(1)

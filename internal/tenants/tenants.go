@@ -38,7 +38,6 @@ type File struct {
 // FileStore authenticates against a tenants file loaded at start.
 type FileStore struct {
 	byHash map[string]*Tenant
-	byID   map[string]*Tenant
 }
 
 // HashKey is the stored form of an API key.
@@ -58,7 +57,8 @@ func GenerateKey() (string, error) {
 
 // NewFileStore checks and indexes tenants.
 func NewFileStore(f File) (*FileStore, error) {
-	s := &FileStore{byHash: map[string]*Tenant{}, byID: map[string]*Tenant{}}
+	s := &FileStore{byHash: map[string]*Tenant{}}
+	byID := map[string]bool{}
 	var errs []error
 	for i := range f.Tenants {
 		t := &f.Tenants[i]
@@ -66,10 +66,10 @@ func NewFileStore(f File) (*FileStore, error) {
 			errs = append(errs, fmt.Errorf("tenant %d: id must be 1-64 bytes without spaces", i))
 			continue
 		}
-		if _, dup := s.byID[t.ID]; dup {
+		if byID[t.ID] {
 			errs = append(errs, fmt.Errorf("tenant %q: defined twice", t.ID))
 		}
-		s.byID[t.ID] = t
+		byID[t.ID] = true
 		if t.RateLimit < 0 || t.Burst < 0 {
 			errs = append(errs, fmt.Errorf("tenant %q: rate_limit and burst must not be negative", t.ID))
 		}
@@ -110,12 +110,6 @@ func (s *FileStore) Authenticate(key string) (*Tenant, bool) {
 		return nil, false
 	}
 	t, ok := s.byHash[HashKey(key)]
-	return t, ok
-}
-
-// Lookup returns the tenant with id.
-func (s *FileStore) Lookup(id string) (*Tenant, bool) {
-	t, ok := s.byID[id]
 	return t, ok
 }
 
