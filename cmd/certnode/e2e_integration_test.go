@@ -230,14 +230,17 @@ func TestE2ESinkKilledMidBatch(t *testing.T) {
 // TestE2EKafkaOutage: with the broker stopped, ingest answers 503 (nothing
 // is silently dropped) and the pipeline resumes when the broker is back.
 func TestE2EKafkaOutage(t *testing.T) {
-	port := strings.Split(freeAddr(t), ":")[1]
+	// Both ports are picked free: port+1 (the script's default controller
+	// port) may belong to someone else.
+	port, ctrl := strings.Split(freeAddr(t), ":")[1], strings.Split(freeAddr(t), ":")[1]
 	local := t.TempDir()
 	broker := func(verb string) {
 		t.Helper()
 		cmd := exec.Command("bash", "../../deploy/local/kafka.sh", verb)
-		cmd.Env = append(os.Environ(), "CERTNODE_LOCAL="+local, "CERTNODE_KAFKA_PORT="+port)
+		cmd.Env = append(os.Environ(), "CERTNODE_LOCAL="+local, "CERTNODE_KAFKA_PORT="+port, "CERTNODE_KAFKA_CONTROLLER_PORT="+ctrl)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("kafka.sh %s: %v\n%s", verb, err, out)
+			logs, _ := exec.Command("tail", "-n", "30", local+"/kafka/stdout.log", local+"/kafka/server.log").CombinedOutput()
+			t.Fatalf("kafka.sh %s: %v\n%s\n%s", verb, err, out, logs)
 		}
 	}
 	broker("start")

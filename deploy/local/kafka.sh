@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Apache Kafka 4.x, single KRaft node on 127.0.0.1, from its Maven Central jars.
 # usage: kafka.sh start|stop|status|wait|reset
-#   CERTNODE_KAFKA_PORT (default 9092), CERTNODE_LOCAL (state folder)
+#   CERTNODE_KAFKA_PORT (default 9092), CERTNODE_KAFKA_CONTROLLER_PORT (default port+1),
+#   CERTNODE_LOCAL (state folder)
 source "$(dirname "$0")/lib.sh"
 PORT="${CERTNODE_KAFKA_PORT:-9092}"
-CTRL_PORT=$((PORT + 1))
+CTRL_PORT="${CERTNODE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 KDIR="$CERTNODE_LOCAL/kafka"
 LIBS="$REPO_ROOT/.cache/kafka/libs"
 PIDF="$KDIR/kafka.pid"
