@@ -9,38 +9,59 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 )
 
-// Topics names the three Kafka topics. Records on all three are keyed by
-// tenant id, so a tenant's traffic keeps its order.
+// Topics names the Kafka topics. Records on requests, receipts and dlq are
+// keyed by tenant id, so a tenant's traffic keeps its order; jobs is
+// compacted and keyed by job id.
 type Topics struct {
 	Requests string
 	Receipts string
 	DLQ      string
+	Jobs     string
 }
 
-// DefaultTopicPrefix gives certnode.requests, certnode.receipts, certnode.dlq.
+// DefaultTopicPrefix gives certnode.requests, certnode.receipts,
+// certnode.dlq and certnode.jobs.
 const DefaultTopicPrefix = "certnode"
 
 // TopicsFor names the topics under prefix, so several environments (or
 // test runs) can share one cluster.
 func TopicsFor(prefix string) Topics {
-	return Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq"}
+	return Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq", Jobs: prefix + ".jobs"}
 }
 
 // All lists the topics.
-func (t Topics) All() []string { return []string{t.Requests, t.Receipts, t.DLQ} }
+func (t Topics) All() []string { return []string{t.Requests, t.Receipts, t.DLQ, t.Jobs} }
+
+// Record size limits. A request may be as large as MaxRequestBytes; its
+// result carries the receipt (the payload plus a few hundred bytes), so
+// results, the DLQ and job records get more room.
+const (
+	MaxRequestBytes = 2 << 20
+	MaxResultBytes  = 8 << 20
+)
 
 // Record headers.
 const (
-	// HeaderAPIKey carries a tenant API key on records that customer systems
-	// produce straight into certnode.requests ("Bearer <key>" or the key).
-	HeaderAPIKey = "certnode-api-key"
-	// HeaderIngestMAC marks records written by the ingest tier: hex
-	// HMAC-SHA256 over tenant + "\n" + id under the cluster's internal
-	// secret. Ingest authenticates the caller itself and never puts API keys
-	// on the topic.
+	// HeaderIngestMAC marks records written by the ingest tier:
+	// "<kid>:<hex HMAC-SHA256 of the record value>" under the cluster's
+	// internal secret named by kid. Ingest authenticates callers itself and
+	// never puts credentials on the topic.
 	HeaderIngestMAC = "certnode-ingest-mac"
-	// HeaderDLQReason names why a record went to certnode.dlq.
+	// HeaderProducerKeyID and HeaderSignature authenticate records that
+	// customer systems produce straight into certnode.requests: the id of
+	// one of the tenant's producer keys, and the hex HMAC-SHA256 of the
+	// record value under that key's secret.
+	HeaderProducerKeyID = "certnode-key-id"
+	HeaderSignature     = "certnode-signature"
+	// HeaderLegacyAPIKey carried a plaintext API key in early releases. It
+	// is refused (a reusable credential must not sit in a topic) and never
+	// copied to the DLQ.
+	HeaderLegacyAPIKey = "certnode-api-key"
+	// HeaderDLQReason, HeaderDLQError and HeaderDLQSource say why and from
+	// where a record went to certnode.dlq.
 	HeaderDLQReason = "certnode-dlq-reason"
+	HeaderDLQError  = "certnode-dlq-error"
+	HeaderDLQSource = "certnode-dlq-source"
 	// HeaderRequestID and HeaderJobID repeat a result's id and job_id so
 	// that readers waiting for one request or job skip others undecoded.
 	HeaderRequestID = "certnode-id"
@@ -58,44 +79,90 @@ const (
 	KindVerify Kind = "verify"
 )
 
+// Envelope field limits.
+const (
+	MaxIDBytes     = 128
+	MaxTenantBytes = 64
+	MaxJobIDBytes  = 64
+	// MaxLine bounds the line number of a bulk job's request; ingest's own
+	// limit on a job's lines is lower.
+	MaxLine = 1 << 32
+)
+
 // Request is the value of a certnode.requests record (JSON).
 type Request struct {
-	V          int            `json:"v"`
-	ID         string         `json:"id"`     // unique per request; the idempotency key
-	Tenant     string         `json:"tenant"` // must equal the record key
-	Kind       Kind           `json:"kind"`
-	Payload    jsontext.Value `json:"payload,omitempty"` // sign: a JSON object
-	Receipt    jsontext.Value `json:"receipt,omitempty"` // verify: a receipt
-	JWKS       jsontext.Value `json:"jwks,omitempty"`    // verify: keys to use instead of ours
-	JobID      string         `json:"job_id,omitempty"`
-	Line       int64          `json:"line,omitempty"` // 1-based input line of a bulk job
-	ReceivedAt time.Time      `json:"received_at,omitzero"`
+	V      int    `json:"v"`
+	ID     string `json:"id"`     // unique per request; the idempotency key
+	Tenant string `json:"tenant"` // must equal the record key
+	Kind   Kind   `json:"kind"`
+	// omitzero, not omitempty: an empty object ({}) is a payload to sign.
+	Payload jsontext.Value `json:"payload,omitzero"` // sign: a JSON object
+	Receipt jsontext.Value `json:"receipt,omitzero"` // verify: a receipt
+	JWKS    jsontext.Value `json:"jwks,omitzero"`    // verify: keys to use instead of ours
+	// JobID and Line place a request in an ingest bulk job (line is the
+	// 1-based input line); only the ingest tier sets them.
+	JobID      string    `json:"job_id,omitempty"`
+	Line       int64     `json:"line,omitempty"`
+	ReceivedAt time.Time `json:"received_at,omitzero"`
 }
 
-// Errors from Request.Validate.
+// ErrBadEnvelope wraps every envelope problem.
 var ErrBadEnvelope = errors.New("bad request envelope")
 
+// checkToken checks an identifier that travels in keys, headers and logs:
+// 1 to max bytes of printable ASCII without spaces.
+func checkToken(name, v string, max int) error {
+	if v == "" || len(v) > max {
+		return fmt.Errorf("%s is required (1-%d bytes)", name, max)
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return fmt.Errorf("%s must be printable ASCII without spaces", name)
+		}
+	}
+	return nil
+}
+
+// checkJobLine checks that a job id and line come together and in range.
+func checkJobLine(jobID string, line int64) error {
+	if jobID == "" {
+		if line != 0 {
+			return errors.New("line is only allowed with job_id")
+		}
+		return nil
+	}
+	if err := checkToken("job_id", jobID, MaxJobIDBytes); err != nil {
+		return err
+	}
+	if line < 1 || line > MaxLine {
+		return fmt.Errorf("line must be between 1 and %d with job_id", int64(MaxLine))
+	}
+	return nil
+}
+
 // Validate checks the envelope's shape (not the payload's JSON, which the
-// worker canonicalizes anyway).
+// worker canonicalizes anyway) and reports every problem at once.
 func (r *Request) Validate() error {
 	var errs []error
 	if r.V != EnvelopeVersion {
 		errs = append(errs, fmt.Errorf("v must be %d", EnvelopeVersion))
 	}
-	if r.ID == "" || len(r.ID) > 128 {
-		errs = append(errs, errors.New("id is required (at most 128 bytes)"))
-	}
-	if r.Tenant == "" {
-		errs = append(errs, errors.New("tenant is required"))
-	}
+	errs = append(errs, checkToken("id", r.ID, MaxIDBytes), checkToken("tenant", r.Tenant, MaxTenantBytes),
+		checkJobLine(r.JobID, r.Line))
 	switch r.Kind {
 	case KindSign:
 		if len(r.Payload) == 0 {
 			errs = append(errs, errors.New("sign needs payload"))
 		}
+		if len(r.Receipt) > 0 || len(r.JWKS) > 0 {
+			errs = append(errs, errors.New("sign takes payload only, not receipt or jwks"))
+		}
 	case KindVerify:
 		if len(r.Receipt) == 0 {
 			errs = append(errs, errors.New("verify needs receipt"))
+		}
+		if len(r.Payload) > 0 {
+			errs = append(errs, errors.New("verify takes receipt (and jwks), not payload"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("kind must be sign or verify, got %q", r.Kind))
@@ -106,7 +173,9 @@ func (r *Request) Validate() error {
 	return nil
 }
 
-// DecodeRequest parses and validates a certnode.requests value.
+// DecodeRequest parses and validates a certnode.requests value. On a
+// validation error the decoded request is still returned, so that its
+// id, tenant and job can be named in the failed result.
 func DecodeRequest(b []byte) (*Request, error) {
 	var r Request
 	if err := json.Unmarshal(b, &r); err != nil {
@@ -125,6 +194,24 @@ const (
 	StatusFailed  Status = "failed" // the request could not be processed (reason says why)
 )
 
+// Auth says how the worker authenticated a request.
+type Auth string
+
+const (
+	AuthIngest   Auth = "ingest"   // written by the ingest tier (internal MAC)
+	AuthProducer Auth = "producer" // a customer producer signed it with its producer key
+	// AuthNone: the record was refused as unauthenticated. Its result is
+	// failed and names only what the record claimed; consumers must not
+	// attribute it to the tenant without their own check.
+	AuthNone Auth = "none"
+)
+
+// Keys says which keys a verify request used.
+const (
+	KeysService = "service"
+	KeysCaller  = "caller"
+)
+
 // Result is the value of a certnode.receipts record (JSON).
 type Result struct {
 	V           int            `json:"v"`
@@ -133,10 +220,12 @@ type Result struct {
 	Kind        Kind           `json:"kind"`
 	Status      Status         `json:"status"`
 	Reason      string         `json:"reason,omitempty"`
+	Auth        Auth           `json:"auth"`
+	Keys        string         `json:"keys,omitempty"` // verify: service or caller
 	Kid         string         `json:"kid,omitempty"`
 	ReceiptID   string         `json:"receipt_id,omitempty"`
 	PayloadHash string         `json:"payload_hash,omitempty"`
-	Receipt     jsontext.Value `json:"receipt,omitempty"` // the signed or verified receipt
+	Receipt     jsontext.Value `json:"receipt,omitzero"` // the signed or verified receipt
 	JobID       string         `json:"job_id,omitempty"`
 	Line        int64          `json:"line,omitempty"`
 	Size        int            `json:"size"` // bytes of the request value
@@ -144,14 +233,41 @@ type Result struct {
 	ProcessedAt time.Time      `json:"processed_at"`
 }
 
-// DecodeResult parses a certnode.receipts value.
+// Validate checks a result's shape; readers drop results that fail it.
+func (r *Result) Validate() error {
+	var errs []error
+	if r.V != EnvelopeVersion {
+		errs = append(errs, fmt.Errorf("v must be %d", EnvelopeVersion))
+	}
+	errs = append(errs, checkToken("id", r.ID, MaxIDBytes), checkToken("tenant", r.Tenant, MaxTenantBytes),
+		checkJobLine(r.JobID, r.Line))
+	if r.Kind != KindSign && r.Kind != KindVerify {
+		errs = append(errs, fmt.Errorf("kind %q", r.Kind))
+	}
+	switch r.Status {
+	case StatusSigned, StatusValid, StatusInvalid, StatusFailed:
+	default:
+		errs = append(errs, fmt.Errorf("status %q", r.Status))
+	}
+	switch r.Auth {
+	case AuthIngest, AuthProducer, AuthNone:
+	default:
+		errs = append(errs, fmt.Errorf("auth %q", r.Auth))
+	}
+	if r.Status == StatusSigned && len(r.Receipt) == 0 {
+		errs = append(errs, errors.New("a signed result needs its receipt"))
+	}
+	return errors.Join(errs...)
+}
+
+// DecodeResult parses and validates a certnode.receipts value.
 func DecodeResult(b []byte) (*Result, error) {
 	var r Result
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, err
 	}
-	if r.V != EnvelopeVersion || r.ID == "" {
-		return nil, fmt.Errorf("not a v%d result", EnvelopeVersion)
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("not a v%d result: %w", EnvelopeVersion, err)
 	}
 	return &r, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,7 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(2 * time.Millisecond),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.ProducerBatchMaxBytes(schemas.MaxResultBytes + 64<<10),
 		kgo.WithLogger(kgoLogger{}),
 	}
 	return kgo.NewClient(append(base, opts...)...)
@@ -90,16 +92,30 @@ func GroupConsumer(group, topic string) []kgo.Opt {
 	}
 }
 
+// topicConfigs sizes each topic for its largest record (a result carries
+// its receipt, so results outgrow requests) and compacts the jobs topic,
+// which holds the latest state of each job.
+func topicConfigs(t schemas.Topics) map[string]map[string]*string {
+	size := func(n int) *string { s := strconv.Itoa(n + 64<<10); return &s }
+	compact := "compact"
+	return map[string]map[string]*string{
+		t.Requests: {"max.message.bytes": size(schemas.MaxRequestBytes)},
+		t.Receipts: {"max.message.bytes": size(schemas.MaxResultBytes)},
+		t.DLQ:      {"max.message.bytes": size(schemas.MaxResultBytes)},
+		t.Jobs:     {"max.message.bytes": size(schemas.MaxResultBytes), "cleanup.policy": &compact},
+	}
+}
+
 // EnsureTopics creates the CertNode topics that do not exist yet.
 func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
 	adm := kadm.NewClient(cl)
-	res, err := adm.CreateTopics(ctx, c.Partitions, c.ReplicationFactor, nil, c.Topics().All()...)
-	if err != nil {
-		return fmt.Errorf("create topics: %w", err)
-	}
-	for _, r := range res.Sorted() {
-		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
+	for topic, cfg := range topicConfigs(c.Topics()) {
+		res, err := adm.CreateTopic(ctx, c.Partitions, c.ReplicationFactor, cfg, topic)
+		if err == nil {
+			err = res.Err
+		}
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", topic, err)
 		}
 	}
 	return nil

@@ -5,7 +5,6 @@
 package tenants
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -28,6 +27,16 @@ type Tenant struct {
 	// process) and Burst the bucket size; 0 means unlimited.
 	RateLimit float64 `json:"rate_limit,omitempty"`
 	Burst     int     `json:"burst,omitempty"`
+	// ProducerKeys authenticate records the tenant produces straight into
+	// Kafka (an HMAC of each record value). The secrets are kept, not
+	// hashed, because checking an HMAC needs them: the file is mode 0600.
+	ProducerKeys []ProducerKey `json:"producer_keys,omitempty"`
+}
+
+// ProducerKey is one producer signing secret; several let a tenant rotate.
+type ProducerKey struct {
+	ID     string `json:"id"`
+	Secret string `json:"secret"`
 }
 
 // File is the tenants file format.
@@ -38,6 +47,7 @@ type File struct {
 // FileStore authenticates against a tenants file loaded at start.
 type FileStore struct {
 	byHash map[string]*Tenant
+	byID   map[string]*Tenant
 }
 
 // HashKey is the stored form of an API key.
@@ -57,8 +67,7 @@ func GenerateKey() (string, error) {
 
 // NewFileStore checks and indexes tenants.
 func NewFileStore(f File) (*FileStore, error) {
-	s := &FileStore{byHash: map[string]*Tenant{}}
-	byID := map[string]bool{}
+	s := &FileStore{byHash: map[string]*Tenant{}, byID: map[string]*Tenant{}}
 	var errs []error
 	for i := range f.Tenants {
 		t := &f.Tenants[i]
@@ -66,10 +75,20 @@ func NewFileStore(f File) (*FileStore, error) {
 			errs = append(errs, fmt.Errorf("tenant %d: id must be 1-64 bytes without spaces", i))
 			continue
 		}
-		if byID[t.ID] {
+		if s.byID[t.ID] != nil {
 			errs = append(errs, fmt.Errorf("tenant %q: defined twice", t.ID))
 		}
-		byID[t.ID] = true
+		s.byID[t.ID] = t
+		ids := map[string]bool{}
+		for _, pk := range t.ProducerKeys {
+			if pk.ID == "" || strings.ContainsAny(pk.ID, " \t\r\n:") || len(pk.ID) > 64 || ids[pk.ID] {
+				errs = append(errs, fmt.Errorf("tenant %q: producer key ids must be unique, 1-64 bytes, without spaces", t.ID))
+			}
+			ids[pk.ID] = true
+			if len(pk.Secret) < 32 {
+				errs = append(errs, fmt.Errorf("tenant %q: producer key %q: secret must be at least 32 bytes", t.ID, pk.ID))
+			}
+		}
 		if t.RateLimit < 0 || t.Burst < 0 {
 			errs = append(errs, fmt.Errorf("tenant %q: rate_limit and burst must not be negative", t.ID))
 		}
@@ -113,44 +132,16 @@ func (s *FileStore) Authenticate(key string) (*Tenant, bool) {
 	return t, ok
 }
 
-// MAC authenticates records the ingest tier writes to Kafka, so workers can
-// tell them from records a customer produced without a valid API key.
-type MAC struct{ secret []byte }
-
-// NewMAC needs a secret of at least 32 bytes.
-func NewMAC(secret []byte) (*MAC, error) {
-	if len(secret) < 32 {
-		return nil, errors.New("internal secret must be at least 32 bytes")
+// ProducerSecret returns the secret of one of tenant's producer keys.
+func (s *FileStore) ProducerSecret(tenant, keyID string) ([]byte, bool) {
+	t, ok := s.byID[tenant]
+	if !ok {
+		return nil, false
 	}
-	return &MAC{secret: secret}, nil
-}
-
-// Sum is the hex HMAC-SHA256 of tenant + "\n" + id.
-func (m *MAC) Sum(tenant, id string) string {
-	h := hmac.New(sha256.New, m.secret)
-	h.Write([]byte(tenant))
-	h.Write([]byte{'\n'})
-	h.Write([]byte(id))
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// Valid checks a Sum in constant time.
-func (m *MAC) Valid(tenant, id, sum string) bool {
-	return hmac.Equal([]byte(m.Sum(tenant, id)), []byte(sum))
-}
-
-// SecretFromEnv reads the internal secret from CERTNODE_INTERNAL_SECRET or
-// the file named by CERTNODE_INTERNAL_SECRET_FILE.
-func SecretFromEnv() ([]byte, error) {
-	if s := os.Getenv("CERTNODE_INTERNAL_SECRET"); s != "" {
-		return []byte(s), nil
-	}
-	if f := os.Getenv("CERTNODE_INTERNAL_SECRET_FILE"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("internal secret: %w", err)
+	for _, pk := range t.ProducerKeys {
+		if pk.ID == keyID {
+			return []byte(pk.Secret), true
 		}
-		return []byte(strings.TrimSpace(string(b))), nil
 	}
-	return nil, errors.New("no internal secret: set CERTNODE_INTERNAL_SECRET or CERTNODE_INTERNAL_SECRET_FILE (shared by ingest and workers)")
+	return nil, false
 }

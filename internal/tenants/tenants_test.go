@@ -56,22 +56,24 @@ func TestFileStoreRejectsBadFiles(t *testing.T) {
 	}
 }
 
-func TestMAC(t *testing.T) {
-	if _, err := NewMAC([]byte("short")); err == nil {
-		t.Fatal("short secret accepted")
+func TestProducerKeys(t *testing.T) {
+	secret := strings.Repeat("p", 32)
+	s, err := NewFileStore(File{Tenants: []Tenant{{ID: "acme", ProducerKeys: []ProducerKey{{ID: "pk1", Secret: secret}}}}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	m, _ := NewMAC([]byte(strings.Repeat("s", 32)))
-	other, _ := NewMAC([]byte(strings.Repeat("t", 32)))
-	sum := m.Sum("acme", "req_1")
-	if !m.Valid("acme", "req_1", sum) {
-		t.Fatal("own MAC rejected")
+	if got, ok := s.ProducerSecret("acme", "pk1"); !ok || string(got) != secret {
+		t.Fatal("producer key not found")
 	}
-	for _, c := range [][3]string{{"acme", "req_2", sum}, {"acmf", "req_1", sum}, {"acme\nreq", "_1", sum}, {"acme", "req_1", ""}} {
-		if m.Valid(c[0], c[1], c[2]) {
-			t.Fatalf("MAC accepted for %q", c)
+	for _, c := range [][2]string{{"acme", "pk2"}, {"globex", "pk1"}, {"", ""}} {
+		if _, ok := s.ProducerSecret(c[0], c[1]); ok {
+			t.Errorf("ProducerSecret(%q, %q) found", c[0], c[1])
 		}
 	}
-	if other.Valid("acme", "req_1", sum) {
-		t.Fatal("MAC from another secret accepted")
+	_, err = NewFileStore(File{Tenants: []Tenant{{ID: "a", ProducerKeys: []ProducerKey{{ID: "k", Secret: "short"}, {ID: "k", Secret: secret}, {ID: "a b", Secret: secret}}}}})
+	for _, want := range []string{"at least 32 bytes", "must be unique"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
 	}
 }
