@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -19,7 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/certnode/certnode/internal/kafka"
-	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -29,9 +30,15 @@ type Signer interface {
 	KeySet() *schemas.KeySet
 }
 
-// Authenticator resolves the API key on records customers produce directly.
-type Authenticator interface {
-	Authenticate(apiKey string) (*tenants.Tenant, bool)
+// ProducerKeys finds the secret of a tenant's producer key, for records
+// customers produce directly.
+type ProducerKeys interface {
+	ProducerSecret(tenant, keyID string) ([]byte, bool)
+}
+
+// IngestMAC checks the MAC the ingest tier puts on its records.
+type IngestMAC interface {
+	Check(value []byte, header string) error
 }
 
 // Config configures a worker.
@@ -48,6 +55,10 @@ type Config struct {
 	// DrainTimeout bounds how long a stopping worker keeps working on the
 	// batch it holds, so that it commits instead of leaving it to be redone.
 	DrainTimeout time.Duration
+	// RebalanceTimeout is how long the group waits for this worker to
+	// finish its batch when partitions move; a batch older than that makes
+	// Healthy fail.
+	RebalanceTimeout time.Duration
 	// Registerer receives the worker's metrics (nil: not registered).
 	Registerer prometheus.Registerer
 }
@@ -67,8 +78,8 @@ func (c *Config) Validate() error {
 	if c.MaxBatch < 1 {
 		errs = append(errs, errors.New("worker: max batch must be at least 1"))
 	}
-	if c.DrainTimeout <= 0 {
-		errs = append(errs, errors.New("worker: drain timeout must be positive"))
+	if c.DrainTimeout <= 0 || c.RebalanceTimeout <= 0 {
+		errs = append(errs, errors.New("worker: drain and rebalance timeouts must be positive"))
 	}
 	return errors.Join(errs...)
 }
@@ -81,20 +92,24 @@ func DefaultConfig() Config {
 		Concurrency:  2 * runtime.GOMAXPROCS(0),
 		MaxBatch:     1000,
 		DrainTimeout: 30 * time.Second,
+
+		RebalanceTimeout: kafka.RebalanceTimeout,
 	}
 }
 
 type metrics struct {
-	records *prometheus.CounterVec
-	batch   prometheus.Histogram
-	retries prometheus.Counter
-	lag     *prometheus.GaugeVec
+	records  *prometheus.CounterVec
+	batch    prometheus.Histogram
+	retries  prometheus.Counter
+	lag      *prometheus.GaugeVec
+	batchAge prometheus.GaugeFunc
+	stalled  prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "certnode_worker_records_total", Help: "Requests processed, by kind and outcome.",
+			Name: "certnode_worker_records_total", Help: "Requests processed, by kind and outcome (status, or dlq reason).",
 		}, []string{"kind", "status"}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "certnode_worker_batch_seconds", Help: "Time from poll to commit of one batch.",
@@ -106,42 +121,73 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "certnode_worker_partition_lag", Help: "Requests behind the partition's high watermark at the last poll.",
 		}, []string{"partition"}),
+		batchAge: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "certnode_worker_batch_age_seconds", Help: "How long the batch in hand has been worked on (0 when idle).",
+		}, func() float64 { return w.batchAge().Seconds() }),
+		stalled: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "certnode_worker_stalled", Help: "1 while the batch in hand has outlived the group's rebalance timeout.",
+		}, func() float64 {
+			if w.Healthy() != nil {
+				return 1
+			}
+			return 0
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.batch, m.retries, m.lag)
+		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled)
 	}
 	return m
 }
 
 // Worker is one pipeline worker process (or one of several in a process).
 type Worker struct {
-	cfg    Config
-	cl     *kgo.Client
-	signer Signer
-	auth   Authenticator
-	mac    *tenants.MAC
-	topics schemas.Topics
-	m      *metrics
-	log    *slog.Logger
+	cfg      Config
+	cl       *kgo.Client
+	signer   Signer
+	producer ProducerKeys
+	mac      IngestMAC
+	topics   schemas.Topics
+	m        *metrics
+	log      *slog.Logger
+	// batchStart is the UnixNano time the batch in hand was polled (0: idle).
+	batchStart atomic.Int64
 }
 
 // New connects a worker; Run starts consuming.
-func New(cfg Config, s Signer, auth Authenticator, mac *tenants.MAC, opts ...kgo.Opt) (*Worker, error) {
+func New(cfg Config, s Signer, producer ProducerKeys, mac IngestMAC, opts ...kgo.Opt) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if s == nil || auth == nil || mac == nil {
-		return nil, errors.New("worker: signer, authenticator and MAC are required")
+	if s == nil || producer == nil || mac == nil {
+		return nil, errors.New("worker: signer, producer keys and ingest MAC are required")
 	}
-	w := &Worker{cfg: cfg, signer: s, auth: auth, mac: mac, topics: cfg.Kafka.Topics(), m: newMetrics(cfg.Registerer),
+	w := &Worker{cfg: cfg, signer: s, producer: producer, mac: mac, topics: cfg.Kafka.Topics(),
 		log: slog.With("role", "worker")}
-	base := kafka.GroupConsumer(cfg.Group, w.topics.Requests)
+	w.m = w.newMetrics(cfg.Registerer)
+	base := append(kafka.GroupConsumer(cfg.Group, w.topics.Requests), kgo.RebalanceTimeout(cfg.RebalanceTimeout))
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
 	if err != nil {
 		return nil, err
 	}
 	w.cl = cl
 	return w, nil
+}
+
+func (w *Worker) batchAge() time.Duration {
+	if start := w.batchStart.Load(); start != 0 {
+		return time.Since(time.Unix(0, start))
+	}
+	return 0
+}
+
+// Healthy fails while the batch in hand has outlived the group's rebalance
+// timeout: the group has then given this worker's partitions to another
+// member, and a supervisor should restart it (its /healthz says so).
+func (w *Worker) Healthy() error {
+	if age := w.batchAge(); age > w.cfg.RebalanceTimeout {
+		return fmt.Errorf("worker: the batch in hand is %s old, over the group's %s rebalance timeout", age.Round(time.Millisecond), w.cfg.RebalanceTimeout)
+	}
+	return nil
 }
 
 // Run processes batches until ctx ends or the worker is closed. A batch in
@@ -168,7 +214,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		recs := fetches.Records()
 		if len(recs) > 0 {
 			start := time.Now()
-			if err := w.handle(work, recs); err != nil {
+			w.batchStart.Store(start.UnixNano())
+			err := w.handle(work, recs)
+			w.batchStart.Store(0)
+			if err != nil {
 				w.cl.AllowRebalance()
 				return fmt.Errorf("batch abandoned after drain timeout: %w", err)
 			}
@@ -227,6 +276,16 @@ func (w *Worker) retry(ctx context.Context, f func() ([]*kgo.Record, error)) ([]
 	}
 }
 
+// Reasons a request is refused; each is the result's reason and the DLQ
+// copy's certnode-dlq-reason.
+const (
+	ReasonBadEnvelope     = "bad_envelope"
+	ReasonTenantMismatch  = "tenant_mismatch"
+	ReasonUnauthenticated = "unauthenticated"
+	ReasonInvalidPayload  = "invalid_payload"
+	ReasonTooLarge        = "too_large"
+)
+
 // permanentError marks input that will never process: it goes to the DLQ.
 type permanentError struct {
 	reason string
@@ -236,44 +295,54 @@ type permanentError struct {
 func (e *permanentError) Error() string { return e.reason + ": " + e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// process turns one request record into its output records. A returned
-// error is transient (the signer failed) and the record is retried.
+func refuse(reason string, err error) *permanentError { return &permanentError{reason, err} }
+
+// process turns one request record into its output records: exactly one
+// result whenever the record names a request (a refused one gets a failed
+// result with the reason, so no job waits forever on a poison line), plus
+// a DLQ copy of refused records. A returned error is transient (the
+// signer failed) and the record is retried.
 func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, error) {
-	req, err := w.authenticate(rec)
-	if err != nil {
-		var pe *permanentError
-		if errors.As(err, &pe) {
-			w.m.records.WithLabelValues("unknown", "dlq").Inc()
-			return []*kgo.Record{w.dlq(rec, pe)}, nil
-		}
-		return nil, err
+	auth, authErr := w.authenticate(rec)
+	req, err := w.admit(rec, auth, authErr)
+	if req == nil {
+		// Nothing names a request to answer: only the DLQ hears of it.
+		w.m.records.WithLabelValues("unknown", "dlq_"+err.reason).Inc()
+		return []*kgo.Record{w.dlq(rec, err)}, nil
 	}
 	res := &schemas.Result{
-		V: schemas.EnvelopeVersion, ID: req.ID, Tenant: req.Tenant, Kind: req.Kind,
+		V: schemas.EnvelopeVersion, ID: req.ID, Tenant: req.Tenant, Kind: req.Kind, Auth: auth,
 		JobID: req.JobID, Line: req.Line, Size: len(rec.Value), ReceivedAt: req.ReceivedAt,
 	}
-	if res.ReceivedAt.IsZero() {
-		res.ReceivedAt = rec.Timestamp // stable across replays, unlike the clock
+	if auth != schemas.AuthIngest || res.ReceivedAt.IsZero() {
+		// Only ingest's clock is trusted; the broker's is stable across replays.
+		res.ReceivedAt = rec.Timestamp
 	}
 	var out []*kgo.Record
-	switch req.Kind {
-	case schemas.KindSign:
-		err = w.sign(ctx, req, res)
-	case schemas.KindVerify:
-		w.verify(req, res)
-	}
-	var pe *permanentError
-	switch {
-	case errors.As(err, &pe):
-		res.Status, res.Reason = schemas.StatusFailed, pe.reason
-		out = append(out, w.dlq(rec, pe))
-	case err != nil:
-		return nil, err
+	if err == nil {
+		switch req.Kind {
+		case schemas.KindSign:
+			if serr := w.sign(ctx, req, res); serr != nil {
+				if !errors.As(serr, &err) {
+					return nil, serr
+				}
+			}
+		case schemas.KindVerify:
+			w.verify(req, res)
+		}
 	}
 	res.ProcessedAt = time.Now()
-	val, err := json.Marshal(res)
+	val, merr := json.Marshal(res)
+	if err == nil && (merr != nil || len(val) > schemas.MaxResultBytes) {
+		err = refuse(ReasonTooLarge, fmt.Errorf("the result is over %d bytes", schemas.MaxResultBytes))
+	}
 	if err != nil {
-		return nil, err
+		res.Status, res.Reason = schemas.StatusFailed, err.reason
+		res.Kid, res.ReceiptID, res.PayloadHash, res.Receipt, res.Keys = "", "", "", nil, ""
+		out = append(out, w.dlq(rec, err))
+		if val, merr = json.Marshal(res); merr != nil {
+			return nil, merr
+		}
 	}
 	w.m.records.WithLabelValues(string(req.Kind), string(res.Status)).Inc()
 	result := &kgo.Record{Topic: w.topics.Receipts, Key: []byte(req.Tenant), Value: val,
@@ -284,34 +353,90 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 	return append([]*kgo.Record{result}, out...), nil
 }
 
-func (w *Worker) authenticate(rec *kgo.Record) (*schemas.Request, error) {
-	req, err := schemas.DecodeRequest(rec.Value)
-	if err != nil {
-		return nil, &permanentError{"bad_envelope", err}
-	}
-	if string(rec.Key) != req.Tenant {
-		return nil, &permanentError{"tenant_mismatch", fmt.Errorf("record key %q, envelope tenant %q", rec.Key, req.Tenant)}
-	}
+// authenticate says who wrote the record: the ingest tier (its MAC over the
+// whole value), a customer producer (a producer key's HMAC over the value,
+// the tenant being the record key), or nobody provable.
+func (w *Worker) authenticate(rec *kgo.Record) (schemas.Auth, error) {
+	var keyID, sig string
 	for _, h := range rec.Headers {
 		switch h.Key {
 		case schemas.HeaderIngestMAC:
-			if w.mac.Valid(req.Tenant, req.ID, string(h.Value)) {
-				return req, nil
+			if err := w.mac.Check(rec.Value, string(h.Value)); err != nil {
+				return schemas.AuthNone, err
 			}
-		case schemas.HeaderAPIKey:
-			if t, ok := w.auth.Authenticate(string(h.Value)); ok && t.ID == req.Tenant {
-				return req, nil
-			}
+			return schemas.AuthIngest, nil
+		case schemas.HeaderProducerKeyID:
+			keyID = string(h.Value)
+		case schemas.HeaderSignature:
+			sig = string(h.Value)
+		case schemas.HeaderLegacyAPIKey:
+			return schemas.AuthNone, errors.New("the certnode-api-key header is no longer accepted: sign each record with a producer key (headers " +
+				schemas.HeaderProducerKeyID + " and " + schemas.HeaderSignature + ")")
 		}
 	}
-	return nil, &permanentError{"unauthenticated", errors.New("record carries no valid " + schemas.HeaderAPIKey + " for its tenant")}
+	if keyID == "" || sig == "" {
+		return schemas.AuthNone, errors.New("record carries neither " + schemas.HeaderProducerKeyID + " and " + schemas.HeaderSignature + " nor an ingest MAC")
+	}
+	secret, ok := w.producer.ProducerSecret(string(rec.Key), keyID)
+	if !ok || !recordauth.Valid(secret, rec.Value, sig) {
+		return schemas.AuthNone, fmt.Errorf("no valid signature by producer key %q of tenant %q", keyID, rec.Key)
+	}
+	return schemas.AuthProducer, nil
+}
+
+// admit decodes the envelope and decides whether it may be processed. It
+// returns the request to answer (nil when nothing identifies one) and, for
+// a refused record, why. Only ingest's records may place a request in a
+// job; the result of an unauthenticated record keeps what it claimed, and
+// is marked so (Auth none) for readers to check.
+func (w *Worker) admit(rec *kgo.Record, auth schemas.Auth, authErr error) (*schemas.Request, *permanentError) {
+	if len(rec.Value) > schemas.MaxRequestBytes {
+		return nil, refuse(ReasonTooLarge, fmt.Errorf("the record is %d bytes; the limit is %d", len(rec.Value), schemas.MaxRequestBytes))
+	}
+	req, derr := schemas.DecodeRequest(rec.Value)
+	var refusal *permanentError
+	switch {
+	case authErr != nil:
+		refusal = refuse(ReasonUnauthenticated, authErr)
+	case derr != nil:
+		refusal = refuse(ReasonBadEnvelope, derr)
+	case string(rec.Key) != req.Tenant:
+		refusal = refuse(ReasonTenantMismatch, fmt.Errorf("record key %q, envelope tenant %q", rec.Key, req.Tenant))
+	case auth == schemas.AuthProducer && req.JobID != "":
+		refusal = refuse(ReasonBadEnvelope, errors.New("job_id and line are set only by the ingest tier"))
+	}
+	if req == nil || !answerable(req) {
+		if refusal == nil { // cannot happen: an answerable check failed validation
+			refusal = refuse(ReasonBadEnvelope, derr)
+		}
+		return nil, refusal
+	}
+	if auth == schemas.AuthProducer {
+		req.JobID, req.Line = "", 0
+		req.Tenant = string(rec.Key) // the tenant the signature proved
+	}
+	return req, refusal
+}
+
+// answerable reports whether a (possibly invalid) request names enough to
+// carry a result: a valid id, tenant and kind, and a job line only when
+// consistent.
+func answerable(req *schemas.Request) bool {
+	probe := schemas.Result{V: schemas.EnvelopeVersion, ID: req.ID, Tenant: req.Tenant, Kind: req.Kind,
+		Status: schemas.StatusFailed, Auth: schemas.AuthNone, JobID: req.JobID, Line: req.Line}
+	if probe.Validate() != nil {
+		req.JobID, req.Line = "", 0
+		probe.JobID, probe.Line = "", 0
+		return probe.Validate() == nil
+	}
+	return true
 }
 
 func (w *Worker) sign(ctx context.Context, req *schemas.Request, res *schemas.Result) error {
 	rc, err := w.signer.Sign(ctx, req.Payload)
 	if err != nil {
 		if errors.Is(err, schemas.ErrInvalidJSON) || errors.Is(err, schemas.ErrNotObject) || errors.Is(err, schemas.ErrDuplicateKey) {
-			return &permanentError{"invalid_payload", err}
+			return refuse(ReasonInvalidPayload, err)
 		}
 		return err
 	}
@@ -324,14 +449,16 @@ func (w *Worker) sign(ctx context.Context, req *schemas.Request, res *schemas.Re
 }
 
 func (w *Worker) verify(req *schemas.Request, res *schemas.Result) {
-	ks := w.signer.KeySet()
+	ks, keys := w.signer.KeySet(), schemas.KeysService
 	if len(req.JWKS) > 0 {
+		keys = schemas.KeysCaller
 		var err error
 		if ks, err = schemas.ParseJWKS(req.JWKS); err != nil {
-			res.Status, res.Reason = schemas.StatusInvalid, "invalid_jwks"
+			res.Status, res.Reason, res.Keys = schemas.StatusInvalid, "invalid_jwks", keys
 			return
 		}
 	}
+	res.Keys = keys
 	rc, err := ks.Verify(req.Receipt)
 	if rc != nil {
 		res.Kid, res.ReceiptID, res.PayloadHash = rc.Kid, rc.ReceiptID, rc.PayloadJCSSHA256
@@ -345,19 +472,27 @@ func (w *Worker) verify(req *schemas.Request, res *schemas.Result) {
 	res.Status = schemas.StatusValid
 }
 
-// dlq copies a poison record with its reason, dropping any API key header.
+// dlq copies a poison record with its reason. Credentials and MACs are not
+// copied: the DLQ is read by operators, and a MAC would let its copy be
+// replayed into certnode.requests as authentic.
 func (w *Worker) dlq(rec *kgo.Record, pe *permanentError) *kgo.Record {
+	msg := pe.err.Error()
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
 	hs := []kgo.RecordHeader{
 		{Key: schemas.HeaderDLQReason, Value: []byte(pe.reason)},
-		{Key: "certnode-dlq-error", Value: []byte(pe.err.Error())},
-		{Key: "certnode-dlq-source", Value: fmt.Appendf(nil, "%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)},
+		{Key: schemas.HeaderDLQError, Value: []byte(msg)},
+		{Key: schemas.HeaderDLQSource, Value: fmt.Appendf(nil, "%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)},
 	}
 	for _, h := range rec.Headers {
-		if h.Key != schemas.HeaderAPIKey {
+		switch h.Key {
+		case schemas.HeaderIngestMAC, schemas.HeaderSignature, schemas.HeaderLegacyAPIKey:
+		default:
 			hs = append(hs, h)
 		}
 	}
-	w.log.Warn("record sent to DLQ", "reason", pe.reason, "partition", rec.Partition, "offset", rec.Offset, "err", pe.err)
+	w.log.Warn("record sent to DLQ", "reason", pe.reason, "partition", rec.Partition, "offset", rec.Offset, "err", msg)
 	return &kgo.Record{Topic: w.topics.DLQ, Key: rec.Key, Value: rec.Value, Headers: hs}
 }
 

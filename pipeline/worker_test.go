@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -19,11 +20,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
 )
 
-const apiKey = "cn_test_key_for_acme"
+// producerSecret is acme's producer key pk1.
+const producerSecret = "ps_acme_0123456789abcdef0123456789abcdef"
 
 var topics = schemas.TopicsFor(schemas.DefaultTopicPrefix)
 
@@ -33,7 +36,7 @@ type harness struct {
 	kcfg    kafka.Config
 	ring    *memSigner
 	store   *tenants.FileStore
-	mac     *tenants.MAC
+	mac     *recordauth.Keyring
 	client  *kgo.Client
 }
 
@@ -46,13 +49,13 @@ func newHarness(t *testing.T, partitions int32) *harness {
 	t.Cleanup(c.Close)
 	ring := newMemSigner(t)
 	store, err := tenants.NewFileStore(tenants.File{Tenants: []tenants.Tenant{
-		{ID: "acme", APIKeyHashes: []string{tenants.HashKey(apiKey)}},
-		{ID: "globex", APIKeyHashes: []string{tenants.HashKey("cn_globex")}},
+		{ID: "acme", ProducerKeys: []tenants.ProducerKey{{ID: "pk1", Secret: producerSecret}}},
+		{ID: "globex", ProducerKeys: []tenants.ProducerKey{{ID: "pk1", Secret: "ps_globex_0123456789abcdef0123456789abcdef"}}},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac, _ := tenants.NewMAC([]byte("0123456789abcdef0123456789abcdef"))
+	mac, _ := recordauth.NewKeyring([]byte("0123456789abcdef0123456789abcdef"))
 	kcfg := kafka.Config{Brokers: c.ListenAddrs(), Partitions: partitions, ReplicationFactor: 1}
 	cl, err := kafka.NewClient(kcfg)
 	if err != nil {
@@ -63,10 +66,15 @@ func newHarness(t *testing.T, partitions int32) *harness {
 }
 
 func (h *harness) worker(ctx context.Context) (*Worker, func()) {
+	return h.workerWith(ctx, h.ring, func(*Config) {})
+}
+
+func (h *harness) workerWith(ctx context.Context, s Signer, edit func(*Config)) (*Worker, func()) {
 	cfg := DefaultConfig()
 	cfg.Kafka = h.kcfg
 	cfg.MaxBatch = 50
-	w, err := New(cfg, h.ring, h.store, h.mac)
+	edit(&cfg)
+	w, err := New(cfg, s, h.store, h.mac)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -82,8 +90,9 @@ func (h *harness) worker(ctx context.Context) (*Worker, func()) {
 	}
 }
 
-// request builds a record as ingest writes it (MAC) or a customer does (API key).
-func (h *harness) request(tenant, id string, kind schemas.Kind, body string, viaAPIKey string) *kgo.Record {
+// request builds a record as ingest writes it (MAC over the value) or, with
+// producerKey set, as a customer producer signs it.
+func (h *harness) request(tenant, id string, kind schemas.Kind, body string, producerKey string) *kgo.Record {
 	req := schemas.Request{V: 1, ID: id, Tenant: tenant, Kind: kind}
 	if kind == schemas.KindSign {
 		req.Payload = []byte(body)
@@ -95,11 +104,22 @@ func (h *harness) request(tenant, id string, kind schemas.Kind, body string, via
 		// Invalid payload JSON cannot go through the encoder; write it raw.
 		val = []byte(fmt.Sprintf(`{"v":1,"id":%q,"tenant":%q,"kind":%q,"payload":%s}`, id, tenant, kind, body))
 	}
-	r := &kgo.Record{Topic: topics.Requests, Key: []byte(tenant), Value: val}
-	if viaAPIKey != "" {
-		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderAPIKey, Value: []byte(viaAPIKey)}}
-	} else {
-		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte(h.mac.Sum(tenant, id))}}
+	return h.record(tenant, val, producerKey)
+}
+
+// record signs a raw value: with the ingest MAC, or with acme's producer
+// key pk1 when producerKey is "pk1" (any other name signs with a wrong secret).
+func (h *harness) record(key string, val []byte, producerKey string) *kgo.Record {
+	r := &kgo.Record{Topic: topics.Requests, Key: []byte(key), Value: val}
+	switch producerKey {
+	case "":
+		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: h.mac.Header(val)}}
+	case "pk1":
+		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderProducerKeyID, Value: []byte("pk1")},
+			{Key: schemas.HeaderSignature, Value: []byte(recordauth.Sign([]byte(producerSecret), val))}}
+	default:
+		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderProducerKeyID, Value: []byte("pk1")},
+			{Key: schemas.HeaderSignature, Value: []byte(recordauth.Sign([]byte("wrong secret"), val))}}
 	}
 	return r
 }
@@ -158,16 +178,17 @@ func TestWorkerSignsAndVerifies(t *testing.T) {
 	tampered := []byte(string(goodRaw[:len(goodRaw)-3]) + `AA"}`)
 	h.produce(
 		h.request("acme", "s1", schemas.KindSign, `{"b":2,"a":1}`, ""),
-		h.request("acme", "s2", schemas.KindSign, `{"x":"y"}`, apiKey), // customer-produced
+		h.request("acme", "s2", schemas.KindSign, `{"x":"y"}`, "pk1"), // customer-produced
+		h.request("acme", "s3", schemas.KindSign, `{}`, ""),            // an empty object is a payload
 		h.request("acme", "v1", schemas.KindVerify, string(goodRaw), ""),
 		h.request("acme", "v2", schemas.KindVerify, string(tampered), ""),
 	)
 	_, stop := h.worker(context.Background())
 	defer stop()
-	res := results(t, h.consume(topics.Receipts, 4))
+	res := results(t, h.consume(topics.Receipts, 5))
 
 	ks := h.ring.KeySet()
-	for _, id := range []string{"s1", "s2"} {
+	for _, id := range []string{"s1", "s2", "s3"} {
 		r := res[id]
 		if r == nil || r.Status != schemas.StatusSigned {
 			t.Fatalf("%s: %+v", id, r)
@@ -179,7 +200,10 @@ func TestWorkerSignsAndVerifies(t *testing.T) {
 	if string(res["s1"].Receipt) == "" || !jsonHas(res["s1"].Receipt, `"payload":{"a":1,"b":2}`) {
 		t.Fatalf("s1 payload not canonical: %s", res["s1"].Receipt)
 	}
-	if r := res["v1"]; r.Status != schemas.StatusValid || r.ReceiptID != good.ReceiptID || r.Kid != good.Kid {
+	if res["s1"].Auth != schemas.AuthIngest || res["s2"].Auth != schemas.AuthProducer {
+		t.Fatalf("auth: %s %s", res["s1"].Auth, res["s2"].Auth)
+	}
+	if r := res["v1"]; r.Status != schemas.StatusValid || r.ReceiptID != good.ReceiptID || r.Kid != good.Kid || r.Keys != schemas.KeysService {
 		t.Fatalf("v1: %+v", r)
 	}
 	if r := res["v2"]; r.Status != schemas.StatusInvalid || r.Reason == "" {
@@ -198,54 +222,74 @@ func contains(s, sub string) bool {
 	return false
 }
 
-func TestWorkerDLQDoesNotBlockPartition(t *testing.T) {
+func TestWorkerRefusalsGetResultsAndDLQ(t *testing.T) {
 	h := newHarness(t, 1) // one partition: poison must not block what follows
-	garbage := &kgo.Record{Topic: topics.Requests, Key: []byte("acme"), Value: []byte("not json")}
+	raw := func(v string) []byte { return []byte(v) }
+	forged := h.record("acme", raw(`{"v":1,"id":"forged","tenant":"acme","kind":"sign","payload":{"a":1},"job_id":"job_x","line":3}`), "")
+	forged.Value = raw(`{"v":1,"id":"forged","tenant":"acme","kind":"sign","payload":{"a":2},"job_id":"job_x","line":3}`) // MAC over another value
+	legacy := &kgo.Record{Topic: topics.Requests, Key: []byte("acme"), Value: raw(`{"v":1,"id":"legacy","tenant":"acme","kind":"sign","payload":{}}`),
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderLegacyAPIKey, Value: raw("cn_secret_api_key")}}}
 	h.produce(
-		garbage,
-		h.request("acme", "bad-key", schemas.KindSign, `{"a":1}`, "cn_wrong"),
-		h.request("acme", "other-tenant-key", schemas.KindSign, `{"a":1}`, "cn_globex"),
+		&kgo.Record{Topic: topics.Requests, Key: []byte("acme"), Value: raw("not json")},
+		h.record("acme", raw(`{"v":1,"id":"huge-line","tenant":"acme","kind":"sign","payload":{},"job_id":"job_1","line":4611686018427387904}`), ""),
+		h.record("acme", raw(`{"v":1,"id":"neg-line","tenant":"acme","kind":"sign","payload":{},"job_id":"job_1","line":-1}`), ""),
+		h.record("acme", raw(`{"v":1,"id":"no-payload","tenant":"acme","kind":"sign","job_id":"job_1","line":2}`), ""),
+		h.record("acme", raw(`{"v":1,"id":"producer-job","tenant":"acme","kind":"sign","payload":{},"job_id":"job_1","line":5}`), "pk1"),
+		h.request("acme", "bad-sig", schemas.KindSign, `{"a":1}`, "wrong"),
+		h.request("globex", "other-tenant-key", schemas.KindSign, `{"a":1}`, "pk1"),
+		forged, legacy,
+		h.record("globex", h.request("acme", "mismatch", schemas.KindSign, `{}`, "").Value, ""),
 		h.request("acme", "not-object", schemas.KindSign, `[1,2]`, ""),
-		h.request("acme", "dup-keys", schemas.KindSign, `{"a":1,"a":2}`, ""),
 		h.request("acme", "after", schemas.KindSign, `{"ok":true}`, ""),
 	)
 	_, stop := h.worker(context.Background())
 	defer stop()
 
-	dlq := h.consume(topics.DLQ, 5)
+	dlq := h.consume(topics.DLQ, 11)
 	reasons := map[string]int{}
 	for _, r := range dlq {
 		for _, hd := range r.Headers {
-			if hd.Key == schemas.HeaderDLQReason {
+			switch hd.Key {
+			case schemas.HeaderDLQReason:
 				reasons[string(hd.Value)]++
-			}
-			if hd.Key == schemas.HeaderAPIKey {
-				t.Fatal("API key copied into the DLQ")
+			case schemas.HeaderIngestMAC, schemas.HeaderSignature, schemas.HeaderLegacyAPIKey:
+				t.Fatalf("credential header %s copied into the DLQ", hd.Key)
 			}
 		}
 	}
-	// Duplicate keys inside the payload make the envelope itself ambiguous
-	// JSON, so that record is refused whole (ingest rejects such payloads
-	// before they reach Kafka).
-	want := map[string]int{"bad_envelope": 2, "unauthenticated": 2, "invalid_payload": 1}
+	want := map[string]int{"bad_envelope": 4, "unauthenticated": 5, "tenant_mismatch": 1, "invalid_payload": 1}
 	for k, v := range want {
 		if reasons[k] != v {
 			t.Fatalf("DLQ reasons %v, want %v", reasons, want)
 		}
 	}
-	// Authenticated but unprocessable requests also get a failed result, so
-	// jobs finish; unauthenticated ones do not (their tenant is unproven).
-	res := results(t, h.consume(topics.Receipts, 2))
+	// Every record that names a request gets exactly one result, so no job
+	// waits on a poison line; only "not json" names nothing.
+	res := results(t, h.consume(topics.Receipts, 11))
 	if res["after"].Status != schemas.StatusSigned {
 		t.Fatalf("record after the poison: %+v", res["after"])
 	}
-	for _, id := range []string{"not-object"} {
-		if r := res[id]; r == nil || r.Status != schemas.StatusFailed || r.Reason != "invalid_payload" {
-			t.Fatalf("%s: %+v", id, r)
+	for id, want := range map[string]struct {
+		reason string
+		auth   schemas.Auth
+		job    string
+		line   int64
+	}{
+		"huge-line":        {"bad_envelope", schemas.AuthIngest, "", 0},
+		"neg-line":         {"bad_envelope", schemas.AuthIngest, "", 0},
+		"no-payload":       {"bad_envelope", schemas.AuthIngest, "job_1", 2},
+		"producer-job":     {"bad_envelope", schemas.AuthProducer, "", 0},
+		"bad-sig":          {"unauthenticated", schemas.AuthNone, "", 0},
+		"other-tenant-key": {"unauthenticated", schemas.AuthNone, "", 0},
+		"forged":           {"unauthenticated", schemas.AuthNone, "job_x", 3},
+		"legacy":           {"unauthenticated", schemas.AuthNone, "", 0},
+		"mismatch":         {"tenant_mismatch", schemas.AuthIngest, "", 0},
+		"not-object":       {"invalid_payload", schemas.AuthIngest, "", 0},
+	} {
+		r := res[id]
+		if r == nil || r.Status != schemas.StatusFailed || r.Reason != want.reason || r.Auth != want.auth || r.JobID != want.job || r.Line != want.line || len(r.Receipt) != 0 {
+			t.Errorf("%s: %+v, want %+v", id, r, want)
 		}
-	}
-	if _, ok := res["bad-key"]; ok {
-		t.Fatal("unauthenticated request produced a result")
 	}
 }
 
@@ -314,7 +358,9 @@ func TestWorkerRebalanceHandsOverCleanly(t *testing.T) {
 		recs = append(recs, h.request(tenant, fmt.Sprintf("req-%d", i), schemas.KindSign, fmt.Sprintf(`{"i":%d}`, i), ""))
 	}
 	h.produce(recs[:n/2]...)
-	_, stopA := h.worker(context.Background())
+	// Each worker signs with its own key, so the results show who did what.
+	signerA, signerB := newMemSigner(t), newMemSigner(t)
+	_, stopA := h.workerWith(context.Background(), signerA, func(*Config) {})
 	var once sync.Once
 	stopAOnce := func() { once.Do(stopA) }
 	defer stopAOnce()
@@ -323,16 +369,89 @@ func TestWorkerRebalanceHandsOverCleanly(t *testing.T) {
 	for committed(t, h, "certnode-workers") == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	_, stopB := h.worker(context.Background())
+	_, stopB := h.workerWith(context.Background(), signerB, func(*Config) {})
 	defer stopB()
 	h.produce(recs[n/2:]...)
-	time.Sleep(100 * time.Millisecond)
 	stopAOnce()
 
 	res := results(t, h.consume(topics.Receipts, n)) // fails on duplicates
 	if len(res) != n {
 		t.Fatalf("%d distinct results, want %d", len(res), n)
 	}
+	// The premise: A did part of the work and B took A's partitions over.
+	byKid := map[string]int{}
+	for _, r := range res {
+		byKid[r.Kid]++
+	}
+	if byKid[signerA.kid] == 0 || byKid[signerB.kid] == 0 || byKid[signerA.kid]+byKid[signerB.kid] != n {
+		t.Fatalf("results by worker: A %d, B %d of %d: no handover happened", byKid[signerA.kid], byKid[signerB.kid], n)
+	}
+}
+
+// stuckSigner never finishes a signature until released, as an HSM that
+// hangs would.
+type stuckSigner struct {
+	*memSigner
+	release chan struct{}
+}
+
+func (s stuckSigner) Sign(ctx context.Context, payload []byte) (*schemas.Receipt, error) {
+	select {
+	case <-s.release:
+		return s.memSigner.Sign(ctx, payload)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func TestWorkerStalledBatchFailsHealth(t *testing.T) {
+	h := newHarness(t, 1)
+	reg := prometheus.NewRegistry()
+	stuck := stuckSigner{newMemSigner(t), make(chan struct{})}
+	w, stop := h.workerWith(context.Background(), stuck, func(c *Config) {
+		c.RebalanceTimeout, c.Registerer = 300*time.Millisecond, reg
+	})
+	defer stop()
+	if err := w.Healthy(); err != nil {
+		t.Fatalf("idle worker unhealthy: %v", err)
+	}
+	h.produce(h.request("acme", "slow", schemas.KindSign, `{}`, ""))
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Healthy() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a batch stuck past the rebalance timeout left the worker healthy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v := gauge(t, reg, "certnode_worker_stalled"); v != 1 {
+		t.Fatalf("certnode_worker_stalled = %v while stalled", v)
+	}
+	close(stuck.release)
+	results(t, h.consume(topics.Receipts, 1))
+	for w.Healthy() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("worker stayed unhealthy after the batch finished")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v := gauge(t, reg, "certnode_worker_stalled"); v != 0 {
+		t.Fatalf("certnode_worker_stalled = %v after recovery", v)
+	}
+}
+
+func gauge(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
 }
 
 // memSigner is an in-memory signer; the pipeline never sees key storage

@@ -73,6 +73,10 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 	return kgo.NewClient(append(base, opts...)...)
 }
 
+// RebalanceTimeout is how long a group waits for members to finish their
+// batch when partitions move; a stage still busy after it has lost them.
+const RebalanceTimeout = time.Minute
+
 // GroupConsumer returns the options every consumer-group stage uses: it
 // reads topic from the start, commits only what the stage commits itself,
 // and holds a rebalance until the polled batch is finished (drain before
@@ -89,6 +93,7 @@ func GroupConsumer(group, topic string) []kgo.Opt {
 		kgo.FetchMaxWait(250 * time.Millisecond),
 		kgo.SessionTimeout(10 * time.Second),
 		kgo.HeartbeatInterval(time.Second),
+		kgo.RebalanceTimeout(RebalanceTimeout),
 	}
 }
 
