@@ -179,7 +179,7 @@ func TestWorkerSignsAndVerifies(t *testing.T) {
 	h.produce(
 		h.request("acme", "s1", schemas.KindSign, `{"b":2,"a":1}`, ""),
 		h.request("acme", "s2", schemas.KindSign, `{"x":"y"}`, "pk1"), // customer-produced
-		h.request("acme", "s3", schemas.KindSign, `{}`, ""),            // an empty object is a payload
+		h.request("acme", "s3", schemas.KindSign, `{}`, ""),           // an empty object is a payload
 		h.request("acme", "v1", schemas.KindVerify, string(goodRaw), ""),
 		h.request("acme", "v2", schemas.KindVerify, string(tampered), ""),
 	)
