@@ -1,16 +1,17 @@
 package ingest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
+	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -28,12 +29,18 @@ func mediaType(ctx *fasthttp.RequestCtx) string {
 	return mt
 }
 
+// bodyReader reads the request body as it arrives (bulk jobs are never
+// held whole).
+func bodyReader(ctx *fasthttp.RequestCtx) io.Reader {
+	if st := ctx.RequestBodyStream(); st != nil {
+		return st
+	}
+	return bytes.NewReader(ctx.Request.Body())
+}
+
 // readBody reads at most limit bytes, answering 413 itself when over.
 func (s *Server) readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, bool) {
-	var r io.Reader = bytes.NewReader(ctx.PostBody())
-	if st := ctx.RequestBodyStream(); st != nil {
-		r = st
-	}
+	r := bodyReader(ctx)
 	tooLarge := func(msg string) {
 		// Read (a bounded amount of) what the client is still sending:
 		// closing a socket with unread data resets it, and the client would
@@ -104,7 +111,22 @@ func checkInput(kind schemas.Kind, v jsontext.Value) (code string, err error) {
 	return "", nil
 }
 
-func (s *Server) envelope(t *tenants.Tenant, kind schemas.Kind, id, jobID string, line int64, body jsontext.Value, jwks jsontext.Value) (*kgo.Record, error) {
+// unwrapReceipt lets a verify job take a sign job's results as they are: a
+// line holding {"receipt":{...}} (a results line, or a request body) is
+// read as the receipt it carries; a bare receipt has "protected".
+func unwrapReceipt(doc []byte) []byte {
+	var probe struct {
+		Protected jsontext.Value `json:"protected"`
+		Receipt   jsontext.Value `json:"receipt"`
+	}
+	if json.Unmarshal(doc, &probe) != nil || len(probe.Protected) > 0 || len(probe.Receipt) == 0 || probe.Receipt.Kind() != '{' {
+		return doc
+	}
+	return probe.Receipt
+}
+
+// envelope builds the certnode.requests record for one request.
+func (s *Server) envelope(t *tenants.Tenant, kind schemas.Kind, id, jobID string, line int64, body, jwks jsontext.Value) (*kgo.Record, error) {
 	req := schemas.Request{V: schemas.EnvelopeVersion, ID: id, Tenant: t.ID, Kind: kind, JobID: jobID, Line: line,
 		JWKS: jwks, ReceivedAt: time.Now().UTC()}
 	if kind == schemas.KindSign {
@@ -117,10 +139,19 @@ func (s *Server) envelope(t *tenants.Tenant, kind schemas.Kind, id, jobID string
 		return nil, err
 	}
 	return &kgo.Record{Topic: s.cfg.Kafka.Topics().Requests, Key: []byte(t.ID), Value: val,
-		Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte(s.mac.Sum(t.ID, id))}}}, nil
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: s.deps.MAC.Header(val)}}}, nil
 }
 
-// single handles /v1/sign and /v1/verify: produce, then wait for the result.
+func (s *Server) sign(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	s.single(ctx, t, schemas.KindSign)
+}
+
+func (s *Server) verify(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	s.single(ctx, t, schemas.KindVerify)
+}
+
+// single handles /v1/sign and /v1/verify: produce, then wait for the
+// result. A result that does not come within SignWait leaves a job to poll.
 func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schemas.Kind) {
 	if mediaType(ctx) != "application/json" {
 		apiError(ctx, fasthttp.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
@@ -155,17 +186,13 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		apiError(ctx, fasthttp.StatusInternalServerError, "internal", err.Error())
 		return
 	}
-	if err := s.res.track(ctx, &job{ID: id, Tenant: t.ID, Kind: kind, State: "running", Total: 1}, false); err != nil {
-		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", err.Error())
-		return
-	}
-	ch := s.res.wait(id)
+	start := s.jobs.positions() // before producing: the result comes after
+	ch := s.jobs.wait(t.ID, id)
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProduceTimeout)
 	err = s.prod.ProduceSync(pctx, rec).FirstErr()
 	cancel()
 	if err != nil {
-		s.res.cancel(id)
-		s.res.forget(id)
+		s.jobs.cancel(id)
 		s.m.produced.WithLabelValues("failed").Inc()
 		s.log.Warn("produce failed", "tenant", t.ID, "err", err)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the request was not accepted: the message broker is unavailable; retry later")
@@ -177,13 +204,30 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	select {
 	case res := <-ch:
 		s.m.waiting.Dec()
-		s.res.forget(id) // answered: only timed-out requests stay pollable
 		writeResult(ctx, res)
+		return
 	case <-timer.C:
-		s.res.cancel(id)
-		writeJSON(ctx, fasthttp.StatusGatewayTimeout, errorBody{
-			Error: errorDetail{"timeout", "accepted, but no result yet; poll GET /v1/jobs/" + id}, JobID: id})
+	case <-s.stopping:
 	}
+	// Leave a job that any ingest process answers, then answer 504. A
+	// result that arrives meanwhile is counted for the job.
+	j, err := s.jobs.start(ctx, schemas.Job{ID: id, Tenant: t.ID, Kind: kind, Single: true, State: schemas.JobRunning,
+		Start: start, LinesRead: 1, Total: 1})
+	s.jobs.cancel(id)
+	select {
+	case res := <-ch:
+		if j != nil {
+			s.jobs.mu.Lock()
+			s.jobs.countLocked(j, res)
+			s.jobs.mu.Unlock()
+		}
+	default:
+	}
+	if err != nil {
+		s.log.Warn("could not record a pending request", "id", id, "err", err)
+	}
+	writeJSON(ctx, fasthttp.StatusGatewayTimeout, errorBody{
+		Error: errorDetail{"timeout", "accepted, but no result yet; poll GET /v1/jobs/" + id}, JobID: id})
 }
 
 func writeResult(ctx *fasthttp.RequestCtx, res *schemas.Result) {
@@ -196,36 +240,66 @@ func writeResult(ctx *fasthttp.RequestCtx, res *schemas.Result) {
 		ctx.SetBody(append(append([]byte(nil), res.Receipt...), '\n'))
 	default:
 		writeJSON(ctx, fasthttp.StatusOK, verifyAnswer{Valid: res.Status == schemas.StatusValid, Reason: res.Reason,
-			Kid: res.Kid, ReceiptID: res.ReceiptID})
+			Keys: res.Keys, Kid: res.Kid, ReceiptID: res.ReceiptID})
 	}
 }
 
 type verifyAnswer struct {
 	Valid     bool   `json:"valid"`
 	Reason    string `json:"reason,omitempty"`
+	Keys      string `json:"keys"` // service or caller
 	Kid       string `json:"kid,omitempty"`
 	ReceiptID string `json:"receipt_id,omitempty"`
 }
 
-type rejectedLine struct {
-	Line    int64  `json:"line"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
 type jobAccepted struct {
-	JobID             string         `json:"job_id"`
-	Type              schemas.Kind   `json:"type"`
-	LinesAccepted     int64          `json:"lines_accepted"`
-	LinesRejected     int64          `json:"lines_rejected"`
-	Rejected          []rejectedLine `json:"rejected"`
-	RejectedTruncated bool           `json:"rejected_truncated,omitempty"`
+	JobID         string                 `json:"job_id"`
+	Type          schemas.Kind           `json:"type"`
+	LinesRead     int64                  `json:"lines_read"`
+	LinesAccepted int64                  `json:"lines_accepted"`
+	LinesRejected int64                  `json:"lines_rejected"`
+	Rejected      []schemas.RejectedLine `json:"rejected"`
 }
 
-const maxRejectedListed = 1000
+// Upload limits: past them the rest of an upload is not read, so a job's
+// record (which lists them) stays small.
+const (
+	maxRejected   = 1000
+	maxBlankRuns  = 1000
+	nonceBytes    = 16
+	uploadTimeout = "upload interrupted: "
+)
+
+// upload is the state of one bulk upload.
+type upload struct {
+	mu       sync.Mutex
+	rejected []schemas.RejectedLine
+	skipped  []schemas.LineRange
+	stopped  bool
+}
+
+func (u *upload) reject(line int64, code, msg string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.rejected = append(u.rejected, schemas.RejectedLine{Line: line, Code: code, Message: msg})
+}
+
+func (u *upload) full() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.rejected) >= maxRejected || len(u.skipped) >= maxBlankRuns
+}
+
+func (u *upload) skip(line int64) {
+	if n := len(u.skipped); n > 0 && u.skipped[n-1].To == line-1 {
+		u.skipped[n-1].To = line
+		return
+	}
+	u.skipped = append(u.skipped, schemas.LineRange{From: line, To: line})
+}
 
 // createJob streams an NDJSON body into Kafka line by line.
-func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
+func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
 	kind := schemas.Kind(ctx.QueryArgs().Peek("type"))
 	if kind != schemas.KindSign && kind != schemas.KindVerify {
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_type", "query parameter type must be sign or verify")
@@ -237,95 +311,108 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 		apiError(ctx, fasthttp.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/x-ndjson, one JSON document per line")
 		return
 	}
-	j := &job{ID: newID("job_"), Tenant: t.ID, Kind: kind, State: "uploading"}
-	if err := s.res.track(ctx, j, true); err != nil {
-		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", err.Error())
+	nonce := make([]byte, nonceBytes)
+	rand.Read(nonce)
+	meta := schemas.Job{ID: newID("job_"), Tenant: t.ID, Kind: kind, State: schemas.JobUploading,
+		Nonce: base64.RawURLEncoding.EncodeToString(nonce), Start: s.jobs.positions()}
+	j, err := s.jobs.start(ctx, meta)
+	if err != nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the job was not accepted: the message broker is unavailable; retry later")
 		return
 	}
-	var body io.Reader = bytes.NewReader(ctx.PostBody())
-	if st := ctx.RequestBodyStream(); st != nil {
-		body = st
-	}
-	out := jobAccepted{JobID: j.ID, Type: kind, Rejected: []rejectedLine{}}
-	var mu sync.Mutex
-	reject := func(line int64, code, msg string) {
-		mu.Lock()
-		defer mu.Unlock()
-		out.LinesRejected++
-		s.m.lines.WithLabelValues(code).Inc()
-		if len(out.Rejected) < maxRejectedListed {
-			out.Rejected = append(out.Rejected, rejectedLine{line, code, msg})
-		} else {
-			out.RejectedTruncated = true
-		}
-	}
-	var acked, failed atomic.Int64
+	var up upload
+	var acked, failed int64
 	var inflight sync.WaitGroup
 	limiter := s.limiter(t)
-	br := bufio.NewReaderSize(body, s.cfg.MaxLineBytes+1)
-	var produced int64
-	for n := int64(1); ; n++ {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			reject(n, "line_too_long", fmt.Sprintf("line is over the %d-byte limit", s.cfg.MaxLineBytes))
-			for errors.Is(err, bufio.ErrBufferFull) {
-				_, err = br.ReadSlice('\n')
-			}
-			if err == io.EOF {
-				break
-			}
-			continue
-		}
-		if err != nil && err != io.EOF {
-			reject(n, "read_failed", "upload interrupted: "+err.Error())
-			break
-		}
-		if doc := bytes.TrimSpace(line); len(doc) > 0 {
-			if produced >= s.cfg.MaxJobLines {
-				reject(n, "too_many_lines", fmt.Sprintf("a job takes at most %d lines; the rest of the upload was not read", s.cfg.MaxJobLines))
-				break
-			}
-			if code, verr := checkInput(kind, doc); verr != nil {
-				reject(n, code, verr.Error())
-			} else {
-				if limiter != nil {
-					if werr := limiter.Wait(ctx); werr != nil {
-						reject(n, "over_quota", werr.Error())
-						break
-					}
-				}
-				rec, eerr := s.envelope(t, kind, newID("req_"), j.ID, n, append(jsontext.Value(nil), doc...), nil)
-				if eerr != nil {
-					reject(n, "internal", eerr.Error())
-				} else {
-					produced++
-					inflight.Add(1)
-					s.prod.Produce(context.Background(), rec, func(_ *kgo.Record, err error) {
-						defer inflight.Done()
-						if err != nil {
-							failed.Add(1)
-							reject(n, "kafka_unavailable", "not accepted: "+err.Error())
-							return
-						}
-						acked.Add(1)
-					})
-				}
-			}
-		}
+	lr := newLineReader(bodyReader(ctx), s.cfg.MaxLineBytes)
+	var last int64
+	for {
+		l, err := lr.next()
 		if err == io.EOF {
 			break
 		}
+		if err != nil {
+			up.reject(lr.n+1, "read_failed", uploadTimeout+err.Error())
+			last = lr.n + 1
+			break
+		}
+		last = l.n
+		if l.n > s.cfg.MaxJobLines {
+			up.reject(l.n, "too_many_lines", fmt.Sprintf("a job takes at most %d lines; the rest of the upload was not read", s.cfg.MaxJobLines))
+			break
+		}
+		if up.full() {
+			up.reject(l.n, "too_many_rejected", fmt.Sprintf("over %d rejected lines or %d runs of blank lines; the rest of the upload was not read", maxRejected, maxBlankRuns))
+			break
+		}
+		switch {
+		case l.tooLong:
+			up.reject(l.n, "line_too_long", fmt.Sprintf("line is over the %d-byte limit", s.cfg.MaxLineBytes))
+			continue
+		case len(l.doc) == 0:
+			up.mu.Lock()
+			up.skip(l.n)
+			up.mu.Unlock()
+			continue
+		}
+		doc := l.doc
+		if kind == schemas.KindVerify {
+			doc = unwrapReceipt(doc)
+		}
+		if code, verr := checkInput(kind, doc); verr != nil {
+			up.reject(l.n, code, verr.Error())
+			continue
+		}
+		if limiter != nil {
+			if werr := limiter.Wait(ctx); werr != nil {
+				up.reject(l.n, "over_quota", werr.Error())
+				break
+			}
+		}
+		rec, eerr := s.envelope(t, kind, lineID(nonce, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), nil)
+		if eerr != nil {
+			up.reject(l.n, "internal", eerr.Error())
+			continue
+		}
+		inflight.Add(1)
+		n := l.n
+		s.prod.Produce(context.Background(), rec, func(_ *kgo.Record, err error) {
+			defer inflight.Done()
+			if err != nil {
+				up.reject(n, "kafka_unavailable", "not accepted: "+err.Error())
+				up.mu.Lock()
+				failed++
+				up.mu.Unlock()
+				return
+			}
+			up.mu.Lock()
+			acked++
+			up.mu.Unlock()
+		})
 	}
 	// Every record ends acknowledged or failed within the delivery timeout.
 	inflight.Wait()
-	out.LinesAccepted = acked.Load()
-	s.m.lines.WithLabelValues("accepted").Add(float64(out.LinesAccepted))
-	s.res.update(j.ID, func(j *job) { j.State, j.Total = "running", out.LinesAccepted })
+	slices.SortFunc(up.rejected, func(a, b schemas.RejectedLine) int { return int(a.Line - b.Line) })
+	meta.State, meta.LinesRead, meta.Total = schemas.JobRunning, last, acked
+	meta.Rejected, meta.Skipped, meta.UploadedAt = up.rejected, up.skipped, time.Now().UTC()
+	meta.CreatedAt = j.meta.CreatedAt
+	meta.V = schemas.EnvelopeVersion
+	if err := s.jobs.finishUpload(ctx, j, meta); err != nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the job's lines were sent but its record was not written; retry later")
+		return
+	}
+	s.m.lines.WithLabelValues("accepted").Add(float64(acked))
+	s.m.lines.WithLabelValues("rejected").Add(float64(len(up.rejected)))
+	out := jobAccepted{JobID: meta.ID, Type: kind, LinesRead: last, LinesAccepted: acked,
+		LinesRejected: int64(len(up.rejected)), Rejected: up.rejected}
+	if out.Rejected == nil {
+		out.Rejected = []schemas.RejectedLine{}
+	}
 	switch {
-	case out.LinesAccepted == 0 && failed.Load() > 0:
+	case acked == 0 && failed > 0:
 		writeJSON(ctx, fasthttp.StatusServiceUnavailable, errorBody{
 			Error: errorDetail{"kafka_unavailable", "no line was accepted: the message broker is unavailable; retry later"}, Job: out})
-	case out.LinesAccepted == 0:
+	case acked == 0:
 		writeJSON(ctx, fasthttp.StatusUnprocessableEntity, errorBody{
 			Error: errorDetail{"no_valid_lines", "the upload had no valid line"}, Job: out})
 	default:
@@ -333,30 +420,49 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 	}
 }
 
-func (s *Server) jobStatus(ctx *fasthttp.RequestCtx, t *tenants.Tenant, id string) {
-	j, _, ok := s.res.snapshot(t.ID, id)
-	if !ok {
-		apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such job")
-		return
-	}
-	type status struct {
-		job    `json:",inline"`
-		Result *schemas.Result `json:"result,omitempty"`
-	}
-	writeJSON(ctx, fasthttp.StatusOK, status{job: j, Result: j.result})
+// jobStatus is GET /v1/jobs/{job_id}.
+type jobStatus struct {
+	JobID         string          `json:"job_id"`
+	Type          schemas.Kind    `json:"type"`
+	State         string          `json:"state"`
+	Total         int64           `json:"total"`
+	Done          int64           `json:"done"`
+	Valid         int64           `json:"valid"`
+	Invalid       int64           `json:"invalid"`
+	Failed        int64           `json:"failed"`
+	LinesRejected int             `json:"lines_rejected"`
+	CreatedAt     time.Time       `json:"created_at"`
+	UploadedAt    time.Time       `json:"uploaded_at,omitzero"`
+	FinishedAt    time.Time       `json:"finished_at,omitzero"`
+	Result        *schemas.Result `json:"result,omitempty"`
 }
 
-func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, receiptID string) {
-	if s.store == nil {
+const noSuchJob = "no such job for this tenant"
+
+func (s *Server) jobStatus(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
+	j, _, ok := s.jobs.lookup(t.ID, params[0])
+	if !ok {
+		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchJob)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, jobStatus{JobID: j.ID, Type: j.Kind, State: string(j.State), Total: j.Total,
+		Done: j.Done, Valid: j.Valid, Invalid: j.Invalid, Failed: j.Failed, LinesRejected: len(j.Rejected),
+		CreatedAt: j.CreatedAt, UploadedAt: j.UploadedAt, FinishedAt: j.FinishedAt, Result: j.Result})
+}
+
+func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
+	receiptID := params[0]
+	if s.deps.Store == nil {
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage (ClickHouse) is not configured")
 		return
 	}
-	rc, err := s.store.Receipt(ctx, t.ID, receiptID)
+	rc, err := s.deps.Store.Receipt(ctx, t.ID, receiptID)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", "no receipt "+receiptID+" for this tenant")
 	case err != nil:
-		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", err.Error())
+		s.log.Warn("receipt store", "err", err)
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage is unavailable; retry later")
 	default:
 		ctx.SetContentType("application/json")
 		ctx.SetBody(append(rc, '\n'))

@@ -41,6 +41,8 @@ type metrics struct {
 	lines    *prometheus.CounterVec
 	lag      prometheus.Gauge
 	waiting  prometheus.Gauge
+	// resultsDropped counts results refused for the job they name.
+	resultsDropped *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,9 +59,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Age of the newest result read back from certnode.receipts."}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_waiting_requests",
 			Help: "Requests waiting for their result."}),
+		resultsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_ingest_results_refused_total",
+			Help: "Results not counted for the job they name, by reason (foreign, line_out_of_range, unknown_request, not_accepted, undecodable)."}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting)
+		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting, m.resultsDropped)
 	}
 	return m
 }

@@ -1,7 +1,8 @@
 // Package ingest is the HTTP tier: it authenticates tenants, enforces
 // quotas and limits, validates input, produces requests to
-// certnode.requests (answering only after the broker acknowledged), and
-// reads results back from certnode.receipts for callers that wait.
+// certnode.requests (answering only after the broker acknowledged), keeps
+// jobs in the compacted certnode.jobs topic, and reads results back from
+// certnode.receipts for callers that wait, poll or stream.
 package ingest
 
 import (
@@ -13,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,18 +44,37 @@ type ReceiptStore interface {
 	Receipt(ctx context.Context, tenant, receiptID string) ([]byte, error)
 }
 
+// RecordMAC authenticates the records ingest writes (the value's MAC).
+type RecordMAC interface {
+	Header(value []byte) []byte
+}
+
 // ErrNotFound is what a ReceiptStore returns for an unknown receipt.
 var ErrNotFound = errors.New("not found")
 
-// Check is a readiness probe; /readyz fails while any returns an error.
+// Check is a probe; /readyz (readiness) or /healthz (liveness) fails while
+// any of its checks returns an error.
 type Check func(ctx context.Context) error
+
+// Deps are the parts the server uses; Store may be nil.
+type Deps struct {
+	Auth  Authenticator
+	Keys  KeySource
+	Store ReceiptStore
+	MAC   RecordMAC
+	// Ready and Live are extra readiness and liveness checks (for example
+	// the signer, or an embedded worker's health).
+	Ready []Check
+	Live  []Check
+}
 
 // Config configures the HTTP tier.
 type Config struct {
 	Addr  string
 	Kafka kafka.Config
 	// MaxBodyBytes bounds /v1/sign and /v1/verify bodies; MaxLineBytes
-	// bounds one line of a bulk job; MaxJobLines bounds lines per job.
+	// bounds one line of a bulk job; MaxJobLines bounds the input lines of
+	// a job (blank and rejected ones included).
 	MaxBodyBytes int
 	MaxLineBytes int
 	MaxJobLines  int64
@@ -65,23 +84,31 @@ type Config struct {
 	// ProduceTimeout bounds the wait for the broker's acknowledgement
 	// before answering 503.
 	ProduceTimeout time.Duration
-	// JobRetention keeps finished jobs' status for polling.
+	// UploadTimeout bounds one bulk upload; a job still uploading after it
+	// was abandoned (its process or client went away).
+	UploadTimeout time.Duration
+	// JobRetention keeps finished jobs answerable.
 	JobRetention time.Duration
-	Registerer   prometheus.Registerer
-	Gatherer     prometheus.Gatherer
+	// ShutdownTimeout bounds a graceful stop: open results streams are
+	// ended at once, other requests get this long to finish.
+	ShutdownTimeout time.Duration
+	Registerer      prometheus.Registerer
+	Gatherer        prometheus.Gatherer
 }
 
 // DefaultConfig returns a config with every field but Kafka.Brokers set.
 func DefaultConfig() Config {
 	return Config{
-		Addr:           "127.0.0.1:8080",
-		Kafka:          kafka.Config{Partitions: 8, ReplicationFactor: 1},
-		MaxBodyBytes:   1 << 20,
-		MaxLineBytes:   256 << 10,
-		MaxJobLines:    10_000_000,
-		SignWait:       10 * time.Second,
-		ProduceTimeout: 10 * time.Second,
-		JobRetention:   time.Hour,
+		Addr:            "127.0.0.1:8080",
+		Kafka:           kafka.Config{Partitions: 8, ReplicationFactor: 1},
+		MaxBodyBytes:    1 << 20,
+		MaxLineBytes:    256 << 10,
+		MaxJobLines:     10_000_000,
+		SignWait:        10 * time.Second,
+		ProduceTimeout:  10 * time.Second,
+		UploadTimeout:   30 * time.Minute,
+		JobRetention:    7 * 24 * time.Hour,
+		ShutdownTimeout: 10 * time.Second,
 	}
 }
 
@@ -97,11 +124,14 @@ func (c *Config) Validate() error {
 	if c.MaxBodyBytes < 1024 || c.MaxLineBytes < 1024 {
 		errs = append(errs, errors.New("ingest: body and line limits must be at least 1024 bytes"))
 	}
-	if c.MaxJobLines < 1 {
-		errs = append(errs, errors.New("ingest: max job lines must be positive"))
+	if c.MaxBodyBytes > schemas.MaxRequestBytes/2 || c.MaxLineBytes > schemas.MaxRequestBytes/2 {
+		errs = append(errs, fmt.Errorf("ingest: body and line limits must be at most %d bytes (half a request record)", schemas.MaxRequestBytes/2))
 	}
-	if c.SignWait <= 0 || c.ProduceTimeout <= 0 || c.JobRetention <= 0 {
-		errs = append(errs, errors.New("ingest: sign wait, produce timeout and job retention must be positive"))
+	if c.MaxJobLines < 1 || c.MaxJobLines > schemas.MaxLine {
+		errs = append(errs, fmt.Errorf("ingest: max job lines must be between 1 and %d", int64(schemas.MaxLine)))
+	}
+	if c.SignWait <= 0 || c.ProduceTimeout <= 0 || c.UploadTimeout <= 0 || c.JobRetention <= 0 || c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("ingest: sign wait, produce, upload and shutdown timeouts and job retention must be positive"))
 	}
 	return errors.Join(errs...)
 }
@@ -109,30 +139,33 @@ func (c *Config) Validate() error {
 // Server is one ingest process.
 type Server struct {
 	cfg    Config
-	auth   Authenticator
-	keys   KeySource
-	store  ReceiptStore
-	mac    *tenants.MAC
-	checks []Check
+	deps   Deps
 	prod   *kgo.Client
-	res    *results
+	jobs   *tracker
 	srv    *fasthttp.Server
 	promh  fasthttp.RequestHandler
 	ln     net.Listener
 	log    *slog.Logger
 	m      *metrics
+	routes []route
+	// stopping is closed when Run's context ends: results streams end.
+	stopping chan struct{}
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
 }
 
-// New connects to Kafka; Run serves.
-func New(ctx context.Context, cfg Config, auth Authenticator, keys KeySource, store ReceiptStore, mac *tenants.MAC, checks ...Check) (*Server, error) {
+// New connects to Kafka, loads the jobs and listens; Run serves.
+func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, auth: auth, keys: keys, store: store, mac: mac, log: slog.With("role", "ingest"),
+	if deps.Auth == nil || deps.Keys == nil || deps.MAC == nil {
+		return nil, errors.New("ingest: authenticator, keys and record MAC are required")
+	}
+	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
 		limiters: map[string]*rate.Limiter{}, m: newMetrics(cfg.Registerer)}
+	s.routes = s.table()
 	var err error
 	// acks=all, but not franz-go's idempotent mode: an idempotent producer
 	// must hold a record whose fate it cannot know until the broker is back,
@@ -146,8 +179,7 @@ func New(ctx context.Context, cfg Config, auth Authenticator, keys KeySource, st
 	if err != nil {
 		return nil, err
 	}
-	s.checks = append([]Check{func(ctx context.Context) error { return s.prod.Ping(ctx) }}, checks...)
-	if s.res, err = newResults(ctx, cfg.Kafka, cfg.JobRetention, s.m); err != nil {
+	if s.jobs, err = newTracker(ctx, cfg.Kafka, s.prod, cfg.MaxJobLines, cfg.UploadTimeout, cfg.JobRetention, s.m); err != nil {
 		s.prod.Close()
 		return nil, err
 	}
@@ -161,8 +193,8 @@ func New(ctx context.Context, cfg Config, auth Authenticator, keys KeySource, st
 		Name:               "certnode",
 		StreamRequestBody:  true, // bulk jobs are read as they arrive, never whole
 		MaxRequestBodySize: cfg.MaxBodyBytes,
-		ReadTimeout:        5 * time.Minute,
-		WriteTimeout:       5 * time.Minute,
+		ReadTimeout:        cfg.UploadTimeout,
+		WriteTimeout:       maxStream,
 		IdleTimeout:        time.Minute,
 		Logger:             fasthttpLogger{},
 	}
@@ -176,14 +208,22 @@ func New(ctx context.Context, cfg Config, auth Authenticator, keys KeySource, st
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends, then stops within the shutdown timeout.
 func (s *Server) Run(ctx context.Context) error {
-	go s.res.run(ctx)
+	tctx, stopTracker := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopTracker()
+	go s.jobs.run(tctx)
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(s.ln) }()
 	select {
 	case <-ctx.Done():
-		return s.srv.ShutdownWithContext(context.WithoutCancel(ctx))
+		close(s.stopping)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := s.srv.ShutdownWithContext(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		return nil
 	case err := <-errc:
 		return err
 	}
@@ -194,101 +234,67 @@ func (s *Server) Close() {
 	if s.ln != nil {
 		s.ln.Close()
 	}
-	if s.res != nil {
-		s.res.close()
+	if s.jobs != nil {
+		s.jobs.close()
 	}
 	s.prod.Close()
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	path := string(ctx.Path())
-	route := s.route(ctx, path)
-	s.m.requests.WithLabelValues(route, strconv.Itoa(ctx.Response.StatusCode())).Inc()
-	s.m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
-}
-
-// route dispatches and returns a low-cardinality route name for metrics.
-func (s *Server) route(ctx *fasthttp.RequestCtx, path string) string {
-	method := string(ctx.Method())
-	switch {
-	case path == "/healthz":
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString(`{"status":"ok"}`)
-		return "healthz"
-	case path == "/readyz":
-		s.readyz(ctx)
-		return "readyz"
-	case path == "/metrics":
-		s.promh(ctx)
-		return "metrics"
-	case path == "/.well-known/jwks.json" || path == "/v1/jwks":
-		writeJSON(ctx, fasthttp.StatusOK, s.keys.JWKS())
-		ctx.Response.Header.Set("Cache-Control", "public, max-age=300")
-		return "jwks"
-	}
-	t, ok := s.authenticate(ctx)
-	if !ok {
-		return "unauthorized"
-	}
-	switch {
-	case path == "/v1/sign" && method == "POST":
-		s.single(ctx, t, schemas.KindSign)
-		return "sign"
-	case path == "/v1/verify" && method == "POST":
-		s.single(ctx, t, schemas.KindVerify)
-		return "verify"
-	case path == "/v1/jobs" && method == "POST":
-		s.createJob(ctx, t)
-		return "jobs_create"
-	case strings.HasPrefix(path, "/v1/jobs/") && method == "GET":
-		id, sub, _ := strings.Cut(strings.TrimPrefix(path, "/v1/jobs/"), "/")
-		switch sub {
-		case "":
-			s.jobStatus(ctx, t, id)
-			return "jobs_status"
-		case "results":
-			s.jobResults(ctx, t, id)
-			return "jobs_results"
-		}
-	case strings.HasPrefix(path, "/v1/receipts/") && method == "GET":
-		s.getReceipt(ctx, t, strings.TrimPrefix(path, "/v1/receipts/"))
-		return "receipts"
-	}
-	if path == "/v1/sign" || path == "/v1/verify" || path == "/v1/jobs" {
-		apiError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", method+" is not allowed on "+path)
-		return "other"
-	}
-	apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+path)
-	return "other"
+	name := s.dispatch(ctx)
+	s.m.requests.WithLabelValues(name, strconv.Itoa(ctx.Response.StatusCode())).Inc()
+	s.m.latency.WithLabelValues(name).Observe(time.Since(start).Seconds())
 }
 
 func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
+	s.probe(ctx, s.deps.Ready, func() error {
+		if !s.jobs.ready() {
+			return errors.New("jobs and results reader not started")
+		}
+		return nil
+	}, func(c context.Context) error { return s.prod.Ping(c) })
+}
+
+func (s *Server) healthz(ctx *fasthttp.RequestCtx) {
+	s.probe(ctx, s.deps.Live)
+}
+
+// probe runs checks and answers 200 or 503 with every problem.
+func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check, more ...any) {
 	c, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var problems []string
-	for _, check := range s.checks {
+	for _, check := range checks {
 		if err := check(c); err != nil {
 			problems = append(problems, err.Error())
 		}
 	}
-	if !s.res.ready() {
-		problems = append(problems, "results reader not started")
+	for _, m := range more {
+		var err error
+		switch f := m.(type) {
+		case func() error:
+			err = f()
+		case func(context.Context) error:
+			err = f(c)
+		}
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
 	}
 	if len(problems) > 0 {
 		writeJSON(ctx, fasthttp.StatusServiceUnavailable, map[string]any{"status": "unavailable", "problems": problems})
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
 }
 
 // authenticate answers 401 itself when the key is missing or unknown; the
 // message is the same either way, so it reveals nothing about tenants.
 func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) {
-	h := string(ctx.Request.Header.Peek("Authorization"))
-	key, ok := strings.CutPrefix(h, "Bearer ")
-	if ok {
-		if t, found := s.auth.Authenticate(key); found {
+	h := ctx.Request.Header.Peek("Authorization")
+	if len(h) > 7 && string(h[:7]) == "Bearer " {
+		if t, found := s.deps.Auth.Authenticate(string(h[7:])); found {
 			return t, true
 		}
 	}
@@ -322,8 +328,11 @@ func newID(prefix string) string {
 	return prefix + base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// fasthttpLogger passes fasthttp's own messages to slog at debug level:
+// they are per-request notices (such as the streamed-body one), not
+// problems an operator must act on.
 type fasthttpLogger struct{}
 
 func (fasthttpLogger) Printf(format string, args ...any) {
-	slog.Warn("http: " + fmt.Sprintf(format, args...))
+	slog.Debug("http: " + fmt.Sprintf(format, args...))
 }

@@ -3,10 +3,14 @@ package ingest
 import (
 	"bufio"
 	"context"
+	"errors"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/valyala/fasthttp"
 
@@ -18,74 +22,277 @@ import (
 // resultLine is one line of GET /v1/jobs/{id}/results.
 type resultLine struct {
 	Line      int64          `json:"line"`
-	ID        string         `json:"id"`
-	Status    schemas.Status `json:"status"`
+	ID        string         `json:"id,omitempty"`
+	Status    string         `json:"status"` // signed, valid, invalid, failed, or rejected (at upload)
 	Reason    string         `json:"reason,omitempty"`
+	Code      string         `json:"code,omitempty"`    // rejected: why
+	Message   string         `json:"message,omitempty"` // rejected: details
+	Keys      string         `json:"keys,omitempty"`
 	Kid       string         `json:"kid,omitempty"`
 	ReceiptID string         `json:"receipt_id,omitempty"`
-	Receipt   jsontext.Value `json:"receipt,omitempty"`
+	Receipt   jsontext.Value `json:"receipt,omitzero"`
 }
 
-// maxStream bounds one results stream.
-const maxStream = 6 * time.Hour
+func renderResult(res *schemas.Result, line int64) []byte {
+	out := resultLine{Line: line, ID: res.ID, Status: string(res.Status), Reason: res.Reason, Keys: res.Keys,
+		Kid: res.Kid, ReceiptID: res.ReceiptID}
+	if res.Kind == schemas.KindSign {
+		out.Receipt = res.Receipt // verify callers already hold theirs
+	}
+	b, _ := json.Marshal(out)
+	return append(b, '\n')
+}
 
-// jobResults streams a job's results as NDJSON as they complete, reading
-// certnode.receipts from where it stood when the job began, and ends when
-// every accepted line has its result. Redelivered results are dropped.
-func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, id string) {
-	j, _, ok := s.res.snapshot(t.ID, id)
-	if !ok || j.start == nil {
-		apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such bulk job")
+func renderRejected(r *schemas.RejectedLine) []byte {
+	b, _ := json.Marshal(resultLine{Line: r.Line, Status: "rejected", Code: r.Code, Message: r.Message})
+	return append(b, '\n')
+}
+
+const (
+	// maxStream bounds one results stream; a client resumes with after_line.
+	maxStream = 6 * time.Hour
+	// maxAhead bounds results held while an earlier line's is missing;
+	// past it the stream reads the partition again from the job's start.
+	maxAhead = 10_000
+)
+
+// jobResults streams a job's results as NDJSON, one line per input line in
+// input order (rejected lines included, blank lines not), and ends when
+// every line is answered. ?after_line=N resumes after line N. It reads only
+// the partition holding the tenant's results, from where the job began.
+func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
+	id := params[0]
+	var after int64
+	if a := ctx.QueryArgs().Peek("after_line"); a != nil {
+		n, err := strconv.ParseInt(string(a), 10, 64)
+		if err != nil || n < 0 {
+			apiError(ctx, fasthttp.StatusBadRequest, "invalid_after_line", "after_line must be a line number (0 or more)")
+			return
+		}
+		after = n
+	}
+	j, _, ok := s.jobs.lookup(t.ID, id)
+	if !ok {
+		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchJob)
 		return
 	}
-	cl, err := kafka.NewClient(s.cfg.Kafka, consumeFrom(s.cfg.Kafka.Topics().Receipts, j.start), kgo.FetchMaxWait(200*time.Millisecond))
-	if err != nil {
-		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", err.Error())
+	if j.State == schemas.JobAbandoned {
+		apiError(ctx, fasthttp.StatusConflict, "job_abandoned", "the upload of this job did not finish; its results are incomplete (GET /v1/jobs/"+id+" shows its counts)")
 		return
 	}
+	part, start, ok := s.resultsPartition(t.ID, j.Start)
+	if !ok && !j.Single {
+		apiError(ctx, fasthttp.StatusInternalServerError, "internal", "the job's results partition is unknown")
+		return
+	}
+	if !j.Single {
+		expired, err := s.expired(ctx, part, start)
+		if err != nil {
+			apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the results cannot be read now; retry later")
+			return
+		}
+		if expired {
+			apiError(ctx, fasthttp.StatusGone, "results_expired", "this job's results have passed the results topic's retention")
+			return
+		}
+	}
+	gone := watchClient(ctx.Conn())
+	ctx.SetConnectionClose() // the watcher read from the connection
 	ctx.SetContentType("application/x-ndjson")
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer cl.Close()
+		defer gone.stop()
 		sctx, cancel := context.WithTimeout(context.Background(), maxStream)
 		defer cancel()
-		var seen bitset
-		var sent int64
+		st := &stream{s: s, w: w, tenant: t.ID, id: id, next: after + 1, gone: gone.ch, deadline: sctx.Done()}
+		st.run(part, start)
+	})
+}
+
+// resultsPartition is the certnode.receipts partition the tenant's results
+// go to (records are keyed by tenant, with Kafka's murmur2) and the job's
+// start offset there.
+func (s *Server) resultsPartition(tenant string, start map[int32]int64) (int32, int64, bool) {
+	if len(start) == 0 {
+		return 0, 0, false
+	}
+	topic := s.cfg.Kafka.Topics().Receipts
+	p := int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Topic: topic, Key: []byte(tenant)}, len(start)))
+	o, ok := start[p]
+	return p, o, ok
+}
+
+// expired reports whether the partition no longer holds offset start.
+func (s *Server) expired(ctx context.Context, part int32, start int64) (bool, error) {
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	offs, err := kadm.NewClient(s.prod).ListStartOffsets(c, s.cfg.Kafka.Topics().Receipts)
+	if err != nil {
+		return false, err
+	}
+	o, ok := offs.Lookup(s.cfg.Kafka.Topics().Receipts, part)
+	if !ok || o.Err != nil {
+		return false, errors.Join(errors.New("no start offset"), o.Err)
+	}
+	return o.Offset > start, nil
+}
+
+// stream is one results stream in progress.
+type stream struct {
+	s        *Server
+	w        *bufio.Writer
+	tenant   string
+	id       string
+	next     int64 // the next line to write
+	gone     <-chan struct{}
+	deadline <-chan struct{}
+	ahead    map[int64][]byte
+}
+
+// wait blocks until the job changes or the stream must end.
+func (st *stream) wait(changed <-chan struct{}) bool {
+	select {
+	case <-changed:
+		return true
+	case <-st.gone:
+	case <-st.deadline:
+	case <-st.s.stopping:
+	}
+	return false
+}
+
+func (st *stream) alive() bool {
+	select {
+	case <-st.gone:
+	case <-st.deadline:
+	case <-st.s.stopping:
+	default:
+		return true
+	}
+	return false
+}
+
+func (st *stream) run(part int32, start int64) {
+	// Results are listed once the upload is complete: only then is every
+	// line's fate known.
+	var j schemas.Job
+	for {
+		cur, changed, ok := st.s.jobs.lookup(st.tenant, st.id)
+		if !ok || cur.State == schemas.JobAbandoned {
+			return
+		}
+		if cur.Single && cur.Result != nil {
+			if st.next <= 1 {
+				st.w.Write(renderResult(cur.Result, 1))
+			}
+			return
+		}
+		if !cur.Single && cur.State != schemas.JobUploading {
+			j = cur
+			break
+		}
+		if !st.wait(changed) {
+			return
+		}
+	}
+	nonce, _ := decodeNonce(j.Nonce)
+	idx := newLineIndex(&j)
+	cl, err := kafka.NewClient(st.s.cfg.Kafka, kgo.FetchMaxWait(200*time.Millisecond),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{st.s.cfg.Kafka.Topics().Receipts: {part: kgo.NewOffset().At(start)}}))
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	st.ahead = map[int64][]byte{}
+	overflow := false
+	for st.flush(idx, j.LinesRead) && st.next <= j.LinesRead {
+		pctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fetches := cl.PollFetches(pctx)
+		cancel()
+		if fetches.IsClientClosed() || !st.alive() {
+			return
+		}
+		n := 0
+		fetches.EachRecord(func(rec *kgo.Record) {
+			n++
+			if header(rec, schemas.HeaderJobID) != st.id {
+				return
+			}
+			res, err := schemas.DecodeResult(rec.Value)
+			if err != nil || res.Tenant != st.tenant || res.JobID != st.id || res.Line < st.next || res.Line > j.LinesRead ||
+				res.ID != lineID(nonce, st.id, res.Line) {
+				return
+			}
+			if o, _ := idx.outcome(res.Line); o != lineAccepted {
+				return
+			}
+			if _, dup := st.ahead[res.Line]; dup {
+				return
+			}
+			if len(st.ahead) >= maxAhead {
+				overflow = true
+				return
+			}
+			st.ahead[res.Line] = renderResult(res, res.Line)
+		})
+		if n == 0 && overflow {
+			// Caught up with lines dropped: read the partition again.
+			overflow = false
+			cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{st.s.cfg.Kafka.Topics().Receipts: {part: {Epoch: -1, Offset: start}}})
+		}
+	}
+}
+
+// flush writes every line it can in order and reports whether the client
+// still listens.
+func (st *stream) flush(idx *lineIndex, last int64) bool {
+	for st.next <= last {
+		o, rej := idx.outcome(st.next)
+		switch o {
+		case lineSkipped:
+		case lineRejected:
+			st.w.Write(renderRejected(rej))
+		default:
+			b, ok := st.ahead[st.next]
+			if !ok {
+				return st.w.Flush() == nil
+			}
+			delete(st.ahead, st.next)
+			st.w.Write(b)
+		}
+		st.next++
+	}
+	return st.w.Flush() == nil
+}
+
+// clientWatch notices a client that hung up while its stream waits for
+// results (nothing is being written then, so no write would fail).
+type clientWatch struct {
+	ch   chan struct{}
+	done chan struct{}
+}
+
+func (c clientWatch) stop() { close(c.done) }
+
+// watchClient reads from the connection, which carries nothing more once
+// the request was read: a read that ends (EOF, reset) means the client left.
+func watchClient(conn net.Conn) clientWatch {
+	c := clientWatch{ch: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		buf := make([]byte, 512)
 		for {
-			cur, _, ok := s.res.snapshot(t.ID, id)
-			if !ok || (cur.State != "uploading" && sent >= cur.Total) {
+			select {
+			case <-c.done:
 				return
+			default:
 			}
-			pctx, pcancel := context.WithTimeout(sctx, time.Second)
-			fetches := cl.PollFetches(pctx)
-			pcancel()
-			if sctx.Err() != nil || fetches.IsClientClosed() {
+			conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, err := conn.Read(buf)
+			var ne net.Error
+			if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+				close(c.ch)
 				return
-			}
-			var werr error
-			fetches.EachRecord(func(rec *kgo.Record) {
-				if werr != nil || header(rec, schemas.HeaderJobID) != id {
-					return
-				}
-				res, err := schemas.DecodeResult(rec.Value)
-				if err != nil || !seen.add(res.Line) {
-					return
-				}
-				out := resultLine{Line: res.Line, ID: res.ID, Status: res.Status, Reason: res.Reason,
-					Kid: res.Kid, ReceiptID: res.ReceiptID}
-				if res.Kind == schemas.KindSign {
-					out.Receipt = res.Receipt // verify callers already hold theirs
-				}
-				b, _ := json.Marshal(out)
-				w.Write(b)
-				werr = w.WriteByte('\n')
-				sent++
-			})
-			if werr == nil {
-				werr = w.Flush()
-			}
-			if werr != nil {
-				return // the client went away
 			}
 		}
-	})
+	}()
+	return c
 }

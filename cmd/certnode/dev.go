@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/signer"
@@ -28,6 +29,10 @@ type credentials struct {
 	Kafka  string `json:"kafka"`
 	Tenant string `json:"tenant"`
 	APIKey string `json:"api_key"`
+	// ProducerKeyID and ProducerSecret sign records produced straight into
+	// Kafka (see README).
+	ProducerKeyID  string `json:"producer_key_id"`
+	ProducerSecret string `json:"producer_secret"`
 	// AdminToken is for the coordinator's admin API, which arrives with the
 	// coordinator; it is generated now so the file's shape is stable.
 	AdminToken string `json:"admin_token"`
@@ -51,6 +56,11 @@ func newDevCmd() *cobra.Command {
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return usageErr("--data: %v", err)
 			}
+			unlock, err := lockDir(dataDir)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer unlock()
 			kcfg := kf.config()
 			if len(kcfg.Brokers) == 0 {
 				cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DataDir(filepath.Join(dataDir, "kafka")))
@@ -63,6 +73,7 @@ func newDevCmd() *cobra.Command {
 			if err := ensureTopics(ctx, kcfg); err != nil {
 				return err
 			}
+			icfg.ShutdownTimeout = shutdownTimeout
 			ring, release, err := devRing(&keys, dataDir)
 			if err != nil {
 				return err
@@ -119,7 +130,8 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			srv, err := ingest.New(ctx, icfg, store, ring, rs, mac, signerCheck)
+			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: store, Keys: ring, Store: rs, MAC: mac,
+				Ready: []ingest.Check{signerCheck}, Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -162,14 +174,23 @@ func devRing(keys *keyFlags, dir string) (*signer.Ring, func(), error) {
 	return keys.ring()
 }
 
-// devTenants loads DIR/tenants.json, creating the demo tenant (and its
-// credentials) on first start, and the internal secret.
-func devTenants(dir string) (*tenants.FileStore, *credentials, *tenants.MAC, error) {
+// devTenants loads DIR/tenants.json, creating the demo tenant (its API key
+// and producer key, written to the credentials) on first start, and the
+// internal secret.
+func devTenants(dir string) (*tenants.FileStore, *credentials, *recordauth.Keyring, error) {
 	credFile, tenFile, secretFile := filepath.Join(dir, "credentials.json"), filepath.Join(dir, "tenants.json"), filepath.Join(dir, "internal.secret")
 	var creds credentials
+	var file tenants.File
 	if data, err := os.ReadFile(credFile); err == nil {
-		if err := json.Unmarshal(data, &creds); err != nil {
+		if err := json.Unmarshal(data, &creds, json.RejectUnknownMembers(false)); err != nil {
 			return nil, nil, nil, fmt.Errorf("%s: %w", credFile, err)
+		}
+		data, err := os.ReadFile(tenFile)
+		if err == nil {
+			err = json.Unmarshal(data, &file)
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", tenFile, err)
 		}
 	} else {
 		creds.Tenant = "demo"
@@ -179,14 +200,26 @@ func devTenants(dir string) (*tenants.FileStore, *credentials, *tenants.MAC, err
 		if err := errors.Join(err1, err2); err != nil {
 			return nil, nil, nil, err
 		}
-		f := tenants.File{Tenants: []tenants.Tenant{{ID: creds.Tenant, APIKeyHashes: []string{tenants.HashKey(creds.APIKey)}}}}
-		if err := writeJSONFile(tenFile, f); err != nil {
+		file.Tenants = []tenants.Tenant{{ID: creds.Tenant, APIKeyHashes: []string{tenants.HashKey(creds.APIKey)}}}
+	}
+	if creds.ProducerSecret == "" { // first start, or a folder from before producer keys
+		secret, err := tenants.GenerateKey()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		creds.ProducerKeyID, creds.ProducerSecret = "pk_demo", secret
+		for i := range file.Tenants {
+			if file.Tenants[i].ID == creds.Tenant {
+				file.Tenants[i].ProducerKeys = append(file.Tenants[i].ProducerKeys, tenants.ProducerKey{ID: creds.ProducerKeyID, Secret: secret})
+			}
+		}
+		if err := writeJSONFile(tenFile, file); err != nil {
 			return nil, nil, nil, err
 		}
 	}
-	store, err := tenants.LoadFile(tenFile)
+	store, err := tenants.NewFileStore(file)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("%s: %w", tenFile, err)
 	}
 	secret, err := os.ReadFile(secretFile)
 	if errors.Is(err, os.ErrNotExist) {
@@ -199,7 +232,7 @@ func devTenants(dir string) (*tenants.FileStore, *credentials, *tenants.MAC, err
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	mac, err := tenants.NewMAC(secret)
+	mac, err := recordauth.NewKeyring(secret)
 	return store, &creds, mac, err
 }
 

@@ -261,26 +261,37 @@ func TestDevAPI(t *testing.T) {
 		if acc.LinesAccepted != n-2 || acc.LinesRejected != 1 || acc.Rejected[0].Line != 7 || acc.Rejected[0].Code != "invalid_payload" {
 			t.Fatalf("accepted %+v", acc)
 		}
-		// Results stream until the job is done, one per accepted line.
+		// Results stream until the job is done: one line per non-blank
+		// input line, in input order, the rejected one included.
 		code, stream := e.do("GET", "/v1/jobs/"+acc.JobID+"/results", e.key, "", "")
 		lines := strings.Split(strings.TrimSpace(stream), "\n")
-		if code != 200 || len(lines) != n-2 {
+		if code != 200 || len(lines) != n-1 {
 			t.Fatalf("results: %d, %d lines", code, len(lines))
 		}
-		seen := map[int64]bool{}
+		prev := int64(0)
 		for _, l := range lines {
 			var r struct {
 				Line    int64          `json:"line"`
 				Status  string         `json:"status"`
+				Code    string         `json:"code"`
 				Receipt jsontext.Value `json:"receipt"`
 			}
 			if err := json.Unmarshal([]byte(l), &r, json.RejectUnknownMembers(false)); err != nil {
 				t.Fatal(err)
 			}
-			if r.Status != "signed" || seen[r.Line] || r.Line == 7 || r.Line == 9 {
+			if r.Line <= prev || r.Line == 9 {
+				t.Fatalf("result line %s after line %d", l, prev)
+			}
+			prev = r.Line
+			if r.Line == 7 {
+				if r.Status != "rejected" || r.Code != "invalid_payload" {
+					t.Fatalf("rejected line: %s", l)
+				}
+				continue
+			}
+			if r.Status != "signed" {
 				t.Fatalf("result line %s", l)
 			}
-			seen[r.Line] = true
 			rc, err := ks.Verify(r.Receipt)
 			if err != nil || string(rc.Payload) != fmt.Sprintf(`{"i":%d}`, r.Line) {
 				t.Fatalf("line %d: receipt %s does not match its input (%v)", r.Line, r.Receipt, err)

@@ -82,6 +82,9 @@ func newRoot() *cobra.Command {
 			return applyEnv(cmd)
 		},
 	}
+	root.PersistentFlags().DurationVar(&shutdownTimeout, "shutdown-timeout", shutdownTimeout,
+		"how long a stopping role may take (SIGINT/SIGTERM; a second signal exits at once)")
+	bindEnv(root.PersistentFlags(), "shutdown-timeout", "CERTNODE_SHUTDOWN_TIMEOUT")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})

@@ -8,9 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -19,10 +17,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/schemas"
@@ -81,22 +79,6 @@ func loadJWKS(path string) (staticKeys, error) {
 	return staticKeys(j), err
 }
 
-// runParts runs long-lived parts until a signal or the first failure.
-func runParts(ctx context.Context, parts map[string]func(context.Context) error) error {
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	g, gctx := errgroup.WithContext(ctx)
-	for name, run := range parts {
-		g.Go(func() error {
-			if err := run(gctx); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			return nil
-		})
-	}
-	return g.Wait()
-}
-
 // newRegistry is the process's metrics registry, with Go and process metrics.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
@@ -104,8 +86,9 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// metricsServer serves /metrics for roles without an HTTP API.
-func metricsServer(addr string, g prometheus.Gatherer) func(context.Context) error {
+// metricsServer serves /metrics and /healthz (503 while health fails) for
+// roles without an HTTP API.
+func metricsServer(addr string, g prometheus.Gatherer, health func() error) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -113,7 +96,15 @@ func metricsServer(addr string, g prometheus.Gatherer) func(context.Context) err
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`{"status":"ok"}`)) })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			if err := health(); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				json.MarshalWrite(w, map[string]any{"status": "unavailable", "problems": []string{err.Error()}})
+				return
+			}
+			w.Write([]byte(`{"status":"ok"}` + "\n"))
+		})
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { <-ctx.Done(); srv.Shutdown(context.WithoutCancel(ctx)) }()
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -152,13 +143,6 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 	return s, nil
 }
 
-func loadMAC() (*tenants.MAC, error) {
-	secret, err := tenants.SecretFromEnv()
-	if err != nil {
-		return nil, err
-	}
-	return tenants.NewMAC(secret)
-}
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
@@ -170,7 +154,7 @@ func newIngestCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
-			cfg.Addr, cfg.Kafka = addr, kf.config()
+			cfg.Addr, cfg.Kafka, cfg.ShutdownTimeout = addr, kf.config(), shutdownTimeout
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
@@ -182,7 +166,7 @@ func newIngestCmd() *cobra.Command {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("--jwks FILE (the workers' public keys, from `certnode jwks`): %w", err))
 			}
-			mac, err := loadMAC()
+			mac, err := recordauth.SecretsFromEnv()
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -203,7 +187,7 @@ func newIngestCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			srv, err := ingest.New(cmd.Context(), cfg, store, keys, rs, mac)
+			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: store, Keys: keys, Store: rs, MAC: mac})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -263,7 +247,7 @@ func newWorkerCmd() *cobra.Command {
 			if err != nil {
 				errs = append(errs, err)
 			}
-			mac, err := loadMAC()
+			mac, err := recordauth.SecretsFromEnv()
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -288,7 +272,7 @@ func newWorkerCmd() *cobra.Command {
 			defer w.Close()
 			slog.Info("worker started", "kid", ring.ActiveKID(), "concurrency", cfg.Concurrency)
 			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg)}))
+				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg, w.Healthy)}))
 		},
 	}
 	fs := cmd.Flags()
@@ -330,7 +314,7 @@ func newSinkCmd() *cobra.Command {
 			defer s.Close()
 			slog.Info("clickhouse sink started", "clickhouse", addr)
 			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg)}))
+				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}))
 		},
 	}
 	fs := ch.Flags()

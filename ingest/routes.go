@@ -1,0 +1,117 @@
+package ingest
+
+import (
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/certnode/certnode/internal/tenants"
+)
+
+// Route is one endpoint of the public API. Routes lists them for the
+// OpenAPI and cross-tenant tests, which fail when a route has no case.
+type Route struct {
+	Method string
+	// Path uses OpenAPI templates: /v1/jobs/{job_id}.
+	Path string
+	// Tenant routes need an API key and see only the caller's data.
+	Tenant bool
+	// Name labels the route's metrics.
+	Name string
+}
+
+type route struct {
+	Route
+	segs   []string
+	public func(ctx *fasthttp.RequestCtx)
+	tenant func(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string)
+}
+
+// Routes lists every endpoint the server answers.
+func (s *Server) Routes() []Route {
+	out := make([]Route, len(s.routes))
+	for i, r := range s.routes {
+		out[i] = r.Route
+	}
+	return out
+}
+
+func (s *Server) table() []route {
+	pub := func(method, path, name string, h func(*fasthttp.RequestCtx)) route {
+		return route{Route: Route{Method: method, Path: path, Name: name}, segs: strings.Split(path, "/"), public: h}
+	}
+	ten := func(method, path, name string, h func(*fasthttp.RequestCtx, *tenants.Tenant, []string)) route {
+		return route{Route: Route{Method: method, Path: path, Tenant: true, Name: name}, segs: strings.Split(path, "/"), tenant: h}
+	}
+	jwks := func(ctx *fasthttp.RequestCtx) {
+		writeJSON(ctx, fasthttp.StatusOK, s.deps.Keys.JWKS())
+		ctx.Response.Header.Set("Cache-Control", "public, max-age=300")
+	}
+	return []route{
+		pub("GET", "/healthz", "healthz", s.healthz),
+		pub("GET", "/readyz", "readyz", s.readyz),
+		pub("GET", "/metrics", "metrics", func(ctx *fasthttp.RequestCtx) { s.promh(ctx) }),
+		pub("GET", "/.well-known/jwks.json", "jwks", jwks),
+		pub("GET", "/v1/jwks", "jwks", jwks),
+		ten("POST", "/v1/sign", "sign", s.sign),
+		ten("POST", "/v1/verify", "verify", s.verify),
+		ten("POST", "/v1/jobs", "jobs_create", s.createJob),
+		ten("GET", "/v1/jobs/{job_id}", "jobs_status", s.jobStatus),
+		ten("GET", "/v1/jobs/{job_id}/results", "jobs_results", s.jobResults),
+		ten("GET", "/v1/receipts/{receipt_id}", "receipts", s.getReceipt),
+	}
+}
+
+// match reports whether path fits the route's template, with its params.
+func (r *route) match(path []string) ([]string, bool) {
+	if len(path) != len(r.segs) {
+		return nil, false
+	}
+	var params []string
+	for i, seg := range r.segs {
+		if strings.HasPrefix(seg, "{") {
+			if path[i] == "" {
+				return nil, false
+			}
+			params = append(params, path[i])
+		} else if seg != path[i] {
+			return nil, false
+		}
+	}
+	return params, true
+}
+
+// dispatch routes a request and returns the route name for metrics.
+func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
+	path := strings.Split(string(ctx.Path()), "/")
+	method := string(ctx.Method())
+	var allowed []string
+	for i := range s.routes {
+		r := &s.routes[i]
+		params, ok := r.match(path)
+		if !ok {
+			continue
+		}
+		if r.Method != method && !(r.Method == "GET" && method == "HEAD") {
+			allowed = append(allowed, r.Method)
+			continue
+		}
+		if r.public != nil {
+			r.public(ctx)
+			return r.Name
+		}
+		t, ok := s.authenticate(ctx)
+		if !ok {
+			return "unauthorized"
+		}
+		r.tenant(ctx, t, params)
+		return r.Name
+	}
+	if len(allowed) > 0 {
+		ctx.Response.Header.Set("Allow", strings.Join(allowed, ", "))
+		apiError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", method+" is not allowed on "+string(ctx.Path()))
+		return "other"
+	}
+	apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+string(ctx.Path()))
+	return "other"
+}
