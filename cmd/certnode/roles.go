@@ -143,7 +143,6 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 	return s, nil
 }
 
-
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
 	var addr, tenantsFile, jwksFile, clickhouse string
