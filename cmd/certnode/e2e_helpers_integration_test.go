@@ -63,6 +63,10 @@ type e2e struct {
 	prefix   string
 	tenant   string
 	apiKey   string
+	// producerKeyID and producerSecret sign records the tests produce
+	// straight into Kafka, as a customer system would.
+	producerKeyID  string
+	producerSecret string
 	kafka    string
 	ch       string
 	http     string
@@ -92,8 +96,10 @@ func newE2E(t *testing.T, kafkaAddr string) *e2e {
 		kadm.NewClient(cl).DeleteTopics(ctx, schemas.TopicsFor(e.prefix).All()...)
 	})
 	e.apiKey, _ = tenants.GenerateKey()
+	e.producerKeyID, e.producerSecret = "pk_"+suffix, "ps_"+suffix+"_0123456789abcdef0123456789abcdef"
 	tenFile := filepath.Join(e.dir, "tenants.json")
-	if err := writeJSONFile(tenFile, tenants.File{Tenants: []tenants.Tenant{{ID: e.tenant, APIKeyHashes: []string{tenants.HashKey(e.apiKey)}}}}); err != nil {
+	if err := writeJSONFile(tenFile, tenants.File{Tenants: []tenants.Tenant{{ID: e.tenant, APIKeyHashes: []string{tenants.HashKey(e.apiKey)},
+		ProducerKeys: []tenants.ProducerKey{{ID: e.producerKeyID, Secret: e.producerSecret}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	e.keyFile, e.jwksFile = filepath.Join(e.dir, "key.pem"), filepath.Join(e.dir, "jwks.json")

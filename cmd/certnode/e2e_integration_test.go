@@ -162,17 +162,20 @@ func lastLine(s string) string {
 func TestE2EWorkerKilled(t *testing.T) {
 	e := newE2E(t, "")
 	e.sink()
-	w := e.worker()
+	w := e.start("worker", "worker", "--metrics", freeAddr(e.t), "--concurrency", "1")
 	e.ingest()
-	const n = 6000
+	const n = 8000
 	job := e.submitJob("sign", payloads("kill", n))
 	waitFor(t, "some progress", time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)
 		return s.Done > 0, fmt.Sprintf("%+v", s)
 	})
 	w.kill()
+	// The premise: the worker died with the job unfinished.
 	if s := e.jobStatus(job); s.Done >= n {
-		t.Logf("the worker finished before it was killed (%d done); the test still checks nothing was lost", s.Done)
+		t.Fatalf("the worker finished all %d lines before it was killed: nothing was tested", n)
+	} else {
+		t.Logf("worker killed with %d of %d lines done", s.Done, n)
 	}
 	e.worker()
 	waitFor(t, "job done after restart", 2*time.Minute, func() (bool, string) {
@@ -281,33 +284,43 @@ func TestE2EKafkaOutage(t *testing.T) {
 	}
 }
 
-// TestE2ECustomerProducerKcat: a customer system writes requests straight
-// into Kafka with kcat (librdkafka, murmur2_random as documented); the
-// worker signs them, lands each tenant on the partition franz-go (and the
-// Java client) would choose, and refuses records with a wrong API key.
-func TestE2ECustomerProducerKcat(t *testing.T) {
-	if _, err := exec.LookPath("kcat"); err != nil {
-		t.Fatal("kcat is not installed (deploy/local/services.sh up installs it)")
+// TestE2ECustomerProducers: customer systems write requests straight into
+// Kafka, each record signed with a producer key: with kcat (librdkafka) from
+// the shell example in deploy/examples, and with Python's confluent-kafka.
+// The worker signs them, each tenant lands on the partition franz-go (and
+// the Java client) would choose, and records with a wrong signature or the
+// retired plaintext API-key header go to the DLQ.
+func TestE2ECustomerProducers(t *testing.T) {
+	for _, tool := range []string{"kcat", "openssl", "python3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (deploy/local/services.sh up installs it)", tool)
+		}
 	}
 	e := newE2E(t, "")
 	e.worker()
 	e.ingest() // creates the topics
 	topics := schemas.TopicsFor(e.prefix)
-	var in bytes.Buffer
-	const n = 20
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&in, "%s|{\"v\":1,\"id\":\"kcat-%d\",\"tenant\":%q,\"kind\":\"sign\",\"payload\":{\"from\":\"kcat\",\"i\":%d}}\n", e.tenant, i, e.tenant, i)
+	envelopes := func(from string, n int) []byte {
+		var b bytes.Buffer
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(&b, "{\"v\":1,\"id\":\"%s-%d\",\"tenant\":%q,\"kind\":\"sign\",\"payload\":{\"from\":%q,\"i\":%d}}\n", from, i, e.tenant, from, i)
+		}
+		return b.Bytes()
 	}
-	kcat := func(key string, input []byte) {
-		cmd := exec.Command("kcat", "-P", "-b", e.kafka, "-t", topics.Requests, "-K", "|",
-			"-H", "certnode-api-key="+key, "-X", "partitioner=murmur2_random")
+	run := func(input []byte, name string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
 		cmd.Stdin = bytes.NewReader(input)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("kcat: %v\n%s", err, out)
+			t.Fatalf("%s: %v\n%s", name, err, out)
 		}
 	}
-	kcat(e.apiKey, in.Bytes())
-	kcat("cn_wrong_key", []byte(fmt.Sprintf("%s|{\"v\":1,\"id\":\"kcat-bad\",\"tenant\":%q,\"kind\":\"sign\",\"payload\":{}}\n", e.tenant, e.tenant)))
+	const n = 10
+	run(envelopes("kcat", n), "bash", "../../deploy/examples/kcat-sign.sh", e.kafka, topics.Requests, e.tenant, e.producerKeyID, e.producerSecret)
+	run(envelopes("python", n), "python3", "../../deploy/examples/produce.py", e.kafka, topics.Requests, e.tenant, e.producerKeyID, e.producerSecret)
+	run(envelopes("wrong", 1), "bash", "../../deploy/examples/kcat-sign.sh", e.kafka, topics.Requests, e.tenant, e.producerKeyID, "not-the-secret-0123456789abcdef012345")
+	run([]byte(e.tenant+"|"+string(envelopes("legacy", 1))), "kcat", "-P", "-b", e.kafka, "-t", topics.Requests, "-K", "|",
+		"-H", "certnode-api-key="+e.apiKey, "-X", "partitioner=murmur2_random")
 
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka), kgo.ConsumeTopics(topics.Receipts, topics.Requests, topics.DLQ),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -316,13 +329,13 @@ func TestE2ECustomerProducerKcat(t *testing.T) {
 	}
 	defer cl.Close()
 	ks, _ := schemas.ParseJWKS(mustRead(t, e.jwksFile))
-	signed, dlq := map[string]bool{}, 0
+	signed, refused := map[string]bool{}, map[string]string{}
 	partitions := map[int32]bool{}
 	var requestRec *kgo.Record
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	requests := 0
-	for (len(signed) < n || dlq < 1 || requests < n+1) && ctx.Err() == nil {
+	requests, dlq := 0, 0
+	for (len(signed)+len(refused) < 2*n+2 || dlq < 2 || requests < 2*n+2) && ctx.Err() == nil {
 		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
 			switch r.Topic {
 			case topics.Requests:
@@ -330,30 +343,34 @@ func TestE2ECustomerProducerKcat(t *testing.T) {
 				requestRec = r
 				requests++
 			case topics.DLQ:
-				if header(r, schemas.HeaderDLQReason) == "unauthenticated" {
+				if header(r, schemas.HeaderDLQReason) == "unauthenticated" && header(r, schemas.HeaderLegacyAPIKey) == "" {
 					dlq++
 				}
 			case topics.Receipts:
 				res, err := schemas.DecodeResult(r.Value)
-				if err != nil || res.Status != schemas.StatusSigned {
+				if err != nil {
 					t.Fatalf("result %s: %v", r.Value, err)
 				}
-				if _, err := ks.Verify(res.Receipt); err != nil {
-					t.Fatalf("receipt for %s: %v", res.ID, err)
+				if res.Status != schemas.StatusSigned {
+					refused[res.ID] = res.Reason
+					return
+				}
+				if _, err := ks.Verify(res.Receipt); err != nil || res.Auth != schemas.AuthProducer {
+					t.Fatalf("receipt for %s (auth %s): %v", res.ID, res.Auth, err)
 				}
 				signed[res.ID] = true
 			}
 		})
 	}
-	if len(signed) != n || dlq != 1 || signed["kcat-bad"] || requests != n+1 {
-		t.Fatalf("signed %d of %d, DLQ unauthenticated %d, requests read %d", len(signed), n, dlq, requests)
+	if len(signed) != 2*n || dlq != 2 || refused["wrong-0"] != "unauthenticated" || refused["legacy-0"] != "unauthenticated" || requests != 2*n+2 {
+		t.Fatalf("signed %d of %d, refused %v, DLQ unauthenticated %d, requests read %d", len(signed), 2*n, refused, dlq, requests)
 	}
 	if len(partitions) != 1 {
 		t.Fatalf("one tenant's records landed on partitions %v", partitions)
 	}
 	want := kgo.StickyKeyPartitioner(nil).ForTopic(topics.Requests).Partition(&kgo.Record{Key: []byte(e.tenant)}, 4)
 	if requestRec.Partition != int32(want) {
-		t.Fatalf("kcat put tenant %s on partition %d, franz-go's murmur2 on %d", e.tenant, requestRec.Partition, want)
+		t.Fatalf("the producers put tenant %s on partition %d, franz-go's murmur2 on %d", e.tenant, requestRec.Partition, want)
 	}
 }
 

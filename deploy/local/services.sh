@@ -16,9 +16,17 @@ node_deps() {
   fi
 }
 
+# py_deps installs the Python Kafka client the producer interop test uses.
+py_deps() {
+  python3 -c 'import confluent_kafka' 2>/dev/null && return 0
+  log "installing confluent-kafka (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore confluent-kafka >&2
+}
+
 case "${1:-}" in
   up)
-    apt_install kcat # the non-Go Kafka producer of the integration tests
+    apt_install kcat openssl # the non-Go Kafka producer of the integration tests, and its HMAC
+    py_deps
     bash "$here/softhsm.sh" init
     bash "$here/clickhouse.sh" start
     bash "$here/kafka.sh" start
