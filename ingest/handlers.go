@@ -267,7 +267,6 @@ const (
 	maxRejected   = 1000
 	maxBlankRuns  = 1000
 	nonceBytes    = 16
-	uploadTimeout = "upload interrupted: "
 )
 
 // upload is the state of one bulk upload.
@@ -320,6 +319,18 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the job was not accepted: the message broker is unavailable; retry later")
 		return
 	}
+	// A stopping server ends the upload where it is: lines read so far
+	// are kept, and the client learns where it was cut off.
+	uploading := make(chan struct{})
+	defer close(uploading)
+	conn := ctx.Conn()
+	go func() {
+		select {
+		case <-s.stopping:
+			conn.SetReadDeadline(time.Now())
+		case <-uploading:
+		}
+	}()
 	var up upload
 	var acked, failed int64
 	var inflight sync.WaitGroup
@@ -332,7 +343,13 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			break
 		}
 		if err != nil {
-			up.reject(lr.n+1, "read_failed", uploadTimeout+err.Error())
+			code, msg := "read_failed", "upload interrupted: "+err.Error()
+			select {
+			case <-s.stopping:
+				code, msg = "server_stopping", "the server is stopping: the rest of the upload was not read; send it again as a new job"
+			default:
+			}
+			up.reject(lr.n+1, code, msg)
 			last = lr.n + 1
 			break
 		}

@@ -43,6 +43,7 @@ type metrics struct {
 	waiting  prometheus.Gauge
 	// resultsDropped counts results refused for the job they name.
 	resultsDropped *prometheus.CounterVec
+	streams        prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,9 +62,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Requests waiting for their result."}),
 		resultsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_ingest_results_refused_total",
 			Help: "Results not counted for the job they name, by reason (foreign, line_out_of_range, unknown_request, not_accepted, undecodable)."}, []string{"reason"}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_result_streams",
+			Help: "Results streams open."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting, m.resultsDropped)
+		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting, m.resultsDropped, m.streams)
 	}
 	return m
 }

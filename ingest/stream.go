@@ -100,6 +100,8 @@ func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 	ctx.SetConnectionClose() // the watcher read from the connection
 	ctx.SetContentType("application/x-ndjson")
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		s.m.streams.Inc()
+		defer s.m.streams.Dec()
 		defer gone.stop()
 		sctx, cancel := context.WithTimeout(context.Background(), maxStream)
 		defer cancel()

@@ -164,7 +164,7 @@ func New(cfg Config, s Signer, producer ProducerKeys, mac IngestMAC, opts ...kgo
 	w := &Worker{cfg: cfg, signer: s, producer: producer, mac: mac, topics: cfg.Kafka.Topics(),
 		log: slog.With("role", "worker")}
 	w.m = w.newMetrics(cfg.Registerer)
-	base := append(kafka.GroupConsumer(cfg.Group, w.topics.Requests), kgo.RebalanceTimeout(cfg.RebalanceTimeout))
+	base := append(kafka.GroupConsumer(cfg.Group, w.topics.Requests), kgo.RebalanceTimeout(cfg.RebalanceTimeout), kafka.ResultBatches())
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
 	if err != nil {
 		return nil, err

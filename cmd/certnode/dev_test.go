@@ -22,11 +22,13 @@ import (
 )
 
 type devEnv struct {
-	t    *testing.T
-	base string
-	key  string // demo tenant
-	slow string // tenant limited to 1 request/s
-	dir  string
+	t      *testing.T
+	base   string
+	key    string // demo tenant
+	slow   string // tenant limited to 1 request/s
+	dir    string
+	stop   func() (exitCode int, took time.Duration)
+	stderr func() string
 }
 
 func freeAddr(t *testing.T) string {
@@ -42,9 +44,6 @@ func freeAddr(t *testing.T) string {
 // second, rate-limited tenant.
 func startDev(t *testing.T, extra ...string) *devEnv {
 	t.Helper()
-	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL", "CERTNODE_KAFKA"} {
-		t.Setenv(v, "") // make test exports the SoftHSM2 token for other tests
-	}
 	dir := t.TempDir()
 	demoKey, _ := tenants.GenerateKey()
 	slowKey, _ := tenants.GenerateKey()
@@ -53,7 +52,22 @@ func startDev(t *testing.T, extra ...string) *devEnv {
 		{ID: "demo", APIKeyHashes: []string{tenants.HashKey(demoKey)}},
 		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, RateLimit: 1, Burst: 1},
 	}})
-	addr := freeAddr(t)
+	e := startDevIn(t, dir, freeAddr(t), extra...)
+	e.key, e.slow = demoKey, slowKey
+	t.Cleanup(func() {
+		if code, took := e.stop(); code != 0 || took > 30*time.Second {
+			t.Errorf("dev exited %d after %s: %s", code, took, e.stderr())
+		}
+	})
+	return e
+}
+
+// startDevIn runs `certnode dev` on dir until stop is called.
+func startDevIn(t *testing.T, dir, addr string, extra ...string) *devEnv {
+	t.Helper()
+	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL", "CERTNODE_KAFKA"} {
+		t.Setenv(v, "") // make test exports the SoftHSM2 token for other tests
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
@@ -62,29 +76,40 @@ func startDev(t *testing.T, extra ...string) *devEnv {
 		done <- runContext(ctx, append([]string{"dev", "--data", dir, "--http", addr, "--partitions", "3", "--clickhouse", "none"}, extra...),
 			strings.NewReader(""), io.Discard, &lockedWriter{w: &stderr, mu: &mu})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != 0 {
-				mu.Lock()
-				t.Errorf("dev exited %d: %s", code, stderr.String())
-				mu.Unlock()
+	e := &devEnv{t: t, base: "http://" + addr, dir: dir}
+	e.stderr = func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return stderr.String()
+	}
+	var once sync.Once
+	var code int
+	var took time.Duration
+	e.stop = func() (int, time.Duration) {
+		once.Do(func() {
+			start := time.Now()
+			cancel()
+			select {
+			case code = <-done:
+			case <-time.After(60 * time.Second):
+				code = -1
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("dev did not stop within 30s")
-		}
-	})
-	e := &devEnv{t: t, base: "http://" + addr, key: demoKey, slow: slowKey, dir: dir}
+			took = time.Since(start)
+		})
+		return code, took
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if code, _ := e.do("GET", "/readyz", "", "", ""); code == 200 {
 			return e
 		}
+		select {
+		case c := <-done:
+			t.Fatalf("dev exited %d: %s", c, e.stderr())
+		default:
+		}
 		if time.Now().After(deadline) {
-			mu.Lock()
-			defer mu.Unlock()
-			t.Fatalf("dev not ready: %s", stderr.String())
+			t.Fatalf("dev not ready: %s", e.stderr())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

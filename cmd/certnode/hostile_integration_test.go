@@ -33,7 +33,7 @@ func TestE2EHostileProducer(t *testing.T) {
 	const n = 3000
 	job := e.submitJob("sign", payloads("honest", n))
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka), kgo.ProducerBatchMaxBytes(4<<20))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka), kgo.ProducerBatchMaxBytes(schemas.MaxRequestBytes))
 	if err != nil {
 		t.Fatal(err)
 	}

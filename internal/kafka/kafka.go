@@ -67,11 +67,17 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(2 * time.Millisecond),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
-		kgo.ProducerBatchMaxBytes(schemas.MaxResultBytes + 64<<10),
+		// A batch must fit the smallest topic limit the client writes to
+		// (certnode.requests'); see ResultBatches for writers of results.
+		kgo.ProducerBatchMaxBytes(schemas.MaxRequestBytes + 64<<10),
 		kgo.WithLogger(kgoLogger{}),
 	}
 	return kgo.NewClient(append(base, opts...)...)
 }
+
+// ResultBatches lets a client that writes only to certnode.receipts and
+// certnode.dlq (workers, sinks) send records as large as a result.
+func ResultBatches() kgo.Opt { return kgo.ProducerBatchMaxBytes(schemas.MaxResultBytes + 64<<10) }
 
 // RebalanceTimeout is how long a group waits for members to finish their
 // batch when partitions move; a stage still busy after it has lost them.
