@@ -27,10 +27,11 @@ type route struct {
 	tenant func(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string)
 }
 
-// Routes lists every endpoint the server answers.
-func (s *Server) Routes() []Route {
-	out := make([]Route, len(s.routes))
-	for i, r := range s.routes {
+// Routes lists every endpoint a server answers.
+func Routes() []Route {
+	table := (&Server{}).table()
+	out := make([]Route, len(table))
+	for i, r := range table {
 		out[i] = r.Route
 	}
 	return out
