@@ -10,9 +10,10 @@ package schemas
 // the service issued: a request replayed after a worker died is signed
 // again with a new random signature, hence a new receipt_id, and the
 // client may hold either. ReplacingMergeTree on (tenant, receipt_id, id)
-// merges only exact replays of one result (the sink reading an offset
-// range twice); receipt_id leads id so that GET /v1/receipts/{receipt_id}
-// uses the primary index. Rows are partitioned by received_at, which a
+// merges rows only when both ids match: copies of one result (the sink
+// reading an offset range twice, a verify request verified again).
+// receipt_id leads id so that GET /v1/receipts/{receipt_id} uses the
+// primary index. Rows are partitioned by received_at, which a
 // replayed record does not change, so its copies share a partition.
 //
 // certnode.requests is one row per (tenant, id): the request as first

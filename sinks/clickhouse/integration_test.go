@@ -104,6 +104,17 @@ func TestIntegrationResultsQueries(t *testing.T) {
 	}
 	replayed := row("req-5", "sign", "signed", "rid-E", `{"r":"E"}`, t0)
 	ins := NewClickHouseInserter(conn, schemas.ClickHouseResultsTable)
+	// Until the checks before merging are done, a background merge must
+	// not collapse the replayed row.
+	startMerges := func() {
+		if err := conn.Exec(context.Background(), `SYSTEM START MERGES certnode.results`); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := conn.Exec(ctxT(t), `SYSTEM STOP MERGES certnode.results`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(startMerges)
 	// Separate inserts, as separate batches (and replays) are: each makes a
 	// part of its own, merged later.
 	for _, rows := range [][]Row{
@@ -148,6 +159,7 @@ func TestIntegrationResultsQueries(t *testing.T) {
 		t.Fatalf("%d rows before merging, want 7", n)
 	}
 	check("before merging")
+	startMerges()
 
 	var partition uint32
 	if err := conn.QueryRow(ctxT(t), `SELECT toYYYYMM(received_at) FROM certnode.results WHERE tenant = ? LIMIT 1`, tenant).Scan(&partition); err != nil {
