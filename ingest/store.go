@@ -8,6 +8,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/schemas"
 )
 
 // ClickHouseStore reads receipts the ClickHouse sink wrote.
@@ -22,11 +23,11 @@ func OpenClickHouseStore(ctx context.Context, addr []string, user, password stri
 	return &ClickHouseStore{conn: conn}, nil
 }
 
-// Receipt returns the tenant's receipt with receiptID, from a successful row.
+// Receipt returns the receipt with receiptID that the service signed for
+// the tenant; receipts the tenant only asked to verify are not found.
 func (s *ClickHouseStore) Receipt(ctx context.Context, tenant, receiptID string) ([]byte, error) {
 	var receipt string
-	err := s.conn.QueryRow(ctx, `SELECT receipt FROM certnode.receipts
-		WHERE tenant = ? AND receipt_id = ? AND valid = 1 AND receipt != '' LIMIT 1`, tenant, receiptID).Scan(&receipt)
+	err := s.conn.QueryRow(ctx, schemas.ClickHouseSelectReceipt, tenant, receiptID).Scan(&receipt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}

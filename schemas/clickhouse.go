@@ -1,19 +1,32 @@
 package schemas
 
-// ClickHouseDDL creates the analytics tables. It is valid on Debian's
-// ClickHouse 18.16 and on current releases: DateTime (not DateTime64),
-// String (not LowCardinality), and the ENGINE = ... ORDER BY syntax.
+// ClickHouseDDL creates the analytics table and view. It is valid on
+// Debian's ClickHouse 18.16 and on current releases: DateTime (not
+// DateTime64), String (not LowCardinality), the ENGINE = ... ORDER BY
+// syntax, and a view whose output names differ from the columns it
+// aggregates (18.16 resolves a name to a SELECT alias before a column).
 //
-// Rows are deduplicated on (tenant, id), the request id, by
-// ReplacingMergeTree: a replayed offset range writes the same rows again,
-// and queries that say FINAL (or GROUP BY id) see each request once. The
-// request id, not receipt_id, is the key because an HSM re-signing a
-// replayed request makes a new signature and so a new receipt_id. Rows are
-// partitioned by received_at, which replays do not change, so duplicates
-// always share a partition and merge.
+// certnode.results keeps every result the sink read, and so every receipt
+// the service issued: a request replayed after a worker died is signed
+// again with a new random signature, hence a new receipt_id, and the
+// client may hold either. ReplacingMergeTree on (tenant, receipt_id, id)
+// merges rows only when both ids match: copies of one result (the sink
+// reading an offset range twice, a verify request verified again).
+// receipt_id leads id so that GET /v1/receipts/{receipt_id} uses the
+// primary index. Rows are partitioned by received_at, which a
+// replayed record does not change, so its copies share a partition.
+//
+// certnode.requests is one row per (tenant, id): the request as first
+// processed (earliest processed_at, ties broken by receipt_id so that
+// every column comes from the same result), and results, the number of
+// distinct results it had. Queries that count requests read the view.
+//
+// certnode.receipts, the table of earlier releases keyed on (tenant, id),
+// lost re-signed receipts; it is no longer written nor created, and is left
+// in place on existing installs.
 var ClickHouseDDL = []string{
 	`CREATE DATABASE IF NOT EXISTS certnode`,
-	`CREATE TABLE IF NOT EXISTS certnode.receipts (
+	`CREATE TABLE IF NOT EXISTS certnode.results (
 		tenant String,
 		id String,
 		receipt_id String,
@@ -21,6 +34,8 @@ var ClickHouseDDL = []string{
 		status String,
 		valid UInt8,
 		reason String,
+		auth String,
+		keys String,
 		kid String,
 		payload_hash String,
 		job_id String,
@@ -32,9 +47,47 @@ var ClickHouseDDL = []string{
 		receipt String
 	) ENGINE = ReplacingMergeTree()
 	PARTITION BY toYYYYMM(received_at)
-	ORDER BY (tenant, id)`,
+	ORDER BY (tenant, receipt_id, id)`,
+	`CREATE VIEW IF NOT EXISTS certnode.requests AS
+	SELECT
+		tenant,
+		id,
+		argMin(r_receipt_id, r_order) AS receipt_id,
+		argMin(r_kind, r_order) AS kind,
+		argMin(r_status, r_order) AS status,
+		argMin(r_valid, r_order) AS valid,
+		argMin(r_reason, r_order) AS reason,
+		argMin(r_auth, r_order) AS auth,
+		argMin(r_keys, r_order) AS keys,
+		argMin(r_kid, r_order) AS kid,
+		argMin(r_payload_hash, r_order) AS payload_hash,
+		argMin(r_job_id, r_order) AS job_id,
+		argMin(r_line, r_order) AS line,
+		argMin(r_size, r_order) AS size,
+		argMin(r_received_at, r_order) AS received_at,
+		min(r_processed_at) AS processed_at,
+		argMin(r_latency_ms, r_order) AS latency_ms,
+		uniqExact(r_receipt_id) AS results
+	FROM (
+		SELECT tenant, id, receipt_id AS r_receipt_id, kind AS r_kind, status AS r_status,
+			valid AS r_valid, reason AS r_reason, auth AS r_auth, keys AS r_keys, kid AS r_kid,
+			payload_hash AS r_payload_hash, job_id AS r_job_id, line AS r_line, size AS r_size,
+			received_at AS r_received_at, processed_at AS r_processed_at, latency_ms AS r_latency_ms,
+			(processed_at, receipt_id) AS r_order
+		FROM certnode.results
+	)
+	GROUP BY tenant, id`,
 }
 
-// ClickHouseInsertReceipts is the batch insert, with the explicit column
-// list 18.16 requires.
-const ClickHouseInsertReceipts = `INSERT INTO certnode.receipts (tenant, id, receipt_id, kind, status, valid, reason, kid, payload_hash, job_id, line, size, received_at, processed_at, latency_ms, receipt)`
+// ClickHouseResultsTable is the table the sink writes.
+const ClickHouseResultsTable = "certnode.results"
+
+// ClickHouseResultColumns lists the columns of an insert into
+// certnode.results, in order; 18.16 requires an explicit column list.
+const ClickHouseResultColumns = "tenant, id, receipt_id, kind, status, valid, reason, auth, keys, kid, payload_hash, job_id, line, size, received_at, processed_at, latency_ms, receipt"
+
+// ClickHouseSelectReceipt returns a receipt the service signed, by tenant
+// and exact receipt_id. Verify results also carry a receipt_id, of the
+// receipt they checked, which anyone may have made: they never answer.
+const ClickHouseSelectReceipt = `SELECT receipt FROM certnode.results
+	WHERE tenant = ? AND receipt_id = ? AND kind = 'sign' AND status = 'signed' LIMIT 1`

@@ -267,15 +267,17 @@ func (e *e2e) clickhouse() driver.Conn {
 	return conn
 }
 
-// rowCounts returns, for the tenant, rows as queries see them (FINAL),
-// distinct request ids, and rows including not-yet-merged duplicates.
-func (e *e2e) rowCounts(conn driver.Conn) (final, distinct, raw uint64) {
+// rowCounts returns, for the tenant, requests as counting queries see them
+// (the certnode.requests view), distinct request ids, and rows of
+// certnode.results (with the receipts of re-signed replays and copies not
+// merged yet).
+func (e *e2e) rowCounts(conn driver.Conn) (requests, distinct, raw uint64) {
 	e.t.Helper()
 	ctx := context.Background()
-	if err := conn.QueryRow(ctx, "SELECT count() FROM certnode.receipts FINAL WHERE tenant = ?", e.tenant).Scan(&final); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT count() FROM certnode.requests WHERE tenant = ?", e.tenant).Scan(&requests); err != nil {
 		e.t.Fatal(err)
 	}
-	if err := conn.QueryRow(ctx, "SELECT uniqExact(id), count() FROM certnode.receipts WHERE tenant = ?", e.tenant).Scan(&distinct, &raw); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT uniqExact(id), count() FROM certnode.results WHERE tenant = ?", e.tenant).Scan(&distinct, &raw); err != nil {
 		e.t.Fatal(err)
 	}
 	return
@@ -286,7 +288,7 @@ func (e *e2e) rowCounts(conn driver.Conn) (final, distinct, raw uint64) {
 func (e *e2e) waitRows(conn driver.Conn, n uint64, limit time.Duration) {
 	e.t.Helper()
 	waitFor(e.t, "rows in ClickHouse", limit, func() (bool, string) {
-		final, distinct, raw := e.rowCounts(conn)
-		return final == n && distinct == n, fmt.Sprintf("final %d, distinct %d, raw %d, want %d", final, distinct, raw, n)
+		requests, distinct, raw := e.rowCounts(conn)
+		return requests == n && distinct == n, fmt.Sprintf("requests %d, distinct ids %d, rows %d, want %d", requests, distinct, raw, n)
 	})
 }

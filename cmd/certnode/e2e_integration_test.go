@@ -6,8 +6,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/interop"
@@ -121,7 +124,7 @@ func TestE2EExactlyOnceToClickHouse(t *testing.T) {
 	e.waitRows(conn, 20000, 2*time.Minute)
 	var signed, valid uint64
 	if err := conn.QueryRow(context.Background(), `SELECT countIf(status = 'signed'), countIf(status = 'valid')
-		FROM certnode.receipts FINAL WHERE tenant = ?`, e.tenant).Scan(&signed, &valid); err != nil {
+		FROM certnode.requests WHERE tenant = ?`, e.tenant).Scan(&signed, &valid); err != nil {
 		t.Fatal(err)
 	}
 	if signed != 10000 || valid != 10000 {
@@ -201,33 +204,100 @@ func mustRead(t *testing.T, path string) []byte {
 	return b
 }
 
-// TestE2ESinkKilledMidBatch: the ClickHouse sink killed while it holds a
-// partial batch, and restarted, shows every request exactly once in query
-// results.
+// TestE2ESinkKilledMidBatch: the ClickHouse sink killed (SIGKILL) while it
+// holds a batch it collected but neither inserted nor committed, and
+// restarted, shows every request exactly once in the requests view.
 func TestE2ESinkKilledMidBatch(t *testing.T) {
 	e := newE2E(t, "")
 	e.worker()
 	e.ingest()
 	conn := e.clickhouse()
-	sink := e.sink("--batch-rows", "300", "--batch-wait", "2s")
-	const jobs, per = 10, 500
-	for i := 0; i < jobs; i++ {
-		e.submitJob("sign", payloads(fmt.Sprintf("sink%d", i), per))
-		if i == 3 {
-			waitFor(t, "first rows", time.Minute, func() (bool, string) {
-				_, distinct, _ := e.rowCounts(conn)
-				return distinct > 0, fmt.Sprint(distinct)
-			})
-			sink.kill() // it is holding results that arrived in the last 2 s
-			_, distinct, _ := e.rowCounts(conn)
-			t.Logf("sink killed with %d of %d rows written", distinct, jobs*per)
-		}
-		if i == 6 {
-			sink = e.sink("--batch-rows", "300", "--batch-wait", "2s")
-		}
-		time.Sleep(300 * time.Millisecond)
+	const first, second = 500, 300
+	metrics := freeAddr(t)
+	// The first job's results fill a batch of first rows, written at once;
+	// the second job's then wait in a batch held for the 10-minute
+	// batch-wait, long past the kill. (This --metrics overrides the
+	// helper's.)
+	sink := e.sink("--metrics", metrics, "--batch-rows", fmt.Sprint(first), "--batch-wait", "10m")
+	e.submitJob("sign", payloads("sink-a", first))
+	e.waitRows(conn, first, 2*time.Minute)
+	job := e.submitJob("sign", payloads("sink-b", second))
+	waitFor(t, "second job signed", 2*time.Minute, func() (bool, string) {
+		s := e.jobStatus(job)
+		return s.State == "done" && s.Valid == second, fmt.Sprintf("%+v", s)
+	})
+
+	// The premise, observed: every result past the committed offsets is in
+	// the sink's pending batch, and none of it is in ClickHouse.
+	var pending float64
+	var committed, produced int64
+	waitFor(t, "the sink holding the second job's results", time.Minute, func() (bool, string) {
+		pending = scrapeGauge(t, metrics, "certnode_sink_clickhouse_pending_rows")
+		committed, produced = e.sinkOffsets()
+		return pending > 0 && int64(pending) == produced-committed && produced >= first+second,
+			fmt.Sprintf("pending %v, committed %d of %d results", pending, committed, produced)
+	})
+	requests, _, _ := e.rowCounts(conn)
+	if requests >= first+second {
+		t.Fatalf("premise: %d requests already in ClickHouse with %v rows pending", requests, pending)
 	}
-	e.waitRows(conn, jobs*per, 2*time.Minute)
+	t.Logf("killing the sink with %v rows pending: %d of %d results committed, %d requests in ClickHouse", pending, committed, produced, requests)
+	sink.kill()
+
+	e.sink("--batch-rows", "300", "--batch-wait", "1s")
+	e.waitRows(conn, first+second, 2*time.Minute)
+}
+
+// scrapeGauge reads a gauge from a /metrics page; -1 while it cannot.
+func scrapeGauge(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", l, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// sinkOffsets returns the ClickHouse sink group's committed offsets and
+// the end offsets of the results topic, each summed over partitions.
+func (e *e2e) sinkOffsets() (committed, produced int64) {
+	e.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	topic := schemas.TopicsFor(e.prefix).Receipts
+	offs, err := adm.FetchOffsets(ctx, e.prefix+"-sink-clickhouse")
+	if err != nil {
+		e.t.Fatalf("sink group offsets: %v", err)
+	}
+	for _, o := range offs[topic] {
+		committed += max(o.At, 0)
+	}
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		e.t.Fatalf("end offsets of %s: %v", topic, err)
+	}
+	ends.Each(func(o kadm.ListedOffset) { produced += o.Offset })
+	return committed, produced
 }
 
 // TestE2EKafkaOutage: with the broker stopped, ingest answers 503 (nothing

@@ -1,7 +1,12 @@
-// Package clickhouse writes every result from certnode.receipts into the
-// ClickHouse receipts table, in batches by rows and time, committing Kafka
-// offsets only after the insert succeeded. Replays are harmless: the table
-// deduplicates on (tenant, request id), see schemas.ClickHouseDDL.
+// Package clickhouse writes every authenticated result from
+// certnode.receipts into the ClickHouse table certnode.results, in batches
+// by rows and time, committing Kafka offsets only after every record of a
+// batch was inserted or sent to the DLQ. Replays are harmless: the table
+// merges exact copies and counts read the certnode.requests view, one row
+// per request id (see schemas.ClickHouseDDL). No record can stall the sink:
+// untrusted times are replaced by the record's broker timestamp, results
+// that do not decode go to the DLQ, and a batch the server refuses is split
+// until the refused rows are found and sent to the DLQ.
 package clickhouse
 
 import (
@@ -20,6 +25,16 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
+// DLQ reasons of the sink (header schemas.HeaderDLQReason).
+const (
+	// ReasonBadResult: the record is not a valid result envelope, or holds
+	// values no row can store.
+	ReasonBadResult = "bad_result"
+	// ReasonRefused: ClickHouse refused the row; the error header has the
+	// server's message.
+	ReasonRefused = "clickhouse_refused"
+)
+
 // Config configures the sink.
 type Config struct {
 	Kafka kafka.Config
@@ -32,6 +47,9 @@ type Config struct {
 	// reached.
 	BatchRows int
 	BatchWait time.Duration
+	// AttemptTimeout bounds each insert, DLQ produce and offset commit; a
+	// failed attempt is retried with backoff.
+	AttemptTimeout time.Duration
 	// Registerer receives the sink's metrics (nil: not registered).
 	Registerer prometheus.Registerer
 }
@@ -41,7 +59,7 @@ func DefaultConfig() Config {
 	return Config{
 		Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1},
 		Group: "certnode-sink-clickhouse", Username: "default",
-		BatchRows: 10000, BatchWait: time.Second,
+		BatchRows: 10000, BatchWait: time.Second, AttemptTimeout: time.Minute,
 	}
 }
 
@@ -60,17 +78,56 @@ func (c *Config) Validate() error {
 	if c.BatchRows < 1 || c.BatchWait <= 0 {
 		errs = append(errs, errors.New("clickhouse sink: batch rows and wait must be positive"))
 	}
+	if c.AttemptTimeout <= 0 {
+		errs = append(errs, errors.New("clickhouse sink: attempt timeout must be positive"))
+	}
 	return errors.Join(errs...)
+}
+
+// metrics are the sink's Prometheus metrics.
+type metrics struct {
+	inserted        prometheus.Counter
+	dlq             *prometheus.CounterVec
+	unauthenticated prometheus.Counter
+	replaced        *prometheus.CounterVec
+	pending         prometheus.Gauge
+	flush           prometheus.Histogram
+}
+
+func newMetrics() metrics {
+	m := metrics{
+		inserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_rows_total",
+			Help: "Rows inserted into ClickHouse."}),
+		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_dlq_total",
+			Help: "Result records sent to the DLQ, by reason."}, []string{"reason"}),
+		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_unauthenticated_total",
+			Help: "Results of requests refused as unauthenticated (auth none), skipped: not the tenant's."}),
+		replaced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_time_replaced_total",
+			Help: "Times a result claimed that lay outside the window around its record's broker timestamp, replaced by it."}, []string{"column"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_sink_clickhouse_pending_rows",
+			Help: "Records collected and not yet inserted (or sent to the DLQ) and committed."}),
+		flush: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "certnode_sink_clickhouse_flush_seconds",
+			Help: "Time to insert, DLQ and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+	}
+	// Every label value is shown from the start, at zero.
+	for _, r := range []string{ReasonBadResult, ReasonRefused} {
+		m.dlq.WithLabelValues(r)
+	}
+	for _, c := range []string{colReceivedAt, colProcessedAt} {
+		m.replaced.WithLabelValues(c)
+	}
+	return m
 }
 
 // Sink is one ClickHouse writer; run several in a group to scale.
 type Sink struct {
-	cfg  Config
-	cl   *kgo.Client
-	conn driver.Conn
-	log  *slog.Logger
-	rows prometheus.Counter
-	lag  prometheus.Histogram
+	cfg    Config
+	topics schemas.Topics
+	cl     *kgo.Client
+	conn   driver.Conn // nil when built on another Inserter (tests)
+	ins    Inserter
+	log    *slog.Logger
+	m      metrics
 }
 
 // New connects to ClickHouse, applies the DDL and joins the consumer group.
@@ -82,18 +139,25 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sink{cfg: cfg, conn: conn, log: slog.With("role", "sink-clickhouse"),
-		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_rows_total", Help: "Rows inserted."}),
-		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "certnode_sink_clickhouse_flush_seconds",
-			Help: "Time to insert and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
-	}
-	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.rows, s.lag)
-	}
-	base := kafka.GroupConsumer(cfg.Group, cfg.Kafka.Topics().Receipts)
-	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
+	s, err := newSink(cfg, NewClickHouseInserter(conn, schemas.ClickHouseResultsTable), opts...)
+	if err != nil {
 		conn.Close()
 		return nil, err
+	}
+	s.conn = conn
+	return s, nil
+}
+
+// newSink builds a sink that writes through ins and joins the group.
+func newSink(cfg Config, ins Inserter, opts ...kgo.Opt) (*Sink, error) {
+	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
+	base := kafka.GroupConsumer(cfg.Group, s.topics.Receipts)
+	var err error
+	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
+		return nil, err
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.m.inserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
 	}
 	return s, nil
 }
@@ -117,10 +181,7 @@ func open(ctx context.Context, addr []string, user, password string) (driver.Con
 func (s *Sink) Run(ctx context.Context) error {
 	work := context.WithoutCancel(ctx)
 	for ctx.Err() == nil {
-		recs, err := s.collect(ctx)
-		if err != nil {
-			return err
-		}
+		recs := s.collect(ctx)
 		if len(recs) > 0 {
 			if err := s.flush(work, ctx, recs); err != nil {
 				s.cl.AllowRebalance()
@@ -133,7 +194,7 @@ func (s *Sink) Run(ctx context.Context) error {
 }
 
 // collect polls until BatchRows records or BatchWait after the first one.
-func (s *Sink) collect(ctx context.Context) ([]*kgo.Record, error) {
+func (s *Sink) collect(ctx context.Context) []*kgo.Record {
 	var recs []*kgo.Record
 	pollCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -141,7 +202,7 @@ func (s *Sink) collect(ctx context.Context) ([]*kgo.Record, error) {
 	for len(recs) < s.cfg.BatchRows {
 		fetches := s.cl.PollRecords(pollCtx, s.cfg.BatchRows-len(recs))
 		if fetches.IsClientClosed() {
-			return recs, nil
+			return recs
 		}
 		fetches.EachError(func(t string, p int32, err error) {
 			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
@@ -149,78 +210,157 @@ func (s *Sink) collect(ctx context.Context) ([]*kgo.Record, error) {
 			}
 		})
 		recs = append(recs, fetches.Records()...)
+		s.m.pending.Set(float64(len(recs)))
 		if len(recs) > 0 && timer == nil {
 			timer = time.AfterFunc(s.cfg.BatchWait, cancel)
 			defer timer.Stop()
 		}
 		if pollCtx.Err() != nil {
-			return recs, nil
+			return recs
 		}
 	}
-	return recs, nil
+	return recs
 }
 
-// flush inserts recs and then commits them, retrying until both succeed:
-// a batch is never skipped. It gives up only when stop ends and the insert
+// batch is a collected batch sorted out: rows to insert (from src) and
+// records for the DLQ.
+type batch struct {
+	rows []Row
+	src  []*kgo.Record
+	dlq  []*kgo.Record
+}
+
+// triage decodes recs into rows. Results that do not decode, or hold values
+// no row can store, go to the DLQ; results of unauthenticated requests are
+// skipped (the worker sent the request itself to the DLQ, and what they
+// claim is not the tenant's).
+func (s *Sink) triage(recs []*kgo.Record) *batch {
+	b := &batch{}
+	for _, rec := range recs {
+		res, err := schemas.DecodeResult(rec.Value)
+		if err != nil {
+			b.dlq = append(b.dlq, s.dlqRecord(rec, ReasonBadResult, err))
+			continue
+		}
+		if res.Auth == schemas.AuthNone {
+			s.m.unauthenticated.Inc()
+			continue
+		}
+		row, replaced, err := rowFor(res, rec.Timestamp)
+		if err != nil {
+			b.dlq = append(b.dlq, s.dlqRecord(rec, ReasonBadResult, err))
+			continue
+		}
+		for _, c := range replaced {
+			s.m.replaced.WithLabelValues(c).Inc()
+		}
+		b.rows, b.src = append(b.rows, row), append(b.src, rec)
+	}
+	return b
+}
+
+// dlqRecord copies a result record to the DLQ with why and where from.
+func (s *Sink) dlqRecord(rec *kgo.Record, reason string, err error) *kgo.Record {
+	hs := []kgo.RecordHeader{
+		{Key: schemas.HeaderDLQReason, Value: []byte(reason)},
+		{Key: schemas.HeaderDLQError, Value: []byte(err.Error())},
+		{Key: schemas.HeaderDLQSource, Value: fmt.Appendf(nil, "%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)},
+	}
+	s.log.Warn("result sent to DLQ", "reason", reason, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+	return &kgo.Record{Topic: s.topics.DLQ, Key: rec.Key, Value: rec.Value, Headers: append(hs, rec.Headers...)}
+}
+
+// flush inserts recs, sends the ones that cannot be inserted to the DLQ,
+// and then commits them all, retrying each step until it succeeds: a
+// record is never skipped. It gives up only when stop ends and a step
 // keeps failing, leaving the offsets uncommitted for the next owner.
 func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	start := time.Now()
-	backoff := 100 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		err := s.insert(ctx, recs)
-		if err == nil {
-			err = s.cl.CommitRecords(ctx, recs...)
+	b := s.triage(recs)
+	bs := newBisect(b.rows)
+	if err := s.retry(stop, "insert", func() error {
+		return bs.run(ctx, s.ins, s.cfg.AttemptTimeout, func(n int) { s.m.inserted.Add(float64(n)) })
+	}); err != nil {
+		return err
+	}
+	for _, r := range bs.refused {
+		b.dlq = append(b.dlq, s.dlqRecord(b.src[r.index], ReasonRefused, r.err))
+	}
+	if err := s.retry(stop, "DLQ produce", func() error { return s.produceDLQ(ctx, &b.dlq) }); err != nil {
+		return err
+	}
+	if err := s.retry(stop, "commit", func() error {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+		defer cancel()
+		return s.cl.CommitRecords(cctx, recs...)
+	}); err != nil {
+		return err
+	}
+	s.m.pending.Set(0)
+	s.m.flush.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// produceDLQ produces *recs and waits for the broker's acknowledgement,
+// leaving in *recs only those that failed, for the next attempt.
+func (s *Sink) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
+	if len(*recs) == 0 {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+	defer cancel()
+	var failed []*kgo.Record
+	var errs []error
+	for _, r := range s.cl.ProduceSync(pctx, *recs...) {
+		if r.Err != nil {
+			// A fresh record: a produced one keeps its first context,
+			// canceled by now, and would fail again at once.
+			retry := &kgo.Record{Topic: r.Record.Topic, Key: r.Record.Key, Value: r.Record.Value, Headers: r.Record.Headers}
+			failed, errs = append(failed, retry), append(errs, r.Err)
+			continue
 		}
+		s.m.dlq.WithLabelValues(header(r.Record, schemas.HeaderDLQReason)).Inc()
+	}
+	*recs = failed
+	if len(errs) > 0 {
+		return fmt.Errorf("%d of the DLQ records not acknowledged: %w", len(failed), errs[0])
+	}
+	return nil
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// retry runs f until it succeeds, backing off between attempts. Attempts
+// go on while ClickHouse or Kafka is away (each one bounded by
+// AttemptTimeout), and end when stop has ended.
+func (s *Sink) retry(stop context.Context, what string, f func() error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f()
 		if err == nil {
-			s.rows.Add(float64(len(recs)))
-			s.lag.Observe(time.Since(start).Seconds())
 			return nil
 		}
-		s.log.Warn("flush failed, retrying", "rows", len(recs), "err", err, "attempt", attempt)
+		s.log.Warn(what+" failed, retrying", "err", err, "attempt", attempt, "backoff", backoff)
 		select {
 		case <-stop.Done():
-			return fmt.Errorf("stopping with an unwritten batch of %d rows: %w", len(recs), err)
+			return fmt.Errorf("stopping with an unfinished batch (%s): %w", what, err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-func (s *Sink) insert(ctx context.Context, recs []*kgo.Record) error {
-	batch, err := s.conn.PrepareBatch(ctx, schemas.ClickHouseInsertReceipts)
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		res, err := schemas.DecodeResult(r.Value)
-		if err != nil {
-			// Not ours to fix here: the topic only carries worker output.
-			s.log.Error("skipping undecodable result", "partition", r.Partition, "offset", r.Offset, "err", err)
-			continue
-		}
-		received := res.ReceivedAt
-		if received.IsZero() {
-			received = r.Timestamp
-		}
-		var valid uint8
-		if res.Status == schemas.StatusValid || res.Status == schemas.StatusSigned {
-			valid = 1
-		}
-		latency := res.ProcessedAt.Sub(received).Milliseconds()
-		if latency < 0 {
-			latency = 0
-		}
-		if err := batch.Append(res.Tenant, res.ID, res.ReceiptID, string(res.Kind), string(res.Status), valid,
-			res.Reason, res.Kid, res.PayloadHash, res.JobID, res.Line, uint32(res.Size),
-			received.UTC(), res.ProcessedAt.UTC(), uint32(latency), string(res.Receipt)); err != nil {
-			return err
-		}
-	}
-	return batch.Send()
-}
-
 // Close leaves the group and closes the connections.
 func (s *Sink) Close() {
 	s.cl.Close()
-	s.conn.Close()
+	if s.conn != nil {
+		s.conn.Close()
+	}
 }

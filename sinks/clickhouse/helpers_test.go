@@ -1,0 +1,138 @@
+package clickhouse
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/certnode/certnode/schemas"
+)
+
+func randomSuffix() string {
+	var b [5]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%x", b)
+}
+
+// signedResult is a signed result received a second before at and
+// processed at at.
+func signedResult(tenant, id string, at time.Time) *schemas.Result {
+	rid := id + "-receipt"
+	return &schemas.Result{V: schemas.EnvelopeVersion, ID: id, Tenant: tenant, Kind: schemas.KindSign,
+		Status: schemas.StatusSigned, Auth: schemas.AuthIngest, Kid: "kid1", ReceiptID: rid, PayloadHash: "ph",
+		Receipt: []byte(`{"receipt_id":"` + rid + `"}`), Size: 42, ReceivedAt: at.Add(-time.Second), ProcessedAt: at}
+}
+
+// resultRecord is a result as a worker writes it, with broker time ts.
+func resultRecord(t testing.TB, topic string, res *schemas.Result, ts time.Time) *kgo.Record {
+	t.Helper()
+	val, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Topic: topic, Key: []byte(res.Tenant), Value: val, Timestamp: ts,
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderRequestID, Value: []byte(res.ID)}}}
+}
+
+// produce writes recs and waits for the broker's acknowledgement.
+func produce(t testing.TB, cl *kgo.Client, recs ...*kgo.Record) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+}
+
+// committed returns the group's committed offsets on topic, summed over
+// partitions (a partition without a commit counts 0), so it equals the
+// number of records committed when they were produced from offset 0.
+func committed(t testing.TB, adm *kadm.Client, group, topic string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	offs, err := adm.FetchOffsets(ctx, group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		return 0 // nothing committed yet
+	}
+	if err != nil {
+		t.Fatalf("fetch offsets of %s: %v", group, err)
+	}
+	var n int64
+	for _, o := range offs[topic] {
+		if o.Err != nil {
+			t.Fatalf("offset of %s/%d: %v", topic, o.Partition, o.Err)
+		}
+		n += max(o.At, 0)
+	}
+	return n
+}
+
+// waitFor polls cond until it holds, failing after limit.
+func waitFor(t testing.TB, what string, limit time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var last string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: gave up after %s (%s)", what, limit, last)
+}
+
+// runSink runs s until the test ends; Run must then return nil.
+func runSink(t testing.TB, s *Sink) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return 30s after its context ended")
+		}
+		s.Close()
+	})
+}
+
+// readTopic reads the n records of topic from the start, and checks no
+// more follow.
+func readTopic(t testing.TB, brokers []string, topic string, n int) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < n && ctx.Err() == nil {
+		out = append(out, cl.PollFetches(ctx).Records()...)
+	}
+	if len(out) == n {
+		more, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		out = append(out, cl.PollFetches(more).Records()...)
+	}
+	if len(out) != n {
+		t.Fatalf("%s: read %d records, want %d", topic, len(out), n)
+	}
+	return out
+}
