@@ -118,9 +118,6 @@ func (x *lineIndex) outcome(line int64) (lineOutcome, *schemas.RejectedLine) {
 // there; it reports whether it counted.
 func (j *jobState) count(res *schemas.Result, maxLine int64) (bool, string) {
 	m := &j.meta
-	if m.State == schemas.JobDone && j.seen == nil {
-		return false, "" // final counts came from the record
-	}
 	bound := maxLine
 	if m.State != schemas.JobUploading {
 		bound = m.LinesRead
@@ -132,6 +129,9 @@ func (j *jobState) count(res *schemas.Result, maxLine int64) (bool, string) {
 		return false, "line_out_of_range"
 	case res.ID != lineID(j.nonce, m.ID, res.Line):
 		return false, "unknown_request"
+	}
+	if m.State == schemas.JobDone {
+		return false, "" // counted already: a redelivered result
 	}
 	if j.index != nil {
 		if o, _ := j.index.outcome(res.Line); o != lineAccepted {

@@ -37,16 +37,19 @@ up() {
   bash "$here/services.sh" up
   mkdir -p "$UP"; chmod 700 "$UP"
   set -a; . "$CERTNODE_LOCAL/softhsm/env"; set +a
-  # One demo tenant; its API key is shown only in credentials.json (0600).
-  if [ ! -f "$UP/credentials.json" ]; then
-    local key secret hash
+  # One demo tenant; its API key and producer key are shown only in
+  # credentials.json (0600).
+  if [ ! -f "$UP/credentials.json" ] || ! grep -q producer_secret "$UP/credentials.json"; then
+    local key secret hash psecret
     key="cn_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
     secret="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    psecret="ps_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
     hash="sha256:$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)"
     (umask 077
-      printf '{"tenants":[{"id":"demo","api_key_hashes":["%s"]}]}\n' "$hash" >"$UP/tenants.json"
+      printf '{"tenants":[{"id":"demo","api_key_hashes":["%s"],"producer_keys":[{"id":"pk_demo","secret":"%s"}]}]}\n' "$hash" "$psecret" >"$UP/tenants.json"
       printf '%s\n' "$secret" >"$UP/internal.secret"
-      printf '{"http":"http://%s","tenant":"demo","api_key":"%s"}\n' "$HTTP" "$key" >"$UP/credentials.json")
+      printf '{"http":"http://%s","kafka":"127.0.0.1:9092","tenant":"demo","api_key":"%s","producer_key_id":"pk_demo","producer_secret":"%s"}\n' \
+        "$HTTP" "$key" "$psecret" >"$UP/credentials.json")
   fi
   "$bin" keys list --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" | grep -q "^$LABEL " ||
     "$bin" keys generate --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" >/dev/null

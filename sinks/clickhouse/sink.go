@@ -151,7 +151,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 // newSink builds a sink that writes through ins and joins the group.
 func newSink(cfg Config, ins Inserter, opts ...kgo.Opt) (*Sink, error) {
 	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
-	base := kafka.GroupConsumer(cfg.Group, s.topics.Receipts)
+	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts), kafka.ResultBatches()) // DLQ copies of results
 	var err error
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
 		return nil, err
