@@ -193,7 +193,35 @@ func TestE2EWorkerKilled(t *testing.T) {
 			t.Fatalf("line %d: %v %s", line, err, r)
 		}
 	}
-	e.waitRows(e.clickhouse(), n, 2*time.Minute)
+	conn := e.clickhouse()
+	e.waitRows(conn, n, 2*time.Minute)
+	// Every receipt the service handed out stays retrievable, including
+	// both receipts of a request a replay signed twice.
+	rows, err := conn.Query(context.Background(), `SELECT receipt_id FROM certnode.results
+		WHERE tenant = ? AND id IN (SELECT id FROM certnode.results WHERE tenant = ? GROUP BY id HAVING uniqExact(receipt_id) > 1)`, e.tenant, e.tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var check []string
+	for rows.Next() {
+		var rid string
+		rows.Scan(&rid)
+		check = append(check, rid)
+	}
+	rows.Close()
+	t.Logf("%d receipts belong to requests signed twice by the replay", len(check))
+	for line := int64(1); line <= n; line += n / 100 { // and a sample of the job's
+		var rc struct {
+			ReceiptID string `json:"receipt_id"`
+		}
+		json.Unmarshal([]byte(got[line]), &rc, json.RejectUnknownMembers(false))
+		check = append(check, rc.ReceiptID)
+	}
+	for _, rid := range check {
+		if code, body := e.do("GET", "/v1/receipts/"+rid, "", ""); code != 200 || !strings.Contains(body, rid) {
+			t.Fatalf("receipt %s: %d %s", rid, code, body)
+		}
+	}
 }
 
 func mustRead(t *testing.T, path string) []byte {
