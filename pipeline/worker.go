@@ -104,6 +104,7 @@ type metrics struct {
 	lag      *prometheus.GaugeVec
 	batchAge prometheus.GaugeFunc
 	stalled  prometheus.GaugeFunc
+	lost     prometheus.Counter
 }
 
 func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
@@ -121,6 +122,9 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "certnode_worker_partition_lag", Help: "Requests behind the partition's high watermark at the last poll.",
 		}, []string{"partition"}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certnode_worker_batches_lost_total", Help: "Batches whose partitions moved to another member before their commit.",
+		}),
 		batchAge: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "certnode_worker_batch_age_seconds", Help: "How long the batch in hand has been worked on (0 when idle).",
 		}, func() float64 { return w.batchAge().Seconds() }),
@@ -134,7 +138,7 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled)
+		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled, m.lost)
 	}
 	return m
 }
@@ -253,7 +257,15 @@ func (w *Worker) handle(ctx context.Context, recs []*kgo.Record) error {
 	}); err != nil {
 		return err
 	}
-	_, err := w.retry(ctx, func() ([]*kgo.Record, error) { return nil, w.cl.CommitRecords(ctx, recs...) })
+	_, err := w.retry(ctx, func() ([]*kgo.Record, error) {
+		err := w.cl.CommitRecords(ctx, recs...)
+		if kafka.LostMembership(err) {
+			w.m.lost.Inc()
+			w.log.Warn("partitions moved to another member before the commit; it redoes the batch", "records", len(recs), "err", err)
+			return nil, nil
+		}
+		return nil, err
+	})
 	return err
 }
 

@@ -388,6 +388,46 @@ func TestWorkerRebalanceHandsOverCleanly(t *testing.T) {
 	}
 }
 
+// TestWorkerDropsBatchWhenMembershipLost: a commit refused because the
+// group moved the partitions away is not retried forever (the new owner
+// redoes the batch); the worker goes on polling.
+func TestWorkerDropsBatchWhenMembershipLost(t *testing.T) {
+	h := newHarness(t, 1)
+	reg := prometheus.NewRegistry()
+	h.produce(h.request("acme", "r1", schemas.KindSign, `{"n":1}`, ""))
+	fault := h.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.OffsetCommit}, Err: kerr.UnknownMemberID, Count: 1})
+	_, stop := h.workerWith(context.Background(), h.ring, func(c *Config) { c.Registerer = reg })
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := fault.Wait(ctx, 1); err != nil {
+		t.Fatalf("the commit was not attempted: %v", err)
+	}
+	h.produce(h.request("acme", "r2", schemas.KindSign, `{"n":2}`, ""))
+	res := results(t, h.consume(topics.Receipts, 2))
+	if res["r2"] == nil || res["r2"].Status != schemas.StatusSigned {
+		t.Fatalf("the worker stopped after the refused commit: %+v", res)
+	}
+	if v := counter(t, reg, "certnode_worker_batches_lost_total"); v != 1 {
+		t.Fatalf("certnode_worker_batches_lost_total = %v", v)
+	}
+}
+
+func counter(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
 // stuckSigner never finishes a signature until released, as an HSM that
 // hangs would.
 type stuckSigner struct {

@@ -94,6 +94,7 @@ func newDevCmd() *cobra.Command {
 			parts := map[string]func(context.Context) error{}
 			wcfg := pipeline.DefaultConfig()
 			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg
+			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, store, mac)
 			if err != nil {
 				return usageErr("%v", err)

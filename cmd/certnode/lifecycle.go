@@ -19,6 +19,10 @@ import (
 // shutdownTimeout bounds a graceful stop of any role (--shutdown-timeout).
 var shutdownTimeout = 10 * time.Second
 
+// drainTimeout is how long a stopping worker finishes its batch: most of
+// the shutdown timeout, leaving time to leave the group and close clients.
+func drainTimeout() time.Duration { return shutdownTimeout * 3 / 4 }
+
 // runParts runs long-lived parts until ctx ends, a signal arrives or one
 // part fails. Stopping is bounded: parts get shutdownTimeout to return; a
 // second signal, or a stop that outlives the timeout by a few seconds

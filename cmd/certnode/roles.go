@@ -236,6 +236,7 @@ func newWorkerCmd() *cobra.Command {
 			var errs []error
 			cfg := pipeline.DefaultConfig()
 			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-workers"
+			cfg.DrainTimeout = drainTimeout()
 			if concurrency > 0 {
 				cfg.Concurrency = concurrency
 			}

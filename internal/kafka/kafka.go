@@ -75,6 +75,15 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 	return kgo.NewClient(append(base, opts...)...)
 }
 
+// LostMembership reports whether a commit failed because the group moved
+// the member's partitions away: retrying cannot succeed, and the new owner
+// redoes the uncommitted records, so the stage drops the batch and polls
+// again (rejoining the group).
+func LostMembership(err error) bool {
+	return errors.Is(err, kerr.UnknownMemberID) || errors.Is(err, kerr.IllegalGeneration) ||
+		errors.Is(err, kerr.FencedInstanceID) || errors.Is(err, kerr.RebalanceInProgress)
+}
+
 // ResultBatches lets a client that writes only to certnode.receipts and
 // certnode.dlq (workers, sinks) send records as large as a result.
 func ResultBatches() kgo.Opt { return kgo.ProducerBatchMaxBytes(schemas.MaxResultBytes + 64<<10) }

@@ -292,7 +292,14 @@ func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	if err := s.retry(stop, "commit", func() error {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
 		defer cancel()
-		return s.cl.CommitRecords(cctx, recs...)
+		err := s.cl.CommitRecords(cctx, recs...)
+		if kafka.LostMembership(err) {
+			// The rows are in ClickHouse; the new owner writes them again
+			// and the table absorbs the copies.
+			s.log.Warn("partitions moved to another member before the commit", "rows", len(recs), "err", err)
+			return nil
+		}
+		return err
 	}); err != nil {
 		return err
 	}
