@@ -264,9 +264,9 @@ type jobAccepted struct {
 // Upload limits: past them the rest of an upload is not read, so a job's
 // record (which lists them) stays small.
 const (
-	maxRejected   = 1000
-	maxBlankRuns  = 1000
-	nonceBytes    = 16
+	maxRejected  = 1000
+	maxBlankRuns = 1000
+	nonceBytes   = 16
 )
 
 // upload is the state of one bulk upload.

@@ -58,21 +58,21 @@ func certnodeBinary(t *testing.T) string {
 // e2e is one isolated deployment on the shared real services: its own
 // topic prefix (so topics and consumer groups), tenant, key and secret.
 type e2e struct {
-	t        *testing.T
-	dir      string
-	prefix   string
-	tenant   string
-	apiKey   string
+	t      *testing.T
+	dir    string
+	prefix string
+	tenant string
+	apiKey string
 	// producerKeyID and producerSecret sign records the tests produce
 	// straight into Kafka, as a customer system would.
 	producerKeyID  string
 	producerSecret string
-	kafka    string
-	ch       string
-	http     string
-	env      []string
-	jwksFile string
-	keyFile  string
+	kafka          string
+	ch             string
+	http           string
+	env            []string
+	jwksFile       string
+	keyFile        string
 }
 
 func newE2E(t *testing.T, kafkaAddr string) *e2e {
