@@ -7,7 +7,7 @@ export CERTNODE_LOCAL := $(LOCAL)
 # Integration tests find SoftHSM2 through these (written by deploy/local/softhsm.sh).
 WITH_HSM = set -a; . $(LOCAL)/softhsm/env; set +a;
 
-.PHONY: build run up down test test-unit services services-down lint bench clean
+.PHONY: build run up down test test-unit fuzz services services-down lint bench clean
 
 build:
 	$(GO) build -o bin/certnode ./cmd/certnode
@@ -29,14 +29,30 @@ services:
 services-down:
 	bash deploy/local/services.sh down
 
-# Everything: installs and starts the real services, then unit and
-# integration tests with the race detector.
-test: services lint
+# Everything: installs and starts the real services, the fuzz targets
+# briefly, then unit and integration tests with the race detector.
+test: services lint fuzz
 	$(WITH_HSM) $(GO) test -race -tags integration -count=1 -timeout 15m ./...
 
 # Unit tests only; no services needed.
 test-unit:
 	$(GO) test -race -count=1 ./...
+
+# Every Go fuzz target in FUZZPKGS, each for FUZZTIME: go test -list finds
+# them (new ones are picked up), and go test -fuzz takes one package and one
+# target per run. A failing input is saved in the package's testdata/fuzz/,
+# where every later go test runs it: commit it with the fix.
+FUZZTIME ?= 5s
+FUZZPKGS ?= ./...
+fuzz:
+	$(GO) test -list '^Fuzz' $(FUZZPKGS) \
+	| awk '/^Fuzz/ { t = t " " $$1 } /^ok / { if (t != "") print $$2 t; t = "" }' \
+	| while read -r pkg targets; do \
+		for t in $$targets; do \
+			echo "fuzz: $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg </dev/null; \
+		done; \
+	done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -102,6 +102,7 @@ func TestCanonicalizeEdgeCases(t *testing.T) {
 		{"null members kept", `{"b":null,"a":[null]}`, `{"a":[null],"b":null}`},
 		{"nested whitespace removed", " { \"a\" : [ 1 , { \"c\" : true , \"b\" : false } ] } ", `{"a":[1,{"b":false,"c":true}]}`},
 		{"scalars", `"x"`, `"x"`},
+		{"nested 10000 deep", strings.Repeat("[", 10000) + strings.Repeat("]", 10000), strings.Repeat("[", 10000) + strings.Repeat("]", 10000)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -131,6 +132,7 @@ func TestCanonicalizeRejects(t *testing.T) {
 		{"number above double range", `[1.7976931348623157e308,1e400]`, ErrInvalidJSON},
 		{"number below double range", `{"a":-2e308}`, ErrInvalidJSON},
 		{"empty", ``, ErrInvalidJSON},
+		{"nested deeper than 10000", strings.Repeat("[", 10001) + strings.Repeat("]", 10001), ErrInvalidJSON},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

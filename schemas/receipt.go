@@ -11,10 +11,12 @@ import (
 // Alg is the only signature algorithm of CertNode v1 receipts.
 const Alg = "ES256"
 
-// Receipt is a CertNode v1 receipt. Field order is the wire order.
+// Receipt is a CertNode v1 receipt. Field order is the wire order. Payload
+// is omitzero so that a receipt decoded without one is not written back
+// with "payload":null, which is a different, present payload.
 type Receipt struct {
 	Protected        string         `json:"protected"`
-	Payload          jsontext.Value `json:"payload"`
+	Payload          jsontext.Value `json:"payload,omitzero"`
 	Signature        string         `json:"signature"`
 	Kid              string         `json:"kid"`
 	PayloadJCSSHA256 string         `json:"payload_jcs_sha256,omitempty"`

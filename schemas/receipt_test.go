@@ -237,3 +237,48 @@ func TestReceiptMarshalMatchesEncoder(t *testing.T) {
 		t.Fatalf("empty optional fields written: %s", out)
 	}
 }
+
+// Marshal writes a decoded receipt back as it came, so that passing it on
+// (a verify result carries it) does not change its verdict. A missing
+// payload was once written as "payload":null (found by FuzzVerify).
+func TestReceiptMarshalRoundTrip(t *testing.T) {
+	key, ks := newKey(t)
+	good, _ := signForTest(t, key, `{"a":1}`)
+	prot := good.Protected
+	cases := []struct {
+		name, raw   string
+		wantPayload string // as decoded, and again after Marshal
+	}{
+		{"payload missing", `{"protected":"eyJ0YCI6Ii0ifX","signature":"0","kid":"0"}`, ``},
+		{"payload missing, valid header", `{"protected":"` + prot + `","signature":"` + good.Signature + `","kid":"` + good.Kid + `"}`, ``},
+		{"payload null", `{"protected":"` + prot + `","payload":null,"signature":"` + good.Signature + `","kid":"` + good.Kid + `"}`, `null`},
+		{"payload empty object", `{"protected":"` + prot + `","payload":{},"signature":"` + good.Signature + `","kid":"` + good.Kid + `"}`, `{}`},
+		{"payload with spaces", `{"protected":"` + prot + `","payload":{ "a" : 1 },"signature":"` + good.Signature + `","kid":"` + good.Kid + `"}`, `{ "a" : 1 }`},
+		{"escaped kid", `{"protected":"` + prot + `","payload":{"a":1},"signature":"` + good.Signature + `","kid":"\u0041"}`, `{"a":1}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r1, err1 := ks.Verify([]byte(tc.raw))
+			if r1 == nil {
+				t.Fatalf("not decoded: %v", err1)
+			}
+			out, err := r1.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r2, err2 := ks.Verify(out)
+			if r2 == nil {
+				t.Fatalf("re-encoded receipt %s not decoded: %v", out, err2)
+			}
+			if string(r1.Payload) != tc.wantPayload || string(r2.Payload) != tc.wantPayload {
+				t.Fatalf("payload %q, after Marshal %q (%s), want %q", string(r1.Payload), string(r2.Payload), out, tc.wantPayload)
+			}
+			if r1.Protected != r2.Protected || r1.Signature != r2.Signature || r1.Kid != r2.Kid {
+				t.Fatalf("fields changed: %+v -> %+v", r1, r2)
+			}
+			if (err1 == nil) != (err2 == nil) || err1 != nil && !errors.Is(err2, err1) {
+				t.Fatalf("verdict changed: %v -> %v", err1, err2)
+			}
+		})
+	}
+}
