@@ -123,6 +123,9 @@ func checkToken(name, v string, max int) error {
 	return nil
 }
 
+// present reports whether an optional JSON member was given: null is not.
+func present(v jsontext.Value) bool { return len(v) > 0 && v.Kind() != 'n' }
+
 // checkJobLine checks that a job id and line come together and in range.
 func checkJobLine(jobID string, line int64) error {
 	if jobID == "" {
@@ -151,17 +154,17 @@ func (r *Request) Validate() error {
 		checkJobLine(r.JobID, r.Line))
 	switch r.Kind {
 	case KindSign:
-		if len(r.Payload) == 0 {
+		if !present(r.Payload) {
 			errs = append(errs, errors.New("sign needs payload"))
 		}
-		if len(r.Receipt) > 0 || len(r.JWKS) > 0 {
+		if present(r.Receipt) || present(r.JWKS) {
 			errs = append(errs, errors.New("sign takes payload only, not receipt or jwks"))
 		}
 	case KindVerify:
-		if len(r.Receipt) == 0 {
+		if !present(r.Receipt) {
 			errs = append(errs, errors.New("verify needs receipt"))
 		}
-		if len(r.Payload) > 0 {
+		if present(r.Payload) {
 			errs = append(errs, errors.New("verify takes receipt (and jwks), not payload"))
 		}
 	default:
@@ -254,8 +257,11 @@ func (r *Result) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("auth %q", r.Auth))
 	}
-	if r.Status == StatusSigned && len(r.Receipt) == 0 {
+	if r.Status == StatusSigned && !present(r.Receipt) {
 		errs = append(errs, errors.New("a signed result needs its receipt"))
+	}
+	if r.Size < 0 {
+		errs = append(errs, errors.New("size must not be negative"))
 	}
 	return errors.Join(errs...)
 }

@@ -41,13 +41,16 @@ func jobLine(jobID string, line int64) bool {
 	return token(jobID, 64) && line >= 1 && line <= 1<<32
 }
 
+// given: a member holds a value other than null.
+func given(v []byte) bool { return len(v) > 0 && string(v) != "null" }
+
 func requestValid(r *Request) bool {
 	ok := r.V == 1 && token(r.ID, 128) && token(r.Tenant, 64) && jobLine(r.JobID, r.Line)
 	switch r.Kind {
 	case KindSign:
-		return ok && len(r.Payload) > 0 && len(r.Receipt) == 0 && len(r.JWKS) == 0
+		return ok && given(r.Payload) && !given(r.Receipt) && !given(r.JWKS)
 	case KindVerify:
-		return ok && len(r.Receipt) > 0 && len(r.Payload) == 0
+		return ok && given(r.Receipt) && !given(r.Payload)
 	}
 	return false
 }
@@ -57,14 +60,15 @@ func resultValid(r *Result) bool {
 		(r.Kind == KindSign || r.Kind == KindVerify) &&
 		slices.Contains([]Status{StatusSigned, StatusValid, StatusInvalid, StatusFailed}, r.Status) &&
 		slices.Contains([]Auth{AuthIngest, AuthProducer, AuthNone}, r.Auth) &&
-		(r.Status != StatusSigned || len(r.Receipt) > 0)
+		(r.Status != StatusSigned || given(r.Receipt)) && r.Size >= 0
 }
 
 func jobValid(j *Job) bool {
 	return j.V == 1 && token(j.ID, 128) && token(j.Tenant, 64) &&
 		(j.Kind == KindSign || j.Kind == KindVerify) &&
 		slices.Contains([]JobState{JobUploading, JobRunning, JobDone, JobAbandoned}, j.State) &&
-		j.Total >= 0 && j.LinesRead >= 0 && (j.Total <= j.LinesRead || j.Single)
+		j.Total >= 0 && j.LinesRead >= 0 && (j.Total <= j.LinesRead || j.Single) &&
+		(j.Result == nil || resultValid(j.Result))
 }
 
 // sameJSON compares embedded raw values: absent stays absent (an empty

@@ -91,6 +91,11 @@ func (j *Job) Validate() error {
 	if j.Total < 0 || j.LinesRead < 0 || j.Total > j.LinesRead && !j.Single {
 		return fmt.Errorf("job: total %d and lines read %d", j.Total, j.LinesRead)
 	}
+	if j.Result != nil {
+		if err := j.Result.Validate(); err != nil {
+			return fmt.Errorf("job: result: %w", err)
+		}
+	}
 	return nil
 }
 
