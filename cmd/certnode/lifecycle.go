@@ -19,6 +19,9 @@ import (
 // shutdownTimeout bounds a graceful stop of any role (--shutdown-timeout).
 var shutdownTimeout = 10 * time.Second
 
+// exit ends the process when a stop must not wait (tests replace it).
+var exit = os.Exit
+
 // drainTimeout is how long a stopping worker finishes its batch: most of
 // the shutdown timeout, leaving time to leave the group and close clients.
 func drainTimeout() time.Duration { return shutdownTimeout * 3 / 4 }
@@ -28,6 +31,10 @@ func drainTimeout() time.Duration { return shutdownTimeout * 3 / 4 }
 // second signal, or a stop that outlives the timeout by a few seconds
 // (closing clients included), ends the process at once.
 func runParts(ctx context.Context, parts map[string]func(context.Context) error) error {
+	return runPartsWithin(ctx, shutdownTimeout, parts)
+}
+
+func runPartsWithin(ctx context.Context, shutdownTimeout time.Duration, parts map[string]func(context.Context) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
@@ -48,7 +55,7 @@ func runParts(ctx context.Context, parts map[string]func(context.Context) error)
 		case <-watchdog.C:
 			fmt.Fprintf(os.Stderr, "certnode: did not stop within %s: exiting now\n", shutdownTimeout)
 		}
-		os.Exit(exitInvalid)
+		exit(exitInvalid)
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	done := make(chan struct{})
