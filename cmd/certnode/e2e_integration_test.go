@@ -480,3 +480,36 @@ func header(r *kgo.Record, key string) string {
 	}
 	return ""
 }
+
+// TestE2EJobsAnyIngest: a job accepted by one ingest process is answered,
+// with its results, by another, and by a new one after the first is
+// SIGKILLed: jobs live in Kafka, not in the memory of the process that
+// took the upload.
+func TestE2EJobsAnyIngest(t *testing.T) {
+	e := newE2E(t, "")
+	e.worker()
+	a := e.ingest()
+	other := func() *e2e {
+		o := *e
+		o.http = freeAddr(t)
+		o.ingest()
+		return &o
+	}
+	b := other()
+	const n = 2000
+	job := e.submitJob("sign", append(payloads("any", n-1), "not json"))
+	waitFor(t, "job done, seen from the other ingest", 2*time.Minute, func() (bool, string) {
+		s := b.jobStatus(job)
+		return s.State == "done" && s.Total == n-1 && s.Valid == n-1, fmt.Sprintf("%+v", s)
+	})
+	b.jobReceipts(job, n) // the rejected line too
+	a.kill()
+	c := other()
+	if s := c.jobStatus(job); s.State != "done" || s.Total != n-1 || s.Valid != n-1 {
+		t.Fatalf("a new ingest process answers %+v", s)
+	}
+	got := c.jobReceipts(job, n)
+	if got[n] != "" || got[1] == "" {
+		t.Fatalf("results from the new process: line 1 %q, line %d %q", got[1], n, got[n])
+	}
+}

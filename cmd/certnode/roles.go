@@ -221,6 +221,10 @@ func ingestLimitFlags(fs *pflag.FlagSet, cfg *ingest.Config) {
 	bindEnv(fs, "sign-wait", "CERTNODE_SIGN_WAIT")
 	fs.DurationVar(&cfg.ProduceTimeout, "produce-timeout", cfg.ProduceTimeout, "how long to wait for Kafka's acknowledgement before 503")
 	bindEnv(fs, "produce-timeout", "CERTNODE_PRODUCE_TIMEOUT")
+	fs.DurationVar(&cfg.UploadTimeout, "upload-timeout", cfg.UploadTimeout, "longest bulk upload; a job still uploading after it is abandoned")
+	bindEnv(fs, "upload-timeout", "CERTNODE_UPLOAD_TIMEOUT")
+	fs.DurationVar(&cfg.JobRetention, "job-retention", cfg.JobRetention, "how long finished jobs stay answerable")
+	bindEnv(fs, "job-retention", "CERTNODE_JOB_RETENTION")
 }
 
 func newWorkerCmd() *cobra.Command {
