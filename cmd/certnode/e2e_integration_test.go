@@ -497,7 +497,14 @@ func TestE2EJobsAnyIngest(t *testing.T) {
 	}
 	b := other()
 	const n = 2000
-	job := e.submitJob("sign", append(payloads("any", n-1), "not json"))
+	code, body := e.do("POST", "/v1/jobs?type=sign", "application/x-ndjson", strings.Join(append(payloads("any", n-1), "not json"), "\n"))
+	var acc struct {
+		JobID string `json:"job_id"`
+	}
+	if code != 202 || json.Unmarshal([]byte(body), &acc, json.RejectUnknownMembers(false)) != nil {
+		t.Fatalf("job: %d %.300s", code, body)
+	}
+	job := acc.JobID
 	waitFor(t, "job done, seen from the other ingest", 2*time.Minute, func() (bool, string) {
 		s := b.jobStatus(job)
 		return s.State == "done" && s.Total == n-1 && s.Valid == n-1, fmt.Sprintf("%+v", s)
