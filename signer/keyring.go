@@ -106,20 +106,20 @@ func ParseRingFile(data []byte) (*RingFile, error) {
 	return &f, nil
 }
 
-// Validate reports every problem at once.
+// Validate reports every problem at once, on one line.
 func (f *RingFile) Validate() error {
-	var errs []error
+	var errs []string
 	if f.V != ringVersion {
-		errs = append(errs, fmt.Errorf("version %d, want %d", f.V, ringVersion))
+		errs = append(errs, fmt.Sprintf("version %d, want %d", f.V, ringVersion))
 	}
 	if len(f.Keys) == 0 {
-		errs = append(errs, errors.New("no keys"))
+		errs = append(errs, "no keys")
 	}
 	seen := map[string]bool{}
 	activeFound := false
 	for i, k := range f.Keys {
 		bad := func(format string, a ...any) {
-			errs = append(errs, fmt.Errorf("key %d (kid %q): %s", i, k.Kid, fmt.Sprintf(format, a...)))
+			errs = append(errs, fmt.Sprintf("key %d (kid %q): ", i, k.Kid)+fmt.Sprintf(format, a...))
 		}
 		if _, err := k.JWK.PublicKey(); err != nil {
 			bad("%v", err)
@@ -144,10 +144,10 @@ func (f *RingFile) Validate() error {
 		}
 	}
 	if !activeFound && len(f.Keys) > 0 {
-		errs = append(errs, fmt.Errorf("active kid %q is not among the keys", f.Active))
+		errs = append(errs, fmt.Sprintf("active kid %q is not among the keys", f.Active))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadRing, err)
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrBadRing, strings.Join(errs, "; "))
 	}
 	return nil
 }

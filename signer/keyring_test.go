@@ -382,8 +382,9 @@ func TestKeyRingWatcher(t *testing.T) {
 	waitKid(second.Kid)
 
 	good, _ := os.ReadFile(filepath.Join(dir, RingFileName))
-	writeFileAtomic(filepath.Join(dir, RingFileName), []byte("{broken"), 0o644) // atomic, so no poll sees it half-written
-	time.Sleep(200 * time.Millisecond)                                          // many polls
+	// Written atomically, so no poll sees it half-written; then many polls pass.
+	writeFileAtomic(filepath.Join(dir, RingFileName), []byte("{broken"), 0o644)
+	time.Sleep(200 * time.Millisecond)
 	logMu.Lock()
 	failures := strings.Count(logs.String(), "key ring reload failed")
 	logMu.Unlock()

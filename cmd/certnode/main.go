@@ -90,6 +90,10 @@ func newRoot() *cobra.Command {
 	return root
 }
 
+// internalSecretHelp names the secret ingest and the workers share.
+const internalSecretHelp = "Required: $CERTNODE_INTERNAL_SECRET, or the file named by $CERTNODE_INTERNAL_SECRET_FILE:\n" +
+	"at least 32 bytes shared by ingest and the workers (it authenticates ingest's records)."
+
 // envAnnotation names the CERTNODE_* variable that fills a flag left unset.
 const envAnnotation = "certnode_env"
 
