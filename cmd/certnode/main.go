@@ -85,8 +85,11 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})
+	// --version prints what the version command prints.
+	root.Version = versionText()
+	root.SetVersionTemplate("{{.Version}}")
 	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(),
-		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newBenchCmd())
+		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
 
