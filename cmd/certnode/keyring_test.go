@@ -263,4 +263,12 @@ func TestKeysRotateLiveInDev(t *testing.T) {
 	if code, v := e.do("POST", "/v1/verify", creds.APIKey, js, `{"receipt":`+old+`}`); code != 200 || !strings.Contains(v, `"valid":true`) {
 		t.Fatalf("receipt from before the rotation: %d %s", code, v)
 	}
+	// A caller's JWKS cannot present a key under another key's kid.
+	forged := legacyJWK
+	forged.Kid = kid2
+	doc, _ := json.Marshal(schemas.JWKS{Keys: []schemas.JWK{forged}})
+	code, v := e.do("POST", "/v1/verify", creds.APIKey, js, `{"receipt":`+old+`,"jwks":`+string(doc)+`}`)
+	if code != 422 || errorCode(t, v) != "invalid_jwks" || !strings.Contains(v, "jwks key 0") {
+		t.Fatalf("verify with a JWKS whose kid is not the thumbprint: %d %s", code, v)
+	}
 }
