@@ -129,6 +129,18 @@ func TestKeyRingRotation(t *testing.T) {
 		t.Fatalf("ring.json JWKS %v differs from the ring's %v", fileJWKS, jwks)
 	}
 
+	// Temporary files of the atomic writes are gone; the PEM files stay 0600.
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		info, _ := e.Info()
+		switch {
+		case e.Name() == RingFileName || e.Name() == ringLockName:
+		case strings.HasSuffix(e.Name(), ".pem") && !strings.HasPrefix(e.Name(), ".") && info.Mode().Perm() == 0o600:
+		default:
+			t.Errorf("unexpected file %s (%v) in the ring", e.Name(), info.Mode())
+		}
+	}
+
 	// Activating the active key, or one not in the ring, is refused.
 	if err := ActivateRingKey(dir, third.Kid, nil); err == nil {
 		t.Fatal("activating the active key accepted")
@@ -410,4 +422,32 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
+}
+
+// Storing a key that is already in the ring directory is a no-op, so an
+// interrupted import can run again; another key under that name is refused.
+func TestWriteRingPEM(t *testing.T) {
+	dir := t.TempDir()
+	k, _ := GenerateSoftware()
+	src, err := WriteRingPEM(dir, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, _ := schemas.NewJWK(k.Public())
+	if src != "file:"+jwk.Kid+".pem" {
+		t.Fatalf("source %q", src)
+	}
+	if again, err := WriteRingPEM(dir, k); err != nil || again != src {
+		t.Fatalf("second write of the same key: %q %v", again, err)
+	}
+	other, _ := GenerateSoftware()
+	path := filepath.Join(dir, jwk.Kid+".pem")
+	os.Remove(path)
+	other.WritePEM(path)
+	if _, err := WriteRingPEM(dir, k); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("a different key under the name: %v", err)
+	}
+	if back, _ := LoadSoftware(path); !back.Public().Equal(other.Public()) {
+		t.Fatal("the existing key file was overwritten")
+	}
 }

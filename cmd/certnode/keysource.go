@@ -32,7 +32,7 @@ const pinHelp = "The HSM PIN is read from $CERTNODE_PKCS11_PIN, or from the file
 
 func (k *keyFlags) register(fs *pflag.FlagSet, withFile bool) {
 	k.fs = fs
-	fs.StringVar(&k.keyring, "keyring", "", "key ring directory: ring.json, the public keys and which one signs, beside the software keys")
+	fs.StringVar(&k.keyring, "keyring", "", "key ring directory (its ring.json lists the keys and the one that signs; software keys sit beside it)")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
 	if withFile {
 		fs.StringVar(&k.keyFile, "key", "", "a lone software key: PKCS#8 PEM file")
