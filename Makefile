@@ -9,8 +9,13 @@ WITH_HSM = set -a; . $(LOCAL)/softhsm/env; set +a;
 
 .PHONY: build run up down test test-unit fuzz services services-down lint bench clean
 
+# certnode version reports these (the toolchain's own VCS stamp is missing
+# in git worktrees and with -buildvcs=false).
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+
 build:
-	$(GO) build -o bin/certnode ./cmd/certnode
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o bin/certnode ./cmd/certnode
 
 # The whole pipeline in one process on an embedded Kafka; state in .local/dev.
 run: build

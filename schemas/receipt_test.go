@@ -282,3 +282,75 @@ func TestReceiptMarshalRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// A JWKS cannot make a key answer to a kid that is not its thumbprint:
+// otherwise whoever supplies the JWKS could vouch for receipts under
+// someone else's kid.
+func TestKeySetKidMustBeThumbprint(t *testing.T) {
+	victim, _ := newKey(t)
+	attacker, _ := newKey(t)
+	victimJWK, _ := NewJWK(&victim.PublicKey)
+	attackerJWK, _ := NewJWK(&attacker.PublicKey)
+
+	// The attacker's receipt claims the victim's kid.
+	u, err := NewUnsigned(victimJWK.Kid, []byte(`{"pay":"attacker"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := u.Digest()
+	r, s, _ := ecdsa.Sign(rand.Reader, attacker, d[:])
+	var sig [64]byte
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	forged, err := u.Complete(sig[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	claimed := attackerJWK
+	claimed.Kid = victimJWK.Kid
+	custom := victimJWK
+	custom.Kid = "receipts-2026"
+	cases := []struct {
+		name  string
+		keys  []JWK
+		index string
+	}{
+		{"attacker key under the victim's kid", []JWK{victimJWK, claimed}, "jwks key 1"},
+		{"attacker key alone under the victim's kid", []JWK{claimed}, "jwks key 0"},
+		{"free-form kid", []JWK{custom}, "jwks key 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ks, err := NewKeySet(JWKS{Keys: tc.keys})
+			if !errors.Is(err, ErrKidNotThumbprint) || !strings.Contains(err.Error(), tc.index) {
+				t.Fatalf("NewKeySet: %v, want ErrKidNotThumbprint naming %q", err, tc.index)
+			}
+			if ks != nil {
+				t.Fatal("a refused JWKS still returned a key set")
+			}
+			doc, _ := json.Marshal(JWKS{Keys: tc.keys})
+			if _, err := ParseJWKS(doc); !errors.Is(err, ErrKidNotThumbprint) {
+				t.Fatalf("ParseJWKS: %v", err)
+			}
+		})
+	}
+
+	// Keys without kid are indexed by their thumbprint, and only by it.
+	anon := attackerJWK
+	anon.Kid = ""
+	ks, err := NewKeySet(JWKS{Keys: []JWK{victimJWK, anon}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.VerifyReceipt(forged); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("forged receipt: %v, want bad_signature (checked against the victim's key)", err)
+	}
+	own, _ := signForTest(t, attacker, `{"pay":"own"}`)
+	if err := ks.VerifyReceipt(own); err != nil {
+		t.Fatalf("receipt of a kid-less key: %v", err)
+	}
+	if _, ok := ks.Lookup(""); ok {
+		t.Fatal("a key answers to the empty kid")
+	}
+}

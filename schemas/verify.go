@@ -3,6 +3,7 @@ package schemas
 import (
 	"crypto/ecdsa"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math/big"
 
@@ -63,20 +64,26 @@ type KeySet struct {
 	keys map[string]*ecdsa.PublicKey
 }
 
-// NewKeySet decodes every key of jwks. A key is found by its published kid
-// and by its RFC 7638 thumbprint, so sets written with other kid schemes
-// still verify receipts whose kid is the thumbprint.
+// ErrKidNotThumbprint refuses a JWKS key whose kid is not its RFC 7638
+// thumbprint: receipts name keys by thumbprint, so a free-form kid would let
+// a caller-supplied JWKS make any key answer for any kid.
+var ErrKidNotThumbprint = errors.New("kid is not the key's RFC 7638 thumbprint")
+
+// NewKeySet decodes every key of jwks and indexes it by its RFC 7638
+// thumbprint. A key may omit kid; a kid that is present must equal the
+// thumbprint, or the whole set is refused.
 func NewKeySet(jwks JWKS) (*KeySet, error) {
-	ks := &KeySet{keys: make(map[string]*ecdsa.PublicKey, 2*len(jwks.Keys))}
+	ks := &KeySet{keys: make(map[string]*ecdsa.PublicKey, len(jwks.Keys))}
 	for i, k := range jwks.Keys {
 		pub, err := k.PublicKey()
 		if err != nil {
 			return nil, fmt.Errorf("jwks key %d (kid %q): %w", i, k.Kid, err)
 		}
-		if k.Kid != "" {
-			ks.keys[k.Kid] = pub
+		tp := k.Thumbprint()
+		if k.Kid != "" && k.Kid != tp {
+			return nil, fmt.Errorf("jwks key %d: kid %q: %w %q", i, k.Kid, ErrKidNotThumbprint, tp)
 		}
-		ks.keys[k.Thumbprint()] = pub
+		ks.keys[tp] = pub
 	}
 	return ks, nil
 }

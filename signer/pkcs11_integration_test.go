@@ -10,12 +10,16 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ThalesGroup/crypto11"
+	"github.com/go-json-experiment/json"
 	"github.com/miekg/pkcs11"
 
 	"github.com/certnode/certnode/internal/testenv"
@@ -271,5 +275,100 @@ func TestHSMRecoversFromClosedSessions(t *testing.T) {
 	}
 	if h.gen == genBefore {
 		t.Fatal("client did not reopen its context")
+	}
+}
+
+// TestHSMRingRotation runs a key ring on the token: keys generated inside
+// it (non-extractable, labelled by the ring), rotation picked up by a
+// running ring through Reload, and receipts of the retired key verifying
+// afterwards. A software key can join the same ring.
+func TestHSMRingRotation(t *testing.T) {
+	h := openTestHSM(t, 2)
+	dir := t.TempDir()
+	first, err := AddRingKey(dir, h.KeyMaker(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	label := strings.TrimPrefix(first.Source, "pkcs11:")
+	if !strings.HasPrefix(first.Source, "pkcs11:certnode-"+time.Now().UTC().Format("20060102")+"-") {
+		t.Fatalf("source %q, want pkcs11:certnode-<date>-...", first.Source)
+	}
+	// The private half can be used but never read out.
+	err = h.with(func(ctx *crypto11.Context, keys map[string]crypto11.Signer) error {
+		s, err := h.lookup(ctx, keys, label)
+		if err != nil {
+			return err
+		}
+		attrs, err := ctx.GetAttributes(s, []crypto11.AttributeType{crypto11.CkaExtractable, crypto11.CkaSensitive})
+		if err != nil {
+			return err
+		}
+		if ext, sens := attrs[crypto11.CkaExtractable].Value, attrs[crypto11.CkaSensitive].Value; len(ext) != 1 || ext[0] != 0 || len(sens) != 1 || sens[0] != 1 {
+			return fmt.Errorf("CKA_EXTRACTABLE=%v CKA_SENSITIVE=%v, want false and true", ext, sens)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	opens := 0
+	ring, err := OpenRing(dir, RingOptions{HSM: func() (*HSM, error) { opens++; return h, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ring.Sign(context.Background(), []byte(`{"n":1}`))
+	if err != nil || old.Kid != first.Kid {
+		t.Fatalf("first receipt: %v (kid %v)", err, old)
+	}
+
+	second, err := AddRingKey(dir, h.KeyMaker(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := ring.Reload(); !changed || err != nil {
+		t.Fatalf("Reload after rotation: %v %v", changed, err)
+	}
+	fresh, err := ring.Sign(context.Background(), []byte(`{"n":2}`))
+	if err != nil || fresh.Kid != second.Kid {
+		t.Fatalf("after rotation: %v (kid %v)", err, fresh)
+	}
+	if opens != 1 {
+		t.Fatalf("the token was opened %d times, want once", opens)
+	}
+	// Rotating to a software key: the HSM's keys stay published.
+	third, err := AddRingKey(dir, SoftwareKeyMaker, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ring.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	soft, err := ring.Sign(context.Background(), []byte(`{"n":3}`))
+	if err != nil || soft.Kid != third.Kid {
+		t.Fatalf("software key in an HSM ring: %v (kid %v)", err, soft)
+	}
+	for _, rc := range []*schemas.Receipt{old, fresh, soft} {
+		if err := ring.KeySet().VerifyReceipt(rc); err != nil {
+			t.Errorf("receipt by %s: %v", rc.Kid, err)
+		}
+	}
+
+	// A ring.json naming a label the token lacks is refused with the reason.
+	if err := ActivateRingKey(dir, first.Kid, func() (*HSM, error) { return h, nil }); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := ReadRingFile(dir)
+	for i := range f.Keys {
+		if f.Keys[i].Kid == first.Kid {
+			f.Keys[i].Source = "pkcs11:no-such-label-" + label
+		}
+	}
+	data, _ := json.Marshal(f)
+	if err := os.WriteFile(filepath.Join(dir, RingFileName), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenRing(dir, RingOptions{HSM: func() (*HSM, error) { return h, nil }}); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("missing label: %v, want ErrKeyNotFound", err)
 	}
 }

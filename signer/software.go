@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 )
 
 // Software is a P-256 key held in process memory. It is meant for
@@ -80,22 +81,27 @@ func (s *Software) MarshalPEM() ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
-// WritePEM writes the key to a new file with mode 0600. It never overwrites:
-// losing a signing key silently is worse than an error.
+// WritePEM writes the key to a new file with mode 0600, atomically: the
+// key is written to a temporary file and linked into place, which fails
+// when path exists. It never overwrites: losing a signing key silently is
+// worse than an error.
 func (s *Software) WritePEM(path string) error {
 	data, err := s.MarshalPEM()
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
+	defer os.Remove(tmp.Name())
+	if err := writeSynced(tmp, data, 0o600); err != nil {
 		return err
 	}
-	return f.Close()
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 // Public returns the public key.

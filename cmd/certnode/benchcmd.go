@@ -54,10 +54,16 @@ func newBenchCmd() *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&cfg.BaseURL, "url", cfg.BaseURL, "API base URL")
+	bindEnv(fs, "url", "CERTNODE_BENCH_URL")
 	fs.StringVar(&credFile, "credentials", "", "credentials.json written by certnode dev")
+	bindEnv(fs, "credentials", "CERTNODE_CREDENTIALS_FILE")
 	fs.IntVar(&cfg.JobLines, "lines", cfg.JobLines, "lines per bulk job")
+	bindEnv(fs, "lines", "CERTNODE_BENCH_LINES")
 	fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "requests/s for the latency runs")
+	bindEnv(fs, "rate", "CERTNODE_BENCH_RATE")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "length of each latency run")
+	bindEnv(fs, "duration", "CERTNODE_BENCH_DURATION")
 	fs.StringVar(&cfg.Label, "label", "certnode", "label printed with the figures")
+	bindEnv(fs, "label", "CERTNODE_BENCH_LABEL")
 	return cmd
 }

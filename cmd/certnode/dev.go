@@ -48,8 +48,10 @@ func newDevCmd() *cobra.Command {
 		Short: "Run every role in one process (embedded Kafka and a software key unless told otherwise)",
 		Long: "Runs ingest, a worker and (when ClickHouse is configured or found on 127.0.0.1:9000) the\n" +
 			"ClickHouse sink in one process. Kafka is embedded (franz-go's kfake, persisted in DIR/kafka)\n" +
-			"unless --kafka names a cluster; the key is DIR/key.pem unless --key or --pkcs11-* name one.\n" +
-			"The demo tenant's API key is written to DIR/credentials.json (mode 0600).",
+			"unless --kafka names a cluster. Receipts are signed with the key ring DIR/keyring (made on\n" +
+			"first start; rotate with certnode keys rotate --keyring DIR/keyring, picked up live) unless\n" +
+			"--keyring, --key or --pkcs11-* name other keys. The demo tenant's API key is written to\n" +
+			"DIR/credentials.json (mode 0600).\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -101,6 +103,7 @@ func newDevCmd() *cobra.Command {
 			}
 			defer w.Close()
 			parts["worker"] = w.Run
+			parts["keyring"] = signer.NewRingWatcher(ring, ringPoll).Run
 
 			var rs ingest.ReceiptStore
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
@@ -147,7 +150,7 @@ func newDevCmd() *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&addr, "http", "127.0.0.1:8080", "listen address")
 	bindEnv(fs, "http", "CERTNODE_HTTP")
-	fs.StringVar(&dataDir, "data", ".certnode", "folder for the key, tenants, credentials and embedded Kafka data")
+	fs.StringVar(&dataDir, "data", ".certnode", "folder for the key ring, tenants, credentials and embedded Kafka data")
 	bindEnv(fs, "data", "CERTNODE_DATA")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (default: 127.0.0.1:9000 when reachable; none: off)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
@@ -157,19 +160,14 @@ func newDevCmd() *cobra.Command {
 	return cmd
 }
 
-// devRing uses the configured key, or DIR/key.pem (made on first start).
+// devRing uses the configured keys, or the key ring DIR/keyring (made on
+// first start).
 func devRing(keys *keyFlags, dir string) (*signer.Ring, func(), error) {
 	keys.preferExplicit(false)
-	if keys.keyFile == "" && !keys.usePKCS11() {
-		keys.keyFile = filepath.Join(dir, "key.pem")
-		if _, err := os.Stat(keys.keyFile); errors.Is(err, os.ErrNotExist) {
-			k, err := signer.GenerateSoftware()
-			if err == nil {
-				err = k.WritePEM(keys.keyFile)
-			}
-			if err != nil {
-				return nil, nil, usageErr("dev key: %v", err)
-			}
+	if keys.keyFile == "" && keys.keyring == "" && !keys.usePKCS11() {
+		keys.keyring = filepath.Join(dir, "keyring")
+		if err := devKeyring(keys.keyring, filepath.Join(dir, "key.pem")); err != nil {
+			return nil, nil, usageErr("dev key ring: %v", err)
 		}
 	}
 	return keys.ring()

@@ -72,7 +72,7 @@ type e2e struct {
 	http           string
 	env            []string
 	jwksFile       string
-	keyFile        string
+	keyring        string
 }
 
 func newE2E(t *testing.T, kafkaAddr string) *e2e {
@@ -102,18 +102,31 @@ func newE2E(t *testing.T, kafkaAddr string) *e2e {
 		ProducerKeys: []tenants.ProducerKey{{ID: e.producerKeyID, Secret: e.producerSecret}}}}}); err != nil {
 		t.Fatal(err)
 	}
-	e.keyFile, e.jwksFile = filepath.Join(e.dir, "key.pem"), filepath.Join(e.dir, "jwks.json")
-	if r := certnode(t, "", "keys", "generate", "--out", e.keyFile); r.code != 0 {
+	e.keyring, e.jwksFile = filepath.Join(e.dir, "keyring"), filepath.Join(e.dir, "jwks.json")
+	t.Setenv("CERTNODE_PKCS11_MODULE", "") // a software ring, whatever make test exports
+	t.Setenv("CERTNODE_PKCS11_TOKEN", "")
+	if r := certnode(t, "", "keys", "generate", "--keyring", e.keyring); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
-	r := certnode(t, "", "jwks", "--key", e.keyFile)
-	os.WriteFile(e.jwksFile, []byte(r.stdout), 0o644)
+	e.writeJWKS()
 	secret, _ := tenants.GenerateKey()
 	e.env = append(os.Environ(),
 		"CERTNODE_KAFKA="+e.kafka, "CERTNODE_TOPIC_PREFIX="+e.prefix, "CERTNODE_KAFKA_PARTITIONS=4",
 		"CERTNODE_TENANTS_FILE="+tenFile, "CERTNODE_INTERNAL_SECRET="+secret,
-		"CERTNODE_PKCS11_MODULE=", "CERTNODE_PKCS11_TOKEN=", "CERTNODE_KEY="+e.keyFile)
+		"CERTNODE_PKCS11_MODULE=", "CERTNODE_PKCS11_TOKEN=", "CERTNODE_KEYRING="+e.keyring)
 	return e
+}
+
+// writeJWKS publishes the key ring's JWKS to jwksFile, for the verifiers.
+func (e *e2e) writeJWKS() {
+	e.t.Helper()
+	r := certnode(e.t, "", "jwks", "--keyring", e.keyring)
+	if r.code != 0 {
+		e.t.Fatalf("jwks: %+v", r)
+	}
+	if err := os.WriteFile(e.jwksFile, []byte(r.stdout), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 type proc struct {
@@ -167,7 +180,7 @@ func (p *proc) kill() {
 }
 
 func (e *e2e) ingest(extra ...string) *proc {
-	p := e.start("ingest", append([]string{"ingest", "--http", e.http, "--jwks", e.jwksFile, "--clickhouse", e.ch}, extra...)...)
+	p := e.start("ingest", append([]string{"ingest", "--http", e.http, "--clickhouse", e.ch}, extra...)...)
 	e.waitReady(p)
 	return p
 }

@@ -60,3 +60,55 @@ func TestCLIWithSoftHSM(t *testing.T) {
 		t.Fatalf("missing key: %+v", missing)
 	}
 }
+
+// TestCLIKeyRingWithSoftHSM rotates a key ring whose keys live in the
+// token: receipts signed before the rotation verify after it, and the
+// JWKS comes from ring.json alone, without the PIN.
+func TestCLIKeyRingWithSoftHSM(t *testing.T) {
+	module, token := testenv.PKCS11(t)
+	t.Setenv("CERTNODE_KEYRING", "")
+	t.Setenv("CERTNODE_KEY", "")
+	t.Setenv("CERTNODE_PKCS11_KEY_LABEL", "")
+	dir := t.TempDir()
+	ring := filepath.Join(dir, "ring")
+	p11 := []string{"--keyring", ring, "--pkcs11-module", module, "--token", token}
+
+	gen := mustRun(t, "", append([]string{"keys", "generate"}, p11...)...)
+	kid1 := kidOf(t, gen.stdout)
+	before := mustRun(t, "{\"n\":1}\n{\"n\":2}\n", append([]string{"sign", "--ndjson"}, p11...)...).stdout
+	rot := mustRun(t, "", append([]string{"keys", "rotate"}, p11...)...)
+	kid2 := kidOf(t, rot.stdout)
+	if kid2 == kid1 || !strings.Contains(rot.stderr, "(pkcs11:certnode-") {
+		t.Fatalf("rotate: %+v", rot)
+	}
+	after := mustRun(t, `{"n":3}`, append([]string{"sign"}, p11...)...).stdout
+	if kidOf(t, after) != kid2 {
+		t.Fatalf("after rotation the receipt kid is %s, want %s", kidOf(t, after), kid2)
+	}
+	// Both keys are on the token under the labels ring.json records.
+	list := mustRun(t, "", "keys", "list", "--keyring", ring).stdout
+	tokenList := mustRun(t, "", "keys", "list", "--pkcs11-module", module, "--token", token).stdout
+	for kid, state := range map[string]string{kid1: "retired", kid2: "active"} {
+		line := lineWith(list, kid)
+		label := strings.TrimPrefix(line[strings.LastIndex(line, " ")+1:], "pkcs11:")
+		if !strings.Contains(line, " "+state+" ") || !strings.Contains(lineWith(tokenList, label), kid) {
+			t.Errorf("key %s: ring says %q; token says %q", kid, line, lineWith(tokenList, label))
+		}
+	}
+
+	t.Setenv("CERTNODE_PKCS11_PIN", "")
+	t.Setenv("CERTNODE_PKCS11_PIN_FILE", "")
+	jwks := mustRun(t, "", "jwks", "--keyring", ring).stdout
+	if kids := jwksKids(t, jwks); len(kids) != 2 || kids[0] != kid2 || kids[1] != kid1 {
+		t.Fatalf("jwks --keyring: %v", kids)
+	}
+	jwksFile := filepath.Join(dir, "jwks.json")
+	os.WriteFile(jwksFile, []byte(jwks), 0o644)
+	if v := certnode(t, before+after, "verify", "--jwks", jwksFile); v.code != 0 || !strings.Contains(v.stdout, "3 receipts: 3 valid, 0 invalid") {
+		t.Fatalf("verify across the rotation: %+v", v)
+	}
+	// Signing needs the PIN; the error says where it comes from.
+	if r := certnode(t, "{}", append([]string{"sign"}, p11...)...); r.code != 2 || !strings.Contains(r.stderr, "CERTNODE_PKCS11_PIN") {
+		t.Fatalf("sign without PIN: %+v", r)
+	}
+}

@@ -88,10 +88,17 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})
+	// --version prints what the version command prints.
+	root.Version = versionText()
+	root.SetVersionTemplate("{{.Version}}")
 	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(),
-		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newBenchCmd())
+		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
+
+// internalSecretHelp names the secret ingest and the workers share.
+const internalSecretHelp = "Required: $CERTNODE_INTERNAL_SECRET, or the file named by $CERTNODE_INTERNAL_SECRET_FILE:\n" +
+	"at least 32 bytes shared by ingest and the workers (it authenticates ingest's records)."
 
 // envAnnotation names the CERTNODE_* variable that fills a flag left unset.
 const envAnnotation = "certnode_env"

@@ -24,7 +24,7 @@ func certnode(t *testing.T, stdin string, args ...string) result {
 // variables `make test` exports for the HSM tests, so the software-key
 // tests see only what they set themselves.
 func setup(t *testing.T) (dir, key, jwks string) {
-	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL"} {
+	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_KEYRING", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL"} {
 		t.Setenv(v, "")
 	}
 	dir = t.TempDir()
@@ -130,8 +130,14 @@ func TestBadInput(t *testing.T) {
 		{"unknown command", "", []string{"frobnicate"}, 2, "unknown command"},
 		{"unknown flag", "", []string{"sign", "--frob"}, 2, "unknown flag"},
 		{"stray argument", "", []string{"verify", "extra"}, 2, "unknown command"},
-		{"generate without target", "", []string{"keys", "generate"}, 2, "give --out FILE"},
-		{"keys list without token", "", []string{"keys", "list"}, 2, "needs --pkcs11-module"},
+		{"generate without target", "", []string{"keys", "generate"}, 2, "give --keyring DIR for a key ring, --out FILE"},
+		{"keys list without target", "", []string{"keys", "list"}, 2, "needs --keyring DIR, or --pkcs11-module and --token"},
+		{"rotate without ring", "", []string{"keys", "rotate"}, 2, "--keyring DIR is required"},
+		{"rotate a missing ring", "", []string{"keys", "rotate", "--keyring", filepath.Join(dir, "nope")}, 2, "has no key ring yet"},
+		{"keyring and key", "{}", []string{"sign", "--keyring", dir, "--key", key}, 2, "either --keyring or --key"},
+		{"keyring and label", "{}", []string{"sign", "--keyring", dir, "--label", "l"}, 2, "leave --label out"},
+		{"sign with a missing ring", "{}", []string{"sign", "--keyring", filepath.Join(dir, "nope")}, 2, "ring.json: no such file"},
+		{"generate --out into a ring", "", []string{"keys", "generate", "--out", filepath.Join(dir, "x.pem"), "--keyring", dir}, 2, "without --keyring"},
 		{"generate overwrites", "", []string{"keys", "generate", "--out", key}, 2, "file exists"},
 	}
 	for _, tc := range cases {

@@ -24,6 +24,7 @@ import (
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/schemas"
+	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
 )
 
@@ -58,25 +59,6 @@ func (k *kafkaFlags) config() kafka.Config {
 		}
 	}
 	return kafka.Config{Brokers: brokers, Partitions: k.partitions, ReplicationFactor: k.rf, TopicPrefix: k.prefix}
-}
-
-// staticKeys serves a JWKS file to the ingest tier.
-type staticKeys schemas.JWKS
-
-func (s staticKeys) JWKS() schemas.JWKS { return schemas.JWKS(s) }
-
-// loadJWKS reads and checks (every key decodes) a JWKS file.
-func loadJWKS(path string) (staticKeys, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return staticKeys{}, err
-	}
-	var j schemas.JWKS
-	if err := json.Unmarshal(data, &j); err != nil {
-		return staticKeys{}, err
-	}
-	_, err = schemas.NewKeySet(j)
-	return staticKeys(j), err
 }
 
 // newRegistry is the process's metrics registry, with Go and process metrics.
@@ -145,12 +127,15 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, jwksFile, clickhouse string
+	var addr, tenantsFile, keyringDir, clickhouse string
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "ingest",
 		Short: "Run the HTTP API tier (produces to Kafka, reads results back)",
-		Args:  cobra.NoArgs,
+		Long: "Runs the HTTP API: produces requests to Kafka and reads the workers' results back. It serves\n" +
+			"the key ring's public keys (--keyring DIR, only ring.json is read) at /.well-known/jwks.json.\n\n" +
+			internalSecretHelp,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
 			cfg.Addr, cfg.Kafka, cfg.ShutdownTimeout = addr, kf.config(), shutdownTimeout
@@ -161,9 +146,9 @@ func newIngestCmd() *cobra.Command {
 			if err != nil {
 				errs = append(errs, err)
 			}
-			keys, err := loadJWKS(jwksFile)
+			keys, err := publishedKeys(keyringDir)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("--jwks FILE (the workers' public keys, from `certnode jwks`): %w", err))
+				errs = append(errs, err)
 			}
 			mac, err := recordauth.SecretsFromEnv()
 			if err != nil {
@@ -192,7 +177,8 @@ func newIngestCmd() *cobra.Command {
 			}
 			defer srv.Close()
 			slog.Info("ingest listening", "addr", srv.Addr())
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"ingest": srv.Run}))
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
+				"ingest": srv.Run, "keyring": signer.NewRingWatcher(keys, ringPoll).Run}))
 		},
 	}
 	fs := cmd.Flags()
@@ -200,8 +186,8 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "http", "CERTNODE_HTTP")
 	fs.StringVar(&tenantsFile, "tenants", "", "tenants file (JSON with hashed API keys)")
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
-	fs.StringVar(&jwksFile, "jwks", "", "JWKS file to publish (from `certnode jwks`)")
-	bindEnv(fs, "jwks", "CERTNODE_JWKS_FILE")
+	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
+	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	ingestLimitFlags(fs, &cfg)
@@ -235,7 +221,10 @@ func newWorkerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a pipeline worker (consumes requests, signs or verifies, produces results)",
-		Args:  cobra.NoArgs,
+		Long: "Runs a pipeline worker: consumes requests, signs with the active key of --keyring DIR (or a\n" +
+			"lone --key or HSM key) and verifies against every key of the ring; a rotated ring.json is\n" +
+			"picked up within seconds.\n\n" + internalSecretHelp + "\n" + pinHelp,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
 			cfg := pipeline.DefaultConfig()
@@ -276,7 +265,7 @@ func newWorkerCmd() *cobra.Command {
 			defer w.Close()
 			slog.Info("worker started", "kid", ring.ActiveKID(), "concurrency", cfg.Concurrency)
 			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg, w.Healthy)}))
+				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg, w.Healthy), "keyring": signer.NewRingWatcher(ring, ringPoll).Run}))
 		},
 	}
 	fs := cmd.Flags()

@@ -16,7 +16,8 @@ func newSignCmd() *cobra.Command {
 		Short: "Sign a JSON object payload and print the receipt",
 		Long: "Reads a JSON object (from --payload FILE, or stdin) and prints one CertNode receipt.\n" +
 			"With --ndjson, reads one payload per line and prints one receipt per line; rejected lines\n" +
-			"are reported on stderr with their line number and the exit code is 1.",
+			"are reported on stderr with their line number and the exit code is 1. With --keyring DIR\n" +
+			"the ring's active key signs.\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ring, release, err := kf.ring()
@@ -74,8 +75,11 @@ func newSignCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&payloadFile, "payload", "", "payload file (default stdin)")
-	cmd.Flags().BoolVar(&ndjson, "ndjson", false, "one payload per input line, one receipt per output line")
-	kf.register(cmd.Flags(), true)
+	fs := cmd.Flags()
+	fs.StringVar(&payloadFile, "payload", "", "payload file (default stdin)")
+	bindEnv(fs, "payload", "CERTNODE_PAYLOAD_FILE")
+	fs.BoolVar(&ndjson, "ndjson", false, "one payload per input line, one receipt per output line")
+	bindEnv(fs, "ndjson", "CERTNODE_NDJSON")
+	kf.register(fs, true)
 	return cmd
 }

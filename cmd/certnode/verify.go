@@ -96,8 +96,11 @@ func newVerifyCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&jwksFile, "jwks", "", "JWKS file with the signer's public keys (required)")
-	cmd.Flags().StringVar(&receiptFile, "receipt", "", "receipt file, one receipt or NDJSON (default stdin)")
+	fs := cmd.Flags()
+	fs.StringVar(&jwksFile, "jwks", "", "JWKS file with the signer's public keys, e.g. from certnode jwks --keyring (required)")
+	bindEnv(fs, "jwks", "CERTNODE_JWKS_FILE")
+	fs.StringVar(&receiptFile, "receipt", "", "receipt file, one receipt or NDJSON (default stdin)")
+	bindEnv(fs, "receipt", "CERTNODE_RECEIPT_FILE")
 	return cmd
 }
 

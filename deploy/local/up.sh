@@ -8,7 +8,7 @@ here="$(dirname "$0")"
 bin="$REPO_ROOT/bin/certnode"
 UP="$CERTNODE_LOCAL/up"
 HTTP="${CERTNODE_HTTP:-127.0.0.1:8080}"
-LABEL=certnode-up
+RING="$UP/keyring"
 
 roles=(worker sink ingest)
 
@@ -51,14 +51,15 @@ up() {
       printf '{"http":"http://%s","kafka":"127.0.0.1:9092","tenant":"demo","api_key":"%s","producer_key_id":"pk_demo","producer_secret":"%s"}\n' \
         "$HTTP" "$key" "$psecret" >"$UP/credentials.json")
   fi
-  "$bin" keys list --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" | grep -q "^$LABEL " ||
-    "$bin" keys generate --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" >/dev/null
-  "$bin" jwks --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" >"$UP/jwks.json"
+  # The key ring: ring.json here, its keys inside the HSM. Rotate with
+  # certnode keys rotate --keyring $RING (module and token from the env).
+  [ -f "$RING/ring.json" ] ||
+    "$bin" keys generate --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" >/dev/null
 
   export CERTNODE_KAFKA=127.0.0.1:9092 CERTNODE_TENANTS_FILE="$UP/tenants.json" CERTNODE_INTERNAL_SECRET_FILE="$UP/internal.secret"
-  start_role worker worker --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label "$LABEL" --metrics 127.0.0.1:9101
+  start_role worker worker --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9101
   start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
-  start_role ingest ingest --http "$HTTP" --jwks "$UP/jwks.json" --clickhouse 127.0.0.1:9000
+  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000
   local i
   for ((i = 0; i < 120; i++)); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break
