@@ -354,3 +354,28 @@ func TestKeySetKidMustBeThumbprint(t *testing.T) {
 		t.Fatal("a key answers to the empty kid")
 	}
 }
+
+// A signature (or header) in a non-canonical base64url spelling, with
+// nonzero unused bits in its last character, is malformed: accepting it
+// would give one signature several encodings.
+func TestNonCanonicalBase64Refused(t *testing.T) {
+	key, ks := newKey(t)
+	good, _ := signForTest(t, key, `{"a":1}`)
+	good.ReceiptID, good.PayloadJCSSHA256 = "", "" // so only the signature's spelling differs
+	sig := []byte(good.Signature)
+	last := sig[len(sig)-1]
+	// 64 bytes take 86 characters; the last one carries 4 unused bits.
+	alphabet := "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	i := strings.IndexByte(alphabet, last)
+	sig[len(sig)-1] = alphabet[i^1] // flips an unused bit
+	bad := *good
+	bad.Signature = string(sig)
+	raw, _ := bad.Marshal()
+	if _, err := ks.Verify(raw); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a non-canonical signature encoding: %v, want malformed", err)
+	}
+	ok, _ := good.Marshal()
+	if _, err := ks.Verify(ok); err != nil {
+		t.Fatalf("the canonical encoding: %v", err)
+	}
+}
