@@ -248,37 +248,27 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 }
 
 func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
-	s.probe(ctx, s.deps.Ready, func() error {
-		if !s.jobs.ready() {
-			return errors.New("jobs and results reader not started")
-		}
-		return nil
-	}, func(c context.Context) error { return s.prod.Ping(c) })
+	own := []Check{
+		func(context.Context) error {
+			if !s.jobs.ready() {
+				return errors.New("jobs and results reader not started")
+			}
+			return nil
+		},
+		func(c context.Context) error { return s.prod.Ping(c) },
+	}
+	s.probe(ctx, append(own, s.deps.Ready...))
 }
 
-func (s *Server) healthz(ctx *fasthttp.RequestCtx) {
-	s.probe(ctx, s.deps.Live)
-}
+func (s *Server) healthz(ctx *fasthttp.RequestCtx) { s.probe(ctx, s.deps.Live) }
 
-// probe runs checks and answers 200 or 503 with every problem.
-func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check, more ...any) {
+// probe runs checks and answers 200, or 503 with every problem.
+func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check) {
 	c, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var problems []string
 	for _, check := range checks {
 		if err := check(c); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
-	for _, m := range more {
-		var err error
-		switch f := m.(type) {
-		case func() error:
-			err = f()
-		case func(context.Context) error:
-			err = f(c)
-		}
-		if err != nil {
 			problems = append(problems, err.Error())
 		}
 	}

@@ -356,9 +356,9 @@ func (t *tracker) start(ctx context.Context, meta schemas.Job) (*jobState, error
 	meta.V, meta.CreatedAt = schemas.EnvelopeVersion, time.Now().UTC()
 	t.mu.Lock()
 	j := newJobState(meta, true)
-	t.jobs[meta.ID] = j
+	t.jobs[meta.ID] = j // results counted from now on change j.meta, not meta
 	t.mu.Unlock()
-	if err := t.put(ctx, &j.meta); err != nil {
+	if err := t.put(ctx, &meta); err != nil {
 		t.mu.Lock()
 		delete(t.jobs, meta.ID)
 		t.mu.Unlock()
