@@ -188,7 +188,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
 	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts")
+	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	ingestLimitFlags(fs, &cfg)
 	kf.register(fs, true)
@@ -311,7 +311,7 @@ func newSinkCmd() *cobra.Command {
 		},
 	}
 	fs := ch.Flags()
-	fs.StringVar(&addr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address")
+	fs.StringVar(&addr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
 	bindEnv(fs, "metrics", "CERTNODE_METRICS")
