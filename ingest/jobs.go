@@ -183,15 +183,17 @@ func (j *jobState) uploaded(meta schemas.Job) {
 }
 
 // complete marks a running job done when every accepted line has its
-// result; the finish time is the last result's, the same on every process.
+// result; the finish time comes from the records, the same on every process.
 func (j *jobState) complete() bool {
 	m := &j.meta
 	if m.State != schemas.JobRunning || m.Done < m.Total {
 		return false
 	}
+	// A job ends when its upload and its last result have (results can
+	// come before the upload's record was written).
 	m.State, m.FinishedAt = schemas.JobDone, j.lastProcessed.UTC()
-	if m.FinishedAt.IsZero() {
-		m.FinishedAt = m.UploadedAt // nothing was accepted
+	if m.UploadedAt.After(m.FinishedAt) {
+		m.FinishedAt = m.UploadedAt
 	}
 	j.seen, j.valid, j.invalid, j.index = nil, nil, nil, nil
 	return true
