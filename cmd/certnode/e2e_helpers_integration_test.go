@@ -55,6 +55,34 @@ func certnodeBinary(t *testing.T) string {
 	return binPath
 }
 
+var (
+	plainBinOnce sync.Once
+	plainBinPath string
+	plainBinErr  error
+)
+
+// certnodeBinaryNoRace builds the binary without the race detector, once
+// per test run, for tests whose volume the detector's several-fold CPU cost
+// would push past their time limit. Every other test keeps -race.
+func certnodeBinaryNoRace(t *testing.T) string {
+	plainBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "certnode-e2e-bin")
+		if err != nil {
+			plainBinErr = err
+			return
+		}
+		plainBinPath = filepath.Join(dir, "certnode")
+		out, err := exec.Command("go", "build", "-o", plainBinPath, ".").CombinedOutput()
+		if err != nil {
+			plainBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if plainBinErr != nil {
+		t.Fatal(plainBinErr)
+	}
+	return plainBinPath
+}
+
 // e2e is one isolated deployment on the shared real services: its own
 // topic prefix (so topics and consumer groups), tenant, key and secret.
 type e2e struct {
@@ -73,6 +101,7 @@ type e2e struct {
 	env            []string
 	jwksFile       string
 	keyring        string
+	bin            string // the certnode binary the roles run; empty: certnodeBinary
 }
 
 func newE2E(t *testing.T, kafkaAddr string) *e2e {
@@ -86,7 +115,7 @@ func newE2E(t *testing.T, kafkaAddr string) *e2e {
 		e.kafka = testenv.KafkaBrokers(t)[0]
 	}
 	t.Cleanup(func() { // after the processes stopped (cleanups run last-in, first-out)
-		cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka))
+		cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.kafka, ",")...))
 		if err != nil {
 			return
 		}
@@ -139,7 +168,11 @@ type proc struct {
 
 func (e *e2e) start(name string, args ...string) *proc {
 	e.t.Helper()
-	cmd := exec.Command(certnodeBinary(e.t), args...)
+	bin := e.bin
+	if bin == "" {
+		bin = certnodeBinary(e.t)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = e.env
 	var mu sync.Mutex
 	out := &bytes.Buffer{}

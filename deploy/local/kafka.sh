@@ -7,20 +7,7 @@ source "$(dirname "$0")/lib.sh"
 PORT="${CERTNODE_KAFKA_PORT:-9092}"
 CTRL_PORT="${CERTNODE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 KDIR="$CERTNODE_LOCAL/kafka"
-LIBS="$REPO_ROOT/.cache/kafka/libs"
 PIDF="$KDIR/kafka.pid"
-
-fetch() {
-  local pom="$REPO_ROOT/deploy/local/kafka/pom.xml" stamp="$LIBS/.pom.sha256"
-  local want; want=$(sha256sum "$pom" | cut -d' ' -f1)
-  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
-  command -v java >/dev/null || apt_install openjdk-17-jre-headless
-  command -v mvn >/dev/null || apt_install maven
-  log "fetching Kafka jars from Maven Central"
-  rm -rf "$LIBS"; mkdir -p "$LIBS"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
-  echo "$want" >"$stamp"
-}
 
 configure() {
   mkdir -p "$KDIR/data"
@@ -45,24 +32,16 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=24
 PROPS
-  cat >"$KDIR/log4j2.properties" <<PROPS
-rootLogger.level=WARN
-rootLogger.appenderRef.f.ref=F
-appender.f.type=File
-appender.f.name=F
-appender.f.fileName=$KDIR/server.log
-appender.f.layout.type=PatternLayout
-appender.f.layout.pattern=[%d] %p %m (%c)%n
-PROPS
+  kafka_log4j "$KDIR/log4j2.properties" "$KDIR/server.log"
 }
 
 java_cmd=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
-  -Dlog4j2.configurationFile="$KDIR/log4j2.properties" -cp "$LIBS/*")
+  -Dlog4j2.configurationFile="$KDIR/log4j2.properties" -cp "$KAFKA_LIBS/*")
 
 start() {
   if pid_alive "$PIDF"; then log "already running (pid $(cat "$PIDF")) on 127.0.0.1:$PORT"; wait_ready; return; fi
   port_open 127.0.0.1 "$PORT" && die "127.0.0.1:$PORT is taken by another process"
-  fetch; configure
+  kafka_fetch; configure
   if [ ! -f "$KDIR/data/meta.properties" ]; then
     "${java_cmd[@]}" kafka.tools.StorageTool format --standalone -t "$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid)" \
       -c "$KDIR/server.properties" >"$KDIR/format.log" 2>&1 || { cat "$KDIR/format.log" >&2; die "storage format failed"; }
@@ -73,16 +52,7 @@ start() {
   wait_ready
 }
 
-# api_versions_ok sends a Kafka ApiVersions v0 request (key 18, correlation
-# id 1, client id "up") and checks the reply's correlation id and error code:
-# the broker is serving requests, not just listening.
-api_versions_ok() {
-  local reply
-  reply=$(exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$PORT" || exit 1
-    printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02up' >&3
-    timeout 2 head -c 10 <&3 | od -An -tx1 | tr -d ' \n') 2>/dev/null || return 1
-  [ "${reply:8:12}" = "000000010000" ]
-}
+api_versions_ok() { kafka_api_versions_ok "$PORT"; }
 
 wait_ready() {
   wait_until "kafka on 127.0.0.1:$PORT" "$PIDF" 90 api_versions_ok "$KDIR/stdout.log" "$KDIR/server.log"
@@ -91,7 +61,7 @@ wait_ready() {
 case "${1:-}" in
   start) start ;;
   wait) wait_ready ;;
-  fetch) fetch ;;
+  fetch) kafka_fetch ;;
   *) service_cmd kafka "$PIDF" "$PORT" "$KDIR" "${1:-}" ||
     { echo "usage: $0 start|stop|status|wait|reset|fetch" >&2; exit 2; } ;;
 esac

@@ -67,3 +67,59 @@ service_cmd() {
     *) return 1 ;;
   esac
 }
+
+# --- Apache Kafka, shared by kafka.sh (one node) and kafka-cluster.sh (three) ---
+KAFKA_LIBS="$REPO_ROOT/.cache/kafka/libs"
+
+# kafka_fetch copies the broker's jars from Maven Central into $KAFKA_LIBS,
+# once per version of deploy/local/kafka/pom.xml.
+kafka_fetch() {
+  local pom="$REPO_ROOT/deploy/local/kafka/pom.xml" stamp="$KAFKA_LIBS/.pom.sha256"
+  local want; want=$(sha256sum "$pom" | cut -d' ' -f1)
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  log "fetching Kafka jars from Maven Central"
+  rm -rf "$KAFKA_LIBS"; mkdir -p "$KAFKA_LIBS"
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >&2
+  echo "$want" >"$stamp"
+}
+
+# kafka_log4j FILE LOGFILE writes a Log4j 2 config: warnings and up, to LOGFILE.
+kafka_log4j() {
+  cat >"$1" <<PROPS
+rootLogger.level=WARN
+rootLogger.appenderRef.f.ref=F
+appender.f.type=File
+appender.f.name=F
+appender.f.fileName=$2
+appender.f.layout.type=PatternLayout
+appender.f.layout.pattern=[%d] %p %m (%c)%n
+PROPS
+}
+
+# kafka_api_versions_ok PORT sends a Kafka ApiVersions v0 request (key 18,
+# correlation id 1, client id "up") to 127.0.0.1:PORT and checks the reply's
+# correlation id and error code: the broker is serving requests, not just
+# listening.
+kafka_api_versions_ok() {
+  local reply
+  reply=$(exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02up' >&3
+    timeout 2 head -c 10 <&3 | od -An -tx1 | tr -d ' \n') 2>/dev/null || return 1
+  [ "${reply:8:12}" = "000000010000" ]
+}
+
+# kafka_live_brokers PORT prints how many live (registered and unfenced)
+# brokers the broker on 127.0.0.1:PORT knows of, from a Metadata v9 request
+# (key 3, correlation id 2, client id "up") for no topics. The reply starts:
+# size(4) correlation id(4) header tags(1) throttle(4) brokers(compact
+# array: count + 1, one byte while under 127).
+kafka_live_brokers() {
+  local reply
+  reply=$(exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf '\x00\x00\x00\x12\x00\x03\x00\x09\x00\x00\x00\x02\x00\x02up\x00\x01\x00\x00\x00\x00' >&3
+    timeout 2 head -c 14 <&3 | od -An -tx1 | tr -d ' \n') 2>/dev/null || return 1
+  [ "${reply:8:8}" = "00000002" ] || return 1
+  echo $((16#${reply:26:2} - 1))
+}
