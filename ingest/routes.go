@@ -54,6 +54,7 @@ func (s *Server) table() []route {
 		pub("GET", "/metrics", "metrics", func(ctx *fasthttp.RequestCtx) { s.promh(ctx) }),
 		pub("GET", "/.well-known/jwks.json", "jwks", jwks),
 		pub("GET", "/v1/jwks", "jwks", jwks),
+		pub("GET", "/openapi.json", "openapi", s.openAPI),
 		ten("POST", "/v1/sign", "sign", s.sign),
 		ten("POST", "/v1/verify", "verify", s.verify),
 		ten("POST", "/v1/jobs", "jobs_create", s.createJob),

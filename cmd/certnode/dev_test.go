@@ -26,6 +26,7 @@ type devEnv struct {
 	base   string
 	key    string // demo tenant
 	slow   string // tenant limited to 1 request/s
+	other  string // tenant "other", unlimited
 	dir    string
 	stop   func() (exitCode int, took time.Duration)
 	stderr func() string
@@ -41,19 +42,21 @@ func freeAddr(t *testing.T) string {
 }
 
 // startDev runs `certnode dev` in-process on an embedded Kafka, with a
-// second, rate-limited tenant.
+// second, rate-limited tenant and a third, unlimited one.
 func startDev(t *testing.T, extra ...string) *devEnv {
 	t.Helper()
 	dir := t.TempDir()
 	demoKey, _ := tenants.GenerateKey()
 	slowKey, _ := tenants.GenerateKey()
+	otherKey, _ := tenants.GenerateKey()
 	writeJSONFile(filepath.Join(dir, "credentials.json"), credentials{Tenant: "demo", APIKey: demoKey, AdminToken: "x"})
 	writeJSONFile(filepath.Join(dir, "tenants.json"), tenants.File{Tenants: []tenants.Tenant{
 		{ID: "demo", APIKeyHashes: []string{tenants.HashKey(demoKey)}},
 		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, RateLimit: 1, Burst: 1},
+		{ID: "other", APIKeyHashes: []string{tenants.HashKey(otherKey)}},
 	}})
 	e := startDevIn(t, dir, freeAddr(t), extra...)
-	e.key, e.slow = demoKey, slowKey
+	e.key, e.slow, e.other = demoKey, slowKey, otherKey
 	t.Cleanup(func() {
 		if code, took := e.stop(); code != 0 || took > 30*time.Second {
 			t.Errorf("dev exited %d after %s: %s", code, took, e.stderr())

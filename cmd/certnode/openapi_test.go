@@ -1,0 +1,567 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/go-json-experiment/json"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/schemas"
+)
+
+// The document describes NDJSON bodies as the array of their lines, as
+// sequential media types are described; this decoder reads them so, and
+// kin-openapi then validates every line against the item schema.
+func init() {
+	for _, mt := range []string{"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"} {
+		openapi3filter.RegisterBodyDecoder(mt, ndjsonLines)
+	}
+}
+
+func ndjsonLines(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+	lines := []any{}
+	sc := bufio.NewScanner(body)
+	sc.Buffer(nil, 16<<20)
+	for n := 1; sc.Scan(); n++ {
+		l := bytes.TrimSpace(sc.Bytes())
+		if len(l) == 0 {
+			continue // blank input lines are skipped, keeping the numbering
+		}
+		var v any
+		if err := json.Unmarshal(l, &v); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		lines = append(lines, v)
+	}
+	return lines, sc.Err()
+}
+
+// apiClient bounds every exchange, so that a stream that never ends (a
+// results stream of a job the server cannot finish) fails the test
+// instead of hanging it.
+var apiClient = &http.Client{Timeout: 30 * time.Second}
+
+// contract checks exchanges with a running server against the OpenAPI
+// document that server publishes, and records which routes had a success
+// and an error validated.
+type contract struct {
+	doc    *openapi3.T
+	router routers.Router
+	opts   *openapi3filter.Options
+	// "METHOD PATH" of the routes with a success and an error validated.
+	success, failure map[string]bool
+}
+
+func newContract(t *testing.T, e *devEnv) *contract {
+	t.Helper()
+	code, body := e.do("GET", "/openapi.json", "", "", "")
+	if code != 200 {
+		t.Fatalf("GET /openapi.json: %d %s", code, body)
+	}
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromData([]byte(body))
+	if err != nil {
+		t.Fatalf("load /openapi.json: %v", err)
+	}
+	if !doc.IsOpenAPI31OrLater() {
+		t.Fatalf("/openapi.json is OpenAPI %s; 3.1 validation would not apply", doc.OpenAPI)
+	}
+	if err := doc.Validate(loader.Context); err != nil {
+		t.Fatalf("/openapi.json is not a valid OpenAPI document: %v", err)
+	}
+	doc.Servers = openapi3.Servers{{URL: e.base}} // the test server's port
+	router, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &contract{doc: doc, router: router, success: map[string]bool{}, failure: map[string]bool{},
+		opts: &openapi3filter.Options{IncludeResponseStatus: true, AuthenticationFunc: bearerPresent}}
+}
+
+// bearerPresent is what the document can say about a request's key: that
+// it has one. Whether the key is known is the server's answer (401).
+func bearerPresent(_ context.Context, in *openapi3filter.AuthenticationInput) error {
+	h := in.RequestValidationInput.Request.Header.Get("Authorization")
+	if in.SecuritySchemeName != "apiKey" || len(h) <= len("Bearer ") || !strings.HasPrefix(h, "Bearer ") {
+		return errors.New("no bearer API key")
+	}
+	return nil
+}
+
+// exchange is one request to an operation of the document.
+type exchange struct {
+	name                           string
+	method, path, key, ctype, body string
+	// offSpec: the request breaks the document (the server must refuse
+	// it, or accept only the part it can, as a bulk upload does).
+	offSpec bool
+	status  int
+	code    string // the error code, for an error status
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (x exchange) request(base string) *http.Request {
+	req, _ := http.NewRequest(x.method, base+x.path, strings.NewReader(x.body))
+	if x.key != "" {
+		req.Header.Set("Authorization", "Bearer "+x.key)
+	}
+	if x.ctype != "" {
+		req.Header.Set("Content-Type", x.ctype)
+	}
+	return req
+}
+
+// do sends x, checks the request against the document (it must conform
+// unless x.offSpec) and the response (status, headers, body) against the
+// operation's responses, undocumented statuses included.
+func (c *contract) do(t *testing.T, e *devEnv, x exchange) response {
+	t.Helper()
+	req := x.request(e.base)
+	route, params, err := c.router.FindRoute(req)
+	if err != nil {
+		t.Fatalf("%s %s: not an operation of the document: %v", x.method, x.path, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: c.opts}
+	reqErr := openapi3filter.ValidateRequest(context.Background(), in)
+	switch {
+	case x.offSpec && reqErr == nil:
+		t.Errorf("%s: the document accepts a request the case says it does not", x.name)
+	case !x.offSpec && reqErr != nil:
+		t.Errorf("%s: the request does not conform to the document: %v", x.name, reqErr)
+	}
+	resp, err := apiClient.Do(x.request(e.base))
+	if err != nil {
+		t.Fatalf("%s: %v", x.name, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("%s: reading the body: %v", x.name, err)
+	}
+	out := response{resp.StatusCode, resp.Header, string(b)}
+	rin := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: out.status, Header: out.header, Options: c.opts}
+	rin.SetBodyBytes(b)
+	if err := openapi3filter.ValidateResponse(context.Background(), rin); err != nil {
+		t.Errorf("%s: %d response breaks the document: %v\nbody: %.2000s", x.name, out.status, err, out.body)
+		return out
+	}
+	if out.status < 400 {
+		c.success[route.Method+" "+route.Path] = true
+	} else {
+		c.failure[route.Method+" "+route.Path] = true
+	}
+	return out
+}
+
+// expect is do, then the status and error code x names.
+func (c *contract) expect(t *testing.T, e *devEnv, x exchange) response {
+	t.Helper()
+	r := c.do(t, e, x)
+	if r.status != x.status {
+		t.Fatalf("%s: got %d %s, want %d", x.name, r.status, r.body, x.status)
+	}
+	if x.code != "" {
+		if got := errorCode(t, r.body); got != x.code {
+			t.Fatalf("%s: error code %q, want %q", x.name, got, x.code)
+		}
+	}
+	return r
+}
+
+// timedOut sends x, a /v1/sign or /v1/verify to a server with a 1ns sign
+// wait, until it answers 504, and returns the job id to poll. A result
+// already back when the wait begins is answered at once (200), which the
+// document allows too.
+func (c *contract) timedOut(t *testing.T, e *devEnv, x exchange) string {
+	t.Helper()
+	for range 20 {
+		r := c.do(t, e, x)
+		switch {
+		case r.status == 504 && errorCode(t, r.body) == "timeout":
+			return jobIDIn(r.body)
+		case r.status != 200:
+			t.Fatalf("%s: %d %s", x.name, r.status, r.body)
+		}
+	}
+	t.Fatalf("%s: never answered 504", x.name)
+	return ""
+}
+
+// outsideOperations checks answers to requests that match no operation:
+// an unknown path is a 404 and a method the path lacks a 405 whose Allow
+// header lists the document's methods; both bodies are the Error schema.
+// The 405 is the only error some public routes can be made to answer, so
+// it counts as their error case.
+func (c *contract) outsideOperations(t *testing.T, e *devEnv) {
+	errSchema := c.doc.Components.Schemas["Error"].Value
+	check := func(method, path string, status int, code string, routeErr error) {
+		t.Helper()
+		req, _ := http.NewRequest(method, e.base+path, nil)
+		if _, _, err := c.router.FindRoute(req); err != routeErr {
+			t.Fatalf("%s %s: the document's router says %v, want %v", method, path, err, routeErr)
+		}
+		resp, err := apiClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var v any
+		if resp.StatusCode != status || json.Unmarshal(b, &v) != nil || errorCode(t, string(b)) != code {
+			t.Fatalf("%s %s: %d %s, want %d %s", method, path, resp.StatusCode, b, status, code)
+		}
+		if err := errSchema.VisitJSON(v, openapi3.EnableJSONSchema2020()); err != nil {
+			t.Fatalf("%s %s: body is not an Error: %v", method, path, err)
+		}
+		if status != 405 {
+			return
+		}
+		var want []string
+		for p, item := range c.doc.Paths.Map() {
+			if concrete(p) == path {
+				for m := range item.Operations() {
+					want = append(want, m)
+				}
+			}
+		}
+		slices.Sort(want)
+		if got := resp.Header.Get("Allow"); got != strings.Join(want, ", ") {
+			t.Fatalf("%s %s: Allow %q, the document has %v", method, path, got, want)
+		}
+		for _, r := range ingest.Routes() {
+			if concrete(r.Path) == path && !r.Tenant {
+				c.failure[r.Method+" "+r.Path] = true
+			}
+		}
+	}
+	check("GET", "/v2/nothing", 404, "not_found", routers.ErrPathNotFound)
+	check("GET", "/v1/jobs/x/y/z", 404, "not_found", routers.ErrPathNotFound)
+	for _, r := range ingest.Routes() {
+		other := "DELETE"
+		if r.Method == "DELETE" {
+			other = "PATCH"
+		}
+		check(other, concrete(r.Path), 405, "method_not_allowed", routers.ErrMethodNotAllowed)
+	}
+}
+
+// concrete fills a path template's parameters with "x".
+func concrete(template string) string {
+	segs := strings.Split(template, "/")
+	for i, s := range segs {
+		if strings.HasPrefix(s, "{") {
+			segs[i] = "x"
+		}
+	}
+	return strings.Join(segs, "/")
+}
+
+// operations lists the document's operations as "METHOD PATH".
+func (c *contract) operations() map[string]*openapi3.Operation {
+	ops := map[string]*openapi3.Operation{}
+	for path, item := range c.doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			ops[method+" "+path] = op
+		}
+	}
+	return ops
+}
+
+// checkRoutes fails when the document and ingest.Routes() disagree on the
+// operations, or on which of them need an API key.
+func (c *contract) checkRoutes(t *testing.T) {
+	ops := c.operations()
+	served := map[string]bool{}
+	for _, r := range ingest.Routes() {
+		key := r.Method + " " + r.Path
+		served[key] = true
+		op, ok := ops[key]
+		if !ok {
+			t.Errorf("%s is served but not in the OpenAPI document", key)
+			continue
+		}
+		sec := c.doc.Security
+		if op.Security != nil {
+			sec = *op.Security
+		}
+		keyed := slices.ContainsFunc(sec, func(req openapi3.SecurityRequirement) bool { _, ok := req["apiKey"]; return ok })
+		if keyed != r.Tenant || (!r.Tenant && len(sec) != 0) {
+			t.Errorf("%s: the document's security %v does not match the route's Tenant=%v", key, sec, r.Tenant)
+		}
+	}
+	for key := range ops {
+		if !served[key] {
+			t.Errorf("the OpenAPI document has %s, which the server does not serve", key)
+		}
+	}
+}
+
+// needServices lists routes whose success the in-process dev cannot give,
+// with the test that validates it against real services.
+var needServices = map[string]string{
+	"GET /v1/receipts/{receipt_id}": "needs ClickHouse: TestOpenAPIReceiptsClickHouse (integration)",
+}
+
+// checkCoverage fails for every route without a validated success and a
+// validated error, so that a new route needs its cases here.
+func (c *contract) checkCoverage(t *testing.T) {
+	for _, r := range ingest.Routes() {
+		key := r.Method + " " + r.Path
+		if _, elsewhere := needServices[key]; !c.success[key] && !elsewhere {
+			t.Errorf("%s: no success validated against the document", key)
+		}
+		if !c.failure[key] {
+			t.Errorf("%s: no error validated against the document", key)
+		}
+	}
+}
+
+// TestOpenAPIContract drives every route of a running `certnode dev` and
+// validates requests and responses, errors included, against the document.
+func TestOpenAPIContract(t *testing.T) {
+	e := startDev(t)
+	c := newContract(t, e)
+	const js = "application/json"
+	t.Run("the document has exactly the served routes", c.checkRoutes)
+	t.Run("the served JSON is the embedded YAML", func(t *testing.T) {
+		// Read as other tools read YAML (kin-openapi's own YAML loader), so
+		// the conversion lost or changed nothing.
+		fromYAML, err := openapi3.NewLoader().LoadFromData(schemas.OpenAPIYAML())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fromYAML.Servers = c.doc.Servers
+		a, _ := json.Marshal(fromYAML, json.Deterministic(true))
+		b, _ := json.Marshal(c.doc, json.Deterministic(true))
+		if !bytes.Equal(a, b) {
+			t.Fatal("GET /openapi.json differs from schemas/openapi.yaml")
+		}
+	})
+
+	signed := c.expect(t, e, exchange{name: "sign", method: "POST", path: "/v1/sign", key: e.key, ctype: js,
+		body: `{"payload":{"order":42,"amount":19.99}}`, status: 200}).body
+	receipt := strings.TrimSpace(signed)
+	var rc struct {
+		ReceiptID string `json:"receipt_id"`
+	}
+	json.Unmarshal([]byte(receipt), &rc, json.RejectUnknownMembers(false))
+	_, jwks := e.do("GET", "/.well-known/jwks.json", "", "", "")
+
+	job := c.expect(t, e, exchange{name: "sign job", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: ndjson,
+		body: "{\"n\":1}\n\n{\"n\":3}\n", status: 202}).body
+	var acc struct {
+		JobID string `json:"job_id"`
+	}
+	json.Unmarshal([]byte(job), &acc, json.RejectUnknownMembers(false))
+	e.waitDone(acc.JobID)
+	// A rejected line is off the document, yet the job goes on without it.
+	mixed := e.submit("sign", "{\"n\":1}\n[1]\n{\"n\":3}\n")
+	e.waitDone(mixed)
+	signResults := c.expect(t, e, exchange{name: "sign results", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results", key: e.key,
+		status: 200}).body
+	abandoned := e.injectAbandonedJob("demo")
+
+	cases := []exchange{
+		// Public routes.
+		{name: "healthz", method: "GET", path: "/healthz", status: 200},
+		{name: "readyz", method: "GET", path: "/readyz", status: 200},
+		{name: "metrics", method: "GET", path: "/metrics", status: 200},
+		{name: "jwks", method: "GET", path: "/.well-known/jwks.json", status: 200},
+		{name: "jwks v1", method: "GET", path: "/v1/jwks", status: 200},
+		{name: "openapi", method: "GET", path: "/openapi.json", status: 200},
+
+		// Auth is the same on every tenant route: a missing key breaks the
+		// document, an unknown one is the server's to refuse.
+		{name: "sign without key", method: "POST", path: "/v1/sign", ctype: js, body: `{"payload":{}}`, offSpec: true, status: 401, code: "unauthorized"},
+		{name: "sign unknown key", method: "POST", path: "/v1/sign", key: "cn_nope", ctype: js, body: `{"payload":{}}`, status: 401, code: "unauthorized"},
+		{name: "verify unknown key", method: "POST", path: "/v1/verify", key: "cn_nope", ctype: js, body: `{"receipt":{}}`, status: 401, code: "unauthorized"},
+		{name: "jobs unknown key", method: "POST", path: "/v1/jobs?type=sign", key: "cn_nope", ctype: ndjson, body: "{}\n", status: 401, code: "unauthorized"},
+		{name: "job unknown key", method: "GET", path: "/v1/jobs/" + acc.JobID, key: "cn_nope", status: 401, code: "unauthorized"},
+		{name: "results without key", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results", offSpec: true, status: 401, code: "unauthorized"},
+		{name: "receipt unknown key", method: "GET", path: "/v1/receipts/" + rc.ReceiptID, key: "cn_nope", status: 401, code: "unauthorized"},
+
+		// POST /v1/sign
+		{name: "sign empty object", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{"payload":{}}`, status: 200},
+		{name: "sign wrong content type", method: "POST", path: "/v1/sign", key: e.key, ctype: "text/plain", body: `{"payload":{}}`, offSpec: true, status: 415, code: "unsupported_media_type"},
+		{name: "sign not JSON", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{"payload":`, offSpec: true, status: 400, code: "malformed_json"},
+		{name: "sign without payload", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{}`, offSpec: true, status: 422, code: "invalid_payload"},
+		{name: "sign payload not object", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{"payload":[1]}`, offSpec: true, status: 422, code: "invalid_payload"},
+		{name: "sign too large", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{"payload":{"a":"` + strings.Repeat("x", 2<<20) + `"}}`, status: 413, code: "too_large"},
+
+		// POST /v1/verify
+		{name: "verify", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":` + receipt + `}`, status: 200},
+		{name: "verify tampered", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":` + strings.Replace(receipt, `"order":42`, `"order":43`, 1) + `}`, status: 200},
+		{name: "verify malformed receipt", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":{}}`, status: 200},
+		{name: "verify with caller keys", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":` + receipt + `,"jwks":` + jwks + `}`, status: 200},
+		{name: "verify wrong content type", method: "POST", path: "/v1/verify", key: e.key, ctype: "text/plain", body: `{}`, offSpec: true, status: 415, code: "unsupported_media_type"},
+		{name: "verify not JSON", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `[`, offSpec: true, status: 400, code: "malformed_json"},
+		{name: "verify receipt not object", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":"x"}`, offSpec: true, status: 422, code: "invalid_receipt"},
+		{name: "verify empty jwks", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":{},"jwks":{"keys":[]}}`, offSpec: true, status: 422, code: "invalid_jwks"},
+		{name: "verify too large", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":{"a":"` + strings.Repeat("x", 2<<20) + `"}}`, status: 413, code: "too_large"},
+
+		// POST /v1/jobs
+		{name: "verify job of sign results", method: "POST", path: "/v1/jobs?type=verify", key: e.key, ctype: "application/jsonl", body: signResults, status: 202},
+		{name: "job with a rejected line", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: "application/x-jsonlines", body: "{}\nnope\n", offSpec: true, status: 202},
+		{name: "job without type", method: "POST", path: "/v1/jobs", key: e.key, ctype: ndjson, body: "{}\n", offSpec: true, status: 400, code: "invalid_type"},
+		{name: "job unknown type", method: "POST", path: "/v1/jobs?type=stamp", key: e.key, ctype: ndjson, body: "{}\n", offSpec: true, status: 400, code: "invalid_type"},
+		{name: "job wrong content type", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: js, body: "{}\n", offSpec: true, status: 415, code: "unsupported_media_type"},
+		{name: "job of no valid line", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: "application/ndjson", body: "[1]\nnope\n", offSpec: true, status: 422, code: "no_valid_lines"},
+
+		// GET /v1/jobs/{job_id}
+		{name: "job status", method: "GET", path: "/v1/jobs/" + acc.JobID, key: e.key, status: 200},
+		{name: "abandoned job status", method: "GET", path: "/v1/jobs/" + abandoned, key: e.key, status: 200},
+		{name: "unknown job", method: "GET", path: "/v1/jobs/job_nope", key: e.key, status: 404, code: "not_found"},
+
+		// GET /v1/jobs/{job_id}/results
+		{name: "results with a rejected line", method: "GET", path: "/v1/jobs/" + mixed + "/results", key: e.key, status: 200},
+		{name: "results resumed", method: "GET", path: "/v1/jobs/" + mixed + "/results?after_line=1", key: e.key, status: 200},
+		{name: "results bad after_line", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results?after_line=x", key: e.key, offSpec: true, status: 400, code: "invalid_after_line"},
+		{name: "results negative after_line", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results?after_line=-1", key: e.key, offSpec: true, status: 400, code: "invalid_after_line"},
+		{name: "results of unknown job", method: "GET", path: "/v1/jobs/job_nope/results", key: e.key, status: 404, code: "not_found"},
+		{name: "results of abandoned job", method: "GET", path: "/v1/jobs/" + abandoned + "/results", key: e.key, status: 409, code: "job_abandoned"},
+
+		// GET /v1/receipts/{receipt_id}: dev runs without ClickHouse here.
+		{name: "receipt without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID, key: e.key, status: 503, code: "storage_unavailable"},
+		{name: "receipt id not a digest", method: "GET", path: "/v1/receipts/nope", key: e.key, offSpec: true, status: 503, code: "storage_unavailable"},
+	}
+	for _, x := range cases {
+		t.Run(x.name, func(t *testing.T) { c.expect(t, e, x) })
+	}
+
+	t.Run("429 over quota", func(t *testing.T) {
+		for range 5 {
+			r := c.do(t, e, exchange{name: "slow sign", method: "POST", path: "/v1/sign", key: e.slow, ctype: js, body: `{"payload":{}}`})
+			if r.status == 429 {
+				return // the document requires Retry-After and the over_quota code
+			}
+		}
+		t.Fatal("a tenant limited to 1 request/s was never refused")
+	})
+	t.Run("verify over quota", func(t *testing.T) {
+		for range 5 {
+			r := c.do(t, e, exchange{name: "slow verify", method: "POST", path: "/v1/verify", key: e.slow, ctype: js, body: `{"receipt":{}}`})
+			if r.status == 429 {
+				return
+			}
+		}
+		t.Fatal("a tenant limited to 1 request/s was never refused")
+	})
+
+	t.Run("504, polled as a job", func(t *testing.T) {
+		slow := startDev(t, "--sign-wait", "1ns")
+		sc := newContract(t, slow)
+		for _, x := range []exchange{
+			{name: "sign timeout", method: "POST", path: "/v1/sign", key: slow.key, ctype: js, body: `{"payload":{"late":true}}`},
+			{name: "verify timeout", method: "POST", path: "/v1/verify", key: slow.key, ctype: js, body: `{"receipt":` + receipt + `}`},
+		} {
+			id := sc.timedOut(t, slow, x)
+			slow.waitDone(id)
+			sc.expect(t, slow, exchange{name: x.name + " status", method: "GET", path: "/v1/jobs/" + id, key: slow.key, status: 200})
+			sc.expect(t, slow, exchange{name: x.name + " results", method: "GET", path: "/v1/jobs/" + id + "/results", key: slow.key, status: 200})
+		}
+		// A job whose results the results topic no longer holds.
+		old := slow.submit("sign", "{\"n\":1}\n")
+		slow.waitDone(old)
+		slow.expireResults()
+		sc.expect(t, slow, exchange{name: "expired results", method: "GET", path: "/v1/jobs/" + old + "/results", key: slow.key, status: 410, code: "results_expired"})
+		c.merge(sc)
+	})
+
+	t.Run("outside the operations", func(t *testing.T) { c.outsideOperations(t, e) })
+	c.checkCoverage(t)
+}
+
+// merge adds what another server's contract validated.
+func (c *contract) merge(o *contract) {
+	for k := range o.success {
+		c.success[k] = true
+	}
+	for k := range o.failure {
+		c.failure[k] = true
+	}
+}
+
+// kafkaClient connects to the dev's embedded Kafka.
+func (e *devEnv) kafkaClient(opts ...kgo.Opt) *kgo.Client {
+	e.t.Helper()
+	var creds credentials
+	b, _ := os.ReadFile(filepath.Join(e.dir, "credentials.json"))
+	json.Unmarshal(b, &creds, json.RejectUnknownMembers(false))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(creds.Kafka)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return cl
+}
+
+// injectAbandonedJob writes the first record of a bulk job whose upload
+// began an hour ago and never finished, as an ingest process that died
+// mid-upload leaves it, and waits until the server knows the job.
+func (e *devEnv) injectAbandonedJob(tenant string) string {
+	e.t.Helper()
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
+	id := "job_abandoned" + base64.RawURLEncoding.EncodeToString(nonce[:6])
+	val, _ := json.Marshal(schemas.Job{V: schemas.EnvelopeVersion, ID: id, Tenant: tenant, Kind: schemas.KindSign,
+		State: schemas.JobUploading, Nonce: base64.RawURLEncoding.EncodeToString(nonce),
+		Start: map[int32]int64{0: 0, 1: 0, 2: 0}, CreatedAt: time.Now().Add(-time.Hour).UTC()})
+	cl := e.kafkaClient()
+	defer cl.Close()
+	topic := schemas.TopicsFor(schemas.DefaultTopicPrefix).Jobs
+	if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: topic, Key: []byte(id), Value: val}).FirstErr(); err != nil {
+		e.t.Fatal(err)
+	}
+	key := map[string]string{"demo": e.key, "slow": e.slow, "other": e.other}[tenant]
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, body := e.do("GET", "/v1/jobs/"+id, key, "", ""); code == 200 && strings.Contains(body, `"state":"abandoned"`) {
+			return id
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the injected job %s never showed", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// expireResults deletes every record of the results topic, as retention
+// eventually does.
+func (e *devEnv) expireResults() {
+	e.t.Helper()
+	cl := e.kafkaClient()
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx := context.Background()
+	ends, err := adm.ListEndOffsets(ctx, schemas.TopicsFor(schemas.DefaultTopicPrefix).Receipts)
+	if err == nil {
+		_, err = adm.DeleteRecords(ctx, ends.Offsets())
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/ingest"
+)
+
+// crossTenant is what tenant A ("demo") owns and tenant B ("other") must
+// never see: its ids and the secret in its payloads.
+type crossTenant struct {
+	secret    string // in every payload A sends
+	receiptID string
+	receipt   string
+	jobID     string // a finished bulk job
+	abandoned string // a job whose upload never finished
+	single    string // a /v1/sign request that answered 504, polled as a job
+}
+
+// leaks fails when body holds anything of A's.
+func (a *crossTenant) leaks(t *testing.T, body string) {
+	t.Helper()
+	for _, s := range []string{a.secret, `"demo"`, a.receiptID, a.jobID, a.abandoned, a.single} {
+		if s != "" && strings.Contains(body, s) {
+			t.Errorf("tenant B's answer holds %q of tenant A's: %s", s, body)
+		}
+	}
+}
+
+// notFound checks B's answer for A's id: the same 404 B gets for an id
+// that does not exist, so it tells nothing, not even that the id exists.
+func (a *crossTenant) notFound(t *testing.T, c *contract, e *devEnv, path, unknownPath string) {
+	t.Helper()
+	got := c.expect(t, e, exchange{name: "B on A's " + path, method: "GET", path: path, key: e.other, status: 404, code: "not_found"})
+	want := c.expect(t, e, exchange{name: "B on " + unknownPath, method: "GET", path: unknownPath, key: e.other, status: 404, code: "not_found"})
+	if got.body != want.body {
+		t.Errorf("B tells A's %s (%s) from an unknown id (%s)", path, got.body, want.body)
+	}
+	a.leaks(t, got.body)
+}
+
+// jobResultTenant waits for a job to be done for the tenant with key and
+// returns the tenant its result names.
+func jobResultTenant(t *testing.T, e *devEnv, key, id string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := e.do("GET", "/v1/jobs/"+id, key, "", "")
+		var st struct {
+			State  string `json:"state"`
+			Result struct {
+				Tenant string `json:"tenant"`
+			} `json:"result"`
+		}
+		json.Unmarshal([]byte(body), &st, json.RejectUnknownMembers(false))
+		if code == 200 && st.State == "done" {
+			return st.Result.Tenant
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s: %d %s", id, code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func jobIDIn(body string) string {
+	var b struct {
+		JobID string `json:"job_id"`
+	}
+	json.Unmarshal([]byte(body), &b, json.RejectUnknownMembers(false))
+	return b.JobID
+}
+
+// TestCrossTenant calls every tenant route with tenant B's key and tenant
+// A's ids: each answers as for ids that do not exist, with nothing of A's.
+// Routes that create are checked the other way: what B creates is B's,
+// never A's. A tenant route without a case here fails the test.
+func TestCrossTenant(t *testing.T) {
+	e := startDev(t)
+	c := newContract(t, e)
+	// Requests there answer 504 at once and are polled as jobs.
+	polled := startDev(t, "--sign-wait", "1ns")
+	pc := newContract(t, polled)
+	const js = "application/json"
+
+	raw := make([]byte, 8)
+	rand.Read(raw)
+	a := &crossTenant{secret: "a-secret-" + hex.EncodeToString(raw)}
+	a.receipt = strings.TrimSpace(c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key, ctype: js,
+		body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200}).body)
+	var rc struct {
+		ReceiptID string `json:"receipt_id"`
+	}
+	json.Unmarshal([]byte(a.receipt), &rc, json.RejectUnknownMembers(false))
+	a.receiptID = rc.ReceiptID
+	a.jobID = e.submit("sign", `{"s":"`+a.secret+`"}`+"\n")
+	e.waitDone(a.jobID)
+	a.abandoned = e.injectAbandonedJob("demo")
+	a.single = pc.timedOut(t, polled, exchange{name: "A signs, polled", method: "POST", path: "/v1/sign", key: polled.key, ctype: js,
+		body: `{"payload":{"s":"` + a.secret + `"}}`})
+	if got := jobResultTenant(t, polled, polled.key, a.single); got != "demo" {
+		t.Fatalf("A's polled request has the result of %q", got)
+	}
+
+	cases := map[string]func(t *testing.T){
+		"GET /v1/jobs/{job_id}": func(t *testing.T) {
+			a.notFound(t, c, e, "/v1/jobs/"+a.jobID, "/v1/jobs/job_nope")
+			a.notFound(t, c, e, "/v1/jobs/"+a.abandoned, "/v1/jobs/job_nope")
+			a.notFound(t, pc, polled, "/v1/jobs/"+a.single, "/v1/jobs/req_nope")
+		},
+		"GET /v1/jobs/{job_id}/results": func(t *testing.T) {
+			a.notFound(t, c, e, "/v1/jobs/"+a.jobID+"/results", "/v1/jobs/job_nope/results")
+			a.notFound(t, c, e, "/v1/jobs/"+a.jobID+"/results?after_line=1", "/v1/jobs/job_nope/results?after_line=1")
+			// A 409 would tell B the job exists.
+			a.notFound(t, c, e, "/v1/jobs/"+a.abandoned+"/results", "/v1/jobs/job_nope/results")
+			a.notFound(t, pc, polled, "/v1/jobs/"+a.single+"/results", "/v1/jobs/req_nope/results")
+		},
+		"GET /v1/receipts/{receipt_id}": func(t *testing.T) {
+			// Without ClickHouse (as here) every tenant gets the same 503,
+			// which says nothing of A's receipt; the 404 B gets from a real
+			// store is TestOpenAPIReceiptsClickHouse's (integration).
+			asB := c.expect(t, e, exchange{name: "B on A's receipt", method: "GET", path: "/v1/receipts/" + a.receiptID, key: e.other, status: 503, code: "storage_unavailable"})
+			asA := c.expect(t, e, exchange{name: "A on its receipt", method: "GET", path: "/v1/receipts/" + a.receiptID, key: e.key, status: 503, code: "storage_unavailable"})
+			if asB.body != asA.body {
+				t.Errorf("B's answer %s differs from A's %s", asB.body, asA.body)
+			}
+			a.leaks(t, asB.body)
+		},
+		"POST /v1/sign": func(t *testing.T) {
+			b := pc.timedOut(t, polled, exchange{name: "B signs, polled", method: "POST", path: "/v1/sign", key: polled.other, ctype: js,
+				body: `{"payload":{"b":1}}`})
+			if got := jobResultTenant(t, polled, polled.other, b); got != "other" {
+				t.Errorf("B's request has the result of %q", got)
+			}
+			pc.expect(t, polled, exchange{name: "A on B's request", method: "GET", path: "/v1/jobs/" + b, key: polled.key, status: 404, code: "not_found"})
+			pc.expect(t, polled, exchange{name: "A on B's results", method: "GET", path: "/v1/jobs/" + b + "/results", key: polled.key, status: 404, code: "not_found"})
+		},
+		"POST /v1/verify": func(t *testing.T) {
+			// Receipts verify with the public keys, whoever holds them.
+			v := c.expect(t, e, exchange{name: "B verifies A's receipt", method: "POST", path: "/v1/verify", key: e.other, ctype: js,
+				body: `{"receipt":` + a.receipt + `}`, status: 200}).body
+			if !strings.Contains(v, `"valid":true`) {
+				t.Errorf("B could not verify A's receipt: %s", v)
+			}
+			b := pc.timedOut(t, polled, exchange{name: "B verifies, polled", method: "POST", path: "/v1/verify", key: polled.other, ctype: js,
+				body: `{"receipt":` + a.receipt + `}`})
+			if got := jobResultTenant(t, polled, polled.other, b); got != "other" {
+				t.Errorf("B's verification has the result of %q", got)
+			}
+			pc.expect(t, polled, exchange{name: "A on B's verification", method: "GET", path: "/v1/jobs/" + b, key: polled.key, status: 404, code: "not_found"})
+		},
+		"POST /v1/jobs": func(t *testing.T) {
+			b := jobIDIn(c.expect(t, e, exchange{name: "B's job", method: "POST", path: "/v1/jobs?type=verify", key: e.other, ctype: ndjson,
+				body: a.receipt + "\n", status: 202}).body)
+			got := c.expect(t, e, exchange{name: "B's job results", method: "GET", path: "/v1/jobs/" + b + "/results", key: e.other, status: 200}).body
+			if !strings.Contains(got, `"status":"valid"`) {
+				t.Errorf("B's verify job: %s", got)
+			}
+			c.expect(t, e, exchange{name: "A on B's job", method: "GET", path: "/v1/jobs/" + b, key: e.key, status: 404, code: "not_found"})
+			c.expect(t, e, exchange{name: "A on B's job results", method: "GET", path: "/v1/jobs/" + b + "/results", key: e.key, status: 404, code: "not_found"})
+		},
+	}
+
+	tenantRoutes := map[string]bool{}
+	for _, r := range ingest.Routes() {
+		if r.Tenant {
+			tenantRoutes[r.Method+" "+r.Path] = true
+		}
+	}
+	for key := range tenantRoutes {
+		if cases[key] == nil {
+			t.Errorf("tenant route %s has no cross-tenant case", key)
+		}
+	}
+	for key, run := range cases {
+		if !tenantRoutes[key] {
+			t.Errorf("cross-tenant case for %s, which is not a tenant route", key)
+			continue
+		}
+		t.Run(key, run)
+	}
+}
