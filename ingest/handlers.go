@@ -451,10 +451,16 @@ type jobStatus struct {
 	CreatedAt     time.Time       `json:"created_at"`
 	UploadedAt    time.Time       `json:"uploaded_at,omitzero"`
 	FinishedAt    time.Time       `json:"finished_at,omitzero"`
-	Result        *schemas.Result `json:"result,omitempty"`
+	// Result is a single request's result, shaped as its results line.
+	Result jsontext.Value `json:"result,omitzero"`
 }
 
-const noSuchJob = "no such job for this tenant"
+// The 404 texts are fixed: another tenant's ids get the very same answer
+// as ids that do not exist.
+const (
+	noSuchJob     = "no such job for this tenant"
+	noSuchReceipt = "no such receipt for this tenant"
+)
 
 func (s *Server) jobStatus(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
 	j, _, ok := s.jobs.lookup(t.ID, params[0])
@@ -462,9 +468,13 @@ func (s *Server) jobStatus(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchJob)
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, jobStatus{JobID: j.ID, Type: j.Kind, State: string(j.State), Total: j.Total,
+	st := jobStatus{JobID: j.ID, Type: j.Kind, State: string(j.State), Total: j.Total,
 		Done: j.Done, Valid: j.Valid, Invalid: j.Invalid, Failed: j.Failed, LinesRejected: len(j.Rejected),
-		CreatedAt: j.CreatedAt, UploadedAt: j.UploadedAt, FinishedAt: j.FinishedAt, Result: j.Result})
+		CreatedAt: j.CreatedAt, UploadedAt: j.UploadedAt, FinishedAt: j.FinishedAt}
+	if j.Result != nil {
+		st.Result = bytes.TrimSuffix(renderResult(j.Result, 1), []byte("\n"))
+	}
+	writeJSON(ctx, fasthttp.StatusOK, st)
 }
 
 func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
@@ -476,7 +486,7 @@ func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 	rc, err := s.deps.Store.Receipt(ctx, t.ID, receiptID)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		apiError(ctx, fasthttp.StatusNotFound, "not_found", "no receipt "+receiptID+" for this tenant")
+		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchReceipt)
 	case err != nil:
 		s.log.Warn("receipt store", "err", err)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage is unavailable; retry later")

@@ -205,6 +205,7 @@ func (st *stream) run(part int32, start int64) {
 	}
 	defer cl.Close()
 	st.ahead = map[int64][]byte{}
+	defer st.settle()
 	overflow := false
 	for st.flush(idx, j.LinesRead) && st.next <= j.LinesRead {
 		pctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -240,6 +241,18 @@ func (st *stream) run(part int32, start int64) {
 			// Caught up with lines dropped: read the partition again.
 			overflow = false
 			cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{st.s.cfg.Kafka.Topics().Receipts: {part: {Epoch: -1, Offset: start}}})
+		}
+	}
+}
+
+// settle holds the end of a complete stream until the job's status says
+// done too (this process counts results apart from the stream), so a
+// client that asks for the status next sees the counts it just read.
+func (st *stream) settle() {
+	for {
+		cur, changed, ok := st.s.jobs.lookup(st.tenant, st.id)
+		if !ok || cur.State == schemas.JobDone || !st.wait(changed) {
+			return
 		}
 	}
 }

@@ -380,17 +380,10 @@ func TestDevAPI(t *testing.T) {
 // answers 504 with a job id, and the job then shows the result.
 func TestDevSignTimeout(t *testing.T) {
 	e := startDev(t, "--sign-wait", "1ns")
-	code, body := e.do("POST", "/v1/sign", e.key, "application/json", `{"payload":{"slow":true}}`)
-	if code != 504 || errorCode(t, body) != "timeout" {
-		t.Fatalf("got %d %s", code, body)
-	}
-	var b struct {
-		JobID string `json:"job_id"`
-	}
-	json.Unmarshal([]byte(body), &b, json.RejectUnknownMembers(false))
+	job := e.timedOut(`{"slow":true}`)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		code, st := e.do("GET", "/v1/jobs/"+b.JobID, e.key, "", "")
+		code, st := e.do("GET", "/v1/jobs/"+job, e.key, "", "")
 		if code == 200 && strings.Contains(st, `"state":"done"`) && strings.Contains(st, `"status":"signed"`) {
 			return
 		}

@@ -45,9 +45,10 @@ func (a *crossTenant) notFound(t *testing.T, c *contract, e *devEnv, path, unkno
 	a.leaks(t, got.body)
 }
 
-// jobResultTenant waits for a job to be done for the tenant with key and
-// returns the tenant its result names.
-func jobResultTenant(t *testing.T, e *devEnv, key, id string) string {
+// jobResultOwned waits for a single request's job to be done as seen with
+// key, and reports whether its result answers that very request: the job
+// is visible only to its tenant, so the result is attributed to it.
+func jobResultOwned(t *testing.T, e *devEnv, key, id string) bool {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -55,12 +56,13 @@ func jobResultTenant(t *testing.T, e *devEnv, key, id string) string {
 		var st struct {
 			State  string `json:"state"`
 			Result struct {
-				Tenant string `json:"tenant"`
+				ID     string `json:"id"`
+				Status string `json:"status"`
 			} `json:"result"`
 		}
 		json.Unmarshal([]byte(body), &st, json.RejectUnknownMembers(false))
 		if code == 200 && st.State == "done" {
-			return st.Result.Tenant
+			return st.Result.ID == id && st.Result.Status != ""
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("job %s: %d %s", id, code, body)
@@ -104,8 +106,8 @@ func TestCrossTenant(t *testing.T) {
 	a.abandoned = e.injectAbandonedJob("demo")
 	a.single = pc.timedOut(t, polled, exchange{name: "A signs, polled", method: "POST", path: "/v1/sign", key: polled.key, ctype: js,
 		body: `{"payload":{"s":"` + a.secret + `"}}`})
-	if got := jobResultTenant(t, polled, polled.key, a.single); got != "demo" {
-		t.Fatalf("A's polled request has the result of %q", got)
+	if !jobResultOwned(t, polled, polled.key, a.single) {
+		t.Fatal("A's polled request does not show its own result")
 	}
 
 	cases := map[string]func(t *testing.T){
@@ -135,8 +137,8 @@ func TestCrossTenant(t *testing.T) {
 		"POST /v1/sign": func(t *testing.T) {
 			b := pc.timedOut(t, polled, exchange{name: "B signs, polled", method: "POST", path: "/v1/sign", key: polled.other, ctype: js,
 				body: `{"payload":{"b":1}}`})
-			if got := jobResultTenant(t, polled, polled.other, b); got != "other" {
-				t.Errorf("B's request has the result of %q", got)
+			if !jobResultOwned(t, polled, polled.other, b) {
+				t.Error("B's polled request does not show its own result")
 			}
 			pc.expect(t, polled, exchange{name: "A on B's request", method: "GET", path: "/v1/jobs/" + b, key: polled.key, status: 404, code: "not_found"})
 			pc.expect(t, polled, exchange{name: "A on B's results", method: "GET", path: "/v1/jobs/" + b + "/results", key: polled.key, status: 404, code: "not_found"})
@@ -150,8 +152,8 @@ func TestCrossTenant(t *testing.T) {
 			}
 			b := pc.timedOut(t, polled, exchange{name: "B verifies, polled", method: "POST", path: "/v1/verify", key: polled.other, ctype: js,
 				body: `{"receipt":` + a.receipt + `}`})
-			if got := jobResultTenant(t, polled, polled.other, b); got != "other" {
-				t.Errorf("B's verification has the result of %q", got)
+			if !jobResultOwned(t, polled, polled.other, b) {
+				t.Error("B's polled verification does not show its own result")
 			}
 			pc.expect(t, polled, exchange{name: "A on B's verification", method: "GET", path: "/v1/jobs/" + b, key: polled.key, status: 404, code: "not_found"})
 		},
