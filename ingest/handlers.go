@@ -439,18 +439,18 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 
 // jobStatus is GET /v1/jobs/{job_id}.
 type jobStatus struct {
-	JobID         string          `json:"job_id"`
-	Type          schemas.Kind    `json:"type"`
-	State         string          `json:"state"`
-	Total         int64           `json:"total"`
-	Done          int64           `json:"done"`
-	Valid         int64           `json:"valid"`
-	Invalid       int64           `json:"invalid"`
-	Failed        int64           `json:"failed"`
-	LinesRejected int             `json:"lines_rejected"`
-	CreatedAt     time.Time       `json:"created_at"`
-	UploadedAt    time.Time       `json:"uploaded_at,omitzero"`
-	FinishedAt    time.Time       `json:"finished_at,omitzero"`
+	JobID         string       `json:"job_id"`
+	Type          schemas.Kind `json:"type"`
+	State         string       `json:"state"`
+	Total         int64        `json:"total"`
+	Done          int64        `json:"done"`
+	Valid         int64        `json:"valid"`
+	Invalid       int64        `json:"invalid"`
+	Failed        int64        `json:"failed"`
+	LinesRejected int          `json:"lines_rejected"`
+	CreatedAt     time.Time    `json:"created_at"`
+	UploadedAt    time.Time    `json:"uploaded_at,omitzero"`
+	FinishedAt    time.Time    `json:"finished_at,omitzero"`
 	// Result is a single request's result, shaped as its results line.
 	Result jsontext.Value `json:"result,omitzero"`
 }
