@@ -408,24 +408,9 @@ func TestWorkerDropsBatchWhenMembershipLost(t *testing.T) {
 	if res["r2"] == nil || res["r2"].Status != schemas.StatusSigned {
 		t.Fatalf("the worker stopped after the refused commit: %+v", res)
 	}
-	if v := counter(t, reg, "certnode_worker_batches_lost_total"); v != 1 {
+	if v := metric(t, reg, "certnode_worker_batches_lost_total"); v != 1 {
 		t.Fatalf("certnode_worker_batches_lost_total = %v", v)
 	}
-}
-
-func counter(t *testing.T, g prometheus.Gatherer, name string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
 }
 
 // stuckSigner never finishes a signature until released, as an HSM that
@@ -463,7 +448,7 @@ func TestWorkerStalledBatchFailsHealth(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if v := gauge(t, reg, "certnode_worker_stalled"); v != 1 {
+	if v := metric(t, reg, "certnode_worker_stalled"); v != 1 {
 		t.Fatalf("certnode_worker_stalled = %v while stalled", v)
 	}
 	close(stuck.release)
@@ -474,12 +459,13 @@ func TestWorkerStalledBatchFailsHealth(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if v := gauge(t, reg, "certnode_worker_stalled"); v != 0 {
+	if v := metric(t, reg, "certnode_worker_stalled"); v != 0 {
 		t.Fatalf("certnode_worker_stalled = %v after recovery", v)
 	}
 }
 
-func gauge(t *testing.T, g prometheus.Gatherer, name string) float64 {
+// metric reads a registered gauge or counter.
+func metric(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -487,7 +473,11 @@ func gauge(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
+			m := mf.GetMetric()[0]
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
 		}
 	}
 	t.Fatalf("metric %s not registered", name)

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -173,7 +174,7 @@ func TestClusterBrokerKilledMidJob(t *testing.T) {
 	// job on any machine: on many cores a worker keeping pace with the
 	// upload would have little left in flight once the job id is known.
 	worker := e.start("worker", append([]string{"worker", "--metrics", freeAddr(t), "--concurrency", "4"}, rf...)...)
-	waitFor(t, "first results", time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "first results", time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)
 		return s.Done > 0, fmt.Sprintf("%+v", s)
 	})
@@ -197,7 +198,7 @@ func TestClusterBrokerKilledMidJob(t *testing.T) {
 
 	// The controller fences the dead broker (broker.session.timeout.ms, 9 s)
 	// and moves its partitions to a surviving in-sync replica...
-	waitFor(t, "leadership moved off the killed broker", time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "leadership moved off the killed broker", time.Minute, func() (bool, string) {
 		_, l := leaderOf(t, adm, topics.Requests, part)
 		return l >= 0 && l != leader, fmt.Sprintf("leader %d", l)
 	})
@@ -206,7 +207,7 @@ func TestClusterBrokerKilledMidJob(t *testing.T) {
 	// worker writes results it created after the kill (record timestamps
 	// are the producer's clock, this machine's).
 	var written int64
-	waitFor(t, "results written on two brokers", time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "results written on two brokers", time.Minute, func() (bool, string) {
 		written = recordsSince(adm, topics.Receipts, tKill)
 		return written > 0, fmt.Sprintf("%d results stamped after the kill", written)
 	})

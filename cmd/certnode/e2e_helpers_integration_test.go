@@ -288,21 +288,6 @@ func (e *e2e) jobStatus(id string) jobState {
 	return s
 }
 
-// waitFor polls cond until it holds or the time runs out.
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	var last string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("%s: gave up after %s (%s)", what, limit, last)
-}
-
 func (e *e2e) clickhouse() driver.Conn {
 	e.t.Helper()
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{e.ch}})
@@ -333,7 +318,7 @@ func (e *e2e) rowCounts(conn driver.Conn) (requests, distinct, raw uint64) {
 // each once in query results.
 func (e *e2e) waitRows(conn driver.Conn, n uint64, limit time.Duration) {
 	e.t.Helper()
-	waitFor(e.t, "rows in ClickHouse", limit, func() (bool, string) {
+	testenv.WaitFor(e.t, "rows in ClickHouse", limit, func() (bool, string) {
 		requests, distinct, raw := e.rowCounts(conn)
 		return requests == n && distinct == n, fmt.Sprintf("requests %d, distinct ids %d, rows %d, want %d", requests, distinct, raw, n)
 	})

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/interop"
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -115,7 +116,7 @@ func TestE2EExactlyOnceToClickHouse(t *testing.T) {
 		}
 	}
 	verifyJob := e.submitJob("verify", receipts[viaHTTP:])
-	waitFor(t, "verify job", 2*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "verify job", 2*time.Minute, func() (bool, string) {
 		s := e.jobStatus(verifyJob)
 		return s.State == "done" && s.Valid == viaJob, fmt.Sprintf("%+v", s)
 	})
@@ -169,7 +170,7 @@ func TestE2EWorkerKilled(t *testing.T) {
 	e.ingest()
 	const n = 8000
 	job := e.submitJob("sign", payloads("kill", n))
-	waitFor(t, "some progress", time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "some progress", time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)
 		return s.Done > 0, fmt.Sprintf("%+v", s)
 	})
@@ -181,7 +182,7 @@ func TestE2EWorkerKilled(t *testing.T) {
 		t.Logf("worker killed with %d of %d lines done", s.Done, n)
 	}
 	e.worker()
-	waitFor(t, "job done after restart", 2*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "job done after restart", 2*time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)
 		return s.State == "done" && s.Done == n && s.Valid == n, fmt.Sprintf("%+v", s)
 	})
@@ -250,7 +251,7 @@ func TestE2ESinkKilledMidBatch(t *testing.T) {
 	e.submitJob("sign", payloads("sink-a", first))
 	e.waitRows(conn, first, 2*time.Minute)
 	job := e.submitJob("sign", payloads("sink-b", second))
-	waitFor(t, "second job signed", 2*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "second job signed", 2*time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)
 		return s.State == "done" && s.Valid == second, fmt.Sprintf("%+v", s)
 	})
@@ -259,7 +260,7 @@ func TestE2ESinkKilledMidBatch(t *testing.T) {
 	// the sink's pending batch, and none of it is in ClickHouse.
 	var pending float64
 	var committed, produced int64
-	waitFor(t, "the sink holding the second job's results", time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "the sink holding the second job's results", time.Minute, func() (bool, string) {
 		pending = scrapeGauge(t, metrics, "certnode_sink_clickhouse_pending_rows")
 		committed, produced = e.sinkOffsets()
 		return pending > 0 && int64(pending) == produced-committed && produced >= first+second,
@@ -369,13 +370,13 @@ func TestE2EKafkaOutage(t *testing.T) {
 	}
 
 	broker("start")
-	waitFor(t, "sign after the broker is back", 2*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "sign after the broker is back", 2*time.Minute, func() (bool, string) {
 		code, body := e.do("POST", "/v1/sign", "application/json", `{"payload":{"phase":"after"}}`)
 		return code == 200, fmt.Sprint(code, " ", body)
 	})
 	after := e.submitJob("sign", payloads("after", 300))
 	for _, j := range []string{before, after} {
-		waitFor(t, "job "+j, 2*time.Minute, func() (bool, string) {
+		testenv.WaitFor(t, "job "+j, 2*time.Minute, func() (bool, string) {
 			s := e.jobStatus(j)
 			return s.State == "done" && s.Valid == 300, fmt.Sprintf("%+v", s)
 		})
@@ -505,7 +506,7 @@ func TestE2EJobsAnyIngest(t *testing.T) {
 		t.Fatalf("job: %d %.300s", code, body)
 	}
 	job := acc.JobID
-	waitFor(t, "job done, seen from the other ingest", 2*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "job done, seen from the other ingest", 2*time.Minute, func() (bool, string) {
 		s := b.jobStatus(job)
 		return s.State == "done" && s.Total == n-1 && s.Valid == n-1, fmt.Sprintf("%+v", s)
 	})

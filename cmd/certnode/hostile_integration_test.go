@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/recordauth"
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -82,12 +83,12 @@ func TestE2EHostileProducer(t *testing.T) {
 
 	// The premise: the hostile results reached ingest and were refused (5
 	// unauthenticated claims of honest lines, 5 with a forged ingest MAC).
-	waitFor(t, "hostile results refused by ingest", 2*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "hostile results refused by ingest", 2*time.Minute, func() (bool, string) {
 		_, metrics := e.do("GET", "/metrics", "", "")
 		refused := sumMetric(metrics, "certnode_ingest_results_refused_total")
 		return refused >= 10, fmt.Sprint(refused, " refused")
 	})
-	waitFor(t, "honest job done", 3*time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "honest job done", 3*time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)
 		return s.State == "done", fmt.Sprintf("%+v", s)
 	})

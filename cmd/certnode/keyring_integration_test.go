@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/certnode/certnode/internal/testenv"
 )
 
 // TestE2EKeysRotateWhileRunning rotates the key ring under a running worker
@@ -31,13 +33,13 @@ func TestE2EKeysRotateWhileRunning(t *testing.T) {
 	kid1 := kidOf(t, old)
 	kid2 := kidOf(t, mustRun(t, "", "keys", "rotate", "--keyring", e.keyring).stdout)
 
-	waitFor(t, "ingest serving the rotated JWKS", 15*time.Second, func() (bool, string) {
+	testenv.WaitFor(t, "ingest serving the rotated JWKS", 15*time.Second, func() (bool, string) {
 		_, body := e.do("GET", "/.well-known/jwks.json", "", "")
 		kids := jwksKids(t, body)
 		return len(kids) == 2 && kids[0] == kid2 && kids[1] == kid1, body
 	})
 	var fresh string
-	waitFor(t, "the worker signing with the new key", 15*time.Second, func() (bool, string) {
+	testenv.WaitFor(t, "the worker signing with the new key", 15*time.Second, func() (bool, string) {
 		fresh = sign()
 		return kidOf(t, fresh) == kid2, fresh
 	})

@@ -56,3 +56,19 @@ func reachable(t testing.TB, name, addr, how string) {
 	}
 	c.Close()
 }
+
+// WaitFor polls cond until it holds, failing the test after limit with
+// what cond last said.
+func WaitFor(t testing.TB, what string, limit time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var last string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: gave up after %s (%s)", what, limit, last)
+}

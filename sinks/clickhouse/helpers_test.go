@@ -76,21 +76,6 @@ func committed(t testing.TB, adm *kadm.Client, group, topic string) int64 {
 	return n
 }
 
-// waitFor polls cond until it holds, failing after limit.
-func waitFor(t testing.TB, what string, limit time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	var last string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: gave up after %s (%s)", what, limit, last)
-}
-
 // runSink runs s until the test ends; Run must then return nil.
 func runSink(t testing.TB, s *Sink) {
 	t.Helper()

@@ -208,7 +208,7 @@ func newKafkaEnv(t *testing.T) *kafkaEnv {
 
 func (e *kafkaEnv) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	waitFor(t, "offsets committed", time.Minute, func() (bool, string) {
+	testenv.WaitFor(t, "offsets committed", time.Minute, func() (bool, string) {
 		c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts)
 		return c == n, fmt.Sprintf("%d of %d", c, n)
 	})

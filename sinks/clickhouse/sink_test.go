@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -62,7 +63,7 @@ func (e *fakeEnv) start(t *testing.T, ins Inserter) *Sink {
 
 func (e *fakeEnv) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	waitFor(t, "offsets committed", 30*time.Second, func() (bool, string) {
+	testenv.WaitFor(t, "offsets committed", 30*time.Second, func() (bool, string) {
 		c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts)
 		return c == n, fmt.Sprintf("%d of %d", c, n)
 	})
@@ -209,7 +210,7 @@ func TestSinkRetriesUntilInserted(t *testing.T) {
 	h := &holdInserter{}
 	h.held.Store(true)
 	s := e.start(t, h)
-	waitFor(t, "insert attempts", 30*time.Second, func() (bool, string) {
+	testenv.WaitFor(t, "insert attempts", 30*time.Second, func() (bool, string) {
 		return h.attempts.Load() >= 3, fmt.Sprint(h.attempts.Load())
 	})
 	if c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
@@ -268,7 +269,7 @@ func TestSinkCommitsAfterDLQAcknowledged(t *testing.T) {
 		&kgo.Record{Topic: e.topics.Receipts, Key: []byte("t1"), Value: []byte("{}"), Timestamp: now})
 	f := &fakeInserter{}
 	s := e.start(t, f)
-	waitFor(t, "refused DLQ produces", 30*time.Second, func() (bool, string) {
+	testenv.WaitFor(t, "refused DLQ produces", 30*time.Second, func() (bool, string) {
 		return refusals.Load() >= 2, fmt.Sprint(refusals.Load())
 	})
 	if got := f.ids(); !slices.Equal(got, []string{"a"}) {
