@@ -169,7 +169,9 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	input := body.Payload
 	if kind == schemas.KindVerify {
 		input = body.Receipt
-		if len(body.JWKS) > 0 {
+		if !schemas.Present(body.JWKS) {
+			body.JWKS = nil
+		} else {
 			if _, err := schemas.ParseJWKS(body.JWKS); err != nil {
 				apiError(ctx, fasthttp.StatusUnprocessableEntity, "invalid_jwks", err.Error())
 				return
@@ -217,9 +219,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	select {
 	case res := <-ch:
 		if j != nil {
-			s.jobs.mu.Lock()
-			s.jobs.countLocked(j, res)
-			s.jobs.mu.Unlock()
+			s.jobs.countFor(j, res)
 		}
 	default:
 	}
@@ -262,11 +262,15 @@ type jobAccepted struct {
 }
 
 // Upload limits: past them the rest of an upload is not read, so a job's
-// record (which lists them) stays small.
+// record (which lists them) stays well under a Kafka record's size.
 const (
 	maxRejected  = 1000
 	maxBlankRuns = 1000
-	nonceBytes   = 16
+	maxMessage   = 256
+	// maxInflight bounds an upload's lines waiting for the broker: they are
+	// all rejected if it stops acknowledging.
+	maxInflight = 1000
+	nonceBytes  = 16
 )
 
 // upload is the state of one bulk upload.
@@ -274,13 +278,25 @@ type upload struct {
 	mu       sync.Mutex
 	rejected []schemas.RejectedLine
 	skipped  []schemas.LineRange
-	stopped  bool
+	// acked and failed count the produces the broker acknowledged or not.
+	acked, failed int64
 }
 
 func (u *upload) reject(line int64, code, msg string) {
+	if len(msg) > maxMessage {
+		msg = msg[:maxMessage]
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.rejected = append(u.rejected, schemas.RejectedLine{Line: line, Code: code, Message: msg})
+}
+
+// brokerFailing reports whether a line's produce failed: the broker is not
+// taking lines, and reading more would only reject them one by one.
+func (u *upload) brokerFailing() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.failed > 0
 }
 
 func (u *upload) full() bool {
@@ -313,7 +329,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 	nonce := make([]byte, nonceBytes)
 	rand.Read(nonce)
 	meta := schemas.Job{ID: newID("job_"), Tenant: t.ID, Kind: kind, State: schemas.JobUploading,
-		Nonce: base64.RawURLEncoding.EncodeToString(nonce), Start: s.jobs.positions()}
+		Nonce: base64.RawURLEncoding.EncodeToString(nonce), KeyID: s.deps.MAC.SignKeyID(), Start: s.jobs.positions()}
 	j, err := s.jobs.start(ctx, meta)
 	if err != nil {
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the job was not accepted: the message broker is unavailable; retry later")
@@ -332,7 +348,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		}
 	}()
 	var up upload
-	var acked, failed int64
+	slots := make(chan struct{}, maxInflight)
 	var inflight sync.WaitGroup
 	limiter := s.limiter(t)
 	lr := newLineReader(bodyReader(ctx), s.cfg.MaxLineBytes)
@@ -344,10 +360,8 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		}
 		if err != nil {
 			code, msg := "read_failed", "upload interrupted: "+err.Error()
-			select {
-			case <-s.stopping:
+			if stopping(s.stopping) {
 				code, msg = "server_stopping", "the server is stopping: the rest of the upload was not read; send it again as a new job"
-			default:
 			}
 			up.reject(lr.n+1, code, msg)
 			last = lr.n + 1
@@ -356,6 +370,10 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		last = l.n
 		if l.n > s.cfg.MaxJobLines {
 			up.reject(l.n, "too_many_lines", fmt.Sprintf("a job takes at most %d lines; the rest of the upload was not read", s.cfg.MaxJobLines))
+			break
+		}
+		if up.brokerFailing() {
+			up.reject(l.n, "kafka_unavailable", "the message broker stopped acknowledging lines; the rest of the upload was not read")
 			break
 		}
 		if up.full() {
@@ -382,33 +400,40 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		}
 		if limiter != nil {
 			if werr := limiter.Wait(ctx); werr != nil {
-				up.reject(l.n, "over_quota", werr.Error())
+				code, msg := "over_quota", werr.Error()
+				if stopping(s.stopping) {
+					code, msg = "server_stopping", "the server is stopping: the rest of the upload was not read; send it again as a new job"
+				}
+				up.reject(l.n, code, msg)
 				break
 			}
 		}
-		rec, eerr := s.envelope(t, kind, lineID(nonce, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), nil)
+		rec, eerr := s.envelope(t, kind, lineID(j.lineKey, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), nil)
 		if eerr != nil {
 			up.reject(l.n, "internal", eerr.Error())
 			continue
 		}
 		inflight.Add(1)
+		slots <- struct{}{}
 		n := l.n
 		s.prod.Produce(context.Background(), rec, func(_ *kgo.Record, err error) {
 			defer inflight.Done()
+			defer func() { <-slots }()
 			if err != nil {
 				up.reject(n, "kafka_unavailable", "not accepted: "+err.Error())
 				up.mu.Lock()
-				failed++
+				up.failed++
 				up.mu.Unlock()
 				return
 			}
 			up.mu.Lock()
-			acked++
+			up.acked++
 			up.mu.Unlock()
 		})
 	}
 	// Every record ends acknowledged or failed within the delivery timeout.
 	inflight.Wait()
+	acked, failed := up.acked, up.failed
 	slices.SortFunc(up.rejected, func(a, b schemas.RejectedLine) int { return int(a.Line - b.Line) })
 	meta.State, meta.LinesRead, meta.Total = schemas.JobRunning, last, acked
 	meta.Rejected, meta.Skipped, meta.UploadedAt = up.rejected, up.skipped, time.Now().UTC()
@@ -493,5 +518,15 @@ func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 	default:
 		ctx.SetContentType("application/json")
 		ctx.SetBody(append(rc, '\n'))
+	}
+}
+
+// stopping reports whether ch is closed.
+func stopping(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

@@ -6,17 +6,19 @@ import (
 	"encoding/base64"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/certnode/certnode/schemas"
 )
 
-// lineID derives the request id of a bulk job's line from the job's
-// secret nonce. Only ingest knows the nonce, so a result whose id matches
-// answers a record ingest produced for that line: a record forged into
-// certnode.requests cannot add to or confuse another job's counts.
-func lineID(nonce []byte, jobID string, line int64) string {
-	h := hmac.New(sha256.New, nonce)
+// lineID derives the request id of a bulk job's line with the job's line
+// key, which only holders of the internal secret can compute (jobLineKey):
+// a result whose id matches answers a record ingest produced for that line,
+// so a record forged into certnode.requests cannot add to or confuse
+// another job's counts, even by someone who reads certnode.jobs.
+func lineID(key []byte, jobID string, line int64) string {
+	h := hmac.New(sha256.New, key)
 	h.Write([]byte(jobID))
 	h.Write([]byte{'\n'})
 	h.Write(strconv.AppendInt(nil, line, 10))
@@ -49,8 +51,10 @@ func (b bitset) has(i int64) bool {
 // jobState is a job as this process knows it: the latest record from the
 // jobs topic (or its own upload) and the results counted so far.
 type jobState struct {
-	meta  schemas.Job
-	nonce []byte
+	meta schemas.Job
+	// lineKey derives the job's line ids (nil: its internal secret is not
+	// configured here, and no result can be checked).
+	lineKey []byte
 	// owner: this process ran the upload (or answered the 504); it writes
 	// the job's records first, others follow them.
 	owner bool
@@ -61,12 +65,13 @@ type jobState struct {
 	lastProcessed        time.Time
 	// doneWritten: a done record is on the topic (written or read).
 	doneWritten bool
-	changed     chan struct{} // closed and replaced on every change
+	// writeMu orders this job's records on the topic.
+	writeMu sync.Mutex
+	changed chan struct{} // closed and replaced on every change
 }
 
-func newJobState(meta schemas.Job, owner bool) *jobState {
-	j := &jobState{meta: meta, owner: owner, changed: make(chan struct{})}
-	j.nonce, _ = decodeNonce(meta.Nonce)
+func newJobState(meta schemas.Job, lineKey []byte, owner bool) *jobState {
+	j := &jobState{meta: meta, lineKey: lineKey, owner: owner, changed: make(chan struct{})}
 	j.doneWritten = meta.State == schemas.JobDone
 	if meta.State == schemas.JobRunning {
 		j.index = newLineIndex(&j.meta)
@@ -127,7 +132,7 @@ func (j *jobState) count(res *schemas.Result, maxLine int64) (bool, string) {
 		return false, "foreign"
 	case res.Line < 1 || res.Line > bound:
 		return false, "line_out_of_range"
-	case res.ID != lineID(j.nonce, m.ID, res.Line):
+	case j.lineKey == nil || res.ID != lineID(j.lineKey, m.ID, res.Line):
 		return false, "unknown_request"
 	}
 	if m.State == schemas.JobDone {
@@ -209,4 +214,17 @@ func (j *jobState) view(now time.Time, uploadLimit time.Duration) schemas.Job {
 	return v
 }
 
-func decodeNonce(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
+// keyDeriver derives keys from the internal secret (recordauth.Keyring).
+type keyDeriver interface {
+	Derive(kid string, label []byte) ([]byte, bool)
+}
+
+// jobLineKey is the key of a job's line ids.
+func jobLineKey(d keyDeriver, meta *schemas.Job) []byte {
+	nonce, err := base64.RawURLEncoding.DecodeString(meta.Nonce)
+	if err != nil || len(nonce) == 0 {
+		return nil
+	}
+	key, _ := d.Derive(meta.KeyID, append([]byte("certnode-job-lines\n"), nonce...))
+	return key
+}

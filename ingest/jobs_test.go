@@ -10,11 +10,11 @@ import (
 func testJob(t *testing.T) *jobState {
 	t.Helper()
 	return newJobState(schemas.Job{V: 1, ID: "job_1", Tenant: "acme", Kind: schemas.KindSign, State: schemas.JobUploading,
-		Nonce: "AAAAAAAAAAAAAAAAAAAAAA"}, true)
+		Nonce: "AAAAAAAAAAAAAAAAAAAAAA"}, []byte("line key of job_1"), true)
 }
 
 func lineResult(j *jobState, line int64, status schemas.Status) *schemas.Result {
-	return &schemas.Result{V: 1, ID: lineID(j.nonce, j.meta.ID, line), Tenant: j.meta.Tenant, Kind: j.meta.Kind,
+	return &schemas.Result{V: 1, ID: lineID(j.lineKey, j.meta.ID, line), Tenant: j.meta.Tenant, Kind: j.meta.Kind,
 		Status: status, Auth: schemas.AuthIngest, JobID: j.meta.ID, Line: line, ProcessedAt: time.Unix(100+line, 0)}
 }
 
@@ -89,5 +89,37 @@ func TestLineIndex(t *testing.T) {
 		if got, _ := x.outcome(line); got != w {
 			t.Errorf("line %d: %v, want %v", line, got, w)
 		}
+	}
+}
+
+type fakeDeriver map[string][]byte
+
+func (d fakeDeriver) Derive(kid string, label []byte) ([]byte, bool) {
+	secret, ok := d[kid]
+	if !ok {
+		return nil, false
+	}
+	return append(append([]byte(nil), secret...), label...), true
+}
+
+// TestJobLineKeyNeedsTheSecret: what the jobs topic holds (nonce, key id)
+// is not enough to make line ids; without the named secret no result
+// counts.
+func TestJobLineKeyNeedsTheSecret(t *testing.T) {
+	meta := schemas.Job{V: 1, ID: "job_1", Tenant: "acme", Kind: schemas.KindSign, State: schemas.JobUploading,
+		Nonce: "AAAAAAAAAAAAAAAAAAAAAA", KeyID: "k1"}
+	ours := jobLineKey(fakeDeriver{"k1": []byte("secret one")}, &meta)
+	theirs := jobLineKey(fakeDeriver{"k1": []byte("another secret")}, &meta)
+	if ours == nil || lineID(ours, meta.ID, 1) == lineID(theirs, meta.ID, 1) {
+		t.Fatal("line ids do not depend on the internal secret")
+	}
+	unknown := newJobState(meta, jobLineKey(fakeDeriver{"k2": []byte("x")}, &meta), false)
+	res := &schemas.Result{V: 1, ID: lineID(ours, meta.ID, 1), Tenant: "acme", Kind: schemas.KindSign,
+		Status: schemas.StatusSigned, Auth: schemas.AuthIngest, JobID: meta.ID, Line: 1}
+	if ok, why := unknown.count(res, 10); ok || why != "unknown_request" {
+		t.Fatalf("counted without the job's secret: %v %q", ok, why)
+	}
+	if known := newJobState(meta, ours, false); !func() bool { ok, _ := known.count(res, 10); return ok }() {
+		t.Fatal("a genuine result was refused")
 	}
 }

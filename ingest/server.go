@@ -44,9 +44,12 @@ type ReceiptStore interface {
 	Receipt(ctx context.Context, tenant, receiptID string) ([]byte, error)
 }
 
-// RecordMAC authenticates the records ingest writes (the value's MAC).
+// RecordMAC authenticates the records ingest writes (the value's MAC) and
+// derives keys from the same internal secret (recordauth.Keyring).
 type RecordMAC interface {
 	Header(value []byte) []byte
+	SignKeyID() string
+	Derive(kid string, label []byte) ([]byte, bool)
 }
 
 // ErrNotFound is what a ReceiptStore returns for an unknown receipt.
@@ -153,6 +156,9 @@ type Server struct {
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
+
+	streamsMu sync.Mutex
+	streams   map[string]int // open results streams per tenant
 }
 
 // New connects to Kafka, loads the jobs and listens; Run serves.
@@ -164,7 +170,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.New("ingest: authenticator, keys and record MAC are required")
 	}
 	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
-		limiters: map[string]*rate.Limiter{}, m: newMetrics(cfg.Registerer)}
+		limiters: map[string]*rate.Limiter{}, streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
 	s.routes = s.table()
 	var err error
 	// acks=all, but not franz-go's idempotent mode: an idempotent producer
@@ -179,7 +185,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.jobs, err = newTracker(ctx, cfg.Kafka, s.prod, cfg.MaxJobLines, cfg.UploadTimeout, cfg.JobRetention, s.m); err != nil {
+	if s.jobs, err = newTracker(ctx, cfg.Kafka, s.prod, deps.MAC, cfg.MaxJobLines, cfg.UploadTimeout, cfg.JobRetention, s.m); err != nil {
 		s.prod.Close()
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -51,9 +52,15 @@ func renderRejected(r *schemas.RejectedLine) []byte {
 const (
 	// maxStream bounds one results stream; a client resumes with after_line.
 	maxStream = 6 * time.Hour
-	// maxAhead bounds results held while an earlier line's is missing;
-	// past it the stream reads the partition again from the job's start.
-	maxAhead = 10_000
+	// maxAhead and maxAheadBytes bound the results held while an earlier
+	// line's is missing: only lines within maxAhead of the next one are
+	// held, and past either bound the stream reads the partition again
+	// from the job's start once it has caught up.
+	maxAhead      = 10_000
+	maxAheadBytes = 64 << 20
+	// maxStreamsPerTenant bounds a tenant's open results streams (each
+	// reads Kafka) on one ingest process.
+	maxStreamsPerTenant = 16
 )
 
 // jobResults streams a job's results as NDJSON, one line per input line in
@@ -96,18 +103,43 @@ func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 			return
 		}
 	}
+	if !s.openStream(t.ID) {
+		apiError(ctx, fasthttp.StatusTooManyRequests, "too_many_streams",
+			fmt.Sprintf("at most %d results streams per tenant at once on this server; close one, or resume later with after_line", maxStreamsPerTenant))
+		return
+	}
 	gone := watchClient(ctx.Conn())
 	ctx.SetConnectionClose() // the watcher read from the connection
 	ctx.SetContentType("application/x-ndjson")
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		s.m.streams.Inc()
 		defer s.m.streams.Dec()
+		defer s.closeStream(t.ID)
 		defer gone.stop()
 		sctx, cancel := context.WithTimeout(context.Background(), maxStream)
 		defer cancel()
 		st := &stream{s: s, w: w, tenant: t.ID, id: id, next: after + 1, gone: gone.ch, deadline: sctx.Done()}
 		st.run(part, start)
 	})
+}
+
+// openStream counts a tenant's stream in, unless it has too many open.
+func (s *Server) openStream(tenant string) bool {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streams[tenant] >= maxStreamsPerTenant {
+		return false
+	}
+	s.streams[tenant]++
+	return true
+}
+
+func (s *Server) closeStream(tenant string) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streams[tenant]--; s.streams[tenant] <= 0 {
+		delete(s.streams, tenant)
+	}
 }
 
 // resultsPartition is the certnode.receipts partition the tenant's results
@@ -140,20 +172,31 @@ func (s *Server) expired(ctx context.Context, part int32, start int64) (bool, er
 
 // stream is one results stream in progress.
 type stream struct {
-	s        *Server
-	w        *bufio.Writer
-	tenant   string
-	id       string
-	next     int64 // the next line to write
-	gone     <-chan struct{}
-	deadline <-chan struct{}
-	ahead    map[int64][]byte
+	s          *Server
+	w          *bufio.Writer
+	tenant     string
+	id         string
+	next       int64 // the next line to write
+	gone       <-chan struct{}
+	deadline   <-chan struct{}
+	ahead      map[int64][]byte
+	aheadBytes int
 }
 
-// wait blocks until the job changes or the stream must end.
-func (st *stream) wait(changed <-chan struct{}) bool {
+// wait blocks until the job changes, its upload outlives the upload
+// timeout (it is then abandoned, which no record announces), or the stream
+// must end.
+func (st *stream) wait(changed <-chan struct{}, j *schemas.Job) bool {
+	var abandon <-chan time.Time
+	if j.State == schemas.JobUploading {
+		t := time.NewTimer(time.Until(j.CreatedAt.Add(st.s.cfg.UploadTimeout)) + time.Second)
+		defer t.Stop()
+		abandon = t.C
+	}
 	select {
 	case <-changed:
+		return true
+	case <-abandon:
 		return true
 	case <-st.gone:
 	case <-st.deadline:
@@ -192,11 +235,11 @@ func (st *stream) run(part int32, start int64) {
 			j = cur
 			break
 		}
-		if !st.wait(changed) {
+		if !st.wait(changed, &cur) {
 			return
 		}
 	}
-	nonce, _ := decodeNonce(j.Nonce)
+	key := jobLineKey(st.s.deps.MAC, &j)
 	idx := newLineIndex(&j)
 	cl, err := kafka.NewClient(st.s.cfg.Kafka, kgo.FetchMaxWait(200*time.Millisecond),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{st.s.cfg.Kafka.Topics().Receipts: {part: kgo.NewOffset().At(start)}}))
@@ -217,12 +260,12 @@ func (st *stream) run(part int32, start int64) {
 		n := 0
 		fetches.EachRecord(func(rec *kgo.Record) {
 			n++
-			if header(rec, schemas.HeaderJobID) != st.id {
+			if kafka.Header(rec, schemas.HeaderJobID) != st.id {
 				return
 			}
 			res, err := schemas.DecodeResult(rec.Value)
 			if err != nil || res.Tenant != st.tenant || res.JobID != st.id || res.Line < st.next || res.Line > j.LinesRead ||
-				res.ID != lineID(nonce, st.id, res.Line) {
+				key == nil || res.ID != lineID(key, st.id, res.Line) {
 				return
 			}
 			if o, _ := idx.outcome(res.Line); o != lineAccepted {
@@ -231,11 +274,13 @@ func (st *stream) run(part int32, start int64) {
 			if _, dup := st.ahead[res.Line]; dup {
 				return
 			}
-			if len(st.ahead) >= maxAhead {
+			// The next line is always taken, so the stream moves on.
+			if res.Line != st.next && (res.Line >= st.next+maxAhead || st.aheadBytes >= maxAheadBytes) {
 				overflow = true
 				return
 			}
-			st.ahead[res.Line] = renderResult(res, res.Line)
+			b := renderResult(res, res.Line)
+			st.ahead[res.Line], st.aheadBytes = b, st.aheadBytes+len(b)
 		})
 		if n == 0 && overflow {
 			// Caught up with lines dropped: read the partition again.
@@ -251,7 +296,7 @@ func (st *stream) run(part int32, start int64) {
 func (st *stream) settle() {
 	for {
 		cur, changed, ok := st.s.jobs.lookup(st.tenant, st.id)
-		if !ok || cur.State == schemas.JobDone || !st.wait(changed) {
+		if !ok || cur.State == schemas.JobDone || cur.State == schemas.JobAbandoned || !st.wait(changed, &cur) {
 			return
 		}
 	}
@@ -272,6 +317,7 @@ func (st *stream) flush(idx *lineIndex, last int64) bool {
 				return st.w.Flush() == nil
 			}
 			delete(st.ahead, st.next)
+			st.aheadBytes -= len(b)
 			st.w.Write(b)
 		}
 		st.next++

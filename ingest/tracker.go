@@ -12,6 +12,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/time/rate"
 
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/schemas"
@@ -23,8 +24,8 @@ import (
 // and wake requests waiting for theirs). Every result is checked against
 // its job before it counts.
 type tracker struct {
-	kcfg        kafka.Config
 	topics      schemas.Topics
+	keys        keyDeriver
 	prod        *kgo.Client
 	jobsCl      *kgo.Client
 	resCl       *kgo.Client
@@ -35,11 +36,12 @@ type tracker struct {
 	log         *slog.Logger
 	started     atomic.Bool
 
-	mu       sync.Mutex
-	jobs     map[string]*jobState
-	waiters  map[string]waiter
-	pending  map[string][]pendingResult // results of jobs not known yet
-	npending int
+	mu         sync.Mutex
+	jobs       map[string]*jobState
+	waiters    map[string]waiter
+	pending    map[string][]pendingResult // results of jobs not known yet
+	npending   int
+	refusedLog rate.Sometimes
 	// pos is the next receipts offset the reader will see, per partition: a
 	// job started now finds all its results at or after it.
 	pos map[int32]int64
@@ -64,9 +66,9 @@ const (
 
 // newTracker loads every job from the jobs topic, then starts reading
 // results where the oldest unfinished job's results begin (or at the end).
-func newTracker(ctx context.Context, kcfg kafka.Config, prod *kgo.Client, maxLine int64, uploadLimit, retention time.Duration, m *metrics) (*tracker, error) {
-	t := &tracker{kcfg: kcfg, topics: kcfg.Topics(), prod: prod, maxLine: maxLine, uploadLimit: uploadLimit,
-		retention: retention, m: m, log: slog.With("role", "ingest"),
+func newTracker(ctx context.Context, kcfg kafka.Config, prod *kgo.Client, keys keyDeriver, maxLine int64, uploadLimit, retention time.Duration, m *metrics) (*tracker, error) {
+	t := &tracker{topics: kcfg.Topics(), keys: keys, prod: prod, maxLine: maxLine, uploadLimit: uploadLimit,
+		retention: retention, m: m, log: slog.With("role", "ingest"), refusedLog: rate.Sometimes{Interval: 10 * time.Second},
 		jobs: map[string]*jobState{}, waiters: map[string]waiter{}, pending: map[string][]pendingResult{}}
 	adm := kadm.NewClient(prod)
 	// The topics may have been created a moment ago and not be listed by
@@ -166,11 +168,11 @@ func (t *tracker) loadJobs(ctx context.Context, ends map[int32]int64) error {
 
 func (t *tracker) ready() bool { return t.started.Load() }
 
-// run reads both topics until ctx ends.
+// run reads both topics, and expires old jobs, until ctx ends.
 func (t *tracker) run(ctx context.Context) {
 	t.started.Store(true)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
@@ -183,8 +185,6 @@ func (t *tracker) run(ctx context.Context) {
 	}()
 	go func() {
 		defer wg.Done()
-		gc := time.NewTicker(time.Minute)
-		defer gc.Stop()
 		for ctx.Err() == nil {
 			fetches := t.resCl.PollFetches(ctx)
 			if fetches.IsClientClosed() {
@@ -196,10 +196,18 @@ func (t *tracker) run(ctx context.Context) {
 				}
 			})
 			fetches.EachRecord(t.deliver)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		gc := time.NewTicker(time.Minute)
+		defer gc.Stop()
+		for {
 			select {
-			case <-gc.C:
-				t.collect(ctx, time.Now())
-			default:
+			case <-ctx.Done():
+				return
+			case now := <-gc.C:
+				t.collect(ctx, now)
 			}
 		}
 	}()
@@ -226,18 +234,19 @@ func (t *tracker) applyJob(rec *kgo.Record) {
 		if meta.State == schemas.JobDone && time.Since(meta.FinishedAt) > t.retention {
 			return
 		}
-		j = newJobState(*meta, false)
+		j = newJobState(*meta, jobLineKey(t.keys, meta), false)
 		t.jobs[id] = j
 		for _, p := range t.pending[id] {
 			t.countLocked(j, p.res)
 		}
 		t.npending -= len(t.pending[id])
 		delete(t.pending, id)
+	case j.meta.State == schemas.JobDone:
+		j.doneWritten = j.doneWritten || meta.State == schemas.JobDone
+		return // a job never goes back from done
 	case meta.State == schemas.JobDone:
 		j.doneWritten = true
-		if j.meta.State != schemas.JobDone {
-			j.meta, j.seen, j.valid, j.invalid, j.index = *meta, nil, nil, nil, nil
-		}
+		j.meta, j.seen, j.valid, j.invalid, j.index = *meta, nil, nil, nil, nil
 	case j.owner:
 		return // our own record coming back
 	case meta.State == schemas.JobRunning && j.meta.State == schemas.JobUploading:
@@ -249,19 +258,21 @@ func (t *tracker) applyJob(rec *kgo.Record) {
 	j.notify()
 }
 
-// deliver takes a record from certnode.receipts.
+// deliver takes a record from certnode.receipts. Results are decoded
+// outside the lock: they can be large, and every result of the cluster
+// passes here.
 func (t *tracker) deliver(rec *kgo.Record) {
-	id, jobID := header(rec, schemas.HeaderRequestID), header(rec, schemas.HeaderJobID)
+	id, jobID := kafka.Header(rec, schemas.HeaderRequestID), kafka.Header(rec, schemas.HeaderJobID)
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if next := rec.Offset + 1; next > t.pos[rec.Partition] {
 		t.pos[rec.Partition] = next
 	}
-	w, waiting := t.waiters[id]
-	j, tracked := t.jobs[jobID]
+	_, waiting := t.waiters[id]
+	_, tracked := t.jobs[jobID]
 	if jobID == "" {
-		j, tracked = t.jobs[id] // a single request that was told to poll
+		_, tracked = t.jobs[id] // a single request that was told to poll
 	}
+	t.mu.Unlock()
 	if !waiting && !tracked && jobID == "" {
 		return
 	}
@@ -271,18 +282,36 @@ func (t *tracker) deliver(rec *kgo.Record) {
 		return
 	}
 	t.m.lag.Set(time.Since(res.ProcessedAt).Seconds())
-	if waiting && res.JobID == "" && res.ID == id && res.Tenant == w.tenant {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w, ok := t.waiters[id]; ok && res.JobID == "" && res.ID == id && res.Tenant == w.tenant {
 		delete(t.waiters, id)
 		w.ch <- res
 	}
+	j, ok := t.jobs[jobID]
+	if jobID == "" {
+		j, ok = t.jobs[id]
+	}
 	switch {
-	case tracked:
+	case ok:
 		t.countLocked(j, res)
-	case jobID != "" && t.npending < maxPending:
+	case jobID == "" || res.Auth != schemas.AuthIngest:
+		// Only results of ingest's own records wait for their job's
+		// record: forged ones must not fill the buffer.
+	case t.npending >= maxPending:
+		t.m.resultsDropped.WithLabelValues("pending_full").Inc()
+	default:
 		res.Receipt = nil // counting needs none of it
 		t.pending[jobID] = append(t.pending[jobID], pendingResult{res, time.Now()})
 		t.npending++
 	}
+}
+
+// countFor counts a result for a job this process holds.
+func (t *tracker) countFor(j *jobState, res *schemas.Result) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.countLocked(j, res)
 }
 
 // countLocked counts res for j; callers hold t.mu.
@@ -304,7 +333,10 @@ func (t *tracker) countLocked(j *jobState, res *schemas.Result) {
 	} else if ok, why := j.count(res, t.maxLine); !ok {
 		if why != "" {
 			t.m.resultsDropped.WithLabelValues(why).Inc()
-			t.log.Warn("result refused for its job", "job", j.meta.ID, "line", res.Line, "reason", why)
+			t.refusedLog.Do(func() {
+				t.log.Warn("results refused for the job they name (more are only counted in certnode_ingest_results_refused_total)",
+					"job", j.meta.ID, "line", res.Line, "reason", why)
+			})
 		}
 		return
 	}
@@ -316,33 +348,47 @@ func (t *tracker) countLocked(j *jobState, res *schemas.Result) {
 
 // writeDone records a finished job, unless its done record is already on
 // the topic. The owner writes at once; others only if no done record came
-// within a few seconds (the owner may be gone).
+// within a few seconds (the owner may be gone). A failed write is retried.
 func (t *tracker) writeDone(j *jobState) {
 	meta := j.meta
-	write := func() {
+	var write func(attempt int)
+	write = func(attempt int) {
 		t.mu.Lock()
 		skip := j.doneWritten
 		j.doneWritten = true
 		t.mu.Unlock()
-		if !skip {
-			t.put(context.Background(), &meta)
+		if skip {
+			return
+		}
+		// writeMu is never held while taking t.mu (finishUpload takes them
+		// the other way round).
+		j.writeMu.Lock()
+		err := t.put(context.Background(), &meta)
+		j.writeMu.Unlock()
+		if err != nil {
+			t.mu.Lock()
+			j.doneWritten = false
+			t.mu.Unlock()
+			if attempt < 5 {
+				time.AfterFunc(time.Duration(attempt+1)*2*time.Second, func() { write(attempt + 1) })
+			}
 		}
 	}
 	if j.owner {
-		go write()
+		go write(0)
 	} else {
-		time.AfterFunc(5*time.Second, write)
+		time.AfterFunc(5*time.Second, func() { write(0) })
 	}
 }
 
-// put writes a job record; a failure is logged (the record is rewritten
-// by whoever sees the job finish).
+// put writes a job record, however the request that led to it ends: a
+// stopping server cancels request contexts, and the record must still land.
 func (t *tracker) put(ctx context.Context, meta *schemas.Job) error {
 	val, err := json.Marshal(meta)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err = t.prod.ProduceSync(ctx, &kgo.Record{Topic: t.topics.Jobs, Key: []byte(meta.ID), Value: val}).FirstErr()
 	if err != nil {
@@ -355,7 +401,7 @@ func (t *tracker) put(ctx context.Context, meta *schemas.Job) error {
 func (t *tracker) start(ctx context.Context, meta schemas.Job) (*jobState, error) {
 	meta.V, meta.CreatedAt = schemas.EnvelopeVersion, time.Now().UTC()
 	t.mu.Lock()
-	j := newJobState(meta, true)
+	j := newJobState(meta, jobLineKey(t.keys, &meta), true)
 	t.jobs[meta.ID] = j // results counted from now on change j.meta, not meta
 	t.mu.Unlock()
 	if err := t.put(ctx, &meta); err != nil {
@@ -367,20 +413,29 @@ func (t *tracker) start(ctx context.Context, meta schemas.Job) (*jobState, error
 	return j, nil
 }
 
-// finishUpload records the end of an owned upload.
+// finishUpload records the end of an owned upload. The record is written
+// before any done record of the job (writeMu), so the compacted topic ends
+// with the job's last state.
 func (t *tracker) finishUpload(ctx context.Context, j *jobState, meta schemas.Job) error {
 	t.mu.Lock()
 	j.uploaded(meta)
 	rec := j.meta
 	rec.Done, rec.Valid, rec.Invalid, rec.Failed = 0, 0, 0, 0 // counts travel only in done records
-	done := j.complete()
-	if done {
+	if j.complete() {
 		rec = j.meta
 		j.doneWritten = true
 	}
 	j.notify()
+	j.writeMu.Lock()
 	t.mu.Unlock()
-	return t.put(ctx, &rec)
+	defer j.writeMu.Unlock()
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err = t.put(ctx, &rec); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 // positions is where this process's results reader stands.
@@ -456,13 +511,4 @@ func (t *tracker) close() {
 			cl.Close()
 		}
 	}
-}
-
-func header(rec *kgo.Record, key string) string {
-	for _, h := range rec.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -105,6 +106,7 @@ type metrics struct {
 	batchAge prometheus.GaugeFunc
 	stalled  prometheus.GaugeFunc
 	lost     prometheus.Counter
+	dlq      *prometheus.CounterVec
 }
 
 func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
@@ -122,6 +124,9 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "certnode_worker_partition_lag", Help: "Requests behind the partition's high watermark at the last poll.",
 		}, []string{"partition"}),
+		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certnode_worker_dlq_total", Help: "Records copied to the DLQ, by reason.",
+		}, []string{"reason"}),
 		lost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certnode_worker_batches_lost_total", Help: "Batches whose partitions moved to another member before their commit.",
 		}),
@@ -138,7 +143,7 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled, m.lost)
+		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled, m.lost, m.dlq)
 	}
 	return m
 }
@@ -153,6 +158,7 @@ type Worker struct {
 	topics   schemas.Topics
 	m        *metrics
 	log      *slog.Logger
+	dlqLog   rate.Sometimes
 	// batchStart is the UnixNano time the batch in hand was polled (0: idle).
 	batchStart atomic.Int64
 }
@@ -166,7 +172,7 @@ func New(cfg Config, s Signer, producer ProducerKeys, mac IngestMAC, opts ...kgo
 		return nil, errors.New("worker: signer, producer keys and ingest MAC are required")
 	}
 	w := &Worker{cfg: cfg, signer: s, producer: producer, mac: mac, topics: cfg.Kafka.Topics(),
-		log: slog.With("role", "worker")}
+		log: slog.With("role", "worker"), dlqLog: rate.Sometimes{Interval: 10 * time.Second}}
 	w.m = w.newMetrics(cfg.Registerer)
 	base := append(kafka.GroupConsumer(cfg.Group, w.topics.Requests), kgo.RebalanceTimeout(cfg.RebalanceTimeout), kafka.ResultBatches())
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
@@ -462,7 +468,7 @@ func (w *Worker) sign(ctx context.Context, req *schemas.Request, res *schemas.Re
 
 func (w *Worker) verify(req *schemas.Request, res *schemas.Result) {
 	ks, keys := w.signer.KeySet(), schemas.KeysService
-	if len(req.JWKS) > 0 {
+	if schemas.Present(req.JWKS) {
 		keys = schemas.KeysCaller
 		var err error
 		if ks, err = schemas.ParseJWKS(req.JWKS); err != nil {
@@ -477,11 +483,14 @@ func (w *Worker) verify(req *schemas.Request, res *schemas.Result) {
 	}
 	res.Receipt = req.Receipt
 	var ve *schemas.VerifyError
-	if errors.As(err, &ve) {
+	switch {
+	case err == nil:
+		res.Status = schemas.StatusValid
+	case errors.As(err, &ve):
 		res.Status, res.Reason = schemas.StatusInvalid, string(ve.Reason)
-		return
+	default: // never valid by default
+		res.Status, res.Reason = schemas.StatusInvalid, string(schemas.ReasonMalformed)
 	}
-	res.Status = schemas.StatusValid
 }
 
 // dlq copies a poison record with its reason. Credentials and MACs are not
@@ -504,7 +513,13 @@ func (w *Worker) dlq(rec *kgo.Record, pe *permanentError) *kgo.Record {
 			hs = append(hs, h)
 		}
 	}
-	w.log.Warn("record sent to DLQ", "reason", pe.reason, "partition", rec.Partition, "offset", rec.Offset, "err", msg)
+	w.m.dlq.WithLabelValues(pe.reason).Inc()
+	// Hostile producers can send floods: the metric counts every record,
+	// the log shows a sample.
+	w.dlqLog.Do(func() {
+		w.log.Warn("record sent to DLQ (more are only counted in certnode_worker_dlq_total)", "reason", pe.reason,
+			"partition", rec.Partition, "offset", rec.Offset, "err", msg)
+	})
 	return &kgo.Record{Topic: w.topics.DLQ, Key: rec.Key, Value: rec.Value, Headers: hs}
 }
 

@@ -123,8 +123,12 @@ func checkToken(name, v string, max int) error {
 	return nil
 }
 
-// present reports whether an optional JSON member was given: null is not.
-func present(v jsontext.Value) bool { return len(v) > 0 && v.Kind() != 'n' }
+// CheckTenantID checks a tenant id the way envelopes do, so a tenant that
+// can be configured can also be served.
+func CheckTenantID(id string) error { return checkToken("tenant id", id, MaxTenantBytes) }
+
+// Present reports whether an optional JSON member was given: null is not.
+func Present(v jsontext.Value) bool { return len(v) > 0 && v.Kind() != 'n' }
 
 // checkJobLine checks that a job id and line come together and in range.
 func checkJobLine(jobID string, line int64) error {
@@ -154,17 +158,17 @@ func (r *Request) Validate() error {
 		checkJobLine(r.JobID, r.Line))
 	switch r.Kind {
 	case KindSign:
-		if !present(r.Payload) {
+		if !Present(r.Payload) {
 			errs = append(errs, errors.New("sign needs payload"))
 		}
-		if present(r.Receipt) || present(r.JWKS) {
+		if Present(r.Receipt) || Present(r.JWKS) {
 			errs = append(errs, errors.New("sign takes payload only, not receipt or jwks"))
 		}
 	case KindVerify:
-		if !present(r.Receipt) {
+		if !Present(r.Receipt) {
 			errs = append(errs, errors.New("verify needs receipt"))
 		}
-		if present(r.Payload) {
+		if Present(r.Payload) {
 			errs = append(errs, errors.New("verify takes receipt (and jwks), not payload"))
 		}
 	default:
@@ -257,7 +261,7 @@ func (r *Result) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("auth %q", r.Auth))
 	}
-	if r.Status == StatusSigned && !present(r.Receipt) {
+	if r.Status == StatusSigned && !Present(r.Receipt) {
 		errs = append(errs, errors.New("a signed result needs its receipt"))
 	}
 	if r.Size < 0 {

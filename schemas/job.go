@@ -43,9 +43,11 @@ type Job struct {
 	Kind   Kind     `json:"kind"`
 	Single bool     `json:"single,omitempty"` // a /v1/sign or /v1/verify request answered 504
 	State  JobState `json:"state"`
-	// Nonce derives the request id of each line (see ingest); a result is
-	// counted for a line only when its id matches.
+	// Nonce and KeyID derive the request id of each line (see ingest),
+	// keyed with the internal secret KeyID names; a result is counted for a
+	// line only when its id matches.
 	Nonce string `json:"nonce,omitempty"`
+	KeyID string `json:"key_id,omitempty"`
 	// Start holds the certnode.receipts end offsets when the job began:
 	// its results are at or after them.
 	Start map[int32]int64 `json:"start,omitempty"`

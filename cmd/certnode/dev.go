@@ -75,7 +75,7 @@ func newDevCmd() *cobra.Command {
 			if err := ensureTopics(ctx, kcfg); err != nil {
 				return err
 			}
-			icfg.ShutdownTimeout = shutdownTimeout
+			icfg.ShutdownTimeout = drainTimeout()
 			ring, release, err := devRing(&keys, dataDir)
 			if err != nil {
 				return err

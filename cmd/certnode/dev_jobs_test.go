@@ -300,8 +300,12 @@ func (e *devEnv) gauge(name string) string {
 	return "missing"
 }
 
+// maxStreams is ingest's limit of open results streams per tenant.
+const maxStreams = 16
+
 // TestDevStopsWithOpenStreams: a stream whose client left is closed at
-// once, and streams waiting on an unfinished job do not hold up a stop.
+// once, a tenant cannot hold more than maxStreams open, and streams
+// waiting on an unfinished job do not hold up a stop.
 func TestDevStopsWithOpenStreams(t *testing.T) {
 	e := startDev(t, "--shutdown-timeout", "3s")
 	// An upload that stays open keeps its job unfinished.
@@ -339,11 +343,16 @@ func TestDevStopsWithOpenStreams(t *testing.T) {
 	waitGauge("1")
 	leave()
 	waitGauge("0") // the client hung up: its stream ended without a write failing
-	open()
-	open()
-	waitGauge("2")
+	for range maxStreams {
+		open()
+	}
+	waitGauge(fmt.Sprint(maxStreams))
+	// One more than a tenant may hold open is refused, not queued.
+	if code, body := e.do("GET", "/v1/jobs/"+job+"/results", e.key, "", ""); code != 429 || errorCode(t, body) != "too_many_streams" {
+		t.Fatalf("stream over the limit: %d %s", code, body)
+	}
 	code, took := e.stop()
 	if code != 0 || took > 8*time.Second {
-		t.Fatalf("dev with 2 open streams stopped after %s, exit %d: %s", took, code, e.stderr())
+		t.Fatalf("dev with open streams stopped after %s, exit %d: %s", took, code, e.stderr())
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/interop"
+	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -442,7 +443,7 @@ func TestE2ECustomerProducers(t *testing.T) {
 				requestRec = r
 				requests++
 			case topics.DLQ:
-				if header(r, schemas.HeaderDLQReason) == "unauthenticated" && header(r, schemas.HeaderLegacyAPIKey) == "" {
+				if kafka.Header(r, schemas.HeaderDLQReason) == "unauthenticated" && kafka.Header(r, schemas.HeaderLegacyAPIKey) == "" {
 					dlq++
 				}
 			case topics.Receipts:
@@ -471,15 +472,6 @@ func TestE2ECustomerProducers(t *testing.T) {
 	if requestRec.Partition != int32(want) {
 		t.Fatalf("the producers put tenant %s on partition %d, franz-go's murmur2 on %d", e.tenant, requestRec.Partition, want)
 	}
-}
-
-func header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
 }
 
 // TestE2EJobsAnyIngest: a job accepted by one ingest process is answered,

@@ -22,8 +22,9 @@ var shutdownTimeout = 10 * time.Second
 // exit ends the process when a stop must not wait (tests replace it).
 var exit = os.Exit
 
-// drainTimeout is how long a stopping worker finishes its batch: most of
-// the shutdown timeout, leaving time to leave the group and close clients.
+// drainTimeout is how long a stopping part (a worker's batch, ingest's
+// open requests) may take: most of the shutdown timeout, leaving time to
+// leave the group and close clients before runParts gives up.
 func drainTimeout() time.Duration { return shutdownTimeout * 3 / 4 }
 
 // runParts runs long-lived parts until ctx ends, a signal arrives or one

@@ -138,7 +138,7 @@ func newIngestCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
-			cfg.Addr, cfg.Kafka, cfg.ShutdownTimeout = addr, kf.config(), shutdownTimeout
+			cfg.Addr, cfg.Kafka, cfg.ShutdownTimeout = addr, kf.config(), drainTimeout()
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}

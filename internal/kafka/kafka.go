@@ -141,6 +141,16 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
 	return nil
 }
 
+// Header returns a record header's value ("" when absent).
+func Header(rec *kgo.Record, key string) string {
+	for _, h := range rec.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
 // kgoLogger sends franz-go's warnings and errors to slog.
 type kgoLogger struct{}
 

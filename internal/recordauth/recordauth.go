@@ -66,6 +66,21 @@ func NewKeyring(secrets ...[]byte) (*Keyring, error) {
 	return k, nil
 }
 
+// SignKeyID names the secret that signs.
+func (k *Keyring) SignKeyID() string { return k.signKid }
+
+// Derive returns HMAC-SHA256(secret kid, label): a key for one purpose that
+// only holders of the internal secret can compute.
+func (k *Keyring) Derive(kid string, label []byte) ([]byte, bool) {
+	secret, ok := k.secrets[kid]
+	if !ok {
+		return nil, false
+	}
+	h := hmac.New(sha256.New, secret)
+	h.Write(label)
+	return h.Sum(nil), true
+}
+
 // Header is the certnode-ingest-mac value for a record value.
 func (k *Keyring) Header(value []byte) []byte {
 	return []byte(k.signKid + ":" + Sign(k.secrets[k.signKid], value))

@@ -48,3 +48,20 @@ func TestProducerSignature(t *testing.T) {
 		t.Fatal("forged signature accepted")
 	}
 }
+
+func TestDerive(t *testing.T) {
+	a, _ := NewKeyring([]byte(strings.Repeat("a", 32)), []byte(strings.Repeat("b", 32)))
+	k1, ok1 := a.Derive(a.SignKeyID(), []byte("job-1"))
+	k2, _ := a.Derive(a.SignKeyID(), []byte("job-2"))
+	other, _ := NewKeyring([]byte(strings.Repeat("b", 32)))
+	k3, _ := other.Derive(other.SignKeyID(), []byte("job-1"))
+	if !ok1 || len(k1) != 32 || string(k1) == string(k2) || string(k1) == string(k3) {
+		t.Fatal("derived keys are not distinct per label and secret")
+	}
+	if again, _ := a.Derive(a.SignKeyID(), []byte("job-1")); string(again) != string(k1) {
+		t.Fatal("derivation is not stable")
+	}
+	if _, ok := a.Derive("unknown", []byte("job-1")); ok {
+		t.Fatal("an unknown key id derived a key")
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 // Tenant is one customer account.
@@ -71,8 +73,8 @@ func NewFileStore(f File) (*FileStore, error) {
 	var errs []error
 	for i := range f.Tenants {
 		t := &f.Tenants[i]
-		if t.ID == "" || strings.ContainsAny(t.ID, " \t\r\n") || len(t.ID) > 64 {
-			errs = append(errs, fmt.Errorf("tenant %d: id must be 1-64 bytes without spaces", i))
+		if err := schemas.CheckTenantID(t.ID); err != nil {
+			errs = append(errs, fmt.Errorf("tenant %d: %w", i, err))
 			continue
 		}
 		if s.byID[t.ID] != nil {

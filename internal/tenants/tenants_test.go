@@ -39,8 +39,9 @@ func TestFileStoreRejectsBadFiles(t *testing.T) {
 		{ID: "b", APIKeyHashes: []string{h}, RateLimit: -1},
 		{ID: "c", APIKeyHashes: []string{h}},
 		{ID: "c"},
+		{ID: "café"},
 	}})
-	for _, want := range []string{"tenant 0: id", "sha256:<64 hex>", "must not be negative", "share an API key", `"c": defined twice`} {
+	for _, want := range []string{"tenant 0: tenant id is required", "tenant 5: tenant id must be printable ASCII", "sha256:<64 hex>", "must not be negative", "share an API key", `"c": defined twice`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}

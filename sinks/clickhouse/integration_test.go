@@ -294,8 +294,8 @@ func TestIntegrationSinkWritesResults(t *testing.T) {
 	}
 
 	dlq := readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 1)
-	if header(dlq[0], schemas.HeaderDLQReason) != ReasonBadResult || !strings.HasPrefix(header(dlq[0], schemas.HeaderDLQSource), e.topics.Receipts+"/") ||
-		header(dlq[0], schemas.HeaderDLQError) == "" || string(dlq[0].Value) != `{"v":1,"id":"x"` {
+	if kafka.Header(dlq[0], schemas.HeaderDLQReason) != ReasonBadResult || !strings.HasPrefix(kafka.Header(dlq[0], schemas.HeaderDLQSource), e.topics.Receipts+"/") ||
+		kafka.Header(dlq[0], schemas.HeaderDLQError) == "" || string(dlq[0].Value) != `{"v":1,"id":"x"` {
 		t.Errorf("DLQ record %q headers %v", dlq[0].Value, dlq[0].Headers)
 	}
 	if v := value(t, s.m.unauthenticated); v != 1 {
@@ -364,10 +364,10 @@ func TestIntegrationRefusedRowsGoToDLQ(t *testing.T) {
 	}
 	dlq := readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, len(refused))
 	for _, d := range dlq {
-		id := header(d, schemas.HeaderRequestID)
-		msg := header(d, schemas.HeaderDLQError)
-		if !refused[id] || header(d, schemas.HeaderDLQReason) != ReasonRefused || !strings.Contains(msg, "code: 395") || !strings.Contains(msg, "throwIf") {
-			t.Errorf("DLQ record %s: reason %q, error %q", id, header(d, schemas.HeaderDLQReason), msg)
+		id := kafka.Header(d, schemas.HeaderRequestID)
+		msg := kafka.Header(d, schemas.HeaderDLQError)
+		if !refused[id] || kafka.Header(d, schemas.HeaderDLQReason) != ReasonRefused || !strings.Contains(msg, "code: 395") || !strings.Contains(msg, "throwIf") {
+			t.Errorf("DLQ record %s: reason %q, error %q", id, kafka.Header(d, schemas.HeaderDLQReason), msg)
 		}
 		delete(refused, id)
 	}

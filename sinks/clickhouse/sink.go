@@ -326,22 +326,13 @@ func (s *Sink) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
 			failed, errs = append(failed, retry), append(errs, r.Err)
 			continue
 		}
-		s.m.dlq.WithLabelValues(header(r.Record, schemas.HeaderDLQReason)).Inc()
+		s.m.dlq.WithLabelValues(kafka.Header(r.Record, schemas.HeaderDLQReason)).Inc()
 	}
 	*recs = failed
 	if len(errs) > 0 {
 		return fmt.Errorf("%d of the DLQ records not acknowledged: %w", len(failed), errs[0])
 	}
 	return nil
-}
-
-func header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
 }
 
 // retry runs f until it succeeds, backing off between attempts. Attempts

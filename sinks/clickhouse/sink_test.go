@@ -130,14 +130,14 @@ func TestSinkSortsEveryRecord(t *testing.T) {
 			t.Fatalf("DLQ record %q is no copy of a result", d.Value)
 		}
 		orig := recs[src]
-		if want := fmt.Sprintf("%s/%d/%d", orig.Topic, orig.Partition, orig.Offset); header(d, schemas.HeaderDLQSource) != want {
-			t.Errorf("source %q, want %q", header(d, schemas.HeaderDLQSource), want)
+		if want := fmt.Sprintf("%s/%d/%d", orig.Topic, orig.Partition, orig.Offset); kafka.Header(d, schemas.HeaderDLQSource) != want {
+			t.Errorf("source %q, want %q", kafka.Header(d, schemas.HeaderDLQSource), want)
 		}
-		if string(d.Key) != "t1" || header(d, schemas.HeaderDLQError) == "" {
-			t.Errorf("DLQ record key %q, error %q", d.Key, header(d, schemas.HeaderDLQError))
+		if string(d.Key) != "t1" || kafka.Header(d, schemas.HeaderDLQError) == "" {
+			t.Errorf("DLQ record key %q, error %q", d.Key, kafka.Header(d, schemas.HeaderDLQError))
 		}
-		reason := header(d, schemas.HeaderDLQReason)
-		reasons[reason] = append(reasons[reason], header(d, schemas.HeaderDLQError))
+		reason := kafka.Header(d, schemas.HeaderDLQReason)
+		reasons[reason] = append(reasons[reason], kafka.Header(d, schemas.HeaderDLQError))
 	}
 	if len(reasons[ReasonRefused]) != 1 || !strings.Contains(reasons[ReasonRefused][0], "code: 395, message: row refuse-1") {
 		t.Errorf("refused: %q", reasons[ReasonRefused])
@@ -280,7 +280,7 @@ func TestSinkCommitsAfterDLQAcknowledged(t *testing.T) {
 	}
 	refusing.Store(false)
 	e.waitCommitted(t, 2)
-	if d := readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 1); header(d[0], schemas.HeaderDLQReason) != ReasonBadResult {
+	if d := readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 1); kafka.Header(d[0], schemas.HeaderDLQReason) != ReasonBadResult {
 		t.Fatalf("DLQ record %+v", d[0])
 	}
 	if got := f.ids(); !slices.Equal(got, []string{"a"}) {
