@@ -333,7 +333,9 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 		JobID: req.JobID, Line: req.Line, Size: len(rec.Value), ReceivedAt: req.ReceivedAt,
 	}
 	if auth != schemas.AuthIngest || res.ReceivedAt.IsZero() {
-		// Only ingest's clock is trusted; the broker's is stable across replays.
+		// Only ingest's clock is trusted. The record's timestamp (the
+		// producer's create time, or the broker's with LogAppendTime) is
+		// stable across replays; the sink bounds it.
 		res.ReceivedAt = rec.Timestamp
 	}
 	var out []*kgo.Record

@@ -75,10 +75,10 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 	return kgo.NewClient(append(base, opts...)...)
 }
 
-// LostMembership reports whether a commit failed because the group moved
-// the member's partitions away: retrying cannot succeed, and the new owner
-// redoes the uncommitted records, so the stage drops the batch and polls
-// again (rejoining the group).
+// LostMembership reports whether a commit failed because the group is
+// moving partitions: retrying cannot succeed, and whoever owns them after
+// the rebalance (maybe this member) starts from the last commit and redoes
+// the batch, so the stage drops it and polls again (rejoining the group).
 func LostMembership(err error) bool {
 	return errors.Is(err, kerr.UnknownMemberID) || errors.Is(err, kerr.IllegalGeneration) ||
 		errors.Is(err, kerr.FencedInstanceID) || errors.Is(err, kerr.RebalanceInProgress)
