@@ -6,6 +6,8 @@ import (
 	"io"
 	"testing"
 	"testing/iotest"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 func readAll(t testing.TB, input []byte, max int, chunked bool) []line {
@@ -84,6 +86,27 @@ func FuzzLineReader(f *testing.F) {
 			if !bytes.Contains(input, l.doc) {
 				t.Fatalf("line %d holds bytes not in the input", l.n)
 			}
+		}
+	})
+}
+
+// FuzzUnwrapReceipt: a verify job's line is read as the receipt it wraps
+// only when it is an object with an object "receipt" and no "protected";
+// otherwise the line itself is the receipt. It never panics.
+func FuzzUnwrapReceipt(f *testing.F) {
+	f.Add([]byte(`{"receipt":{"protected":"x"}}`))
+	f.Add([]byte(`{"line":1,"status":"signed","receipt":{"a":1}}`))
+	f.Add([]byte(`{"protected":"x","receipt":{}}`))
+	f.Add([]byte(`{"receipt":null}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		got := unwrapReceipt(doc)
+		if bytes.Equal(got, doc) {
+			return
+		}
+		v := jsontext.Value(got)
+		if !v.IsValid() || v.Kind() != '{' || !bytes.Contains(doc, bytes.TrimSpace(got)) {
+			t.Fatalf("unwrapped %q into %q, not an object it holds", doc, got)
 		}
 	})
 }

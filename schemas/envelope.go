@@ -147,15 +147,20 @@ func checkJobLine(jobID string, line int64) error {
 	return nil
 }
 
+// checkCommon checks the members requests and results share.
+func checkCommon(v int, id, tenant, jobID string, line int64) []error {
+	var errs []error
+	if v != EnvelopeVersion {
+		errs = append(errs, fmt.Errorf("v must be %d", EnvelopeVersion))
+	}
+	return append(errs, checkToken("id", id, MaxIDBytes), checkToken("tenant", tenant, MaxTenantBytes),
+		checkJobLine(jobID, line))
+}
+
 // Validate checks the envelope's shape (not the payload's JSON, which the
 // worker canonicalizes anyway) and reports every problem at once.
 func (r *Request) Validate() error {
-	var errs []error
-	if r.V != EnvelopeVersion {
-		errs = append(errs, fmt.Errorf("v must be %d", EnvelopeVersion))
-	}
-	errs = append(errs, checkToken("id", r.ID, MaxIDBytes), checkToken("tenant", r.Tenant, MaxTenantBytes),
-		checkJobLine(r.JobID, r.Line))
+	errs := checkCommon(r.V, r.ID, r.Tenant, r.JobID, r.Line)
 	switch r.Kind {
 	case KindSign:
 		if !Present(r.Payload) {
@@ -242,12 +247,7 @@ type Result struct {
 
 // Validate checks a result's shape; readers drop results that fail it.
 func (r *Result) Validate() error {
-	var errs []error
-	if r.V != EnvelopeVersion {
-		errs = append(errs, fmt.Errorf("v must be %d", EnvelopeVersion))
-	}
-	errs = append(errs, checkToken("id", r.ID, MaxIDBytes), checkToken("tenant", r.Tenant, MaxTenantBytes),
-		checkJobLine(r.JobID, r.Line))
+	errs := checkCommon(r.V, r.ID, r.Tenant, r.JobID, r.Line)
 	if r.Kind != KindSign && r.Kind != KindVerify {
 		errs = append(errs, fmt.Errorf("kind %q", r.Kind))
 	}

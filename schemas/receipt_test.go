@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"math/big"
 	"strings"
 	"testing"
 
@@ -15,6 +16,17 @@ import (
 
 // signForTest builds a receipt with a plain Go key, the way every signer does.
 func signForTest(t testing.TB, key *ecdsa.PrivateKey, payload string) (*Receipt, []byte) {
+	t.Helper()
+	rc := signWith(t, key, payload, func(d []byte) (*big.Int, *big.Int, error) { return ecdsa.Sign(rand.Reader, key, d) })
+	raw, err := rc.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc, raw
+}
+
+// signWith builds a receipt whose P-256 signature sign makes from the digest.
+func signWith(t testing.TB, key *ecdsa.PrivateKey, payload string, sign func(digest []byte) (r, s *big.Int, err error)) *Receipt {
 	t.Helper()
 	jwk, err := NewJWK(&key.PublicKey)
 	if err != nil {
@@ -25,7 +37,7 @@ func signForTest(t testing.TB, key *ecdsa.PrivateKey, payload string) (*Receipt,
 		t.Fatal(err)
 	}
 	d := u.Digest()
-	r, s, err := ecdsa.Sign(rand.Reader, key, d[:])
+	r, s, err := sign(d[:])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,11 +48,7 @@ func signForTest(t testing.TB, key *ecdsa.PrivateKey, payload string) (*Receipt,
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := rc.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rc, raw
+	return rc
 }
 
 func newKey(t testing.TB) (*ecdsa.PrivateKey, *KeySet) {

@@ -77,33 +77,19 @@ func checkVerifyError(t *testing.T, err error) Reason {
 	return ve.Reason
 }
 
+// signDeterministic signs with RFC 6979-style nonces (crypto.Signer with a
+// nil random source), so saved fuzz inputs replay the same way.
 func signDeterministic(t testing.TB, key *ecdsa.PrivateKey, payload string) *Receipt {
 	t.Helper()
-	jwk, err := NewJWK(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := NewUnsigned(jwk.Kid, []byte(payload))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := u.Digest()
-	der, err := key.Sign(nil, d[:], crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rs struct{ R, S *big.Int }
-	if _, err := asn1.Unmarshal(der, &rs); err != nil {
-		t.Fatal(err)
-	}
-	var p1363 [64]byte
-	rs.R.FillBytes(p1363[:32])
-	rs.S.FillBytes(p1363[32:])
-	rc, err := u.Complete(p1363[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rc
+	return signWith(t, key, payload, func(d []byte) (*big.Int, *big.Int, error) {
+		der, err := key.Sign(nil, d, crypto.SHA256)
+		if err != nil {
+			return nil, nil, err
+		}
+		var rs struct{ R, S *big.Int }
+		_, err = asn1.Unmarshal(der, &rs)
+		return rs.R, rs.S, err
+	})
 }
 
 // fuzzReceipts signs the seed receipts: full, without the optional hashes,

@@ -46,24 +46,11 @@ node.id=$n
 controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$(port "$n"),CONTROLLER://127.0.0.1:${CTRL_PORTS[$n - 1]}
 advertised.listeners=PLAINTEXT://127.0.0.1:$(port "$n")
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$d/data
-num.partitions=4
 default.replication.factor=3
 min.insync.replicas=2
 unclean.leader.election.enable=false
-offsets.topic.replication.factor=3
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=3
-transaction.state.log.min.isr=2
-share.coordinator.state.topic.replication.factor=3
-share.coordinator.state.topic.min.isr=2
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
-log.retention.hours=24
 PROPS
+  kafka_common_props "$d/data" 3 2 >>"$d/server.properties"
   kafka_log4j "$d/log4j2.properties" "$d/server.log"
 }
 

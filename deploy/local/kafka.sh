@@ -17,21 +17,8 @@ node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CTRL_PORT
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$KDIR/data
-num.partitions=4
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
-log.retention.hours=24
 PROPS
+  kafka_common_props "$KDIR/data" 1 1 >>"$KDIR/server.properties"
   kafka_log4j "$KDIR/log4j2.properties" "$KDIR/server.log"
 }
 

@@ -123,3 +123,24 @@ kafka_live_brokers() {
   [ "${reply:8:8}" = "00000002" ] || return 1
   echo $((16#${reply:26:2} - 1))
 }
+
+# kafka_common_props DATA_DIR REPLICAS MIN_ISR prints the server.properties
+# lines every local broker shares (after its own node and listener lines).
+kafka_common_props() {
+  cat <<PROPS
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$1
+num.partitions=4
+offsets.topic.replication.factor=$2
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$2
+transaction.state.log.min.isr=$3
+share.coordinator.state.topic.replication.factor=$2
+share.coordinator.state.topic.min.isr=$3
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=24
+PROPS
+}
