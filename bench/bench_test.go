@@ -65,7 +65,7 @@ func BenchmarkJCS(b *testing.B) {
 }
 
 func BenchmarkSoftwareSignReceipt(b *testing.B) {
-	key, _ := signer.GenerateSoftware()
+	key, _ := signer.GenerateSoftware(schemas.AlgES256)
 	ring, _ := signer.NewRing(key)
 	ctx := context.Background()
 	b.RunParallel(func(pb *testing.PB) {
@@ -85,7 +85,7 @@ func BenchmarkSoftwareSignReceipt(b *testing.B) {
 }
 
 func BenchmarkVerifyReceipt(b *testing.B) {
-	key, _ := signer.GenerateSoftware()
+	key, _ := signer.GenerateSoftware(schemas.AlgES256)
 	ring, _ := signer.NewRing(key)
 	rc, _ := ring.Sign(context.Background(), payload)
 	raw, _ := rc.Marshal()
@@ -116,7 +116,7 @@ func BenchmarkPKCS11Sign(b *testing.B) {
 	defer h.Close()
 	key, err := h.Key("bench-p256")
 	if errors.Is(err, signer.ErrKeyNotFound) {
-		key, err = h.GenerateKey("bench-p256")
+		key, err = h.GenerateKey("bench-p256", schemas.AlgES256)
 	}
 	if err != nil {
 		b.Fatal(err)
@@ -132,12 +132,12 @@ func BenchmarkPKCS11Sign(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for next.Add(1) <= int64(b.N) {
-						sig, err := key.SignDigest(context.Background(), d[:])
+						sig, err := key.Sign(context.Background(), payload)
 						if err != nil {
 							b.Error(err)
 							return
 						}
-						if !ecdsa.Verify(key.Public(), d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+						if !ecdsa.Verify(key.Public().(*ecdsa.PublicKey), d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
 							b.Error("HSM signature does not verify")
 							return
 						}

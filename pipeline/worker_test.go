@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -508,11 +509,11 @@ func newMemSigner(t *testing.T) *memSigner {
 func (m *memSigner) KeySet() *schemas.KeySet { return m.ks }
 
 func (m *memSigner) Sign(_ context.Context, payload []byte) (*schemas.Receipt, error) {
-	u, err := schemas.NewUnsigned(m.kid, payload)
+	u, err := schemas.NewUnsigned(schemas.AlgES256, m.kid, payload)
 	if err != nil {
 		return nil, err
 	}
-	d := u.Digest()
+	d := sha256.Sum256(u.Input())
 	r, s, err := ecdsa.Sign(rand.Reader, m.key, d[:])
 	if err != nil {
 		return nil, err

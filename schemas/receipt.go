@@ -8,9 +8,6 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 )
 
-// Alg is the only signature algorithm of CertNode v1 receipts.
-const Alg = "ES256"
-
 // Receipt is a CertNode v1 receipt. Field order is the wire order. Payload
 // is omitzero so that a receipt decoded without one is not written back
 // with "payload":null, which is a different, present payload.
@@ -23,15 +20,18 @@ type Receipt struct {
 	ReceiptID        string         `json:"receipt_id,omitempty"`
 }
 
-// ProtectedHeader returns the base64url protected header for kid, byte-exact
-// with other CertNode implementations: {"alg":"ES256","kid":"..."}.
-func ProtectedHeader(kid string) string {
-	k, _ := json.Marshal(kid) // marshalling a string cannot fail
-	return B64U([]byte(`{"alg":"` + Alg + `","kid":` + string(k) + `}`))
+// ProtectedHeader returns the base64url protected header for alg and kid,
+// byte-exact with other CertNode implementations:
+// {"alg":"ES256","kid":"..."} or {"alg":"EdDSA","kid":"..."}.
+func ProtectedHeader(alg, kid string) string {
+	a, _ := json.Marshal(alg) // marshalling a string cannot fail
+	k, _ := json.Marshal(kid)
+	return B64U([]byte(`{"alg":` + string(a) + `,"kid":` + string(k) + `}`))
 }
 
 // Unsigned is a receipt waiting for its signature.
 type Unsigned struct {
+	Alg       string
 	Kid       string
 	Protected string
 	Payload   []byte // canonical (JCS) payload
@@ -39,14 +39,17 @@ type Unsigned struct {
 }
 
 // NewUnsigned canonicalizes payload (a JSON object) and prepares the signing
-// input for kid.
-func NewUnsigned(kid string, payload []byte) (*Unsigned, error) {
+// input for a key of algorithm alg (AlgES256 or AlgEdDSA) named kid.
+func NewUnsigned(alg, kid string, payload []byte) (*Unsigned, error) {
+	if alg != AlgES256 && alg != AlgEdDSA {
+		return nil, fmt.Errorf("alg %q: receipts are signed with ES256 or EdDSA", alg)
+	}
 	canon, err := CanonicalizeObject(payload)
 	if err != nil {
 		return nil, err
 	}
-	prot := ProtectedHeader(kid)
-	return &Unsigned{Kid: kid, Protected: prot, Payload: canon, input: signingInput(prot, canon)}, nil
+	prot := ProtectedHeader(alg, kid)
+	return &Unsigned{Alg: alg, Kid: kid, Protected: prot, Payload: canon, input: signingInput(prot, canon)}, nil
 }
 
 func signingInput(protected string, canonicalPayload []byte) []byte {
@@ -56,13 +59,15 @@ func signingInput(protected string, canonicalPayload []byte) []byte {
 	return b64u.AppendEncode(in, canonicalPayload)
 }
 
-// Digest is the SHA-256 of the signing input, the value an HSM signs.
-func (u *Unsigned) Digest() [32]byte { return sha256.Sum256(u.input) }
+// Input is the JWS signing input, protected + "." + b64u(payload): what an
+// EdDSA key signs, and what an ES256 key signs the SHA-256 of.
+func (u *Unsigned) Input() []byte { return u.input }
 
-// Complete attaches a 64-byte P1363 (r||s) signature and derives the hashes.
+// Complete attaches a 64-byte signature (r||s for ES256, RFC 8032 for
+// EdDSA) and derives the hashes.
 func (u *Unsigned) Complete(sig []byte) (*Receipt, error) {
 	if len(sig) != 64 {
-		return nil, fmt.Errorf("signature must be 64 bytes r||s, got %d", len(sig))
+		return nil, fmt.Errorf("signature must be 64 bytes, got %d", len(sig))
 	}
 	s := B64U(sig)
 	ph := sha256.Sum256(u.Payload)

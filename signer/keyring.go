@@ -1,7 +1,7 @@
 package signer
 
 import (
-	"crypto/ecdsa"
+	"crypto"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -182,7 +182,7 @@ func (f *RingFile) Key(kid string) (RingKey, bool) {
 // first (keys are appended as they are made, so in reverse file order;
 // created_at has whole seconds and cannot break ties). Entries are rebuilt
 // from the public key, so what is published is always kid = thumbprint,
-// alg ES256, use sig.
+// the key type's alg (ES256 or EdDSA), use sig.
 func (f *RingFile) JWKS() (schemas.JWKS, error) {
 	keys := make([]RingKey, 0, len(f.Keys))
 	if k, ok := f.Key(f.Active); ok {
@@ -209,7 +209,7 @@ func (f *RingFile) JWKS() (schemas.JWKS, error) {
 }
 
 // add puts a new key into the ring; the first key of a ring becomes active.
-func (f *RingFile) add(pub *ecdsa.PublicKey, source string, now time.Time) (RingKey, error) {
+func (f *RingFile) add(pub crypto.PublicKey, source string, now time.Time) (RingKey, error) {
 	jwk, err := schemas.NewJWK(pub)
 	if err != nil {
 		return RingKey{}, err
@@ -249,16 +249,18 @@ func (f *RingFile) activate(kid string, now time.Time) error {
 }
 
 // KeyMaker creates a new key for the ring in dir and names its source.
-type KeyMaker func(dir string, now time.Time) (pub *ecdsa.PublicKey, source string, err error)
+type KeyMaker func(dir string, now time.Time) (pub crypto.PublicKey, source string, err error)
 
-// SoftwareKeyMaker writes a new software key beside ring.json.
-func SoftwareKeyMaker(dir string, _ time.Time) (*ecdsa.PublicKey, string, error) {
-	s, err := GenerateSoftware()
-	if err != nil {
-		return nil, "", err
+// SoftwareKeyMaker writes a new software key for alg beside ring.json.
+func SoftwareKeyMaker(alg string) KeyMaker {
+	return func(dir string, _ time.Time) (crypto.PublicKey, string, error) {
+		s, err := GenerateSoftware(alg)
+		if err != nil {
+			return nil, "", err
+		}
+		source, err := WriteRingPEM(dir, s)
+		return s.Public(), source, err
 	}
-	source, err := WriteRingPEM(dir, s)
-	return s.Public(), source, err
 }
 
 // WriteRingPEM stores a software key in the ring directory as <kid>.pem
@@ -272,7 +274,7 @@ func WriteRingPEM(dir string, s *Software) (string, error) {
 	name := jwk.Kid + ".pem"
 	path := filepath.Join(dir, name)
 	if err := s.WritePEM(path); errors.Is(err, os.ErrExist) {
-		if old, lerr := LoadSoftware(path); lerr != nil || !old.Public().Equal(s.Public()) {
+		if old, lerr := LoadSoftware(path); lerr != nil || !samePublic(old.Public(), s.Public()) {
 			return "", err
 		}
 	} else if err != nil {
@@ -281,18 +283,18 @@ func WriteRingPEM(dir string, s *Software) (string, error) {
 	return sourceFile + name, nil
 }
 
-// KeyMaker returns a KeyMaker that generates non-extractable key pairs in
-// the token, labelled certnode-<date>-<random>. The label cannot carry the
-// kid: it is fixed before the token makes the key, and crypto11 cannot
-// relabel; ring.json and `keys list` pair labels with kids.
-func (h *HSM) KeyMaker() KeyMaker {
-	return func(_ string, now time.Time) (*ecdsa.PublicKey, string, error) {
+// KeyMaker returns a KeyMaker that generates non-extractable key pairs for
+// alg in the token, labelled certnode-<date>-<random>. The label cannot
+// carry the kid: it is fixed before the token makes the key; ring.json and
+// `keys list` pair labels with kids.
+func (h *HSM) KeyMaker(alg string) KeyMaker {
+	return func(_ string, now time.Time) (crypto.PublicKey, string, error) {
 		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return nil, "", err
 		}
 		label := "certnode-" + now.Format("20060102") + "-" + hex.EncodeToString(b[:])
-		k, err := h.GenerateKey(label)
+		k, err := h.GenerateKey(label, alg)
 		if err != nil {
 			return nil, "", err
 		}
@@ -427,4 +429,10 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// samePublic compares two public keys of any supported type.
+func samePublic(a, b crypto.PublicKey) bool {
+	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && e.Equal(b)
 }

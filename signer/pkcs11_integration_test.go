@@ -3,8 +3,11 @@
 package signer
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -18,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThalesGroup/crypto11"
 	"github.com/go-json-experiment/json"
 	"github.com/miekg/pkcs11"
 
@@ -47,112 +49,179 @@ func testLabel(t *testing.T) string {
 	return fmt.Sprintf("test-%s-%x", strings.ReplaceAll(t.Name(), "/", "-"), b)
 }
 
-func verifyP1363(pub *ecdsa.PublicKey, digest, sig []byte) bool {
-	return len(sig) == 64 && ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+// verifies checks a signature over a JWS signing input with the public
+// key alone, as a receipt verifier would.
+func verifies(pub crypto.PublicKey, input, sig []byte) bool {
+	switch p := pub.(type) {
+	case ed25519.PublicKey:
+		return ed25519.Verify(p, input, sig)
+	case *ecdsa.PublicKey:
+		d := sha256.Sum256(input)
+		return len(sig) == 64 && ecdsa.Verify(p, d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+	}
+	return false
 }
 
+var algs = []string{schemas.AlgES256, schemas.AlgEdDSA}
+
+// TestHSMConcurrentSigning: 64 goroutines share a pool of 4 sessions with a
+// key of each type; every signature verifies.
 func TestHSMConcurrentSigning(t *testing.T) {
 	h := openTestHSM(t, 4)
-	key, err := h.GenerateKey(testLabel(t))
+	for _, alg := range algs {
+		t.Run(alg, func(t *testing.T) {
+			key, err := h.GenerateKey(testLabel(t), alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const goroutines, each = 64, 40
+			var wg sync.WaitGroup
+			var bad atomic.Int64
+			errs := make(chan error, goroutines)
+			for g := 0; g < goroutines; g++ {
+				wg.Add(1)
+				go func(g int) {
+					defer wg.Done()
+					for i := 0; i < each; i++ {
+						msg := []byte(fmt.Sprintf("%d/%d", g, i))
+						sig, err := key.Sign(context.Background(), msg)
+						if err != nil {
+							errs <- err
+							return
+						}
+						if !verifies(key.Public(), msg, sig) {
+							bad.Add(1)
+						}
+					}
+				}(g)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if n := bad.Load(); n != 0 {
+				t.Fatalf("%d of %d HSM signatures did not verify", n, goroutines*each)
+			}
+		})
+	}
+}
+
+// Ed25519 in the token signs exactly as RFC 8032 says: the same input
+// gives the same signature, which a software verifier accepts.
+func TestHSMEd25519Deterministic(t *testing.T) {
+	h := openTestHSM(t, 2)
+	key, err := h.GenerateKey(testLabel(t), schemas.AlgEdDSA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const goroutines, each = 64, 40
-	var wg sync.WaitGroup
-	var bad atomic.Int64
-	errs := make(chan error, goroutines)
-	for g := 0; g < goroutines; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for i := 0; i < each; i++ {
-				d := sha256.Sum256([]byte(fmt.Sprintf("%d/%d", g, i)))
-				sig, err := key.SignDigest(context.Background(), d[:])
-				if err != nil {
-					errs <- err
-					return
-				}
-				if !verifyP1363(key.Public(), d[:], sig) {
-					bad.Add(1)
-				}
-			}
-		}(g)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	if n := bad.Load(); n != 0 {
-		t.Fatalf("%d of %d HSM signatures did not verify", n, goroutines*each)
+	in := []byte("eyJhbGciOiJFZERTQSJ9.e30")
+	a, err1 := key.Sign(context.Background(), in)
+	b, err2 := key.Sign(context.Background(), in)
+	if err1 != nil || err2 != nil || !bytes.Equal(a, b) || !ed25519.Verify(key.Public().(ed25519.PublicKey), in, a) {
+		t.Fatalf("signatures %x and %x (%v %v)", a, b, err1, err2)
 	}
 }
 
 func TestHSMReceiptsThroughRing(t *testing.T) {
 	h := openTestHSM(t, 2)
-	key, err := h.GenerateKey(testLabel(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := NewRing(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ks := ring.KeySet()
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for g := 0; g < 32; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			rc, err := ring.Sign(context.Background(), []byte(fmt.Sprintf(`{"g":%d,"s":"\u2028é😀","n":1e21}`, g)))
+	for _, alg := range algs {
+		t.Run(alg, func(t *testing.T) {
+			key, err := h.GenerateKey(testLabel(t), alg)
 			if err != nil {
-				errs <- err
-				return
+				t.Fatal(err)
 			}
-			raw, _ := rc.Marshal()
-			if _, err := ks.Verify(raw); err != nil {
-				errs <- fmt.Errorf("receipt %d: %w", g, err)
+			ring, err := NewRing(key)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}(g)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+			ks := ring.KeySet()
+			var wg sync.WaitGroup
+			errs := make(chan error, 32)
+			for g := 0; g < 32; g++ {
+				wg.Add(1)
+				go func(g int) {
+					defer wg.Done()
+					rc, err := ring.Sign(context.Background(), []byte(fmt.Sprintf(`{"g":%d,"s":"\u2028é😀","n":1e21}`, g)))
+					if err != nil {
+						errs <- err
+						return
+					}
+					if rc.Protected != schemas.ProtectedHeader(alg, rc.Kid) {
+						errs <- fmt.Errorf("receipt %d: header %s", g, rc.Protected)
+					}
+					raw, _ := rc.Marshal()
+					if _, err := ks.Verify(raw); err != nil {
+						errs <- fmt.Errorf("receipt %d: %w", g, err)
+					}
+				}(g)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
 func TestHSMKeyManagement(t *testing.T) {
 	h := openTestHSM(t, 2)
-	label := testLabel(t)
-	if _, err := h.Key(label); !errors.Is(err, ErrKeyNotFound) {
-		t.Fatalf("missing key: got %v, want ErrKeyNotFound", err)
+	for _, alg := range algs {
+		t.Run(alg, func(t *testing.T) {
+			label := testLabel(t)
+			if _, err := h.Key(label); !errors.Is(err, ErrKeyNotFound) {
+				t.Fatalf("missing key: got %v, want ErrKeyNotFound", err)
+			}
+			k, err := h.GenerateKey(label, alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.GenerateKey(label, alg); !errors.Is(err, ErrKeyExists) {
+				t.Fatalf("duplicate label: got %v, want ErrKeyExists", err)
+			}
+			again, err := h.Key(label)
+			if err != nil || !samePublic(again.Public(), k.Public()) {
+				t.Fatalf("lookup after generate: %v", err)
+			}
+			keys, err := h.ListKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			jwk, _ := schemas.NewJWK(k.Public())
+			want := map[string]string{schemas.AlgES256: "EC P-256", schemas.AlgEdDSA: "Ed25519"}[alg]
+			found := false
+			for _, ki := range keys {
+				if ki.Label == label {
+					found = ki.Kid == jwk.Kid && ki.Type == want
+				}
+			}
+			if !found {
+				t.Fatalf("ListKeys %+v lacks %s with kid %s and type %s", keys, label, jwk.Kid, want)
+			}
+			// The private half can be used but never read out.
+			err = h.with(context.Background(), func(s pkcs11.SessionHandle) error {
+				o, err := h.object(s, label)
+				if err != nil {
+					return err
+				}
+				attrs, err := h.p.GetAttributeValue(s, o.priv, []*pkcs11.Attribute{
+					pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil)})
+				if err != nil {
+					return err
+				}
+				if ext, sens := attrs[0].Value, attrs[1].Value; len(ext) != 1 || ext[0] != 0 || len(sens) != 1 || sens[0] != 1 {
+					return fmt.Errorf("CKA_EXTRACTABLE=%v CKA_SENSITIVE=%v, want false and true", ext, sens)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
-	k, err := h.GenerateKey(label)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.GenerateKey(label); !errors.Is(err, ErrKeyExists) {
-		t.Fatalf("duplicate label: got %v, want ErrKeyExists", err)
-	}
-	again, err := h.Key(label)
-	if err != nil || !again.Public().Equal(k.Public()) {
-		t.Fatalf("lookup after generate: %v", err)
-	}
-	keys, err := h.ListKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwk, _ := schemas.NewJWK(k.Public())
-	found := false
-	for _, ki := range keys {
-		if ki.Label == label {
-			found = ki.Kid == jwk.Kid && ki.Type == "EC P-256"
-		}
-	}
-	if !found {
-		t.Fatalf("ListKeys %+v lacks %s with kid %s", keys, label, jwk.Kid)
+	if _, err := h.GenerateKey(testLabel(t), "RS256"); err == nil {
+		t.Fatal("GenerateKey made an RS256 key")
 	}
 }
 
@@ -188,43 +257,51 @@ func TestHSMUnavailable(t *testing.T) {
 func TestHSMBusy(t *testing.T) {
 	h := openTestHSM(t, 2)
 	h.cfg.PoolWaitTimeout = 50 * time.Millisecond
-	key, err := h.GenerateKey(testLabel(t))
+	key, err := h.GenerateKey(testLabel(t), schemas.AlgEdDSA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.sem <- struct{}{}
-	h.sem <- struct{}{}
-	d := sha256.Sum256([]byte("x"))
-	if _, err := key.SignDigest(context.Background(), d[:]); !errors.Is(err, ErrBusy) {
+	h.slots <- struct{}{}
+	h.slots <- struct{}{}
+	msg := []byte("x")
+	if _, err := key.Sign(context.Background(), msg); !errors.Is(err, ErrBusy) {
 		t.Fatalf("all slots taken: got %v, want ErrBusy", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := key.SignDigest(ctx, d[:]); !errors.Is(err, context.Canceled) {
+	if _, err := key.Sign(ctx, msg); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: got %v", err)
 	}
-	<-h.sem
-	sig, err := key.SignDigest(context.Background(), d[:])
-	if err != nil || !verifyP1363(key.Public(), d[:], sig) {
+	<-h.slots
+	sig, err := key.Sign(context.Background(), msg)
+	if err != nil || !verifies(key.Public(), msg, sig) {
 		t.Fatalf("after a slot freed: %v (or signature invalid)", err)
 	}
+	<-h.slots
 }
 
 // TestHSMRecoversFromClosedSessions closes every session of the token behind
-// crypto11's back (as a device reset or another process's C_CloseAllSessions
-// would), then signs from many goroutines: the client must reopen once and
-// every call must succeed.
+// the client's back (as a device reset or another client's
+// C_CloseAllSessions would, logging the token out), then signs with a key
+// of each type from many goroutines: the client must reopen and log in
+// again, and every call must succeed.
 func TestHSMRecoversFromClosedSessions(t *testing.T) {
 	h := openTestHSM(t, 4)
-	key, err := h.GenerateKey(testLabel(t))
-	if err != nil {
-		t.Fatal(err)
+	var keys []*HSMKey
+	for _, alg := range algs {
+		key, err := h.GenerateKey(testLabel(t), alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("before")
+		if sig, err := key.Sign(context.Background(), msg); err != nil || !verifies(key.Public(), msg, sig) {
+			t.Fatalf("%s before: %v (or signature invalid)", alg, err)
+		}
+		keys = append(keys, key)
 	}
-	d := sha256.Sum256([]byte("before"))
-	if sig, err := key.SignDigest(context.Background(), d[:]); err != nil || !verifyP1363(key.Public(), d[:], sig) {
-		t.Fatalf("before: %v (or signature invalid)", err)
-	}
+	h.mu.Lock()
 	genBefore := h.gen
+	h.mu.Unlock()
 
 	module, token := testenv.PKCS11(t)
 	p := pkcs11.New(module)
@@ -253,14 +330,14 @@ func TestHSMRecoversFromClosedSessions(t *testing.T) {
 	}
 
 	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for g := 0; g < 16; g++ {
+	errs := make(chan error, 32)
+	for g := 0; g < 32; g++ {
 		wg.Add(1)
 		go func(g int) {
 			defer wg.Done()
-			d := sha256.Sum256([]byte(fmt.Sprint(g)))
-			sig, err := key.SignDigest(context.Background(), d[:])
-			if err == nil && !verifyP1363(key.Public(), d[:], sig) {
+			key, msg := keys[g%2], []byte(fmt.Sprint(g))
+			sig, err := key.Sign(context.Background(), msg)
+			if err == nil && !verifies(key.Public(), msg, sig) {
 				err = errors.New("signature does not verify")
 			}
 			if err != nil {
@@ -273,43 +350,28 @@ func TestHSMRecoversFromClosedSessions(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("after sessions were closed: %v", err)
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.gen == genBefore {
-		t.Fatal("client did not reopen its context")
+		t.Fatal("client did not reopen its sessions")
 	}
 }
 
 // TestHSMRingRotation runs a key ring on the token: keys generated inside
-// it (non-extractable, labelled by the ring), rotation picked up by a
-// running ring through Reload, and receipts of the retired key verifying
-// afterwards. A software key can join the same ring.
+// it (labelled by the ring), rotation picked up by a running ring through
+// Reload (from an ES256 key to an EdDSA one, switching the algorithm), and
+// receipts of the retired key verifying afterwards. A software key can join
+// the same ring.
 func TestHSMRingRotation(t *testing.T) {
 	h := openTestHSM(t, 2)
 	dir := t.TempDir()
-	first, err := AddRingKey(dir, h.KeyMaker(), false)
+	first, err := AddRingKey(dir, h.KeyMaker(schemas.AlgES256), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	label := strings.TrimPrefix(first.Source, "pkcs11:")
 	if !strings.HasPrefix(first.Source, "pkcs11:certnode-"+time.Now().UTC().Format("20060102")+"-") {
 		t.Fatalf("source %q, want pkcs11:certnode-<date>-...", first.Source)
-	}
-	// The private half can be used but never read out.
-	err = h.with(func(ctx *crypto11.Context, keys map[string]crypto11.Signer) error {
-		s, err := h.lookup(ctx, keys, label)
-		if err != nil {
-			return err
-		}
-		attrs, err := ctx.GetAttributes(s, []crypto11.AttributeType{crypto11.CkaExtractable, crypto11.CkaSensitive})
-		if err != nil {
-			return err
-		}
-		if ext, sens := attrs[crypto11.CkaExtractable].Value, attrs[crypto11.CkaSensitive].Value; len(ext) != 1 || ext[0] != 0 || len(sens) != 1 || sens[0] != 1 {
-			return fmt.Errorf("CKA_EXTRACTABLE=%v CKA_SENSITIVE=%v, want false and true", ext, sens)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 
 	opens := 0
@@ -322,7 +384,7 @@ func TestHSMRingRotation(t *testing.T) {
 		t.Fatalf("first receipt: %v (kid %v)", err, old)
 	}
 
-	second, err := AddRingKey(dir, h.KeyMaker(), true)
+	second, err := AddRingKey(dir, h.KeyMaker(schemas.AlgEdDSA), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,14 +392,14 @@ func TestHSMRingRotation(t *testing.T) {
 		t.Fatalf("Reload after rotation: %v %v", changed, err)
 	}
 	fresh, err := ring.Sign(context.Background(), []byte(`{"n":2}`))
-	if err != nil || fresh.Kid != second.Kid {
-		t.Fatalf("after rotation: %v (kid %v)", err, fresh)
+	if err != nil || fresh.Kid != second.Kid || ring.ActiveAlg() != schemas.AlgEdDSA || fresh.Protected != schemas.ProtectedHeader(schemas.AlgEdDSA, second.Kid) {
+		t.Fatalf("after rotation to EdDSA: %v (receipt %v)", err, fresh)
 	}
 	if opens != 1 {
 		t.Fatalf("the token was opened %d times, want once", opens)
 	}
 	// Rotating to a software key: the HSM's keys stay published.
-	third, err := AddRingKey(dir, SoftwareKeyMaker, true)
+	third, err := AddRingKey(dir, SoftwareKeyMaker(schemas.AlgES256), true)
 	if err != nil {
 		t.Fatal(err)
 	}

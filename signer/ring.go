@@ -24,6 +24,7 @@ type Ring struct {
 	mu     sync.RWMutex
 	active Key // nil when opened public-only
 	kid    string
+	alg    string // the active key's algorithm
 	jwks   schemas.JWKS // active first, then the others, newest first
 	keySet *schemas.KeySet
 
@@ -59,7 +60,7 @@ func NewRing(active Key) (*Ring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ring{active: active, kid: jwk.Kid, jwks: jwks, keySet: ks}, nil
+	return &Ring{active: active, kid: jwk.Kid, alg: jwk.Alg, jwks: jwks, keySet: ks}, nil
 }
 
 // OpenRing loads the key ring in dir: every key's public half for
@@ -108,18 +109,18 @@ func (r *Ring) Reload() (bool, error) {
 	active := r.active
 	same := r.kid == f.Active
 	r.mu.RUnlock()
+	activeKey, _ := f.Key(f.Active)
 	if !r.opts.PublicOnly && !same {
 		var hsm func() (*HSM, error)
 		if r.opts.HSM != nil {
 			hsm = r.openHSM
 		}
-		k, _ := f.Key(f.Active)
-		if active, err = openRingKey(r.dir, k, hsm); err != nil {
+		if active, err = openRingKey(r.dir, activeKey, hsm); err != nil {
 			return false, err
 		}
 	}
 	r.mu.Lock()
-	r.active, r.kid, r.jwks, r.keySet = active, f.Active, jwks, ks
+	r.active, r.kid, r.alg, r.jwks, r.keySet = active, f.Active, activeKey.JWK.KeyAlg(), jwks, ks
 	r.mu.Unlock()
 	r.raw = data
 	return true, nil
@@ -179,6 +180,15 @@ func (r *Ring) ActiveKID() string {
 	return r.kid
 }
 
+// ActiveAlg is the algorithm receipts are signed with now: the active
+// key's, so a deployment changes algorithm by rotating to a key of the
+// other type.
+func (r *Ring) ActiveAlg() string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.alg
+}
+
 // JWKS returns every published key, the active one first.
 func (r *Ring) JWKS() schemas.JWKS {
 	r.mu.RLock()
@@ -196,17 +206,16 @@ func (r *Ring) KeySet() *schemas.KeySet {
 // Sign canonicalizes payload (a JSON object) and signs it with the active key.
 func (r *Ring) Sign(ctx context.Context, payload []byte) (*schemas.Receipt, error) {
 	r.mu.RLock()
-	key, kid := r.active, r.kid
+	key, kid, alg := r.active, r.kid, r.alg
 	r.mu.RUnlock()
 	if key == nil {
 		return nil, ErrNoSigningKey
 	}
-	u, err := schemas.NewUnsigned(kid, payload)
+	u, err := schemas.NewUnsigned(alg, kid, payload)
 	if err != nil {
 		return nil, err
 	}
-	d := u.Digest()
-	sig, err := key.SignDigest(ctx, d[:])
+	sig, err := key.Sign(ctx, u.Input())
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
@@ -259,7 +268,7 @@ func (w *RingWatcher) Run(ctx context.Context) error {
 		}
 		last, lastErr = st, ""
 		if changed {
-			slog.Info("key ring reloaded", "dir", w.ring.dir, "active_kid", w.ring.ActiveKID(), "keys", len(w.ring.JWKS().Keys))
+			slog.Info("key ring reloaded", "dir", w.ring.dir, "active_kid", w.ring.ActiveKID(), "alg", w.ring.ActiveAlg(), "keys", len(w.ring.JWKS().Keys))
 		}
 	}
 }

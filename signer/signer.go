@@ -1,45 +1,36 @@
-// Package signer owns CertNode's signing keys: a software P-256 key for
+// Package signer owns CertNode's signing keys: software keys for
 // development and tests, a pooled PKCS#11 client for HSMs, and the key ring
 // that issues receipts with the active key while still publishing retired
-// keys in the JWKS.
+// keys in the JWKS. Keys are ECDSA P-256 (ES256) or Ed25519 (EdDSA).
 package signer
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"encoding/asn1"
+	"crypto"
 	"errors"
 	"fmt"
-	"math/big"
+
+	"github.com/certnode/certnode/schemas"
 )
 
-// Key is one P-256 signing key, wherever its private half lives.
-// SignDigest signs a SHA-256 digest and returns the 64-byte r||s (P1363)
-// form receipts carry.
+// Key is one signing key, wherever its private half lives. Public is an
+// *ecdsa.PublicKey on P-256 or an ed25519.PublicKey. Sign signs a JWS
+// signing input and returns the 64 bytes a receipt carries: r||s of ECDSA
+// over the input's SHA-256 for ES256, the RFC 8032 signature of the input
+// for EdDSA.
 type Key interface {
-	Public() *ecdsa.PublicKey
-	SignDigest(ctx context.Context, digest []byte) ([]byte, error)
+	Public() crypto.PublicKey
+	Sign(ctx context.Context, input []byte) ([]byte, error)
 }
 
-// ErrWrongKeyType is returned for keys that are not ECDSA P-256.
-var ErrWrongKeyType = errors.New("wrong key type: CertNode keys are ECDSA P-256")
+// ErrWrongKeyType is returned for keys that are neither ECDSA P-256 nor
+// Ed25519.
+var ErrWrongKeyType = errors.New("wrong key type: CertNode keys are ECDSA P-256 (ES256) or Ed25519 (EdDSA)")
 
-// derToP1363 converts an ASN.1 DER ECDSA signature to fixed-width r||s.
-func derToP1363(der []byte) ([]byte, error) {
-	var sig struct{ R, S *big.Int }
-	rest, err := asn1.Unmarshal(der, &sig)
-	if err != nil || len(rest) != 0 {
-		return nil, fmt.Errorf("signature is not DER ECDSA: %v", err)
+// CheckAlg refuses an algorithm name receipts do not use.
+func CheckAlg(alg string) error {
+	if alg != schemas.AlgES256 && alg != schemas.AlgEdDSA {
+		return fmt.Errorf("algorithm %q: want %s or %s", alg, schemas.AlgES256, schemas.AlgEdDSA)
 	}
-	return p1363(sig.R, sig.S)
-}
-
-func p1363(r, s *big.Int) ([]byte, error) {
-	if r.Sign() <= 0 || s.Sign() <= 0 || r.BitLen() > 256 || s.BitLen() > 256 {
-		return nil, errors.New("signature values out of range for P-256")
-	}
-	out := make([]byte, 64)
-	r.FillBytes(out[:32])
-	s.FillBytes(out[32:])
-	return out, nil
+	return nil
 }

@@ -2,16 +2,18 @@ package signer
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
+	"crypto/rsa"
 	"crypto/x509"
+	"encoding/asn1"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,82 +22,152 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
-func TestDERToP1363(t *testing.T) {
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	d := sha256.Sum256([]byte("x"))
-	for i := 0; i < 200; i++ { // covers r or s with leading zero bytes
-		der, err := ecdsa.SignASN1(rand.Reader, k, d[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig, err := derToP1363(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(sig) != 64 || !ecdsa.Verify(&k.PublicKey, d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
-			t.Fatal("converted signature does not verify")
-		}
+// RFC 8032 section 7.1 test vectors 1, 2, 3 and SHA(abc), through the
+// software signer: Ed25519 is deterministic, so signatures are byte-exact.
+func TestSoftwareEd25519RFC8032Vectors(t *testing.T) {
+	vectors := []struct{ name, seed, pub, msg, sig string }{
+		{"TEST 1", "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+			"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+			"e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"},
+		{"TEST 2", "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+			"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+			"92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"},
+		{"TEST 3", "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+			"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025", "af82",
+			"6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a"},
+		{"TEST SHA(abc)", "833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42",
+			"ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf",
+			"ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+			"dc2a4459e7369633a52b1bf277839a00201009a3efbf3ecb69bea2186c26b58909351fc9ac90b3ecfdfbc7c66431e0303dca179c138ac17ad9bef1177331a704"},
 	}
-	for _, bad := range [][]byte{nil, {0x30, 0x00}, []byte("not der"), append(mustDER(t, k, d[:]), 0)} {
-		if _, err := derToP1363(bad); err == nil {
-			t.Errorf("derToP1363(%x) accepted", bad)
+	unhex := func(s string) []byte {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			t.Fatal(err)
 		}
+		return b
+	}
+	for _, v := range vectors {
+		t.Run(v.name, func(t *testing.T) {
+			k, err := NewSoftware(ed25519.NewKeyFromSeed(unhex(v.seed)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hex.EncodeToString(k.Public().(ed25519.PublicKey)); got != v.pub {
+				t.Fatalf("public key %s, want %s", got, v.pub)
+			}
+			for i := 0; i < 2; i++ { // the same signature every time
+				sig, err := k.Sign(context.Background(), unhex(v.msg))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := hex.EncodeToString(sig); got != v.sig {
+					t.Fatalf("signature %s, want %s", got, v.sig)
+				}
+			}
+		})
 	}
 }
 
-func mustDER(t *testing.T, k *ecdsa.PrivateKey, d []byte) []byte {
-	der, err := ecdsa.SignASN1(rand.Reader, k, d)
-	if err != nil {
-		t.Fatal(err)
+// decodePublic reads what tokens store in CKA_EC_PARAMS and CKA_EC_POINT:
+// points DER-wrapped (as PKCS#11 says) or raw, curves by OID or name.
+func TestDecodePublic(t *testing.T) {
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ecRaw, _ := ec.PublicKey.Bytes()
+	edPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	wrap := func(b []byte) []byte {
+		der, err := asn1.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
 	}
-	return der
+	ok := []struct {
+		name          string
+		params, point []byte
+		want          crypto.PublicKey
+		alg           string
+	}{
+		{"P-256 DER", paramsP256, wrap(ecRaw), &ec.PublicKey, schemas.AlgES256},
+		{"P-256 raw", paramsP256, ecRaw, &ec.PublicKey, schemas.AlgES256},
+		{"Ed25519 OID DER", paramsEd25519, wrap(edPub), edPub, schemas.AlgEdDSA},
+		{"Ed25519 OID raw", paramsEd25519, edPub, edPub, schemas.AlgEdDSA},
+		{"Ed25519 by name", paramsEd25519Name, wrap(edPub), edPub, schemas.AlgEdDSA},
+	}
+	for _, tc := range ok {
+		pub, alg, err := decodePublic(tc.params, tc.point)
+		if err != nil || alg != tc.alg || !samePublic(pub, tc.want) {
+			t.Errorf("%s: %v %s %v", tc.name, pub, alg, err)
+		}
+	}
+	p384 := []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}
+	bad := []struct {
+		name          string
+		params, point []byte
+	}{
+		{"P-384", p384, wrap(ecRaw)},
+		{"P-256 point off the curve", paramsP256, wrap(append([]byte{4}, make([]byte, 64)...))},
+		{"Ed25519 short point", paramsEd25519, wrap(edPub[:31])},
+		{"no params", nil, edPub},
+	}
+	for _, tc := range bad {
+		if pub, _, err := decodePublic(tc.params, tc.point); err == nil {
+			t.Errorf("%s: accepted as %v", tc.name, pub)
+		}
+	}
 }
 
 func TestSoftwarePEM(t *testing.T) {
 	dir := t.TempDir()
-	k, err := GenerateSoftware()
-	if err != nil {
-		t.Fatal(err)
+	for _, alg := range []string{schemas.AlgES256, schemas.AlgEdDSA} {
+		k, err := GenerateSoftware(alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, alg+".pem")
+		if err := k.WritePEM(path); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+			t.Fatalf("key file mode %v, want 0600", st.Mode().Perm())
+		}
+		if err := k.WritePEM(path); err == nil {
+			t.Fatal("WritePEM overwrote an existing key")
+		}
+		back, err := LoadSoftware(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := schemas.AlgOf(back.Public()); got != alg || !samePublic(back.Public(), k.Public()) {
+			t.Fatalf("%s key did not round-trip (loaded as %s)", alg, got)
+		}
+		data, _ := os.ReadFile(path)
+		if !strings.HasPrefix(string(data), "-----BEGIN PRIVATE KEY-----") {
+			t.Fatal("key is not PKCS#8 PEM")
+		}
 	}
-	path := filepath.Join(dir, "key.pem")
-	if err := k.WritePEM(path); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
-		t.Fatalf("key file mode %v, want 0600", st.Mode().Perm())
-	}
-	if err := k.WritePEM(path); err == nil {
-		t.Fatal("WritePEM overwrote an existing key")
-	}
-	back, err := LoadSoftware(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !back.Public().Equal(k.Public()) {
-		t.Fatal("key did not round-trip")
-	}
-	data, _ := os.ReadFile(path)
-	if !strings.HasPrefix(string(data), "-----BEGIN PRIVATE KEY-----") {
-		t.Fatal("key is not PKCS#8 PEM")
+	if _, err := GenerateSoftware("RS256"); err == nil {
+		t.Fatal("GenerateSoftware made an RS256 key")
 	}
 
 	// SEC 1 keys load too.
-	sec1, _ := x509.MarshalECPrivateKey(k.priv)
+	k, _ := GenerateSoftware(schemas.AlgES256)
+	sec1, _ := x509.MarshalECPrivateKey(k.priv.(*ecdsa.PrivateKey))
 	if _, err := ParseSoftwarePEM(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})); err != nil {
 		t.Fatal(err)
 	}
 
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	p384der, _ := x509.MarshalPKCS8PrivateKey(p384)
-	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
-	edDER, _ := x509.MarshalPKCS8PrivateKey(edPriv)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 1024)
+	rsaDER, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	cases := []struct {
 		name string
 		data []byte
 		want error
 	}{
 		{"P-384", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p384der}), ErrWrongKeyType},
-		{"Ed25519", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: edDER}), ErrWrongKeyType},
+		{"RSA", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: rsaDER}), ErrWrongKeyType},
 		{"certificate", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1}}), ErrWrongKeyType},
 		{"not PEM", []byte("hello"), nil},
 		{"garbage DER", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1, 2}}), nil},
@@ -113,24 +185,34 @@ func TestSoftwarePEM(t *testing.T) {
 
 func TestRingOfOneKey(t *testing.T) {
 	ctx := context.Background()
-	k, _ := GenerateSoftware()
-	ring, err := NewRing(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := ring.Sign(ctx, []byte(`{"n":1}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := ring.JWKS()
-	if len(jwks.Keys) != 1 || jwks.Keys[0].Kid != rc.Kid || ring.ActiveKID() != rc.Kid {
-		t.Fatalf("JWKS %+v, receipt kid %s", jwks, rc.Kid)
-	}
-	if err := ring.KeySet().VerifyReceipt(rc); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ring.Sign(ctx, []byte(`[1]`)); !errors.Is(err, schemas.ErrNotObject) {
-		t.Fatalf("array payload: %v", err)
+	for _, alg := range []string{schemas.AlgES256, schemas.AlgEdDSA} {
+		k, _ := GenerateSoftware(alg)
+		ring, err := NewRing(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := ring.Sign(ctx, []byte(`{"n":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwks := ring.JWKS()
+		if len(jwks.Keys) != 1 || jwks.Keys[0].Kid != rc.Kid || ring.ActiveKID() != rc.Kid || jwks.Keys[0].Alg != alg || ring.ActiveAlg() != alg {
+			t.Fatalf("%s: JWKS %+v, receipt kid %s", alg, jwks, rc.Kid)
+		}
+		if rc.Protected != schemas.ProtectedHeader(alg, rc.Kid) {
+			t.Fatalf("%s: protected header %s", alg, rc.Protected)
+		}
+		if err := ring.KeySet().VerifyReceipt(rc); err != nil {
+			t.Fatal(err)
+		}
+		// EdDSA receipts are deterministic; ES256 ones are not.
+		again, _ := ring.Sign(ctx, []byte(`{ "n" : 1 }`))
+		if same := again.ReceiptID == rc.ReceiptID; same != (alg == schemas.AlgEdDSA) {
+			t.Fatalf("%s: signing the same payload twice gave the same receipt_id: %v", alg, same)
+		}
+		if _, err := ring.Sign(ctx, []byte(`[1]`)); !errors.Is(err, schemas.ErrNotObject) {
+			t.Fatalf("array payload: %v", err)
+		}
 	}
 	if _, err := NewRing(nil); err == nil {
 		t.Fatal("ring without a key accepted")

@@ -2,36 +2,62 @@ package signer
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/certnode/certnode/schemas"
 )
 
-// Software is a P-256 key held in process memory. It is meant for
-// development and tests; production keys belong in an HSM.
+// Software is a key held in process memory: ECDSA P-256 or Ed25519. It is
+// meant for development and tests; production keys belong in an HSM.
 type Software struct {
-	priv *ecdsa.PrivateKey
+	priv crypto.Signer // *ecdsa.PrivateKey or ed25519.PrivateKey
 }
 
-// GenerateSoftware makes a new random P-256 key.
-func GenerateSoftware() (*Software, error) {
+// GenerateSoftware makes a new random key for alg (schemas.AlgES256 or
+// schemas.AlgEdDSA).
+func GenerateSoftware(alg string) (*Software, error) {
+	if err := CheckAlg(alg); err != nil {
+		return nil, err
+	}
+	if alg == schemas.AlgEdDSA {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		return NewSoftware(k)
+	}
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	return &Software{priv: k}, nil
+	return NewSoftware(k)
 }
 
-// NewSoftware wraps an existing private key, which must be on P-256.
-func NewSoftware(k *ecdsa.PrivateKey) (*Software, error) {
-	if k == nil || k.Curve != elliptic.P256() {
-		return nil, ErrWrongKeyType
+// NewSoftware wraps an existing private key: an *ecdsa.PrivateKey on P-256
+// or an ed25519.PrivateKey.
+func NewSoftware(k crypto.Signer) (*Software, error) {
+	switch p := k.(type) {
+	case *ecdsa.PrivateKey:
+		if p == nil || p.Curve != elliptic.P256() {
+			return nil, ErrWrongKeyType
+		}
+	case ed25519.PrivateKey:
+		if len(p) != ed25519.PrivateKeySize {
+			return nil, ErrWrongKeyType
+		}
+	default:
+		return nil, fmt.Errorf("%w: got %T", ErrWrongKeyType, k)
 	}
 	return &Software{priv: k}, nil
 }
@@ -65,11 +91,11 @@ func ParseSoftwarePEM(data []byte) (*Software, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse key: %w", err)
 	}
-	ec, ok := key.(*ecdsa.PrivateKey)
+	s, ok := key.(crypto.Signer)
 	if !ok {
 		return nil, fmt.Errorf("%w: got %T", ErrWrongKeyType, key)
 	}
-	return NewSoftware(ec)
+	return NewSoftware(s)
 }
 
 // MarshalPEM encodes the key as PKCS#8 PEM.
@@ -105,13 +131,20 @@ func (s *Software) WritePEM(path string) error {
 }
 
 // Public returns the public key.
-func (s *Software) Public() *ecdsa.PublicKey { return &s.priv.PublicKey }
+func (s *Software) Public() crypto.PublicKey { return s.priv.Public() }
 
-// SignDigest signs a SHA-256 digest.
-func (s *Software) SignDigest(_ context.Context, digest []byte) ([]byte, error) {
-	r, ss, err := ecdsa.Sign(rand.Reader, s.priv, digest)
+// Sign signs a JWS signing input.
+func (s *Software) Sign(_ context.Context, input []byte) ([]byte, error) {
+	if k, ok := s.priv.(ed25519.PrivateKey); ok {
+		return ed25519.Sign(k, input), nil
+	}
+	digest := sha256.Sum256(input)
+	r, ss, err := ecdsa.Sign(rand.Reader, s.priv.(*ecdsa.PrivateKey), digest[:])
 	if err != nil {
 		return nil, err
 	}
-	return p1363(r, ss)
+	out := make([]byte, 64)
+	r.FillBytes(out[:32])
+	ss.FillBytes(out[32:])
+	return out, nil
 }

@@ -64,8 +64,8 @@ func TestInteropNodeSignsGoVerifies(t *testing.T) {
 		if err := json.Unmarshal(line, &rc); err != nil {
 			t.Fatal(err)
 		}
-		if rc.Protected != schemas.ProtectedHeader(rc.Kid) {
-			t.Fatalf("protected header differs: node %s, go %s", rc.Protected, schemas.ProtectedHeader(rc.Kid))
+		if rc.Protected != schemas.ProtectedHeader(schemas.AlgES256, rc.Kid) {
+			t.Fatalf("protected header differs: node %s, go %s", rc.Protected, schemas.ProtectedHeader(schemas.AlgES256, rc.Kid))
 		}
 	}
 	data, _ := os.ReadFile(jwks)

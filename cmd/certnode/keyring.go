@@ -1,12 +1,13 @@
 package main
 
 import (
-	"crypto/ecdsa"
+	"crypto"
 	"errors"
 	"fmt"
 	"os"
 	"time"
 
+	"github.com/certnode/certnode/schemas"
 	"github.com/certnode/certnode/signer"
 )
 
@@ -34,11 +35,11 @@ func devKeyring(ringDir, legacyPEM string) error {
 	if _, err := signer.ReadRingFile(ringDir); !errors.Is(err, os.ErrNotExist) {
 		return err // nil: the ring exists
 	}
-	mk := signer.KeyMaker(signer.SoftwareKeyMaker)
+	mk := signer.SoftwareKeyMaker(schemas.AlgES256)
 	legacy, err := signer.LoadSoftware(legacyPEM)
 	switch {
 	case err == nil:
-		mk = func(dir string, _ time.Time) (*ecdsa.PublicKey, string, error) {
+		mk = func(dir string, _ time.Time) (crypto.PublicKey, string, error) {
 			source, err := signer.WriteRingPEM(dir, legacy)
 			return legacy.Public(), source, err
 		}

@@ -181,7 +181,7 @@ func TestKeysIngestRequiresKeyring(t *testing.T) {
 // An existing dev data dir keeps its kid: DIR/key.pem moves into the ring.
 func TestKeysDevMigratesLegacyKey(t *testing.T) {
 	dir := t.TempDir()
-	legacy, _ := signer.GenerateSoftware()
+	legacy, _ := signer.GenerateSoftware(schemas.AlgES256)
 	if err := legacy.WritePEM(filepath.Join(dir, "key.pem")); err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestKeysDevMigratesLegacyKey(t *testing.T) {
 // JWKS then serves both keys and verifies receipts of either.
 func TestKeysRotateLiveInDev(t *testing.T) {
 	dir := t.TempDir()
-	legacy, _ := signer.GenerateSoftware()
+	legacy, _ := signer.GenerateSoftware(schemas.AlgES256)
 	legacy.WritePEM(filepath.Join(dir, "key.pem"))
 	legacyJWK, _ := schemas.NewJWK(legacy.Public())
 	e := startDev(t, "--data", dir) // the last --data wins over startDev's own

@@ -44,7 +44,7 @@ func (k *keyFlags) register(fs *pflag.FlagSet, withFile bool) {
 	bindEnv(fs, "token", "CERTNODE_PKCS11_TOKEN")
 	fs.StringVar(&k.label, "label", "", "PKCS#11 label of a lone HSM key (key rings name their own keys)")
 	bindEnv(fs, "label", "CERTNODE_PKCS11_KEY_LABEL")
-	fs.IntVar(&k.signers, "pkcs11-signers", signer.DefaultSigners, "concurrent HSM sign operations (sessions = this + 1)")
+	fs.IntVar(&k.signers, "pkcs11-signers", signer.DefaultSigners, "concurrent HSM operations, one session each")
 	bindEnv(fs, "pkcs11-signers", "CERTNODE_PKCS11_SIGNERS")
 }
 
