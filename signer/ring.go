@@ -24,7 +24,7 @@ type Ring struct {
 	mu     sync.RWMutex
 	active Key // nil when opened public-only
 	kid    string
-	alg    string // the active key's algorithm
+	alg    string       // the active key's algorithm
 	jwks   schemas.JWKS // active first, then the others, newest first
 	keySet *schemas.KeySet
 
