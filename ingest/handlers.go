@@ -167,15 +167,18 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		return
 	}
 	input := body.Payload
+	var skipped []schemas.SkippedKey
 	if kind == schemas.KindVerify {
 		input = body.Receipt
 		if !schemas.Present(body.JWKS) {
 			body.JWKS = nil
 		} else {
-			if _, err := schemas.ParseJWKS(body.JWKS); err != nil {
+			ks, err := schemas.ParseJWKS(body.JWKS)
+			if err != nil {
 				apiError(ctx, fasthttp.StatusUnprocessableEntity, "invalid_jwks", err.Error())
 				return
 			}
+			skipped = ks.Skipped()
 		}
 	}
 	if code, err := checkInput(kind, input); err != nil {
@@ -206,7 +209,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	select {
 	case res := <-ch:
 		s.m.waiting.Dec()
-		writeResult(ctx, res)
+		writeResult(ctx, res, skipped)
 		return
 	case <-timer.C:
 	case <-s.stopping:
@@ -230,7 +233,9 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		Error: errorDetail{"timeout", "accepted, but no result yet; poll GET /v1/jobs/" + id}, JobID: id})
 }
 
-func writeResult(ctx *fasthttp.RequestCtx, res *schemas.Result) {
+// writeResult answers a single request; skipped lists the keys of the
+// caller's JWKS that could not be used, reported with the verdict.
+func writeResult(ctx *fasthttp.RequestCtx, res *schemas.Result, skipped []schemas.SkippedKey) {
 	switch {
 	case res.Status == schemas.StatusFailed:
 		apiError(ctx, fasthttp.StatusUnprocessableEntity, res.Reason, "the request could not be processed: "+res.Reason)
@@ -240,7 +245,7 @@ func writeResult(ctx *fasthttp.RequestCtx, res *schemas.Result) {
 		ctx.SetBody(append(append([]byte(nil), res.Receipt...), '\n'))
 	default:
 		writeJSON(ctx, fasthttp.StatusOK, verifyAnswer{Valid: res.Status == schemas.StatusValid, Reason: res.Reason,
-			Keys: res.Keys, Kid: res.Kid, ReceiptID: res.ReceiptID})
+			Keys: res.Keys, Kid: res.Kid, ReceiptID: res.ReceiptID, JWKSSkipped: skipped})
 	}
 }
 
@@ -250,6 +255,8 @@ type verifyAnswer struct {
 	Keys      string `json:"keys"` // service or caller
 	Kid       string `json:"kid,omitempty"`
 	ReceiptID string `json:"receipt_id,omitempty"`
+	// JWKSSkipped lists the keys of the caller's JWKS that were not used.
+	JWKSSkipped []schemas.SkippedKey `json:"jwks_skipped,omitempty"`
 }
 
 type jobAccepted struct {

@@ -2,11 +2,14 @@ package schemas
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -386,4 +389,186 @@ func TestNonCanonicalBase64Refused(t *testing.T) {
 	if _, err := ks.Verify(ok); err != nil {
 		t.Fatalf("the canonical encoding: %v", err)
 	}
+}
+
+// RFC 8037 appendix A.3: the thumbprint of the Ed25519 key of RFC 8032's
+// TEST 1, and our JWK for that key.
+func TestOKPThumbprintRFC8037(t *testing.T) {
+	pub, _ := hex.DecodeString("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+	jwk, err := NewJWK(ed25519.PublicKey(pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := JWK{Kty: "OKP", Crv: "Ed25519", X: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+		Kid: "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", Alg: AlgEdDSA, Use: "sig"}
+	if jwk != want {
+		t.Fatalf("JWK %+v, want %+v", jwk, want)
+	}
+	back, err := jwk.PublicKey()
+	if err != nil || !ed25519.PublicKey(pub).Equal(back) {
+		t.Fatalf("JWK does not round-trip: %v", err)
+	}
+	raw, _ := json.Marshal(jwk)
+	if strings.Contains(string(raw), `"y"`) {
+		t.Fatalf("OKP JWK carries y: %s", raw)
+	}
+}
+
+func newEdKey(t testing.TB) (ed25519.PrivateKey, JWK) {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, err := NewJWK(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, jwk
+}
+
+// EdDSA receipts have the ES256 shape with another header and signature,
+// verify beside ES256 ones in one key set, and fail with the same reasons;
+// a header whose alg is not its key's type fails with alg_key_mismatch.
+func TestEdDSAReceipts(t *testing.T) {
+	ecKey, _ := newKey(t)
+	edKey, edJWK := newEdKey(t)
+	ecJWK, _ := NewJWK(&ecKey.PublicKey)
+	ks, err := NewKeySet(JWKS{Keys: []JWK{ecJWK, edJWK}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ed := signEd25519(t, edKey, `{"b":2,"a":"x<y","n":1E3}`)
+	ec, _ := signForTest(t, ecKey, `{"n":1}`)
+	hdr, _ := base64.RawURLEncoding.DecodeString(ed.Protected)
+	if want := `{"alg":"EdDSA","kid":"` + edJWK.Kid + `"}`; string(hdr) != want {
+		t.Fatalf("protected header %s, want %s", hdr, want)
+	}
+	id := sha256.Sum256([]byte(ed.Protected + "." + B64U(ed.Payload) + "." + ed.Signature))
+	if ed.Kid != edJWK.Kid || ed.ReceiptID != B64U(id[:]) || string(ed.Payload) != `{"a":"x<y","b":2,"n":1000}` {
+		t.Fatalf("receipt %+v", ed)
+	}
+	if again := signEd25519(t, edKey, `{"n":1e3,"a":"x<y","b":2}`); again.Signature != ed.Signature || again.ReceiptID != ed.ReceiptID {
+		t.Fatal("Ed25519 receipts of one payload differ")
+	}
+	for _, rc := range []*Receipt{ed, ec} {
+		if err := ks.VerifyReceipt(rc); err != nil {
+			t.Fatalf("%s receipt: %v", rc.Kid, err)
+		}
+	}
+
+	edit := func(base *Receipt, f func(r *Receipt)) *Receipt {
+		r := *base
+		f(&r)
+		return &r
+	}
+	otherKey, _ := newEdKey(t)
+	cases := []struct {
+		name string
+		rc   *Receipt
+		want error
+	}{
+		{"EdDSA header on an EC key", edit(ec, func(r *Receipt) { r.Protected = ProtectedHeader(AlgEdDSA, r.Kid) }), ErrAlgKeyMismatch},
+		{"ES256 header on an Ed25519 key", edit(ed, func(r *Receipt) { r.Protected = ProtectedHeader(AlgES256, r.Kid) }), ErrAlgKeyMismatch},
+		{"payload edited", edit(ed, func(r *Receipt) { r.Payload = []byte(`{"a":"x<y","b":3,"n":1000}`) }), ErrPayloadHashMismatch},
+		{"payload and hash edited", edit(ed, func(r *Receipt) {
+			r.Payload = []byte(`{"a":"x<y","b":3,"n":1000}`)
+			s := sha256.Sum256(r.Payload)
+			r.PayloadJCSSHA256 = B64U(s[:])
+		}), ErrBadSignature},
+		{"signature flipped", edit(ed, func(r *Receipt) {
+			s, _ := base64.RawURLEncoding.DecodeString(r.Signature)
+			s[40] ^= 1
+			r.Signature = B64U(s)
+		}), ErrBadSignature},
+		{"short signature", edit(ed, func(r *Receipt) { r.Signature = B64U(make([]byte, 63)) }), ErrBadSignature},
+		{"unknown kid", signEd25519(t, otherKey, `{}`), ErrUnknownKid},
+		{"receipt id edited", edit(ed, func(r *Receipt) { r.ReceiptID = B64U(make([]byte, 32)) }), ErrReceiptIDMismatch},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := ks.VerifyReceipt(tc.rc); !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if _, err := NewUnsigned("RS256", edJWK.Kid, []byte(`{}`)); err == nil {
+		t.Fatal("NewUnsigned accepted RS256")
+	}
+}
+
+// A JWKS may hold keys CertNode cannot use: they are skipped and listed,
+// never fatal, and a receipt naming one is told why its kid is unknown.
+// Only a set with no usable key, or a kid that lies about its key, is
+// refused.
+func TestKeySetSkipsKeysItCannotUse(t *testing.T) {
+	ecKey, _ := newKey(t)
+	edKey, edJWK := newEdKey(t)
+	ecJWK, _ := NewJWK(&ecKey.PublicKey)
+	smallOrder := JWK{Kty: "OKP", Crv: "Ed25519", X: B64U(append([]byte{1}, make([]byte, 31)...))} // the identity point
+	offCurve := ecJWK
+	offCurve.Y, offCurve.Kid = ecJWK.X, ""
+	encKey := edJWK
+	encKey.Use = "enc"
+	wrongAlg := ecJWK
+	wrongAlg.Alg = "ES384"
+	doc := `{"keys":[` +
+		`{"kty":"RSA","kid":"rsa-1","n":"sXch","e":"AQAB","alg":"RS256"},` +
+		`{"kty":"OKP","crv":"X25519","kid":"x-1","x":"hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"},` +
+		`{"kty":"EC","crv":"P-384","kid":"p384","x":"AA","y":"AA"},` +
+		string(must(json.Marshal(encKey))) + `,` +
+		string(must(json.Marshal(wrongAlg))) + `,` +
+		string(must(json.Marshal(smallOrder))) + `,` +
+		string(must(json.Marshal(offCurve))) + `,` +
+		`"not a key",{"kty":7},` +
+		string(must(json.Marshal(ecJWK))) + `,` + string(must(json.Marshal(edJWK))) + `]}`
+	ks, err := ParseJWKS([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range ks.Skipped() {
+		got = append(got, fmt.Sprintf("%d:%s", s.Index, s.Reason))
+	}
+	want := []string{"0:unsupported_key_type", "1:unsupported_key_type", "2:unsupported_key_type", "3:not_for_signing",
+		"4:alg_mismatch", "5:invalid_key", "6:invalid_key", "7:malformed", "8:malformed"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("skipped %v, want %v", got, want)
+	}
+	ec, _ := signForTest(t, ecKey, `{"n":1}`)
+	ed := signEd25519(t, edKey, `{"n":2}`)
+	for _, rc := range []*Receipt{ec, ed} {
+		if err := ks.VerifyReceipt(rc); err != nil {
+			t.Fatalf("%s: %v", rc.Kid, err)
+		}
+	}
+	// A receipt naming a skipped key says so. (The enc key is the
+	// Ed25519 key itself, published once more for another use: skipping
+	// that copy must not hide the signing one.)
+	forged := *ed
+	forged.Kid = "rsa-1"
+	forged.Protected = ProtectedHeader(AlgEdDSA, "rsa-1")
+	if err := ks.VerifyReceipt(&forged); !errors.Is(err, ErrUnknownKid) || !strings.Contains(err.Error(), "skipped: unsupported_key_type") {
+		t.Fatalf("receipt naming a skipped key: %v", err)
+	}
+
+	_, err = ParseJWKS([]byte(`{"keys":[{"kty":"RSA","kid":"r","n":"x","e":"AQAB"},{"kty":"OKP","crv":"X25519","x":"AA"}]}`))
+	if !errors.Is(err, ErrNoUsableKeys) || !strings.Contains(err.Error(), `jwks key 1 (kid "", kty "OKP", crv "X25519") skipped: unsupported_key_type`) {
+		t.Fatalf("a set with no usable key: %v", err)
+	}
+	if _, err := ParseJWKS([]byte(`{"keys":[]}`)); !errors.Is(err, ErrNoUsableKeys) {
+		t.Fatalf("empty set: %v", err)
+	}
+	liar := edJWK
+	liar.Kid = ecJWK.Kid
+	if _, err := NewKeySet(JWKS{Keys: []JWK{ecJWK, liar}}); !errors.Is(err, ErrKidNotThumbprint) {
+		t.Fatalf("an OKP key under another key's kid: %v", err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -4,33 +4,39 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/sha256"
 	"encoding/asn1"
 	"math/big"
 	"testing"
+
+	"github.com/go-json-experiment/json"
 )
 
-// fuzzKey is a fixed key, so that receipts saved in testdata/fuzz by an
-// earlier run still verify (or fail) the same way. Seeds are signed
-// deterministically (RFC 6979) because the fuzzing engine's worker
-// processes each rebuild them and must get the same bytes.
-func fuzzKey(t testing.TB) (*ecdsa.PrivateKey, *KeySet) {
+// fuzzKeys are fixed keys, one of each type, so that receipts saved in
+// testdata/fuzz by an earlier run still verify (or fail) the same way.
+// ES256 seeds are signed deterministically (RFC 6979) because the fuzzing
+// engine's worker processes each rebuild them and must get the same bytes;
+// Ed25519 is deterministic by itself.
+func fuzzKeys(t testing.TB) (*ecdsa.PrivateKey, ed25519.PrivateKey, *KeySet) {
 	t.Helper()
 	d := sha256.Sum256([]byte("certnode fuzz test key"))
 	key, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), d[:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwk, err := NewJWK(&key.PublicKey)
+	ed := ed25519.NewKeyFromSeed(d[:])
+	ecJWK, err1 := NewJWK(&key.PublicKey)
+	edJWK, err2 := NewJWK(ed.Public())
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	ks, err := NewKeySet(JWKS{Keys: []JWK{ecJWK, edJWK}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ks, err := NewKeySet(JWKS{Keys: []JWK{jwk}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, ks
+	return key, ed, ks
 }
 
 // signedContent is what a signature covers: a verified receipt must carry
@@ -69,7 +75,7 @@ func checkVerifyError(t *testing.T, err error) Reason {
 		t.Fatalf("error is %T, not *VerifyError: %v", err, err)
 	}
 	switch ve.Reason {
-	case ReasonMalformed, ReasonUnsupportedAlg, ReasonUnknownKid, ReasonKidMismatch,
+	case ReasonMalformed, ReasonUnsupportedAlg, ReasonUnknownKid, ReasonKidMismatch, ReasonAlgKeyMismatch,
 		ReasonBadSignature, ReasonPayloadHashMismatch, ReasonReceiptIDMismatch:
 	default:
 		t.Fatalf("unpublished reason %q", ve.Reason)
@@ -92,35 +98,63 @@ func signDeterministic(t testing.TB, key *ecdsa.PrivateKey, payload string) *Rec
 	})
 }
 
-// fuzzReceipts signs the seed receipts: full, without the optional hashes,
-// and one whose payload is sent in a non-canonical but equivalent form
-// (mutations there can keep the meaning and so must still verify).
+// fuzzReceipts signs the seed receipts with each key: full, without the
+// optional hashes, and (ES256) one whose payload is sent in a
+// non-canonical but equivalent form (mutations there can keep the meaning
+// and so must still verify). The full ES256 and EdDSA receipts of the
+// second payload are at fuzzFullES256 and fuzzFullEdDSA; the loose one is last.
 func fuzzReceipts(t testing.TB) (*KeySet, [][]byte, []signedContent) {
-	key, ks := fuzzKey(t)
+	key, ed, ks := fuzzKeys(t)
 	var raws [][]byte
 	var signed []signedContent
-	for _, p := range []string{`{}`, `{"order":42,"items":["a","b"],"note":"x<y\u2028"}`, `{"a":[true],"n":1000,"s":"xé"}`} {
-		rc := signDeterministic(t, key, p)
-		raw, err := rc.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		raws = append(raws, raw)
-		signed = append(signed, contentOf(t, rc))
-		bare := *rc
-		bare.PayloadJCSSHA256, bare.ReceiptID = "", ""
-		b, err := bare.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		raws = append(raws, b)
+	signers := []func(p string) *Receipt{
+		func(p string) *Receipt { return signDeterministic(t, key, p) },
+		func(p string) *Receipt { return signEd25519(t, ed, p) },
 	}
-	last := raws[len(raws)-2]
+	for _, sign := range signers {
+		for _, p := range []string{`{}`, `{"order":42,"items":["a","b"],"note":"x<y\u2028"}`, `{"a":[true],"n":1000,"s":"xé"}`} {
+			rc := sign(p)
+			raw, err := rc.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raws = append(raws, raw)
+			signed = append(signed, contentOf(t, rc))
+			bare := *rc
+			bare.PayloadJCSSHA256, bare.ReceiptID = "", ""
+			b, err := bare.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raws = append(raws, b)
+		}
+	}
+	last := raws[4] // the ES256 receipt of the third payload
 	loose := bytes.Replace(last, []byte(`{"a":[true],"n":1000,"s":"xé"}`), []byte(`{ "s" : "\u0078\u00E9",`+"\t"+`"n":1E3, "a":[ true ] }`), 1)
 	if bytes.Equal(loose, last) {
 		t.Fatal("payload not found in the seed receipt")
 	}
 	return ks, append(raws, loose), signed
+}
+
+const fuzzFullES256, fuzzFullEdDSA = 2, 8
+
+// signEd25519 builds an EdDSA receipt with a plain Go key.
+func signEd25519(t testing.TB, key ed25519.PrivateKey, payload string) *Receipt {
+	t.Helper()
+	jwk, err := NewJWK(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := NewUnsigned(AlgEdDSA, jwk.Kid, []byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := u.Complete(ed25519.Sign(key, u.Input()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc
 }
 
 // FuzzVerify: verification never panics, fails only with a *VerifyError,
@@ -132,6 +166,7 @@ func FuzzVerify(f *testing.F) {
 		f.Add(raw)
 	}
 	f.Add([]byte(`{"protected":"eyJhbGciOiJFUzI1NiJ9","payload":{},"signature":"","kid":"k"}`))
+	f.Add(swapAlg(f, raws[fuzzFullEdDSA], AlgES256)) // an ES256 header on the Ed25519 key
 	f.Add([]byte(`{"protected":1,"payload":null}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
@@ -172,7 +207,7 @@ func FuzzVerify(f *testing.F) {
 // optional member passes: it is then ignored, as an absent one is.)
 func TestVerifySingleByteChanges(t *testing.T) {
 	ks, raws, _ := fuzzReceipts(t)
-	for _, raw := range [][]byte{raws[2], raws[len(raws)-1]} { // full receipt; loose payload
+	for _, raw := range [][]byte{raws[fuzzFullES256], raws[fuzzFullEdDSA], raws[len(raws)-1]} {
 		r, err := ks.Verify(raw)
 		if err != nil {
 			t.Fatalf("seed does not verify: %v", err)
@@ -244,6 +279,22 @@ func replacements(c byte) []byte {
 		if s != c && bytes.IndexByte(out, s) < 0 {
 			out = append(out, s)
 		}
+	}
+	return out
+}
+
+// swapAlg rewrites a receipt's protected header to name alg, keeping the
+// rest: a receipt claiming the other algorithm for its key.
+func swapAlg(t testing.TB, raw []byte, alg string) []byte {
+	t.Helper()
+	var r Receipt
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatal(err)
+	}
+	r.Protected = ProtectedHeader(alg, r.Kid)
+	out, err := r.Marshal()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -218,8 +218,9 @@ func TestKeysDevMigratesLegacyKey(t *testing.T) {
 }
 
 // certnode dev on a data dir from before key rings: the kid stays, and a
-// rotation with certnode keys rotate reaches the running process, whose
-// JWKS then serves both keys and verifies receipts of either.
+// rotation with certnode keys rotate (here to an Ed25519 key, switching
+// the algorithm) reaches the running process, whose JWKS then serves both
+// keys and verifies receipts of either, singly and in verify jobs.
 func TestKeysRotateLiveInDev(t *testing.T) {
 	dir := t.TempDir()
 	legacy, _ := signer.GenerateSoftware(schemas.AlgES256)
@@ -244,7 +245,7 @@ func TestKeysRotateLiveInDev(t *testing.T) {
 	if kidOf(t, old) != legacyJWK.Kid {
 		t.Fatalf("dev signs with %s, want the migrated %s", kidOf(t, old), legacyJWK.Kid)
 	}
-	kid2 := kidOf(t, mustRun(t, "", "keys", "rotate", "--keyring", filepath.Join(dir, "keyring")).stdout)
+	kid2 := kidOf(t, mustRun(t, "", "keys", "rotate", "--keyring", filepath.Join(dir, "keyring"), "--alg", "EdDSA").stdout)
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -257,17 +258,32 @@ func TestKeysRotateLiveInDev(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if k := kidOf(t, sign()); k != kid2 {
-		t.Fatalf("after rotation dev signs with %s, want %s", k, kid2)
+	fresh := sign()
+	if k := kidOf(t, fresh); k != kid2 || !strings.Contains(fresh, `"protected":"`+schemas.ProtectedHeader(schemas.AlgEdDSA, kid2)+`"`) {
+		t.Fatalf("after rotation dev signs %s, want EdDSA with %s", fresh, kid2)
 	}
 	if code, v := e.do("POST", "/v1/verify", creds.APIKey, js, `{"receipt":`+old+`}`); code != 200 || !strings.Contains(v, `"valid":true`) {
 		t.Fatalf("receipt from before the rotation: %d %s", code, v)
+	}
+	e.key = creds.APIKey
+	job := e.submit("verify", old+"\n"+fresh+"\n")
+	if st := e.waitDone(job); st["valid"] != 2.0 {
+		t.Fatalf("verify job of an ES256 and an EdDSA receipt: %v", st)
+	}
+	// A caller's JWKS may hold keys CertNode does not use: the answer
+	// names them, and the keys it can use still verify.
+	_, body := e.do("GET", "/.well-known/jwks.json", "", "", "")
+	mixed := strings.Replace(body, `{"keys":[`, `{"keys":[{"kty":"OKP","crv":"X25519","kid":"dh","x":"AA"},`, 1)
+	code, v := e.do("POST", "/v1/verify", creds.APIKey, js, `{"receipt":`+fresh+`,"jwks":`+mixed+`}`)
+	if code != 200 || !strings.Contains(v, `"valid":true`) || !strings.Contains(v, `"keys":"caller"`) ||
+		!strings.Contains(v, `"jwks_skipped":[{"index":0,"kid":"dh","kty":"OKP","crv":"X25519","reason":"unsupported_key_type"}]`) {
+		t.Fatalf("verify with a mixed caller JWKS: %d %s", code, v)
 	}
 	// A caller's JWKS cannot present a key under another key's kid.
 	forged := legacyJWK
 	forged.Kid = kid2
 	doc, _ := json.Marshal(schemas.JWKS{Keys: []schemas.JWK{forged}})
-	code, v := e.do("POST", "/v1/verify", creds.APIKey, js, `{"receipt":`+old+`,"jwks":`+string(doc)+`}`)
+	code, v = e.do("POST", "/v1/verify", creds.APIKey, js, `{"receipt":`+old+`,"jwks":`+string(doc)+`}`)
 	if code != 422 || errorCode(t, v) != "invalid_jwks" || !strings.Contains(v, "jwks key 0") {
 		t.Fatalf("verify with a JWKS whose kid is not the thumbprint: %d %s", code, v)
 	}

@@ -6,6 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 type result struct {
@@ -23,13 +27,16 @@ func certnode(t *testing.T, stdin string, args ...string) result {
 // setup makes a key and its JWKS in a temp dir. It clears the key-source
 // variables `make test` exports for the HSM tests, so the software-key
 // tests see only what they set themselves.
-func setup(t *testing.T) (dir, key, jwks string) {
+func setup(t *testing.T) (dir, key, jwks string) { return setupAlg(t, schemas.AlgES256) }
+
+// setupAlg is setup with a key for alg.
+func setupAlg(t *testing.T, alg string) (dir, key, jwks string) {
 	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_KEYRING", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL"} {
 		t.Setenv(v, "")
 	}
 	dir = t.TempDir()
 	key, jwks = filepath.Join(dir, "key.pem"), filepath.Join(dir, "jwks.json")
-	if r := certnode(t, "", "keys", "generate", "--out", key); r.code != 0 {
+	if r := certnode(t, "", "keys", "generate", "--out", key, "--alg", alg); r.code != 0 {
 		t.Fatalf("keys generate: %+v", r)
 	}
 	r := certnode(t, "", "jwks", "--key", key)
@@ -68,6 +75,63 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	if v := certnode(t, r.stdout, "verify", "--jwks", otherJWKS); v.code != 1 || !strings.HasPrefix(v.stdout, "invalid: unknown_kid") {
 		t.Fatalf("verify other jwks: %+v", v)
 	}
+}
+
+// EdDSA keys sign from the CLI, and a JWKS mixing EC and OKP keys (and
+// keys of types CertNode does not use, skipped with one note each)
+// verifies receipts of both algorithms.
+func TestMixedJWKS(t *testing.T) {
+	_, ecKey, ecJWKS := setupAlg(t, schemas.AlgES256)
+	_, edKey, edJWKS := setupAlg(t, schemas.AlgEdDSA)
+	var mixed schemas.JWKS
+	for _, f := range []string{ecJWKS, edJWKS} {
+		var one schemas.JWKS
+		if err := json.Unmarshal(mustReadFile(t, f), &one); err != nil || len(one.Keys) != 1 {
+			t.Fatalf("%s: %v", f, err)
+		}
+		mixed.Keys = append(mixed.Keys, one.Keys[0])
+	}
+	if mixed.Keys[1].Kty != "OKP" || mixed.Keys[1].Alg != schemas.AlgEdDSA {
+		t.Fatalf("EdDSA JWK %+v", mixed.Keys[1])
+	}
+	doc, _ := json.Marshal(mixed)
+	doc = bytes.Replace(doc, []byte(`{"keys":[`), []byte(`{"keys":[{"kty":"RSA","kid":"rsa","n":"AQAB","e":"AQAB"},`), 1)
+	jwks := filepath.Join(t.TempDir(), "mixed.json")
+	os.WriteFile(jwks, doc, 0o644)
+
+	es := certnode(t, `{"n":1}`, "sign", "--key", ecKey)
+	ed := certnode(t, `{"n":1}`, "sign", "--key", edKey)
+	ed2 := certnode(t, `{ "n" : 1.0 }`, "sign", "--key", edKey)
+	if es.code != 0 || ed.code != 0 || !strings.Contains(ed.stdout, `"protected":"`+schemas.ProtectedHeader(schemas.AlgEdDSA, mixed.Keys[1].Kid)+`"`) {
+		t.Fatalf("sign: %+v %+v", es, ed)
+	}
+	if ed2.stdout != ed.stdout {
+		t.Fatalf("Ed25519 receipts of one payload differ:\n%s%s", ed.stdout, ed2.stdout)
+	}
+	var rc schemas.Receipt
+	json.Unmarshal([]byte(ed.stdout), &rc)
+	rc.Protected = schemas.ProtectedHeader(schemas.AlgES256, rc.Kid)
+	swapped, _ := rc.Marshal()
+	v := certnode(t, es.stdout+ed.stdout+string(swapped)+"\n", "verify", "--jwks", jwks)
+	want := "line 1: valid\nline 2: valid\nline 3: invalid: alg_key_mismatch"
+	if v.code != 1 || !strings.HasPrefix(v.stdout, want) || !strings.HasSuffix(v.stdout, "3 receipts: 2 valid, 1 invalid\n") {
+		t.Fatalf("verify with a mixed JWKS: %+v", v)
+	}
+	if strings.Count(v.stderr, "skipped") != 1 || !strings.Contains(v.stderr, `jwks key 0 (kid "rsa", kty "RSA", crv "") skipped: unsupported_key_type`) {
+		t.Fatalf("skipped RSA key reported as %q", v.stderr)
+	}
+	if r := certnode(t, "", "keys", "generate", "--out", filepath.Join(t.TempDir(), "k.pem"), "--alg", "RS256"); r.code != 2 || !strings.Contains(r.stderr, "--alg") {
+		t.Fatalf("keys generate --alg RS256: %+v", r)
+	}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestNDJSON(t *testing.T) {

@@ -418,6 +418,8 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "verify tampered", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":` + strings.Replace(receipt, `"order":42`, `"order":43`, 1) + `}`, status: 200},
 		{name: "verify malformed receipt", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":{}}`, status: 200},
 		{name: "verify with caller keys", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":` + receipt + `,"jwks":` + jwks + `}`, status: 200},
+		{name: "verify with caller keys, some skipped", method: "POST", path: "/v1/verify", key: e.key, ctype: js, status: 200,
+			body: `{"receipt":` + receipt + `,"jwks":` + strings.Replace(jwks, `{"keys":[`, `{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"},"x",`, 1) + `}`},
 		{name: "verify wrong content type", method: "POST", path: "/v1/verify", key: e.key, ctype: "text/plain", body: `{}`, offSpec: true, status: 415, code: "unsupported_media_type"},
 		{name: "verify not JSON", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `[`, offSpec: true, status: 400, code: "malformed_json"},
 		{name: "verify receipt not object", method: "POST", path: "/v1/verify", key: e.key, ctype: js, body: `{"receipt":"x"}`, offSpec: true, status: 422, code: "invalid_receipt"},

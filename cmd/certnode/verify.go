@@ -18,8 +18,10 @@ func newVerifyCmd() *cobra.Command {
 	var jwksFile, receiptFile string
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Verify receipts against a JWKS",
+		Short: "Verify receipts (ES256 and EdDSA) against a JWKS",
 		Long: "Reads one receipt (pretty-printed or not) or NDJSON of many, from --receipt FILE or stdin.\n" +
+			"The JWKS may mix EC P-256 (ES256) and OKP Ed25519 (EdDSA) keys; keys of other types or uses\n" +
+			"are skipped with a note on stderr.\n" +
 			"Prints `valid` or `invalid: <reason>` for one receipt; for many, one line per receipt\n" +
 			"(`line N: valid` ...) and a summary line.\n" +
 			"Exit status: 0 every receipt valid, 1 any invalid, 2 usage or I/O error.",
@@ -34,7 +36,12 @@ func newVerifyCmd() *cobra.Command {
 			}
 			ks, err := schemas.ParseJWKS(jwksData)
 			if err != nil {
-				return usageErr("%v", err)
+				return usageErr("%s: %v", jwksFile, err)
+			}
+			// Keys for other algorithms or uses do not stop verification;
+			// the user hears of them once, not per receipt.
+			for _, s := range ks.Skipped() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "certnode: %s: %s\n", jwksFile, s)
 			}
 			in, err := openInput(cmd, receiptFile)
 			if err != nil {
