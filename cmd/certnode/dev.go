@@ -142,7 +142,7 @@ func newDevCmd() *cobra.Command {
 			defer srv.Close()
 			parts["ingest"] = srv.Run
 
-			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on http://%s  (Kafka %s, kid %s)\n", srv.Addr(), kcfg.Brokers[0], ring.ActiveKID())
+			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on http://%s  (Kafka %s, %s kid %s)\n", srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo tenant %q; API key in %s\n", creds.Tenant, credFile)
 			return runErr(runParts(ctx, parts))
 		},

@@ -263,7 +263,7 @@ func newWorkerCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer w.Close()
-			slog.Info("worker started", "kid", ring.ActiveKID(), "concurrency", cfg.Concurrency)
+			slog.Info("worker started", "kid", ring.ActiveKID(), "alg", ring.ActiveAlg(), "concurrency", cfg.Concurrency)
 			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
 				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg, w.Healthy), "keyring": signer.NewRingWatcher(ring, ringPoll).Run}))
 		},
