@@ -83,8 +83,9 @@ func TestKeysRotateCLI(t *testing.T) {
 		t.Fatalf("new receipt against the old JWKS: %+v", v)
 	}
 
-	// A standby key is published first and signs only once activated.
-	gen := mustRun(t, "", "keys", "generate", "--keyring", ring)
+	// A standby key (Ed25519 beside the P-256 ones) is published first
+	// and signs only once activated.
+	gen := mustRun(t, "", "keys", "generate", "--keyring", ring, "--alg", "EdDSA")
 	kid3 := kidOf(t, gen.stdout)
 	if !strings.Contains(gen.stderr, "standby") {
 		t.Fatalf("generate into an existing ring: %+v", gen)
@@ -95,24 +96,29 @@ func TestKeysRotateCLI(t *testing.T) {
 	if got := jwksKids(t, mustRun(t, "", "jwks", "--keyring", ring).stdout); len(got) != 3 || got[0] != kid2 || got[1] != kid3 {
 		t.Fatalf("standby key not published after the active one: %v", got)
 	}
-	mustRun(t, "", "keys", "rotate", "--keyring", ring, "--to", kid3)
-	if k := kidOf(t, mustRun(t, `{"n":4}`, "sign", "--keyring", ring).stdout); k != kid3 {
-		t.Fatalf("after rotate --to the receipt kid is %s, want %s", k, kid3)
+	if r := certnode(t, "", "keys", "rotate", "--keyring", ring, "--to", kid3, "--alg", "EdDSA"); r.code != 2 || !strings.Contains(r.stderr, "leave --alg out") {
+		t.Fatalf("rotate --to with --alg: %+v", r)
 	}
+	mustRun(t, "", "keys", "rotate", "--keyring", ring, "--to", kid3)
+	if rc := mustRun(t, `{"n":4}`, "sign", "--keyring", ring).stdout; kidOf(t, rc) != kid3 || !strings.Contains(rc, schemas.ProtectedHeader(schemas.AlgEdDSA, kid3)) {
+		t.Fatalf("after rotate --to the receipt is %s, want EdDSA by %s", rc, kid3)
+	}
+	// A rotation keeps the active key's algorithm unless told otherwise.
+	kid4 := kidOf(t, mustRun(t, "", "keys", "rotate", "--keyring", ring).stdout)
 
 	list := mustRun(t, "", "keys", "list", "--keyring", ring).stdout
-	for kid, state := range map[string]string{kid1: "retired", kid2: "retired", kid3: "active"} {
+	for kid, want := range map[string]string{kid1: "ES256  retired", kid2: "ES256  retired", kid3: "EdDSA  retired", kid4: "EdDSA  active"} {
 		line := lineWith(list, kid)
-		if !strings.Contains(line, " "+state+" ") || !strings.Contains(line, "file:"+kid+".pem") {
-			t.Errorf("keys list line for %s: %q, want state %s", kid, line, state)
+		if !strings.Contains(line, " "+want+" ") || !strings.Contains(line, "file:"+kid+".pem") {
+			t.Errorf("keys list line for %s: %q, want %s", kid, line, want)
 		}
 	}
-	if r := certnode(t, "", "keys", "rotate", "--keyring", ring, "--to", kid3); r.code != 2 || !strings.Contains(r.stderr, "already active") {
+	if r := certnode(t, "", "keys", "rotate", "--keyring", ring, "--to", kid4); r.code != 2 || !strings.Contains(r.stderr, "already active") {
 		t.Fatalf("rotate --to the active key: %+v", r)
 	}
 	// The environment names the ring as well as the flag does.
 	t.Setenv("CERTNODE_KEYRING", ring)
-	if k := kidOf(t, mustRun(t, `{"n":5}`, "sign").stdout); k != kid3 {
+	if k := kidOf(t, mustRun(t, `{"n":5}`, "sign").stdout); k != kid4 {
 		t.Fatalf("sign with CERTNODE_KEYRING: kid %s", k)
 	}
 }
