@@ -11,24 +11,31 @@ import (
 	"testing"
 
 	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/schemas"
 )
 
 func TestCLIWithSoftHSM(t *testing.T) {
+	for alg, keyType := range map[string]string{schemas.AlgES256: "EC P-256", schemas.AlgEdDSA: "Ed25519"} {
+		t.Run(alg, func(t *testing.T) { testCLIWithSoftHSM(t, alg, keyType) })
+	}
+}
+
+func testCLIWithSoftHSM(t *testing.T, alg, keyType string) {
 	module, token := testenv.PKCS11(t)
 	var b [6]byte
 	rand.Read(b[:])
 	label := fmt.Sprintf("cli-%x", b)
 	p11 := []string{"--pkcs11-module", module, "--token", token}
 
-	gen := certnode(t, "", append([]string{"keys", "generate", "--label", label}, p11...)...)
-	if gen.code != 0 || !strings.Contains(gen.stdout, `"kid":"`) {
+	gen := certnode(t, "", append([]string{"keys", "generate", "--label", label, "--alg", alg}, p11...)...)
+	if gen.code != 0 || !strings.Contains(gen.stdout, `"kid":"`) || !strings.Contains(gen.stdout, `"alg":"`+alg+`"`) {
 		t.Fatalf("keys generate: %+v", gen)
 	}
-	if again := certnode(t, "", append([]string{"keys", "generate", "--label", label}, p11...)...); again.code != 2 || !strings.Contains(again.stderr, "already exists") {
+	if again := certnode(t, "", append([]string{"keys", "generate", "--label", label, "--alg", alg}, p11...)...); again.code != 2 || !strings.Contains(again.stderr, "already exists") {
 		t.Fatalf("second generate: %+v", again)
 	}
 	list := certnode(t, "", append([]string{"keys", "list"}, p11...)...)
-	if list.code != 0 || !strings.Contains(list.stdout, label) || !strings.Contains(list.stdout, "EC P-256") {
+	if list.code != 0 || !strings.Contains(lineWith(list.stdout, label), keyType) {
 		t.Fatalf("keys list: %+v", list)
 	}
 
@@ -44,8 +51,9 @@ func TestCLIWithSoftHSM(t *testing.T) {
 	if sign.code != 0 || strings.Count(sign.stdout, "\n") != 2 {
 		t.Fatalf("sign: %+v", sign)
 	}
-	if v := certnode(t, sign.stdout, "verify", "--jwks", jwksFile); v.code != 0 || !strings.Contains(v.stdout, "2 receipts: 2 valid, 0 invalid") {
-		t.Fatalf("verify: %+v", v)
+	if v := certnode(t, sign.stdout, "verify", "--jwks", jwksFile); v.code != 0 || !strings.Contains(v.stdout, "2 receipts: 2 valid, 0 invalid") ||
+		!strings.Contains(sign.stdout, `"protected":"`+schemas.ProtectedHeader(alg, jwksKids(t, jwks.stdout)[0])+`"`) {
+		t.Fatalf("verify: %+v (receipts %s)", v, sign.stdout)
 	}
 
 	// Wrong PIN and missing key: one clear line, exit 2, PIN never echoed.
@@ -76,14 +84,14 @@ func TestCLIKeyRingWithSoftHSM(t *testing.T) {
 	gen := mustRun(t, "", append([]string{"keys", "generate"}, p11...)...)
 	kid1 := kidOf(t, gen.stdout)
 	before := mustRun(t, "{\"n\":1}\n{\"n\":2}\n", append([]string{"sign", "--ndjson"}, p11...)...).stdout
-	rot := mustRun(t, "", append([]string{"keys", "rotate"}, p11...)...)
+	rot := mustRun(t, "", append([]string{"keys", "rotate", "--alg", "EdDSA"}, p11...)...)
 	kid2 := kidOf(t, rot.stdout)
-	if kid2 == kid1 || !strings.Contains(rot.stderr, "(pkcs11:certnode-") {
+	if kid2 == kid1 || !strings.Contains(rot.stderr, "EdDSA key "+kid2+" (pkcs11:certnode-") {
 		t.Fatalf("rotate: %+v", rot)
 	}
 	after := mustRun(t, `{"n":3}`, append([]string{"sign"}, p11...)...).stdout
-	if kidOf(t, after) != kid2 {
-		t.Fatalf("after rotation the receipt kid is %s, want %s", kidOf(t, after), kid2)
+	if kidOf(t, after) != kid2 || !strings.Contains(after, schemas.ProtectedHeader(schemas.AlgEdDSA, kid2)) {
+		t.Fatalf("after rotation the receipt is %s, want EdDSA by %s", after, kid2)
 	}
 	// Both keys are on the token under the labels ring.json records.
 	list := mustRun(t, "", "keys", "list", "--keyring", ring).stdout
