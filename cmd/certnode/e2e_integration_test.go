@@ -145,7 +145,7 @@ func TestE2EExactlyOnceToClickHouse(t *testing.T) {
 	if r := certnode(t, all, "verify", "--jwks", e.jwksFile); r.code != 0 || !strings.Contains(r.stdout, "10000 receipts: 10000 valid, 0 invalid") {
 		t.Fatalf("certnode verify: exit %d, %s", r.code, lastLine(r.stdout))
 	}
-	verdicts := interop.NodeVerify(t, e.jwksFile, []byte(all))
+	verdicts := interop.Node.Verify(t, e.jwksFile, []byte(all))
 	bad := 0
 	for _, v := range verdicts {
 		if v != "ok" {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts (or stops) everything the integration tests use: Kafka, ClickHouse,
-# the SoftHSM2 token and the Node interop packages. Idempotent.
+# the SoftHSM2 token and the Node and Python interop packages. Idempotent.
 # usage: services.sh up|down|status
 source "$(dirname "$0")/lib.sh"
 here="$(dirname "$0")"
@@ -16,11 +16,21 @@ node_deps() {
   fi
 }
 
-# py_deps installs the Python Kafka client the producer interop test uses.
+# py_deps installs the Python packages the tests use: the Kafka client of the
+# producer interop test, and the exact versions internal/interop/python/
+# requirements.txt pins for the Python receipts implementation (its
+# `receipts.py deps` says whether they are installed).
 py_deps() {
-  python3 -c 'import confluent_kafka' 2>/dev/null && return 0
-  log "installing confluent-kafka (PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore confluent-kafka >&2
+  local dir="$REPO_ROOT/internal/interop/python"
+  local pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+  if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
+    log "installing confluent-kafka (PyPI)"
+    "${pip[@]}" confluent-kafka >&2
+  fi
+  if ! python3 "$dir/receipts.py" deps 2>/dev/null; then
+    log "installing the Python interop packages (PyPI): $(tr '\n' ' ' <"$dir/requirements.txt")"
+    "${pip[@]}" -r "$dir/requirements.txt" >&2
+  fi
 }
 
 case "${1:-}" in

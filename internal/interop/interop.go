@@ -1,50 +1,119 @@
-// Package interop runs the independent Node implementation of CertNode
-// receipts (jose + canonicalize) for tests. `make test` installs its npm
-// packages; a missing install fails the calling test.
+// Package interop runs independent implementations of CertNode receipts
+// for tests: Node (jose + canonicalize, node/receipts.mjs) and Python
+// (cryptography + rfc8785, python/receipts.py). Both scripts take the same
+// arguments:
+//
+//	sign JWKS_OUT [ES256|EdDSA] [KEY.pem] < payloads > receipts
+//	verify JWKS                           < receipts > verdicts (ok | fail: reason)
+//	jcs                                   < JSON texts > canonical forms
+//
+// `make test` installs their packages (deploy/local/services.sh); a missing
+// or mismatched install fails the calling test with the command that fixes it.
 package interop
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 )
 
-func nodeDir(t testing.TB) string {
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(file), "node")
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "jose")); err != nil {
-		t.Fatalf("Node interop packages are not installed: run `make test` or `npm ci --prefix %s`", dir)
-	}
-	return dir
+// Impl is one independent implementation: an interpreter running a script.
+type Impl struct {
+	Name   string // "node" or "python"
+	interp string
+	script string
+	ready  func() error // nil when its packages are installed
 }
 
-// Node runs receipts.mjs with args, feeding stdin, and returns its stdout.
-func Node(t testing.TB, stdin []byte, args ...string) []byte {
+var dir = func() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(file)
+}()
+
+var (
+	Node = &Impl{Name: "node", interp: "node", script: filepath.Join(dir, "node", "receipts.mjs"),
+		ready: sync.OnceValue(func() error {
+			for _, pkg := range []string{"jose", "canonicalize"} {
+				if _, err := os.Stat(filepath.Join(dir, "node", "node_modules", pkg)); err != nil {
+					return fmt.Errorf("npm package %s is not installed: run `npm ci --prefix %s` (or `make services`)", pkg, filepath.Join(dir, "node"))
+				}
+			}
+			return nil
+		})}
+	Python = &Impl{Name: "python", interp: "python3", script: filepath.Join(dir, "python", "receipts.py"),
+		// receipts.py deps compares the installed packages with the pins of
+		// requirements.txt and names the install command when they differ.
+		ready: sync.OnceValue(func() error {
+			var errb bytes.Buffer
+			cmd := exec.Command("python3", filepath.Join(dir, "python", "receipts.py"), "deps")
+			cmd.Stderr = &errb
+			if err := cmd.Run(); err != nil {
+				return fmt.Errorf("python3 receipts.py deps: %v: %s", err, strings.TrimSpace(errb.String()))
+			}
+			return nil
+		})}
+	// Impls is every independent implementation.
+	Impls = []*Impl{Node, Python}
+)
+
+// Run runs the script with args, feeding stdin, and returns its stdout.
+func (im *Impl) Run(t testing.TB, stdin []byte, args ...string) []byte {
 	t.Helper()
-	dir := nodeDir(t)
-	cmd := exec.Command("node", append([]string{filepath.Join(dir, "receipts.mjs")}, args...)...)
+	if err := im.ready(); err != nil {
+		t.Fatalf("%s interop implementation not usable: %v", im.Name, err)
+	}
+	cmd := exec.Command(im.interp, append([]string{im.script}, args...)...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("node receipts.mjs %v: %v\n%s", args, err, errb.String())
+		if errors.Is(err, exec.ErrNotFound) {
+			t.Fatalf("%s interop implementation: %s is not installed: %v", im.Name, im.interp, err)
+		}
+		t.Fatalf("%s %s %v: %v\n%s", im.interp, filepath.Base(im.script), args, err, errb.String())
 	}
 	return out.Bytes()
 }
 
-// NodeVerify verifies NDJSON receipts with jose against a JWKS file and
-// returns one verdict per receipt ("ok" or "fail: reason").
-func NodeVerify(t testing.TB, jwksFile string, receipts []byte) []string {
+// Sign signs NDJSON payloads with alg, with the PKCS#8 key in keyPEM or,
+// when it is "", a key it makes; it writes that key's JWKS to jwksOut and
+// returns NDJSON receipts.
+func (im *Impl) Sign(t testing.TB, jwksOut, alg, keyPEM string, payloads []byte) []byte {
 	t.Helper()
-	out := bytes.TrimSpace(Node(t, receipts, "verify", jwksFile))
-	var verdicts []string
-	for _, l := range bytes.Split(out, []byte("\n")) {
-		if len(l) > 0 {
-			verdicts = append(verdicts, string(l))
+	args := []string{"sign", jwksOut, alg}
+	if keyPEM != "" {
+		args = append(args, keyPEM)
+	}
+	return im.Run(t, payloads, args...)
+}
+
+// Verify verifies NDJSON receipts against a JWKS file and returns one
+// verdict per receipt ("ok" or "fail: reason").
+func (im *Impl) Verify(t testing.TB, jwksFile string, receipts []byte) []string {
+	t.Helper()
+	return Lines(im.Run(t, receipts, "verify", jwksFile))
+}
+
+// JCS canonicalizes each line of in, one JSON text a line.
+func (im *Impl) JCS(t testing.TB, in []byte) []string {
+	t.Helper()
+	return Lines(im.Run(t, in, "jcs"))
+}
+
+// Lines splits output into its non-empty lines.
+func Lines(out []byte) []string {
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if l != "" {
+			lines = append(lines, l)
 		}
 	}
-	return verdicts
+	return lines
 }
