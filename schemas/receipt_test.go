@@ -161,6 +161,9 @@ func TestVerifyReasons(t *testing.T) {
 		{"alg none", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"none","kid":"` + r.Kid + `"}`) }), ErrUnsupportedAlg},
 		{"alg RS256", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"RS256","kid":"` + r.Kid + `"}`) }), ErrUnsupportedAlg},
 		{"header kid differs", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"ES256","kid":"someone-else"}`) }), ErrKidMismatch},
+		{"header with crit", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"ES256","kid":"` + r.Kid + `","crit":["b64"],"b64":false}`) }), ErrMalformed},
+		{"header reordered", edit(func(r *Receipt) { r.Protected = hdr(`{"kid":"` + r.Kid + `","alg":"ES256"}`) }), ErrMalformed},
+		{"header with spaces", edit(func(r *Receipt) { r.Protected = hdr(`{"alg": "ES256", "kid": "` + r.Kid + `"}`) }), ErrMalformed},
 		{"unknown kid", other.mustMarshal(t), ErrUnknownKid},
 		{"payload edited", edit(func(r *Receipt) { r.Payload = []byte(`{"order":43,"items":["a","b"]}`) }), ErrPayloadHashMismatch},
 		{"payload and hash edited", edit(func(r *Receipt) {

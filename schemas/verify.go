@@ -255,6 +255,11 @@ func (ks *KeySet) VerifyReceipt(r *Receipt) error {
 	if hdr.Alg != AlgES256 && hdr.Alg != AlgEdDSA {
 		return fail(ReasonUnsupportedAlg, "alg %q; receipts use ES256 or EdDSA", hdr.Alg)
 	}
+	// The header is byte-exact, so no member (crit, b64, ...) can change
+	// what a JWS library would take the signature to cover.
+	if r.Protected != ProtectedHeader(hdr.Alg, hdr.Kid) {
+		return fail(ReasonMalformed, `protected header must be exactly {"alg":%q,"kid":%q}`, hdr.Alg, hdr.Kid)
+	}
 	if hdr.Kid != r.Kid {
 		return fail(ReasonKidMismatch, "header kid %q, receipt kid %q", hdr.Kid, r.Kid)
 	}
