@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +22,8 @@ import (
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 // LoadConfig drives a running CertNode API.
@@ -35,45 +39,102 @@ type LoadConfig struct {
 // Report holds one run's figures; Print writes them.
 type Report struct {
 	Label                    string
-	RawSign, RawVerify       float64 // ECDSA P-256 ops/s on all cores, this run
-	JobSign, JobVerify       float64 // receipts/s through bulk jobs, end to end
+	Alg                      string         // of the receipts the bulk sign job returned
+	Raw                      map[string]Raw // per algorithm, this run
+	JobSign, JobVerify       float64        // receipts/s through bulk jobs, end to end
 	SignP50, SignP99         time.Duration
 	VerifyP50, VerifyP99     time.Duration
 	SignErrors, VerifyErrors int
 	Rate                     int
 }
 
-// RawECDSA measures P-256 sign and verify rates on all cores for d each.
-func RawECDSA(d time.Duration) (sign, verify float64) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	digest := sha256.Sum256([]byte("certnode"))
-	sig, _ := ecdsa.SignASN1(rand.Reader, key, digest[:])
-	measure := func(op func()) float64 {
-		var n atomic.Int64
-		stop := time.Now().Add(d)
-		var wg sync.WaitGroup
-		for range runtime.GOMAXPROCS(0) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(stop) {
-					op()
-					n.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-		return float64(n.Load()) / d.Seconds()
+// Algs are the receipt algorithms, in the order their figures are printed.
+var Algs = []string{schemas.AlgES256, schemas.AlgEdDSA}
+
+// Curve names alg's key type.
+func Curve(alg string) string {
+	if alg == schemas.AlgEdDSA {
+		return "Ed25519"
 	}
-	sign = measure(func() { ecdsa.SignASN1(rand.Reader, key, digest[:]) })
-	verify = measure(func() { ecdsa.VerifyASN1(&key.PublicKey, digest[:], sig) })
-	return sign, verify
+	return "P-256"
+}
+
+// Raw is one algorithm's crypto limit on this machine: sign and verify
+// operations per second on all cores.
+type Raw struct{ Sign, Verify float64 }
+
+// Of returns the sign or the verify rate.
+func (r Raw) Of(op string) float64 {
+	if op == "verify" {
+		return r.Verify
+	}
+	return r.Sign
+}
+
+// MeasureRaw measures the sign and verify rates of every algorithm in Algs
+// on all cores, straight on crypto/ecdsa and crypto/ed25519, for d per
+// operation. The time is cut into rounds that take the algorithms in turn,
+// so that a noisy neighbour weighs on both alike and their ratio holds.
+func MeasureRaw(d time.Duration) map[string]Raw {
+	const rounds = 8
+	ops := make(map[string][2]func(), len(Algs))
+	counts := make(map[string]*[2]int64, len(Algs))
+	for _, alg := range Algs {
+		sign, verify := rawOps(alg)
+		ops[alg], counts[alg] = [2]func(){sign, verify}, new([2]int64)
+	}
+	for range rounds {
+		for _, alg := range Algs {
+			for i, op := range ops[alg] {
+				counts[alg][i] += count(op, d/rounds)
+			}
+		}
+	}
+	m := make(map[string]Raw, len(Algs))
+	for _, alg := range Algs {
+		n := counts[alg]
+		m[alg] = Raw{Sign: float64(n[0]) / d.Seconds(), Verify: float64(n[1]) / d.Seconds()}
+	}
+	return m
+}
+
+// rawOps sign and verify the same 32 bytes with a fresh key of alg: the
+// digest an ES256 key signs, the message an Ed25519 key signs.
+func rawOps(alg string) (sign, verify func()) {
+	msg := sha256.Sum256([]byte("certnode"))
+	if alg == schemas.AlgEdDSA {
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		sig := ed25519.Sign(priv, msg[:])
+		return func() { ed25519.Sign(priv, msg[:]) }, func() { ed25519.Verify(pub, msg[:], sig) }
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sig, _ := ecdsa.SignASN1(rand.Reader, key, msg[:])
+	return func() { ecdsa.SignASN1(rand.Reader, key, msg[:]) }, func() { ecdsa.VerifyASN1(&key.PublicKey, msg[:], sig) }
+}
+
+// count runs op on every core for d and returns how many times it ran.
+func count(op func(), d time.Duration) int64 {
+	var n atomic.Int64
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				op()
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return n.Load()
 }
 
 // Load runs the bulk-job throughput and fixed-rate latency measurements.
 func Load(ctx context.Context, cfg LoadConfig) (*Report, error) {
 	r := &Report{Label: cfg.Label, Rate: cfg.Rate}
-	r.RawSign, r.RawVerify = RawECDSA(time.Second)
+	r.Raw = MeasureRaw(time.Second)
 	c := &client{base: strings.TrimRight(cfg.BaseURL, "/"), key: cfg.APIKey, http: &http.Client{Timeout: 5 * time.Minute}}
 
 	var in bytes.Buffer
@@ -86,6 +147,9 @@ func Load(ctx context.Context, cfg LoadConfig) (*Report, error) {
 		return nil, fmt.Errorf("sign job: %w", err)
 	}
 	r.JobSign = float64(cfg.JobLines) / time.Since(start).Seconds()
+	if r.Alg, err = receiptsAlg(receipts); err != nil {
+		return nil, fmt.Errorf("sign job: %w", err)
+	}
 
 	start = time.Now()
 	if _, err := c.job(ctx, "verify", bytes.Join(receipts, []byte("\n")), cfg.JobLines); err != nil {
@@ -106,14 +170,55 @@ func Load(ctx context.Context, cfg LoadConfig) (*Report, error) {
 	return r, nil
 }
 
-// Print writes the figures, each throughput next to its same-run ratio.
+// Print writes the figures, each throughput next to its ratio to the raw
+// rate of its receipts' algorithm measured in the same run.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "== %s\n", r.Label)
-	fmt.Fprintf(w, "raw ECDSA P-256 (this run, all cores): sign %.0f/s, verify %.0f/s\n", r.RawSign, r.RawVerify)
-	fmt.Fprintf(w, "bulk sign   : %9.0f receipts/min  (%.3f x raw sign)\n", r.JobSign*60, r.JobSign/r.RawSign)
-	fmt.Fprintf(w, "bulk verify : %9.0f receipts/min  (%.3f x raw verify)\n", r.JobVerify*60, r.JobVerify/r.RawVerify)
+	fmt.Fprintf(w, "== %s, %s receipts\n", r.Label, r.Alg)
+	fmt.Fprint(w, "raw (this run, all cores):")
+	for _, alg := range Algs {
+		fmt.Fprintf(w, " %s sign %.0f/s, verify %.0f/s;", Curve(alg), r.Raw[alg].Sign, r.Raw[alg].Verify)
+	}
+	es, ed := r.Raw[schemas.AlgES256], r.Raw[schemas.AlgEdDSA]
+	fmt.Fprintf(w, " Ed25519/P-256: sign %.2fx, verify %.2fx\n", ed.Sign/es.Sign, ed.Verify/es.Verify)
+	raw, c := r.Raw[r.Alg], Curve(r.Alg)
+	fmt.Fprintf(w, "bulk sign   : %9.0f receipts/min  (%.3f x raw %s sign)\n", r.JobSign*60, r.JobSign/raw.Sign, c)
+	fmt.Fprintf(w, "bulk verify : %9.0f receipts/min  (%.3f x raw %s verify)\n", r.JobVerify*60, r.JobVerify/raw.Verify, c)
 	fmt.Fprintf(w, "POST /v1/sign   at %d req/s: p50 %v  p99 %v  errors %d\n", r.Rate, r.SignP50.Round(10*time.Microsecond), r.SignP99.Round(10*time.Microsecond), r.SignErrors)
 	fmt.Fprintf(w, "POST /v1/verify at %d req/s: p50 %v  p99 %v  errors %d\n", r.Rate, r.VerifyP50.Round(10*time.Microsecond), r.VerifyP99.Round(10*time.Microsecond), r.VerifyErrors)
+}
+
+// receiptsAlg is the algorithm in the protected headers of receipts, which
+// must all name the same one (the key ring did not switch mid-job).
+func receiptsAlg(receipts [][]byte) (string, error) {
+	alg := ""
+	for i, raw := range receipts {
+		var rc struct {
+			Protected string `json:"protected"`
+		}
+		var hdr struct {
+			Alg string `json:"alg"`
+		}
+		err := json.Unmarshal(raw, &rc, json.RejectUnknownMembers(false))
+		var prot []byte
+		if err == nil {
+			prot, err = base64.RawURLEncoding.DecodeString(rc.Protected)
+		}
+		if err == nil {
+			err = json.Unmarshal(prot, &hdr, json.RejectUnknownMembers(false))
+		}
+		switch {
+		case err != nil:
+			return "", fmt.Errorf("receipt %d: %w", i, err)
+		case i == 0:
+			alg = hdr.Alg
+		case hdr.Alg != alg:
+			return "", fmt.Errorf("receipt %d is %s, receipt 0 %s: the key ring switched algorithm mid-job", i, hdr.Alg, alg)
+		}
+	}
+	if !slices.Contains(Algs, alg) {
+		return "", fmt.Errorf("receipts signed with %q, want one of %v", alg, Algs)
+	}
+	return alg, nil
 }
 
 func percentile(d []time.Duration, p int) time.Duration {
