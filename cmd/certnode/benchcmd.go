@@ -16,7 +16,7 @@ func newBenchCmd() *cobra.Command {
 	var credFile string
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Load a running CertNode API: bulk throughput and fixed-rate latency, as ratios to raw ECDSA",
+		Short: "Load a running CertNode API: bulk throughput and fixed-rate latency, as ratios to the raw signing rate of the receipts' algorithm",
 		Long: "Measures raw P-256 sign/verify on this machine, then a bulk sign job and a bulk verify job\n" +
 			"end to end (receipts/min), then /v1/sign and /v1/verify latency at a fixed request rate.\n" +
 			"The API key comes from $CERTNODE_API_KEY or --credentials (the file `certnode dev` writes).",

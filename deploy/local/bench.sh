@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`, part two: loads the HTTP API of `certnode dev`, first on its
 # embedded Kafka, then on the real local Kafka and ClickHouse, and prints
-# each figure next to the raw ECDSA rate measured in the same run.
+# each figure next to the raw rate of its algorithm (ES256 or EdDSA) measured in the same run.
 source "$(dirname "$0")/lib.sh"
 bin="$REPO_ROOT/bin/certnode"
 LINES="${BENCH_LINES:-20000}" RATE="${BENCH_RATE:-100}"
