@@ -3,16 +3,22 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +28,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/internal/testenv"
@@ -104,7 +111,10 @@ type e2e struct {
 	bin            string // the certnode binary the roles run; empty: certnodeBinary
 }
 
-func newE2E(t *testing.T, kafkaAddr string) *e2e {
+// newE2E sets up a deployment on the Kafka at kafkaAddr (empty: the shared
+// one). keygen are extra flags for the `certnode keys generate` that makes
+// its key ring, such as --alg EdDSA.
+func newE2E(t *testing.T, kafkaAddr string, keygen ...string) *e2e {
 	t.Helper()
 	var b [5]byte
 	rand.Read(b[:])
@@ -134,7 +144,7 @@ func newE2E(t *testing.T, kafkaAddr string) *e2e {
 	e.keyring, e.jwksFile = filepath.Join(e.dir, "keyring"), filepath.Join(e.dir, "jwks.json")
 	t.Setenv("CERTNODE_PKCS11_MODULE", "") // a software ring, whatever make test exports
 	t.Setenv("CERTNODE_PKCS11_TOKEN", "")
-	if r := certnode(t, "", "keys", "generate", "--keyring", e.keyring); r.code != 0 {
+	if r := certnode(t, "", append([]string{"keys", "generate", "--keyring", e.keyring}, keygen...)...); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	e.writeJWKS()
@@ -322,4 +332,353 @@ func (e *e2e) waitRows(conn driver.Conn, n uint64, limit time.Duration) {
 		requests, distinct, raw := e.rowCounts(conn)
 		return requests == n && distinct == n, fmt.Sprintf("requests %d, distinct ids %d, rows %d, want %d", requests, distinct, raw, n)
 	})
+}
+
+// committedOffsets returns a consumer group's committed offsets on topic, by
+// partition (0 where it committed none: the group then starts at the start).
+func (e *e2e) committedOffsets(group, topic string) map[int32]int64 {
+	e.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.kafka, ",")...))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	offs, err := kadm.NewClient(cl).FetchOffsets(ctx, group)
+	if err != nil {
+		e.t.Fatalf("offsets of group %s: %v", group, err)
+	}
+	out := map[int32]int64{}
+	for p, o := range offs[topic] {
+		out[p] = max(o.At, 0)
+	}
+	return out
+}
+
+// topicReceipts reads the results topic from its start to its current end
+// and returns the receipts of the tenant's signed requests by request id,
+// each request's in the order its results were produced: a request signed
+// more than once has more than one.
+func (e *e2e) topicReceipts() map[string][][]byte {
+	e.t.Helper()
+	topic := schemas.TopicsFor(e.prefix).Receipts
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.kafka, ",")...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		e.t.Fatalf("end offsets of %s: %v", topic, err)
+	}
+	left := map[int32]int64{} // partition -> end offset still to reach
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			left[o.Partition] = o.Offset
+		}
+	})
+	out := map[string][][]byte{}
+	for len(left) > 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			e.t.Fatalf("reading %s: still to read up to %v", topic, left)
+		}
+		fs.EachError(func(_ string, p int32, err error) { e.t.Fatalf("reading %s partition %d: %v", topic, p, err) })
+		fs.EachRecord(func(r *kgo.Record) {
+			if end, ok := left[r.Partition]; ok && r.Offset+1 >= end {
+				delete(left, r.Partition)
+			}
+			res, err := schemas.DecodeResult(r.Value)
+			if err != nil {
+				e.t.Fatalf("result at %s/%d/%d: %v", topic, r.Partition, r.Offset, err)
+			}
+			if res.Tenant == e.tenant && res.Status == schemas.StatusSigned {
+				out[res.ID] = append(out[res.ID], res.Receipt)
+			}
+		})
+	}
+	return out
+}
+
+// kafkaProxy stands between one process and Kafka: it forwards every
+// request and response, pointing the broker addresses of Metadata,
+// FindCoordinator and DescribeCluster responses at itself (a listener per
+// broker), so the process reaches the cluster only through it. After
+// holdCommits it holds the process's OffsetCommit requests: a worker is
+// then stuck after producing a batch's results and before committing the
+// batch, the window a crash replays. (Requests are assumed to be answered,
+// in order: no acks=0 produces, which workers do not send.)
+type kafkaProxy struct {
+	t       *testing.T
+	seed    string // the proxy of the upstream address it was made with
+	holding atomic.Bool
+	held    chan *kmsg.OffsetCommitRequest
+
+	mu      sync.Mutex
+	local   map[string]string // upstream broker -> its listener
+	closers []io.Closer
+	closed  bool
+	err     error
+}
+
+func newKafkaProxy(t *testing.T, upstream string) *kafkaProxy {
+	p := &kafkaProxy{t: t, held: make(chan *kmsg.OffsetCommitRequest, 16), local: map[string]string{}}
+	t.Cleanup(func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.closed = true
+		for _, c := range p.closers {
+			c.Close()
+		}
+		if p.err != nil {
+			t.Errorf("kafka proxy: %v", p.err)
+		}
+	})
+	p.seed = p.listen(upstream)
+	return p
+}
+
+// holdCommits holds every OffsetCommit from now on and returns the first
+// one the process sends.
+func (p *kafkaProxy) holdCommits(limit time.Duration) *kmsg.OffsetCommitRequest {
+	p.t.Helper()
+	p.holding.Store(true)
+	select {
+	case req := <-p.held:
+		return req
+	case <-time.After(limit):
+		p.t.Fatalf("no offset commit within %s", limit)
+		return nil
+	}
+}
+
+func (p *kafkaProxy) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err == nil && !p.closed {
+		p.err = err
+	}
+}
+
+// track closes c with the proxy, or now if the proxy is closed.
+func (p *kafkaProxy) track(c io.Closer) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		c.Close()
+		return
+	}
+	p.closers = append(p.closers, c)
+}
+
+// listen returns the address of upstream's listener, starting it on first use.
+func (p *kafkaProxy) listen(upstream string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if a, ok := p.local[upstream]; ok {
+		return a
+	}
+	if p.closed {
+		return upstream
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		if p.err == nil {
+			p.err = err
+		}
+		return upstream
+	}
+	p.local[upstream] = ln.Addr().String()
+	p.closers = append(p.closers, ln)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.pipe(c, upstream)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func (p *kafkaProxy) pipe(c net.Conn, upstream string) {
+	p.track(c)
+	u, err := net.Dial("tcp", upstream)
+	if err != nil {
+		p.fail(err)
+		c.Close()
+		return
+	}
+	p.track(u)
+	type sent struct{ key, version int16 }
+	inflight := make(chan sent, 256) // requests awaiting their responses, in order
+	go func() {                      // requests
+		defer u.Close()
+		in := bufio.NewReader(c)
+		for {
+			frame, err := readKafkaFrame(in)
+			if err != nil {
+				return
+			}
+			if len(frame) < 12 {
+				p.fail(fmt.Errorf("request of %d bytes", len(frame)))
+				return
+			}
+			key, version := int16(binary.BigEndian.Uint16(frame[4:])), int16(binary.BigEndian.Uint16(frame[6:]))
+			if key == 8 && p.holding.Load() { // OffsetCommit
+				req := kmsg.NewPtrOffsetCommitRequest()
+				req.SetVersion(version)
+				body, err := requestBody(frame, req.IsFlexible())
+				if err == nil {
+					err = req.ReadFrom(body)
+				}
+				if err != nil {
+					p.fail(fmt.Errorf("offset commit v%d: %v", version, err))
+					return
+				}
+				select {
+				case p.held <- req:
+				default:
+				}
+				io.Copy(io.Discard, in) // nothing more passes, until the process hangs up
+				return
+			}
+			inflight <- sent{key, version}
+			if _, err := u.Write(frame); err != nil {
+				return
+			}
+		}
+	}()
+	defer c.Close()
+	in := bufio.NewReader(u)
+	for {
+		frame, err := readKafkaFrame(in)
+		if err != nil {
+			return
+		}
+		s := <-inflight
+		if s.key == 3 || s.key == 10 || s.key == 60 { // Metadata, FindCoordinator, DescribeCluster
+			if frame, err = p.rewrite(s.key, s.version, frame); err != nil {
+				p.fail(fmt.Errorf("response to request key %d v%d: %v", s.key, s.version, err))
+				return
+			}
+		}
+		if _, err := c.Write(frame); err != nil {
+			return
+		}
+	}
+}
+
+// rewrite points the broker addresses in a response frame at the proxy.
+func (p *kafkaProxy) rewrite(key, version int16, frame []byte) ([]byte, error) {
+	resp := kmsg.ResponseForKey(key)
+	resp.SetVersion(version)
+	hdr := 8 // size, correlation id
+	if resp.IsFlexible() {
+		n, err := tagsLen(frame[hdr:])
+		if err != nil {
+			return nil, err
+		}
+		hdr += n
+	}
+	if err := resp.ReadFrom(frame[hdr:]); err != nil {
+		return nil, err
+	}
+	local := func(host *string, port *int32) {
+		if *host == "" { // an error response
+			return
+		}
+		h, pt, _ := net.SplitHostPort(p.listen(net.JoinHostPort(*host, fmt.Sprint(*port))))
+		n, _ := strconv.Atoi(pt)
+		*host, *port = h, int32(n)
+	}
+	switch r := resp.(type) {
+	case *kmsg.MetadataResponse:
+		for i := range r.Brokers {
+			local(&r.Brokers[i].Host, &r.Brokers[i].Port)
+		}
+	case *kmsg.FindCoordinatorResponse:
+		local(&r.Host, &r.Port)
+		for i := range r.Coordinators {
+			local(&r.Coordinators[i].Host, &r.Coordinators[i].Port)
+		}
+	case *kmsg.DescribeClusterResponse:
+		for i := range r.Brokers {
+			local(&r.Brokers[i].Host, &r.Brokers[i].Port)
+		}
+	}
+	out := resp.AppendTo(append([]byte(nil), frame[:hdr]...))
+	binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+	return out, nil
+}
+
+// readKafkaFrame reads one size-prefixed protocol message, prefix included.
+func readKafkaFrame(r io.Reader) ([]byte, error) {
+	var size [4]byte
+	if _, err := io.ReadFull(r, size[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(size[:])
+	if n > 1<<30 {
+		return nil, fmt.Errorf("message of %d bytes", n)
+	}
+	frame := make([]byte, 4+n)
+	copy(frame, size[:])
+	_, err := io.ReadFull(r, frame[4:])
+	return frame, err
+}
+
+// requestBody skips a request frame's size and header (key, version,
+// correlation id, client id, and tagged fields when flexible).
+func requestBody(frame []byte, flexible bool) ([]byte, error) {
+	off := 14
+	if len(frame) < off {
+		return nil, io.ErrUnexpectedEOF
+	}
+	if n := int16(binary.BigEndian.Uint16(frame[12:])); n > 0 {
+		off += int(n)
+	}
+	if flexible {
+		if off > len(frame) {
+			return nil, io.ErrUnexpectedEOF
+		}
+		n, err := tagsLen(frame[off:])
+		if err != nil {
+			return nil, err
+		}
+		off += n
+	}
+	if off > len(frame) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return frame[off:], nil
+}
+
+// tagsLen is the length of the tagged fields (KIP-482) that b starts with.
+func tagsLen(b []byte) (int, error) {
+	count, off := binary.Uvarint(b)
+	if off <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	for ; count > 0; count-- {
+		_, n := binary.Uvarint(b[off:])
+		if n <= 0 {
+			return 0, io.ErrUnexpectedEOF
+		}
+		off += n
+		size, n := binary.Uvarint(b[off:])
+		if n <= 0 || uint64(len(b)-off-n) < size {
+			return 0, io.ErrUnexpectedEOF
+		}
+		off += n + int(size)
+	}
+	return off, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,12 +163,29 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// TestE2EWorkerKilled: a worker killed with SIGKILL mid-stream and replaced
-// loses nothing.
+// TestE2EWorkerKilled: a worker killed with SIGKILL mid-job, after it
+// produced a batch's results and before it committed the batch, and
+// replaced, loses nothing: the replacement signs that batch again. Both
+// receipts of an ES256 request signed twice stay retrievable; Ed25519
+// signatures are deterministic, so an EdDSA request signed twice gets
+// byte-identical receipts.
 func TestE2EWorkerKilled(t *testing.T) {
-	e := newE2E(t, "")
+	for _, alg := range []string{schemas.AlgES256, schemas.AlgEdDSA} {
+		t.Run(alg, func(t *testing.T) { testWorkerKilled(t, alg) })
+	}
+}
+
+func testWorkerKilled(t *testing.T, alg string) {
+	e := newE2E(t, "", "--alg", alg)
+	topics := schemas.TopicsFor(e.prefix)
 	e.sink()
-	w := e.start("worker", "worker", "--metrics", freeAddr(e.t), "--concurrency", "1")
+	// The worker reaches Kafka through a proxy that can hold its commits:
+	// a worker commits a batch only once its results were produced, so a
+	// worker killed while its commit is held has produced results that
+	// nobody committed, and its replacement must replay them. Killing at a
+	// moment picked from outside would almost never land in that window.
+	proxy := newKafkaProxy(t, strings.Split(e.kafka, ",")[0])
+	w := e.start("worker", "worker", "--kafka", proxy.seed, "--metrics", freeAddr(e.t), "--concurrency", "1")
 	e.ingest()
 	const n = 8000
 	job := e.submitJob("sign", payloads("kill", n))
@@ -175,12 +193,25 @@ func TestE2EWorkerKilled(t *testing.T) {
 		s := e.jobStatus(job)
 		return s.Done > 0, fmt.Sprintf("%+v", s)
 	})
+	held := proxy.holdCommits(time.Minute)
 	w.kill()
-	// The premise: the worker died with the job unfinished.
-	if s := e.jobStatus(job); s.Done >= n {
-		t.Fatalf("the worker finished all %d lines before it was killed: nothing was tested", n)
+	// The premise: the worker died with the job unfinished, and with
+	// results produced for requests past the group's committed offsets.
+	committed := e.committedOffsets(e.prefix+"-workers", topics.Requests)
+	var uncommitted int64
+	for _, tp := range held.Topics {
+		for _, p := range tp.Partitions {
+			if tp.Topic == topics.Requests {
+				uncommitted += p.Offset - committed[p.Partition]
+			}
+		}
+	}
+	if s := e.jobStatus(job); s.Done >= n || uncommitted <= 0 {
+		t.Fatalf("nothing was tested: the worker was killed with %d of %d lines done and %d requests past its committed offsets %v",
+			s.Done, n, uncommitted, committed)
 	} else {
-		t.Logf("worker killed with %d of %d lines done", s.Done, n)
+		t.Logf("worker killed with the job at %d of %d lines and results produced for %d requests past its committed offsets %v",
+			s.Done, n, uncommitted, committed)
 	}
 	e.worker()
 	testenv.WaitFor(t, "job done after restart", 2*time.Minute, func() (bool, string) {
@@ -191,39 +222,87 @@ func TestE2EWorkerKilled(t *testing.T) {
 	ks, _ := schemas.ParseJWKS(mustRead(t, e.jwksFile))
 	for line, r := range got {
 		rc, err := ks.Verify([]byte(r))
-		if err != nil || !strings.Contains(string(rc.Payload), fmt.Sprintf(`"i":%d,`, line-1)) {
+		if err != nil || !strings.Contains(string(rc.Payload), fmt.Sprintf(`"i":%d,`, line-1)) || rc.Protected != schemas.ProtectedHeader(alg, rc.Kid) {
 			t.Fatalf("line %d: %v %s", line, err, r)
 		}
 	}
+
+	// The replay, read from the results topic: exactly the requests past
+	// the committed offsets were signed twice.
+	replayed := map[string][][]byte{}
+	var twice []string // receipt ids of requests with different receipts
+	differ := 0
+	for id, rs := range e.topicReceipts() {
+		if len(rs) < 2 {
+			continue
+		}
+		replayed[id] = rs
+		ids := map[string]bool{}
+		for _, r := range rs {
+			rc, err := ks.Verify(r)
+			if err != nil || rc.Protected != schemas.ProtectedHeader(alg, rc.Kid) {
+				t.Fatalf("request %s: %v %s", id, err, r)
+			}
+			if alg == schemas.AlgEdDSA && !bytes.Equal(r, rs[0]) {
+				t.Fatalf("request %s signed twice with Ed25519 got different receipts:\n%s\n%s", id, rs[0], r)
+			}
+			ids[rc.ReceiptID] = true
+		}
+		if len(ids) > 1 {
+			differ++
+			for rid := range ids {
+				twice = append(twice, rid)
+			}
+		}
+	}
+	if int64(len(replayed)) != uncommitted {
+		t.Fatalf("%d requests were signed more than once, want the %d the killed worker produced results for and did not commit", len(replayed), uncommitted)
+	}
+	t.Logf("%d requests signed twice by the replay, %d of them with different receipts", len(replayed), differ)
+
 	conn := e.clickhouse()
 	e.waitRows(conn, n, 2*time.Minute)
-	// Every receipt the service handed out stays retrievable, including
-	// both receipts of a request a replay signed twice.
-	rows, err := conn.Query(context.Background(), `SELECT receipt_id FROM certnode.results
-		WHERE tenant = ? AND id IN (SELECT id FROM certnode.results WHERE tenant = ? GROUP BY id HAVING uniqExact(receipt_id) > 1)`, e.tenant, e.tenant)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Every receipt the service handed out stays in ClickHouse and
+	// retrievable, including both receipts of an ES256 request the replay
+	// signed twice; EdDSA has one receipt per request.
+	slices.Sort(twice)
 	var check []string
-	for rows.Next() {
-		var rid string
-		rows.Scan(&rid)
-		check = append(check, rid)
-	}
-	rows.Close()
-	t.Logf("%d receipts belong to requests signed twice by the replay", len(check))
-	for line := int64(1); line <= n; line += n / 100 { // and a sample of the job's
-		var rc struct {
-			ReceiptID string `json:"receipt_id"`
+	testenv.WaitFor(t, "receipts of requests signed twice in ClickHouse", time.Minute, func() (bool, string) {
+		rows, err := conn.Query(context.Background(), `SELECT DISTINCT receipt_id FROM certnode.results
+			WHERE tenant = ? AND id IN (SELECT id FROM certnode.results WHERE tenant = ? GROUP BY id HAVING uniqExact(receipt_id) > 1)`,
+			e.tenant, e.tenant)
+		if err != nil {
+			t.Fatal(err)
 		}
-		json.Unmarshal([]byte(got[line]), &rc, json.RejectUnknownMembers(false))
-		check = append(check, rc.ReceiptID)
+		check = check[:0]
+		for rows.Next() {
+			var rid string
+			rows.Scan(&rid)
+			check = append(check, rid)
+		}
+		rows.Close()
+		slices.Sort(check)
+		return slices.Equal(check, twice), fmt.Sprintf("%d receipts in ClickHouse, %d on the topic", len(check), len(twice))
+	})
+	for line := int64(1); line <= n; line += n / 100 { // and a sample of the job's
+		check = append(check, rcID(t, []byte(got[line])))
 	}
 	for _, rid := range check {
 		if code, body := e.do("GET", "/v1/receipts/"+rid, "", ""); code != 200 || !strings.Contains(body, rid) {
 			t.Fatalf("receipt %s: %d %s", rid, code, body)
 		}
 	}
+}
+
+// rcID is a receipt's receipt_id.
+func rcID(t *testing.T, receipt []byte) string {
+	var rc struct {
+		ReceiptID string `json:"receipt_id"`
+	}
+	if err := json.Unmarshal(receipt, &rc, json.RejectUnknownMembers(false)); err != nil || rc.ReceiptID == "" {
+		t.Fatalf("receipt %s: %v", receipt, err)
+	}
+	return rc.ReceiptID
 }
 
 func mustRead(t *testing.T, path string) []byte {
