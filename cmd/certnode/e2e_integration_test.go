@@ -305,14 +305,6 @@ func rcID(t *testing.T, receipt []byte) string {
 	return rc.ReceiptID
 }
 
-func mustRead(t *testing.T, path string) []byte {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestE2ESinkKilledMidBatch: the ClickHouse sink killed (SIGKILL) while it
 // holds a batch it collected but neither inserted nor committed, and
 // restarted, shows every request exactly once in the requests view.

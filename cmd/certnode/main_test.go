@@ -86,7 +86,7 @@ func TestMixedJWKS(t *testing.T) {
 	var mixed schemas.JWKS
 	for _, f := range []string{ecJWKS, edJWKS} {
 		var one schemas.JWKS
-		if err := json.Unmarshal(mustReadFile(t, f), &one); err != nil || len(one.Keys) != 1 {
+		if err := json.Unmarshal(mustRead(t, f), &one); err != nil || len(one.Keys) != 1 {
 			t.Fatalf("%s: %v", f, err)
 		}
 		mixed.Keys = append(mixed.Keys, one.Keys[0])
@@ -125,7 +125,7 @@ func TestMixedJWKS(t *testing.T) {
 	}
 }
 
-func mustReadFile(t *testing.T, path string) []byte {
+func mustRead(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
