@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -129,9 +130,10 @@ func (j JWK) PublicKey() (crypto.PublicKey, error) {
 		}
 		// A point of small order has no secret behind it: anyone can make
 		// signatures that verify under it, so it must never vouch for a receipt.
+		// A non-canonical encoding would give one key a second kid.
 		p, err := new(edwards25519.Point).SetBytes(x)
-		if err != nil {
-			return nil, errors.New("jwk: x is not an Ed25519 point")
+		if err != nil || !bytes.Equal(p.Bytes(), x) {
+			return nil, errors.New("jwk: x is not the canonical encoding of an Ed25519 point")
 		}
 		if new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1 {
 			return nil, errors.New("jwk: x is a point of small order, a key no one holds")

@@ -31,7 +31,6 @@ func ProtectedHeader(alg, kid string) string {
 
 // Unsigned is a receipt waiting for its signature.
 type Unsigned struct {
-	Alg       string
 	Kid       string
 	Protected string
 	Payload   []byte // canonical (JCS) payload
@@ -49,7 +48,7 @@ func NewUnsigned(alg, kid string, payload []byte) (*Unsigned, error) {
 		return nil, err
 	}
 	prot := ProtectedHeader(alg, kid)
-	return &Unsigned{Alg: alg, Kid: kid, Protected: prot, Payload: canon, input: signingInput(prot, canon)}, nil
+	return &Unsigned{Kid: kid, Protected: prot, Payload: canon, input: signingInput(prot, canon)}, nil
 }
 
 func signingInput(protected string, canonicalPayload []byte) []byte {

@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"testing"
 
+	"filippo.io/edwards25519"
 	"github.com/go-json-experiment/json"
 )
 
@@ -161,7 +163,9 @@ func TestVerifyReasons(t *testing.T) {
 		{"alg none", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"none","kid":"` + r.Kid + `"}`) }), ErrUnsupportedAlg},
 		{"alg RS256", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"RS256","kid":"` + r.Kid + `"}`) }), ErrUnsupportedAlg},
 		{"header kid differs", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"ES256","kid":"someone-else"}`) }), ErrKidMismatch},
-		{"header with crit", edit(func(r *Receipt) { r.Protected = hdr(`{"alg":"ES256","kid":"` + r.Kid + `","crit":["b64"],"b64":false}`) }), ErrMalformed},
+		{"header with crit", edit(func(r *Receipt) {
+			r.Protected = hdr(`{"alg":"ES256","kid":"` + r.Kid + `","crit":["b64"],"b64":false}`)
+		}), ErrMalformed},
 		{"header reordered", edit(func(r *Receipt) { r.Protected = hdr(`{"kid":"` + r.Kid + `","alg":"ES256"}`) }), ErrMalformed},
 		{"header with spaces", edit(func(r *Receipt) { r.Protected = hdr(`{"alg": "ES256", "kid": "` + r.Kid + `"}`) }), ErrMalformed},
 		{"unknown kid", other.mustMarshal(t), ErrUnknownKid},
@@ -574,4 +578,34 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// One Ed25519 point has one accepted encoding: y + p (which the curve
+// library decodes to the same point) would give the key a second kid.
+func TestEd25519NonCanonicalKeyRefused(t *testing.T) {
+	p := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
+	le := func(n *big.Int) []byte {
+		b := n.FillBytes(make([]byte, 32))
+		slices.Reverse(b)
+		return b
+	}
+	for y := int64(2); y < 19; y++ {
+		canon := le(big.NewInt(y))
+		pt, err := new(edwards25519.Point).SetBytes(canon)
+		if err != nil || new(edwards25519.Point).MultByCofactor(pt).Equal(edwards25519.NewIdentityPoint()) == 1 {
+			continue // not on the curve, or of small order
+		}
+		nonCanon := le(new(big.Int).Add(big.NewInt(y), p))
+		if _, err := new(edwards25519.Point).SetBytes(nonCanon); err != nil {
+			t.Fatalf("the curve library refuses y+p itself (%v): this test no longer tests anything", err)
+		}
+		if _, err := (JWK{Kty: "OKP", Crv: "Ed25519", X: B64U(canon)}).PublicKey(); err != nil {
+			t.Fatalf("canonical y=%d: %v", y, err)
+		}
+		if _, err := (JWK{Kty: "OKP", Crv: "Ed25519", X: B64U(nonCanon)}).PublicKey(); err == nil {
+			t.Fatalf("y=%d+p accepted", y)
+		}
+		return
+	}
+	t.Fatal("no point with a small y found")
 }

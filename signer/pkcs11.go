@@ -9,13 +9,16 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/asn1"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -34,6 +37,12 @@ var (
 	ErrKeyExists = errors.New("a key with this label already exists on the token")
 	// ErrBusy means every signing slot stayed taken for the whole wait.
 	ErrBusy = errors.New("HSM signer busy")
+	// ErrKeyReplaced means the token now holds another key under a label
+	// this process opened: signing with it would issue receipts that do
+	// not verify under the published key.
+	ErrKeyReplaced = errors.New("the key under this label was replaced on the token")
+	// ErrClosed is returned by operations on a closed client.
+	ErrClosed = errors.New("HSM client closed")
 )
 
 // PKCS11Config configures the HSM client. The PIN is never taken from a
@@ -60,6 +69,12 @@ func (c PKCS11Config) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("module", c.Module), slog.String("token", c.TokenLabel),
 		slog.Int("signers", c.Signers), slog.Duration("pool_wait_timeout", c.PoolWaitTimeout))
 }
+
+// String and GoString keep the PIN out of fmt output (%v, %+v, %#v).
+func (c PKCS11Config) String() string {
+	return fmt.Sprintf("{Module:%s TokenLabel:%s PIN:<redacted> Signers:%d PoolWaitTimeout:%s}", c.Module, c.TokenLabel, c.Signers, c.PoolWaitTimeout)
+}
+func (c PKCS11Config) GoString() string { return "signer.PKCS11Config" + c.String() }
 
 // Validate reports every problem at once.
 func (c *PKCS11Config) Validate() error {
@@ -109,11 +124,13 @@ const (
 
 // DER of the CKA_EC_PARAMS that name the two curves: the OIDs of P-256
 // (1.2.840.10045.3.1.7) and Ed25519 (1.3.101.112). Tokens may also name
-// Ed25519 by the printable string "edwards25519" (PKCS#11 3.0).
+// Ed25519 by the printable string "edwards25519" (PKCS#11 3.0) or by the
+// older GnuPG OID 1.3.6.1.4.1.11591.15.1 (OpenSC and older tokens).
 var (
-	paramsP256        = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
-	paramsEd25519     = []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
-	paramsEd25519Name = append([]byte{0x13, 0x0c}, "edwards25519"...)
+	paramsP256         = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+	paramsEd25519      = []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
+	paramsEd25519Name  = append([]byte{0x13, 0x0c}, "edwards25519"...)
+	paramsEd25519GnuPG = []byte{0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01}
 )
 
 // HSM is a pooled client for one token, on miekg/pkcs11 directly: crypto11
@@ -121,20 +138,36 @@ var (
 // both algorithms with one login and one recovery path. At most Signers
 // operations run at once, each on its own session, so a burst waits in Go
 // instead of piling up inside the module. When the module reports a broken
-// session or device, the sessions are reopened (logging in again) once and
-// the call retried.
+// session or device, the sessions are reopened (logging in again) and the
+// call retried once; a login refused for its PIN is never retried, as a
+// token locks a PIN after a few wrong attempts.
 type HSM struct {
-	cfg   PKCS11Config
-	p     *pkcs11.Ctx
+	cfg   PKCS11Config  // with the PIN cleared
+	pin   func() string // a closure, so printing an HSM cannot show the PIN
+	mod   *moduleRef
 	slots chan struct{} // one per concurrent operation
 
-	mu     sync.Mutex // guards the fields below
-	gen    uint64     // bumped by every reopen; sessions and handles belong to one
-	slot   uint
-	idle   []pkcs11.SessionHandle // sessions of gen not in use
-	keys   map[string]*hsmObject  // label -> key pair, for gen
-	closed bool
+	closed   atomic.Bool
+	reopenMu sync.Mutex // one reconnection at a time
+
+	// mu guards the fields below. It is never held across a call into the
+	// module, so a hung token cannot block Close or other callers on it.
+	mu   sync.Mutex
+	gen  uint64 // bumped by every reconnection; sessions and handles belong to one
+	slot uint
+	// anchor is the session that logged in. It stays open for the whole
+	// generation: closing an application's last session logs it out, and
+	// operation sessions are closed freely.
+	anchor   pkcs11.SessionHandle
+	idle     []pkcs11.SessionHandle // sessions of gen not in use
+	keys     map[string]*hsmObject  // label -> key pair, for gen
+	failedAt time.Time              // last failed reconnection, for backoff
+	failErr  error
+	pinErr   error // a login refused for its PIN: final
 }
+
+// reopenBackoff spaces reconnection attempts to a failing token.
+const reopenBackoff = time.Second
 
 // hsmObject is a key pair found on the token.
 type hsmObject struct {
@@ -143,56 +176,102 @@ type hsmObject struct {
 	alg  string
 }
 
-// modules counts the HSM clients of each PKCS#11 library in this process:
-// the library is initialised once per process and finalised when its last
-// client closes, as C_Initialize and C_Finalize are process-wide.
+// session is a pooled session and the generation it belongs to.
+type session struct {
+	h   pkcs11.SessionHandle
+	gen uint64
+}
+
+// modules holds the PKCS#11 libraries loaded in this process, by real
+// path: C_Initialize and C_Finalize are process-wide, so a library is
+// finalised when its last client closes, and only when this package
+// initialised it (not when another part of the process had).
 var modules = struct {
 	sync.Mutex
 	m map[string]*moduleRef
 }{m: map[string]*moduleRef{}}
 
 type moduleRef struct {
-	p    *pkcs11.Ctx
-	refs int
+	path  string
+	p     *pkcs11.Ctx
+	refs  int
+	owned bool                // our C_Initialize succeeded
+	pins  map[string][32]byte // token label -> SHA-256 of the PIN that logged it in
 }
 
-func loadModule(path string) (*pkcs11.Ctx, error) {
+func loadModule(path string) (*moduleRef, error) {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	modules.Lock()
 	defer modules.Unlock()
 	if ref, ok := modules.m[path]; ok {
 		ref.refs++
-		return ref.p, nil
+		return ref, nil
 	}
 	p := pkcs11.New(path)
 	if p == nil {
 		return nil, fmt.Errorf("%w: cannot load PKCS#11 module %s", ErrHSMUnavailable, path)
 	}
-	if err := initialize(p); err != nil {
+	ref := &moduleRef{path: path, p: p, refs: 1, pins: map[string][32]byte{}}
+	if err := ref.initializeLocked(); err != nil {
 		p.Destroy()
 		return nil, fmt.Errorf("%w: initialize %s: %s", ErrHSMUnavailable, path, describeP11(err))
 	}
-	modules.m[path] = &moduleRef{p: p, refs: 1}
-	return p, nil
+	modules.m[path] = ref
+	return ref, nil
 }
 
-func releaseModule(path string) {
+// initialize (re)initialises the library, tolerating one that is set up.
+func (m *moduleRef) initialize() error {
 	modules.Lock()
 	defer modules.Unlock()
-	ref := modules.m[path]
-	if ref.refs--; ref.refs > 0 {
-		return
-	}
-	delete(modules.m, path)
-	_ = ref.p.Finalize()
-	ref.p.Destroy()
+	return m.initializeLocked()
 }
 
-// initialize tolerates a library another part of the process already set up.
-func initialize(p *pkcs11.Ctx) error {
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-		return err
+func (m *moduleRef) initializeLocked() error {
+	err := m.p.Initialize()
+	switch {
+	case err == nil:
+		m.owned = true
+	case errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)):
+		err = nil
 	}
-	return nil
+	return err
+}
+
+func (m *moduleRef) release() {
+	modules.Lock()
+	defer modules.Unlock()
+	if m.refs--; m.refs > 0 {
+		return
+	}
+	delete(modules.m, m.path)
+	if m.owned {
+		_ = m.p.Finalize()
+	}
+	m.p.Destroy()
+}
+
+// login logs the application into the token on s. Logging in on one
+// session logs in every session of the process, so a second client finds
+// the token logged in already: its PIN is then checked against the one
+// that logged in, so a wrong PIN never gets a working client.
+func (m *moduleRef) login(s pkcs11.SessionHandle, token, pin string) error {
+	sum := sha256.Sum256([]byte(pin))
+	err := m.p.Login(s, pkcs11.CKU_USER, pin)
+	modules.Lock()
+	defer modules.Unlock()
+	switch {
+	case err == nil:
+		m.pins[token] = sum
+	case errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)):
+		if known, ok := m.pins[token]; ok && subtle.ConstantTimeCompare(known[:], sum[:]) != 1 {
+			return pkcs11.Error(pkcs11.CKR_PIN_INCORRECT)
+		}
+		err = nil
+	}
+	return err
 }
 
 // OpenHSM loads the module and logs into the token.
@@ -206,53 +285,56 @@ func OpenHSM(cfg PKCS11Config) (*HSM, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p, err := loadModule(cfg.Module)
+	mod, err := loadModule(cfg.Module)
 	if err != nil {
 		return nil, err
 	}
-	h := &HSM{cfg: cfg, p: p, slots: make(chan struct{}, cfg.Signers)}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if err := h.connect(); err != nil {
-		releaseModule(cfg.Module)
+	pin := cfg.PIN
+	cfg.PIN = ""
+	h := &HSM{cfg: cfg, pin: func() string { return pin }, mod: mod, slots: make(chan struct{}, cfg.Signers)}
+	slot, s, err := h.connect()
+	if err != nil {
+		mod.release()
 		return nil, fmt.Errorf("%w: %s", ErrHSMUnavailable, describeP11(err))
 	}
+	h.install(slot, s)
 	return h, nil
 }
 
-// connect finds the token and opens a logged-in session, starting a new
-// generation; mu is held.
-func (h *HSM) connect() error {
-	if err := initialize(h.p); err != nil {
-		return err
+// connect finds the token and opens a logged-in session.
+func (h *HSM) connect() (uint, pkcs11.SessionHandle, error) {
+	p := h.mod.p
+	if err := h.mod.initialize(); err != nil {
+		return 0, 0, err
 	}
-	slots, err := h.p.GetSlotList(true)
+	slots, err := p.GetSlotList(true)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
-	found := false
-	for _, s := range slots {
-		if ti, err := h.p.GetTokenInfo(s); err == nil && ti.Label == h.cfg.TokenLabel {
-			h.slot, found = s, true
-			break
+	for _, slot := range slots {
+		if ti, err := p.GetTokenInfo(slot); err != nil || ti.Label != h.cfg.TokenLabel {
+			continue
 		}
+		s, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return 0, 0, err
+		}
+		if err := h.mod.login(s, h.cfg.TokenLabel, h.pin()); err != nil {
+			_ = p.CloseSession(s)
+			return 0, 0, err
+		}
+		return slot, s, nil
 	}
-	if !found {
-		return fmt.Errorf("token not found: no token labelled %q", h.cfg.TokenLabel)
-	}
-	s, err := h.p.OpenSession(h.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		return err
-	}
-	// Logging in on one session logs the whole application in: sessions
-	// opened later share it.
-	if err := h.p.Login(s, pkcs11.CKU_USER, h.cfg.PIN); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
-		_ = h.p.CloseSession(s)
-		return err
-	}
-	h.idle, h.keys = append(h.idle[:0], s), map[string]*hsmObject{}
+	return 0, 0, fmt.Errorf("token not found: no token labelled %q", h.cfg.TokenLabel)
+}
+
+// install starts a new generation on a freshly logged-in session.
+func (h *HSM) install(slot uint, anchor pkcs11.SessionHandle) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.gen++
-	return nil
+	h.slot, h.anchor, h.idle, h.keys = slot, anchor, nil, map[string]*hsmObject{}
+	h.failedAt, h.failErr = time.Time{}, nil
 }
 
 // describeP11 turns module errors into messages an operator can act on.
@@ -264,9 +346,25 @@ func describeP11(err error) string {
 			return "login failed: PIN incorrect"
 		case pkcs11.CKR_PIN_LOCKED:
 			return "login failed: PIN locked"
+		case pkcs11.CKR_PIN_EXPIRED:
+			return "login failed: PIN expired"
 		}
 	}
 	return err.Error()
+}
+
+// pinRefused reports a login refused for its PIN: retrying it would only
+// bring the token closer to locking the PIN.
+func pinRefused(err error) bool {
+	var pe pkcs11.Error
+	if errors.As(err, &pe) {
+		switch pe {
+		case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED,
+			pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
+			return true
+		}
+	}
+	return false
 }
 
 // recoverable lists module errors after which fresh sessions (a new login,
@@ -286,29 +384,59 @@ func recoverable(err error) bool {
 	return false
 }
 
-// reopen closes the sessions of generation gen and connects again, unless
-// another caller already did.
+// reopen closes the idle sessions of generation gen and connects again,
+// unless another caller already did. A failed reconnection is not tried
+// again for reopenBackoff, and one refused for its PIN never is.
 func (h *HSM) reopen(gen uint64, cause error) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return errors.New("HSM client closed")
+	h.reopenMu.Lock()
+	defer h.reopenMu.Unlock()
+	if h.closed.Load() {
+		return ErrClosed
 	}
-	if h.gen != gen {
+	h.mu.Lock()
+	switch {
+	case h.gen != gen:
+		h.mu.Unlock()
 		return nil
+	case h.pinErr != nil:
+		err := h.pinErr
+		h.mu.Unlock()
+		return err
+	case time.Since(h.failedAt) < reopenBackoff:
+		err := h.failErr
+		h.mu.Unlock()
+		return err
+	}
+	old := append(h.idle, h.anchor)
+	h.idle, h.keys = nil, map[string]*hsmObject{} // no handle of the broken generation is used again
+	h.mu.Unlock()
+	for _, s := range old {
+		_ = h.mod.p.CloseSession(s)
 	}
 	slog.Warn("pkcs11: reopening HSM sessions", "cause", cause.Error(), "token", h.cfg.TokenLabel)
-	for _, s := range h.idle {
-		_ = h.p.CloseSession(s)
+	slot, s, err := h.connect()
+	if err == nil {
+		h.install(slot, s)
+		return nil
 	}
-	h.idle = h.idle[:0]
-	return h.connect()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.failedAt, h.failErr = time.Now(), fmt.Errorf("%s", describeP11(err))
+	if pinRefused(err) {
+		h.pinErr = fmt.Errorf("%s; not logging in again until restart, so the token does not lock the PIN", describeP11(err))
+		slog.Error("pkcs11: login refused; the HSM client stops logging in", "token", h.cfg.TokenLabel, "err", describeP11(err))
+		return h.pinErr
+	}
+	return h.failErr
 }
 
 // with runs f on a session of the pool, waiting at most PoolWaitTimeout for
 // one, and reopens and retries once when the module reports a recoverable
 // error.
-func (h *HSM) with(ctx context.Context, f func(s pkcs11.SessionHandle) error) error {
+func (h *HSM) with(ctx context.Context, f func(s session) error) error {
+	if h.closed.Load() {
+		return ErrClosed
+	}
 	wait := time.NewTimer(h.cfg.PoolWaitTimeout)
 	defer wait.Stop()
 	select {
@@ -320,57 +448,70 @@ func (h *HSM) with(ctx context.Context, f func(s pkcs11.SessionHandle) error) er
 	}
 	defer func() { <-h.slots }()
 	for attempt := 0; ; attempt++ {
-		s, gen, err := h.session()
+		if h.closed.Load() {
+			return ErrClosed
+		}
+		s, err := h.session()
 		if err == nil {
 			err = f(s)
-			h.release(s, gen, err)
+			h.release(s, err)
 		}
 		if err == nil || attempt > 0 || !recoverable(err) {
 			return err
 		}
-		if rerr := h.reopen(gen, err); rerr != nil {
-			return fmt.Errorf("%w (recovery failed: %s)", err, describeP11(rerr))
+		if rerr := h.reopen(s.gen, err); rerr != nil {
+			return fmt.Errorf("%w (recovery failed: %w)", err, rerr)
 		}
 	}
 }
 
 // session takes an idle session or opens one; the caller holds a slot, so
 // at most Signers sessions exist.
-func (h *HSM) session() (pkcs11.SessionHandle, uint64, error) {
+func (h *HSM) session() (session, error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return 0, 0, errors.New("HSM client closed")
-	}
+	s := session{gen: h.gen}
 	if n := len(h.idle); n > 0 {
-		s := h.idle[n-1]
+		s.h = h.idle[n-1]
 		h.idle = h.idle[:n-1]
-		return s, h.gen, nil
+		h.mu.Unlock()
+		return s, nil
 	}
-	s, err := h.p.OpenSession(h.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	return s, h.gen, err
+	slot := h.slot
+	h.mu.Unlock()
+	var err error
+	s.h, err = h.mod.p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	return s, err
 }
 
-// release returns a session to the pool, or closes it when it belongs to
-// an older generation or failed in a way that may have broken it.
-func (h *HSM) release(s pkcs11.SessionHandle, gen uint64, err error) {
+// release returns a session to the pool after a success. After any error
+// it is closed: an operation left active on it would fail every later
+// call, and opening a session is cheap.
+func (h *HSM) release(s session, err error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed || gen != h.gen || recoverable(err) {
-		_ = h.p.CloseSession(s)
-		return
+	keep := err == nil && s.gen == h.gen && !h.closed.Load()
+	if keep {
+		h.idle = append(h.idle, s.h)
 	}
-	h.idle = append(h.idle, s)
+	h.mu.Unlock()
+	if !keep {
+		_ = h.mod.p.CloseSession(s.h)
+	}
 }
 
-// object returns the key pair labelled label, from the cache of the
-// current generation or the token.
-func (h *HSM) object(s pkcs11.SessionHandle, label string) (*hsmObject, error) {
+// object returns the key pair labelled label, from the cache of s's
+// generation or the token.
+func (h *HSM) object(s session, label string) (*hsmObject, error) {
 	h.mu.Lock()
 	o, ok := h.keys[label]
+	cached := ok && s.gen == h.gen
 	h.mu.Unlock()
-	if ok {
+	if cached {
 		return o, nil
+	}
+	// Checked first: a logged-out session sees no private key at all, and
+	// a login by another caller meanwhile would make "not found" a lie.
+	if err := h.loggedIn(s); err != nil {
+		return nil, err
 	}
 	privs, err := h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
 	switch {
@@ -387,33 +528,56 @@ func (h *HSM) object(s pkcs11.SessionHandle, label string) (*hsmObject, error) {
 		return nil, fmt.Errorf("key %q: %w", label, err)
 	}
 	h.mu.Lock()
-	h.keys[label] = o
+	if s.gen == h.gen { // a handle of an older generation is never cached
+		h.keys[label] = o
+	}
 	h.mu.Unlock()
 	return o, nil
 }
 
+// loggedIn fails with CKR_USER_NOT_LOGGED_IN (recoverable) when s is a
+// public session: the token logged out (a reset, or another client closing
+// every session), and private objects are invisible rather than refused.
+func (h *HSM) loggedIn(s session) error {
+	info, err := h.mod.p.GetSessionInfo(s.h)
+	if err != nil {
+		return err
+	}
+	if info.State == pkcs11.CKS_RO_PUBLIC_SESSION || info.State == pkcs11.CKS_RW_PUBLIC_SESSION {
+		return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+	}
+	return nil
+}
+
 // pair reads the public half of the private key priv: the public key
-// object with the same CKA_ID (or, lacking one, the same label).
-func (h *HSM) pair(s pkcs11.SessionHandle, priv pkcs11.ObjectHandle, label string) (*hsmObject, error) {
-	attrs, err := h.p.GetAttributeValue(s, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+// object with the same CKA_ID, or the same label when there is none.
+func (h *HSM) pair(s session, priv pkcs11.ObjectHandle, label string) (*hsmObject, error) {
+	p := h.mod.p
+	attrs, err := p.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
 	if err != nil {
 		return nil, err
 	}
-	match := pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)
+	var pubs []pkcs11.ObjectHandle
 	if id := attrs[0].Value; len(id) > 0 {
-		match = pkcs11.NewAttribute(pkcs11.CKA_ID, id)
+		if pubs, err = h.find(s, pkcs11.CKO_PUBLIC_KEY, pkcs11.NewAttribute(pkcs11.CKA_ID, id)); err != nil {
+			return nil, err
+		}
 	}
-	pubs, err := h.find(s, pkcs11.CKO_PUBLIC_KEY, match)
-	if err != nil {
-		return nil, err
+	if len(pubs) == 0 {
+		if pubs, err = h.find(s, pkcs11.CKO_PUBLIC_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)); err != nil {
+			return nil, err
+		}
 	}
 	if len(pubs) != 1 {
 		return nil, fmt.Errorf("%d public keys pair with it, want 1", len(pubs))
 	}
-	attrs, err = h.p.GetAttributeValue(s, pubs[0], []*pkcs11.Attribute{
+	attrs, err = p.GetAttributeValue(s.h, pubs[0], []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil), pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+	if errors.Is(err, pkcs11.Error(pkcs11.CKR_ATTRIBUTE_TYPE_INVALID)) {
+		return nil, fmt.Errorf("%w: not an elliptic-curve key", ErrWrongKeyType)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrWrongKeyType, err)
+		return nil, err
 	}
 	pub, alg, err := decodePublic(attrs[0].Value, attrs[1].Value)
 	if err != nil {
@@ -441,7 +605,7 @@ func decodePublic(params, point []byte) (crypto.PublicKey, string, error) {
 			return nil, "", fmt.Errorf("EC point: %w", err)
 		}
 		return pub, schemas.AlgES256, nil
-	case bytes.Equal(params, paramsEd25519), bytes.Equal(params, paramsEd25519Name):
+	case bytes.Equal(params, paramsEd25519), bytes.Equal(params, paramsEd25519Name), bytes.Equal(params, paramsEd25519GnuPG):
 		if x := unwrap(ed25519.PublicKeySize); len(x) == ed25519.PublicKeySize {
 			return ed25519.PublicKey(bytes.Clone(x)), schemas.AlgEdDSA, nil
 		}
@@ -451,19 +615,20 @@ func decodePublic(params, point []byte) (crypto.PublicKey, string, error) {
 }
 
 // find lists the objects of class matching one more attribute.
-func (h *HSM) find(s pkcs11.SessionHandle, class uint, match *pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+func (h *HSM) find(s session, class uint, match *pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	p := h.mod.p
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}
 	if match != nil {
 		tmpl = append(tmpl, match)
 	}
-	if err := h.p.FindObjectsInit(s, tmpl); err != nil {
+	if err := p.FindObjectsInit(s.h, tmpl); err != nil {
 		return nil, err
 	}
 	var out []pkcs11.ObjectHandle
 	for {
-		objs, _, err := h.p.FindObjects(s, 64)
+		objs, _, err := p.FindObjects(s.h, 64)
 		if err != nil {
-			_ = h.p.FindObjectsFinal(s)
+			_ = p.FindObjectsFinal(s.h)
 			return nil, err
 		}
 		if len(objs) == 0 {
@@ -471,13 +636,13 @@ func (h *HSM) find(s pkcs11.SessionHandle, class uint, match *pkcs11.Attribute) 
 		}
 		out = append(out, objs...)
 	}
-	return out, h.p.FindObjectsFinal(s)
+	return out, p.FindObjectsFinal(s.h)
 }
 
 // Key returns the key pair labelled label.
 func (h *HSM) Key(label string) (*HSMKey, error) {
 	var o *hsmObject
-	err := h.with(context.Background(), func(s pkcs11.SessionHandle) (err error) {
+	err := h.with(context.Background(), func(s session) (err error) {
 		o, err = h.object(s, label)
 		return err
 	})
@@ -523,15 +688,21 @@ func (h *HSM) GenerateKey(label, alg string) (*HSMKey, error) {
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false))
-	err := h.with(context.Background(), func(s pkcs11.SessionHandle) error {
+	err := h.with(context.Background(), func(s session) error {
 		existing, err := h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
 		if err != nil {
 			return err
 		}
 		if len(existing) > 0 {
+			// A retry after a broken session finds the key its first
+			// attempt made, by the CKA_ID only that attempt used.
+			attrs, err := h.mod.p.GetAttributeValue(s.h, existing[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+			if err == nil && len(existing) == 1 && bytes.Equal(attrs[0].Value, id) {
+				return nil
+			}
 			return fmt.Errorf("%w: %q", ErrKeyExists, label)
 		}
-		_, _, err = h.p.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubTmpl, privTmpl)
+		_, _, err = h.mod.p.GenerateKeyPair(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubTmpl, privTmpl)
 		if err != nil {
 			return fmt.Errorf("generate %s key: %w", alg, err)
 		}
@@ -554,20 +725,25 @@ type KeyInfo struct {
 // kids; keys CertNode cannot use are listed with the reason as their type.
 func (h *HSM) ListKeys() ([]KeyInfo, error) {
 	var out []KeyInfo
-	err := h.with(context.Background(), func(s pkcs11.SessionHandle) error {
+	err := h.with(context.Background(), func(s session) error {
 		out = out[:0]
+		if err := h.loggedIn(s); err != nil {
+			return err
+		}
 		privs, err := h.find(s, pkcs11.CKO_PRIVATE_KEY, nil)
 		if err != nil {
 			return err
 		}
 		for _, priv := range privs {
-			attrs, err := h.p.GetAttributeValue(s, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+			attrs, err := h.mod.p.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
 			if err != nil {
 				return err
 			}
 			info := KeyInfo{Label: string(attrs[0].Value)}
 			o, err := h.pair(s, priv, info.Label)
 			switch {
+			case recoverable(err):
+				return err
 			case err != nil:
 				info.Type = "unusable: " + err.Error()
 			case o.alg == schemas.AlgEdDSA:
@@ -592,35 +768,39 @@ func (h *HSM) ListKeys() ([]KeyInfo, error) {
 func (h *HSM) InUse() int    { return len(h.slots) }
 func (h *HSM) Capacity() int { return cap(h.slots) }
 
-// Close waits for operations in flight, closes the sessions and releases
-// the module (finalised when no other client in the process uses it).
+// Close waits (at most PoolWaitTimeout) for operations in flight, closes
+// the sessions and releases the module. When operations are still running
+// the module stays loaded: unloading it under them would crash the
+// process, and it is about to exit anyway.
 func (h *HSM) Close() error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
+	if h.closed.Swap(true) {
 		return nil
 	}
-	h.closed = true // operations not yet running fail from now on
-	h.mu.Unlock()
-	// Running ones end and close their sessions; a hung token does not
-	// hold shutdown for more than the pool's wait.
 	wait := time.NewTimer(h.cfg.PoolWaitTimeout)
 	defer wait.Stop()
-drain:
+	running := 0
 	for i := 0; i < cap(h.slots); i++ {
 		select {
 		case h.slots <- struct{}{}:
 		case <-wait.C:
-			break drain
+			running = cap(h.slots) - i
+			i = cap(h.slots)
 		}
 	}
 	h.mu.Lock()
-	for _, s := range h.idle {
-		_ = h.p.CloseSession(s)
-	}
+	idle := h.idle
 	h.idle = nil
 	h.mu.Unlock()
-	releaseModule(h.cfg.Module)
+	for _, s := range idle {
+		_ = h.mod.p.CloseSession(s)
+	}
+	if running > 0 {
+		// The anchor stays open too: closing it would log out the
+		// operations still running.
+		return fmt.Errorf("pkcs11: %d operations still running after %s; the module stays loaded", running, h.cfg.PoolWaitTimeout)
+	}
+	_ = h.mod.p.CloseSession(h.anchor)
+	h.mod.release()
 	return nil
 }
 
@@ -646,15 +826,18 @@ func (k *HSMKey) Sign(ctx context.Context, input []byte) ([]byte, error) {
 		msg = d[:]
 	}
 	var sig []byte
-	err := k.h.with(ctx, func(s pkcs11.SessionHandle) error {
+	err := k.h.with(ctx, func(s session) error {
 		o, err := k.h.object(s, k.label)
 		if err != nil {
 			return err
 		}
-		if err := k.h.p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, o.priv); err != nil {
+		if !samePublic(o.pub, k.pub) {
+			return fmt.Errorf("%w: %q", ErrKeyReplaced, k.label)
+		}
+		if err := k.h.mod.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, o.priv); err != nil {
 			return err
 		}
-		sig, err = k.h.p.Sign(s, msg)
+		sig, err = k.h.mod.p.Sign(s.h, msg)
 		return err
 	})
 	if err != nil {

@@ -200,12 +200,12 @@ func TestHSMKeyManagement(t *testing.T) {
 				t.Fatalf("ListKeys %+v lacks %s with kid %s and type %s", keys, label, jwk.Kid, want)
 			}
 			// The private half can be used but never read out.
-			err = h.with(context.Background(), func(s pkcs11.SessionHandle) error {
+			err = h.with(context.Background(), func(s session) error {
 				o, err := h.object(s, label)
 				if err != nil {
 					return err
 				}
-				attrs, err := h.p.GetAttributeValue(s, o.priv, []*pkcs11.Attribute{
+				attrs, err := h.mod.p.GetAttributeValue(s.h, o.priv, []*pkcs11.Attribute{
 					pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil)})
 				if err != nil {
 					return err
@@ -432,5 +432,173 @@ func TestHSMRingRotation(t *testing.T) {
 	}
 	if _, err := OpenRing(dir, RingOptions{HSM: func() (*HSM, error) { return h, nil }}); !errors.Is(err, ErrKeyNotFound) {
 		t.Fatalf("missing label: %v, want ErrKeyNotFound", err)
+	}
+}
+
+// rawToken opens the test token with a client of its own, as another part
+// of the process (or a device reset) would touch it behind the HSM client.
+func rawToken(t *testing.T) (*pkcs11.Ctx, uint) {
+	t.Helper()
+	module, token := testenv.PKCS11(t)
+	p := pkcs11.New(module)
+	if p == nil {
+		t.Fatal("load module")
+	}
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		t.Fatal(err)
+	}
+	slots, err := p.GetSlotList(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range slots {
+		if ti, err := p.GetTokenInfo(s); err == nil && ti.Label == token {
+			return p, s
+		}
+	}
+	t.Fatalf("token %q not found", token)
+	return nil, 0
+}
+
+// A key replaced on the token under the same label is never used to sign:
+// its receipts would not verify under the key the process published.
+func TestHSMKeyReplacedUnderItsLabel(t *testing.T) {
+	h := openTestHSM(t, 2)
+	label := testLabel(t)
+	key, err := h.GenerateKey(label, schemas.AlgEdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := key.Sign(context.Background(), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	p, slot := rawToken(t)
+	s, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.CloseSession(s)
+	// The HSM client is logged in, so this session is too.
+	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+		if err := p.FindObjectsInit(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}); err != nil {
+			t.Fatal(err)
+		}
+		objs, _, err := p.FindObjects(s, 4)
+		p.FindObjectsFinal(s)
+		if err != nil || len(objs) != 1 {
+			t.Fatalf("find %d: %v %v", class, objs, err)
+		}
+		if err := p.DestroyObject(s, objs[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2 := openTestHSM(t, 1)
+	if _, err := h2.GenerateKey(label, schemas.AlgEdDSA); err != nil {
+		t.Fatal(err)
+	}
+	_, err = key.Sign(context.Background(), []byte("y"))
+	if !errors.Is(err, ErrKeyReplaced) {
+		t.Fatalf("sign after the key was replaced: %v, want ErrKeyReplaced", err)
+	}
+}
+
+// Close with an operation in flight waits for it (bounded) and never
+// unloads the module under it; calls after Close fail at once.
+func TestHSMClose(t *testing.T) {
+	module, token := testenv.PKCS11(t)
+	pin, _ := PINFromEnv()
+	h, err := OpenHSM(PKCS11Config{Module: module, TokenLabel: token, PIN: pin, Signers: 4, PoolWaitTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := h.GenerateKey(testLabel(t), schemas.AlgES256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var signed atomic.Int64
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := key.Sign(context.Background(), []byte("busy")); err != nil {
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("sign during Close: %v", err)
+					}
+					return
+				}
+				signed.Add(1)
+			}
+		}()
+	}
+	for signed.Load() < 20 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatalf("Close with signers running: %v", err)
+	}
+	close(stop)
+	wg.Wait()
+	start := time.Now()
+	if _, err := key.Sign(context.Background(), []byte("late")); !errors.Is(err, ErrClosed) || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("sign after Close: %v after %s, want ErrClosed at once", err, time.Since(start))
+	}
+	if err := h.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// A second client of a token the process is logged into must still give
+// the right PIN: the token's login state is shared, the PIN check is not
+// skipped. The PIN never appears in printed configuration.
+func TestHSMSecondClientPIN(t *testing.T) {
+	module, token := testenv.PKCS11(t)
+	pin, _ := PINFromEnv()
+	openTestHSM(t, 1)
+	if h, err := OpenHSM(PKCS11Config{Module: module, TokenLabel: token, PIN: pin + "x"}); err == nil {
+		h.Close()
+		t.Fatal("a second client opened with a wrong PIN")
+	} else if !strings.Contains(err.Error(), "PIN incorrect") {
+		t.Fatalf("wrong PIN: %v", err)
+	}
+	h2 := openTestHSM(t, 1)
+	cfg := PKCS11Config{Module: module, TokenLabel: token, PIN: pin}
+	for _, out := range []string{fmt.Sprintf("%v %+v %#v", cfg, cfg, cfg), fmt.Sprintf("%v %+v %#v", h2, h2, h2)} {
+		if strings.Contains(out, pin) {
+			t.Fatalf("the PIN is printed: %s", out)
+		}
+	}
+}
+
+// A login refused for its PIN while reconnecting is not tried again: a
+// token locks a PIN after a few wrong attempts, and a signer retrying
+// every request would lock it.
+func TestHSMWrongPINNotRetried(t *testing.T) {
+	h := openTestHSM(t, 2)
+	key, err := h.GenerateKey(testLabel(t), schemas.AlgES256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	right := h.pin
+	h.pin = func() string { return "not-the-pin" }
+	p, slot := rawToken(t)
+	if err := p.CloseAllSessions(slot); err != nil { // logs the token out
+		t.Fatal(err)
+	}
+	if _, err := key.Sign(context.Background(), []byte("x")); err == nil || !strings.Contains(err.Error(), "PIN incorrect") {
+		t.Fatalf("sign after a reconnection with a wrong PIN: %v", err)
+	}
+	// Even with the right PIN back, no further login is attempted.
+	h.pin = right
+	time.Sleep(reopenBackoff + 100*time.Millisecond)
+	if _, err := key.Sign(context.Background(), []byte("y")); err == nil || !strings.Contains(err.Error(), "not logging in again") {
+		t.Fatalf("second sign: %v, want the refused login reported without a new attempt", err)
 	}
 }

@@ -80,7 +80,7 @@ func newKeysGenerateCmd() *cobra.Command {
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "certnode: %s key %s (%s) added to %s: %s\n", k.JWK.Alg, k.Kid, k.Source, kf.keyring, f.State(k))
+				fmt.Fprintf(cmd.ErrOrStderr(), "certnode: %s key %s (%s) added to %s: %s\n", k.JWK.KeyAlg(), k.Kid, k.Source, kf.keyring, f.State(k))
 				return printJSON(cmd, k.JWK)
 			case kf.usePKCS11():
 				kf.needsKey = true
@@ -128,10 +128,14 @@ func keyAlg(alg, dir string) (string, error) {
 		return alg, nil
 	}
 	if dir != "" {
-		if f, err := signer.ReadRingFile(dir); err == nil {
+		f, err := signer.ReadRingFile(dir)
+		switch {
+		case err == nil:
 			if k, ok := f.Key(f.Active); ok {
 				return k.JWK.KeyAlg(), nil
 			}
+		case !errors.Is(err, os.ErrNotExist):
+			return "", &exitError{code: exitUsage, err: err}
 		}
 	}
 	return schemas.AlgES256, nil
@@ -171,7 +175,7 @@ func newKeysRotateCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			switch {
-			case to != "" && alg != "":
+			case to != "" && cmd.Flags().Changed("alg"):
 				return usageErr("--to activates a key that exists, whose type is its own: leave --alg out")
 			case to != "":
 				err = signer.ActivateRingKey(kf.keyring, to, kf.hsmOpener())
@@ -192,7 +196,7 @@ func newKeysRotateCmd() *cobra.Command {
 			}
 			active, _ := after.Key(after.Active)
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode: %s: %s key %s (%s) signs now; %s is retired and stays published\n",
-				kf.keyring, active.JWK.Alg, active.Kid, active.Source, before.Active)
+				kf.keyring, active.JWK.KeyAlg(), active.Kid, active.Source, before.Active)
 			return printJSON(cmd, active.JWK)
 		},
 	}
