@@ -93,6 +93,7 @@ func TestDecodePublic(t *testing.T) {
 		{"Ed25519 OID DER", paramsEd25519, wrap(edPub), edPub, schemas.AlgEdDSA},
 		{"Ed25519 OID raw", paramsEd25519, edPub, edPub, schemas.AlgEdDSA},
 		{"Ed25519 by name", paramsEd25519Name, wrap(edPub), edPub, schemas.AlgEdDSA},
+		{"Ed25519 GnuPG OID", paramsEd25519GnuPG, wrap(edPub), edPub, schemas.AlgEdDSA},
 	}
 	for _, tc := range ok {
 		pub, alg, err := decodePublic(tc.params, tc.point)
@@ -253,5 +254,42 @@ func TestPKCS11ConfigNeverLogsPIN(t *testing.T) {
 	logger.Info("config", "pkcs11", PKCS11Config{Module: "m", TokenLabel: "t", PIN: "s3cret-pin"})
 	if strings.Contains(sb.String(), "s3cret-pin") || !strings.Contains(sb.String(), "token=t") {
 		t.Fatalf("log line: %s", sb.String())
+	}
+}
+
+// A ring reloaded after a rotation to a key of the other type signs with
+// the new algorithm and still verifies the old one's receipts.
+func TestRingReloadSwitchesAlgorithm(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := AddRingKey(dir, SoftwareKeyMaker(schemas.AlgES256), false); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := OpenRing(dir, RingOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	before, err := ring.Sign(ctx, []byte(`{"n":1}`))
+	if err != nil || ring.ActiveAlg() != schemas.AlgES256 {
+		t.Fatalf("before: %v %s", err, ring.ActiveAlg())
+	}
+	ed, err := AddRingKey(dir, SoftwareKeyMaker(schemas.AlgEdDSA), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := ring.Reload(); !changed || err != nil {
+		t.Fatalf("reload: %v %v", changed, err)
+	}
+	after, err := ring.Sign(ctx, []byte(`{"n":1}`))
+	if err != nil || ring.ActiveAlg() != schemas.AlgEdDSA || after.Kid != ed.Kid || after.Protected != schemas.ProtectedHeader(schemas.AlgEdDSA, ed.Kid) {
+		t.Fatalf("after: %v %s %+v", err, ring.ActiveAlg(), after)
+	}
+	for _, rc := range []*schemas.Receipt{before, after} {
+		if err := ring.KeySet().VerifyReceipt(rc); err != nil {
+			t.Fatalf("%s: %v", rc.Kid, err)
+		}
+	}
+	if jwks := ring.JWKS(); len(jwks.Keys) != 2 || jwks.Keys[0].Kty != "OKP" || jwks.Keys[1].Kty != "EC" {
+		t.Fatalf("JWKS %+v", jwks)
 	}
 }
