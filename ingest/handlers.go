@@ -112,17 +112,63 @@ func checkInput(kind schemas.Kind, v jsontext.Value) (code string, err error) {
 }
 
 // unwrapReceipt lets a verify job take a sign job's results as they are: a
-// line holding {"receipt":{...}} (a results line, or a request body) is
-// read as the receipt it carries; a bare receipt has "protected".
-func unwrapReceipt(doc []byte) []byte {
+// line holding {"receipt":{...}} (a results line, or a /v1/verify body) is
+// read as the receipt it carries, with the "jwks" it names to verify with
+// (nil for the service's keys); a bare receipt has "protected".
+func unwrapReceipt(doc []byte) (receipt, jwks jsontext.Value) {
 	var probe struct {
 		Protected jsontext.Value `json:"protected"`
 		Receipt   jsontext.Value `json:"receipt"`
+		JWKS      jsontext.Value `json:"jwks"`
 	}
 	if json.Unmarshal(doc, &probe) != nil || len(probe.Protected) > 0 || len(probe.Receipt) == 0 || probe.Receipt.Kind() != '{' {
-		return doc
+		return doc, nil
 	}
-	return probe.Receipt
+	if !schemas.Present(probe.JWKS) {
+		probe.JWKS = nil
+	}
+	return probe.Receipt, probe.JWKS
+}
+
+// callerKeys checks the JWKS lines of one upload name, once per distinct
+// JWKS: jobs usually repeat one on every line.
+type callerKeys struct {
+	seen    map[string]error
+	skipped []lineSkippedKey
+}
+
+// lineSkippedKey is a key of a line's JWKS that verification will not use,
+// reported once per upload with the first line naming that JWKS.
+type lineSkippedKey struct {
+	Line               int64 `json:"line"`
+	schemas.SkippedKey `json:",inline"`
+}
+
+// Bounds per upload: distinct JWKS remembered, skipped keys reported.
+const (
+	maxJWKSSeen    = 64
+	maxJWKSSkipped = 100
+)
+
+func (c *callerKeys) check(line int64, jwks jsontext.Value) error {
+	if err, ok := c.seen[string(jwks)]; ok {
+		return err
+	}
+	ks, err := schemas.ParseJWKS(jwks)
+	if err == nil {
+		for _, sk := range ks.Skipped() {
+			if len(c.skipped) < maxJWKSSkipped {
+				c.skipped = append(c.skipped, lineSkippedKey{Line: line, SkippedKey: sk})
+			}
+		}
+	}
+	if c.seen == nil {
+		c.seen = map[string]error{}
+	}
+	if len(c.seen) < maxJWKSSeen {
+		c.seen[string(jwks)] = err
+	}
+	return err
 }
 
 // envelope builds the certnode.requests record for one request.
@@ -266,6 +312,8 @@ type jobAccepted struct {
 	LinesAccepted int64                  `json:"lines_accepted"`
 	LinesRejected int64                  `json:"lines_rejected"`
 	Rejected      []schemas.RejectedLine `json:"rejected"`
+	// JWKSSkipped lists the keys of the lines' JWKS that were not used.
+	JWKSSkipped []lineSkippedKey `json:"jwks_skipped,omitempty"`
 }
 
 // Upload limits: past them the rest of an upload is not read, so a job's
@@ -359,6 +407,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 	var inflight sync.WaitGroup
 	limiter := s.limiter(t)
 	lr := newLineReader(bodyReader(ctx), s.cfg.MaxLineBytes)
+	var keys callerKeys
 	var last int64
 	for {
 		l, err := lr.next()
@@ -397,13 +446,19 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			up.mu.Unlock()
 			continue
 		}
-		doc := l.doc
+		doc, jwks := l.doc, jsontext.Value(nil)
 		if kind == schemas.KindVerify {
-			doc = unwrapReceipt(doc)
+			doc, jwks = unwrapReceipt(doc)
 		}
 		if code, verr := checkInput(kind, doc); verr != nil {
 			up.reject(l.n, code, verr.Error())
 			continue
+		}
+		if jwks != nil {
+			if jerr := keys.check(l.n, jwks); jerr != nil {
+				up.reject(l.n, "invalid_jwks", jerr.Error())
+				continue
+			}
 		}
 		if limiter != nil {
 			if werr := limiter.Wait(ctx); werr != nil {
@@ -415,7 +470,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 				break
 			}
 		}
-		rec, eerr := s.envelope(t, kind, lineID(j.lineKey, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), nil)
+		rec, eerr := s.envelope(t, kind, lineID(j.lineKey, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), append(jsontext.Value(nil), jwks...))
 		if eerr != nil {
 			up.reject(l.n, "internal", eerr.Error())
 			continue
@@ -453,7 +508,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 	s.m.lines.WithLabelValues("accepted").Add(float64(acked))
 	s.m.lines.WithLabelValues("rejected").Add(float64(len(up.rejected)))
 	out := jobAccepted{JobID: meta.ID, Type: kind, LinesRead: last, LinesAccepted: acked,
-		LinesRejected: int64(len(up.rejected)), Rejected: up.rejected}
+		LinesRejected: int64(len(up.rejected)), Rejected: up.rejected, JWKSSkipped: keys.skipped}
 	if out.Rejected == nil {
 		out.Rejected = []schemas.RejectedLine{}
 	}

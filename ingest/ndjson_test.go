@@ -8,6 +8,8 @@ import (
 	"testing/iotest"
 
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 func readAll(t testing.TB, input []byte, max int, chunked bool) []line {
@@ -91,22 +93,31 @@ func FuzzLineReader(f *testing.F) {
 }
 
 // FuzzUnwrapReceipt: a verify job's line is read as the receipt it wraps
-// only when it is an object with an object "receipt" and no "protected";
-// otherwise the line itself is the receipt. It never panics.
+// (with the JWKS it names) only when it is an object with an object
+// "receipt" and no "protected"; otherwise the line itself is the receipt,
+// with no JWKS. It never panics.
 func FuzzUnwrapReceipt(f *testing.F) {
 	f.Add([]byte(`{"receipt":{"protected":"x"}}`))
+	f.Add([]byte(`{"receipt":{"protected":"x"},"jwks":{"keys":[]}}`))
+	f.Add([]byte(`{"receipt":{"protected":"x"},"jwks":null}`))
 	f.Add([]byte(`{"line":1,"status":"signed","receipt":{"a":1}}`))
-	f.Add([]byte(`{"protected":"x","receipt":{}}`))
+	f.Add([]byte(`{"protected":"x","receipt":{},"jwks":{}}`))
 	f.Add([]byte(`{"receipt":null}`))
 	f.Add([]byte(`not json`))
 	f.Fuzz(func(t *testing.T, doc []byte) {
-		got := unwrapReceipt(doc)
+		got, jwks := unwrapReceipt(doc)
 		if bytes.Equal(got, doc) {
+			if jwks != nil {
+				t.Fatalf("a line read as a bare receipt carries a JWKS %q", jwks)
+			}
 			return
 		}
 		v := jsontext.Value(got)
 		if !v.IsValid() || v.Kind() != '{' || !bytes.Contains(doc, bytes.TrimSpace(got)) {
 			t.Fatalf("unwrapped %q into %q, not an object it holds", doc, got)
+		}
+		if jwks != nil && (!jwks.IsValid() || !schemas.Present(jwks) || !bytes.Contains(doc, bytes.TrimSpace(jwks))) {
+			t.Fatalf("unwrapped %q into the JWKS %q, not a value it holds", doc, jwks)
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -161,6 +162,37 @@ type Worker struct {
 	dlqLog   rate.Sometimes
 	// batchStart is the UnixNano time the batch in hand was polled (0: idle).
 	batchStart atomic.Int64
+	callerKeys keySetCache
+}
+
+// keySetCache keeps the caller JWKS recently seen decoded: a verify job
+// names the same JWKS on every line, and decoding checks every key's point.
+type keySetCache struct {
+	mu   sync.Mutex
+	sets map[string]*schemas.KeySet
+}
+
+// maxCachedKeySets bounds the cache; past it, it starts over.
+const maxCachedKeySets = 256
+
+func (c *keySetCache) get(jwks []byte) (*schemas.KeySet, error) {
+	c.mu.Lock()
+	ks, ok := c.sets[string(jwks)]
+	c.mu.Unlock()
+	if ok {
+		return ks, nil
+	}
+	ks, err := schemas.ParseJWKS(jwks)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.sets == nil || len(c.sets) >= maxCachedKeySets {
+		c.sets = make(map[string]*schemas.KeySet, maxCachedKeySets)
+	}
+	c.sets[string(jwks)] = ks
+	c.mu.Unlock()
+	return ks, nil
 }
 
 // New connects a worker; Run starts consuming.
@@ -473,7 +505,7 @@ func (w *Worker) verify(req *schemas.Request, res *schemas.Result) {
 	if schemas.Present(req.JWKS) {
 		keys = schemas.KeysCaller
 		var err error
-		if ks, err = schemas.ParseJWKS(req.JWKS); err != nil {
+		if ks, err = w.callerKeys.get(req.JWKS); err != nil {
 			res.Status, res.Reason, res.Keys = schemas.StatusInvalid, "invalid_jwks", keys
 			return
 		}

@@ -523,3 +523,29 @@ func (m *memSigner) Sign(_ context.Context, payload []byte) (*schemas.Receipt, e
 	s.FillBytes(sig[32:])
 	return u.Complete(sig)
 }
+
+// The caller JWKS of a verify job is decoded once, not per line; a JWKS
+// with no usable key is an error every time; the cache stays bounded.
+func TestKeySetCache(t *testing.T) {
+	m := newMemSigner(t)
+	jwk, _ := schemas.NewJWK(&m.key.PublicKey)
+	doc, _ := json.Marshal(schemas.JWKS{Keys: []schemas.JWK{jwk}})
+	var c keySetCache
+	a, err1 := c.get(doc)
+	b, err2 := c.get(append([]byte(nil), doc...))
+	if err1 != nil || err2 != nil || a != b || !a.Has(m.kid) {
+		t.Fatalf("cached key sets %p %p: %v %v", a, b, err1, err2)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := c.get([]byte(`{"keys":[{"kty":"RSA"}]}`)); !errors.Is(err, schemas.ErrNoUsableKeys) {
+			t.Fatalf("unusable JWKS: %v", err)
+		}
+	}
+	one, _ := json.Marshal(jwk)
+	for i := 0; i < 3*maxCachedKeySets; i++ {
+		c.get(fmt.Appendf(nil, `{"keys":[%s],"n":%d}`, one, i))
+		if len(c.sets) > maxCachedKeySets {
+			t.Fatalf("cache holds %d key sets", len(c.sets))
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -284,6 +285,29 @@ func TestKeysRotateLiveInDev(t *testing.T) {
 	if code != 200 || !strings.Contains(v, `"valid":true`) || !strings.Contains(v, `"keys":"caller"`) ||
 		!strings.Contains(v, `"jwks_skipped":[{"index":0,"kid":"dh","kty":"OKP","crv":"X25519","reason":"unsupported_key_type"}]`) {
 		t.Fatalf("verify with a mixed caller JWKS: %d %s", code, v)
+	}
+	// A verify job's lines may carry the JWKS to verify with, as the
+	// /v1/verify body does; one without a usable key is rejected at upload.
+	f, o, mx := strings.TrimSpace(fresh), strings.TrimSpace(old), strings.TrimSpace(mixed) // one line each
+	lines := `{"receipt":` + f + `,"jwks":` + mx + "}\n" +
+		`{"receipt":` + o + `,"jwks":{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}}` + "\n" +
+		`{"receipt":` + o + `,"jwks":` + mx + "}\n" + o + "\n"
+	code, v = e.do("POST", "/v1/jobs?type=verify", creds.APIKey, "application/x-ndjson", lines)
+	if code != 202 || !strings.Contains(v, `"rejected":[{"line":2,"code":"invalid_jwks"`) ||
+		!strings.Contains(v, `"jwks_skipped":[{"line":1,"index":0,"kid":"dh","kty":"OKP","crv":"X25519","reason":"unsupported_key_type"}]`) {
+		t.Fatalf("verify job with caller keys: %d %s", code, v)
+	}
+	var acc struct {
+		JobID string `json:"job_id"`
+	}
+	json.Unmarshal([]byte(v), &acc, json.RejectUnknownMembers(false))
+	e.waitDone(acc.JobID)
+	got := e.results(acc.JobID, "")
+	want := []string{"1 valid caller", "2 rejected ", "3 valid caller", "4 valid service"}
+	for i, r := range got {
+		if i >= len(want) || fmt.Sprintf("%d %s %s", r.Line, r.Status, r.Keys) != want[i] {
+			t.Fatalf("results %+v, want %v", got, want)
+		}
 	}
 	// A caller's JWKS cannot present a key under another key's kid.
 	forged := legacyJWK

@@ -428,6 +428,9 @@ func TestOpenAPIContract(t *testing.T) {
 
 		// POST /v1/jobs
 		{name: "verify job of sign results", method: "POST", path: "/v1/jobs?type=verify", key: e.key, ctype: "application/jsonl", body: signResults, status: 202},
+		{name: "verify job with caller keys", method: "POST", path: "/v1/jobs?type=verify", key: e.key, ctype: ndjson, status: 202,
+			body: `{"receipt":` + receipt + `,"jwks":` + strings.Replace(strings.TrimSpace(jwks), `{"keys":[`, `{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"},`, 1) + "}\n" +
+				`{"receipt":` + receipt + `,"jwks":{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}}` + "\n"},
 		{name: "job with a rejected line", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: "application/x-jsonlines", body: "{}\nnope\n", offSpec: true, status: 202},
 		{name: "job without type", method: "POST", path: "/v1/jobs", key: e.key, ctype: ndjson, body: "{}\n", offSpec: true, status: 400, code: "invalid_type"},
 		{name: "job unknown type", method: "POST", path: "/v1/jobs?type=stamp", key: e.key, ctype: ndjson, body: "{}\n", offSpec: true, status: 400, code: "invalid_type"},
