@@ -303,30 +303,9 @@ func TestHSMRecoversFromClosedSessions(t *testing.T) {
 	genBefore := h.gen
 	h.mu.Unlock()
 
-	module, token := testenv.PKCS11(t)
-	p := pkcs11.New(module)
-	if p == nil {
-		t.Fatal("load module")
-	}
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+	p, slot := rawToken(t)
+	if err := p.CloseAllSessions(slot); err != nil {
 		t.Fatal(err)
-	}
-	slots, err := p.GetSlotList(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	for _, s := range slots {
-		ti, err := p.GetTokenInfo(s)
-		if err == nil && ti.Label == token {
-			if err := p.CloseAllSessions(s); err != nil {
-				t.Fatal(err)
-			}
-			closed = true
-		}
-	}
-	if !closed {
-		t.Fatalf("token %q not found", token)
 	}
 
 	var wg sync.WaitGroup
