@@ -788,7 +788,7 @@ func (h *HSM) Close() error {
 		}
 	}
 	h.mu.Lock()
-	idle := h.idle
+	idle, anchor := h.idle, h.anchor
 	h.idle = nil
 	h.mu.Unlock()
 	for _, s := range idle {
@@ -799,7 +799,7 @@ func (h *HSM) Close() error {
 		// operations still running.
 		return fmt.Errorf("pkcs11: %d operations still running after %s; the module stays loaded", running, h.cfg.PoolWaitTimeout)
 	}
-	_ = h.mod.p.CloseSession(h.anchor)
+	_ = h.mod.p.CloseSession(anchor)
 	h.mod.release()
 	return nil
 }
