@@ -23,6 +23,7 @@ import (
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/certnode/certnode/internal/envsecret"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -102,17 +103,14 @@ func (c *PKCS11Config) Validate() error {
 // PINFromEnv reads the PIN from CERTNODE_PKCS11_PIN, or from the file named
 // by CERTNODE_PKCS11_PIN_FILE (trailing newline ignored).
 func PINFromEnv() (string, error) {
-	if pin := os.Getenv("CERTNODE_PKCS11_PIN"); pin != "" {
-		return pin, nil
+	pin, ok, err := envsecret.Read("CERTNODE_PKCS11_PIN")
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("read PIN: %w", err)
+	case !ok:
+		return "", errors.New("no PIN: set CERTNODE_PKCS11_PIN or CERTNODE_PKCS11_PIN_FILE")
 	}
-	if f := os.Getenv("CERTNODE_PKCS11_PIN_FILE"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", fmt.Errorf("read PIN file: %w", err)
-		}
-		return strings.TrimRight(string(b), "\r\n"), nil
-	}
-	return "", errors.New("no PIN: set CERTNODE_PKCS11_PIN or CERTNODE_PKCS11_PIN_FILE")
+	return strings.TrimRight(pin, "\r\n"), nil
 }
 
 // PKCS#11 3.0 names for Ed25519, which miekg/pkcs11 v1.1 does not define.

@@ -81,6 +81,9 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 		if c.Name() == "ingest" || c.Name() == "worker" {
 			want = append(want, internal...)
 		}
+		if c.Name() == "coordinator" {
+			want = append(want, "$CERTNODE_ADMIN_TOKEN", "$CERTNODE_NODE_TOKEN", "$CERTNODE_ADMIN_TOKEN_FILE", "$CERTNODE_NODE_TOKEN_FILE")
+		}
 		if len(want) == 0 {
 			return
 		}
@@ -96,7 +99,7 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 		}
 		checked[c.Name()] = true
 	})
-	for _, name := range []string{"ingest", "worker", "dev", "sign", "jwks", "generate", "rotate", "list"} {
+	for _, name := range []string{"ingest", "worker", "coordinator", "dev", "sign", "jwks", "generate", "rotate", "list"} {
 		if !checked[name] {
 			t.Errorf("help of %s not checked", name)
 		}

@@ -255,3 +255,27 @@ func TestExplicitKeySourceBeatsEnvironment(t *testing.T) {
 		t.Fatalf("both sources in env: %+v", r)
 	}
 }
+
+// The coordinator refuses a bad start with every problem on stderr and
+// exit 2, before it opens anything.
+func TestCoordinatorBadInput(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("CERTNODE_ADMIN_TOKEN", "")
+	t.Setenv("CERTNODE_NODE_TOKEN", "")
+	r := certnode(t, "", "coordinator", "--id", "c1", "--data", dir)
+	if r.code != 2 || !strings.Contains(r.stderr, "$CERTNODE_ADMIN_TOKEN (or $CERTNODE_ADMIN_TOKEN_FILE) is required") ||
+		!strings.Contains(r.stderr, "$CERTNODE_NODE_TOKEN") {
+		t.Fatalf("without tokens: %+v", r)
+	}
+	t.Setenv("CERTNODE_ADMIN_TOKEN", "short")
+	t.Setenv("CERTNODE_NODE_TOKEN", "node-token-0123456789")
+	r = certnode(t, "", "coordinator", "--id", "Bad ID", "--raft", "nowhere", "--bootstrap", "--join", "127.0.0.1:1")
+	for _, want := range []string{"--id", "--raft \"nowhere\"", "--data DIR is required", "exclude each other", "at least 16 bytes"} {
+		if r.code != 2 || !strings.Contains(r.stderr, want) {
+			t.Errorf("bad flags: stderr lacks %q: %+v", want, r)
+		}
+	}
+	if strings.Contains(r.stderr, "node-token-0123456789") {
+		t.Fatal("a token is printed")
+	}
+}

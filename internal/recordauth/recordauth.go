@@ -12,8 +12,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
+
+	"github.com/certnode/certnode/internal/envsecret"
 )
 
 // MinSecretBytes is the shortest secret accepted.
@@ -106,17 +107,11 @@ func (k *Keyring) Check(value []byte, header string) error {
 // or the file named by CERTNODE_INTERNAL_SECRET_FILE: one secret per line,
 // the signing one first (blank lines and # comments ignored).
 func SecretsFromEnv() (*Keyring, error) {
-	var text string
+	text, ok, err := envsecret.Read("CERTNODE_INTERNAL_SECRET")
 	switch {
-	case os.Getenv("CERTNODE_INTERNAL_SECRET") != "":
-		text = os.Getenv("CERTNODE_INTERNAL_SECRET")
-	case os.Getenv("CERTNODE_INTERNAL_SECRET_FILE") != "":
-		b, err := os.ReadFile(os.Getenv("CERTNODE_INTERNAL_SECRET_FILE"))
-		if err != nil {
-			return nil, fmt.Errorf("internal secret: %w", err)
-		}
-		text = string(b)
-	default:
+	case err != nil:
+		return nil, fmt.Errorf("internal secret: %w", err)
+	case !ok:
 		return nil, errors.New("no internal secret: set CERTNODE_INTERNAL_SECRET or CERTNODE_INTERNAL_SECRET_FILE (shared by ingest and workers)")
 	}
 	var secrets [][]byte

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/internal/envsecret"
+)
+
+// coordinatorSecretHelp names the coordinator's tokens in its help.
+const coordinatorSecretHelp = "Required: $CERTNODE_ADMIN_TOKEN (the operator's, for /v1/admin) and $CERTNODE_NODE_TOKEN\n" +
+	"(other tiers', for /v1/node/state), or the files named by $CERTNODE_ADMIN_TOKEN_FILE and\n" +
+	"$CERTNODE_NODE_TOKEN_FILE; at least 16 bytes each, the same on every node."
+
+func newCoordinatorCmd() *cobra.Command {
+	var cfg coordinator.Config
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
+		Long: "Runs one node of the coordinator cluster (1, 3 or 5 nodes). The first node of a new cluster\n" +
+			"starts with --bootstrap; the others with --join ADDR (the HTTP address of any member). A\n" +
+			"node restarted with its --data keeps its state and rejoins by itself.\n" +
+			"  certnode coordinator --id c1 --raft 127.0.0.1:7001 --http 127.0.0.1:7101 --data c1 --bootstrap\n" +
+			"  certnode coordinator --id c2 --raft 127.0.0.1:7002 --http 127.0.0.1:7102 --data c2 --join 127.0.0.1:7101\n\n" +
+			coordinatorSecretHelp,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var errs []error
+			for name, dst := range map[string]*string{"CERTNODE_ADMIN_TOKEN": &cfg.AdminToken, "CERTNODE_NODE_TOKEN": &cfg.NodeToken} {
+				v, ok, err := envsecret.Read(name)
+				switch {
+				case err != nil:
+					errs = append(errs, err)
+				case !ok:
+					errs = append(errs, fmt.Errorf("$%s (or $%s_FILE) is required", name, name))
+				}
+				*dst = strings.TrimSpace(v)
+			}
+			if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			s, err := coordinator.NewServer(cfg)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			defer s.Close()
+			slog.Info("coordinator started", "node", cfg, "api", s.Addr(), "raft", s.Node().RaftAddr())
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"coordinator": s.Run}))
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&cfg.ID, "id", "", "this node's id, stable across restarts")
+	bindEnv(fs, "id", "CERTNODE_COORDINATOR_ID")
+	fs.StringVar(&cfg.RaftAddr, "raft", "127.0.0.1:7001", "address for Raft traffic between nodes")
+	bindEnv(fs, "raft", "CERTNODE_COORDINATOR_RAFT")
+	fs.StringVar(&cfg.HTTPAddr, "http", "127.0.0.1:7101", "address of the admin and node API")
+	bindEnv(fs, "http", "CERTNODE_COORDINATOR_HTTP")
+	fs.StringVar(&cfg.DataDir, "data", "", "directory for the Raft log, its snapshots and state")
+	bindEnv(fs, "data", "CERTNODE_COORDINATOR_DATA")
+	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "start a new cluster with this node (ignored when --data holds state)")
+	bindEnv(fs, "bootstrap", "CERTNODE_COORDINATOR_BOOTSTRAP")
+	fs.StringVar(&cfg.Join, "join", "", "join the cluster through this member's HTTP address")
+	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
+	return cmd
+}

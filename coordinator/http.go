@@ -1,0 +1,542 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-json-experiment/json"
+)
+
+// Server is a node with its HTTP API: the operator's admin routes under
+// /v1/admin (admin token) and the state other tiers follow at
+// /v1/node/state (node token). Writes sent to a follower are forwarded to
+// the leader.
+type Server struct {
+	node   *Node
+	srv    *http.Server
+	ln     net.Listener
+	client *http.Client
+	log    *slog.Logger
+}
+
+// forwardedHeader marks a request a follower sent on, so it is never
+// forwarded twice.
+const forwardedHeader = "Certnode-Forwarded"
+
+// maxBody bounds admin request bodies.
+const maxBody = 1 << 20
+
+// NewServer opens the node and listens on its HTTP address.
+func NewServer(cfg Config) (*Server, error) {
+	n, err := Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("coordinator: --http: %w", err)
+	}
+	// Peers learn this node's address as it is reachable: the bound
+	// port when the configured one was 0.
+	n.cfg.HTTPAddr = ln.Addr().String()
+	s := &Server{node: n, ln: ln, client: &http.Client{Timeout: 2 * n.cfg.ApplyTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, log: n.log}
+	mux := http.NewServeMux()
+	admin, node := s.auth(cfg.AdminToken), s.auth(cfg.NodeToken)
+	mux.Handle("GET /v1/admin/cluster", admin(s.cluster))
+	mux.Handle("POST /v1/admin/cluster/members", admin(s.leader(s.addMember)))
+	mux.Handle("DELETE /v1/admin/cluster/members/{id}", admin(s.leader(s.removeMember)))
+	mux.Handle("POST /v1/admin/orgs", admin(s.leader(s.createOrg)))
+	mux.Handle("GET /v1/admin/orgs", admin(s.listOrgs))
+	mux.Handle("GET /v1/admin/orgs/{org}", admin(s.consistent(s.getOrg)))
+	mux.Handle("PATCH /v1/admin/orgs/{org}", admin(s.leader(s.updateOrg)))
+	mux.Handle("POST /v1/admin/orgs/{org}/keys", admin(s.leader(s.createKey)))
+	mux.Handle("GET /v1/admin/orgs/{org}/keys", admin(s.consistent(s.listKeys)))
+	mux.Handle("DELETE /v1/admin/orgs/{org}/keys/{key}", admin(s.leader(s.revokeKey)))
+	mux.Handle("GET /v1/node/state", node(s.state))
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such route")
+	})
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
+	return s, nil
+}
+
+// Node is the server's raft node.
+func (s *Server) Node() *Node { return s.node }
+
+// Addr is the API's address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Run serves until ctx ends: the API, the leader's address announcement
+// and, for a node started with Join, its request to join.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.node.announce(ctx)
+	if s.node.cfg.Join != "" {
+		go s.join(ctx)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	return s.srv.Shutdown(sctx)
+}
+
+// Close stops the API and the node.
+func (s *Server) Close() error {
+	s.srv.Close()
+	return s.node.Close()
+}
+
+// join asks a member (forwarded to the leader) to add this node, until it
+// is a member.
+func (s *Server) join(ctx context.Context) {
+	body, _ := json.Marshal(map[string]string{"id": s.node.cfg.ID, "raft": s.node.RaftAddr(), "http": s.node.cfg.HTTPAddr})
+	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+s.node.cfg.Join+"/v1/admin/cluster/members", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+s.node.cfg.AdminToken)
+		resp, err := s.client.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				s.log.Info("joined the cluster", "via", s.node.cfg.Join)
+				return
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		s.log.Warn("join failed; retrying", "via", s.node.cfg.Join, "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, body []byte)
+
+func (s *Server) auth(token string) func(handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return func(h handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong token")
+				return
+			}
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+			if err != nil {
+				writeError(w, http.StatusRequestEntityTooLarge, "too_large", "the body is over 1 MiB")
+				return
+			}
+			h(w, r, body)
+		})
+	}
+}
+
+// leader runs h on the leader, forwarding the request there from a
+// follower.
+func (s *Server) leader(h handler) handler {
+	return func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if s.node.IsLeader() {
+			h(w, r, body)
+			return
+		}
+		s.forward(w, r, body)
+	}
+}
+
+// consistent runs a read on the leader once it has applied everything
+// committed before the request (forwarding from a follower), when the
+// request asks for it with ?consistent=true.
+func (s *Server) consistent(h handler) handler {
+	return func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if r.URL.Query().Get("consistent") != "true" {
+			h(w, r, body)
+			return
+		}
+		if !s.node.IsLeader() {
+			s.forward(w, r, body)
+			return
+		}
+		if err := s.node.Consistent(); err != nil {
+			s.fail(w, err)
+			return
+		}
+		h(w, r, body)
+	}
+}
+
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
+	_, addr := s.node.Leader()
+	if addr == "" || r.Header.Get(forwardedHeader) != "" {
+		writeError(w, http.StatusServiceUnavailable, "no_leader", "the cluster has no leader this node can reach; retry")
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	req.Header = r.Header.Clone()
+	req.Header.Set(forwardedHeader, s.node.cfg.ID)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "no_leader", "forwarding to the leader failed: "+err.Error())
+		return
+	}
+	defer resp.Body.Close()
+	for _, k := range []string{"Content-Type", "Certnode-Index"} {
+		if v := resp.Header.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+// fail answers err with the status and code its kind calls for.
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, ErrNotLeader):
+		writeError(w, http.StatusServiceUnavailable, "no_leader", "leadership changed during the request; retry")
+	default:
+		s.log.Error("request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+	}
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"encode"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// decodeBody reads a JSON object, refusing unknown members (a misspelt
+// field must not be silently ignored in an admin change).
+func decodeBody(body []byte, v any) error {
+	if err := json.Unmarshal(body, v, json.RejectUnknownMembers(true)); err != nil {
+		return invalid("body: %v", err)
+	}
+	return nil
+}
+
+func (s *Server) cluster(w http.ResponseWriter, _ *http.Request, _ []byte) {
+	c, err := s.node.Cluster()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (s *Server) addMember(w http.ResponseWriter, _ *http.Request, body []byte) {
+	var m struct {
+		ID   string `json:"id"`
+		Raft string `json:"raft"`
+		HTTP string `json:"http"`
+	}
+	if err := decodeBody(body, &m); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if !idPattern.MatchString(m.ID) || m.Raft == "" || m.HTTP == "" {
+		s.fail(w, invalid("id, raft and http are required"))
+		return
+	}
+	if err := s.node.AddVoter(m.ID, m.Raft, m.HTTP); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.cluster(w, nil, nil)
+}
+
+func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) {
+	if err := s.node.RemoveServer(r.PathValue("id")); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.cluster(w, nil, nil)
+}
+
+// orgBody is what an admin sends to create or change an organization;
+// absent members keep their value on PATCH.
+type orgBody struct {
+	ID       string       `json:"id"`
+	Name     *string      `json:"name"`
+	Status   *string      `json:"status"`
+	Plan     *string      `json:"plan"`
+	Settings *OrgSettings `json:"settings"`
+}
+
+func (b *orgBody) applyTo(o *Org) {
+	if b.Name != nil {
+		o.Name = *b.Name
+	}
+	if b.Status != nil {
+		o.Status = *b.Status
+	}
+	if b.Plan != nil {
+		o.Plan = *b.Plan
+	}
+	if b.Settings != nil {
+		o.Settings = *b.Settings
+	}
+}
+
+func (s *Server) createOrg(w http.ResponseWriter, _ *http.Request, body []byte) {
+	var b orgBody
+	if err := decodeBody(body, &b); err != nil {
+		s.fail(w, err)
+		return
+	}
+	now := time.Now().UTC()
+	o := Org{ID: b.ID, Status: OrgActive, Plan: "free", CreatedAt: now, UpdatedAt: now}
+	b.applyTo(&o)
+	s.put(w, http.StatusCreated, &PutOrg{Org: o, Create: true})
+}
+
+func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request, body []byte) {
+	var b orgBody
+	if err := decodeBody(body, &b); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if b.ID != "" && b.ID != r.PathValue("org") {
+		s.fail(w, invalid("id cannot change"))
+		return
+	}
+	o, ok := s.org(r.PathValue("org"))
+	if !ok {
+		s.fail(w, fmt.Errorf("%w: organization %q", ErrNotFound, r.PathValue("org")))
+		return
+	}
+	b.applyTo(&o)
+	o.UpdatedAt = time.Now().UTC()
+	s.put(w, http.StatusOK, &PutOrg{Org: o})
+}
+
+func (s *Server) put(w http.ResponseWriter, status int, c *PutOrg) {
+	index, err := s.node.Propose(c)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, status, c.Org)
+}
+
+// org copies an organization out of the state.
+func (s *Server) org(id string) (Org, bool) {
+	var o Org
+	var ok bool
+	s.node.fsm.View(func(st *State) {
+		if p := st.Orgs[id]; p != nil {
+			o, ok = *p, true
+		}
+	})
+	return o, ok
+}
+
+func (s *Server) getOrg(w http.ResponseWriter, r *http.Request, _ []byte) {
+	o, ok := s.org(r.PathValue("org"))
+	if !ok {
+		s.fail(w, fmt.Errorf("%w: organization %q", ErrNotFound, r.PathValue("org")))
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+func (s *Server) listOrgs(w http.ResponseWriter, _ *http.Request, _ []byte) {
+	out := []Org{}
+	s.node.fsm.View(func(st *State) {
+		for _, o := range st.Orgs {
+			out = append(out, *o)
+		}
+	})
+	slices.SortFunc(out, func(a, b Org) int { return strings.Compare(a.ID, b.ID) })
+	writeJSON(w, http.StatusOK, map[string]any{"orgs": out})
+}
+
+// keyView is a key as the API shows it: never its hash.
+type keyView struct {
+	ID        string    `json:"id"`
+	Org       string    `json:"org"`
+	Name      string    `json:"name,omitempty"`
+	Scopes    []string  `json:"scopes"`
+	CIDRs     []string  `json:"cidrs,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// Key is the secret, present only in the answer that creates it.
+	Key string `json:"key,omitempty"`
+}
+
+func viewOf(k *APIKey) keyView {
+	return keyView{ID: k.ID, Org: k.Org, Name: k.Name, Scopes: k.Scopes, CIDRs: k.CIDRs,
+		CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt}
+}
+
+// NewAPIKey makes a key: a public id (cnk_ and 12 letters or digits) and
+// a secret, joined by a dot. It returns the key and the hash to store.
+func NewAPIKey() (id, key, hash string, err error) {
+	const alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	var b [12 + 32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", "", "", err
+	}
+	idb := make([]byte, 12)
+	for i := range idb {
+		idb[i] = alnum[int(b[i])%len(alnum)]
+	}
+	id = "cnk_" + string(idb)
+	key = id + "." + base64.RawURLEncoding.EncodeToString(b[12:])
+	return id, key, HashKey(key), nil
+}
+
+// HashKey is the stored form of a key.
+func HashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+func (s *Server) createKey(w http.ResponseWriter, r *http.Request, body []byte) {
+	var b struct {
+		Name      string    `json:"name"`
+		Scopes    []string  `json:"scopes"`
+		CIDRs     []string  `json:"cidrs"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if err := decodeBody(body, &b); err != nil {
+		s.fail(w, err)
+		return
+	}
+	id, secret, hash, err := NewAPIKey()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	k := APIKey{ID: id, Org: r.PathValue("org"), Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
+		CreatedAt: time.Now().UTC(), ExpiresAt: b.ExpiresAt}
+	index, err := s.node.Propose(&CreateKey{Key: k})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	v := viewOf(&k)
+	v.Key = secret
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, _ []byte) {
+	org := r.PathValue("org")
+	out := []keyView{}
+	found := false
+	s.node.fsm.View(func(st *State) {
+		_, found = st.Orgs[org]
+		for _, k := range st.Keys {
+			if k.Org == org {
+				out = append(out, viewOf(k))
+			}
+		}
+	})
+	if !found {
+		s.fail(w, fmt.Errorf("%w: organization %q", ErrNotFound, org))
+		return
+	}
+	slices.SortFunc(out, func(a, b keyView) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	writeJSON(w, http.StatusOK, map[string]any{"keys": out})
+}
+
+func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, _ []byte) {
+	c := &RevokeKey{ID: r.PathValue("key"), Org: r.PathValue("org"), At: time.Now().UTC()}
+	index, err := s.node.Propose(c)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// NodeState is what other tiers copy: the whole state at an index.
+type NodeState struct {
+	Index uint64 `json:"index"`
+	State *State `json:"state"`
+}
+
+// maxWait bounds a blocking query.
+const maxWait = 60 * time.Second
+
+// state answers with the state once its index passes ?index= (a blocking
+// query, as Consul's), or after ?wait= (default 30 s) with the state as it
+// is; without ?index= at once.
+func (s *Server) state(w http.ResponseWriter, r *http.Request, _ []byte) {
+	q := r.URL.Query()
+	if idx := q.Get("index"); idx != "" {
+		after, err := strconv.ParseUint(idx, 10, 64)
+		if err != nil {
+			s.fail(w, invalid("index %q", idx))
+			return
+		}
+		wait := 30 * time.Second
+		if ws := q.Get("wait"); ws != "" {
+			if wait, err = time.ParseDuration(ws); err != nil || wait <= 0 || wait > maxWait {
+				s.fail(w, invalid("wait %q: a duration up to %s", ws, maxWait))
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		s.node.fsm.Wait(ctx, after)
+		cancel()
+	}
+	var data []byte
+	var err error
+	index := s.node.fsm.View(func(st *State) {
+		// Encoded under the read lock: the maps are not copied.
+		data, err = json.Marshal(NodeState{Index: s.node.fsm.index, State: st})
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(append(data, '\n'))
+}
