@@ -32,12 +32,19 @@ type testServer struct {
 
 func startNode(t *testing.T, id, dir string, bootstrap bool, join string) *testServer {
 	t.Helper()
-	s, err := NewServer(Config{ID: id, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: dir,
-		Bootstrap: bootstrap, Join: join, AdminToken: testAdmin, NodeToken: testNode,
-		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond})
+	return startNodeCfg(t, Config{ID: id, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: dir, Bootstrap: bootstrap, Join: join})
+}
+
+// startNodeCfg starts a node with the test tokens and fast elections.
+func startNodeCfg(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	cfg.AdminToken, cfg.NodeToken = testAdmin, testNode
+	cfg.HeartbeatTimeout, cfg.ElectionTimeout = 200*time.Millisecond, 200*time.Millisecond
+	s, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	dir := cfg.DataDir
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &testServer{Server: s, cancel: cancel, done: make(chan error, 1), dir: dir}
 	go func() { ts.done <- s.Run(ctx) }()

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/certnode/certnode/coordinator"
@@ -31,18 +33,10 @@ func newCoordinatorCmd() *cobra.Command {
 			coordinatorSecretHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var errs []error
-			for name, dst := range map[string]*string{"CERTNODE_ADMIN_TOKEN": &cfg.AdminToken, "CERTNODE_NODE_TOKEN": &cfg.NodeToken} {
-				v, ok, err := envsecret.Read(name)
-				switch {
-				case err != nil:
-					errs = append(errs, err)
-				case !ok:
-					errs = append(errs, fmt.Errorf("$%s (or $%s_FILE) is required", name, name))
-				}
-				*dst = strings.TrimSpace(v)
-			}
-			if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
+			var err1, err2 error
+			cfg.AdminToken, err1 = requiredSecret("CERTNODE_ADMIN_TOKEN")
+			cfg.NodeToken, err2 = requiredSecret("CERTNODE_NODE_TOKEN")
+			if err := errors.Join(err1, err2, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			s, err := coordinator.NewServer(cfg)
@@ -68,4 +62,32 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.StringVar(&cfg.Join, "join", "", "join the cluster through this member's HTTP address")
 	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
 	return cmd
+}
+
+// coordinatorReplica makes the local copy of the coordinator's state a
+// tier follows, with the node token from the environment.
+func coordinatorReplica(addrs string, maxStale time.Duration, reg prometheus.Registerer) (*coordinator.Replica, error) {
+	token, err := requiredSecret("CERTNODE_NODE_TOKEN")
+	if err != nil {
+		return nil, fmt.Errorf("--coordinator: %w", err)
+	}
+	var list []string
+	for _, a := range strings.Split(addrs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			list = append(list, a)
+		}
+	}
+	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: list, Token: token, MaxStale: maxStale, Registerer: reg})
+}
+
+// requiredSecret reads $NAME or the file $NAME_FILE names, trimmed.
+func requiredSecret(name string) (string, error) {
+	v, ok, err := envsecret.Read(name)
+	switch {
+	case err != nil:
+		return "", err
+	case !ok:
+		return "", fmt.Errorf("$%s (or $%s_FILE) is required", name, name)
+	}
+	return strings.TrimSpace(v), nil
 }

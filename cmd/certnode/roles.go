@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -127,14 +128,17 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, clickhouse string
+	var addr, tenantsFile, keyringDir, clickhouse, coordinators string
+	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "ingest",
 		Short: "Run the HTTP API tier (produces to Kafka, reads results back)",
 		Long: "Runs the HTTP API: produces requests to Kafka and reads the workers' results back. It serves\n" +
-			"the key ring's public keys (--keyring DIR, only ring.json is read) at /.well-known/jwks.json.\n\n" +
-			internalSecretHelp,
+			"the key ring's public keys (--keyring DIR, only ring.json is read) at /.well-known/jwks.json.\n" +
+			"API keys come from a tenants file (--tenants) or from the coordinator cluster (--coordinator\n" +
+			"ADDR,...), whose state ingest copies and follows; requests never wait on the coordinator.\n\n" +
+			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
@@ -142,9 +146,26 @@ func newIngestCmd() *cobra.Command {
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
-			store, err := loadTenants(tenantsFile)
-			if err != nil {
-				errs = append(errs, err)
+			reg := newRegistry()
+			parts := map[string]func(context.Context) error{}
+			var ready []ingest.Check
+			var auth ingest.Authenticator
+			switch {
+			case coordinators != "" && tenantsFile != "":
+				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
+			case coordinators != "":
+				r, err := coordinatorReplica(coordinators, maxStale, reg)
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					auth, ready, parts["coordinator"] = r, append(ready, r.Ready), r.Run
+				}
+			default:
+				store, err := loadTenants(tenantsFile)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%w (or --coordinator ADDR)", err))
+				}
+				auth = store
 			}
 			keys, err := publishedKeys(keyringDir)
 			if err != nil {
@@ -157,7 +178,6 @@ func newIngestCmd() *cobra.Command {
 			if err := errors.Join(errs...); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
-			reg := newRegistry()
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			var rs ingest.ReceiptStore
 			if clickhouse != "" {
@@ -171,14 +191,14 @@ func newIngestCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: store, Keys: keys, Store: rs, MAC: mac})
+			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Keys: keys, Store: rs, MAC: mac, Ready: ready})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer srv.Close()
 			slog.Info("ingest listening", "addr", srv.Addr())
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"ingest": srv.Run, "keyring": signer.NewRingWatcher(keys, ringPoll).Run}))
+			parts["ingest"], parts["keyring"] = srv.Run, signer.NewRingWatcher(keys, ringPoll).Run
+			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := cmd.Flags()
@@ -190,6 +210,10 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
+	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep serving known keys while the coordinator is unreachable; then every key is refused")
+	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	ingestLimitFlags(fs, &cfg)
 	kf.register(fs, true)
 	return cmd

@@ -1,0 +1,217 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/certnode/certnode/internal/tenants"
+)
+
+// ReplicaConfig configures the local copy of the state another tier keeps.
+type ReplicaConfig struct {
+	// Addrs are coordinator HTTP addresses; any member answers.
+	Addrs []string
+	Token string // the node token
+	// MaxStale is how long the copy keeps serving without reaching the
+	// cluster; past it every key is refused (fail closed).
+	MaxStale time.Duration
+	// Wait is how long one blocking query waits for a change.
+	Wait       time.Duration
+	Registerer prometheus.Registerer
+}
+
+// Defaults for ReplicaConfig.
+const (
+	DefaultMaxStale = 5 * time.Minute
+	DefaultWait     = 20 * time.Second
+)
+
+// LogValue keeps the token out of logs.
+func (c ReplicaConfig) LogValue() slog.Value {
+	return slog.GroupValue(slog.Any("addrs", c.Addrs), slog.Duration("max_stale", c.MaxStale))
+}
+
+// Validate reports every problem at once.
+func (c *ReplicaConfig) Validate() error {
+	var errs []error
+	if len(c.Addrs) == 0 {
+		errs = append(errs, errors.New("coordinator: at least one address is required"))
+	}
+	if len(c.Token) < 16 {
+		errs = append(errs, errors.New("coordinator: the node token ($CERTNODE_NODE_TOKEN) must be at least 16 bytes"))
+	}
+	if c.MaxStale <= 0 || c.Wait <= 0 || c.Wait > maxWait {
+		errs = append(errs, fmt.Errorf("coordinator: max stale must be positive and wait within (0, %s]", maxWait))
+	}
+	return errors.Join(errs...)
+}
+
+// Replica follows the coordinator's state with blocking queries and
+// answers from its copy: no request waits on the coordinator. It
+// implements ingest's Authenticator.
+type Replica struct {
+	cfg    ReplicaConfig
+	client *http.Client
+	state  atomic.Pointer[NodeState]
+	synced atomic.Int64 // UnixNano of the last answer from the cluster
+	now    func() time.Time
+	log    *slog.Logger
+	age    prometheus.GaugeFunc
+	index  prometheus.GaugeFunc
+}
+
+// NewReplica makes an empty replica; Run fills it.
+func NewReplica(cfg ReplicaConfig) (*Replica, error) {
+	if cfg.MaxStale == 0 {
+		cfg.MaxStale = DefaultMaxStale
+	}
+	if cfg.Wait == 0 {
+		cfg.Wait = DefaultWait
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Replica{cfg: cfg, client: &http.Client{Timeout: cfg.Wait + 10*time.Second}, now: time.Now,
+		log: slog.With("role", "coordinator-replica")}
+	r.age = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_coordinator_state_age_seconds",
+		Help: "Seconds since the coordinator last answered (the local copy's staleness)."}, func() float64 {
+		if s := r.synced.Load(); s != 0 {
+			return r.now().Sub(time.Unix(0, s)).Seconds()
+		}
+		return -1
+	})
+	r.index = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_coordinator_state_index",
+		Help: "Raft index of the local copy of the coordinator's state."}, func() float64 {
+		if st := r.state.Load(); st != nil {
+			return float64(st.Index)
+		}
+		return 0
+	})
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(r.age, r.index)
+	}
+	return r, nil
+}
+
+// Run follows the state until ctx ends, moving to the next address when
+// one fails.
+func (r *Replica) Run(ctx context.Context) error {
+	var index uint64
+	backoff := 100 * time.Millisecond
+	for i := 0; ctx.Err() == nil; {
+		addr := r.cfg.Addrs[i%len(r.cfg.Addrs)]
+		st, err := r.fetch(ctx, addr, index)
+		if err == nil && st.Index < index {
+			// A node restarting, or far behind, answers with an older
+			// state: it proves nothing about the current one.
+			err = fmt.Errorf("state index %d is behind the copy's %d", st.Index, index)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			r.log.Warn("coordinator unreachable; serving the last known state", "addr", addr, "err", err,
+				"age", r.Age().Round(time.Millisecond), "max_stale", r.cfg.MaxStale)
+			i++
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		r.synced.Store(r.now().UnixNano())
+		if st.Index > index || r.state.Load() == nil {
+			r.state.Store(st)
+			index = st.Index
+		}
+	}
+	return nil
+}
+
+func (r *Replica) fetch(ctx context.Context, addr string, index uint64) (*NodeState, error) {
+	url := fmt.Sprintf("http://%s/v1/node/state?index=%d&wait=%s", addr, index, r.cfg.Wait)
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+r.cfg.Token)
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d: %.200s", resp.StatusCode, body)
+	}
+	var st NodeState
+	if err := json.Unmarshal(body, &st); err != nil || st.State == nil {
+		return nil, fmt.Errorf("state: %v", err)
+	}
+	return &st, nil
+}
+
+// Age is how long ago the cluster last answered (the copy's staleness).
+func (r *Replica) Age() time.Duration {
+	s := r.synced.Load()
+	if s == 0 {
+		return time.Duration(1<<63 - 1)
+	}
+	return r.now().Sub(time.Unix(0, s))
+}
+
+// Ready fails until the copy is filled, and once it is older than
+// MaxStale: /readyz says so.
+func (r *Replica) Ready(context.Context) error {
+	switch age := r.Age(); {
+	case r.state.Load() == nil:
+		return errors.New("coordinator: no state received yet")
+	case age > r.cfg.MaxStale:
+		return fmt.Errorf("coordinator: unreachable for %s (over %s): refusing every key", age.Round(time.Second), r.cfg.MaxStale)
+	}
+	return nil
+}
+
+// Authenticate resolves an API key from the local copy: a known key of an
+// active organization, not revoked or expired. A copy older than MaxStale
+// admits nothing, and an unknown key is never admitted.
+func (r *Replica) Authenticate(key string) (*tenants.Tenant, bool) {
+	st := r.state.Load()
+	if st == nil || r.Age() > r.cfg.MaxStale {
+		return nil, false
+	}
+	key = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(key), "Bearer "))
+	id, _, ok := strings.Cut(key, ".")
+	if !ok {
+		return nil, false
+	}
+	k := st.State.Keys[id]
+	if k == nil || subtle.ConstantTimeCompare([]byte(HashKey(key)), []byte(k.Hash)) != 1 {
+		return nil, false
+	}
+	now := r.now()
+	if !k.RevokedAt.IsZero() || (!k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)) {
+		return nil, false
+	}
+	org := st.State.Orgs[k.Org]
+	if org == nil || org.Status != OrgActive {
+		return nil, false
+	}
+	return &tenants.Tenant{ID: org.ID}, true
+}
