@@ -208,6 +208,18 @@ func TestCluster(t *testing.T) {
 		code, body := rest[1].do(t, "PATCH", "/v1/admin/orgs/acme", testAdmin, `{"status":"suspended"}`)
 		return code == 200 && strings.Contains(body, `"status":"suspended"`), fmt.Sprint(code, body)
 	})
+
+	// The old leader comes back from its data on another HTTP port: the
+	// cluster learns the new address, so forwarding reaches it.
+	back := startNodeCfg(t, Config{ID: leader.node.cfg.ID, RaftAddr: leader.node.RaftAddr(), HTTPAddr: "127.0.0.1:0", DataDir: leader.dir})
+	testenv.WaitFor(t, "the restarted node's new address known", 15*time.Second, func() (bool, string) {
+		for _, m := range rest[0].cluster(t).Members {
+			if m.ID == leader.node.cfg.ID {
+				return m.HTTP == back.Addr(), fmt.Sprintf("%+v, want %s", m, back.Addr())
+			}
+		}
+		return false, "not a member"
+	})
 }
 
 // A node restarted from its data directory comes back with the state,

@@ -82,12 +82,12 @@ func (s *Server) Node() *Node { return s.node }
 // Addr is the API's address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Run serves until ctx ends: the API, the leader's address announcement
-// and, for a node started with Join, its request to join.
+// Run serves until ctx ends: the API, the announcement of this node's
+// HTTP address and, for a node started with Join, its request to join.
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go s.node.announce(ctx)
+	go s.announce(ctx)
 	if s.node.cfg.Join != "" {
 		go s.join(ctx)
 	}
@@ -112,25 +112,69 @@ func (s *Server) Close() error {
 // join asks a member (forwarded to the leader) to add this node, until it
 // is a member.
 func (s *Server) join(ctx context.Context) {
-	body, _ := json.Marshal(map[string]string{"id": s.node.cfg.ID, "raft": s.node.RaftAddr(), "http": s.node.cfg.HTTPAddr})
 	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+s.node.cfg.Join+"/v1/admin/cluster/members", bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+s.node.cfg.AdminToken)
-		resp, err := s.client.Do(req)
+		err := s.addSelf(ctx, s.node.cfg.Join)
 		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				s.log.Info("joined the cluster", "via", s.node.cfg.Join)
-				return
-			}
-			err = fmt.Errorf("status %d", resp.StatusCode)
+			s.log.Info("joined the cluster", "via", s.node.cfg.Join)
+			return
 		}
 		s.log.Warn("join failed; retrying", "via", s.node.cfg.Join, "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		}
+	}
+}
+
+// addSelf asks the member at addr to add this node with its addresses.
+func (s *Server) addSelf(ctx context.Context, addr string) error {
+	body, _ := json.Marshal(map[string]string{"id": s.node.cfg.ID, "raft": s.node.RaftAddr(), "http": s.node.cfg.HTTPAddr})
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/v1/admin/cluster/members", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+s.node.cfg.AdminToken)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// announce keeps this node's HTTP address in the state, so followers can
+// forward to it: a leader records its own; a member restarted on another
+// address asks the leader to record the new one. A node removed from the
+// cluster is not added back.
+func (s *Server) announce(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var known string
+		var present bool
+		s.node.fsm.View(func(st *State) { known, present = st.Members[s.node.cfg.ID] })
+		switch {
+		case known == s.node.cfg.HTTPAddr:
+		case s.node.IsLeader():
+			if _, err := s.node.Propose(&SetMember{ID: s.node.cfg.ID, HTTP: s.node.cfg.HTTPAddr}); err != nil {
+				s.log.Warn("could not record this node's HTTP address", "err", err)
+			}
+		case present:
+			if _, leader := s.node.Leader(); leader != "" {
+				if err := s.addSelf(ctx, leader); err != nil {
+					s.log.Warn("could not record this node's new HTTP address", "err", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }

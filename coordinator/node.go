@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -297,27 +296,4 @@ func (n *Node) RemoveServer(id string) error {
 	}
 	_, err := n.Propose(&SetMember{ID: id})
 	return err
-}
-
-// announce records this node's HTTP address once it leads, so followers
-// can forward to it; members that join are recorded by AddVoter.
-func (n *Node) announce(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case isLeader := <-n.raft.LeaderCh():
-			if !isLeader {
-				continue
-			}
-			var known string
-			n.fsm.View(func(s *State) { known = s.Members[n.cfg.ID] })
-			if known == n.cfg.HTTPAddr {
-				continue
-			}
-			if _, err := n.Propose(&SetMember{ID: n.cfg.ID, HTTP: n.cfg.HTTPAddr}); err != nil {
-				n.log.Warn("could not record this node's HTTP address", "err", err)
-			}
-		}
-	}
 }
