@@ -146,7 +146,8 @@ type HSM struct {
 	slots chan struct{} // one per concurrent operation
 
 	closed   atomic.Bool
-	reopenMu sync.Mutex // one reconnection at a time
+	closing  chan struct{} // closed by Close: callers waiting for a slot stop waiting
+	reopenMu sync.Mutex    // one reconnection at a time
 
 	// mu guards the fields below. It is never held across a call into the
 	// module, so a hung token cannot block Close or other callers on it.
@@ -289,7 +290,7 @@ func OpenHSM(cfg PKCS11Config) (*HSM, error) {
 	}
 	pin := cfg.PIN
 	cfg.PIN = ""
-	h := &HSM{cfg: cfg, pin: func() string { return pin }, mod: mod, slots: make(chan struct{}, cfg.Signers)}
+	h := &HSM{cfg: cfg, pin: func() string { return pin }, mod: mod, slots: make(chan struct{}, cfg.Signers), closing: make(chan struct{})}
 	slot, s, err := h.connect()
 	if err != nil {
 		mod.release()
@@ -441,6 +442,8 @@ func (h *HSM) with(ctx context.Context, f func(s session) error) error {
 	case h.slots <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-h.closing:
+		return ErrClosed
 	case <-wait.C:
 		return fmt.Errorf("%w: no session free within %s", ErrBusy, h.cfg.PoolWaitTimeout)
 	}
@@ -774,6 +777,7 @@ func (h *HSM) Close() error {
 	if h.closed.Swap(true) {
 		return nil
 	}
+	close(h.closing)
 	wait := time.NewTimer(h.cfg.PoolWaitTimeout)
 	defer wait.Stop()
 	running := 0
