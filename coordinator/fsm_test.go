@@ -11,6 +11,8 @@ import (
 
 	"github.com/go-json-experiment/json"
 	"github.com/hashicorp/raft"
+
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 var t0 = time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
@@ -25,7 +27,7 @@ func testKey(t *testing.T, org string) APIKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return APIKey{ID: id, Org: org, Hash: hash, Scopes: []string{ScopeSign}, CreatedAt: t0}
+	return APIKey{ID: id, Org: org, Hash: hash, Scopes: []string{tenants.ScopeSign}, CreatedAt: t0}
 }
 
 // applyTo appends c to f as the next log entry and returns its result.

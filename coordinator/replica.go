@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -213,5 +214,15 @@ func (r *Replica) Authenticate(key string) (*tenants.Tenant, bool) {
 	if org == nil || org.Status != OrgActive {
 		return nil, false
 	}
-	return &tenants.Tenant{ID: org.ID}, true
+	t := &tenants.Tenant{ID: org.ID, Scopes: k.Scopes, CIDRs: make([]netip.Prefix, 0, len(k.CIDRs))}
+	for _, c := range k.CIDRs {
+		p, err := netip.ParsePrefix(c) // checked when the key was made
+		if err == nil {
+			t.CIDRs = append(t.CIDRs, p.Masked())
+		}
+	}
+	if len(k.CIDRs) == 0 {
+		t.CIDRs = nil // any address
+	}
+	return t, true
 }

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"slices"
 	"time"
+
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 // State is what the cluster agrees on. It changes only through commands
@@ -54,17 +56,6 @@ type OrgSettings struct {
 	SupportEmail  string `json:"support_email,omitempty"`
 	RetentionDays int    `json:"retention_days,omitempty"`
 }
-
-// API key scopes.
-const (
-	ScopeSign   = "sign"
-	ScopeVerify = "verify"
-	ScopeJobs   = "jobs"
-	ScopeRead   = "read"
-	ScopeAdmin  = "admin"
-)
-
-var allScopes = []string{ScopeSign, ScopeVerify, ScopeJobs, ScopeRead, ScopeAdmin}
 
 // APIKey is an organization's key as the cluster stores it: the secret is
 // shown once at creation and only its SHA-256 is kept.
@@ -142,8 +133,8 @@ func (k *APIKey) check() error {
 		errs = append(errs, invalid("at least one scope is required"))
 	}
 	for _, s := range k.Scopes {
-		if !slices.Contains(allScopes, s) {
-			errs = append(errs, invalid("scope %q: want one of %v", s, allScopes))
+		if !slices.Contains(tenants.Scopes, s) {
+			errs = append(errs, invalid("scope %q: want one of %v", s, tenants.Scopes))
 		}
 	}
 	for _, c := range k.CIDRs {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"net/netip"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -16,6 +17,9 @@ type Route struct {
 	Path string
 	// Tenant routes need an API key and see only the caller's data.
 	Tenant bool
+	// Scope is what the key must hold (POST /v1/jobs also needs the scope
+	// of the job's type).
+	Scope string
 	// Name labels the route's metrics.
 	Name string
 }
@@ -41,8 +45,8 @@ func (s *Server) table() []route {
 	pub := func(method, path, name string, h func(*fasthttp.RequestCtx)) route {
 		return route{Route: Route{Method: method, Path: path, Name: name}, segs: strings.Split(path, "/"), public: h}
 	}
-	ten := func(method, path, name string, h func(*fasthttp.RequestCtx, *tenants.Tenant, []string)) route {
-		return route{Route: Route{Method: method, Path: path, Tenant: true, Name: name}, segs: strings.Split(path, "/"), tenant: h}
+	ten := func(method, path, name, scope string, h func(*fasthttp.RequestCtx, *tenants.Tenant, []string)) route {
+		return route{Route: Route{Method: method, Path: path, Tenant: true, Name: name, Scope: scope}, segs: strings.Split(path, "/"), tenant: h}
 	}
 	jwks := func(ctx *fasthttp.RequestCtx) {
 		writeJSON(ctx, fasthttp.StatusOK, s.deps.Keys.JWKS())
@@ -55,12 +59,12 @@ func (s *Server) table() []route {
 		pub("GET", "/.well-known/jwks.json", "jwks", jwks),
 		pub("GET", "/v1/jwks", "jwks", jwks),
 		pub("GET", "/openapi.json", "openapi", s.openAPI),
-		ten("POST", "/v1/sign", "sign", s.sign),
-		ten("POST", "/v1/verify", "verify", s.verify),
-		ten("POST", "/v1/jobs", "jobs_create", s.createJob),
-		ten("GET", "/v1/jobs/{job_id}", "jobs_status", s.jobStatus),
-		ten("GET", "/v1/jobs/{job_id}/results", "jobs_results", s.jobResults),
-		ten("GET", "/v1/receipts/{receipt_id}", "receipts", s.getReceipt),
+		ten("POST", "/v1/sign", "sign", tenants.ScopeSign, s.sign),
+		ten("POST", "/v1/verify", "verify", tenants.ScopeVerify, s.verify),
+		ten("POST", "/v1/jobs", "jobs_create", tenants.ScopeJobs, s.createJob),
+		ten("GET", "/v1/jobs/{job_id}", "jobs_status", tenants.ScopeRead, s.jobStatus),
+		ten("GET", "/v1/jobs/{job_id}/results", "jobs_results", tenants.ScopeRead, s.jobResults),
+		ten("GET", "/v1/receipts/{receipt_id}", "receipts", tenants.ScopeRead, s.getReceipt),
 	}
 }
 
@@ -106,6 +110,9 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		if !ok {
 			return "unauthorized"
 		}
+		if refused := forbidden(ctx, t, r.Scope); refused != "" {
+			return refused
+		}
 		r.tenant(ctx, t, params)
 		return r.Name
 	}
@@ -116,4 +123,19 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	}
 	apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+string(ctx.Path()))
 	return "other"
+}
+
+// forbidden answers 403 when the key may not be used from the client's
+// address or lacks scope, and names the refusal for the request metrics.
+func forbidden(ctx *fasthttp.RequestCtx, t *tenants.Tenant, scope string) string {
+	addr, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	switch {
+	case !t.AllowsAddr(addr):
+		apiError(ctx, fasthttp.StatusForbidden, "forbidden_address", "this API key may not be used from "+addr.Unmap().String())
+		return "forbidden_address"
+	case scope != "" && !t.Allows(scope):
+		apiError(ctx, fasthttp.StatusForbidden, "forbidden_scope", "this API key lacks the "+scope+" scope")
+		return "forbidden_scope"
+	}
+	return ""
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -45,8 +46,8 @@ func TestE2EIngestFollowsCoordinator(t *testing.T) {
 	if code, body := call(caddr, "POST", "/v1/admin/orgs", admin, `{"id":"`+e.tenant+`","name":"E2E"}`); code != 201 {
 		t.Fatalf("org: %d %s", code, body)
 	}
-	newKey := func() (id, key string) {
-		code, body := call(caddr, "POST", "/v1/admin/orgs/"+e.tenant+"/keys", admin, `{"scopes":["sign","verify","jobs","read"]}`)
+	newKeyWith := func(grant string) (id, key string) {
+		code, body := call(caddr, "POST", "/v1/admin/orgs/"+e.tenant+"/keys", admin, grant)
 		var v struct {
 			ID  string `json:"id"`
 			Key string `json:"key"`
@@ -56,6 +57,7 @@ func TestE2EIngestFollowsCoordinator(t *testing.T) {
 		}
 		return v.ID, v.Key
 	}
+	newKey := func() (id, key string) { return newKeyWith(`{"scopes":["sign","verify","jobs","read"]}`) }
 
 	addrs := []string{freeAddr(t), freeAddr(t)}
 	for i, a := range addrs {
@@ -97,6 +99,39 @@ func TestE2EIngestFollowsCoordinator(t *testing.T) {
 	within("a suspended organization's key refused", false, key2, 2*time.Second)
 	call(caddr, "PATCH", "/v1/admin/orgs/"+e.tenant, admin, `{"status":"active"}`)
 	within("the key admitted after reactivation", true, key2, 2*time.Second)
+
+	// A key is held to its scopes and its CIDR allow-list (403, counted);
+	// a client bound to 127.0.0.2 stands for an allowed address.
+	_, readOnly := newKeyWith(`{"scopes":["read"]}`)
+	within("a read-only key admitted for reads", true, readOnly, 2*time.Second)
+	for _, c := range []struct{ path, body string }{{"/v1/sign", `{"payload":{}}`}, {"/v1/jobs?type=sign", "{}\n"}} {
+		if code, body := call(addrs[0], "POST", c.path, readOnly, c.body); code != 403 || !strings.Contains(body, `"forbidden_scope"`) {
+			t.Fatalf("POST %s with a read-only key: %d %s", c.path, code, body)
+		}
+	}
+	_, signOnly := newKeyWith(`{"scopes":["jobs","sign"]}`)
+	testenv.WaitFor(t, "a verify job refused to a key without verify", 2*time.Second, func() (bool, string) {
+		code, body := call(addrs[0], "POST", "/v1/jobs?type=verify", signOnly, "{}\n")
+		return code == 403 && strings.Contains(body, "lacks the verify scope"), fmt.Sprint(code, body)
+	})
+	_, pinned := newKeyWith(`{"scopes":["read"],"cidrs":["127.0.0.2/32"]}`)
+	from2 := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).DialContext}}
+	testenv.WaitFor(t, "a CIDR-pinned key admitted from 127.0.0.2", 2*time.Second, func() (bool, string) {
+		req, _ := http.NewRequest("GET", "http://"+addrs[1]+"/v1/jobs/job_none", nil)
+		req.Header.Set("Authorization", "Bearer "+pinned)
+		resp, err := from2.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 404, fmt.Sprint(resp.StatusCode)
+	})
+	if code, body := call(addrs[1], "GET", "/v1/jobs/job_none", pinned, ""); code != 403 || !strings.Contains(body, "may not be used from 127.0.0.1") {
+		t.Fatalf("a CIDR-pinned key from 127.0.0.1: %d %s", code, body)
+	}
+	if _, metrics := call(addrs[1], "GET", "/metrics", "", ""); !strings.Contains(metrics, `route="forbidden_address"`) {
+		t.Fatal("refusals by address are not counted")
+	}
 
 	coord.kill()
 	if got := admitted(key2); !got[0] || !got[1] {

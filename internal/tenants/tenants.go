@@ -11,7 +11,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/go-json-experiment/json"
@@ -33,6 +35,41 @@ type Tenant struct {
 	// Kafka (an HMAC of each record value). The secrets are kept, not
 	// hashed, because checking an HMAC needs them: the file is mode 0600.
 	ProducerKeys []ProducerKey `json:"producer_keys,omitempty"`
+	// Scopes and CIDRs restrict the API key a request authenticated with;
+	// nil allows every scope and address (the keys of a tenants file).
+	Scopes []string       `json:"-"`
+	CIDRs  []netip.Prefix `json:"-"`
+}
+
+// API key scopes.
+const (
+	ScopeSign   = "sign"
+	ScopeVerify = "verify"
+	ScopeJobs   = "jobs"
+	ScopeRead   = "read"
+	ScopeAdmin  = "admin"
+)
+
+// Scopes lists every scope a key can hold.
+var Scopes = []string{ScopeSign, ScopeVerify, ScopeJobs, ScopeRead, ScopeAdmin}
+
+// Allows reports whether the key holds scope.
+func (t *Tenant) Allows(scope string) bool {
+	return t.Scopes == nil || slices.Contains(t.Scopes, scope)
+}
+
+// AllowsAddr reports whether the key may be used from addr.
+func (t *Tenant) AllowsAddr(addr netip.Addr) bool {
+	if t.CIDRs == nil {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range t.CIDRs {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // ProducerKey is one producer signing secret; several let a tenant rotate.

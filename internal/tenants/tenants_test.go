@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,6 +76,22 @@ func TestProducerKeys(t *testing.T) {
 	for _, want := range []string{"at least 32 bytes", "must be unique"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}
+
+func TestKeyRestrictions(t *testing.T) {
+	all := &Tenant{ID: "a"}
+	scoped := &Tenant{ID: "a", Scopes: []string{ScopeRead}, CIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("10.0.0.0/8")}}
+	if !all.Allows(ScopeSign) || !all.AllowsAddr(netip.MustParseAddr("192.0.2.1")) {
+		t.Fatal("a key without restrictions is restricted")
+	}
+	if scoped.Allows(ScopeSign) || !scoped.Allows(ScopeRead) {
+		t.Fatal("scopes not applied")
+	}
+	for addr, want := range map[string]bool{"127.0.0.2": true, "::ffff:127.0.0.2": true, "127.0.0.1": false, "10.9.8.7": true, "::1": false} {
+		if got := scoped.AllowsAddr(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s: %v, want %v", addr, got, want)
 		}
 	}
 }
