@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/internal/testenv"
+)
+
+// The admin CLI drives a coordinator: organizations, keys (printed once,
+// listed without secrets), suspension, the cluster view; refusals exit 1
+// with the coordinator's code, usage errors 2.
+func TestAdminCLI(t *testing.T) {
+	const admin = "admin-token-cli-0123456789"
+	s, err := coordinator.NewServer(coordinator.Config{ID: "c1", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
+		Bootstrap: true, AdminToken: admin, NodeToken: "node-token-cli-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	testenv.WaitFor(t, "leader", 10*time.Second, func() (bool, string) { return s.Node().IsLeader(), "" })
+
+	t.Setenv("CERTNODE_ADMIN_TOKEN", admin)
+	adm := func(args ...string) result {
+		return certnode(t, "", append([]string{"admin", "--coordinator", s.Addr()}, args...)...)
+	}
+	if r := adm("orgs", "create", "acme", "--name", "Acme Inc"); r.code != 0 || !strings.Contains(r.stdout, `"status":"active"`) {
+		t.Fatalf("orgs create: %+v", r)
+	}
+	if r := adm("orgs", "create", "acme", "--name", "Again"); r.code != 1 || !strings.Contains(r.stderr, "conflict: organization \"acme\" exists") {
+		t.Fatalf("orgs create again: %+v", r)
+	}
+	r := adm("keys", "create", "acme", "--scopes", "sign,read", "--cidr", "10.0.0.0/8", "--expires", "24h")
+	var key struct {
+		ID        string    `json:"id"`
+		Key       string    `json:"key"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &key, json.RejectUnknownMembers(false)) != nil || !strings.HasPrefix(key.Key, key.ID+".") ||
+		key.ExpiresAt.Before(time.Now().Add(23*time.Hour)) {
+		t.Fatalf("keys create: %+v", r)
+	}
+	list := adm("keys", "list", "acme")
+	if list.code != 0 || !strings.Contains(list.stdout, key.ID) || strings.Contains(list.stdout, key.Key) || !strings.Contains(list.stdout, `"cidrs":["10.0.0.0/8"]`) {
+		t.Fatalf("keys list: %+v", list)
+	}
+	if r := adm("keys", "create", "acme", "--scopes", "root"); r.code != 1 || !strings.Contains(r.stderr, `invalid: scope "root"`) {
+		t.Fatalf("a key with an unknown scope: %+v", r)
+	}
+	if r := adm("keys", "revoke", "acme", key.ID); r.code != 0 {
+		t.Fatalf("keys revoke: %+v", r)
+	}
+	if r := adm("keys", "list", "acme"); !strings.Contains(r.stdout, `"revoked_at"`) {
+		t.Fatalf("revoked key not shown as revoked: %+v", r)
+	}
+	if r := adm("orgs", "suspend", "acme"); r.code != 0 || !strings.Contains(r.stdout, `"status":"suspended"`) {
+		t.Fatalf("orgs suspend: %+v", r)
+	}
+	if r := adm("orgs", "get", "acme"); r.code != 0 || !strings.Contains(r.stdout, `"status":"suspended"`) {
+		t.Fatalf("orgs get: %+v", r)
+	}
+	if r := adm("orgs", "get", "nope"); r.code != 1 || !strings.Contains(r.stderr, "not_found") {
+		t.Fatalf("orgs get unknown: %+v", r)
+	}
+	if r := adm("cluster"); r.code != 0 || !strings.Contains(r.stdout, `"leader":"c1"`) {
+		t.Fatalf("cluster: %+v", r)
+	}
+	t.Setenv("CERTNODE_ADMIN_TOKEN", "wrong-token-0123456789")
+	if r := adm("orgs", "list"); r.code != 1 || !strings.Contains(r.stderr, "unauthorized") || strings.Contains(r.stderr, admin) {
+		t.Fatalf("wrong token: %+v", r)
+	}
+	t.Setenv("CERTNODE_ADMIN_TOKEN", "")
+	if r := adm("orgs", "list"); r.code != 2 || !strings.Contains(r.stderr, "$CERTNODE_ADMIN_TOKEN") {
+		t.Fatalf("no token: %+v", r)
+	}
+	t.Setenv("CERTNODE_ADMIN_TOKEN", admin)
+	if r := certnode(t, "", "admin", "--coordinator", "127.0.0.1:1", "cluster"); r.code != 2 || !strings.Contains(r.stderr, "coordinator 127.0.0.1:1") {
+		t.Fatalf("unreachable coordinator: %+v", r)
+	}
+}
