@@ -184,9 +184,6 @@ func (n *Node) Close() error {
 // configured one was 0).
 func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
 
-// FSM gives read access to the replicated state.
-func (n *Node) FSM() *FSM { return n.fsm }
-
 // IsLeader reports whether this node leads now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
