@@ -64,12 +64,43 @@ func (c *ReplicaConfig) Validate() error {
 type Replica struct {
 	cfg    ReplicaConfig
 	client *http.Client
-	state  atomic.Pointer[NodeState]
+	state  atomic.Pointer[replicaState]
 	synced atomic.Int64 // UnixNano of the last answer from the cluster
 	now    func() time.Time
 	log    *slog.Logger
 	age    prometheus.GaugeFunc
 	index  prometheus.GaugeFunc
+}
+
+// replicaState is a copy of the state with the keys requests may use
+// indexed once, so a request does no parsing or allocation.
+type replicaState struct {
+	index uint64
+	keys  map[string]usableKey // by key id: unrevoked keys of active organizations
+}
+
+type usableKey struct {
+	hash    []byte
+	expires time.Time
+	tenant  *tenants.Tenant // shared by every request with the key; never changed
+}
+
+func newReplicaState(st *NodeState) *replicaState {
+	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys))}
+	for id, k := range st.State.Keys {
+		org := st.State.Orgs[k.Org]
+		if org == nil || org.Status != OrgActive || !k.RevokedAt.IsZero() {
+			continue
+		}
+		t := &tenants.Tenant{ID: org.ID, Scopes: k.Scopes}
+		for _, c := range k.CIDRs {
+			if p, err := netip.ParsePrefix(c); err == nil { // checked when the key was made
+				t.CIDRs = append(t.CIDRs, p.Masked())
+			}
+		}
+		rs.keys[id] = usableKey{hash: []byte(k.Hash), expires: k.ExpiresAt, tenant: t}
+	}
+	return rs
 }
 
 // NewReplica makes an empty replica; Run fills it.
@@ -95,7 +126,7 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 	r.index = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_coordinator_state_index",
 		Help: "Raft index of the local copy of the coordinator's state."}, func() float64 {
 		if st := r.state.Load(); st != nil {
-			return float64(st.Index)
+			return float64(st.index)
 		}
 		return 0
 	})
@@ -135,7 +166,7 @@ func (r *Replica) Run(ctx context.Context) error {
 		backoff = 100 * time.Millisecond
 		r.synced.Store(r.now().UnixNano())
 		if st.Index > index || r.state.Load() == nil {
-			r.state.Store(st)
+			r.state.Store(newReplicaState(st))
 			index = st.Index
 		}
 	}
@@ -202,27 +233,12 @@ func (r *Replica) Authenticate(key string) (*tenants.Tenant, bool) {
 	if !ok {
 		return nil, false
 	}
-	k := st.State.Keys[id]
-	if k == nil || subtle.ConstantTimeCompare([]byte(HashKey(key)), []byte(k.Hash)) != 1 {
+	k, ok := st.keys[id]
+	if !ok || subtle.ConstantTimeCompare([]byte(HashKey(key)), k.hash) != 1 {
 		return nil, false
 	}
-	now := r.now()
-	if !k.RevokedAt.IsZero() || (!k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)) {
+	if !k.expires.IsZero() && !r.now().Before(k.expires) {
 		return nil, false
 	}
-	org := st.State.Orgs[k.Org]
-	if org == nil || org.Status != OrgActive {
-		return nil, false
-	}
-	t := &tenants.Tenant{ID: org.ID, Scopes: k.Scopes, CIDRs: make([]netip.Prefix, 0, len(k.CIDRs))}
-	for _, c := range k.CIDRs {
-		p, err := netip.ParsePrefix(c) // checked when the key was made
-		if err == nil {
-			t.CIDRs = append(t.CIDRs, p.Masked())
-		}
-	}
-	if len(k.CIDRs) == 0 {
-		t.CIDRs = nil // any address
-	}
-	return t, true
+	return k.tenant, true
 }

@@ -150,7 +150,14 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 
 func (e *devEnv) do(method, path, key, ctype, body string) (int, string) {
 	e.t.Helper()
-	req, _ := http.NewRequest(method, e.base+path, strings.NewReader(body))
+	return request(method, e.base+path, key, ctype, body)
+}
+
+// request sends one HTTP request with an optional Bearer key and content
+// type and returns the status and body (0 and the error on a transport
+// failure, for the caller to report).
+func request(method, url, key, ctype, body string) (int, string) {
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}

@@ -4,7 +4,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -28,16 +27,7 @@ func TestE2EIngestFollowsCoordinator(t *testing.T) {
 	caddr := freeAddr(t)
 	coord := e.start("coordinator", "coordinator", "--id", "c1", "--raft", freeAddr(t), "--http", caddr, "--data", t.TempDir(), "--bootstrap")
 	call := func(addr, method, path, token, body string) (int, string) {
-		t.Helper()
-		req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return request(method, "http://"+addr+path, token, "", body)
 	}
 	testenv.WaitFor(t, "the coordinator leads", 30*time.Second, func() (bool, string) {
 		code, body := call(caddr, "GET", "/v1/admin/cluster", admin, "")
