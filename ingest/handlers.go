@@ -174,7 +174,7 @@ func (c *callerKeys) check(line int64, jwks jsontext.Value) error {
 // envelope builds the certnode.requests record for one request.
 func (s *Server) envelope(t *tenants.Tenant, kind schemas.Kind, id, jobID string, line int64, body, jwks jsontext.Value) (*kgo.Record, error) {
 	req := schemas.Request{V: schemas.EnvelopeVersion, ID: id, Tenant: t.ID, Kind: kind, JobID: jobID, Line: line,
-		JWKS: jwks, ReceivedAt: time.Now().UTC()}
+		JWKS: jwks, ReceivedAt: time.Now().UTC(), KeyID: t.KeyID}
 	if kind == schemas.KindSign {
 		req.Payload = body
 	} else {

@@ -353,7 +353,7 @@ func refuse(reason string, err error) *permanentError { return &permanentError{r
 // a DLQ copy of refused records. A returned error is transient (the
 // signer failed) and the record is retried.
 func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, error) {
-	auth, authErr := w.authenticate(rec)
+	auth, producerKey, authErr := w.authenticate(rec)
 	req, err := w.admit(rec, auth, authErr)
 	if req == nil {
 		// Nothing names a request to answer: only the DLQ hears of it.
@@ -362,7 +362,10 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 	}
 	res := &schemas.Result{
 		V: schemas.EnvelopeVersion, ID: req.ID, Tenant: req.Tenant, Kind: req.Kind, Auth: auth,
-		JobID: req.JobID, Line: req.Line, Size: len(rec.Value), ReceivedAt: req.ReceivedAt,
+		JobID: req.JobID, Line: req.Line, Size: len(rec.Value), ReceivedAt: req.ReceivedAt, KeyID: req.KeyID,
+	}
+	if auth == schemas.AuthProducer {
+		res.KeyID = producerKey
 	}
 	if auth != schemas.AuthIngest || res.ReceivedAt.IsZero() {
 		// Only ingest's clock is trusted. The record's timestamp (the
@@ -407,33 +410,34 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 
 // authenticate says who wrote the record: the ingest tier (its MAC over the
 // whole value), a customer producer (a producer key's HMAC over the value,
-// the tenant being the record key), or nobody provable.
-func (w *Worker) authenticate(rec *kgo.Record) (schemas.Auth, error) {
+// the tenant being the record key), or nobody provable; for a producer, the
+// id of the key that signed.
+func (w *Worker) authenticate(rec *kgo.Record) (schemas.Auth, string, error) {
 	var keyID, sig string
 	for _, h := range rec.Headers {
 		switch h.Key {
 		case schemas.HeaderIngestMAC:
 			if err := w.mac.Check(rec.Value, string(h.Value)); err != nil {
-				return schemas.AuthNone, err
+				return schemas.AuthNone, "", err
 			}
-			return schemas.AuthIngest, nil
+			return schemas.AuthIngest, "", nil
 		case schemas.HeaderProducerKeyID:
 			keyID = string(h.Value)
 		case schemas.HeaderSignature:
 			sig = string(h.Value)
 		case schemas.HeaderLegacyAPIKey:
-			return schemas.AuthNone, errors.New("the certnode-api-key header is no longer accepted: sign each record with a producer key (headers " +
+			return schemas.AuthNone, "", errors.New("the certnode-api-key header is no longer accepted: sign each record with a producer key (headers " +
 				schemas.HeaderProducerKeyID + " and " + schemas.HeaderSignature + ")")
 		}
 	}
 	if keyID == "" || sig == "" {
-		return schemas.AuthNone, errors.New("record carries neither " + schemas.HeaderProducerKeyID + " and " + schemas.HeaderSignature + " nor an ingest MAC")
+		return schemas.AuthNone, "", errors.New("record carries neither " + schemas.HeaderProducerKeyID + " and " + schemas.HeaderSignature + " nor an ingest MAC")
 	}
 	secret, ok := w.producer.ProducerSecret(string(rec.Key), keyID)
 	if !ok || !recordauth.Valid(secret, rec.Value, sig) {
-		return schemas.AuthNone, fmt.Errorf("no valid signature by producer key %q of tenant %q", keyID, rec.Key)
+		return schemas.AuthNone, "", fmt.Errorf("no valid signature by producer key %q of tenant %q", keyID, rec.Key)
 	}
-	return schemas.AuthProducer, nil
+	return schemas.AuthProducer, keyID, nil
 }
 
 // admit decodes the envelope and decides whether it may be processed. It
@@ -464,7 +468,7 @@ func (w *Worker) admit(rec *kgo.Record, auth schemas.Auth, authErr error) (*sche
 		return nil, refusal
 	}
 	if auth == schemas.AuthProducer {
-		req.JobID, req.Line = "", 0
+		req.JobID, req.Line, req.KeyID = "", 0, ""
 		req.Tenant = string(rec.Key) // the tenant the signature proved
 	}
 	return req, refusal

@@ -104,6 +104,9 @@ type Request struct {
 	JobID      string    `json:"job_id,omitempty"`
 	Line       int64     `json:"line,omitempty"`
 	ReceivedAt time.Time `json:"received_at,omitzero"`
+	// KeyID names the API key ingest authenticated the request with, for
+	// usage per key; only the ingest tier sets it.
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // ErrBadEnvelope wraps every envelope problem.
@@ -161,6 +164,9 @@ func checkCommon(v int, id, tenant, jobID string, line int64) []error {
 // worker canonicalizes anyway) and reports every problem at once.
 func (r *Request) Validate() error {
 	errs := checkCommon(r.V, r.ID, r.Tenant, r.JobID, r.Line)
+	if r.KeyID != "" {
+		errs = append(errs, checkToken("key_id", r.KeyID, MaxIDBytes))
+	}
 	switch r.Kind {
 	case KindSign:
 		if !Present(r.Payload) {
@@ -241,8 +247,11 @@ type Result struct {
 	JobID       string         `json:"job_id,omitempty"`
 	Line        int64          `json:"line,omitempty"`
 	Size        int            `json:"size"` // bytes of the request value
-	ReceivedAt  time.Time      `json:"received_at,omitzero"`
-	ProcessedAt time.Time      `json:"processed_at"`
+	// KeyID is the API key (ingest) or producer key (producer) the request
+	// was authenticated with.
+	KeyID       string    `json:"key_id,omitempty"`
+	ReceivedAt  time.Time `json:"received_at,omitzero"`
+	ProcessedAt time.Time `json:"processed_at"`
 }
 
 // Validate checks a result's shape; readers drop results that fail it.

@@ -71,7 +71,7 @@ func startDev(t *testing.T, extra ...string) *devEnv {
 	writeJSONFile(filepath.Join(dir, "credentials.json"), credentials{Tenant: "demo", APIKey: demoKey, AdminToken: "x"})
 	writeJSONFile(filepath.Join(dir, "tenants.json"), tenants.File{Tenants: []tenants.Tenant{
 		{ID: "demo", APIKeyHashes: []string{tenants.HashKey(demoKey)}},
-		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, RateLimit: 1, Burst: 1},
+		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, Limits: tenants.Limits{RateLimit: 1, Burst: 1}},
 		{ID: "other", APIKeyHashes: []string{tenants.HashKey(otherKey)}},
 	}})
 	e := startDevIn(t, dir, freeAddr(t), extra...)

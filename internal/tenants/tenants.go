@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-json-experiment/json"
 
@@ -27,10 +28,9 @@ type Tenant struct {
 	// APIKeyHashes are "sha256:<hex>" of the tenant's API keys; keys
 	// themselves are never stored.
 	APIKeyHashes []string `json:"api_key_hashes"`
-	// RateLimit is the sustained request rate (per second, per ingest
-	// process) and Burst the bucket size; 0 means unlimited.
-	RateLimit float64 `json:"rate_limit,omitempty"`
-	Burst     int     `json:"burst,omitempty"`
+	// Limits are the tenant's quotas (a tenants file sets rate_limit and
+	// burst, held per process; the coordinator sets them all, cluster-wide).
+	Limits `json:",inline"`
 	// ProducerKeys authenticate records the tenant produces straight into
 	// Kafka (an HMAC of each record value). The secrets are kept, not
 	// hashed, because checking an HMAC needs them: the file is mode 0600.
@@ -39,6 +39,72 @@ type Tenant struct {
 	// nil allows every scope and address (the keys of a tenants file).
 	Scopes []string       `json:"-"`
 	CIDRs  []netip.Prefix `json:"-"`
+	// KeyID names the API key a request authenticated with, for usage per
+	// key; empty for the keys of a tenants file.
+	KeyID string `json:"-"`
+}
+
+// Limits are a tenant's quotas; a zero field means unlimited.
+type Limits struct {
+	// RateLimit is the sustained request rate (per second) and Burst the
+	// bucket size.
+	RateLimit float64 `json:"rate_limit,omitempty"`
+	Burst     int     `json:"burst,omitempty"`
+	// MonthlyReceipts bounds the requests admitted per calendar month (UTC).
+	MonthlyReceipts   int64 `json:"monthly_receipts,omitempty"`
+	MaxPayloadBytes   int   `json:"max_payload_bytes,omitempty"`
+	MaxJobLines       int64 `json:"max_job_lines,omitempty"`
+	MaxConcurrentJobs int   `json:"max_concurrent_jobs,omitempty"`
+}
+
+// Override returns l with every non-zero field of o in its place.
+func (l Limits) Override(o Limits) Limits {
+	if o.RateLimit != 0 {
+		l.RateLimit = o.RateLimit
+	}
+	if o.Burst != 0 {
+		l.Burst = o.Burst
+	}
+	if o.MonthlyReceipts != 0 {
+		l.MonthlyReceipts = o.MonthlyReceipts
+	}
+	if o.MaxPayloadBytes != 0 {
+		l.MaxPayloadBytes = o.MaxPayloadBytes
+	}
+	if o.MaxJobLines != 0 {
+		l.MaxJobLines = o.MaxJobLines
+	}
+	if o.MaxConcurrentJobs != 0 {
+		l.MaxConcurrentJobs = o.MaxConcurrentJobs
+	}
+	return l
+}
+
+// Check reports every negative limit.
+func (l Limits) Check() error {
+	if l.RateLimit < 0 || l.Burst < 0 || l.MonthlyReceipts < 0 || l.MaxPayloadBytes < 0 || l.MaxJobLines < 0 || l.MaxConcurrentJobs < 0 {
+		return errors.New("limits must not be negative")
+	}
+	return nil
+}
+
+// Plan is what an organization pays for: a base price per month, the
+// receipts it includes, the price of each further 1,000, and its limits.
+// Prices are in the smallest unit of Currency (cents).
+type Plan struct {
+	ID               string `json:"id"`
+	Name             string `json:"name"`
+	Currency         string `json:"currency"`
+	BasePrice        int64  `json:"base_price"`
+	IncludedReceipts int64  `json:"included_receipts"`
+	PricePer1000     int64  `json:"price_per_1000"`
+	Limits           Limits `json:"limits"`
+}
+
+// PlanPeriod is the plan an organization is on from a time.
+type PlanPeriod struct {
+	From time.Time `json:"from"`
+	Plan Plan      `json:"plan"`
 }
 
 // API key scopes.
@@ -128,8 +194,8 @@ func NewFileStore(f File) (*FileStore, error) {
 				errs = append(errs, fmt.Errorf("tenant %q: producer key %q: secret must be at least 32 bytes", t.ID, pk.ID))
 			}
 		}
-		if t.RateLimit < 0 || t.Burst < 0 {
-			errs = append(errs, fmt.Errorf("tenant %q: rate_limit and burst must not be negative", t.ID))
+		if err := t.Limits.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("tenant %q: %w", t.ID, err))
 		}
 		for _, h := range t.APIKeyHashes {
 			if !strings.HasPrefix(h, "sha256:") || len(h) != len("sha256:")+64 {

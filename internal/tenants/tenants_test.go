@@ -13,7 +13,7 @@ func TestFileStore(t *testing.T) {
 	if err != nil || !strings.HasPrefix(key, "cn_") || len(key) < 40 {
 		t.Fatalf("GenerateKey: %q %v", key, err)
 	}
-	s, err := NewFileStore(File{Tenants: []Tenant{{ID: "acme", APIKeyHashes: []string{HashKey(key)}, RateLimit: 5}}})
+	s, err := NewFileStore(File{Tenants: []Tenant{{ID: "acme", APIKeyHashes: []string{HashKey(key)}, Limits: Limits{RateLimit: 5}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestFileStoreRejectsBadFiles(t *testing.T) {
 	_, err := NewFileStore(File{Tenants: []Tenant{
 		{ID: ""},
 		{ID: "a", APIKeyHashes: []string{"plaintext-key"}},
-		{ID: "b", APIKeyHashes: []string{h}, RateLimit: -1},
+		{ID: "b", APIKeyHashes: []string{h}, Limits: Limits{RateLimit: -1}},
 		{ID: "c", APIKeyHashes: []string{h}},
 		{ID: "c"},
 		{ID: "café"},
