@@ -2,9 +2,12 @@ package coordinator
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 // A log entry is one type byte followed by the command's JSON, so an
@@ -13,10 +16,12 @@ import (
 type cmdType byte
 
 const (
-	cmdSetMember cmdType = 1
-	cmdPutOrg    cmdType = 2
-	cmdCreateKey cmdType = 3
-	cmdRevokeKey cmdType = 4
+	cmdSetMember      cmdType = 1
+	cmdPutOrg         cmdType = 2
+	cmdCreateKey      cmdType = 3
+	cmdRevokeKey      cmdType = 4
+	cmdPutPlan        cmdType = 5
+	cmdPutProducerKey cmdType = 6
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -30,10 +35,12 @@ type Command interface {
 }
 
 var registry = map[cmdType]func() Command{
-	cmdSetMember: func() Command { return new(SetMember) },
-	cmdPutOrg:    func() Command { return new(PutOrg) },
-	cmdCreateKey: func() Command { return new(CreateKey) },
-	cmdRevokeKey: func() Command { return new(RevokeKey) },
+	cmdSetMember:      func() Command { return new(SetMember) },
+	cmdPutOrg:         func() Command { return new(PutOrg) },
+	cmdCreateKey:      func() Command { return new(CreateKey) },
+	cmdRevokeKey:      func() Command { return new(RevokeKey) },
+	cmdPutPlan:        func() Command { return new(PutPlan) },
+	cmdPutProducerKey: func() Command { return new(PutProducerKey) },
 }
 
 func encode(c Command) ([]byte, error) {
@@ -100,11 +107,103 @@ func (c *PutOrg) validate(s *State) error {
 	case exists && !old.CreatedAt.Equal(c.Org.CreatedAt):
 		return invalid("created_at cannot change")
 	}
+	if _, ok := s.Plan(c.Org.Plan); !ok {
+		return fmt.Errorf("%w: plan %q", ErrNotFound, c.Org.Plan)
+	}
 	return nil
 }
 func (c *PutOrg) apply(s *State) {
 	o := c.Org
+	o.PlanHistory = nil // the FSM keeps the history, whatever was proposed
+	if old := s.Orgs[o.ID]; old != nil {
+		o.PlanHistory = old.PlanHistory
+	}
+	if n := len(o.PlanHistory); n == 0 || o.PlanHistory[n-1].Plan.ID != o.Plan {
+		p, _ := s.Plan(o.Plan)
+		o.PlanHistory = append(slices.Clip(o.PlanHistory), tenants.PlanPeriod{From: o.UpdatedAt, Plan: p})
+	}
 	s.Orgs[o.ID] = &o
+}
+
+// PutPlan creates or changes a plan. Organizations on it move to the new
+// terms from At; their earlier periods keep the terms they had.
+type PutPlan struct {
+	Plan tenants.Plan `json:"plan"`
+	At   time.Time    `json:"at"`
+}
+
+func (*PutPlan) cmdType() cmdType { return cmdPutPlan }
+func (c *PutPlan) validate(*State) error {
+	if c.At.IsZero() {
+		return invalid("at is required")
+	}
+	return checkPlan(&c.Plan)
+}
+func (c *PutPlan) apply(s *State) {
+	p := c.Plan
+	s.Plans[p.ID] = &p
+	for id, o := range s.Orgs {
+		if o.Plan != p.ID {
+			continue
+		}
+		n := *o // copy: readers may hold the old value
+		n.PlanHistory = append(slices.Clip(o.PlanHistory), tenants.PlanPeriod{From: c.At, Plan: p})
+		s.Orgs[id] = &n
+	}
+}
+
+// PutProducerKey adds a producer key (Create) or replaces one: a
+// revocation, or the end of an old key's overlap when it is rotated.
+// Rotate names a key whose use ends at RotateUntil, in the same entry
+// that creates its successor, so no moment has neither.
+type PutProducerKey struct {
+	Key         ProducerKey `json:"key"`
+	Create      bool        `json:"create"`
+	Rotate      string      `json:"rotate,omitempty"`
+	RotateUntil time.Time   `json:"rotate_until,omitzero"`
+}
+
+func (*PutProducerKey) cmdType() cmdType { return cmdPutProducerKey }
+func (c *PutProducerKey) validate(s *State) error {
+	if err := c.Key.check(); err != nil {
+		return err
+	}
+	if _, ok := s.Orgs[c.Key.Org]; !ok {
+		return fmt.Errorf("%w: organization %q", ErrNotFound, c.Key.Org)
+	}
+	old, exists := s.ProducerKeys[c.Key.ID]
+	switch {
+	case c.Create && exists:
+		return fmt.Errorf("%w: producer key %q exists", ErrConflict, c.Key.ID)
+	case !c.Create && (!exists || old.Org != c.Key.Org):
+		return fmt.Errorf("%w: producer key %q", ErrNotFound, c.Key.ID)
+	case !c.Create && (old.Secret != c.Key.Secret || !old.CreatedAt.Equal(c.Key.CreatedAt)):
+		return invalid("a producer key's secret and created_at cannot change")
+	}
+	if c.Rotate != "" {
+		prev, ok := s.ProducerKeys[c.Rotate]
+		if !ok || prev.Org != c.Key.Org || !c.Create {
+			return fmt.Errorf("%w: producer key %q", ErrNotFound, c.Rotate)
+		}
+		if !prev.RevokedAt.IsZero() {
+			return fmt.Errorf("%w: producer key %q is revoked", ErrConflict, c.Rotate)
+		}
+		if c.RotateUntil.Before(c.Key.CreatedAt) {
+			return invalid("rotate_until must not be before the new key's created_at")
+		}
+	}
+	return nil
+}
+func (c *PutProducerKey) apply(s *State) {
+	k := c.Key
+	s.ProducerKeys[k.ID] = &k
+	if c.Rotate != "" {
+		prev := *s.ProducerKeys[c.Rotate]
+		if prev.ExpiresAt.IsZero() || c.RotateUntil.Before(prev.ExpiresAt) {
+			prev.ExpiresAt = c.RotateUntil
+		}
+		s.ProducerKeys[c.Rotate] = &prev
+	}
 }
 
 // CreateKey adds an API key to an organization.

@@ -129,15 +129,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("snapshot v%d: no state", v)
 	}
 	// Maps added after a snapshot's version was written start empty.
-	if st.Orgs == nil {
-		st.Orgs = map[string]*Org{}
-	}
-	if st.Keys == nil {
-		st.Keys = map[string]*APIKey{}
-	}
-	if st.Members == nil {
-		st.Members = map[string]string{}
-	}
+	st.fill()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state = st

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 // Server is a node with its HTTP API: the operator's admin routes under
@@ -68,6 +70,12 @@ func NewServer(cfg Config) (*Server, error) {
 	mux.Handle("POST /v1/admin/orgs/{org}/keys", admin(s.leader(s.createKey)))
 	mux.Handle("GET /v1/admin/orgs/{org}/keys", admin(s.consistent(s.listKeys)))
 	mux.Handle("DELETE /v1/admin/orgs/{org}/keys/{key}", admin(s.leader(s.revokeKey)))
+	mux.Handle("GET /v1/admin/plans", admin(s.listPlans))
+	mux.Handle("PUT /v1/admin/plans/{plan}", admin(s.leader(s.putPlan)))
+	mux.Handle("POST /v1/admin/orgs/{org}/producer-keys", admin(s.leader(s.createProducerKey)))
+	mux.Handle("GET /v1/admin/orgs/{org}/producer-keys", admin(s.consistent(s.listProducerKeys)))
+	mux.Handle("POST /v1/admin/orgs/{org}/producer-keys/{key}/rotate", admin(s.leader(s.rotateProducerKey)))
+	mux.Handle("DELETE /v1/admin/orgs/{org}/producer-keys/{key}", admin(s.leader(s.revokeProducerKey)))
 	mux.Handle("GET /v1/node/state", node(s.state))
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route")
@@ -341,11 +349,12 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) 
 // orgBody is what an admin sends to create or change an organization;
 // absent members keep their value on PATCH.
 type orgBody struct {
-	ID       string       `json:"id"`
-	Name     *string      `json:"name"`
-	Status   *string      `json:"status"`
-	Plan     *string      `json:"plan"`
-	Settings *OrgSettings `json:"settings"`
+	ID       string          `json:"id"`
+	Name     *string         `json:"name"`
+	Status   *string         `json:"status"`
+	Plan     *string         `json:"plan"`
+	Settings *OrgSettings    `json:"settings"`
+	Limits   *tenants.Limits `json:"limits"`
 }
 
 func (b *orgBody) applyTo(o *Org) {
@@ -361,6 +370,9 @@ func (b *orgBody) applyTo(o *Org) {
 	if b.Settings != nil {
 		o.Settings = *b.Settings
 	}
+	if b.Limits != nil {
+		o.Limits = *b.Limits
+	}
 }
 
 func (s *Server) createOrg(w http.ResponseWriter, _ *http.Request, body []byte) {
@@ -370,7 +382,7 @@ func (s *Server) createOrg(w http.ResponseWriter, _ *http.Request, body []byte) 
 		return
 	}
 	now := time.Now().UTC()
-	o := Org{ID: b.ID, Status: OrgActive, Plan: "free", CreatedAt: now, UpdatedAt: now}
+	o := Org{ID: b.ID, Status: OrgActive, Plan: DefaultPlan, CreatedAt: now, UpdatedAt: now}
 	b.applyTo(&o)
 	s.put(w, http.StatusCreated, &PutOrg{Org: o, Create: true})
 }
@@ -583,4 +595,178 @@ func (s *Server) state(w http.ResponseWriter, r *http.Request, _ []byte) {
 	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(append(data, '\n'))
+}
+
+func (s *Server) listPlans(w http.ResponseWriter, _ *http.Request, _ []byte) {
+	out := []tenants.Plan{}
+	s.node.fsm.View(func(st *State) {
+		for id := range BuiltinPlans {
+			if st.Plans[id] == nil {
+				out = append(out, BuiltinPlans[id])
+			}
+		}
+		for _, p := range st.Plans {
+			out = append(out, *p)
+		}
+	})
+	slices.SortFunc(out, func(a, b tenants.Plan) int { return strings.Compare(a.ID, b.ID) })
+	writeJSON(w, http.StatusOK, map[string]any{"plans": out})
+}
+
+func (s *Server) putPlan(w http.ResponseWriter, r *http.Request, body []byte) {
+	var p tenants.Plan
+	if err := decodeBody(body, &p); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if p.ID == "" {
+		p.ID = r.PathValue("plan")
+	}
+	if p.ID != r.PathValue("plan") {
+		s.fail(w, invalid("id %q differs from the path's %q", p.ID, r.PathValue("plan")))
+		return
+	}
+	index, err := s.node.Propose(&PutPlan{Plan: p, At: time.Now().UTC()})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusOK, p)
+}
+
+// DefaultRotationOverlap is how long a rotated producer key keeps
+// working beside its successor.
+const DefaultRotationOverlap = 24 * time.Hour
+
+// producerKeyView is a producer key as the API lists it: the secret
+// appears only in the answer that creates it.
+type producerKeyView struct {
+	ID        string    `json:"id"`
+	Org       string    `json:"org"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	Secret    string    `json:"secret,omitempty"`
+}
+
+func producerViewOf(k *ProducerKey) producerKeyView {
+	return producerKeyView{ID: k.ID, Org: k.Org, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt}
+}
+
+// newProducerKey makes a producer key for org: an id pk_ and 16 random
+// characters, and a 32-byte random secret.
+func newProducerKey(org string, now time.Time) (ProducerKey, error) {
+	var b [12 + 32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return ProducerKey{}, err
+	}
+	return ProducerKey{ID: "pk_" + base64.RawURLEncoding.EncodeToString(b[:12]), Org: org,
+		Secret: base64.RawURLEncoding.EncodeToString(b[12:]), CreatedAt: now}, nil
+}
+
+func (s *Server) createProducerKey(w http.ResponseWriter, r *http.Request, body []byte) {
+	if err := decodeBody(orEmptyObject(body), &struct{}{}); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.proposeProducerKey(w, r.PathValue("org"), "", 0)
+}
+
+func (s *Server) rotateProducerKey(w http.ResponseWriter, r *http.Request, body []byte) {
+	var b struct {
+		Overlap string `json:"overlap"`
+	}
+	if err := decodeBody(orEmptyObject(body), &b); err != nil {
+		s.fail(w, err)
+		return
+	}
+	overlap := DefaultRotationOverlap
+	if b.Overlap != "" {
+		d, err := time.ParseDuration(b.Overlap)
+		if err != nil || d < 0 || d > 30*24*time.Hour {
+			s.fail(w, invalid("overlap %q: a duration from 0 to 720h", b.Overlap))
+			return
+		}
+		overlap = d
+	}
+	s.proposeProducerKey(w, r.PathValue("org"), r.PathValue("key"), overlap)
+}
+
+// proposeProducerKey creates a key for org; with rotate, the key it
+// succeeds keeps working for overlap.
+func (s *Server) proposeProducerKey(w http.ResponseWriter, org, rotate string, overlap time.Duration) {
+	now := time.Now().UTC()
+	k, err := newProducerKey(org, now)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	c := &PutProducerKey{Key: k, Create: true, Rotate: rotate}
+	if rotate != "" {
+		c.RotateUntil = now.Add(overlap)
+	}
+	index, err := s.node.Propose(c)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	v := producerViewOf(&k)
+	v.Secret = k.Secret
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) listProducerKeys(w http.ResponseWriter, r *http.Request, _ []byte) {
+	org := r.PathValue("org")
+	out := []producerKeyView{}
+	found := false
+	s.node.fsm.View(func(st *State) {
+		_, found = st.Orgs[org]
+		for _, k := range st.ProducerKeys {
+			if k.Org == org {
+				out = append(out, producerViewOf(k))
+			}
+		}
+	})
+	if !found {
+		s.fail(w, fmt.Errorf("%w: organization %q", ErrNotFound, org))
+		return
+	}
+	slices.SortFunc(out, func(a, b producerKeyView) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	writeJSON(w, http.StatusOK, map[string]any{"producer_keys": out})
+}
+
+func (s *Server) revokeProducerKey(w http.ResponseWriter, r *http.Request, _ []byte) {
+	var k ProducerKey
+	var ok bool
+	s.node.fsm.View(func(st *State) {
+		if p := st.ProducerKeys[r.PathValue("key")]; p != nil && p.Org == r.PathValue("org") {
+			k, ok = *p, true
+		}
+	})
+	switch {
+	case !ok:
+		s.fail(w, fmt.Errorf("%w: producer key %q", ErrNotFound, r.PathValue("key")))
+		return
+	case !k.RevokedAt.IsZero():
+		s.fail(w, fmt.Errorf("%w: producer key %q is already revoked", ErrConflict, k.ID))
+		return
+	}
+	k.RevokedAt = time.Now().UTC()
+	index, err := s.node.Propose(&PutProducerKey{Key: k})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// orEmptyObject lets a POST without a body mean {}.
+func orEmptyObject(body []byte) []byte {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return []byte("{}")
+	}
+	return body
 }
