@@ -16,12 +16,20 @@ import (
 type cmdType byte
 
 const (
-	cmdSetMember      cmdType = 1
-	cmdPutOrg         cmdType = 2
-	cmdCreateKey      cmdType = 3
-	cmdRevokeKey      cmdType = 4
-	cmdPutPlan        cmdType = 5
-	cmdPutProducerKey cmdType = 6
+	cmdSetMember        cmdType = 1
+	cmdPutOrg           cmdType = 2
+	cmdCreateKey        cmdType = 3
+	cmdRevokeKey        cmdType = 4
+	cmdPutPlan          cmdType = 5
+	cmdPutProducerKey   cmdType = 6
+	cmdCreateUser       cmdType = 7
+	cmdPutMembership    cmdType = 8
+	cmdPutInvitation    cmdType = 9
+	cmdAcceptInvitation cmdType = 10
+	cmdPutResetToken    cmdType = 11
+	cmdResetPassword    cmdType = 12
+	cmdLogin            cmdType = 13
+	cmdEndSession       cmdType = 14
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -35,12 +43,20 @@ type Command interface {
 }
 
 var registry = map[cmdType]func() Command{
-	cmdSetMember:      func() Command { return new(SetMember) },
-	cmdPutOrg:         func() Command { return new(PutOrg) },
-	cmdCreateKey:      func() Command { return new(CreateKey) },
-	cmdRevokeKey:      func() Command { return new(RevokeKey) },
-	cmdPutPlan:        func() Command { return new(PutPlan) },
-	cmdPutProducerKey: func() Command { return new(PutProducerKey) },
+	cmdSetMember:        func() Command { return new(SetMember) },
+	cmdPutOrg:           func() Command { return new(PutOrg) },
+	cmdCreateKey:        func() Command { return new(CreateKey) },
+	cmdRevokeKey:        func() Command { return new(RevokeKey) },
+	cmdPutPlan:          func() Command { return new(PutPlan) },
+	cmdPutProducerKey:   func() Command { return new(PutProducerKey) },
+	cmdCreateUser:       func() Command { return new(CreateUser) },
+	cmdPutMembership:    func() Command { return new(PutMembership) },
+	cmdPutInvitation:    func() Command { return new(PutInvitation) },
+	cmdAcceptInvitation: func() Command { return new(AcceptInvitation) },
+	cmdPutResetToken:    func() Command { return new(PutResetToken) },
+	cmdResetPassword:    func() Command { return new(ResetPassword) },
+	cmdLogin:            func() Command { return new(Login) },
+	cmdEndSession:       func() Command { return new(EndSession) },
 }
 
 func encode(c Command) ([]byte, error) {
@@ -68,6 +84,7 @@ func decode(data []byte) (Command, error) {
 
 // SetMember records a node's HTTP address (empty: the node left).
 type SetMember struct {
+	Meta `json:"meta,omitzero"`
 	ID   string `json:"id"`
 	HTTP string `json:"http"`
 }
@@ -89,6 +106,7 @@ func (c *SetMember) apply(s *State) {
 
 // PutOrg creates an organization (Create) or replaces one that exists.
 type PutOrg struct {
+	Meta   `json:"meta,omitzero"`
 	Org    Org  `json:"org"`
 	Create bool `json:"create"`
 }
@@ -128,6 +146,7 @@ func (c *PutOrg) apply(s *State) {
 // PutPlan creates or changes a plan. Organizations on it move to the new
 // terms from At; their earlier periods keep the terms they had.
 type PutPlan struct {
+	Meta `json:"meta,omitzero"`
 	Plan tenants.Plan `json:"plan"`
 	At   time.Time    `json:"at"`
 }
@@ -157,6 +176,7 @@ func (c *PutPlan) apply(s *State) {
 // Rotate names a key whose use ends at RotateUntil, in the same entry
 // that creates its successor, so no moment has neither.
 type PutProducerKey struct {
+	Meta        `json:"meta,omitzero"`
 	Key         ProducerKey `json:"key"`
 	Create      bool        `json:"create"`
 	Rotate      string      `json:"rotate,omitempty"`
@@ -208,7 +228,8 @@ func (c *PutProducerKey) apply(s *State) {
 
 // CreateKey adds an API key to an organization.
 type CreateKey struct {
-	Key APIKey `json:"key"`
+	Meta `json:"meta,omitzero"`
+	Key  APIKey `json:"key"`
 }
 
 func (*CreateKey) cmdType() cmdType { return cmdCreateKey }
@@ -231,9 +252,10 @@ func (c *CreateKey) apply(s *State) {
 
 // RevokeKey ends a key at At; a revoked key stays listed.
 type RevokeKey struct {
-	ID  string    `json:"id"`
-	Org string    `json:"org"`
-	At  time.Time `json:"at"`
+	Meta `json:"meta,omitzero"`
+	ID   string    `json:"id"`
+	Org  string    `json:"org"`
+	At   time.Time `json:"at"`
 }
 
 func (*RevokeKey) cmdType() cmdType { return cmdRevokeKey }
@@ -254,4 +276,24 @@ func (c *RevokeKey) apply(s *State) {
 	k := *s.Keys[c.ID] // copy: readers may hold the old value
 	k.RevokedAt = c.At
 	s.Keys[c.ID] = &k
+}
+
+func (c *SetMember) audit() (string, string, string) { return "cluster.member_address", "", c.ID }
+func (c *PutOrg) audit() (string, string, string) {
+	if c.Create {
+		return "org.create", c.Org.ID, c.Org.ID
+	}
+	return "org.update", c.Org.ID, c.Org.ID
+}
+func (c *CreateKey) audit() (string, string, string) { return "api_key.create", c.Key.Org, c.Key.ID }
+func (c *RevokeKey) audit() (string, string, string) { return "api_key.revoke", c.Org, c.ID }
+func (c *PutPlan) audit() (string, string, string)   { return "plan.put", "", c.Plan.ID }
+func (c *PutProducerKey) audit() (string, string, string) {
+	switch {
+	case c.Rotate != "":
+		return "producer_key.rotate", c.Key.Org, c.Key.ID
+	case c.Create:
+		return "producer_key.create", c.Key.Org, c.Key.ID
+	}
+	return "producer_key.revoke", c.Key.Org, c.Key.ID
 }

@@ -50,6 +50,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 		}
 		if err == nil {
 			c.apply(f.state)
+			f.state.record(l.Index, c)
 		}
 		res.err = err
 	}

@@ -29,6 +29,34 @@ type State struct {
 	// apply where no plan of the same id is stored.
 	Plans        map[string]*tenants.Plan `json:"plans"`
 	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"` // by key id
+	Users        map[string]*User         `json:"users"`
+	Memberships  map[string]*Membership   `json:"memberships"` // by org/user
+	Sessions     map[string]*Session      `json:"sessions"`    // by token hash
+
+	// Kept by the coordinator only: never in the state other tiers copy.
+	Passwords   map[string]string      `json:"passwords"`    // argon2id PHC string by user id
+	Invitations map[string]*Invitation `json:"invitations"`  // by id
+	ResetTokens map[string]*ResetToken `json:"reset_tokens"` // by token hash
+	Audit       []AuditEvent           `json:"audit"`
+}
+
+// SharedState is what other tiers copy: everything they need to admit
+// and attribute requests, without password hashes, pending tokens or the
+// audit trail.
+type SharedState struct {
+	Orgs         map[string]*Org          `json:"orgs"`
+	Keys         map[string]*APIKey       `json:"keys"`
+	Members      map[string]string        `json:"members"`
+	Plans        map[string]*tenants.Plan `json:"plans"`
+	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"`
+	Users        map[string]*User         `json:"users"`
+	Memberships  map[string]*Membership   `json:"memberships"`
+	Sessions     map[string]*Session      `json:"sessions"`
+}
+
+func (s *State) shared() SharedState {
+	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
+		Users: s.Users, Memberships: s.Memberships, Sessions: s.Sessions}
 }
 
 func newState() *State {
@@ -53,6 +81,24 @@ func (s *State) fill() {
 	}
 	if s.ProducerKeys == nil {
 		s.ProducerKeys = map[string]*ProducerKey{}
+	}
+	if s.Users == nil {
+		s.Users = map[string]*User{}
+	}
+	if s.Memberships == nil {
+		s.Memberships = map[string]*Membership{}
+	}
+	if s.Sessions == nil {
+		s.Sessions = map[string]*Session{}
+	}
+	if s.Passwords == nil {
+		s.Passwords = map[string]string{}
+	}
+	if s.Invitations == nil {
+		s.Invitations = map[string]*Invitation{}
+	}
+	if s.ResetTokens == nil {
+		s.ResetTokens = map[string]*ResetToken{}
 	}
 }
 
@@ -194,6 +240,8 @@ func invalid(format string, a ...any) error {
 var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict")
+	// ErrGone names a token that was used, revoked or has expired.
+	ErrGone = errors.New("gone")
 )
 
 func (o *Org) check() error {
