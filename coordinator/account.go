@@ -101,12 +101,8 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request, body []byte)
 		s.fail(w, err)
 		return
 	}
-	if !s.commit(w, r, &CreateUser{User: u, Password: phc}) {
-		return
-	}
-	var v userView
-	s.node.fsm.View(func(st *State) { v = st.userView(&u) })
-	writeJSON(w, http.StatusCreated, v)
+	s.write(w, r, body, &CreateUser{User: u, Password: phc}, http.StatusCreated,
+		userView{ID: u.ID, Email: u.Email, Name: u.Name, CreatedAt: u.CreatedAt, Memberships: []membershipView{}})
 }
 
 func (s *Server) listUsers(w http.ResponseWriter, _ *http.Request, _ []byte) {
@@ -122,7 +118,7 @@ func (s *Server) listUsers(w http.ResponseWriter, _ *http.Request, _ []byte) {
 
 // issueReset makes a single-use password reset token for a user, shown
 // once, for the operator to hand over.
-func (s *Server) issueReset(w http.ResponseWriter, r *http.Request, _ []byte) {
+func (s *Server) issueReset(w http.ResponseWriter, r *http.Request, body []byte) {
 	token, err := newToken("cnr_")
 	if err != nil {
 		s.fail(w, err)
@@ -130,9 +126,7 @@ func (s *Server) issueReset(w http.ResponseWriter, r *http.Request, _ []byte) {
 	}
 	now := time.Now().UTC()
 	t := ResetToken{Hash: HashKey(token), User: r.PathValue("user"), CreatedAt: now, ExpiresAt: now.Add(ResetTTL)}
-	if s.commit(w, r, &PutResetToken{Token: t}) {
-		writeJSON(w, http.StatusCreated, map[string]any{"user": t.User, "token": token, "expires_at": t.ExpiresAt})
-	}
+	s.write(w, r, body, &PutResetToken{Token: t}, http.StatusCreated, map[string]any{"user": t.User, "token": token, "expires_at": t.ExpiresAt})
 }
 
 func (s *Server) resetPassword(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -149,9 +143,7 @@ func (s *Server) resetPassword(w http.ResponseWriter, r *http.Request, body []by
 		s.fail(w, err)
 		return
 	}
-	if s.commit(w, r, &ResetPassword{Meta: Meta{At: time.Now().UTC()}, Hash: HashKey(b.Token), Password: phc}) {
-		w.WriteHeader(http.StatusNoContent)
-	}
+	s.write(w, r, body, &ResetPassword{Meta: Meta{At: time.Now().UTC()}, Hash: HashKey(b.Token), Password: phc}, http.StatusNoContent, nil)
 }
 
 // login checks a password on the leader and records the outcome: a
@@ -250,10 +242,14 @@ type orgView struct {
 	Role      string         `json:"role"` // the caller's
 }
 
+func orgViewOf(o *Org, role string) orgView {
+	return orgView{ID: o.ID, Name: o.Name, Status: o.Status, Plan: o.Plan, Settings: o.Settings,
+		Limits: o.EffectiveLimits(), CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt, Role: role}
+}
+
 func (s *Server) orgView(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
 	o, _ := s.org(sc.org)
-	writeJSON(w, http.StatusOK, orgView{ID: o.ID, Name: o.Name, Status: o.Status, Plan: o.Plan, Settings: o.Settings,
-		Limits: o.EffectiveLimits(), CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt, Role: sc.role})
+	writeJSON(w, http.StatusOK, orgViewOf(&o, sc.role))
 }
 
 // updateOrgSettings lets an organization change its name and settings;
@@ -270,9 +266,7 @@ func (s *Server) updateOrgSettings(w http.ResponseWriter, r *http.Request, sc sc
 	o, _ := s.org(sc.org)
 	(&orgBody{Name: b.Name, Settings: b.Settings}).applyTo(&o)
 	o.UpdatedAt = time.Now().UTC()
-	if s.commit(w, r, &PutOrg{Org: o}) {
-		s.orgView(w, r, sc, nil)
-	}
+	s.write(w, r, body, &PutOrg{Org: o}, http.StatusOK, orgViewOf(&o, sc.role))
 }
 
 func (s *Server) listMembers(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
@@ -330,12 +324,10 @@ func (s *Server) putMember(w http.ResponseWriter, r *http.Request, sc scope, bod
 		return
 	}
 	m := Membership{Org: sc.org, User: r.PathValue("user"), Role: b.Role, CreatedAt: time.Now().UTC()}
-	if s.commit(w, r, &PutMembership{Membership: m}) {
-		writeJSON(w, http.StatusOK, membershipView{Org: m.Org, User: m.User, Role: m.Role, CreatedAt: m.CreatedAt})
-	}
+	s.write(w, r, body, &PutMembership{Membership: m}, http.StatusOK, membershipView{Org: m.Org, User: m.User, Role: m.Role, CreatedAt: m.CreatedAt})
 }
 
-func (s *Server) removeOrgMember(w http.ResponseWriter, r *http.Request, sc scope, _ []byte) {
+func (s *Server) removeOrgMember(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
 	old, exists := s.member(sc, r.PathValue("user"))
 	if !exists {
 		s.fail(w, fmt.Errorf("%w: user %q is not a member", ErrNotFound, r.PathValue("user")))
@@ -344,9 +336,7 @@ func (s *Server) removeOrgMember(w http.ResponseWriter, r *http.Request, sc scop
 	if !ownerOnly(w, sc, old.Role) {
 		return
 	}
-	if s.commit(w, r, &PutMembership{Membership: old, Delete: true}) {
-		w.WriteHeader(http.StatusNoContent)
-	}
+	s.write(w, r, body, &PutMembership{Membership: old, Delete: true}, http.StatusNoContent, nil)
 }
 
 // invitationView is an invitation as listed; the token appears only in
@@ -395,12 +385,9 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request, sc scope, body [
 	p, now := principalOf(r), time.Now().UTC()
 	in := Invitation{ID: id[:4+16], Org: sc.org, Email: email, Role: b.Role, Hash: HashKey(token), InvitedBy: p.actor.Kind + ":" + p.actor.ID,
 		CreatedAt: now, ExpiresAt: now.Add(InvitationTTL)}
-	if !s.commit(w, r, &PutInvitation{Invitation: in, Create: true}) {
-		return
-	}
 	v := invitationViewOf(&in)
 	v.Token = token
-	writeJSON(w, http.StatusCreated, v)
+	s.write(w, r, body, &PutInvitation{Invitation: in, Create: true}, http.StatusCreated, v)
 }
 
 func (s *Server) listInvitations(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
@@ -416,7 +403,7 @@ func (s *Server) listInvitations(w http.ResponseWriter, _ *http.Request, sc scop
 	writeJSON(w, http.StatusOK, map[string]any{"invitations": out})
 }
 
-func (s *Server) revokeInvitation(w http.ResponseWriter, r *http.Request, sc scope, _ []byte) {
+func (s *Server) revokeInvitation(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
 	var in Invitation
 	var ok bool
 	s.node.fsm.View(func(st *State) {
@@ -433,9 +420,7 @@ func (s *Server) revokeInvitation(w http.ResponseWriter, r *http.Request, sc sco
 		return
 	}
 	in.RevokedAt = time.Now().UTC()
-	if s.commit(w, r, &PutInvitation{Invitation: in}) {
-		w.WriteHeader(http.StatusNoContent)
-	}
+	s.write(w, r, body, &PutInvitation{Invitation: in}, http.StatusNoContent, nil)
 }
 
 // acceptInvitation joins the invited organization: as a new user (name
@@ -481,10 +466,7 @@ func (s *Server) acceptInvitation(w http.ResponseWriter, r *http.Request, body [
 		}
 		c.NewUser, c.Password = &u, newPHC
 	}
-	if !s.commit(w, r, c) {
-		return
-	}
-	writeJSON(w, http.StatusCreated, map[string]any{"org": in.Org, "role": in.Role, "email": in.Email})
+	s.write(w, r, body, c, http.StatusCreated, map[string]any{"org": in.Org, "role": in.Role, "email": in.Email})
 }
 
 // auditPage answers a page of events that keep: events after ?after=

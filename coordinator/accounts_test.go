@@ -358,3 +358,46 @@ func TestRoles(t *testing.T) {
 		t.Fatalf("paged audit: %s", all)
 	}
 }
+
+// A write retried with the same Idempotency-Key gets the first answer
+// again (the same key and secret), not a second key; the same
+// Idempotency-Key for another request is refused; keys are per caller.
+func TestIdempotencyKeys(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	op.hdr[IdempotencyHeader] = "create-ci-key-1"
+	resp1, first := op.do("POST", "/v1/orgs/acme/keys", `{"name":"ci","scopes":["sign"]}`)
+	resp2, again := op.do("POST", "/v1/orgs/acme/keys", `{"name":"ci","scopes":["sign"]}`)
+	if resp1.StatusCode != 201 || resp2.StatusCode != 201 || first != again || resp2.Header.Get(replayedHeader) != "true" {
+		t.Fatalf("retry: %d %s / %d %s", resp1.StatusCode, first, resp2.StatusCode, again)
+	}
+	if resp, body := op.do("POST", "/v1/orgs/acme/keys", `{"name":"other","scopes":["sign"]}`); resp.StatusCode != 422 || !strings.Contains(body, "idempotency_key_reused") {
+		t.Fatalf("reused for another body: %d %s", resp.StatusCode, body)
+	}
+	delete(op.hdr, IdempotencyHeader)
+	if list := op.must(200, "GET", "/v1/orgs/acme/keys", ""); strings.Count(list, `"id"`) != 1 {
+		t.Fatalf("keys after a retried create: %s", list)
+	}
+	if _, third := op.do("POST", "/v1/orgs/acme/keys", `{"name":"ci","scopes":["sign"]}`); third == first {
+		t.Fatal("a write without the header was answered from the kept answer")
+	}
+	// Another caller's same key is their own.
+	var k keyView
+	json.Unmarshal([]byte(first), &k)
+	admin := newClient(t, n)
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"]}`)), &k)
+	admin.hdr["Authorization"] = "Bearer " + k.Key
+	admin.hdr[IdempotencyHeader] = "create-ci-key-1"
+	if _, body := admin.do("POST", "/v1/orgs/acme/keys", `{"name":"ci","scopes":["sign"]}`); body == first {
+		t.Fatal("another caller got the operator's kept answer")
+	}
+
+	// Kept answers expire with the command's own time.
+	s := newState()
+	s.keep(&IdemRecord{Key: "a", At: t0})
+	s.keep(&IdemRecord{Key: "b", At: t0.Add(IdempotencyTTL)})
+	if _, ok := s.Idempotency["a"]; ok || len(s.Idempotency) != 1 {
+		t.Fatalf("expired answers kept: %v", s.Idempotency)
+	}
+}

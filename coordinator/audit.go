@@ -26,6 +26,9 @@ type Actor struct {
 type Meta struct {
 	At time.Time `json:"at,omitzero"`
 	By Actor     `json:"by,omitzero"`
+	// Idem is the answer to keep for a retry with the same
+	// Idempotency-Key.
+	Idem *IdemRecord `json:"idem,omitempty"`
 }
 
 func (m *Meta) metadata() *Meta { return m }
@@ -60,6 +63,9 @@ func (s *State) record(index uint64, c Command) {
 		return
 	}
 	m := a.metadata()
+	if m.Idem != nil {
+		s.keep(m.Idem)
+	}
 	action, org, target := a.audit()
 	if len(s.Audit) >= MaxAuditEvents {
 		// Drop a tenth at once so trimming is not paid on every entry.

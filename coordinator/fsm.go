@@ -49,6 +49,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 			err = c.validate(f.state)
 		}
 		if err == nil {
+			err = f.state.checkIdem(c)
+		}
+		if err == nil {
 			c.apply(f.state)
 			f.state.record(l.Index, c)
 		}

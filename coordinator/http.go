@@ -353,7 +353,7 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, body []byte) 
 	now := time.Now().UTC()
 	o := Org{ID: b.ID, Status: OrgActive, Plan: DefaultPlan, CreatedAt: now, UpdatedAt: now}
 	b.applyTo(&o)
-	s.put(w, r, http.StatusCreated, &PutOrg{Org: o, Create: true})
+	s.write(w, r, body, &PutOrg{Org: o, Create: true}, http.StatusCreated, o)
 }
 
 func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -373,13 +373,7 @@ func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request, body []byte) 
 	}
 	b.applyTo(&o)
 	o.UpdatedAt = time.Now().UTC()
-	s.put(w, r, http.StatusOK, &PutOrg{Org: o})
-}
-
-func (s *Server) put(w http.ResponseWriter, r *http.Request, status int, c *PutOrg) {
-	if s.commit(w, r, c) {
-		writeJSON(w, status, c.Org)
-	}
+	s.write(w, r, body, &PutOrg{Org: o}, http.StatusOK, o)
 }
 
 // commit proposes c for the caller of r and reports whether it was
@@ -491,12 +485,9 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, bod
 	}
 	k := APIKey{ID: id, Org: sc.org, Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
 		CreatedAt: time.Now().UTC(), ExpiresAt: b.ExpiresAt}
-	if !s.commit(w, r, &CreateKey{Key: k}) {
-		return
-	}
 	v := viewOf(&k)
 	v.Key = secret
-	writeJSON(w, http.StatusCreated, v)
+	s.write(w, r, body, &CreateKey{Key: k}, http.StatusCreated, v)
 }
 
 func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
@@ -513,10 +504,8 @@ func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []
 	writeJSON(w, http.StatusOK, map[string]any{"keys": out})
 }
 
-func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, sc scope, _ []byte) {
-	if s.commit(w, r, &RevokeKey{ID: r.PathValue("key"), Org: sc.org, At: time.Now().UTC()}) {
-		w.WriteHeader(http.StatusNoContent)
-	}
+func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	s.write(w, r, body, &RevokeKey{ID: r.PathValue("key"), Org: sc.org, At: time.Now().UTC()}, http.StatusNoContent, nil)
 }
 
 // NodeState is what other tiers copy: the whole state at an index.
@@ -594,9 +583,7 @@ func (s *Server) putPlan(w http.ResponseWriter, r *http.Request, body []byte) {
 		s.fail(w, invalid("id %q differs from the path's %q", p.ID, r.PathValue("plan")))
 		return
 	}
-	if s.commit(w, r, &PutPlan{Plan: p, At: time.Now().UTC()}) {
-		writeJSON(w, http.StatusOK, p)
-	}
+	s.write(w, r, body, &PutPlan{Plan: p, At: time.Now().UTC()}, http.StatusOK, p)
 }
 
 // DefaultRotationOverlap is how long a rotated producer key keeps
@@ -634,7 +621,7 @@ func (s *Server) createProducerKey(w http.ResponseWriter, r *http.Request, sc sc
 		s.fail(w, err)
 		return
 	}
-	s.proposeProducerKey(w, r, sc.org, "", 0)
+	s.proposeProducerKey(w, r, body, sc.org, "", 0)
 }
 
 func (s *Server) rotateProducerKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
@@ -654,12 +641,12 @@ func (s *Server) rotateProducerKey(w http.ResponseWriter, r *http.Request, sc sc
 		}
 		overlap = d
 	}
-	s.proposeProducerKey(w, r, sc.org, r.PathValue("key"), overlap)
+	s.proposeProducerKey(w, r, body, sc.org, r.PathValue("key"), overlap)
 }
 
 // proposeProducerKey creates a key for org; with rotate, the key it
 // succeeds keeps working for overlap.
-func (s *Server) proposeProducerKey(w http.ResponseWriter, r *http.Request, org, rotate string, overlap time.Duration) {
+func (s *Server) proposeProducerKey(w http.ResponseWriter, r *http.Request, body []byte, org, rotate string, overlap time.Duration) {
 	now := time.Now().UTC()
 	k, err := newProducerKey(org, now)
 	if err != nil {
@@ -670,12 +657,9 @@ func (s *Server) proposeProducerKey(w http.ResponseWriter, r *http.Request, org,
 	if rotate != "" {
 		c.RotateUntil = now.Add(overlap)
 	}
-	if !s.commit(w, r, c) {
-		return
-	}
 	v := producerViewOf(&k)
 	v.Secret = k.Secret
-	writeJSON(w, http.StatusCreated, v)
+	s.write(w, r, body, c, http.StatusCreated, v)
 }
 
 func (s *Server) listProducerKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
@@ -692,7 +676,7 @@ func (s *Server) listProducerKeys(w http.ResponseWriter, _ *http.Request, sc sco
 	writeJSON(w, http.StatusOK, map[string]any{"producer_keys": out})
 }
 
-func (s *Server) revokeProducerKey(w http.ResponseWriter, r *http.Request, sc scope, _ []byte) {
+func (s *Server) revokeProducerKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
 	var k ProducerKey
 	var ok bool
 	s.node.fsm.View(func(st *State) {
@@ -709,9 +693,7 @@ func (s *Server) revokeProducerKey(w http.ResponseWriter, r *http.Request, sc sc
 		return
 	}
 	k.RevokedAt = time.Now().UTC()
-	if s.commit(w, r, &PutProducerKey{Key: k}) {
-		w.WriteHeader(http.StatusNoContent)
-	}
+	s.write(w, r, body, &PutProducerKey{Key: k}, http.StatusNoContent, nil)
 }
 
 // orEmptyObject lets a POST without a body mean {}.

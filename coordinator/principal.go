@@ -204,7 +204,10 @@ func (s *Server) authed(kinds ...string) func(handler) http.Handler {
 			if !ok {
 				return
 			}
-			h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)), body)
+			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
+			if !s.replay(w, r, body) {
+				h(w, r, body)
+			}
 		})
 	}
 }
@@ -277,8 +280,9 @@ func (s *Server) meta(r *http.Request) Meta {
 func (s *Server) propose(r *http.Request, c Command) (uint64, error) {
 	if a, ok := c.(audited); ok {
 		m := a.metadata()
-		at := m.At
+		at, idem := m.At, m.Idem
 		*m = s.meta(r)
+		m.Idem = idem
 		if !at.IsZero() { // fixed by the handler, which checked against it
 			m.At = at
 		}

@@ -38,6 +38,7 @@ type State struct {
 	Invitations map[string]*Invitation `json:"invitations"`  // by id
 	ResetTokens map[string]*ResetToken `json:"reset_tokens"` // by token hash
 	Audit       []AuditEvent           `json:"audit"`
+	Idempotency map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
 }
 
 // SharedState is what other tiers copy: everything they need to admit
@@ -99,6 +100,9 @@ func (s *State) fill() {
 	}
 	if s.ResetTokens == nil {
 		s.ResetTokens = map[string]*ResetToken{}
+	}
+	if s.Idempotency == nil {
+		s.Idempotency = map[string]*IdemRecord{}
 	}
 }
 
