@@ -307,3 +307,7 @@ func (r *Replica) Plans(org string) []tenants.PlanPeriod {
 	}
 	return st.orgs[org].plans
 }
+
+// Accounts proxies the account routes to the coordinators this replica
+// follows.
+func (r *Replica) Accounts() *AccountsProxy { return NewAccountsProxy(r.cfg.Addrs, r.cfg.Token) }

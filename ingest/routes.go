@@ -87,8 +87,18 @@ func (r *route) match(path []string) ([]string, bool) {
 	return params, true
 }
 
+// accountPath reports whether a path belongs to the account routes the
+// coordinator serves (Deps.Accounts).
+func accountPath(p string) bool {
+	return p == "/v1/me" || strings.HasPrefix(p, "/v1/auth/") || strings.HasPrefix(p, "/v1/orgs/")
+}
+
 // dispatch routes a request and returns the route name for metrics.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
+	if s.accounts != nil && accountPath(string(ctx.Path())) {
+		s.accounts(ctx)
+		return "accounts"
+	}
 	path := strings.Split(string(ctx.Path()), "/")
 	method := string(ctx.Method())
 	var allowed []string

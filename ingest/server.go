@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -69,6 +70,9 @@ type Deps struct {
 	// the signer, or an embedded worker's health).
 	Ready []Check
 	Live  []Check
+	// Accounts serves the account routes (/v1/auth/*, /v1/me, /v1/orgs/*):
+	// the coordinator's, through a proxy. Nil: they answer 404.
+	Accounts http.Handler
 }
 
 // Config configures the HTTP tier.
@@ -141,16 +145,18 @@ func (c *Config) Validate() error {
 
 // Server is one ingest process.
 type Server struct {
-	cfg    Config
-	deps   Deps
-	prod   *kgo.Client
-	jobs   *tracker
-	srv    *fasthttp.Server
-	promh  fasthttp.RequestHandler
-	ln     net.Listener
-	log    *slog.Logger
-	m      *metrics
-	routes []route
+	cfg   Config
+	deps  Deps
+	prod  *kgo.Client
+	jobs  *tracker
+	srv   *fasthttp.Server
+	promh fasthttp.RequestHandler
+	// accounts serves Deps.Accounts; nil without it.
+	accounts fasthttp.RequestHandler
+	ln       net.Listener
+	log      *slog.Logger
+	m        *metrics
+	routes   []route
 	// stopping is closed when Run's context ends: results streams end.
 	stopping chan struct{}
 
@@ -194,6 +200,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		g = prometheus.DefaultGatherer
 	}
 	s.promh = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	if deps.Accounts != nil {
+		s.accounts = fasthttpadaptor.NewFastHTTPHandler(deps.Accounts)
+	}
 	s.srv = &fasthttp.Server{
 		Handler:            s.handle,
 		Name:               "certnode",

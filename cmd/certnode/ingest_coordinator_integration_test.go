@@ -123,6 +123,22 @@ func TestE2EIngestFollowsCoordinator(t *testing.T) {
 		t.Fatal("refusals by address are not counted")
 	}
 
+	// The account routes reach the coordinator through either ingest
+	// node: a user signs in there and works with one host.
+	if code, body := call(caddr, "POST", "/v1/admin/users", admin, `{"email":"ada@e2e.test","password":"a-password-for-ada"}`); code != 201 {
+		t.Fatalf("user: %d %s", code, body)
+	}
+	for _, a := range addrs {
+		resp, err := http.Post("http://"+a+"/v1/auth/login", "application/json", strings.NewReader(`{"email":"ada@e2e.test","password":"a-password-for-ada"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(resp.Cookies()) == 0 || resp.Cookies()[0].Name != "certnode_session" {
+			t.Fatalf("sign-in through ingest %s: %d %v", a, resp.StatusCode, resp.Cookies())
+		}
+	}
+
 	coord.kill()
 	if got := admitted(key2); !got[0] || !got[1] {
 		t.Fatalf("known key refused as soon as the coordinator went away: %v", got)

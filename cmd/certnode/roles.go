@@ -150,6 +150,7 @@ func newIngestCmd() *cobra.Command {
 			parts := map[string]func(context.Context) error{}
 			var ready []ingest.Check
 			var auth ingest.Authenticator
+			var accounts http.Handler
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -159,6 +160,7 @@ func newIngestCmd() *cobra.Command {
 					errs = append(errs, err)
 				} else {
 					auth, ready, parts["coordinator"] = r, append(ready, r.Ready), r.Run
+					accounts = r.Accounts()
 				}
 			default:
 				store, err := loadTenants(tenantsFile)
@@ -191,7 +193,7 @@ func newIngestCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Keys: keys, Store: rs, MAC: mac, Ready: ready})
+			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Keys: keys, Store: rs, MAC: mac, Ready: ready, Accounts: accounts})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
