@@ -99,3 +99,22 @@ func TestPlansLimitsAndProducerKeys(t *testing.T) {
 		return !ok, ""
 	})
 }
+
+// Settings are checked: a logo is an http(s) URL, a support email an
+// address, a colour #rrggbb, a retry schedule durations.
+func TestOrgSettingsChecked(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	for _, bad := range []string{
+		`{"settings":{"logo_url":"javascript:alert(1)"}}`, `{"settings":{"support_email":"not-an-address"}}`,
+		`{"settings":{"brand_color":"red"}}`, `{"settings":{"webhook_retry_schedule":["soon"]}}`,
+		`{"settings":{"retention_days":-1}}`,
+	} {
+		op.must(400, "PATCH", "/v1/orgs/acme", bad)
+	}
+	body := op.must(200, "PATCH", "/v1/orgs/acme", `{"settings":{"display_name":"Acme Inc.","logo_url":"https://acme.test/logo.svg","brand_color":"#0a84ff","support_email":"help@acme.test","retention_days":90,"webhook_retry_schedule":["0s","5s","5m"]}}`)
+	if !strings.Contains(body, `"display_name":"Acme Inc."`) || !strings.Contains(body, `"role":"owner"`) {
+		t.Fatalf("settings: %s", body)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"slices"
 	"time"
@@ -267,6 +268,19 @@ func (o *Org) check() error {
 	}
 	if o.Settings.RetentionDays < 0 || o.Settings.RetentionDays > 3650 {
 		errs = append(errs, invalid("retention_days must be 0-3650"))
+	}
+	if u := o.Settings.LogoURL; u != "" {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" || len(u) > 2048 {
+			errs = append(errs, invalid("logo_url %q: an http(s) URL up to 2048 bytes", u))
+		}
+	}
+	if e := o.Settings.SupportEmail; e != "" {
+		if n, err := NormalizeEmail(e); err != nil || n != e {
+			errs = append(errs, invalid("support_email %q: a lower-case address", e))
+		}
+	}
+	if len(o.Settings.DisplayName) > 200 {
+		errs = append(errs, invalid("display_name over 200 bytes"))
 	}
 	if len(o.Settings.WebhookRetrySchedule) > 20 {
 		errs = append(errs, invalid("webhook_retry_schedule: at most 20 steps"))
