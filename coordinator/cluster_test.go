@@ -240,7 +240,11 @@ func TestRestartFromDisk(t *testing.T) {
 	}
 	n.stop()
 	again := startNode(t, "solo", dir, true, "") // --bootstrap on existing state is a restart
-	testenv.WaitFor(t, "restarted leader", 10*time.Second, func() (bool, string) { return again.node.IsLeader(), "" })
+	// A leader applies the log after its snapshot once it commits in its
+	// new term: the barrier waits for that.
+	testenv.WaitFor(t, "restarted leader", 10*time.Second, func() (bool, string) {
+		return again.node.IsLeader() && again.node.Consistent() == nil, ""
+	})
 	code, body := again.do(t, "GET", "/v1/admin/orgs", testAdmin, "")
 	if code != 200 || strings.Count(body, `"id":"org-`) != 20 {
 		t.Fatalf("orgs after a restart: %d %s", code, body)
