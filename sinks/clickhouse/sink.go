@@ -239,7 +239,9 @@ type part[R any] struct {
 	src  []*kgo.Record
 }
 
-func (p *part[R]) add(row R, rec *kgo.Record) { p.rows, p.src = append(p.rows, row), append(p.src, rec) }
+func (p *part[R]) add(row R, rec *kgo.Record) {
+	p.rows, p.src = append(p.rows, row), append(p.src, rec)
+}
 
 // batch is a collected batch sorted out: rows to insert in each table and
 // records for the DLQ.
