@@ -42,6 +42,19 @@ const (
 	GroupByKey      = "key"
 )
 
+// MaxUsageSpan bounds the range of one usage query by granularity, so an
+// answer has at most 744 hourly or 366 daily rows per key.
+var MaxUsageSpan = map[string]time.Duration{GranularityHour: 31 * 24 * time.Hour, GranularityDay: 366 * 24 * time.Hour}
+
+// UsageQuery asks for an organization's usage over [From, To), by hour or
+// day (UTC), with GroupBy "" or GroupByKey.
+type UsageQuery struct {
+	From        time.Time
+	To          time.Time
+	Granularity string
+	GroupBy     string
+}
+
 // UsageRow is the usage of one hour or day (starting at Start, UTC), and
 // with group_by=key of one API or producer key.
 type UsageRow struct {
@@ -116,6 +129,12 @@ type Invoice struct {
 	Usage    UsageCounts   `json:"usage"`
 	Lines    []InvoiceLine `json:"lines"`
 	Total    int64         `json:"total"`
+}
+
+// InvoiceList is an organization's invoices, newest period first.
+type InvoiceList struct {
+	Organization string    `json:"organization"`
+	Invoices     []Invoice `json:"invoices"`
 }
 
 // InvoiceCSVHeader is the first line of an invoice as CSV.
