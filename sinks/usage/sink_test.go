@@ -327,7 +327,9 @@ func TestSinkPublishes(t *testing.T) {
 	recs := []*kgo.Record{
 		resultRecord(t, recv, "acme", mk(nil)),
 		resultRecord(t, recv, "acme", mk(func(r *schemas.Result) { r.ProcessedAt = now.Add(time.Second) })), // replay
-		resultRecord(t, recv, "beta", mk(func(r *schemas.Result) { r.Tenant, r.ID, r.Auth, r.KeyID = "beta", "ext-1", schemas.AuthProducer, "pk_b" })),
+		resultRecord(t, recv, "beta", mk(func(r *schemas.Result) {
+			r.Tenant, r.ID, r.Auth, r.KeyID = "beta", "ext-1", schemas.AuthProducer, "pk_b"
+		})),
 		resultRecord(t, recv, "acme", mk(func(r *schemas.Result) {
 			r.ID, r.Auth, r.Status, r.Receipt = "spoof", schemas.AuthNone, schemas.StatusFailed, nil
 		})),
