@@ -2,9 +2,12 @@ package coordinator
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 // A log entry is one type byte followed by the command's JSON, so an
@@ -13,10 +16,20 @@ import (
 type cmdType byte
 
 const (
-	cmdSetMember cmdType = 1
-	cmdPutOrg    cmdType = 2
-	cmdCreateKey cmdType = 3
-	cmdRevokeKey cmdType = 4
+	cmdSetMember        cmdType = 1
+	cmdPutOrg           cmdType = 2
+	cmdCreateKey        cmdType = 3
+	cmdRevokeKey        cmdType = 4
+	cmdPutPlan          cmdType = 5
+	cmdPutProducerKey   cmdType = 6
+	cmdCreateUser       cmdType = 7
+	cmdPutMembership    cmdType = 8
+	cmdPutInvitation    cmdType = 9
+	cmdAcceptInvitation cmdType = 10
+	cmdPutResetToken    cmdType = 11
+	cmdResetPassword    cmdType = 12
+	cmdLogin            cmdType = 13
+	cmdEndSession       cmdType = 14
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -30,10 +43,20 @@ type Command interface {
 }
 
 var registry = map[cmdType]func() Command{
-	cmdSetMember: func() Command { return new(SetMember) },
-	cmdPutOrg:    func() Command { return new(PutOrg) },
-	cmdCreateKey: func() Command { return new(CreateKey) },
-	cmdRevokeKey: func() Command { return new(RevokeKey) },
+	cmdSetMember:        func() Command { return new(SetMember) },
+	cmdPutOrg:           func() Command { return new(PutOrg) },
+	cmdCreateKey:        func() Command { return new(CreateKey) },
+	cmdRevokeKey:        func() Command { return new(RevokeKey) },
+	cmdPutPlan:          func() Command { return new(PutPlan) },
+	cmdPutProducerKey:   func() Command { return new(PutProducerKey) },
+	cmdCreateUser:       func() Command { return new(CreateUser) },
+	cmdPutMembership:    func() Command { return new(PutMembership) },
+	cmdPutInvitation:    func() Command { return new(PutInvitation) },
+	cmdAcceptInvitation: func() Command { return new(AcceptInvitation) },
+	cmdPutResetToken:    func() Command { return new(PutResetToken) },
+	cmdResetPassword:    func() Command { return new(ResetPassword) },
+	cmdLogin:            func() Command { return new(Login) },
+	cmdEndSession:       func() Command { return new(EndSession) },
 }
 
 func encode(c Command) ([]byte, error) {
@@ -61,6 +84,7 @@ func decode(data []byte) (Command, error) {
 
 // SetMember records a node's HTTP address (empty: the node left).
 type SetMember struct {
+	Meta `json:"meta,omitzero"`
 	ID   string `json:"id"`
 	HTTP string `json:"http"`
 }
@@ -82,6 +106,7 @@ func (c *SetMember) apply(s *State) {
 
 // PutOrg creates an organization (Create) or replaces one that exists.
 type PutOrg struct {
+	Meta   `json:"meta,omitzero"`
 	Org    Org  `json:"org"`
 	Create bool `json:"create"`
 }
@@ -100,16 +125,111 @@ func (c *PutOrg) validate(s *State) error {
 	case exists && !old.CreatedAt.Equal(c.Org.CreatedAt):
 		return invalid("created_at cannot change")
 	}
+	if _, ok := s.Plan(c.Org.Plan); !ok {
+		return fmt.Errorf("%w: plan %q", ErrNotFound, c.Org.Plan)
+	}
 	return nil
 }
 func (c *PutOrg) apply(s *State) {
 	o := c.Org
+	o.PlanHistory = nil // the FSM keeps the history, whatever was proposed
+	if old := s.Orgs[o.ID]; old != nil {
+		o.PlanHistory = old.PlanHistory
+	}
+	if n := len(o.PlanHistory); n == 0 || o.PlanHistory[n-1].Plan.ID != o.Plan {
+		p, _ := s.Plan(o.Plan)
+		o.PlanHistory = append(slices.Clip(o.PlanHistory), tenants.PlanPeriod{From: o.UpdatedAt, Plan: p})
+	}
 	s.Orgs[o.ID] = &o
+}
+
+// PutPlan creates or changes a plan. Organizations on it move to the new
+// terms from At; their earlier periods keep the terms they had.
+type PutPlan struct {
+	Meta `json:"meta,omitzero"`
+	Plan tenants.Plan `json:"plan"`
+	At   time.Time    `json:"at"`
+}
+
+func (*PutPlan) cmdType() cmdType { return cmdPutPlan }
+func (c *PutPlan) validate(*State) error {
+	if c.At.IsZero() {
+		return invalid("at is required")
+	}
+	return checkPlan(&c.Plan)
+}
+func (c *PutPlan) apply(s *State) {
+	p := c.Plan
+	s.Plans[p.ID] = &p
+	for id, o := range s.Orgs {
+		if o.Plan != p.ID {
+			continue
+		}
+		n := *o // copy: readers may hold the old value
+		n.PlanHistory = append(slices.Clip(o.PlanHistory), tenants.PlanPeriod{From: c.At, Plan: p})
+		s.Orgs[id] = &n
+	}
+}
+
+// PutProducerKey adds a producer key (Create) or replaces one: a
+// revocation, or the end of an old key's overlap when it is rotated.
+// Rotate names a key whose use ends at RotateUntil, in the same entry
+// that creates its successor, so no moment has neither.
+type PutProducerKey struct {
+	Meta        `json:"meta,omitzero"`
+	Key         ProducerKey `json:"key"`
+	Create      bool        `json:"create"`
+	Rotate      string      `json:"rotate,omitempty"`
+	RotateUntil time.Time   `json:"rotate_until,omitzero"`
+}
+
+func (*PutProducerKey) cmdType() cmdType { return cmdPutProducerKey }
+func (c *PutProducerKey) validate(s *State) error {
+	if err := c.Key.check(); err != nil {
+		return err
+	}
+	if _, ok := s.Orgs[c.Key.Org]; !ok {
+		return fmt.Errorf("%w: organization %q", ErrNotFound, c.Key.Org)
+	}
+	old, exists := s.ProducerKeys[c.Key.ID]
+	switch {
+	case c.Create && exists:
+		return fmt.Errorf("%w: producer key %q exists", ErrConflict, c.Key.ID)
+	case !c.Create && (!exists || old.Org != c.Key.Org):
+		return fmt.Errorf("%w: producer key %q", ErrNotFound, c.Key.ID)
+	case !c.Create && (old.Secret != c.Key.Secret || !old.CreatedAt.Equal(c.Key.CreatedAt)):
+		return invalid("a producer key's secret and created_at cannot change")
+	}
+	if c.Rotate != "" {
+		prev, ok := s.ProducerKeys[c.Rotate]
+		if !ok || prev.Org != c.Key.Org || !c.Create {
+			return fmt.Errorf("%w: producer key %q", ErrNotFound, c.Rotate)
+		}
+		if !prev.RevokedAt.IsZero() {
+			return fmt.Errorf("%w: producer key %q is revoked", ErrConflict, c.Rotate)
+		}
+		if c.RotateUntil.Before(c.Key.CreatedAt) {
+			return invalid("rotate_until must not be before the new key's created_at")
+		}
+	}
+	return nil
+}
+func (c *PutProducerKey) apply(s *State) {
+	k := c.Key
+	s.ProducerKeys[k.ID] = &k
+	if c.Rotate != "" {
+		prev := *s.ProducerKeys[c.Rotate]
+		if prev.ExpiresAt.IsZero() || c.RotateUntil.Before(prev.ExpiresAt) {
+			prev.ExpiresAt = c.RotateUntil
+		}
+		s.ProducerKeys[c.Rotate] = &prev
+	}
 }
 
 // CreateKey adds an API key to an organization.
 type CreateKey struct {
-	Key APIKey `json:"key"`
+	Meta `json:"meta,omitzero"`
+	Key  APIKey `json:"key"`
 }
 
 func (*CreateKey) cmdType() cmdType { return cmdCreateKey }
@@ -132,9 +252,10 @@ func (c *CreateKey) apply(s *State) {
 
 // RevokeKey ends a key at At; a revoked key stays listed.
 type RevokeKey struct {
-	ID  string    `json:"id"`
-	Org string    `json:"org"`
-	At  time.Time `json:"at"`
+	Meta `json:"meta,omitzero"`
+	ID   string    `json:"id"`
+	Org  string    `json:"org"`
+	At   time.Time `json:"at"`
 }
 
 func (*RevokeKey) cmdType() cmdType { return cmdRevokeKey }
@@ -155,4 +276,24 @@ func (c *RevokeKey) apply(s *State) {
 	k := *s.Keys[c.ID] // copy: readers may hold the old value
 	k.RevokedAt = c.At
 	s.Keys[c.ID] = &k
+}
+
+func (c *SetMember) audit() (string, string, string) { return "cluster.member_address", "", c.ID }
+func (c *PutOrg) audit() (string, string, string) {
+	if c.Create {
+		return "org.create", c.Org.ID, c.Org.ID
+	}
+	return "org.update", c.Org.ID, c.Org.ID
+}
+func (c *CreateKey) audit() (string, string, string) { return "api_key.create", c.Key.Org, c.Key.ID }
+func (c *RevokeKey) audit() (string, string, string) { return "api_key.revoke", c.Org, c.ID }
+func (c *PutPlan) audit() (string, string, string)   { return "plan.put", "", c.Plan.ID }
+func (c *PutProducerKey) audit() (string, string, string) {
+	switch {
+	case c.Rotate != "":
+		return "producer_key.rotate", c.Key.Org, c.Key.ID
+	case c.Create:
+		return "producer_key.create", c.Key.Org, c.Key.ID
+	}
+	return "producer_key.revoke", c.Key.Org, c.Key.ID
 }

@@ -49,7 +49,11 @@ func (f *FSM) Apply(l *raft.Log) any {
 			err = c.validate(f.state)
 		}
 		if err == nil {
+			err = f.state.checkIdem(c)
+		}
+		if err == nil {
 			c.apply(f.state)
+			f.state.record(l.Index, c)
 		}
 		res.err = err
 	}
@@ -129,15 +133,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("snapshot v%d: no state", v)
 	}
 	// Maps added after a snapshot's version was written start empty.
-	if st.Orgs == nil {
-		st.Orgs = map[string]*Org{}
-	}
-	if st.Keys == nil {
-		st.Keys = map[string]*APIKey{}
-	}
-	if st.Members == nil {
-		st.Members = map[string]string{}
-	}
+	st.fill()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state = st

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,12 @@ func FuzzApply(f *testing.F) {
 	for _, c := range []Command{
 		&PutOrg{Org: testOrg("acme"), Create: true}, &PutOrg{Org: testOrg("acme")}, &CreateKey{Key: key},
 		&RevokeKey{ID: key.ID, Org: "acme", At: t0.Add(time.Hour)}, &SetMember{ID: "n1", HTTP: "127.0.0.1:1"},
+		&PutPlan{Plan: BuiltinPlans["team"], At: t0},
+		&PutProducerKey{Key: ProducerKey{ID: "pk_abcd", Org: "acme", Secret: strings.Repeat("s", 32), CreatedAt: t0}, Create: true},
+		&CreateUser{User: fuzzUser, Password: "$argon2id$x"},
+		&PutMembership{Membership: Membership{Org: "acme", User: fuzzUser.ID, Role: RoleOwner, CreatedAt: t0}},
+		&PutInvitation{Invitation: Invitation{ID: "inv_1", Org: "acme", Email: "b@x.test", Role: RoleViewer, Hash: HashKey("i"), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, Create: true},
+		&Login{Meta: Meta{At: t0}, User: fuzzUser.ID, Session: &Session{Hash: HashKey("s"), User: fuzzUser.ID, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}},
 	} {
 		data, _ := encode(c)
 		f.Add(data)
@@ -27,7 +34,9 @@ func FuzzApply(f *testing.F) {
 		fsm := newFSM()
 		seed, _ := encode(&PutOrg{Org: testOrg("acme"), Create: true})
 		fsm.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: seed})
-		fsm.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
+		seed, _ = encode(&CreateUser{User: fuzzUser, Password: "$argon2id$x"})
+		fsm.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: seed})
+		fsm.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: data})
 		fsm.View(func(s *State) {
 			for id, o := range s.Orgs {
 				if o.ID != id || o.check() != nil {
@@ -39,9 +48,31 @@ func FuzzApply(f *testing.F) {
 					t.Fatalf("key %q applied invalid: %+v", id, k)
 				}
 			}
+			for id, k := range s.ProducerKeys {
+				if k.ID != id || k.check() != nil || s.Orgs[k.Org] == nil {
+					t.Fatalf("producer key %q applied invalid: %+v", id, k)
+				}
+			}
+			for id, u := range s.Users {
+				if u.ID != id || u.check() != nil || s.Passwords[id] == "" {
+					t.Fatalf("user %q applied invalid: %+v", id, u)
+				}
+			}
+			for k, m := range s.Memberships {
+				if k != membershipKey(m.Org, m.User) || s.Orgs[m.Org] == nil || s.Users[m.User] == nil || checkRole(m.Role) != nil {
+					t.Fatalf("membership %q applied invalid: %+v", k, m)
+				}
+			}
+			for _, o := range s.Orgs {
+				if len(o.PlanHistory) == 0 || o.PlanHistory[len(o.PlanHistory)-1].Plan.ID != o.Plan {
+					t.Fatalf("organization %q: plan %q, history %+v", o.ID, o.Plan, o.PlanHistory)
+				}
+			}
 		})
 	})
 }
+
+var fuzzUser = User{ID: "usr_abc", Email: "a@x.test", CreatedAt: t0}
 
 // FuzzRestore: no snapshot bytes panic Restore, and a restored state has
 // all its maps.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 // Server is a node with its HTTP API: the operator's admin routes under
@@ -57,18 +58,9 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{node: n, ln: ln, client: &http.Client{Timeout: 2 * n.cfg.ApplyTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, log: n.log}
 	mux := http.NewServeMux()
-	admin, node := s.auth(cfg.AdminToken), s.auth(cfg.NodeToken)
-	mux.Handle("GET /v1/admin/cluster", admin(s.cluster))
-	mux.Handle("POST /v1/admin/cluster/members", admin(s.leader(s.addMember)))
-	mux.Handle("DELETE /v1/admin/cluster/members/{id}", admin(s.leader(s.removeMember)))
-	mux.Handle("POST /v1/admin/orgs", admin(s.leader(s.createOrg)))
-	mux.Handle("GET /v1/admin/orgs", admin(s.listOrgs))
-	mux.Handle("GET /v1/admin/orgs/{org}", admin(s.consistent(s.getOrg)))
-	mux.Handle("PATCH /v1/admin/orgs/{org}", admin(s.leader(s.updateOrg)))
-	mux.Handle("POST /v1/admin/orgs/{org}/keys", admin(s.leader(s.createKey)))
-	mux.Handle("GET /v1/admin/orgs/{org}/keys", admin(s.consistent(s.listKeys)))
-	mux.Handle("DELETE /v1/admin/orgs/{org}/keys/{key}", admin(s.leader(s.revokeKey)))
-	mux.Handle("GET /v1/node/state", node(s.state))
+	for _, rt := range s.routes() {
+		mux.Handle(rt.pattern, rt.h)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route")
 	})
@@ -161,7 +153,8 @@ func (s *Server) announce(ctx context.Context) {
 		switch {
 		case known == s.node.cfg.HTTPAddr:
 		case s.node.IsLeader():
-			if _, err := s.node.Propose(&SetMember{ID: s.node.cfg.ID, HTTP: s.node.cfg.HTTPAddr}); err != nil {
+			c := &SetMember{Meta: Meta{At: time.Now().UTC(), By: Actor{Kind: ActorNode, ID: s.node.cfg.ID}}, ID: s.node.cfg.ID, HTTP: s.node.cfg.HTTPAddr}
+			if _, err := s.node.Propose(c); err != nil {
 				s.log.Warn("could not record this node's HTTP address", "err", err)
 			}
 		case present:
@@ -176,26 +169,6 @@ func (s *Server) announce(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-	}
-}
-
-type handler func(w http.ResponseWriter, r *http.Request, body []byte)
-
-func (s *Server) auth(token string) func(handler) http.Handler {
-	want := []byte("Bearer " + token)
-	return func(h handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong token")
-				return
-			}
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-			if err != nil {
-				writeError(w, http.StatusRequestEntityTooLarge, "too_large", "the body is over 1 MiB")
-				return
-			}
-			h(w, r, body)
-		})
 	}
 }
 
@@ -245,13 +218,15 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 	}
 	req.Header = r.Header.Clone()
 	req.Header.Set(forwardedHeader, s.node.cfg.ID)
+	req.Header.Set(clientAddrHeader, s.clientAddr(r))
+	req.Header.Set(forwardAuthHeader, "Bearer "+s.node.cfg.NodeToken)
 	resp, err := s.client.Do(req)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "no_leader", "forwarding to the leader failed: "+err.Error())
 		return
 	}
 	defer resp.Body.Close()
-	for _, k := range []string{"Content-Type", "Certnode-Index"} {
+	for _, k := range []string{"Content-Type", "Certnode-Index", "Retry-After", "Set-Cookie"} {
 		if v := resp.Header.Get(k); v != "" {
 			w.Header().Set(k, v)
 		}
@@ -269,6 +244,8 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, ErrConflict):
 		writeError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, ErrGone):
+		writeError(w, http.StatusGone, "gone", err.Error())
 	case errors.Is(err, ErrNotLeader):
 		writeError(w, http.StatusServiceUnavailable, "no_leader", "leadership changed during the request; retry")
 	default:
@@ -309,7 +286,7 @@ func (s *Server) cluster(w http.ResponseWriter, _ *http.Request, _ []byte) {
 	writeJSON(w, http.StatusOK, c)
 }
 
-func (s *Server) addMember(w http.ResponseWriter, _ *http.Request, body []byte) {
+func (s *Server) addMember(w http.ResponseWriter, r *http.Request, body []byte) {
 	var m struct {
 		ID   string `json:"id"`
 		Raft string `json:"raft"`
@@ -323,7 +300,7 @@ func (s *Server) addMember(w http.ResponseWriter, _ *http.Request, body []byte) 
 		s.fail(w, invalid("id, raft and http are required"))
 		return
 	}
-	if err := s.node.AddVoter(m.ID, m.Raft, m.HTTP); err != nil {
+	if err := s.node.AddVoter(m.ID, m.Raft, m.HTTP, s.meta(r)); err != nil {
 		s.fail(w, err)
 		return
 	}
@@ -331,7 +308,7 @@ func (s *Server) addMember(w http.ResponseWriter, _ *http.Request, body []byte) 
 }
 
 func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) {
-	if err := s.node.RemoveServer(r.PathValue("id")); err != nil {
+	if err := s.node.RemoveServer(r.PathValue("id"), s.meta(r)); err != nil {
 		s.fail(w, err)
 		return
 	}
@@ -341,11 +318,12 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) 
 // orgBody is what an admin sends to create or change an organization;
 // absent members keep their value on PATCH.
 type orgBody struct {
-	ID       string       `json:"id"`
-	Name     *string      `json:"name"`
-	Status   *string      `json:"status"`
-	Plan     *string      `json:"plan"`
-	Settings *OrgSettings `json:"settings"`
+	ID       string          `json:"id"`
+	Name     *string         `json:"name"`
+	Status   *string         `json:"status"`
+	Plan     *string         `json:"plan"`
+	Settings *OrgSettings    `json:"settings"`
+	Limits   *tenants.Limits `json:"limits"`
 }
 
 func (b *orgBody) applyTo(o *Org) {
@@ -361,18 +339,21 @@ func (b *orgBody) applyTo(o *Org) {
 	if b.Settings != nil {
 		o.Settings = *b.Settings
 	}
+	if b.Limits != nil {
+		o.Limits = *b.Limits
+	}
 }
 
-func (s *Server) createOrg(w http.ResponseWriter, _ *http.Request, body []byte) {
+func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, body []byte) {
 	var b orgBody
 	if err := decodeBody(body, &b); err != nil {
 		s.fail(w, err)
 		return
 	}
 	now := time.Now().UTC()
-	o := Org{ID: b.ID, Status: OrgActive, Plan: "free", CreatedAt: now, UpdatedAt: now}
+	o := Org{ID: b.ID, Status: OrgActive, Plan: DefaultPlan, CreatedAt: now, UpdatedAt: now}
 	b.applyTo(&o)
-	s.put(w, http.StatusCreated, &PutOrg{Org: o, Create: true})
+	s.write(w, r, body, &PutOrg{Org: o, Create: true}, http.StatusCreated, o)
 }
 
 func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -392,17 +373,20 @@ func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request, body []byte) 
 	}
 	b.applyTo(&o)
 	o.UpdatedAt = time.Now().UTC()
-	s.put(w, http.StatusOK, &PutOrg{Org: o})
+	s.write(w, r, body, &PutOrg{Org: o}, http.StatusOK, o)
 }
 
-func (s *Server) put(w http.ResponseWriter, status int, c *PutOrg) {
-	index, err := s.node.Propose(c)
+// commit proposes c for the caller of r and reports whether it was
+// applied; if not, it has answered why. The index goes in Certnode-Index
+// so a client can wait for other nodes to reach it.
+func (s *Server) commit(w http.ResponseWriter, r *http.Request, c Command) bool {
+	index, err := s.propose(r, c)
 	if err != nil {
 		s.fail(w, err)
-		return
+		return false
 	}
 	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
-	writeJSON(w, status, c.Org)
+	return true
 }
 
 // org copies an organization out of the state.
@@ -479,7 +463,7 @@ func HashKey(key string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-func (s *Server) createKey(w http.ResponseWriter, r *http.Request, body []byte) {
+func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
 	var b struct {
 		Name      string    `json:"name"`
 		Scopes    []string  `json:"scopes"`
@@ -495,48 +479,33 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, body []byte) 
 		s.fail(w, err)
 		return
 	}
-	k := APIKey{ID: id, Org: r.PathValue("org"), Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
-		CreatedAt: time.Now().UTC(), ExpiresAt: b.ExpiresAt}
-	index, err := s.node.Propose(&CreateKey{Key: k})
-	if err != nil {
-		s.fail(w, err)
+	if slices.Contains(b.Scopes, tenants.ScopeAdmin) && sc.role != RoleOwner && sc.role != RoleAdmin {
+		writeError(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can create a key with the admin scope")
 		return
 	}
+	k := APIKey{ID: id, Org: sc.org, Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
+		CreatedAt: time.Now().UTC(), ExpiresAt: b.ExpiresAt}
 	v := viewOf(&k)
 	v.Key = secret
-	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
-	writeJSON(w, http.StatusCreated, v)
+	s.write(w, r, body, &CreateKey{Key: k}, http.StatusCreated, v)
 }
 
-func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, _ []byte) {
-	org := r.PathValue("org")
+func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
+	org := sc.org
 	out := []keyView{}
-	found := false
 	s.node.fsm.View(func(st *State) {
-		_, found = st.Orgs[org]
 		for _, k := range st.Keys {
 			if k.Org == org {
 				out = append(out, viewOf(k))
 			}
 		}
 	})
-	if !found {
-		s.fail(w, fmt.Errorf("%w: organization %q", ErrNotFound, org))
-		return
-	}
 	slices.SortFunc(out, func(a, b keyView) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	writeJSON(w, http.StatusOK, map[string]any{"keys": out})
 }
 
-func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, _ []byte) {
-	c := &RevokeKey{ID: r.PathValue("key"), Org: r.PathValue("org"), At: time.Now().UTC()}
-	index, err := s.node.Propose(c)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
-	w.WriteHeader(http.StatusNoContent)
+func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	s.write(w, r, body, &RevokeKey{ID: r.PathValue("key"), Org: sc.org, At: time.Now().UTC()}, http.StatusNoContent, nil)
 }
 
 // NodeState is what other tiers copy: the whole state at an index.
@@ -574,7 +543,7 @@ func (s *Server) state(w http.ResponseWriter, r *http.Request, _ []byte) {
 	var err error
 	index := s.node.fsm.View(func(st *State) {
 		// Encoded under the read lock: the maps are not copied.
-		data, err = json.Marshal(NodeState{Index: s.node.fsm.index, State: st})
+		data, err = json.Marshal(map[string]any{"index": s.node.fsm.index, "state": st.shared()})
 	})
 	if err != nil {
 		s.fail(w, err)
@@ -583,4 +552,154 @@ func (s *Server) state(w http.ResponseWriter, r *http.Request, _ []byte) {
 	w.Header().Set("Certnode-Index", strconv.FormatUint(index, 10))
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(append(data, '\n'))
+}
+
+func (s *Server) listPlans(w http.ResponseWriter, _ *http.Request, _ []byte) {
+	out := []tenants.Plan{}
+	s.node.fsm.View(func(st *State) {
+		for id := range BuiltinPlans {
+			if st.Plans[id] == nil {
+				out = append(out, BuiltinPlans[id])
+			}
+		}
+		for _, p := range st.Plans {
+			out = append(out, *p)
+		}
+	})
+	slices.SortFunc(out, func(a, b tenants.Plan) int { return strings.Compare(a.ID, b.ID) })
+	writeJSON(w, http.StatusOK, map[string]any{"plans": out})
+}
+
+func (s *Server) putPlan(w http.ResponseWriter, r *http.Request, body []byte) {
+	var p tenants.Plan
+	if err := decodeBody(body, &p); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if p.ID == "" {
+		p.ID = r.PathValue("plan")
+	}
+	if p.ID != r.PathValue("plan") {
+		s.fail(w, invalid("id %q differs from the path's %q", p.ID, r.PathValue("plan")))
+		return
+	}
+	s.write(w, r, body, &PutPlan{Plan: p, At: time.Now().UTC()}, http.StatusOK, p)
+}
+
+// DefaultRotationOverlap is how long a rotated producer key keeps
+// working beside its successor.
+const DefaultRotationOverlap = 24 * time.Hour
+
+// producerKeyView is a producer key as the API lists it: the secret
+// appears only in the answer that creates it.
+type producerKeyView struct {
+	ID        string    `json:"id"`
+	Org       string    `json:"org"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	Secret    string    `json:"secret,omitempty"`
+}
+
+func producerViewOf(k *ProducerKey) producerKeyView {
+	return producerKeyView{ID: k.ID, Org: k.Org, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt}
+}
+
+// newProducerKey makes a producer key for org: an id pk_ and 16 random
+// characters, and a 32-byte random secret.
+func newProducerKey(org string, now time.Time) (ProducerKey, error) {
+	var b [12 + 32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return ProducerKey{}, err
+	}
+	return ProducerKey{ID: "pk_" + base64.RawURLEncoding.EncodeToString(b[:12]), Org: org,
+		Secret: base64.RawURLEncoding.EncodeToString(b[12:]), CreatedAt: now}, nil
+}
+
+func (s *Server) createProducerKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	if err := decodeBody(orEmptyObject(body), &struct{}{}); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.proposeProducerKey(w, r, body, sc.org, "", 0)
+}
+
+func (s *Server) rotateProducerKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	var b struct {
+		Overlap string `json:"overlap"`
+	}
+	if err := decodeBody(orEmptyObject(body), &b); err != nil {
+		s.fail(w, err)
+		return
+	}
+	overlap := DefaultRotationOverlap
+	if b.Overlap != "" {
+		d, err := time.ParseDuration(b.Overlap)
+		if err != nil || d < 0 || d > 30*24*time.Hour {
+			s.fail(w, invalid("overlap %q: a duration from 0 to 720h", b.Overlap))
+			return
+		}
+		overlap = d
+	}
+	s.proposeProducerKey(w, r, body, sc.org, r.PathValue("key"), overlap)
+}
+
+// proposeProducerKey creates a key for org; with rotate, the key it
+// succeeds keeps working for overlap.
+func (s *Server) proposeProducerKey(w http.ResponseWriter, r *http.Request, body []byte, org, rotate string, overlap time.Duration) {
+	now := time.Now().UTC()
+	k, err := newProducerKey(org, now)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	c := &PutProducerKey{Key: k, Create: true, Rotate: rotate}
+	if rotate != "" {
+		c.RotateUntil = now.Add(overlap)
+	}
+	v := producerViewOf(&k)
+	v.Secret = k.Secret
+	s.write(w, r, body, c, http.StatusCreated, v)
+}
+
+func (s *Server) listProducerKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
+	org := sc.org
+	out := []producerKeyView{}
+	s.node.fsm.View(func(st *State) {
+		for _, k := range st.ProducerKeys {
+			if k.Org == org {
+				out = append(out, producerViewOf(k))
+			}
+		}
+	})
+	slices.SortFunc(out, func(a, b producerKeyView) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	writeJSON(w, http.StatusOK, map[string]any{"producer_keys": out})
+}
+
+func (s *Server) revokeProducerKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	var k ProducerKey
+	var ok bool
+	s.node.fsm.View(func(st *State) {
+		if p := st.ProducerKeys[r.PathValue("key")]; p != nil && p.Org == sc.org {
+			k, ok = *p, true
+		}
+	})
+	switch {
+	case !ok:
+		s.fail(w, fmt.Errorf("%w: producer key %q", ErrNotFound, r.PathValue("key")))
+		return
+	case !k.RevokedAt.IsZero():
+		s.fail(w, fmt.Errorf("%w: producer key %q is already revoked", ErrConflict, k.ID))
+		return
+	}
+	k.RevokedAt = time.Now().UTC()
+	s.write(w, r, body, &PutProducerKey{Key: k}, http.StatusNoContent, nil)
+}
+
+// orEmptyObject lets a POST without a body mean {}.
+func orEmptyObject(body []byte) []byte {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return []byte("{}")
+	}
+	return body
 }

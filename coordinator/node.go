@@ -272,25 +272,25 @@ func (n *Node) Cluster() (Cluster, error) {
 
 // AddVoter makes a node a voting member and records its HTTP address; it
 // runs on the leader.
-func (n *Node) AddVoter(id, raftAddr, httpAddr string) error {
+func (n *Node) AddVoter(id, raftAddr, httpAddr string, by Meta) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
 	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, n.cfg.ApplyTimeout).Error(); err != nil {
 		return err
 	}
-	_, err := n.Propose(&SetMember{ID: id, HTTP: httpAddr})
+	_, err := n.Propose(&SetMember{Meta: by, ID: id, HTTP: httpAddr})
 	return err
 }
 
 // RemoveServer takes a node out of the cluster; it runs on the leader.
-func (n *Node) RemoveServer(id string) error {
+func (n *Node) RemoveServer(id string, by Meta) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
 	if err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyTimeout).Error(); err != nil {
 		return err
 	}
-	_, err := n.Propose(&SetMember{ID: id})
+	_, err := n.Propose(&SetMember{Meta: by, ID: id})
 	return err
 }

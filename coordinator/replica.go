@@ -76,7 +76,14 @@ type Replica struct {
 // indexed once, so a request does no parsing or allocation.
 type replicaState struct {
 	index uint64
-	keys  map[string]usableKey // by key id: unrevoked keys of active organizations
+	keys  map[string]usableKey   // by key id: unrevoked keys of active organizations
+	orgs  map[string]*replicaOrg // active organizations
+}
+
+type replicaOrg struct {
+	limits   tenants.Limits
+	plans    []tenants.PlanPeriod
+	producer map[string]*ProducerKey // unrevoked producer keys, by id
 }
 
 type usableKey struct {
@@ -86,13 +93,23 @@ type usableKey struct {
 }
 
 func newReplicaState(st *NodeState) *replicaState {
-	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys))}
+	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{}}
+	for id, o := range st.State.Orgs {
+		if o.Status == OrgActive {
+			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}}
+		}
+	}
+	for id, k := range st.State.ProducerKeys {
+		if o := rs.orgs[k.Org]; o != nil && k.RevokedAt.IsZero() {
+			o.producer[id] = k
+		}
+	}
 	for id, k := range st.State.Keys {
-		org := st.State.Orgs[k.Org]
-		if org == nil || org.Status != OrgActive || !k.RevokedAt.IsZero() {
+		org := rs.orgs[k.Org]
+		if org == nil || !k.RevokedAt.IsZero() {
 			continue
 		}
-		t := &tenants.Tenant{ID: org.ID, Scopes: k.Scopes}
+		t := &tenants.Tenant{ID: k.Org, Scopes: k.Scopes, KeyID: id, Limits: org.limits}
 		for _, c := range k.CIDRs {
 			if p, err := netip.ParsePrefix(c); err == nil { // checked when the key was made
 				t.CIDRs = append(t.CIDRs, p.Masked())
@@ -224,8 +241,8 @@ func (r *Replica) Ready(context.Context) error {
 // active organization, not revoked or expired. A copy older than MaxStale
 // admits nothing, and an unknown key is never admitted.
 func (r *Replica) Authenticate(key string) (*tenants.Tenant, bool) {
-	st := r.state.Load()
-	if st == nil || r.Age() > r.cfg.MaxStale {
+	st := r.current()
+	if st == nil {
 		return nil, false
 	}
 	key = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(key), "Bearer "))
@@ -241,4 +258,52 @@ func (r *Replica) Authenticate(key string) (*tenants.Tenant, bool) {
 		return nil, false
 	}
 	return k.tenant, true
+}
+
+// current is the copy requests may use: nil before the first state and
+// once it is older than MaxStale.
+func (r *Replica) current() *replicaState {
+	st := r.state.Load()
+	if st == nil || r.Age() > r.cfg.MaxStale {
+		return nil
+	}
+	return st
+}
+
+// ProducerSecret finds the secret of an active organization's producer
+// key that is neither revoked nor past its rotation overlap (the worker's
+// ProducerKeys).
+func (r *Replica) ProducerSecret(org, keyID string) ([]byte, bool) {
+	st := r.current()
+	if st == nil {
+		return nil, false
+	}
+	o := st.orgs[org]
+	if o == nil {
+		return nil, false
+	}
+	k := o.producer[keyID]
+	if k == nil || !k.usableAt(r.now()) {
+		return nil, false
+	}
+	return []byte(k.Secret), true
+}
+
+// Limits are an active organization's limits: its plan's, with its
+// overrides.
+func (r *Replica) Limits(org string) (tenants.Limits, bool) {
+	st := r.current()
+	if st == nil || st.orgs[org] == nil {
+		return tenants.Limits{}, false
+	}
+	return st.orgs[org].limits, true
+}
+
+// Plans are the plans an active organization has been on, oldest first.
+func (r *Replica) Plans(org string) []tenants.PlanPeriod {
+	st := r.current()
+	if st == nil || st.orgs[org] == nil {
+		return nil
+	}
+	return st.orgs[org].plans
 }

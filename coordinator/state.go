@@ -25,10 +25,111 @@ type State struct {
 	// Members maps a node's raft id to its HTTP address, so a follower
 	// can forward writes to the leader's API.
 	Members map[string]string `json:"members"`
+	// Plans are the operator's plans; the built-in ones (BuiltinPlans)
+	// apply where no plan of the same id is stored.
+	Plans        map[string]*tenants.Plan `json:"plans"`
+	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"` // by key id
+	Users        map[string]*User         `json:"users"`
+	Memberships  map[string]*Membership   `json:"memberships"` // by org/user
+	Sessions     map[string]*Session      `json:"sessions"`    // by token hash
+
+	// Kept by the coordinator only: never in the state other tiers copy.
+	Passwords   map[string]string      `json:"passwords"`    // argon2id PHC string by user id
+	Invitations map[string]*Invitation `json:"invitations"`  // by id
+	ResetTokens map[string]*ResetToken `json:"reset_tokens"` // by token hash
+	Audit       []AuditEvent           `json:"audit"`
+	Idempotency map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
+}
+
+// SharedState is what other tiers copy: everything they need to admit
+// and attribute requests, without password hashes, pending tokens or the
+// audit trail.
+type SharedState struct {
+	Orgs         map[string]*Org          `json:"orgs"`
+	Keys         map[string]*APIKey       `json:"keys"`
+	Members      map[string]string        `json:"members"`
+	Plans        map[string]*tenants.Plan `json:"plans"`
+	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"`
+	Users        map[string]*User         `json:"users"`
+	Memberships  map[string]*Membership   `json:"memberships"`
+	Sessions     map[string]*Session      `json:"sessions"`
+}
+
+func (s *State) shared() SharedState {
+	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
+		Users: s.Users, Memberships: s.Memberships, Sessions: s.Sessions}
 }
 
 func newState() *State {
-	return &State{Orgs: map[string]*Org{}, Keys: map[string]*APIKey{}, Members: map[string]string{}}
+	s := &State{}
+	s.fill()
+	return s
+}
+
+// fill makes the maps a state from an older snapshot lacks.
+func (s *State) fill() {
+	if s.Orgs == nil {
+		s.Orgs = map[string]*Org{}
+	}
+	if s.Keys == nil {
+		s.Keys = map[string]*APIKey{}
+	}
+	if s.Members == nil {
+		s.Members = map[string]string{}
+	}
+	if s.Plans == nil {
+		s.Plans = map[string]*tenants.Plan{}
+	}
+	if s.ProducerKeys == nil {
+		s.ProducerKeys = map[string]*ProducerKey{}
+	}
+	if s.Users == nil {
+		s.Users = map[string]*User{}
+	}
+	if s.Memberships == nil {
+		s.Memberships = map[string]*Membership{}
+	}
+	if s.Sessions == nil {
+		s.Sessions = map[string]*Session{}
+	}
+	if s.Passwords == nil {
+		s.Passwords = map[string]string{}
+	}
+	if s.Invitations == nil {
+		s.Invitations = map[string]*Invitation{}
+	}
+	if s.ResetTokens == nil {
+		s.ResetTokens = map[string]*ResetToken{}
+	}
+	if s.Idempotency == nil {
+		s.Idempotency = map[string]*IdemRecord{}
+	}
+}
+
+// DefaultPlan is the plan of an organization created without one: no
+// limits and no charge, for organizations the operator bills elsewhere.
+const DefaultPlan = "unlimited"
+
+// BuiltinPlans are the plans every cluster has; the operator may replace
+// them (PutPlan with the same id) or add others.
+var BuiltinPlans = map[string]tenants.Plan{
+	DefaultPlan: {ID: DefaultPlan, Name: "Unlimited", Currency: "USD"},
+	"free": {ID: "free", Name: "Free", Currency: "USD", IncludedReceipts: 10_000,
+		Limits: tenants.Limits{RateLimit: 20, Burst: 40, MonthlyReceipts: 10_000, MaxPayloadBytes: 64 << 10,
+			MaxJobLines: 10_000, MaxConcurrentJobs: 2}},
+	"team": {ID: "team", Name: "Team", Currency: "USD", BasePrice: 4_900, IncludedReceipts: 1_000_000, PricePer1000: 40,
+		Limits: tenants.Limits{RateLimit: 500, Burst: 1_000, MaxJobLines: 1_000_000, MaxConcurrentJobs: 10}},
+	"enterprise": {ID: "enterprise", Name: "Enterprise", Currency: "USD", BasePrice: 99_900, IncludedReceipts: 50_000_000, PricePer1000: 20,
+		Limits: tenants.Limits{RateLimit: 5_000, Burst: 10_000, MaxConcurrentJobs: 50}},
+}
+
+// Plan finds a plan by id: a stored one, else a built-in one.
+func (s *State) Plan(id string) (tenants.Plan, bool) {
+	if p := s.Plans[id]; p != nil {
+		return *p, true
+	}
+	p, ok := BuiltinPlans[id]
+	return p, ok
 }
 
 // Organization statuses.
@@ -39,13 +140,28 @@ const (
 
 // Org is a tenant.
 type Org struct {
-	ID        string      `json:"id"`
-	Name      string      `json:"name"`
-	Status    string      `json:"status"`
-	Plan      string      `json:"plan"`
-	Settings  OrgSettings `json:"settings"`
-	CreatedAt time.Time   `json:"created_at"`
-	UpdatedAt time.Time   `json:"updated_at"`
+	ID       string      `json:"id"`
+	Name     string      `json:"name"`
+	Status   string      `json:"status"`
+	Plan     string      `json:"plan"`
+	Settings OrgSettings `json:"settings"`
+	// Limits override the plan's limits field by field (zero: the plan's).
+	Limits tenants.Limits `json:"limits,omitzero"`
+	// PlanHistory holds each plan the organization was on and from when,
+	// with the plan's terms as they were, so a closed period is billed
+	// on the terms in effect then. The FSM appends to it.
+	PlanHistory []tenants.PlanPeriod `json:"plan_history,omitempty"`
+	CreatedAt   time.Time            `json:"created_at"`
+	UpdatedAt   time.Time            `json:"updated_at"`
+}
+
+// EffectiveLimits are the plan's limits with the organization's overrides.
+func (o *Org) EffectiveLimits() tenants.Limits {
+	var base tenants.Limits
+	if n := len(o.PlanHistory); n > 0 {
+		base = o.PlanHistory[n-1].Plan.Limits
+	}
+	return base.Override(o.Limits)
 }
 
 // OrgSettings are an organization's own choices.
@@ -55,6 +171,42 @@ type OrgSettings struct {
 	BrandColor    string `json:"brand_color,omitempty"`
 	SupportEmail  string `json:"support_email,omitempty"`
 	RetentionDays int    `json:"retention_days,omitempty"`
+	// WebhookRetrySchedule is the organization's default retry schedule
+	// for webhook deliveries (Go durations, e.g. "5s"); empty: the
+	// service's default.
+	WebhookRetrySchedule []string `json:"webhook_retry_schedule,omitempty"`
+}
+
+// ProducerKey is a secret an organization's own Kafka producers sign
+// records with (an HMAC of each value). The secret is kept, not hashed:
+// checking an HMAC needs it. During a rotation the old key keeps working
+// until ExpiresAt.
+type ProducerKey struct {
+	ID        string    `json:"id"`
+	Org       string    `json:"org"`
+	Secret    string    `json:"secret"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+}
+
+func (k *ProducerKey) check() error {
+	var errs []error
+	if !producerIDPat.MatchString(k.ID) {
+		errs = append(errs, invalid("producer key id %q", k.ID))
+	}
+	if len(k.Secret) < 32 || len(k.Secret) > 256 {
+		errs = append(errs, invalid("producer key secret must be 32-256 bytes"))
+	}
+	if k.CreatedAt.IsZero() {
+		errs = append(errs, invalid("created_at is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// usableAt reports whether the key may sign at t.
+func (k *ProducerKey) usableAt(t time.Time) bool {
+	return k.RevokedAt.IsZero() && (k.ExpiresAt.IsZero() || t.Before(k.ExpiresAt))
 }
 
 // APIKey is an organization's key as the cluster stores it: the secret is
@@ -72,10 +224,12 @@ type APIKey struct {
 }
 
 var (
-	idPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-	keyIDPat    = regexp.MustCompile(`^cnk_[A-Za-z0-9_-]{8,32}$`)
-	hashPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
-	colorPat    = regexp.MustCompile(`^#[0-9a-fA-F]{6}$`)
+	idPattern     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	keyIDPat      = regexp.MustCompile(`^cnk_[A-Za-z0-9_-]{8,32}$`)
+	hashPattern   = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
+	colorPat      = regexp.MustCompile(`^#[0-9a-fA-F]{6}$`)
+	producerIDPat = regexp.MustCompile(`^pk_[A-Za-z0-9_-]{4,60}$`)
+	currencyPat   = regexp.MustCompile(`^[A-Z]{3}$`)
 )
 
 // ErrInvalid marks a command refused before it reaches the log.
@@ -90,6 +244,8 @@ func invalid(format string, a ...any) error {
 var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict")
+	// ErrGone names a token that was used, revoked or has expired.
+	ErrGone = errors.New("gone")
 )
 
 func (o *Org) check() error {
@@ -103,7 +259,7 @@ func (o *Org) check() error {
 	if o.Status != OrgActive && o.Status != OrgSuspended {
 		errs = append(errs, invalid("status %q: want active or suspended", o.Status))
 	}
-	if o.Plan != "" && !idPattern.MatchString(o.Plan) {
+	if !idPattern.MatchString(o.Plan) {
 		errs = append(errs, invalid("plan %q", o.Plan))
 	}
 	if s := o.Settings; s.BrandColor != "" && !colorPat.MatchString(s.BrandColor) {
@@ -112,8 +268,39 @@ func (o *Org) check() error {
 	if o.Settings.RetentionDays < 0 || o.Settings.RetentionDays > 3650 {
 		errs = append(errs, invalid("retention_days must be 0-3650"))
 	}
+	if len(o.Settings.WebhookRetrySchedule) > 20 {
+		errs = append(errs, invalid("webhook_retry_schedule: at most 20 steps"))
+	}
+	for _, d := range o.Settings.WebhookRetrySchedule {
+		if v, err := time.ParseDuration(d); err != nil || v < 0 || v > 7*24*time.Hour {
+			errs = append(errs, invalid("webhook_retry_schedule: %q is not a duration of 0 to 168h", d))
+		}
+	}
+	if err := o.Limits.Check(); err != nil {
+		errs = append(errs, invalid("limits: %v", err))
+	}
 	if o.CreatedAt.IsZero() || o.UpdatedAt.IsZero() {
 		errs = append(errs, invalid("created_at and updated_at are required"))
+	}
+	return errors.Join(errs...)
+}
+
+func checkPlan(p *tenants.Plan) error {
+	var errs []error
+	if !idPattern.MatchString(p.ID) {
+		errs = append(errs, invalid("plan id %q", p.ID))
+	}
+	if p.Name == "" || len(p.Name) > 200 {
+		errs = append(errs, invalid("plan name must be 1-200 bytes"))
+	}
+	if !currencyPat.MatchString(p.Currency) {
+		errs = append(errs, invalid("currency %q: want an ISO 4217 code such as USD", p.Currency))
+	}
+	if p.BasePrice < 0 || p.IncludedReceipts < 0 || p.PricePer1000 < 0 {
+		errs = append(errs, invalid("prices and included receipts must not be negative"))
+	}
+	if err := p.Limits.Check(); err != nil {
+		errs = append(errs, invalid("limits: %v", err))
 	}
 	return errors.Join(errs...)
 }

@@ -2,14 +2,21 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-json-experiment/json"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/internal/tenants"
 )
 
 // adminClient calls a coordinator's admin API; any member answers (writes
@@ -23,7 +30,7 @@ func newAdminCmd() *cobra.Command {
 	var c adminClient
 	cmd := &cobra.Command{
 		Use:   "admin",
-		Short: "Manage organizations, API keys and the coordinator cluster (the operator's API)",
+		Short: "Manage organizations, plans, users, API and producer keys, and the coordinator cluster (the operator's API)",
 		Long: "Calls the coordinator's admin API and prints its JSON answer. Exit status: 0 done, 1 refused\n" +
 			"by the coordinator (the error's code and message on stderr), 2 usage or connection errors.\n" +
 			"  certnode admin orgs create acme --name \"Acme Inc\"\n" +
@@ -50,7 +57,7 @@ func newAdminCmd() *cobra.Command {
 		}}
 	create.Flags().StringVar(&name, "name", "", "display name (required)")
 	bindEnv(create.Flags(), "name", "CERTNODE_ADMIN_ORG_NAME")
-	create.Flags().StringVar(&plan, "plan", "", "plan (default free)")
+	create.Flags().StringVar(&plan, "plan", "", "plan (default "+coordinator.DefaultPlan+"; certnode admin plans list)")
 	bindEnv(create.Flags(), "plan", "CERTNODE_ADMIN_ORG_PLAN")
 	status := func(use, short, value string) *cobra.Command {
 		return &cobra.Command{Use: use + " ID", Short: short, Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
@@ -98,9 +105,171 @@ func newAdminCmd() *cobra.Command {
 
 	cluster := &cobra.Command{Use: "cluster", Short: "Show the coordinator cluster: leader, members, indexes", Args: cobra.NoArgs,
 		RunE: call("GET", "/v1/admin/cluster", nil)}
-	cmd.AddCommand(orgs, keys, cluster)
+	cmd.AddCommand(orgs, keys, cluster, c.plansCmd(), c.usersCmd(), c.membersCmd(), c.invitationsCmd(), c.producerKeysCmd(), c.auditCmd())
+	orgs.AddCommand(c.orgSetCmd())
+	eachCommand(cmd, func(sub *cobra.Command) { bindEnvAll(sub.Flags(), "ADMIN") })
 	return cmd
 }
+
+// limitFlags are an organization's or a plan's limits on the command line.
+type limitFlags struct{ l tenants.Limits }
+
+func (f *limitFlags) register(fs *pflag.FlagSet) {
+	fs.Float64Var(&f.l.RateLimit, "rate-limit", 0, "requests per second across the cluster (0: unlimited, or the plan's)")
+	fs.IntVar(&f.l.Burst, "burst", 0, "requests admitted at once above the rate")
+	fs.Int64Var(&f.l.MonthlyReceipts, "monthly-receipts", 0, "requests admitted per calendar month (UTC)")
+	fs.IntVar(&f.l.MaxPayloadBytes, "max-payload-bytes", 0, "largest request body")
+	fs.Int64Var(&f.l.MaxJobLines, "max-job-lines", 0, "most lines in one bulk job")
+	fs.IntVar(&f.l.MaxConcurrentJobs, "max-concurrent-jobs", 0, "bulk jobs running at once")
+}
+
+func (c *adminClient) orgSetCmd() *cobra.Command {
+	var plan string
+	var lf limitFlags
+	cmd := &cobra.Command{Use: "set ID", Short: "Change an organization's plan and limit overrides (a limit set here replaces the plan's)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body := map[string]any{}
+			if plan != "" {
+				body["plan"] = plan
+			}
+			if lf.l != (tenants.Limits{}) {
+				body["limits"] = lf.l
+			}
+			if len(body) == 0 {
+				return usageErr("nothing to change: give --plan or a limit")
+			}
+			return c.do(cmd, "PATCH", "/v1/admin/orgs/"+args[0], body)
+		}}
+	cmd.Flags().StringVar(&plan, "plan", "", "plan id (certnode admin plans list)")
+	lf.register(cmd.Flags())
+	return cmd
+}
+
+func (c *adminClient) plansCmd() *cobra.Command {
+	plans := &cobra.Command{Use: "plans", Short: "Plans: price, included receipts, price per 1,000 over, limits"}
+	var p tenants.Plan
+	var lf limitFlags
+	put := &cobra.Command{Use: "put ID", Short: "Create or change a plan; organizations on it move to the new terms from now", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.ID, p.Limits = args[0], lf.l
+			return c.do(cmd, "PUT", "/v1/admin/plans/"+args[0], p)
+		}}
+	put.Flags().StringVar(&p.Name, "name", "", "display name (required)")
+	put.Flags().StringVar(&p.Currency, "currency", "USD", "ISO 4217 currency")
+	put.Flags().Int64Var(&p.BasePrice, "base-price", 0, "price per month, in cents")
+	put.Flags().Int64Var(&p.IncludedReceipts, "included-receipts", 0, "receipts included each month")
+	put.Flags().Int64Var(&p.PricePer1000, "price-per-1000", 0, "price of each 1,000 receipts over the included ones, in cents")
+	lf.register(put.Flags())
+	plans.AddCommand(put, &cobra.Command{Use: "list", Short: "List plans", Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {
+		return c.do(cmd, "GET", "/v1/admin/plans", nil)
+	}})
+	return plans
+}
+
+func (c *adminClient) usersCmd() *cobra.Command {
+	users := &cobra.Command{Use: "users", Short: "Users who sign in to the dashboard"}
+	var email, name string
+	create := &cobra.Command{Use: "create", Short: "Create a user; the password comes from $CERTNODE_USER_PASSWORD (or _FILE)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pw, err := requiredSecret("CERTNODE_USER_PASSWORD")
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			return c.do(cmd, "POST", "/v1/admin/users", map[string]string{"email": email, "name": name, "password": pw})
+		}}
+	create.Flags().StringVar(&email, "email", "", "the user's email (required)")
+	create.Flags().StringVar(&name, "name", "", "the user's name")
+	users.AddCommand(create,
+		&cobra.Command{Use: "list", Short: "List users and their memberships", Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.do(cmd, "GET", "/v1/admin/users", nil)
+		}},
+		&cobra.Command{Use: "reset-token USER_ID", Short: "Make a single-use password reset token (valid 1 h), printed once", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return c.do(cmd, "POST", "/v1/admin/users/"+args[0]+"/password-reset", nil)
+			}})
+	return users
+}
+
+func (c *adminClient) membersCmd() *cobra.Command {
+	members := &cobra.Command{Use: "members", Short: "Who belongs to an organization, with which role"}
+	var role string
+	set := &cobra.Command{Use: "set ORG USER_ID", Short: "Give a user a role in an organization: " + strings.Join(coordinator.Roles, ", "), Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "PUT", "/v1/orgs/"+args[0]+"/members/"+args[1], map[string]string{"role": role})
+		}}
+	set.Flags().StringVar(&role, "role", coordinator.RoleViewer, "the role")
+	members.AddCommand(set,
+		&cobra.Command{Use: "list ORG", Short: "List members", Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "GET", "/v1/orgs/"+args[0]+"/members", nil)
+		}},
+		&cobra.Command{Use: "remove ORG USER_ID", Short: "End a membership", Args: cobra.ExactArgs(2), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "DELETE", "/v1/orgs/"+args[0]+"/members/"+args[1], nil)
+		}})
+	return members
+}
+
+func (c *adminClient) invitationsCmd() *cobra.Command {
+	inv := &cobra.Command{Use: "invitations", Short: "Invitations to join an organization (the token is printed once, valid 7 days)"}
+	var email, role string
+	create := &cobra.Command{Use: "create ORG", Short: "Invite someone by email with a role", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "POST", "/v1/orgs/"+args[0]+"/invitations", map[string]string{"email": email, "role": role})
+		}}
+	create.Flags().StringVar(&email, "email", "", "who is invited (required)")
+	create.Flags().StringVar(&role, "role", coordinator.RoleViewer, "the role they will have")
+	inv.AddCommand(create,
+		&cobra.Command{Use: "list ORG", Short: "List invitations (never their tokens)", Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "GET", "/v1/orgs/"+args[0]+"/invitations", nil)
+		}},
+		&cobra.Command{Use: "revoke ORG INVITATION_ID", Short: "Revoke an invitation", Args: cobra.ExactArgs(2), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "DELETE", "/v1/orgs/"+args[0]+"/invitations/"+args[1], nil)
+		}})
+	return inv
+}
+
+func (c *adminClient) producerKeysCmd() *cobra.Command {
+	pk := &cobra.Command{Use: "producer-keys", Short: "Secrets an organization's own Kafka producers sign records with"}
+	var overlap time.Duration
+	rotate := &cobra.Command{Use: "rotate ORG KEY_ID", Short: "Make a successor key (printed once); the old one works for --overlap more", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "POST", "/v1/orgs/"+args[0]+"/producer-keys/"+args[1]+"/rotate", map[string]string{"overlap": overlap.String()})
+		}}
+	rotate.Flags().DurationVar(&overlap, "overlap", coordinator.DefaultRotationOverlap, "how long the old key keeps working")
+	pk.AddCommand(rotate,
+		&cobra.Command{Use: "create ORG", Short: "Create a producer key; its secret is printed once", Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "POST", "/v1/orgs/"+args[0]+"/producer-keys", nil)
+		}},
+		&cobra.Command{Use: "list ORG", Short: "List producer keys (never their secrets)", Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "GET", "/v1/orgs/"+args[0]+"/producer-keys?consistent=true", nil)
+		}},
+		&cobra.Command{Use: "revoke ORG KEY_ID", Short: "Revoke a producer key at once", Args: cobra.ExactArgs(2), RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "DELETE", "/v1/orgs/"+args[0]+"/producer-keys/"+args[1], nil)
+		}})
+	return pk
+}
+
+func (c *adminClient) auditCmd() *cobra.Command {
+	var org string
+	var after uint64
+	var limit int
+	cmd := &cobra.Command{Use: "audit", Short: "Audit events: who changed what, when, from where", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{"after": {strconv.FormatUint(after, 10)}, "limit": {strconv.Itoa(limit)}}
+			if org != "" {
+				q.Set("org", org)
+			}
+			return c.do(cmd, "GET", "/v1/admin/audit?"+q.Encode(), nil)
+		}}
+	cmd.Flags().StringVar(&org, "org", "", "only this organization's events")
+	cmd.Flags().Uint64Var(&after, "after", 0, "events after this sequence number")
+	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many events (1-1000)")
+	return cmd
+}
+
+// Writes carry an Idempotency-Key, made once per command, and are retried
+// with it while the cluster has no leader, so a retry after an answer lost
+// with a dying leader never applies twice.
+const adminRetryFor = 15 * time.Second
 
 // do sends one admin request and prints the answer.
 func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) error {
@@ -108,22 +277,42 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
-	var rd io.Reader
+	var payload []byte
 	if body != nil {
-		b, err := json.Marshal(body)
+		if payload, err = json.Marshal(body); err != nil {
+			return &exitError{code: exitUsage, err: err}
+		}
+	}
+	idem := ""
+	if method != "GET" {
+		idem = rand.Text()
+	}
+	var resp *http.Response
+	for deadline := time.Now().Add(adminRetryFor); ; {
+		req, err := http.NewRequestWithContext(cmd.Context(), method, "http://"+c.addr+path, bytes.NewReader(payload))
 		if err != nil {
 			return &exitError{code: exitUsage, err: err}
 		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(cmd.Context(), method, "http://"+c.addr+path, rd)
-	if err != nil {
-		return &exitError{code: exitUsage, err: err}
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
+		req.Header.Set("Authorization", "Bearer "+token)
+		if idem != "" {
+			req.Header.Set(coordinator.IdempotencyHeader, idem)
+		}
+		resp, err = c.http.Do(req)
+		retry := (err != nil && idem != "") || (err == nil && resp.StatusCode == http.StatusServiceUnavailable)
+		if !retry || time.Now().After(deadline) {
+			if err != nil {
+				return &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
+			}
+			break
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		select {
+		case <-cmd.Context().Done():
+			return &exitError{code: exitUsage, err: cmd.Context().Err()}
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

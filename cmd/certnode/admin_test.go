@@ -73,6 +73,72 @@ func TestAdminCLI(t *testing.T) {
 	if r := adm("cluster"); r.code != 0 || !strings.Contains(r.stdout, `"leader":"c1"`) {
 		t.Fatalf("cluster: %+v", r)
 	}
+
+	// Plans, limits, users, members, invitations, producer keys, audit.
+	if r := adm("plans", "put", "gold", "--name", "Gold", "--base-price", "9900", "--included-receipts", "100000", "--price-per-1000", "30", "--rate-limit", "200"); r.code != 0 {
+		t.Fatalf("plans put: %+v", r)
+	}
+	if r := adm("orgs", "set", "acme", "--plan", "gold", "--burst", "500"); r.code != 0 || !strings.Contains(r.stdout, `"plan":"gold"`) || !strings.Contains(r.stdout, `"burst":500`) {
+		t.Fatalf("orgs set: %+v", r)
+	}
+	if r := adm("orgs", "set", "acme"); r.code != 2 {
+		t.Fatalf("orgs set without a change: %+v", r)
+	}
+	if r := adm("orgs", "set", "acme", "--plan", "nope"); r.code != 1 || !strings.Contains(r.stderr, "not_found") {
+		t.Fatalf("orgs set to an unknown plan: %+v", r)
+	}
+	t.Setenv("CERTNODE_USER_PASSWORD", "a-password-for-ada")
+	r = adm("users", "create", "--email", "ada@acme.test", "--name", "Ada")
+	var user struct {
+		ID string `json:"id"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &user, json.RejectUnknownMembers(false)) != nil || strings.Contains(r.stdout, "a-password-for-ada") {
+		t.Fatalf("users create: %+v", r)
+	}
+	if r := adm("orgs", "activate", "acme"); r.code != 0 {
+		t.Fatalf("orgs activate: %+v", r)
+	}
+	if r := adm("members", "set", "acme", user.ID, "--role", "owner"); r.code != 0 {
+		t.Fatalf("members set: %+v", r)
+	}
+	if r := adm("members", "list", "acme"); !strings.Contains(r.stdout, `"email":"ada@acme.test"`) {
+		t.Fatalf("members list: %+v", r)
+	}
+	if r := adm("members", "set", "acme", user.ID, "--role", "emperor"); r.code != 1 || !strings.Contains(r.stderr, "invalid") {
+		t.Fatalf("an unknown role: %+v", r)
+	}
+	if r := adm("invitations", "create", "acme", "--email", "bob@acme.test", "--role", "developer"); r.code != 0 || !strings.Contains(r.stdout, `"token":"cni_`) {
+		t.Fatalf("invitations create: %+v", r)
+	}
+	if r := adm("users", "reset-token", user.ID); r.code != 0 || !strings.Contains(r.stdout, `"token":"cnr_`) {
+		t.Fatalf("users reset-token: %+v", r)
+	}
+	r = adm("producer-keys", "create", "acme")
+	var pk struct {
+		ID     string `json:"id"`
+		Secret string `json:"secret"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &pk, json.RejectUnknownMembers(false)) != nil || pk.Secret == "" {
+		t.Fatalf("producer-keys create: %+v", r)
+	}
+	if r := adm("producer-keys", "rotate", "acme", pk.ID, "--overlap", "1h"); r.code != 0 || strings.Contains(r.stdout, pk.Secret) {
+		t.Fatalf("producer-keys rotate: %+v", r)
+	}
+	if r := adm("producer-keys", "list", "acme"); r.code != 0 || strings.Contains(r.stdout, pk.Secret) || strings.Count(r.stdout, `"id":"pk_`) != 2 || !strings.Contains(r.stdout, `"expires_at"`) {
+		t.Fatalf("producer-keys list: %+v", r)
+	}
+	if r := adm("producer-keys", "revoke", "acme", pk.ID); r.code != 0 {
+		t.Fatalf("producer-keys revoke: %+v", r)
+	}
+	r = adm("audit", "--org", "acme", "--limit", "1000")
+	for _, action := range []string{"org.create", "api_key.create", "api_key.revoke", "member.put:owner", "invitation.create:developer", "producer_key.rotate", "producer_key.revoke"} {
+		if !strings.Contains(r.stdout, `"action":"`+action+`"`) {
+			t.Fatalf("audit lacks %s: %+v", action, r)
+		}
+	}
+	if !strings.Contains(r.stdout, `"kind":"operator"`) || !strings.Contains(r.stdout, `"addr":"127.0.0.1"`) {
+		t.Fatalf("audit actor: %s", r.stdout)
+	}
 	t.Setenv("CERTNODE_ADMIN_TOKEN", "wrong-token-0123456789")
 	if r := adm("orgs", "list"); r.code != 1 || !strings.Contains(r.stderr, "unauthorized") || strings.Contains(r.stderr, admin) {
 		t.Fatalf("wrong token: %+v", r)

@@ -9,14 +9,6 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// eachCommand calls f for root and every command below it.
-func eachCommand(c *cobra.Command, f func(*cobra.Command)) {
-	f(c)
-	for _, sub := range c.Commands() {
-		eachCommand(sub, f)
-	}
-}
-
 // builtinFlag is a flag cobra adds itself; it has no variable.
 func builtinFlag(f *pflag.Flag) bool { return f.Name == "help" || f.Name == "version" }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -107,6 +108,23 @@ func bindEnv(fs *pflag.FlagSet, flag, env string) {
 	_ = fs.SetAnnotation(flag, envAnnotation, []string{env})
 	f := fs.Lookup(flag)
 	f.Usage += " [$" + env + "]"
+}
+
+// eachCommand calls f for c and every command below it.
+func eachCommand(c *cobra.Command, f func(*cobra.Command)) {
+	f(c)
+	for _, sub := range c.Commands() {
+		eachCommand(sub, f)
+	}
+}
+
+// bindEnvAll binds every flag of fs not bound yet to CERTNODE_<PREFIX>_<FLAG>.
+func bindEnvAll(fs *pflag.FlagSet, prefix string) {
+	fs.VisitAll(func(f *pflag.Flag) {
+		if len(f.Annotations[envAnnotation]) == 0 {
+			bindEnv(fs, f.Name, "CERTNODE_"+prefix+"_"+strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")))
+		}
+	})
 }
 
 // applyEnv fills unset flags from their environment variables, so every

@@ -1,0 +1,291 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/certnode/certnode/internal/tenants"
+)
+
+// Who a request comes from, and what it may do, is decided here and only
+// here: handlers of organization routes receive the organization the
+// caller was checked against and never read it from the request again.
+
+// SessionCookie carries a signed-in user's session token; CSRFHeader must
+// repeat the session's CSRF token on every state-changing request.
+const (
+	SessionCookie = "certnode_session"
+	CSRFHeader    = "X-CSRF-Token"
+	SessionTTL    = 12 * time.Hour
+	// clientAddrHeader and forwardAuthHeader carry the client's address
+	// across a forward; the address is believed only with the node token.
+	clientAddrHeader  = "Certnode-Client-Addr"
+	forwardAuthHeader = "Certnode-Forward-Auth"
+)
+
+// principal is an authenticated caller.
+type principal struct {
+	actor   Actor
+	userID  string // a signed-in user
+	keyOrg  string // an API key's organization (the key has the admin scope)
+	session string // the session token, for CSRF
+}
+
+func (p *principal) operator() bool { return p.actor.Kind == ActorOperator }
+
+// Permissions of organization routes, and the roles that hold each.
+const (
+	permOrgRead           = "org.read"
+	permOrgWrite          = "org.write"
+	permMembersRead       = "members.read"
+	permMembersWrite      = "members.write"
+	permKeysRead          = "keys.read"
+	permKeysWrite         = "keys.write"
+	permProducerKeysRead  = "producer_keys.read"
+	permProducerKeysWrite = "producer_keys.write"
+	permAuditRead         = "audit.read"
+)
+
+var permissions = map[string][]string{
+	permOrgRead:           Roles,
+	permOrgWrite:          {RoleOwner, RoleAdmin},
+	permMembersRead:       Roles,
+	permMembersWrite:      {RoleOwner, RoleAdmin},
+	permKeysRead:          {RoleOwner, RoleAdmin, RoleDeveloper, RoleViewer},
+	permKeysWrite:         {RoleOwner, RoleAdmin, RoleDeveloper},
+	permProducerKeysRead:  {RoleOwner, RoleAdmin, RoleDeveloper},
+	permProducerKeysWrite: {RoleOwner, RoleAdmin},
+	permAuditRead:         {RoleOwner, RoleAdmin},
+}
+
+// scope is what an organization route runs with: the organization the
+// caller was checked against and the caller's role in it.
+type scope struct {
+	org  string
+	role string
+}
+
+type principalKey struct{}
+
+func principalOf(r *http.Request) *principal {
+	p, _ := r.Context().Value(principalKey{}).(*principal)
+	return p
+}
+
+// clientAddr is the caller's address: the one a forwarding node vouched
+// for, else the connection's.
+func (s *Server) clientAddr(r *http.Request) string {
+	if a := r.Header.Get(clientAddrHeader); a != "" && s.nodeTokenOK(r.Header.Get(forwardAuthHeader)) {
+		return a
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (s *Server) nodeTokenOK(h string) bool {
+	return subtle.ConstantTimeCompare([]byte(h), []byte("Bearer "+s.node.cfg.NodeToken)) == 1
+}
+
+// identify finds the caller: the operator (admin token), a node (node
+// token), an organization's admin-scope API key, or a signed-in user
+// (session cookie). nil: none of them.
+func (s *Server) identify(r *http.Request) *principal {
+	addr := s.clientAddr(r)
+	if h := r.Header.Get("Authorization"); h != "" {
+		switch {
+		case subtle.ConstantTimeCompare([]byte(h), []byte("Bearer "+s.node.cfg.AdminToken)) == 1:
+			return &principal{actor: Actor{Kind: ActorOperator, Addr: addr}}
+		case s.nodeTokenOK(h):
+			return &principal{actor: Actor{Kind: ActorNode, Addr: addr}}
+		}
+		key := strings.TrimSpace(strings.TrimPrefix(h, "Bearer "))
+		id, _, _ := strings.Cut(key, ".")
+		var p *principal
+		now := time.Now()
+		s.node.fsm.View(func(st *State) {
+			k := st.Keys[id]
+			if k == nil || subtle.ConstantTimeCompare([]byte(HashKey(key)), []byte(k.Hash)) != 1 || !k.RevokedAt.IsZero() ||
+				(!k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)) || !slices.Contains(k.Scopes, tenants.ScopeAdmin) {
+				return
+			}
+			if o := st.Orgs[k.Org]; o == nil || o.Status != OrgActive {
+				return
+			}
+			p = &principal{actor: Actor{Kind: ActorKey, ID: k.ID, Addr: addr}, keyOrg: k.Org}
+		})
+		return p
+	}
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || c.Value == "" {
+		return nil
+	}
+	var p *principal
+	hash, now := HashKey(c.Value), time.Now()
+	s.node.fsm.View(func(st *State) {
+		ss := st.Sessions[hash]
+		if ss == nil || !now.Before(ss.ExpiresAt) || st.Users[ss.User] == nil {
+			return
+		}
+		p = &principal{actor: Actor{Kind: ActorUser, ID: ss.User, Addr: addr}, userID: ss.User, session: c.Value}
+	})
+	return p
+}
+
+// csrfToken is the CSRF token of a session: derived from its secret
+// token, so any node checks it without storing it, and useless without
+// the HttpOnly cookie.
+func csrfToken(session string) string {
+	m := hmac.New(sha256.New, []byte(session))
+	m.Write([]byte("certnode csrf v1"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// safeMethod reports whether a method changes nothing.
+func safeMethod(m string) bool { return m == "GET" || m == "HEAD" || m == "OPTIONS" }
+
+// csrfOK checks a session's state-changing request: the CSRF header must
+// match, and a browser's Origin (when sent) must be this host.
+func csrfOK(r *http.Request, p *principal) bool {
+	if p.session == "" || safeMethod(r.Method) {
+		return true
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return false
+		}
+	}
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get(CSRFHeader)), []byte(csrfToken(p.session))) == 1
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, body []byte)
+
+// orgHandler serves an organization route for a caller checked against sc.
+type orgHandler func(w http.ResponseWriter, r *http.Request, sc scope, body []byte)
+
+// readBody reads a bounded body.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", "the body is over 1 MiB")
+		return nil, false
+	}
+	return body, true
+}
+
+// authed serves h to callers of the kinds given, with the principal in
+// the request's context; a session's writes must pass the CSRF check.
+func (s *Server) authed(kinds ...string) func(handler) http.Handler {
+	return func(h handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p := s.identify(r)
+			if p == nil || !slices.Contains(kinds, p.actor.Kind) {
+				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong credentials")
+				return
+			}
+			if !csrfOK(r, p) {
+				writeError(w, http.StatusForbidden, "csrf", "a state-changing request with a session needs the "+CSRFHeader+" header of that session, from this origin")
+				return
+			}
+			body, ok := readBody(w, r)
+			if !ok {
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
+			if !s.replay(w, r, body) {
+				h(w, r, body)
+			}
+		})
+	}
+}
+
+// anonymous serves h to anyone (sign-in, invitations, password reset).
+func (s *Server) anonymous(h handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, ok := readBody(w, r)
+		if !ok {
+			return
+		}
+		p := &principal{actor: Actor{Kind: ActorAnonymous, Addr: s.clientAddr(r)}}
+		h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)), body)
+	})
+}
+
+// inOrg checks the caller's role in the organization of the path against
+// perm, and runs h with that organization. Someone with no role in it
+// gets the 404 an organization that does not exist gets.
+func (s *Server) inOrg(perm string, h orgHandler) handler {
+	return func(w http.ResponseWriter, r *http.Request, body []byte) {
+		org := r.PathValue("org")
+		role := s.roleIn(principalOf(r), org)
+		if role == "" {
+			writeError(w, http.StatusNotFound, "not_found", "not found: organization "+org)
+			return
+		}
+		if !slices.Contains(permissions[perm], role) {
+			writeError(w, http.StatusForbidden, "forbidden_role", "the role "+role+" does not allow "+perm)
+			return
+		}
+		h(w, r, scope{org: org, role: role}, body)
+	}
+}
+
+// roleIn is the caller's role in org: owner for the operator, admin for
+// the org's admin-scope key, the membership's for a user, else none.
+func (s *Server) roleIn(p *principal, org string) string {
+	var role string
+	s.node.fsm.View(func(st *State) {
+		if _, ok := st.Orgs[org]; !ok {
+			return
+		}
+		switch {
+		case p.operator():
+			role = RoleOwner
+		case p.keyOrg != "":
+			if p.keyOrg == org {
+				role = RoleAdmin
+			}
+		case p.userID != "":
+			if m := st.Memberships[membershipKey(org, p.userID)]; m != nil {
+				role = m.Role
+			}
+		}
+	})
+	return role
+}
+
+// meta is the caller of r and the time, for a command's Meta.
+func (s *Server) meta(r *http.Request) Meta {
+	m := Meta{At: time.Now().UTC()}
+	if p := principalOf(r); p != nil {
+		m.By = p.actor
+	}
+	return m
+}
+
+// propose stamps c with the caller and the time, and proposes it.
+func (s *Server) propose(r *http.Request, c Command) (uint64, error) {
+	if a, ok := c.(audited); ok {
+		m := a.metadata()
+		at, idem := m.At, m.Idem
+		*m = s.meta(r)
+		m.Idem = idem
+		if !at.IsZero() { // fixed by the handler, which checked against it
+			m.At = at
+		}
+	}
+	return s.node.Propose(c)
+}

@@ -1,0 +1,73 @@
+package coordinator
+
+import "net/http"
+
+// route is one API route. Org routes are the ones an organization's own
+// users and keys reach; the cross-tenant test walks every one of them.
+type route struct {
+	pattern string
+	h       http.Handler
+	org     bool
+}
+
+// routes lists the API. Organization resources are served under
+// /v1/orgs/{org} to the operator, the organization's users (by role) and
+// its admin-scope keys; the operator's CLI also reaches keys and producer
+// keys under /v1/admin/orgs/{org}.
+func (s *Server) routes() []route {
+	op := s.authed(ActorOperator)
+	node := s.authed(ActorNode)
+	user := s.authed(ActorUser)
+	caller := s.authed(ActorOperator, ActorUser, ActorKey)
+	rs := []route{
+		{pattern: "GET /v1/admin/cluster", h: op(s.cluster)},
+		{pattern: "POST /v1/admin/cluster/members", h: op(s.leader(s.addMember))},
+		{pattern: "DELETE /v1/admin/cluster/members/{id}", h: op(s.leader(s.removeMember))},
+		{pattern: "POST /v1/admin/orgs", h: op(s.leader(s.createOrg))},
+		{pattern: "GET /v1/admin/orgs", h: op(s.listOrgs)},
+		{pattern: "GET /v1/admin/orgs/{org}", h: op(s.consistent(s.getOrg))},
+		{pattern: "PATCH /v1/admin/orgs/{org}", h: op(s.leader(s.updateOrg))},
+		{pattern: "GET /v1/admin/plans", h: op(s.listPlans)},
+		{pattern: "PUT /v1/admin/plans/{plan}", h: op(s.leader(s.putPlan))},
+		{pattern: "POST /v1/admin/users", h: op(s.leader(s.createUser))},
+		{pattern: "GET /v1/admin/users", h: op(s.listUsers)},
+		{pattern: "POST /v1/admin/users/{user}/password-reset", h: op(s.leader(s.issueReset))},
+		{pattern: "GET /v1/admin/audit", h: op(s.adminAudit)},
+		{pattern: "GET /v1/node/state", h: node(s.state)},
+
+		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
+		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},
+		{pattern: "GET /v1/me", h: user(s.me)},
+		{pattern: "POST /v1/auth/invitations/accept", h: s.anonymous(s.leader(s.acceptInvitation))},
+		{pattern: "POST /v1/auth/password-reset", h: s.anonymous(s.leader(s.resetPassword))},
+	}
+	orgRoutes := []struct {
+		method, path string
+		h            handler
+		alias        bool // also under /v1/admin/orgs/{org}, for the CLI
+	}{
+		{"GET", "", s.inOrg(permOrgRead, s.orgView), false},
+		{"PATCH", "", s.leader(s.inOrg(permOrgWrite, s.updateOrgSettings)), false},
+		{"GET", "/members", s.inOrg(permMembersRead, s.listMembers), false},
+		{"PUT", "/members/{user}", s.leader(s.inOrg(permMembersWrite, s.putMember)), false},
+		{"DELETE", "/members/{user}", s.leader(s.inOrg(permMembersWrite, s.removeOrgMember)), false},
+		{"POST", "/invitations", s.leader(s.inOrg(permMembersWrite, s.invite)), false},
+		{"GET", "/invitations", s.inOrg(permMembersWrite, s.listInvitations), false},
+		{"DELETE", "/invitations/{id}", s.leader(s.inOrg(permMembersWrite, s.revokeInvitation)), false},
+		{"POST", "/keys", s.leader(s.inOrg(permKeysWrite, s.createKey)), true},
+		{"GET", "/keys", s.consistent(s.inOrg(permKeysRead, s.listKeys)), true},
+		{"DELETE", "/keys/{key}", s.leader(s.inOrg(permKeysWrite, s.revokeKey)), true},
+		{"POST", "/producer-keys", s.leader(s.inOrg(permProducerKeysWrite, s.createProducerKey)), true},
+		{"GET", "/producer-keys", s.consistent(s.inOrg(permProducerKeysRead, s.listProducerKeys)), true},
+		{"POST", "/producer-keys/{key}/rotate", s.leader(s.inOrg(permProducerKeysWrite, s.rotateProducerKey)), true},
+		{"DELETE", "/producer-keys/{key}", s.leader(s.inOrg(permProducerKeysWrite, s.revokeProducerKey)), true},
+		{"GET", "/audit", s.inOrg(permAuditRead, s.orgAudit), false},
+	}
+	for _, o := range orgRoutes {
+		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})
+		if o.alias {
+			rs = append(rs, route{pattern: o.method + " /v1/admin/orgs/{org}" + o.path, h: op(o.h)})
+		}
+	}
+	return rs
+}

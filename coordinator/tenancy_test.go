@@ -1,0 +1,109 @@
+package coordinator
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/go-json-experiment/json"
+)
+
+// Route by route, a caller of one organization reaches nothing of
+// another: not the other organization's routes (404, as for an
+// organization that does not exist), and not the other's keys, producer
+// keys, invitations or members through its own organization's routes.
+// A new organization route without a case here fails the test.
+func TestCrossTenantRoutes(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	for _, org := range []string{"acme", "globex"} {
+		op.must(201, "POST", "/v1/admin/orgs", `{"id":"`+org+`","name":"`+org+`"}`)
+	}
+	alice := createUser(op, "alice@acme.test")
+	op.must(200, "PUT", "/v1/orgs/acme/members/"+alice, `{"role":"owner"}`)
+	gus := createUser(op, "gus@globex.test")
+	op.must(200, "PUT", "/v1/orgs/globex/members/"+gus, `{"role":"owner"}`)
+	var gk keyView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/keys", `{"scopes":["admin"]}`)), &gk)
+	var gpk producerKeyView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/producer-keys", "")), &gpk)
+	var ginv invitationView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/invitations", `{"email":"x@globex.test","role":"viewer"}`)), &ginv)
+	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
+
+	// Both of acme's kinds of callers: its owner's session and its
+	// admin-scope key.
+	session := newClient(t, n)
+	session.login("alice@acme.test", "password-of-alice@acme.test")
+	var ak keyView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"]}`)), &ak)
+	key := newClient(t, n)
+	key.hdr["Authorization"] = "Bearer " + ak.Key
+
+	// Each org route: a body that would succeed, and the ids of globex's
+	// resources its other path values take.
+	cases := map[string]struct {
+		body string
+		ids  map[string]string
+	}{
+		"GET /v1/orgs/{org}":                             {},
+		"PATCH /v1/orgs/{org}":                           {body: `{"name":"pwned"}`},
+		"GET /v1/orgs/{org}/members":                     {},
+		"PUT /v1/orgs/{org}/members/{user}":              {body: `{"role":"viewer"}`, ids: map[string]string{"user": gus}},
+		"DELETE /v1/orgs/{org}/members/{user}":           {ids: map[string]string{"user": gus}},
+		"POST /v1/orgs/{org}/invitations":                {body: `{"email":"y@acme.test","role":"viewer"}`},
+		"GET /v1/orgs/{org}/invitations":                 {},
+		"DELETE /v1/orgs/{org}/invitations/{id}":         {ids: map[string]string{"id": ginv.ID}},
+		"POST /v1/orgs/{org}/keys":                       {body: `{"scopes":["sign"]}`},
+		"GET /v1/orgs/{org}/keys":                        {},
+		"DELETE /v1/orgs/{org}/keys/{key}":               {ids: map[string]string{"key": gk.ID}},
+		"POST /v1/orgs/{org}/producer-keys":              {},
+		"GET /v1/orgs/{org}/producer-keys":               {},
+		"POST /v1/orgs/{org}/producer-keys/{key}/rotate": {ids: map[string]string{"key": gpk.ID}},
+		"DELETE /v1/orgs/{org}/producer-keys/{key}":      {ids: map[string]string{"key": gpk.ID}},
+		"GET /v1/orgs/{org}/audit":                       {},
+	}
+	seen := map[string]bool{}
+	for _, rt := range n.routes() {
+		if !rt.org {
+			continue
+		}
+		seen[rt.pattern] = true
+		tc, ok := cases[rt.pattern]
+		if !ok {
+			t.Errorf("organization route %s has no cross-tenant case", rt.pattern)
+			continue
+		}
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		fill := func(org string, ids map[string]string) string {
+			p := strings.ReplaceAll(path, "{org}", org)
+			for k, v := range ids {
+				p = strings.ReplaceAll(p, "{"+k+"}", v)
+			}
+			return p
+		}
+		for name, c := range map[string]*client{"session": session, "key": key} {
+			// globex's routes, with globex's ids.
+			if resp, body := c.do(method, fill("globex", tc.ids), tc.body); resp.StatusCode != 404 {
+				t.Errorf("%s %s as acme's %s: %d %s, want 404", method, fill("globex", tc.ids), name, resp.StatusCode, body)
+			}
+			// acme's routes, with globex's ids.
+			if len(tc.ids) > 0 {
+				if resp, body := c.do(method, fill("acme", tc.ids), tc.body); resp.StatusCode != 404 {
+					t.Errorf("%s %s as acme's %s: %d %s, want 404", method, fill("acme", tc.ids), name, resp.StatusCode, body)
+				}
+			}
+		}
+	}
+	for p := range cases {
+		if !seen[p] {
+			t.Errorf("case %s names no route", p)
+		}
+	}
+	// Nothing of globex's changed.
+	if after := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", ""); after != before {
+		t.Fatalf("globex changed:\nbefore %s\nafter  %s", before, after)
+	}
+	if keys := op.must(200, "GET", "/v1/orgs/globex/keys", ""); strings.Contains(keys, "revoked_at") {
+		t.Fatalf("globex's key was revoked: %s", keys)
+	}
+}
