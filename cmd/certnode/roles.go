@@ -161,8 +161,7 @@ func newIngestCmd() *cobra.Command {
 				if err != nil {
 					errs = append(errs, err)
 				} else {
-					// No plans until the replica serves them: invoices answer 503.
-					auth, ready, parts["coordinator"] = r, append(ready, r.Ready), r.Run
+					auth, plans, ready, parts["coordinator"] = r, r, append(ready, r.Ready), r.Run
 				}
 			default:
 				store, err := loadTenants(tenantsFile)
