@@ -65,6 +65,9 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/jobs/{job_id}", "jobs_status", tenants.ScopeRead, s.jobStatus),
 		ten("GET", "/v1/jobs/{job_id}/results", "jobs_results", tenants.ScopeRead, s.jobResults),
 		ten("GET", "/v1/receipts/{receipt_id}", "receipts", tenants.ScopeRead, s.getReceipt),
+		ten("GET", "/v1/usage", "usage", tenants.ScopeRead, s.usage),
+		ten("GET", "/v1/invoices", "invoices", tenants.ScopeRead, s.invoices),
+		ten("GET", "/v1/invoices/{period}", "invoice", tenants.ScopeRead, s.invoice),
 	}
 }
 

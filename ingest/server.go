@@ -60,11 +60,14 @@ var ErrNotFound = errors.New("not found")
 // any of its checks returns an error.
 type Check func(ctx context.Context) error
 
-// Deps are the parts the server uses; Store may be nil.
+// Deps are the parts the server uses; Store, Usage and Plans may be nil
+// (their routes answer 503).
 type Deps struct {
 	Auth  Authenticator
 	Keys  KeySource
 	Store ReceiptStore
+	Usage UsageReader
+	Plans PlanSource
 	MAC   RecordMAC
 	// Ready and Live are extra readiness and liveness checks (for example
 	// the signer, or an embedded worker's health).

@@ -21,6 +21,14 @@ package schemas
 // every column comes from the same result), and results, the number of
 // distinct results it had. Queries that count requests read the view.
 //
+// certnode.usage_events holds the usage events of certnode.usage (see
+// UsageEvent), one row per (org, id) once merged: copies of an event
+// (replays) share the sort key and, since an event's time is the request's
+// received time, their partition. ReplacingMergeTree keeps the row of the
+// highest ver, which falls as processed_at rises, so merges keep the
+// request as first processed, as certnode.requests reports it; queries
+// pick the same row among copies not merged yet (argMin by processed_at).
+//
 // certnode.receipts, the table of earlier releases keyed on (tenant, id),
 // lost re-signed receipts; it is no longer written nor created, and is left
 // in place on existing installs.
@@ -77,7 +85,30 @@ var ClickHouseDDL = []string{
 		FROM certnode.results
 	)
 	GROUP BY tenant, id`,
+	`CREATE TABLE IF NOT EXISTS certnode.usage_events (
+		org String,
+		id String,
+		source String,
+		time DateTime,
+		kind String,
+		status String,
+		auth String,
+		key_id String,
+		bytes UInt64,
+		job_id String,
+		processed_at DateTime,
+		ver UInt32 MATERIALIZED toUInt32(4294967295 - toUInt32(processed_at))
+	) ENGINE = ReplacingMergeTree(ver)
+	PARTITION BY toYYYYMM(time)
+	ORDER BY (org, id)`,
 }
+
+// ClickHouseUsageTable is the table usage events are written to.
+const ClickHouseUsageTable = "certnode.usage_events"
+
+// ClickHouseUsageColumns lists the columns of an insert into
+// certnode.usage_events, in order (ver is computed).
+const ClickHouseUsageColumns = "org, id, source, time, kind, status, auth, key_id, bytes, job_id, processed_at"
 
 // ClickHouseResultsTable is the table the sink writes.
 const ClickHouseResultsTable = "certnode.results"

@@ -9,28 +9,31 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 )
 
-// Topics names the Kafka topics. Records on requests, receipts and dlq are
-// keyed by tenant id, so a tenant's traffic keeps its order; jobs is
-// compacted and keyed by job id.
+// Topics names the Kafka topics. Records on requests, receipts, dlq and
+// usage are keyed by tenant id, so a tenant's traffic keeps its order; jobs
+// is compacted and keyed by job id.
 type Topics struct {
 	Requests string
 	Receipts string
 	DLQ      string
 	Jobs     string
+	// Usage carries one CloudEvent per attributable result (UsageEvent).
+	Usage string
 }
 
 // DefaultTopicPrefix gives certnode.requests, certnode.receipts,
-// certnode.dlq and certnode.jobs.
+// certnode.dlq, certnode.jobs and certnode.usage.
 const DefaultTopicPrefix = "certnode"
 
 // TopicsFor names the topics under prefix, so several environments (or
 // test runs) can share one cluster.
 func TopicsFor(prefix string) Topics {
-	return Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq", Jobs: prefix + ".jobs"}
+	return Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq", Jobs: prefix + ".jobs",
+		Usage: prefix + ".usage"}
 }
 
 // All lists the topics.
-func (t Topics) All() []string { return []string{t.Requests, t.Receipts, t.DLQ, t.Jobs} }
+func (t Topics) All() []string { return []string{t.Requests, t.Receipts, t.DLQ, t.Jobs, t.Usage} }
 
 // Record size limits. A request may be as large as MaxRequestBytes; its
 // result carries the receipt (the payload plus a few hundred bytes), so
@@ -289,4 +292,30 @@ func DecodeResult(b []byte) (*Result, error) {
 		return nil, fmt.Errorf("not a v%d result: %w", EnvelopeVersion, err)
 	}
 	return &r, nil
+}
+
+// The window, around the broker timestamp of a result record, in which the
+// times a result claims are believed. received_at comes from the request,
+// which a customer's producer writes directly, so it can say anything; it
+// dates analytics rows and usage (and so the billing period a request falls
+// in). A request normally waits seconds, so a day covers a worker backlog;
+// five minutes covers clock skew. A result is therefore never dated more
+// than ClaimedTimeBefore before it was written, which is how long a billing
+// period stays open after it ended.
+const (
+	ClaimedTimeBefore = 24 * time.Hour
+	ClaimedTimeAfter  = 5 * time.Minute
+)
+
+// TrustedTime returns claimed when it lies in the window around broker, the
+// timestamp of the result's record, else broker; and whether claimed (when
+// set) was replaced.
+func TrustedTime(claimed, broker time.Time) (time.Time, bool) {
+	if claimed.IsZero() {
+		return broker, false
+	}
+	if claimed.Before(broker.Add(-ClaimedTimeBefore)) || claimed.After(broker.Add(ClaimedTimeAfter)) {
+		return broker, true
+	}
+	return claimed, false
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
+	usagesink "github.com/certnode/certnode/sinks/usage"
 )
 
 // credentials is what `certnode dev` writes for the developer (mode 0600).
@@ -46,9 +47,9 @@ func newDevCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every role in one process (embedded Kafka and a software key unless told otherwise)",
-		Long: "Runs ingest, a worker and (when ClickHouse is configured or found on 127.0.0.1:9000) the\n" +
-			"ClickHouse sink in one process. Kafka is embedded (franz-go's kfake, persisted in DIR/kafka)\n" +
-			"unless --kafka names a cluster. Receipts are signed with the key ring DIR/keyring (made on\n" +
+		Long: "Runs ingest, a worker, the usage sink and (when ClickHouse is configured or found on\n" +
+			"127.0.0.1:9000) the ClickHouse sink in one process. Kafka is embedded (franz-go's kfake,\n" +
+			"persisted in DIR/kafka) unless --kafka names a cluster. Receipts are signed with the key ring DIR/keyring (made on\n" +
 			"first start; rotate with certnode keys rotate --keyring DIR/keyring, picked up live) unless\n" +
 			"--keyring, --key or --pkcs11-* name other keys. The demo tenant's API key is written to\n" +
 			"DIR/credentials.json (mode 0600).\n\n" + pinHelp,
@@ -104,8 +105,17 @@ func newDevCmd() *cobra.Command {
 			defer w.Close()
 			parts["worker"] = w.Run
 			parts["keyring"] = signer.NewRingWatcher(ring, ringPoll).Run
+			ucfg := usagesink.DefaultConfig()
+			ucfg.Kafka, ucfg.Group, ucfg.Registerer = kcfg, kf.prefix+"-sink-usage", reg
+			us, err := usagesink.New(ucfg)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer us.Close()
+			parts["usage"] = us.Run
 
 			var rs ingest.ReceiptStore
+			var usage ingest.UsageReader
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
@@ -119,14 +129,15 @@ func newDevCmd() *cobra.Command {
 				}
 				defer sink.Close()
 				parts["sink"] = sink.Run
-				chs, err := ingest.OpenClickHouseStore(ctx, []string{chAddr}, "default", "")
+				chs, br, err := openStores(ctx, chAddr, "")
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer chs.Close()
-				rs = chs
+				defer br.Close()
+				rs, usage = chs, br
 			} else {
-				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts answers 503")
+				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage and /v1/invoices answer 503")
 			}
 
 			icfg.Addr, icfg.Kafka, icfg.Registerer, icfg.Gatherer = addr, kcfg, reg, reg
@@ -134,7 +145,7 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: store, Keys: ring, Store: rs, MAC: mac,
+			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: store, Keys: ring, Store: rs, Usage: usage, Plans: tenants.UnmeteredPlans{}, MAC: mac,
 				Ready: []ingest.Check{signerCheck}, Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)

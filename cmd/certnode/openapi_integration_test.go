@@ -65,3 +65,73 @@ func TestOpenAPIReceiptsClickHouse(t *testing.T) {
 		t.Fatalf("%s: success validated %v, error validated %v", key, c.success[key], c.failure[key])
 	}
 }
+
+// TestOpenAPIUsageClickHouse: with ClickHouse, the usage and invoice
+// routes answer the tenant's own usage, validated against the document,
+// and another tenant's answers hold nothing of it.
+func TestOpenAPIUsageClickHouse(t *testing.T) {
+	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
+	c := newContract(t, e)
+	raw := make([]byte, 8)
+	rand.Read(raw)
+	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw)}
+	const n = 3
+	for range n {
+		c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key,
+			ctype: "application/json", body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200})
+	}
+	c.expect(t, e, exchange{name: "A verifies", method: "POST", path: "/v1/verify", key: e.key,
+		ctype: "application/json", body: `{"receipt":{}}`, status: 200})
+	// Every test run signs again on the shared ClickHouse: count from now on.
+	from := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
+	q := "?from=" + from.Format(time.RFC3339)
+	month := time.Now().UTC().Format("2006-01")
+
+	// Rows land within the usage and ClickHouse sinks' batch windows.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := c.expect(t, e, exchange{name: "A's usage by hour", method: "GET", path: "/v1/usage" + q + "&granularity=hour&group_by=key", key: e.key, status: 200})
+		var rep struct {
+			Totals struct {
+				Requests int `json:"requests"`
+			} `json:"totals"`
+		}
+		json.Unmarshal([]byte(r.body), &rep, json.RejectUnknownMembers(false))
+		if rep.Totals.Requests >= n+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A's usage never showed its %d requests: %s", n+1, r.body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, x := range []exchange{
+		{name: "A's usage by day", method: "GET", path: "/v1/usage" + q, key: e.key, status: 200},
+		{name: "A's invoices", method: "GET", path: "/v1/invoices", key: e.key, status: 200},
+		{name: "A's invoice", method: "GET", path: "/v1/invoices/" + month, key: e.key, status: 200},
+		{name: "A's invoice as CSV", method: "GET", path: "/v1/invoices/" + month + "?format=csv", key: e.key, status: 200},
+		{name: "an invoice of a month not begun", method: "GET", path: "/v1/invoices/2999-01", key: e.key, status: 404, code: "not_found"},
+	} {
+		c.expect(t, e, x)
+	}
+
+	// B, on the same routes, sees its own organization only: none of A's
+	// requests (B made none), and no trace of A.
+	b := c.expect(t, e, exchange{name: "B's usage", method: "GET", path: "/v1/usage" + q + "&granularity=hour&group_by=key", key: e.other, status: 200}).body
+	if !strings.Contains(b, `"organization":"other"`) || !strings.Contains(b, `"rows":[]`) {
+		t.Errorf("B's usage: %s", b)
+	}
+	a.leaks(t, b)
+	for _, path := range []string{"/v1/invoices", "/v1/invoices/" + month, "/v1/invoices/" + month + "?format=csv"} {
+		body := c.expect(t, e, exchange{name: "B on " + path, method: "GET", path: path, key: e.other, status: 200}).body
+		if !strings.Contains(body, "other") {
+			t.Errorf("B's %s is not B's: %s", path, body)
+		}
+		a.leaks(t, body)
+	}
+	for _, key := range []string{"GET /v1/usage", "GET /v1/invoices", "GET /v1/invoices/{period}"} {
+		if !c.success[key] {
+			t.Errorf("%s: no success validated", key)
+		}
+	}
+}

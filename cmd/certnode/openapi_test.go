@@ -325,6 +325,9 @@ func (c *contract) checkRoutes(t *testing.T) {
 // with the test that validates it against real services.
 var needServices = map[string]string{
 	"GET /v1/receipts/{receipt_id}": "needs ClickHouse: TestOpenAPIReceiptsClickHouse (integration)",
+	"GET /v1/usage":                 "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/invoices":              "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/invoices/{period}":     "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
 }
 
 // checkCoverage fails for every route without a validated success and a
@@ -453,6 +456,21 @@ func TestOpenAPIContract(t *testing.T) {
 		// GET /v1/receipts/{receipt_id}: dev runs without ClickHouse here.
 		{name: "receipt without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID, key: e.key, status: 503, code: "storage_unavailable"},
 		{name: "receipt id not a digest", method: "GET", path: "/v1/receipts/nope", key: e.key, offSpec: true, status: 503, code: "storage_unavailable"},
+
+		// GET /v1/usage, /v1/invoices, /v1/invoices/{period}: parameters
+		// are checked first, then storage (ClickHouse is off here).
+		{name: "usage without storage", method: "GET", path: "/v1/usage?granularity=hour&group_by=key&from=2026-05-01T00:00:00Z&to=2026-05-02T00:00:00Z", key: e.key, status: 503, code: "storage_unavailable"},
+		{name: "usage unknown key", method: "GET", path: "/v1/usage", key: "cn_nope", status: 401, code: "unauthorized"},
+		{name: "usage by week", method: "GET", path: "/v1/usage?granularity=week", key: e.key, offSpec: true, status: 400, code: "invalid_granularity"},
+		{name: "usage by org", method: "GET", path: "/v1/usage?group_by=org", key: e.key, offSpec: true, status: 400, code: "invalid_group_by"},
+		{name: "usage from not a time", method: "GET", path: "/v1/usage?from=yesterday", key: e.key, offSpec: true, status: 400, code: "invalid_from"},
+		{name: "usage to not a time", method: "GET", path: "/v1/usage?to=2026-05", key: e.key, offSpec: true, status: 400, code: "invalid_to"},
+		{name: "usage range inverted", method: "GET", path: "/v1/usage?from=2026-05-02T00:00:00Z&to=2026-05-01T00:00:00Z", key: e.key, status: 400, code: "invalid_range"},
+		{name: "usage range too large", method: "GET", path: "/v1/usage?granularity=hour&from=2026-01-01T00:00:00Z&to=2026-05-01T00:00:00Z", key: e.key, status: 400, code: "range_too_large"},
+		{name: "invoices without storage", method: "GET", path: "/v1/invoices", key: e.key, status: 503, code: "storage_unavailable"},
+		{name: "invoice without storage", method: "GET", path: "/v1/invoices/2026-05?format=csv", key: e.key, status: 503, code: "storage_unavailable"},
+		{name: "invoice period not a month", method: "GET", path: "/v1/invoices/2026-5", key: e.key, offSpec: true, status: 400, code: "invalid_period"},
+		{name: "invoice in another format", method: "GET", path: "/v1/invoices/2026-05?format=pdf", key: e.key, offSpec: true, status: 400, code: "invalid_format"},
 	}
 	for _, x := range cases {
 		t.Run(x.name, func(t *testing.T) { c.expect(t, e, x) })

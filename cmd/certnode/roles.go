@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/certnode/certnode/billing"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/kafka"
@@ -27,6 +28,7 @@ import (
 	"github.com/certnode/certnode/schemas"
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
+	usagesink "github.com/certnode/certnode/sinks/usage"
 )
 
 // kafkaFlags are shared by every role.
@@ -48,7 +50,7 @@ func (k *kafkaFlags) register(fs *pflag.FlagSet, required bool) {
 	bindEnv(fs, "partitions", "CERTNODE_KAFKA_PARTITIONS")
 	fs.Int16Var(&k.rf, "replication-factor", 1, "replication factor for topics this process creates")
 	bindEnv(fs, "replication-factor", "CERTNODE_KAFKA_REPLICATION_FACTOR")
-	fs.StringVar(&k.prefix, "topic-prefix", schemas.DefaultTopicPrefix, "topic names PREFIX.requests, PREFIX.receipts, PREFIX.dlq; consumer groups PREFIX-workers, PREFIX-sink-clickhouse")
+	fs.StringVar(&k.prefix, "topic-prefix", schemas.DefaultTopicPrefix, "topic names PREFIX.requests, PREFIX.receipts, PREFIX.dlq, PREFIX.jobs, PREFIX.usage; consumer groups PREFIX-workers, PREFIX-sink-clickhouse, PREFIX-sink-usage")
 	bindEnv(fs, "topic-prefix", "CERTNODE_TOPIC_PREFIX")
 }
 
@@ -151,6 +153,7 @@ func newIngestCmd() *cobra.Command {
 			var ready []ingest.Check
 			var auth ingest.Authenticator
 			var accounts http.Handler
+			var plans ingest.PlanSource
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -159,7 +162,7 @@ func newIngestCmd() *cobra.Command {
 				if err != nil {
 					errs = append(errs, err)
 				} else {
-					auth, ready, parts["coordinator"] = r, append(ready, r.Ready), r.Run
+					auth, plans, ready, parts["coordinator"] = r, r, append(ready, r.Ready), r.Run
 					accounts = r.Accounts()
 				}
 			default:
@@ -167,7 +170,7 @@ func newIngestCmd() *cobra.Command {
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%w (or --coordinator ADDR)", err))
 				}
-				auth = store
+				auth, plans = store, tenants.UnmeteredPlans{}
 			}
 			keys, err := publishedKeys(keyringDir)
 			if err != nil {
@@ -182,18 +185,21 @@ func newIngestCmd() *cobra.Command {
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			var rs ingest.ReceiptStore
+			var usage ingest.UsageReader
 			if clickhouse != "" {
-				chs, err := ingest.OpenClickHouseStore(cmd.Context(), []string{clickhouse}, "default", os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
+				chs, br, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer chs.Close()
-				rs = chs
+				defer br.Close()
+				rs, usage = chs, br
 			}
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Keys: keys, Store: rs, MAC: mac, Ready: ready, Accounts: accounts})
+			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Keys: keys, Store: rs, Usage: usage, Plans: plans, MAC: mac,
+				Ready: ready, Accounts: accounts})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -210,7 +216,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
 	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
+	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage and /v1/invoices (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
 	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
@@ -346,8 +352,62 @@ func newSinkCmd() *cobra.Command {
 	fs.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest wait before a partial batch is inserted")
 	bindEnv(fs, "batch-wait", "CERTNODE_SINK_BATCH_WAIT")
 	kf.register(fs, true)
-	cmd.AddCommand(ch)
+	cmd.AddCommand(ch, newUsageSinkCmd())
 	return cmd
+}
+
+func newUsageSinkCmd() *cobra.Command {
+	var kf kafkaFlags
+	var metricsAddr string
+	cfg := usagesink.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Publish a usage event (CloudEvents, as OpenMeter ingests them) for every authenticated result",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-sink-usage"
+			if err := cfg.Validate(); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
+				return err
+			}
+			reg := newRegistry()
+			cfg.Registerer = reg
+			s, err := usagesink.New(cfg)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			defer s.Close()
+			slog.Info("usage sink started", "source", cfg.Source)
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
+				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}))
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9103", "address for /metrics")
+	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	fs.StringVar(&cfg.Source, "source", cfg.Source, "base of the events' source: SOURCE/orgs/ORG")
+	bindEnv(fs, "source", "CERTNODE_USAGE_SOURCE")
+	fs.IntVar(&cfg.BatchRecords, "batch-records", cfg.BatchRecords, "results handled at once at most")
+	bindEnv(fs, "batch-records", "CERTNODE_USAGE_BATCH_RECORDS")
+	kf.register(fs, true)
+	return cmd
+}
+
+// openStores connects the ClickHouse readers of ingest: stored receipts,
+// and usage and invoices.
+func openStores(ctx context.Context, addr, password string) (*ingest.ClickHouseStore, *billing.Reader, error) {
+	chs, err := ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password)
+	if err != nil {
+		return nil, nil, err
+	}
+	br, err := billing.Open(ctx, []string{addr}, "default", password)
+	if err != nil {
+		chs.Close()
+		return nil, nil, err
+	}
+	return chs, br, nil
 }
 
 // runErr turns a role's failure into exit status 1 with its message.

@@ -45,6 +45,18 @@ func (a *crossTenant) notFound(t *testing.T, c *contract, e *devEnv, path, unkno
 	a.leaks(t, got.body)
 }
 
+// sameAnswer checks that B and A get the same answer on path, which holds
+// nothing of A's.
+func sameAnswer(t *testing.T, c *contract, e *devEnv, a *crossTenant, path string, status int, code string) {
+	t.Helper()
+	asB := c.expect(t, e, exchange{name: "B on " + path, method: "GET", path: path, key: e.other, status: status, code: code, offSpec: status == 400})
+	asA := c.expect(t, e, exchange{name: "A on " + path, method: "GET", path: path, key: e.key, status: status, code: code, offSpec: status == 400})
+	if asB.body != asA.body {
+		t.Errorf("B's answer %s differs from A's %s", asB.body, asA.body)
+	}
+	a.leaks(t, asB.body)
+}
+
 // jobResultOwned waits for a single request's job to be done as seen with
 // key, and reports whether its result answers that very request: the job
 // is visible only to its tenant, so the result is attributed to it.
@@ -133,6 +145,19 @@ func TestCrossTenant(t *testing.T) {
 				t.Errorf("B's answer %s differs from A's %s", asB.body, asA.body)
 			}
 			a.leaks(t, asB.body)
+		},
+		// Usage and invoices are the caller's organization's, never named
+		// by an id: without ClickHouse (as here) both get the same 503; the
+		// answers with real data are TestOpenAPIUsageClickHouse's.
+		"GET /v1/usage": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/usage?granularity=hour&group_by=key", 503, "storage_unavailable")
+		},
+		"GET /v1/invoices": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/invoices", 503, "storage_unavailable")
+		},
+		"GET /v1/invoices/{period}": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/invoices/"+time.Now().UTC().Format("2006-01"), 503, "storage_unavailable")
+			sameAnswer(t, c, e, a, "/v1/invoices/1999-13", 400, "invalid_period")
 		},
 		"POST /v1/sign": func(t *testing.T) {
 			b := pc.timedOut(t, polled, exchange{name: "B signs, polled", method: "POST", path: "/v1/sign", key: polled.other, ctype: js,

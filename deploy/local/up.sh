@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full system on one machine, each part its own process: real Kafka,
 # ClickHouse and SoftHSM2, plus `certnode worker` (signing in the HSM),
-# `certnode sink clickhouse` and `certnode ingest` on 127.0.0.1:8080.
+# `certnode sink clickhouse`, `certnode sink usage` and `certnode ingest` on
+# 127.0.0.1:8080.
 # usage: up.sh [down|status]   (state and logs in $CERTNODE_LOCAL/up)
 source "$(dirname "$0")/lib.sh"
 here="$(dirname "$0")"
@@ -10,11 +11,11 @@ UP="$CERTNODE_LOCAL/up"
 HTTP="${CERTNODE_HTTP:-127.0.0.1:8080}"
 RING="$UP/keyring"
 
-roles=(worker sink ingest)
+roles=(worker sink usage ingest)
 
 down() {
   local r
-  for r in ingest sink worker; do stop_pid "$UP/$r.pid" "$r"; done
+  for r in ingest usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
 }
 
 status() {
@@ -59,6 +60,7 @@ up() {
   export CERTNODE_KAFKA=127.0.0.1:9092 CERTNODE_TENANTS_FILE="$UP/tenants.json" CERTNODE_INTERNAL_SECRET_FILE="$UP/internal.secret"
   start_role worker worker --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9101
   start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
+  start_role usage sink usage --metrics 127.0.0.1:9103
   start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000
   local i
   for ((i = 0; i < 120; i++)); do

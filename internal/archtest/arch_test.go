@@ -69,13 +69,13 @@ func TestDependencyDirection(t *testing.T) {
 }
 
 func TestRulesCatchViolations(t *testing.T) {
-	bad := [][2]string{{"pipeline", "ingest"}, {"signer", "pipeline"}, {"schemas", "internal"}, {"internal", "signer"}, {"sinks", "cmd"}}
+	bad := [][2]string{{"pipeline", "ingest"}, {"signer", "pipeline"}, {"schemas", "internal"}, {"internal", "signer"}, {"sinks", "cmd"}, {"billing", "ingest"}, {"billing", "sinks"}}
 	for _, b := range bad {
 		if allowed(b[0], b[1]) {
 			t.Errorf("%s -> %s should be refused", b[0], b[1])
 		}
 	}
-	good := [][2]string{{"cmd", "signer"}, {"pipeline", "internal"}, {"internal", "schemas"}, {"signer", "schemas"}}
+	good := [][2]string{{"cmd", "signer"}, {"pipeline", "internal"}, {"internal", "schemas"}, {"signer", "schemas"}, {"billing", "internal"}, {"cmd", "billing"}}
 	for _, g := range good {
 		if !allowed(g[0], g[1]) {
 			t.Errorf("%s -> %s should be allowed", g[0], g[1])

@@ -93,15 +93,15 @@ func ResultBatches() kgo.Opt { return kgo.ProducerBatchMaxBytes(schemas.MaxResul
 const RebalanceTimeout = time.Minute
 
 // GroupConsumer returns the options every consumer-group stage uses: it
-// reads topic from the start, commits only what the stage commits itself,
+// reads topics from the start, commits only what the stage commits itself,
 // and holds a rebalance until the polled batch is finished (drain before
 // revoke: AllowRebalance after each batch), so a handover neither loses nor
 // repeats work. A member that dies without leaving holds its partitions
 // until its session times out, so that is kept short.
-func GroupConsumer(group, topic string) []kgo.Opt {
+func GroupConsumer(group string, topics ...string) []kgo.Opt {
 	return []kgo.Opt{
 		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(topic),
+		kgo.ConsumeTopics(topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
@@ -123,6 +123,7 @@ func topicConfigs(t schemas.Topics) map[string]map[string]*string {
 		t.Receipts: {"max.message.bytes": size(schemas.MaxResultBytes)},
 		t.DLQ:      {"max.message.bytes": size(schemas.MaxResultBytes)},
 		t.Jobs:     {"max.message.bytes": size(schemas.MaxResultBytes), "cleanup.policy": &compact},
+		t.Usage:    {"max.message.bytes": size(schemas.MaxUsageEventBytes)},
 	}
 }
 
@@ -161,4 +162,51 @@ func (kgoLogger) Log(level kgo.LogLevel, msg string, kv ...any) {
 		l = slog.LevelError
 	}
 	slog.Log(context.Background(), l, "kafka: "+msg, kv...)
+}
+
+// Retry runs f until it succeeds, backing off between attempts (from
+// 100 ms, doubling to 5 s) and logging each failure. Attempts go on while
+// a service is away (each one bounded by f itself), and end when stop has
+// ended.
+func Retry(stop context.Context, log *slog.Logger, what string, f func() error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+" failed, retrying", "err", err, "attempt", attempt, "backoff", backoff)
+		select {
+		case <-stop.Done():
+			return fmt.Errorf("stopping with an unfinished batch (%s): %w", what, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// ProduceAcked produces *recs and waits for the broker's acknowledgement,
+// calling acked for each record acknowledged and leaving in *recs only
+// those that failed, for the next attempt.
+func ProduceAcked(ctx context.Context, cl *kgo.Client, recs *[]*kgo.Record, acked func(*kgo.Record)) error {
+	if len(*recs) == 0 {
+		return nil
+	}
+	var failed []*kgo.Record
+	var errs []error
+	for _, r := range cl.ProduceSync(ctx, *recs...) {
+		if r.Err != nil {
+			// A fresh record: a produced one keeps its first context,
+			// canceled by now, and would fail again at once.
+			retry := &kgo.Record{Topic: r.Record.Topic, Key: r.Record.Key, Value: r.Record.Value, Headers: r.Record.Headers}
+			failed, errs = append(failed, retry), append(errs, r.Err)
+			continue
+		}
+		acked(r.Record)
+	}
+	*recs = failed
+	if len(errs) > 0 {
+		return fmt.Errorf("%d records not acknowledged: %w", len(failed), errs[0])
+	}
+	return nil
 }

@@ -250,3 +250,16 @@ func (s *FileStore) ProducerSecret(tenant, keyID string) ([]byte, bool) {
 	}
 	return nil, false
 }
+
+// Unmetered is the plan of organizations that are not billed (those of a
+// tenants file): nothing is charged, usage is still reported.
+var Unmetered = Plan{ID: "unmetered", Name: "Unmetered", Currency: "USD"}
+
+// UnmeteredPlans puts every tenant on Unmetered since the Unix epoch; it
+// is the plan source where no coordinator keeps plans.
+type UnmeteredPlans struct{}
+
+// Plans returns Unmetered from the Unix epoch.
+func (UnmeteredPlans) Plans(string) []PlanPeriod {
+	return []PlanPeriod{{From: time.Unix(0, 0).UTC(), Plan: Unmetered}}
+}

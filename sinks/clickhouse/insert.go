@@ -13,12 +13,12 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
-// Inserter writes rows to ClickHouse in one insert. It returns a
-// *RefusedError when the server refused the insert for what it holds, so
-// the same rows can never be inserted as they are; any other error may
-// pass on a retry.
-type Inserter interface {
-	Insert(ctx context.Context, rows []Row) error
+// Inserter writes rows of one table to ClickHouse in one insert. It
+// returns a *RefusedError when the server refused the insert for what it
+// holds, so the same rows can never be inserted as they are; any other
+// error may pass on a retry.
+type Inserter[R any] interface {
+	Insert(ctx context.Context, rows []R) error
 }
 
 // RefusedError is an insert the server refused because of its rows.
@@ -33,30 +33,36 @@ type RefusedError struct {
 func (e *RefusedError) Error() string { return "clickhouse refused the rows: " + e.Err.Error() }
 func (e *RefusedError) Unwrap() error { return e.Err }
 
-// ClickHouseInserter inserts into a ClickHouse table over the native
-// protocol.
-type ClickHouseInserter struct {
+// ClickHouseInserter inserts rows of type R into a ClickHouse table over
+// the native protocol.
+type ClickHouseInserter[R any] struct {
 	conn   driver.Conn
 	insert string
+	values func(R) []any // a row's values in the insert's column order
 }
 
 // NewClickHouseInserter inserts into table (schemas.ClickHouseResultsTable
 // in production), which has the columns of certnode.results.
-func NewClickHouseInserter(conn driver.Conn, table string) *ClickHouseInserter {
-	return &ClickHouseInserter{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseResultColumns + ")"}
+func NewClickHouseInserter(conn driver.Conn, table string) *ClickHouseInserter[Row] {
+	return &ClickHouseInserter[Row]{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseResultColumns + ")", values: Row.values}
+}
+
+// NewUsageInserter inserts into table (schemas.ClickHouseUsageTable in
+// production), which has the columns of certnode.usage_events.
+func NewUsageInserter(conn driver.Conn, table string) *ClickHouseInserter[UsageRow] {
+	return &ClickHouseInserter[UsageRow]{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseUsageColumns + ")", values: UsageRow.values}
 }
 
 // Insert sends rows as one block. Failures before the block reaches the
 // server (no connection, unknown table, a column of another type) are
 // never the rows' fault: every row would fail the same way.
-func (c *ClickHouseInserter) Insert(ctx context.Context, rows []Row) error {
+func (c *ClickHouseInserter[R]) Insert(ctx context.Context, rows []R) error {
 	batch, err := c.conn.PrepareBatch(ctx, c.insert)
 	if err != nil {
 		return fmt.Errorf("clickhouse prepare insert: %w", err)
 	}
 	for _, r := range rows {
-		if err := batch.Append(r.Tenant, r.ID, r.ReceiptID, r.Kind, r.Status, r.Valid, r.Reason, r.Auth, r.Keys,
-			r.Kid, r.PayloadHash, r.JobID, r.Line, r.Size, r.ReceivedAt, r.ProcessedAt, r.LatencyMS, r.Receipt); err != nil {
+		if err := batch.Append(c.values(r)...); err != nil {
 			batch.Abort()
 			return fmt.Errorf("clickhouse append row: %w", err)
 		}
@@ -128,14 +134,14 @@ type refusal struct {
 // halves until every refused row stands alone, so one bad row costs its
 // own DLQ entry and not the batch. It keeps its progress: after a
 // transient error, run resumes with the parts not yet inserted.
-type bisect struct {
-	rows    []Row
+type bisect[R any] struct {
+	rows    []R
 	todo    []span // a stack, so the parts are inserted in order
 	refused []refusal
 }
 
-func newBisect(rows []Row) *bisect {
-	b := &bisect{rows: rows}
+func newBisect[R any](rows []R) *bisect[R] {
+	b := &bisect[R]{rows: rows}
 	if len(rows) > 0 {
 		b.todo = []span{{0, len(rows)}}
 	}
@@ -147,7 +153,7 @@ func newBisect(rows []Row) *bisect {
 // after at most 2n-1 inserts for n rows, since every refused part of
 // several rows is replaced by two smaller ones, or at the first error that
 // is not a refusal of a part it can split or drop, which it returns.
-func (b *bisect) run(ctx context.Context, ins Inserter, timeout time.Duration, inserted func(int)) error {
+func (b *bisect[R]) run(ctx context.Context, ins Inserter[R], timeout time.Duration, inserted func(int)) error {
 	for len(b.todo) > 0 {
 		sp := b.todo[len(b.todo)-1]
 		ictx, cancel := context.WithTimeout(ctx, timeout)

@@ -134,7 +134,7 @@ func TestBisectResumesAfterTransientError(t *testing.T) {
 
 // failNth fails its n-th insert transiently and passes the others on.
 type failNth struct {
-	in       Inserter
+	in       Inserter[Row]
 	n, calls int
 }
 

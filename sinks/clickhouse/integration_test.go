@@ -270,7 +270,7 @@ func TestIntegrationSinkWritesResults(t *testing.T) {
 		if id == "processed-2150" && !proc.Equal(ts) {
 			t.Errorf("processed_at %s, want the broker timestamp %s", proc, ts)
 		}
-		if recv.Before(ts.Add(-trustBefore)) || recv.After(ts.Add(trustAfter)) || proc.Before(ts.Add(-trustBefore)) || proc.After(ts.Add(trustAfter)) {
+		if recv.Before(ts.Add(-schemas.ClaimedTimeBefore)) || recv.After(ts.Add(schemas.ClaimedTimeAfter)) || proc.Before(ts.Add(-schemas.ClaimedTimeBefore)) || proc.After(ts.Add(schemas.ClaimedTimeAfter)) {
 			t.Errorf("%s: received_at %s, processed_at %s outside the window around %s", id, recv, proc, ts)
 		}
 	}

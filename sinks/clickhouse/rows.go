@@ -32,17 +32,30 @@ type Row struct {
 	Receipt     string
 }
 
-// The window, around the broker timestamp of the result record, in which
-// the times a result claims are believed. received_at comes from the
-// request, which a customer's producer writes directly, so it can say
-// anything; the table is partitioned by month of received_at, and wild
-// values would spread one insert over many partitions (refused by current
-// servers) or wrap around in DateTime. A request normally waits seconds,
-// so a day covers a worker backlog; five minutes covers clock skew.
-const (
-	trustBefore = 24 * time.Hour
-	trustAfter  = 5 * time.Minute
-)
+func (r Row) values() []any {
+	return []any{r.Tenant, r.ID, r.ReceiptID, r.Kind, r.Status, r.Valid, r.Reason, r.Auth, r.Keys,
+		r.Kid, r.PayloadHash, r.JobID, r.Line, r.Size, r.ReceivedAt, r.ProcessedAt, r.LatencyMS, r.Receipt}
+}
+
+// UsageRow is one row of certnode.usage_events, in the column order of
+// schemas.ClickHouseUsageColumns.
+type UsageRow struct {
+	Org         string
+	ID          string
+	Source      string
+	Time        time.Time
+	Kind        string
+	Status      string
+	Auth        string
+	KeyID       string
+	Bytes       uint64
+	JobID       string
+	ProcessedAt time.Time
+}
+
+func (r UsageRow) values() []any {
+	return []any{r.Org, r.ID, r.Source, r.Time, r.Kind, r.Status, r.Auth, r.KeyID, r.Bytes, r.JobID, r.ProcessedAt}
+}
 
 // DateTime holds whole seconds from 1970 to 2106 in a UInt32; the driver
 // wraps times outside that silently.
@@ -54,18 +67,6 @@ var (
 // errUnstorable marks a result the sink cannot turn into a row.
 var errUnstorable = errors.New("result cannot be stored")
 
-// trusted returns claimed when it lies in the window around broker, else
-// broker, and whether claimed (when set) was replaced.
-func trusted(claimed, broker time.Time) (time.Time, bool) {
-	if claimed.IsZero() {
-		return broker, false
-	}
-	if claimed.Before(broker.Add(-trustBefore)) || claimed.After(broker.Add(trustAfter)) {
-		return broker, true
-	}
-	return claimed, false
-}
-
 // Time columns a row may have had replaced by the broker timestamp.
 const (
 	colReceivedAt  = "received_at"
@@ -74,22 +75,21 @@ const (
 
 // rowFor turns a decoded result into a row, with received_at and
 // processed_at taken from the result when they lie near broker, the
-// timestamp of the result's record, and broker otherwise. replaced names
+// timestamp of the result's record, and broker otherwise (wild values
+// would spread one insert over many monthly partitions, refused by current
+// servers, or wrap around in DateTime; see schemas.TrustedTime). replaced names
 // the columns whose claimed time was not believed.
 func rowFor(res *schemas.Result, broker time.Time) (row Row, replaced []string, err error) {
-	received, bad := trusted(res.ReceivedAt, broker)
+	received, bad := schemas.TrustedTime(res.ReceivedAt, broker)
 	if bad {
 		replaced = append(replaced, colReceivedAt)
 	}
-	processed, bad := trusted(res.ProcessedAt, broker)
+	processed, bad := schemas.TrustedTime(res.ProcessedAt, broker)
 	if bad {
 		replaced = append(replaced, colProcessedAt)
 	}
-	for _, t := range []time.Time{received, processed} {
-		if t.Before(minDateTime) || t.After(maxDateTime) {
-			return Row{}, nil, fmt.Errorf("%w: time %s (record timestamp %s) is outside ClickHouse DateTime (1970-2106)",
-				errUnstorable, t.UTC().Format(time.RFC3339), broker.UTC().Format(time.RFC3339))
-		}
+	if err := errors.Join(storable(received), storable(processed)); err != nil {
+		return Row{}, nil, fmt.Errorf("%w (record timestamp %s)", err, broker.UTC().Format(time.RFC3339))
 	}
 	if res.Size < 0 || int64(res.Size) > math.MaxUint32 {
 		return Row{}, nil, fmt.Errorf("%w: size %d", errUnstorable, res.Size)
@@ -107,4 +107,25 @@ func rowFor(res *schemas.Result, broker time.Time) (row Row, replaced []string, 
 		PayloadHash: res.PayloadHash, JobID: res.JobID, Line: res.Line, Size: uint32(res.Size),
 		ReceivedAt: received.UTC(), ProcessedAt: processed.UTC(), LatencyMS: uint32(latency), Receipt: string(res.Receipt),
 	}, replaced, nil
+}
+
+// storable checks that t fits ClickHouse DateTime.
+func storable(t time.Time) error {
+	if t.Before(minDateTime) || t.After(maxDateTime) {
+		return fmt.Errorf("%w: time %s is outside ClickHouse DateTime (1970-2106)", errUnstorable, t.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// usageRowFor turns a decoded usage event into a row. Its times are kept
+// as the usage sink set them, already bounded by the result's broker
+// timestamp: the usage record's own timestamp is later by however far the
+// usage sink lagged, and must not move a request to another period.
+func usageRowFor(ev *schemas.UsageEvent) (UsageRow, error) {
+	if err := errors.Join(storable(ev.Time), storable(ev.Data.ProcessedAt)); err != nil {
+		return UsageRow{}, err
+	}
+	d := ev.Data
+	return UsageRow{Org: ev.Subject, ID: ev.ID, Source: ev.Source, Time: ev.Time.UTC(), Kind: string(d.Kind), Status: string(d.Status),
+		Auth: string(d.Auth), KeyID: d.KeyID, Bytes: uint64(d.Bytes), JobID: d.JobID, ProcessedAt: d.ProcessedAt.UTC()}, nil
 }

@@ -1,7 +1,10 @@
 // Package clickhouse writes every authenticated result from
-// certnode.receipts into the ClickHouse table certnode.results, in batches
+// certnode.receipts into the ClickHouse table certnode.results, and every
+// usage event from certnode.usage into certnode.usage_events, in batches
 // by rows and time, committing Kafka offsets only after every record of a
-// batch was inserted or sent to the DLQ. Replays are harmless: the table
+// batch was inserted or sent to the DLQ. Usage rows are the events as
+// published (what an external biller reading the topic sees), and the
+// usage sink keeps publishing while ClickHouse is away. Replays are harmless: the table
 // merges exact copies and counts read the certnode.requests view, one row
 // per request id (see schemas.ClickHouseDDL). No record can stall the sink:
 // untrusted times are replaced by the record's broker timestamp, results
@@ -33,6 +36,9 @@ const (
 	// ReasonRefused: ClickHouse refused the row; the error header has the
 	// server's message.
 	ReasonRefused = "clickhouse_refused"
+	// ReasonBadUsageEvent: the record is not a valid, attributed usage
+	// event, or holds values no row can store.
+	ReasonBadUsageEvent = "bad_usage_event"
 )
 
 // Config configures the sink.
@@ -87,6 +93,7 @@ func (c *Config) Validate() error {
 // metrics are the sink's Prometheus metrics.
 type metrics struct {
 	inserted        prometheus.Counter
+	usageInserted   prometheus.Counter
 	dlq             *prometheus.CounterVec
 	unauthenticated prometheus.Counter
 	replaced        *prometheus.CounterVec
@@ -97,7 +104,9 @@ type metrics struct {
 func newMetrics() metrics {
 	m := metrics{
 		inserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_rows_total",
-			Help: "Rows inserted into ClickHouse."}),
+			Help: "Rows inserted into certnode.results."}),
+		usageInserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_usage_rows_total",
+			Help: "Rows inserted into certnode.usage_events."}),
 		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_dlq_total",
 			Help: "Result records sent to the DLQ, by reason."}, []string{"reason"}),
 		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_unauthenticated_total",
@@ -110,7 +119,7 @@ func newMetrics() metrics {
 			Help: "Time to insert, DLQ and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
 	// Every label value is shown from the start, at zero.
-	for _, r := range []string{ReasonBadResult, ReasonRefused} {
+	for _, r := range []string{ReasonBadResult, ReasonRefused, ReasonBadUsageEvent} {
 		m.dlq.WithLabelValues(r)
 	}
 	for _, c := range []string{colReceivedAt, colProcessedAt} {
@@ -124,8 +133,9 @@ type Sink struct {
 	cfg    Config
 	topics schemas.Topics
 	cl     *kgo.Client
-	conn   driver.Conn // nil when built on another Inserter (tests)
-	ins    Inserter
+	conn   driver.Conn // nil when built on other Inserters (tests)
+	ins    Inserter[Row]
+	usage  Inserter[UsageRow]
 	log    *slog.Logger
 	m      metrics
 }
@@ -139,7 +149,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newSink(cfg, NewClickHouseInserter(conn, schemas.ClickHouseResultsTable), opts...)
+	s, err := newSink(cfg, NewClickHouseInserter(conn, schemas.ClickHouseResultsTable), NewUsageInserter(conn, schemas.ClickHouseUsageTable), opts...)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -148,16 +158,17 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	return s, nil
 }
 
-// newSink builds a sink that writes through ins and joins the group.
-func newSink(cfg Config, ins Inserter, opts ...kgo.Opt) (*Sink, error) {
-	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
-	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts), kafka.ResultBatches()) // DLQ copies of results
+// newSink builds a sink that writes results through ins and usage events
+// through usage, and joins the group.
+func newSink(cfg Config, ins Inserter[Row], usage Inserter[UsageRow], opts ...kgo.Opt) (*Sink, error) {
+	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, usage: usage, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
+	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts, s.topics.Usage), kafka.ResultBatches()) // DLQ copies of results
 	var err error
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.m.inserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
+		cfg.Registerer.MustRegister(s.m.inserted, s.m.usageInserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
 	}
 	return s, nil
 }
@@ -222,21 +233,35 @@ func (s *Sink) collect(ctx context.Context) []*kgo.Record {
 	return recs
 }
 
-// batch is a collected batch sorted out: rows to insert (from src) and
-// records for the DLQ.
-type batch struct {
-	rows []Row
+// part is one table's share of a batch: rows to insert, from src.
+type part[R any] struct {
+	rows []R
 	src  []*kgo.Record
-	dlq  []*kgo.Record
 }
 
-// triage decodes recs into rows. Results that do not decode, or hold values
-// no row can store, go to the DLQ; results of unauthenticated requests are
-// skipped (the worker sent the request itself to the DLQ, and what they
-// claim is not the tenant's).
+func (p *part[R]) add(row R, rec *kgo.Record) {
+	p.rows, p.src = append(p.rows, row), append(p.src, rec)
+}
+
+// batch is a collected batch sorted out: rows to insert in each table and
+// records for the DLQ.
+type batch struct {
+	results part[Row]
+	usage   part[UsageRow]
+	dlq     []*kgo.Record
+}
+
+// triage decodes recs into rows. Records that do not decode, or hold
+// values no row can store, go to the DLQ; results of unauthenticated
+// requests are skipped (the worker sent the request itself to the DLQ, and
+// what they claim is not the tenant's).
 func (s *Sink) triage(recs []*kgo.Record) *batch {
 	b := &batch{}
 	for _, rec := range recs {
+		if rec.Topic == s.topics.Usage {
+			s.triageUsage(b, rec)
+			continue
+		}
 		res, err := schemas.DecodeResult(rec.Value)
 		if err != nil {
 			b.dlq = append(b.dlq, s.dlqRecord(rec, ReasonBadResult, err))
@@ -254,9 +279,27 @@ func (s *Sink) triage(recs []*kgo.Record) *batch {
 		for _, c := range replaced {
 			s.m.replaced.WithLabelValues(c).Inc()
 		}
-		b.rows, b.src = append(b.rows, row), append(b.src, rec)
+		b.results.add(row, rec)
 	}
 	return b
+}
+
+// triageUsage adds a usage event's row to b, or its record to the DLQ when
+// it is not an attributed event of the organization that keys it.
+func (s *Sink) triageUsage(b *batch, rec *kgo.Record) {
+	ev, err := schemas.DecodeUsageEvent(rec.Value)
+	if err == nil && string(rec.Key) != ev.Subject {
+		err = fmt.Errorf("record key %q, subject %q", rec.Key, ev.Subject)
+	}
+	var row UsageRow
+	if err == nil {
+		row, err = usageRowFor(ev)
+	}
+	if err != nil {
+		b.dlq = append(b.dlq, s.dlqRecord(rec, ReasonBadUsageEvent, err))
+		return
+	}
+	b.usage.add(row, rec)
 }
 
 // dlqRecord copies a result record to the DLQ with why and where from.
@@ -277,15 +320,15 @@ func (s *Sink) dlqRecord(rec *kgo.Record, reason string, err error) *kgo.Record 
 func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	start := time.Now()
 	b := s.triage(recs)
-	bs := newBisect(b.rows)
-	if err := s.retry(stop, "insert", func() error {
-		return bs.run(ctx, s.ins, s.cfg.AttemptTimeout, func(n int) { s.m.inserted.Add(float64(n)) })
-	}); err != nil {
+	refused, err := insertPart(s, ctx, stop, s.ins, b.results, s.m.inserted)
+	if err != nil {
 		return err
 	}
-	for _, r := range bs.refused {
-		b.dlq = append(b.dlq, s.dlqRecord(b.src[r.index], ReasonRefused, r.err))
+	b.dlq = append(b.dlq, refused...)
+	if refused, err = insertPart(s, ctx, stop, s.usage, b.usage, s.m.usageInserted); err != nil {
+		return err
 	}
+	b.dlq = append(b.dlq, refused...)
 	if err := s.retry(stop, "DLQ produce", func() error { return s.produceDLQ(ctx, &b.dlq) }); err != nil {
 		return err
 	}
@@ -308,51 +351,35 @@ func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	return nil
 }
 
+// insertPart inserts p's rows through ins, retrying until every row is
+// inserted or refused, and returns DLQ copies of the refused rows' records.
+func insertPart[R any](s *Sink, ctx, stop context.Context, ins Inserter[R], p part[R], inserted prometheus.Counter) ([]*kgo.Record, error) {
+	bs := newBisect(p.rows)
+	if err := s.retry(stop, "insert", func() error {
+		return bs.run(ctx, ins, s.cfg.AttemptTimeout, func(n int) { inserted.Add(float64(n)) })
+	}); err != nil {
+		return nil, err
+	}
+	var dlq []*kgo.Record
+	for _, r := range bs.refused {
+		dlq = append(dlq, s.dlqRecord(p.src[r.index], ReasonRefused, r.err))
+	}
+	return dlq, nil
+}
+
 // produceDLQ produces *recs and waits for the broker's acknowledgement,
 // leaving in *recs only those that failed, for the next attempt.
 func (s *Sink) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
-	if len(*recs) == 0 {
-		return nil
-	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
 	defer cancel()
-	var failed []*kgo.Record
-	var errs []error
-	for _, r := range s.cl.ProduceSync(pctx, *recs...) {
-		if r.Err != nil {
-			// A fresh record: a produced one keeps its first context,
-			// canceled by now, and would fail again at once.
-			retry := &kgo.Record{Topic: r.Record.Topic, Key: r.Record.Key, Value: r.Record.Value, Headers: r.Record.Headers}
-			failed, errs = append(failed, retry), append(errs, r.Err)
-			continue
-		}
-		s.m.dlq.WithLabelValues(kafka.Header(r.Record, schemas.HeaderDLQReason)).Inc()
-	}
-	*recs = failed
-	if len(errs) > 0 {
-		return fmt.Errorf("%d of the DLQ records not acknowledged: %w", len(failed), errs[0])
-	}
-	return nil
+	return kafka.ProduceAcked(pctx, s.cl, recs, func(r *kgo.Record) {
+		s.m.dlq.WithLabelValues(kafka.Header(r, schemas.HeaderDLQReason)).Inc()
+	})
 }
 
-// retry runs f until it succeeds, backing off between attempts. Attempts
-// go on while ClickHouse or Kafka is away (each one bounded by
-// AttemptTimeout), and end when stop has ended.
+// retry runs f until it succeeds or stop ends (kafka.Retry).
 func (s *Sink) retry(stop context.Context, what string, f func() error) error {
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		s.log.Warn(what+" failed, retrying", "err", err, "attempt", attempt, "backoff", backoff)
-		select {
-		case <-stop.Done():
-			return fmt.Errorf("stopping with an unfinished batch (%s): %w", what, err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	return kafka.Retry(stop, s.log, what, f)
 }
 
 // Close leaves the group and closes the connections.

@@ -34,7 +34,7 @@ type fakeEnv struct {
 func newFakeEnv(t *testing.T) *fakeEnv {
 	t.Helper()
 	topics := schemas.TopicsFor(schemas.DefaultTopicPrefix)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics.Receipts, topics.DLQ))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics.Receipts, topics.DLQ, topics.Usage))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,9 +51,9 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 	return &fakeEnv{cluster: c, cfg: cfg, topics: topics, cl: cl, adm: kadm.NewClient(cl)}
 }
 
-func (e *fakeEnv) start(t *testing.T, ins Inserter) *Sink {
+func (e *fakeEnv) start(t *testing.T, ins Inserter[Row]) *Sink {
 	t.Helper()
-	s, err := newSink(e.cfg, ins)
+	s, err := newSink(e.cfg, ins, &fakeUsage{})
 	if err != nil {
 		t.Fatal(err)
 	}
