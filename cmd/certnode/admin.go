@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -108,27 +109,41 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
+	out, err := c.call(cmd.Context(), token, method, path, body)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(out)) > 0 {
+		fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// call sends one admin request with token and returns the answer's body;
+// a refusal is an exitInvalid error with the coordinator's code and
+// message, a failure to reach it an exitUsage one.
+func (c *adminClient) call(ctx context.Context, token, method, path string, body any) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return &exitError{code: exitUsage, err: err}
+			return nil, &exitError{code: exitUsage, err: err}
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(cmd.Context(), method, "http://"+c.addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.addr+path, rd)
 	if err != nil {
-		return &exitError{code: exitUsage, err: err}
+		return nil, &exitError{code: exitUsage, err: err}
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
+		return nil, &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
+		return nil, &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
@@ -140,10 +155,7 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 		if json.Unmarshal(out, &e, json.RejectUnknownMembers(false)) != nil || e.Error.Code == "" {
 			e.Error.Code, e.Error.Message = "http_"+fmt.Sprint(resp.StatusCode), strings.TrimSpace(string(out))
 		}
-		return &exitError{code: exitInvalid, err: fmt.Errorf("%s: %s", e.Error.Code, e.Error.Message)}
+		return nil, &exitError{code: exitInvalid, err: fmt.Errorf("%s: %s", e.Error.Code, e.Error.Message)}
 	}
-	if len(bytes.TrimSpace(out)) > 0 {
-		fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(out)))
-	}
-	return nil
+	return out, nil
 }
