@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -277,10 +278,26 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
+	out, err := c.call(cmd.Context(), token, method, path, body)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(out)) > 0 {
+		fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// call sends one admin request with token and returns the answer's body;
+// a refusal is an exitInvalid error with the coordinator's code and
+// message, a failure to reach it an exitUsage one. A write carries an
+// Idempotency-Key and is retried with it while the cluster has no leader.
+func (c *adminClient) call(ctx context.Context, token, method, path string, body any) ([]byte, error) {
 	var payload []byte
 	if body != nil {
+		var err error
 		if payload, err = json.Marshal(body); err != nil {
-			return &exitError{code: exitUsage, err: err}
+			return nil, &exitError{code: exitUsage, err: err}
 		}
 	}
 	idem := ""
@@ -289,9 +306,9 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 	}
 	var resp *http.Response
 	for deadline := time.Now().Add(adminRetryFor); ; {
-		req, err := http.NewRequestWithContext(cmd.Context(), method, "http://"+c.addr+path, bytes.NewReader(payload))
+		req, err := http.NewRequestWithContext(ctx, method, "http://"+c.addr+path, bytes.NewReader(payload))
 		if err != nil {
-			return &exitError{code: exitUsage, err: err}
+			return nil, &exitError{code: exitUsage, err: err}
 		}
 		req.Header.Set("Authorization", "Bearer "+token)
 		if idem != "" {
@@ -301,7 +318,7 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 		retry := (err != nil && idem != "") || (err == nil && resp.StatusCode == http.StatusServiceUnavailable)
 		if !retry || time.Now().After(deadline) {
 			if err != nil {
-				return &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
+				return nil, &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
 			}
 			break
 		}
@@ -309,15 +326,15 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 			resp.Body.Close()
 		}
 		select {
-		case <-cmd.Context().Done():
-			return &exitError{code: exitUsage, err: cmd.Context().Err()}
+		case <-ctx.Done():
+			return nil, &exitError{code: exitUsage, err: ctx.Err()}
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
+		return nil, &exitError{code: exitUsage, err: fmt.Errorf("coordinator %s: %w", c.addr, err)}
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
@@ -329,10 +346,7 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 		if json.Unmarshal(out, &e, json.RejectUnknownMembers(false)) != nil || e.Error.Code == "" {
 			e.Error.Code, e.Error.Message = "http_"+fmt.Sprint(resp.StatusCode), strings.TrimSpace(string(out))
 		}
-		return &exitError{code: exitInvalid, err: fmt.Errorf("%s: %s", e.Error.Code, e.Error.Message)}
+		return nil, &exitError{code: exitInvalid, err: fmt.Errorf("%s: %s", e.Error.Code, e.Error.Message)}
 	}
-	if len(bytes.TrimSpace(out)) > 0 {
-		fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(out)))
-	}
-	return nil
+	return out, nil
 }

@@ -72,6 +72,7 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 		}
 		if c.Name() == "ingest" || c.Name() == "worker" {
 			want = append(want, internal...)
+			want = append(want, "$CERTNODE_NODE_TOKEN", "$CERTNODE_NODE_TOKEN_FILE")
 		}
 		if c.Name() == "coordinator" {
 			want = append(want, "$CERTNODE_ADMIN_TOKEN", "$CERTNODE_NODE_TOKEN", "$CERTNODE_ADMIN_TOKEN_FILE", "$CERTNODE_NODE_TOKEN_FILE")

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
@@ -34,25 +35,30 @@ type credentials struct {
 	// Kafka (see README).
 	ProducerKeyID  string `json:"producer_key_id"`
 	ProducerSecret string `json:"producer_secret"`
-	// AdminToken is for the coordinator's admin API, which arrives with the
-	// coordinator; it is generated now so the file's shape is stable.
-	AdminToken string `json:"admin_token"`
+	// Coordinator is the embedded coordinator's HTTP address; AdminToken
+	// is for its admin API (certnode admin), NodeToken for the state the
+	// other tiers copy.
+	Coordinator string `json:"coordinator"`
+	AdminToken  string `json:"admin_token"`
+	NodeToken   string `json:"node_token"`
 }
 
 func newDevCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
-	var addr, dataDir, clickhouse string
+	var addr, dataDir, clickhouse, coordAddr string
 	icfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every role in one process (embedded Kafka and a software key unless told otherwise)",
-		Long: "Runs ingest, a worker, the usage sink and (when ClickHouse is configured or found on\n" +
-			"127.0.0.1:9000) the ClickHouse sink in one process. Kafka is embedded (franz-go's kfake,\n" +
-			"persisted in DIR/kafka) unless --kafka names a cluster. Receipts are signed with the key ring DIR/keyring (made on\n" +
-			"first start; rotate with certnode keys rotate --keyring DIR/keyring, picked up live) unless\n" +
-			"--keyring, --key or --pkcs11-* name other keys. The demo tenant's API key is written to\n" +
-			"DIR/credentials.json (mode 0600).\n\n" + pinHelp,
+		Long: "Runs ingest, a worker, a coordinator node, the usage sink and (when ClickHouse is configured\n" +
+			"or found on 127.0.0.1:9000) the ClickHouse sink in one process. Kafka is embedded (franz-go's\n" +
+			"kfake, persisted in DIR/kafka) unless --kafka names a cluster. Receipts are signed with the key\n" +
+			"ring DIR/keyring (made on first start; rotate with certnode keys rotate --keyring DIR/keyring,\n" +
+			"picked up live) unless --keyring, --key or --pkcs11-* name other keys. Organizations and keys\n" +
+			"live in the embedded coordinator (DIR/coordinator); on first start it gets the demo\n" +
+			"organization, whose API key and producer key are written to DIR/credentials.json (mode 0600)\n" +
+			"with the coordinator's address and tokens (certnode admin takes the admin token).\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -82,11 +88,24 @@ func newDevCmd() *cobra.Command {
 				return err
 			}
 			defer release()
-			store, creds, mac, err := devTenants(dataDir)
+			creds, mac, err := devSecrets(dataDir)
 			if err != nil {
 				return usageErr("%v", err)
 			}
-			creds.HTTP, creds.Kafka = "http://"+addr, kcfg.Brokers[0]
+			coord, err := openDevCoordinator(dataDir, coordAddr, creds)
+			if err != nil {
+				return usageErr("embedded coordinator (--coordinator-http): %v", err)
+			}
+			defer coord.Close()
+			// It serves from now until dev returns (Close ends Run), not as
+			// one of the parts: they need it from their start to their stop,
+			// and the demo organization is set up through it first.
+			coordDone := make(chan error, 1)
+			go func() { coordDone <- coord.Run(ctx) }()
+			if err := provisionDev(ctx, coord, dataDir, creds, cmd.ErrOrStderr()); err != nil {
+				return usageErr("%v", err)
+			}
+			creds.HTTP, creds.Kafka, creds.Coordinator = "http://"+addr, kcfg.Brokers[0], coord.Addr()
 			credFile := filepath.Join(dataDir, "credentials.json")
 			if err := writeJSONFile(credFile, creds); err != nil {
 				return usageErr("%v", err)
@@ -94,16 +113,30 @@ func newDevCmd() *cobra.Command {
 
 			reg := newRegistry()
 			keys.registerPoolMetrics(reg)
-			parts := map[string]func(context.Context) error{}
+			replica, err := coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: []string{coord.Addr()}, Token: creds.NodeToken, Registerer: reg})
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			parts := map[string]func(context.Context) error{
+				"replica": replica.Run,
+				"coordinator": func(ctx context.Context) error {
+					select {
+					case err := <-coordDone: // its API stopped serving
+						return err
+					case <-ctx.Done():
+						return nil
+					}
+				},
+			}
 			wcfg := pipeline.DefaultConfig()
 			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg
 			wcfg.DrainTimeout = drainTimeout()
-			w, err := pipeline.New(wcfg, ring, store, mac)
+			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {
 				return usageErr("%v", err)
 			}
 			defer w.Close()
-			parts["worker"] = w.Run
+			parts["worker"] = afterReady(replica.Ready, w.Run)
 			parts["keyring"] = signer.NewRingWatcher(ring, ringPoll).Run
 			ucfg := usagesink.DefaultConfig()
 			ucfg.Kafka, ucfg.Group, ucfg.Registerer = kcfg, kf.prefix+"-sink-usage", reg
@@ -145,8 +178,9 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: store, Keys: ring, Store: rs, Usage: usage, Plans: tenants.UnmeteredPlans{}, MAC: mac,
-				Ready: []ingest.Check{signerCheck}, Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
+			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Keys: ring, Store: rs, Usage: usage, Plans: replica, MAC: mac,
+				Accounts: replica.Accounts(), Ready: []ingest.Check{signerCheck, replica.Ready},
+				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -154,17 +188,21 @@ func newDevCmd() *cobra.Command {
 			parts["ingest"] = srv.Run
 
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on http://%s  (Kafka %s, %s kid %s)\n", srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
-			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo tenant %q; API key in %s\n", creds.Tenant, credFile)
+			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo organization %q; API key in %s\n", creds.Tenant, credFile)
+			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: coordinator on http://%s (data in %s; admin_token in %s)\n",
+				coord.Addr(), filepath.Join(dataDir, "coordinator"), credFile)
 			return runErr(runParts(ctx, parts))
 		},
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&addr, "http", "127.0.0.1:8080", "listen address")
 	bindEnv(fs, "http", "CERTNODE_HTTP")
-	fs.StringVar(&dataDir, "data", ".certnode", "folder for the key ring, tenants, credentials and embedded Kafka data")
+	fs.StringVar(&dataDir, "data", ".certnode", "folder for the key ring, credentials, embedded coordinator and embedded Kafka data")
 	bindEnv(fs, "data", "CERTNODE_DATA")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (default: 127.0.0.1:9000 when reachable; none: off)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&coordAddr, "coordinator-http", "127.0.0.1:8081", "address of the embedded coordinator's API (certnode admin --coordinator ADDR)")
+	bindEnv(fs, "coordinator-http", "CERTNODE_DEV_COORDINATOR_HTTP")
 	ingestLimitFlags(fs, &icfg)
 	kf.register(fs, false)
 	keys.register(fs, true)
@@ -184,66 +222,41 @@ func devRing(keys *keyFlags, dir string) (*signer.Ring, func(), error) {
 	return keys.ring()
 }
 
-// devTenants loads DIR/tenants.json, creating the demo tenant (its API key
-// and producer key, written to the credentials) on first start, and the
-// internal secret.
-func devTenants(dir string) (*tenants.FileStore, *credentials, *recordauth.Keyring, error) {
-	credFile, tenFile, secretFile := filepath.Join(dir, "credentials.json"), filepath.Join(dir, "tenants.json"), filepath.Join(dir, "internal.secret")
-	var creds credentials
-	var file tenants.File
+// devSecrets reads DIR/credentials.json, with the tokens of the embedded
+// coordinator (made on first start, or when a folder from before it lacks
+// them), and the internal secret (DIR/internal.secret).
+func devSecrets(dir string) (*credentials, *recordauth.Keyring, error) {
+	credFile, secretFile := filepath.Join(dir, "credentials.json"), filepath.Join(dir, "internal.secret")
+	creds := credentials{Tenant: "demo"}
 	if data, err := os.ReadFile(credFile); err == nil {
 		if err := json.Unmarshal(data, &creds, json.RejectUnknownMembers(false)); err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", credFile, err)
+			return nil, nil, fmt.Errorf("%s: %w", credFile, err)
 		}
-		data, err := os.ReadFile(tenFile)
-		if err == nil {
-			err = json.Unmarshal(data, &file)
-		}
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", tenFile, err)
-		}
-	} else {
-		creds.Tenant = "demo"
-		var err1, err2 error
-		creds.APIKey, err1 = tenants.GenerateKey()
-		creds.AdminToken, err2 = tenants.GenerateKey()
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, nil, nil, err
-		}
-		file.Tenants = []tenants.Tenant{{ID: creds.Tenant, APIKeyHashes: []string{tenants.HashKey(creds.APIKey)}}}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, err
 	}
-	if creds.ProducerSecret == "" { // first start, or a folder from before producer keys
-		secret, err := tenants.GenerateKey()
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		creds.ProducerKeyID, creds.ProducerSecret = "pk_demo", secret
-		for i := range file.Tenants {
-			if file.Tenants[i].ID == creds.Tenant {
-				file.Tenants[i].ProducerKeys = append(file.Tenants[i].ProducerKeys, tenants.ProducerKey{ID: creds.ProducerKeyID, Secret: secret})
+	for _, token := range []*string{&creds.AdminToken, &creds.NodeToken} {
+		if len(*token) < 16 { // the coordinator's minimum
+			t, err := tenants.GenerateKey()
+			if err != nil {
+				return nil, nil, err
 			}
+			*token = t
 		}
-		if err := writeJSONFile(tenFile, file); err != nil {
-			return nil, nil, nil, err
-		}
-	}
-	store, err := tenants.NewFileStore(file)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: %w", tenFile, err)
 	}
 	secret, err := os.ReadFile(secretFile)
 	if errors.Is(err, os.ErrNotExist) {
 		s, gerr := tenants.GenerateKey()
 		if gerr != nil {
-			return nil, nil, nil, gerr
+			return nil, nil, gerr
 		}
 		secret, err = []byte(s), os.WriteFile(secretFile, []byte(s), 0o600)
 	}
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	mac, err := recordauth.NewKeyring(secret)
-	return store, &creds, mac, err
+	return &creds, mac, err
 }
 
 func writeJSONFile(path string, v any) error {

@@ -231,7 +231,6 @@ func TestDevJobsSurviveRestart(t *testing.T) {
 	}
 	again := startDevIn(t, e.dir, strings.TrimPrefix(e.base, "http://"))
 	again.key = e.key
-	t.Cleanup(func() { again.stop() })
 	after := again.status(job)
 	for _, k := range []string{"state", "total", "valid", "finished_at", "created_at"} {
 		if fmt.Sprint(after[k]) != fmt.Sprint(before[k]) {
@@ -264,10 +263,7 @@ func TestDevFolderLock(t *testing.T) {
 // the client only with the 202) in the embedded Kafka's jobs topic.
 func (e *devEnv) openJobID() string {
 	e.t.Helper()
-	var creds credentials
-	b, _ := os.ReadFile(filepath.Join(e.dir, "credentials.json"))
-	json.Unmarshal(b, &creds, json.RejectUnknownMembers(false))
-	cl, err := kgo.NewClient(kgo.SeedBrokers(creds.Kafka), kgo.ConsumeTopics(schemas.TopicsFor(schemas.DefaultTopicPrefix).Jobs),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.creds().Kafka), kgo.ConsumeTopics(schemas.TopicsFor(schemas.DefaultTopicPrefix).Jobs),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		e.t.Fatal(err)

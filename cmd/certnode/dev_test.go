@@ -20,6 +20,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -61,30 +62,19 @@ func freeAddr(t *testing.T) string {
 }
 
 // startDev runs `certnode dev` in-process on an embedded Kafka, with a
-// second, rate-limited tenant and a third, unlimited one.
+// second, rate-limited organization and a third, unlimited one, made
+// through its coordinator.
 func startDev(t *testing.T, extra ...string) *devEnv {
 	t.Helper()
-	dir := t.TempDir()
-	demoKey, _ := tenants.GenerateKey()
-	slowKey, _ := tenants.GenerateKey()
-	otherKey, _ := tenants.GenerateKey()
-	writeJSONFile(filepath.Join(dir, "credentials.json"), credentials{Tenant: "demo", APIKey: demoKey, AdminToken: "x"})
-	writeJSONFile(filepath.Join(dir, "tenants.json"), tenants.File{Tenants: []tenants.Tenant{
-		{ID: "demo", APIKeyHashes: []string{tenants.HashKey(demoKey)}},
-		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, Limits: tenants.Limits{RateLimit: 1, Burst: 1}},
-		{ID: "other", APIKeyHashes: []string{tenants.HashKey(otherKey)}},
-	}})
-	e := startDevIn(t, dir, freeAddr(t), extra...)
-	e.key, e.slow, e.other = demoKey, slowKey, otherKey
-	t.Cleanup(func() {
-		if code, took := e.stop(); code != 0 || took > 30*time.Second {
-			t.Errorf("dev exited %d after %s: %s", code, took, e.stderr())
-		}
-	})
+	e := startDevIn(t, t.TempDir(), freeAddr(t), extra...)
+	e.key = e.creds().APIKey
+	e.slow = e.newOrg("slow", tenants.Limits{RateLimit: 1, Burst: 1})
+	e.other = e.newOrg("other", tenants.Limits{})
 	return e
 }
 
-// startDevIn runs `certnode dev` on dir until stop is called.
+// startDevIn runs `certnode dev` on dir (its coordinator on a free port)
+// until stop is called, or the test ends; it must stop cleanly.
 func startDevIn(t *testing.T, dir, addr string, extra ...string) *devEnv {
 	t.Helper()
 	for _, v := range []string{"CERTNODE_KEY", "CERTNODE_PKCS11_MODULE", "CERTNODE_PKCS11_TOKEN", "CERTNODE_PKCS11_KEY_LABEL", "CERTNODE_KAFKA"} {
@@ -95,7 +85,7 @@ func startDevIn(t *testing.T, dir, addr string, extra ...string) *devEnv {
 	var stderr bytes.Buffer
 	var mu sync.Mutex
 	go func() {
-		done <- runContext(ctx, append([]string{"dev", "--data", dir, "--http", addr, "--partitions", "3", "--clickhouse", "none"}, extra...),
+		done <- runContext(ctx, append([]string{"dev", "--data", dir, "--http", addr, "--coordinator-http", "127.0.0.1:0", "--partitions", "3", "--clickhouse", "none"}, extra...),
 			strings.NewReader(""), io.Discard, &lockedWriter{w: &stderr, mu: &mu})
 	}()
 	e := &devEnv{t: t, base: "http://" + addr, dir: dir}
@@ -120,6 +110,11 @@ func startDevIn(t *testing.T, dir, addr string, extra ...string) *devEnv {
 		})
 		return code, took
 	}
+	t.Cleanup(func() {
+		if code, took := e.stop(); code != 0 || took > 30*time.Second {
+			t.Errorf("dev exited %d after %s: %s", code, took, e.stderr())
+		}
+	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if code, _ := e.do("GET", "/readyz", "", "", ""); code == 200 {
@@ -135,6 +130,49 @@ func startDevIn(t *testing.T, dir, addr string, extra ...string) *devEnv {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// creds reads the credentials dev wrote.
+func (e *devEnv) creds() credentials {
+	e.t.Helper()
+	var c credentials
+	b, err := os.ReadFile(filepath.Join(e.dir, "credentials.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+// admin calls the admin API of dev's coordinator with the admin token of
+// its credentials.
+func (e *devEnv) admin(method, path, body string) (int, string) {
+	c := e.creds()
+	return request(method, "http://"+c.Coordinator+path, c.AdminToken, "", body)
+}
+
+// newOrg creates an organization with limits and an API key of every
+// scope through dev's coordinator, and returns the key once dev admits it.
+func (e *devEnv) newOrg(id string, limits tenants.Limits) string {
+	e.t.Helper()
+	body, _ := json.Marshal(map[string]any{"id": id, "name": id, "limits": limits})
+	if code, resp := e.admin("POST", "/v1/admin/orgs", string(body)); code != 201 {
+		e.t.Fatalf("create org %s: %d %s", id, code, resp)
+	}
+	code, resp := e.admin("POST", "/v1/admin/orgs/"+id+"/keys", `{"scopes":["sign","verify","jobs","read","admin"]}`)
+	var k struct {
+		Key string `json:"key"`
+	}
+	if code != 201 || json.Unmarshal([]byte(resp), &k, json.RejectUnknownMembers(false)) != nil {
+		e.t.Fatalf("create key of %s: %d %s", id, code, resp)
+	}
+	testenv.WaitFor(e.t, "dev admits "+id+"'s key", 2*time.Second, func() (bool, string) {
+		code, body := e.do("GET", "/v1/jobs/job_none", k.Key, "", "")
+		return code == 404, body
+	})
+	return k.Key
 }
 
 type lockedWriter struct {

@@ -233,12 +233,8 @@ func TestKeysRotateLiveInDev(t *testing.T) {
 	legacy, _ := signer.GenerateSoftware(schemas.AlgES256)
 	legacy.WritePEM(filepath.Join(dir, "key.pem"))
 	legacyJWK, _ := schemas.NewJWK(legacy.Public())
-	e := startDev(t, "--data", dir) // the last --data wins over startDev's own
-	var creds credentials
-	data, _ := os.ReadFile(filepath.Join(dir, "credentials.json"))
-	if err := json.Unmarshal(data, &creds); err != nil {
-		t.Fatal(err)
-	}
+	e := startDevIn(t, dir, freeAddr(t))
+	creds := e.creds()
 	const js = "application/json"
 	sign := func() string {
 		t.Helper()

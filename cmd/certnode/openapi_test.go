@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -532,10 +530,7 @@ func (c *contract) merge(o *contract) {
 // kafkaClient connects to the dev's embedded Kafka.
 func (e *devEnv) kafkaClient(opts ...kgo.Opt) *kgo.Client {
 	e.t.Helper()
-	var creds credentials
-	b, _ := os.ReadFile(filepath.Join(e.dir, "credentials.json"))
-	json.Unmarshal(b, &creds, json.RejectUnknownMembers(false))
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(creds.Kafka)}, opts...)...)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.creds().Kafka)}, opts...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -71,24 +71,39 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// metricsServer serves /metrics and /healthz (503 while health fails) for
-// roles without an HTTP API.
-func metricsServer(addr string, g prometheus.Gatherer, health func() error) func(context.Context) error {
+// metricsServer serves /metrics, /healthz (503 while health fails) and
+// /readyz (503 while health or a ready check fails) for roles without an
+// HTTP API.
+func metricsServer(addr string, g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		answer := func(w http.ResponseWriter, errs ...error) {
+			var problems []string
+			for _, err := range errs {
+				if err != nil {
+					problems = append(problems, err.Error())
+				}
+			}
 			w.Header().Set("Content-Type", "application/json")
-			if err := health(); err != nil {
+			if len(problems) > 0 {
 				w.WriteHeader(http.StatusServiceUnavailable)
-				json.MarshalWrite(w, map[string]any{"status": "unavailable", "problems": []string{err.Error()}})
+				json.MarshalWrite(w, map[string]any{"status": "unavailable", "problems": problems})
 				return
 			}
 			w.Write([]byte(`{"status":"ok"}` + "\n"))
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { answer(w, health()) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+			errs := []error{health()}
+			for _, check := range ready {
+				errs = append(errs, check(r.Context()))
+			}
+			answer(w, errs...)
 		})
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { <-ctx.Done(); srv.Shutdown(context.WithoutCancel(ctx)) }()
@@ -248,14 +263,18 @@ func ingestLimitFlags(fs *pflag.FlagSet, cfg *ingest.Config) {
 func newWorkerCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
-	var tenantsFile, metricsAddr string
+	var tenantsFile, metricsAddr, coordinators string
 	var concurrency int
+	maxStale := coordinator.DefaultMaxStale
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a pipeline worker (consumes requests, signs or verifies, produces results)",
 		Long: "Runs a pipeline worker: consumes requests, signs with the active key of --keyring DIR (or a\n" +
 			"lone --key or HSM key) and verifies against every key of the ring; a rotated ring.json is\n" +
-			"picked up within seconds.\n\n" + internalSecretHelp + "\n" + pinHelp,
+			"picked up within seconds. The producer keys that sign records written straight into Kafka\n" +
+			"come from a tenants file (--tenants) or from the coordinator cluster (--coordinator ADDR,...),\n" +
+			"whose state the worker copies and follows; it consumes nothing until it has that state.\n\n" +
+			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
@@ -268,9 +287,24 @@ func newWorkerCmd() *cobra.Command {
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
-			store, err := loadTenants(tenantsFile)
-			if err != nil {
-				errs = append(errs, err)
+			reg := newRegistry()
+			var producers pipeline.ProducerKeys
+			var replica *coordinator.Replica
+			switch {
+			case coordinators != "" && tenantsFile != "":
+				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
+			case coordinators != "":
+				r, err := coordinatorReplica(coordinators, maxStale, reg)
+				if err != nil {
+					errs = append(errs, err)
+				}
+				producers, replica = r, r
+			default:
+				store, err := loadTenants(tenantsFile)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%w (or --coordinator ADDR)", err))
+				}
+				producers = store
 			}
 			mac, err := recordauth.SecretsFromEnv()
 			if err != nil {
@@ -287,29 +321,52 @@ func newWorkerCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			reg := newRegistry()
 			cfg.Registerer = reg
 			keys.registerPoolMetrics(reg)
-			w, err := pipeline.New(cfg, ring, store, mac)
+			w, err := pipeline.New(cfg, ring, producers, mac)
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer w.Close()
 			slog.Info("worker started", "kid", ring.ActiveKID(), "alg", ring.ActiveAlg(), "concurrency", cfg.Concurrency)
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"worker": w.Run, "metrics": metricsServer(metricsAddr, reg, w.Healthy), "keyring": signer.NewRingWatcher(ring, ringPoll).Run}))
+			parts := map[string]func(context.Context) error{"worker": w.Run, "keyring": signer.NewRingWatcher(ring, ringPoll).Run}
+			var ready []func(context.Context) error
+			if replica != nil {
+				parts["worker"], parts["coordinator"], ready = afterReady(replica.Ready, w.Run), replica.Run, append(ready, replica.Ready)
+			}
+			parts["metrics"] = metricsServer(metricsAddr, reg, w.Healthy, ready...)
+			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&tenantsFile, "tenants", "", "tenants file (JSON with hashed API keys)")
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
+	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take producer keys from, instead of --tenants")
+	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep using known producer keys while the coordinator is unreachable; then every producer record is refused")
+	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	fs.IntVar(&concurrency, "concurrency", 0, "requests processed at once (default 2 x cores)")
 	bindEnv(fs, "concurrency", "CERTNODE_WORKER_CONCURRENCY")
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9101", "address for /metrics")
+	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9101", "address for /metrics, /healthz and /readyz")
 	bindEnv(fs, "metrics", "CERTNODE_METRICS")
 	kf.register(fs, true)
 	keys.register(fs, true)
 	return cmd
+}
+
+// afterReady runs run once ready passes: a worker judges no record before
+// it holds the producer keys, lest it refuse a valid one.
+func afterReady(ready func(context.Context) error, run func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		for ready(ctx) != nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		return run(ctx)
+	}
 }
 
 func newSinkCmd() *cobra.Command {

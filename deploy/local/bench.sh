@@ -10,7 +10,7 @@ run_dev() { # label, dev flags...
   local label=$1; shift
   local dir="$CERTNODE_LOCAL/bench-dev" port=18090 pid
   rm -rf "$dir"
-  "$bin" dev --data "$dir" --http 127.0.0.1:$port "$@" >"$CERTNODE_LOCAL/bench-dev.log" 2>&1 &
+  "$bin" dev --data "$dir" --http 127.0.0.1:$port --coordinator-http 127.0.0.1:$((port + 1)) "$@" >"$CERTNODE_LOCAL/bench-dev.log" 2>&1 &
   pid=$!
   local i
   for ((i = 0; i < 240; i++)); do
