@@ -41,6 +41,7 @@ var registry = map[cmdType]func() Command{
 	cmdRevokeKey:      func() Command { return new(RevokeKey) },
 	cmdPutPlan:        func() Command { return new(PutPlan) },
 	cmdPutProducerKey: func() Command { return new(PutProducerKey) },
+	cmdSetAdmitted:    func() Command { return new(SetAdmitted) },
 }
 
 func encode(c Command) ([]byte, error) {

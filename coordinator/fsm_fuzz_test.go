@@ -17,6 +17,7 @@ func FuzzApply(f *testing.F) {
 	for _, c := range []Command{
 		&PutOrg{Org: testOrg("acme"), Create: true}, &PutOrg{Org: testOrg("acme")}, &CreateKey{Key: key},
 		&RevokeKey{ID: key.ID, Org: "acme", At: t0.Add(time.Hour)}, &SetMember{ID: "n1", HTTP: "127.0.0.1:1"},
+		&SetAdmitted{Month: "2026-11", Counts: map[string]int64{"acme": 3}},
 	} {
 		data, _ := encode(c)
 		f.Add(data)

@@ -77,6 +77,7 @@ func NewServer(cfg Config) (*Server, error) {
 	mux.Handle("POST /v1/admin/orgs/{org}/producer-keys/{key}/rotate", admin(s.leader(s.rotateProducerKey)))
 	mux.Handle("DELETE /v1/admin/orgs/{org}/producer-keys/{key}", admin(s.leader(s.revokeProducerKey)))
 	mux.Handle("GET /v1/node/state", node(s.state))
+	mux.Handle("POST /v1/node/leases", node(s.leader(newLeaseServer(s).serve)))
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route")
 	})

@@ -29,6 +29,9 @@ type State struct {
 	// apply where no plan of the same id is stored.
 	Plans        map[string]*tenants.Plan `json:"plans"`
 	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"` // by key id
+	// Admitted counts each organization's admitted requests by month
+	// ("2006-01", UTC), for monthly quotas (SetAdmitted).
+	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
 }
 
 func newState() *State {

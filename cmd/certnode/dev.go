@@ -134,7 +134,7 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: store, Keys: ring, Store: rs, MAC: mac,
+			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: store, Limiter: tenants.NewLocalLimiter(store.Limits), Keys: ring, Store: rs, MAC: mac,
 				Ready: []ingest.Check{signerCheck}, Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)

@@ -29,6 +29,7 @@ type devEnv struct {
 	key    string // demo tenant
 	slow   string // tenant limited to 1 request/s
 	other  string // tenant "other", unlimited
+	tight  string // tenant "tight": small payloads, short jobs, one job at a time
 	dir    string
 	stop   func() (exitCode int, took time.Duration)
 	stderr func() string
@@ -61,21 +62,25 @@ func freeAddr(t *testing.T) string {
 }
 
 // startDev runs `certnode dev` in-process on an embedded Kafka, with a
-// second, rate-limited tenant and a third, unlimited one.
+// second, rate-limited tenant, a third, unlimited one, and a fourth with
+// small limits on payloads and jobs.
 func startDev(t *testing.T, extra ...string) *devEnv {
 	t.Helper()
 	dir := t.TempDir()
 	demoKey, _ := tenants.GenerateKey()
 	slowKey, _ := tenants.GenerateKey()
 	otherKey, _ := tenants.GenerateKey()
+	tightKey, _ := tenants.GenerateKey()
 	writeJSONFile(filepath.Join(dir, "credentials.json"), credentials{Tenant: "demo", APIKey: demoKey, AdminToken: "x"})
 	writeJSONFile(filepath.Join(dir, "tenants.json"), tenants.File{Tenants: []tenants.Tenant{
 		{ID: "demo", APIKeyHashes: []string{tenants.HashKey(demoKey)}},
 		{ID: "slow", APIKeyHashes: []string{tenants.HashKey(slowKey)}, Limits: tenants.Limits{RateLimit: 1, Burst: 1}},
 		{ID: "other", APIKeyHashes: []string{tenants.HashKey(otherKey)}},
+		{ID: "tight", APIKeyHashes: []string{tenants.HashKey(tightKey)},
+			Limits: tenants.Limits{MaxPayloadBytes: 64, MaxJobLines: 3, MaxConcurrentJobs: 1}},
 	}})
 	e := startDevIn(t, dir, freeAddr(t), extra...)
-	e.key, e.slow, e.other = demoKey, slowKey, otherKey
+	e.key, e.slow, e.other, e.tight = demoKey, slowKey, otherKey, tightKey
 	t.Cleanup(func() {
 		if code, took := e.stop(); code != 0 || took > 30*time.Second {
 			t.Errorf("dev exited %d after %s: %s", code, took, e.stderr())
