@@ -57,6 +57,7 @@ var registry = map[cmdType]func() Command{
 	cmdResetPassword:    func() Command { return new(ResetPassword) },
 	cmdLogin:            func() Command { return new(Login) },
 	cmdEndSession:       func() Command { return new(EndSession) },
+	cmdSetAdmitted:      func() Command { return new(SetAdmitted) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -28,6 +28,7 @@ import (
 // the leader.
 type Server struct {
 	node   *Node
+	leases *leaseServer
 	srv    *http.Server
 	ln     net.Listener
 	client *http.Client
@@ -57,6 +58,7 @@ func NewServer(cfg Config) (*Server, error) {
 	n.cfg.HTTPAddr = ln.Addr().String()
 	s := &Server{node: n, ln: ln, client: &http.Client{Timeout: 2 * n.cfg.ApplyTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, log: n.log}
+	s.leases = newLeaseServer(s)
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern, rt.h)

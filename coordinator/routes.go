@@ -34,6 +34,7 @@ func (s *Server) routes() []route {
 		{pattern: "POST /v1/admin/users/{user}/password-reset", h: op(s.leader(s.issueReset))},
 		{pattern: "GET /v1/admin/audit", h: op(s.adminAudit)},
 		{pattern: "GET /v1/node/state", h: node(s.state)},
+		{pattern: "POST /v1/node/leases", h: node(s.leader(s.leases.serve))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},

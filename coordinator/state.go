@@ -40,6 +40,9 @@ type State struct {
 	ResetTokens map[string]*ResetToken `json:"reset_tokens"` // by token hash
 	Audit       []AuditEvent           `json:"audit"`
 	Idempotency map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
+	// Admitted counts each organization's admitted requests by month
+	// ("2006-01", UTC), for monthly quotas (SetAdmitted).
+	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
 }
 
 // SharedState is what other tiers copy: everything they need to admit

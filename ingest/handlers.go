@@ -67,21 +67,80 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, bool) {
 // drainLimit bounds what is read and dropped from a refused body.
 const drainLimit = 16 << 20
 
-// quota answers 429 itself when the tenant is over its rate.
+// quota answers 429 itself when the tenant is over its rate or its
+// monthly allowance.
 func (s *Server) quota(ctx *fasthttp.RequestCtx, t *tenants.Tenant) bool {
-	l := s.limiter(t)
-	if l == nil {
+	wait, err := s.deps.Limiter.Take(t.ID, 1)
+	switch {
+	case errors.Is(err, tenants.ErrMonthlyQuota):
+		monthlyQuota(ctx, t, nil)
+	case err != nil:
+		s.log.Error("quota", "tenant", t.ID, "err", err)
+		apiError(ctx, fasthttp.StatusInternalServerError, "internal", "the quota could not be checked")
+	case wait > 0:
+		ctx.Response.Header.Set("Retry-After", retryAfter(wait))
+		apiError(ctx, fasthttp.StatusTooManyRequests, "over_quota", fmt.Sprintf("tenant is over its quota of %g requests/s", t.RateLimit))
+	default:
 		return true
 	}
-	r := l.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(d/time.Second)+1))
-		apiError(ctx, fasthttp.StatusTooManyRequests, "over_quota", fmt.Sprintf("tenant is over its quota of %g requests/s", t.RateLimit))
-		return false
-	}
-	return true
+	return false
 }
+
+// monthlyQuota answers 429 monthly_quota_exceeded, retrying at the start
+// of the next month; job, when set, is a bulk upload none of whose lines
+// was accepted.
+func monthlyQuota(ctx *fasthttp.RequestCtx, t *tenants.Tenant, job any) {
+	now := time.Now().UTC()
+	next := time.Date(now.Year(), now.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+	ctx.Response.Header.Set("Retry-After", retryAfter(next.Sub(now)))
+	writeJSON(ctx, fasthttp.StatusTooManyRequests, errorBody{Error: errorDetail{"monthly_quota_exceeded",
+		monthlyMessage(t)}, Job: job})
+}
+
+func monthlyMessage(t *tenants.Tenant) string {
+	return fmt.Sprintf("the organization's %d requests for this month are used up; more are admitted from the 1st of next month (UTC)", t.MonthlyReceipts)
+}
+
+// retryAfter is a wait in whole seconds, rounded up, at least 1.
+func retryAfter(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
+}
+
+// payloadTooLarge reports a payload or receipt over the tenant's limit.
+func payloadTooLarge(t *tenants.Tenant, kind schemas.Kind, v jsontext.Value) error {
+	if t.MaxPayloadBytes <= 0 || len(v) <= t.MaxPayloadBytes {
+		return nil
+	}
+	what := "payload"
+	if kind == schemas.KindVerify {
+		what = "receipt"
+	}
+	return fmt.Errorf("the %s is %d bytes; this organization's limit is %d", what, len(v), t.MaxPayloadBytes)
+}
+
+// admitLine waits until the tenant's rate admits one more line of a bulk
+// job (bulk jobs are slowed down, not refused). It fails with
+// tenants.ErrMonthlyQuota, or errStopping when the server stops.
+func (s *Server) admitLine(ctx context.Context, tenant string) error {
+	for {
+		wait, err := s.deps.Limiter.Take(tenant, 1)
+		if err != nil || wait == 0 {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-s.stopping:
+			t.Stop()
+			return errStopping
+		case <-ctx.Done():
+			t.Stop()
+			return errStopping
+		}
+	}
+}
+
+var errStopping = errors.New("the server is stopping")
 
 type singleBody struct {
 	Payload jsontext.Value `json:"payload"`
@@ -204,7 +263,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		return
 	}
 	raw, ok := s.readBody(ctx, s.cfg.MaxBodyBytes)
-	if !ok || !s.quota(ctx, t) {
+	if !ok {
 		return
 	}
 	var body singleBody
@@ -229,6 +288,14 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	}
 	if code, err := checkInput(kind, input); err != nil {
 		apiError(ctx, fasthttp.StatusUnprocessableEntity, code, err.Error())
+		return
+	}
+	if err := payloadTooLarge(t, kind, input); err != nil {
+		apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "payload_too_large", err.Error())
+		return
+	}
+	// Only requests that go on count against the rate and the month.
+	if !s.quota(ctx, t) {
 		return
 	}
 	id := newID("req_")
@@ -263,7 +330,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	// Leave a job that any ingest process answers, then answer 504. A
 	// result that arrives meanwhile is counted for the job.
 	j, err := s.jobs.start(ctx, schemas.Job{ID: id, Tenant: t.ID, Kind: kind, Single: true, State: schemas.JobRunning,
-		Start: start, LinesRead: 1, Total: 1})
+		Start: start, LinesRead: 1, Total: 1}, 0)
 	s.jobs.cancel(id)
 	select {
 	case res := <-ch:
@@ -388,10 +455,20 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 	rand.Read(nonce)
 	meta := schemas.Job{ID: newID("job_"), Tenant: t.ID, Kind: kind, State: schemas.JobUploading,
 		Nonce: base64.RawURLEncoding.EncodeToString(nonce), KeyID: s.deps.MAC.SignKeyID(), Start: s.jobs.positions()}
-	j, err := s.jobs.start(ctx, meta)
+	j, err := s.jobs.start(ctx, meta, t.MaxConcurrentJobs)
+	if errors.Is(err, errTooManyJobs) {
+		io.CopyN(io.Discard, bodyReader(ctx), drainLimit) // so the client reads this answer, not a reset
+		apiError(ctx, fasthttp.StatusTooManyRequests, "too_many_jobs",
+			fmt.Sprintf("this organization may have %d jobs uploading or running at once; start this one when another has finished", t.MaxConcurrentJobs))
+		return
+	}
 	if err != nil {
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the job was not accepted: the message broker is unavailable; retry later")
 		return
+	}
+	maxLines := s.cfg.MaxJobLines
+	if t.MaxJobLines > 0 {
+		maxLines = min(maxLines, t.MaxJobLines)
 	}
 	// A stopping server ends the upload where it is: lines read so far
 	// are kept, and the client learns where it was cut off.
@@ -408,10 +485,10 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 	var up upload
 	slots := make(chan struct{}, maxInflight)
 	var inflight sync.WaitGroup
-	limiter := s.limiter(t)
 	lr := newLineReader(bodyReader(ctx), s.cfg.MaxLineBytes)
 	var keys callerKeys
 	var last int64
+	monthly := false // the month's allowance ran out during the upload
 	for {
 		l, err := lr.next()
 		if err == io.EOF {
@@ -427,8 +504,8 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			break
 		}
 		last = l.n
-		if l.n > s.cfg.MaxJobLines {
-			up.reject(l.n, "too_many_lines", fmt.Sprintf("a job takes at most %d lines; the rest of the upload was not read", s.cfg.MaxJobLines))
+		if l.n > maxLines {
+			up.reject(l.n, "too_many_lines", fmt.Sprintf("a job takes at most %d lines; the rest of the upload was not read", maxLines))
 			break
 		}
 		if up.brokerFailing() {
@@ -436,7 +513,11 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			break
 		}
 		if up.full() {
-			up.reject(l.n, "too_many_rejected", fmt.Sprintf("over %d rejected lines or %d runs of blank lines; the rest of the upload was not read", maxRejected, maxBlankRuns))
+			code, msg := "too_many_rejected", fmt.Sprintf("over %d rejected lines or %d runs of blank lines; the rest of the upload was not read", maxRejected, maxBlankRuns)
+			if monthly {
+				code, msg = "monthly_quota_exceeded", monthlyMessage(t)+"; the rest of the upload was not read"
+			}
+			up.reject(l.n, code, msg)
 			break
 		}
 		switch {
@@ -457,21 +538,27 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			up.reject(l.n, code, verr.Error())
 			continue
 		}
+		if perr := payloadTooLarge(t, kind, doc); perr != nil {
+			up.reject(l.n, "payload_too_large", perr.Error())
+			continue
+		}
 		if jwks != nil {
 			if jerr := keys.check(l.n, jwks); jerr != nil {
 				up.reject(l.n, "invalid_jwks", jerr.Error())
 				continue
 			}
 		}
-		if limiter != nil {
-			if werr := limiter.Wait(ctx); werr != nil {
-				code, msg := "over_quota", werr.Error()
-				if stopping(s.stopping) {
-					code, msg = "server_stopping", "the server is stopping: the rest of the upload was not read; send it again as a new job"
-				}
-				up.reject(l.n, code, msg)
+		if !monthly {
+			if werr := s.admitLine(ctx, t.ID); errors.Is(werr, tenants.ErrMonthlyQuota) {
+				monthly = true
+			} else if werr != nil {
+				up.reject(l.n, "server_stopping", "the server is stopping: the rest of the upload was not read; send it again as a new job")
 				break
 			}
+		}
+		if monthly { // every line left is refused on its own, as invalid ones are
+			up.reject(l.n, "monthly_quota_exceeded", monthlyMessage(t))
+			continue
 		}
 		rec, eerr := s.envelope(t, kind, lineID(j.lineKey, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), append(jsontext.Value(nil), jwks...))
 		if eerr != nil {
@@ -516,6 +603,8 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		out.Rejected = []schemas.RejectedLine{}
 	}
 	switch {
+	case acked == 0 && monthly:
+		monthlyQuota(ctx, t, out)
 	case acked == 0 && failed > 0:
 		writeJSON(ctx, fasthttp.StatusServiceUnavailable, errorBody{
 			Error: errorDetail{"kafka_unavailable", "no line was accepted: the message broker is unavailable; retry later"}, Job: out})

@@ -23,7 +23,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
-	"golang.org/x/time/rate"
 
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/tenants"
@@ -33,6 +32,16 @@ import (
 // Authenticator resolves API keys to tenants.
 type Authenticator interface {
 	Authenticate(apiKey string) (*tenants.Tenant, bool)
+}
+
+// Limiter holds tenants to their request rate and monthly allowance:
+// tenants.LocalLimiter within this process (tenants files), or the
+// coordinator's Limiter across the cluster.
+type Limiter interface {
+	// Take admits n requests now (0), or takes nothing and says how long
+	// to wait before asking again; tenants.ErrMonthlyQuota once the
+	// tenant's monthly allowance is used up.
+	Take(tenant string, n int) (time.Duration, error)
 }
 
 // KeySource publishes the signing keys.
@@ -76,6 +85,9 @@ type Deps struct {
 	// Accounts serves the account routes (/v1/auth/*, /v1/me, /v1/orgs/*):
 	// the coordinator's, through a proxy. Nil: they answer 404.
 	Accounts http.Handler
+
+	// Limiter holds tenants to their rate and monthly allowance.
+	Limiter Limiter
 }
 
 // Config configures the HTTP tier.
@@ -163,9 +175,6 @@ type Server struct {
 	// stopping is closed when Run's context ends: results streams end.
 	stopping chan struct{}
 
-	limMu    sync.Mutex
-	limiters map[string]*rate.Limiter
-
 	streamsMu sync.Mutex
 	streams   map[string]int // open results streams per tenant
 }
@@ -175,11 +184,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Auth == nil || deps.Keys == nil || deps.MAC == nil {
-		return nil, errors.New("ingest: authenticator, keys and record MAC are required")
+	if deps.Auth == nil || deps.Limiter == nil || deps.Keys == nil || deps.MAC == nil {
+		return nil, errors.New("ingest: authenticator, limiter, keys and record MAC are required")
 	}
 	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
-		limiters: map[string]*rate.Limiter{}, streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
+		streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
 	s.routes = s.table()
 	var err error
 	// acks=all, but not franz-go's idempotent mode: an idempotent producer
@@ -309,25 +318,6 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) 
 	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="certnode"`)
 	apiError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
 	return nil, false
-}
-
-// limiter returns the tenant's token bucket, or nil when unlimited.
-func (s *Server) limiter(t *tenants.Tenant) *rate.Limiter {
-	if t.RateLimit <= 0 {
-		return nil
-	}
-	s.limMu.Lock()
-	defer s.limMu.Unlock()
-	l, ok := s.limiters[t.ID]
-	if !ok {
-		burst := t.Burst
-		if burst < 1 {
-			burst = int(t.RateLimit) + 1
-		}
-		l = rate.NewLimiter(rate.Limit(t.RateLimit), burst)
-		s.limiters[t.ID] = l
-	}
-	return l
 }
 
 func newID(prefix string) string {

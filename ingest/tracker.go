@@ -36,8 +36,12 @@ type tracker struct {
 	log         *slog.Logger
 	started     atomic.Bool
 
-	mu         sync.Mutex
-	jobs       map[string]*jobState
+	mu   sync.Mutex
+	jobs map[string]*jobState
+	// open holds each tenant's bulk jobs that were uploading or running
+	// when last looked at (finished ones leave when counted), for the
+	// tenants' limits on jobs at once.
+	open       map[string]map[string]*jobState
 	waiters    map[string]waiter
 	pending    map[string][]pendingResult // results of jobs not known yet
 	npending   int
@@ -69,7 +73,7 @@ const (
 func newTracker(ctx context.Context, kcfg kafka.Config, prod *kgo.Client, keys keyDeriver, maxLine int64, uploadLimit, retention time.Duration, m *metrics) (*tracker, error) {
 	t := &tracker{topics: kcfg.Topics(), keys: keys, prod: prod, maxLine: maxLine, uploadLimit: uploadLimit,
 		retention: retention, m: m, log: slog.With("role", "ingest"), refusedLog: rate.Sometimes{Interval: 10 * time.Second},
-		jobs: map[string]*jobState{}, waiters: map[string]waiter{}, pending: map[string][]pendingResult{}}
+		jobs: map[string]*jobState{}, open: map[string]map[string]*jobState{}, waiters: map[string]waiter{}, pending: map[string][]pendingResult{}}
 	adm := kadm.NewClient(prod)
 	// The topics may have been created a moment ago and not be listed by
 	// every broker yet: retry.
@@ -220,7 +224,7 @@ func (t *tracker) applyJob(rec *kgo.Record) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if rec.Value == nil { // a tombstone: the job expired
-		delete(t.jobs, id)
+		t.remove(id)
 		return
 	}
 	meta, err := schemas.DecodeJob(rec.Value)
@@ -235,7 +239,7 @@ func (t *tracker) applyJob(rec *kgo.Record) {
 			return
 		}
 		j = newJobState(*meta, jobLineKey(t.keys, meta), false)
-		t.jobs[id] = j
+		t.add(j)
 		for _, p := range t.pending[id] {
 			t.countLocked(j, p.res)
 		}
@@ -397,20 +401,72 @@ func (t *tracker) put(ctx context.Context, meta *schemas.Job) error {
 	return err
 }
 
-// start registers a job this process owns and writes its first record.
-func (t *tracker) start(ctx context.Context, meta schemas.Job) (*jobState, error) {
+// errTooManyJobs refuses a job over its tenant's limit on jobs at once.
+var errTooManyJobs = errors.New("too many jobs at once")
+
+// start registers a job this process owns and writes its first record,
+// unless its tenant already has limit bulk jobs uploading or running
+// (0: no limit). Jobs started on other ingest processes count as soon as
+// their records arrive from the jobs topic (within ~100 ms): the limit
+// holds cluster-wide, but starts on different processes within that
+// window can each pass it.
+func (t *tracker) start(ctx context.Context, meta schemas.Job, limit int) (*jobState, error) {
 	meta.V, meta.CreatedAt = schemas.EnvelopeVersion, time.Now().UTC()
 	t.mu.Lock()
+	if limit > 0 && t.running(meta.Tenant, time.Now()) >= limit {
+		t.mu.Unlock()
+		return nil, errTooManyJobs
+	}
 	j := newJobState(meta, jobLineKey(t.keys, &meta), true)
-	t.jobs[meta.ID] = j // results counted from now on change j.meta, not meta
+	t.add(j) // results counted from now on change j.meta, not meta
 	t.mu.Unlock()
 	if err := t.put(ctx, &meta); err != nil {
 		t.mu.Lock()
-		delete(t.jobs, meta.ID)
+		t.remove(meta.ID)
 		t.mu.Unlock()
 		return nil, err
 	}
 	return j, nil
+}
+
+// add keeps a job; t.mu is held.
+func (t *tracker) add(j *jobState) {
+	t.jobs[j.meta.ID] = j
+	if !j.meta.Single && (j.meta.State == schemas.JobUploading || j.meta.State == schemas.JobRunning) {
+		if t.open[j.meta.Tenant] == nil {
+			t.open[j.meta.Tenant] = map[string]*jobState{}
+		}
+		t.open[j.meta.Tenant][j.meta.ID] = j
+	}
+}
+
+// remove forgets a job; t.mu is held.
+func (t *tracker) remove(id string) {
+	if j, ok := t.jobs[id]; ok {
+		t.forget(j.meta.Tenant, id)
+		delete(t.jobs, id)
+	}
+}
+
+func (t *tracker) forget(tenant, id string) {
+	if open := t.open[tenant]; open != nil {
+		if delete(open, id); len(open) == 0 {
+			delete(t.open, tenant)
+		}
+	}
+}
+
+// running counts a tenant's bulk jobs uploading or running; t.mu is held.
+func (t *tracker) running(tenant string, now time.Time) int {
+	n := 0
+	for id, j := range t.open[tenant] {
+		if st := j.view(now, t.uploadLimit).State; st == schemas.JobUploading || st == schemas.JobRunning {
+			n++
+		} else { // done or abandoned: for good
+			t.forget(tenant, id)
+		}
+	}
+	return n
 }
 
 // finishUpload records the end of an owned upload. The record is written
@@ -495,7 +551,7 @@ func (t *tracker) collect(ctx context.Context, now time.Time) {
 			end = v.CreatedAt.Add(t.uploadLimit)
 		}
 		if v.State != schemas.JobRunning && now.Sub(end) > t.retention {
-			delete(t.jobs, id)
+			t.remove(id)
 			expired = append(expired, id)
 		}
 	}

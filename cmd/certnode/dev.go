@@ -178,8 +178,15 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Keys: ring, Store: rs, Usage: usage, Plans: replica, MAC: mac,
-				Accounts: replica.Accounts(), Ready: []ingest.Check{signerCheck, replica.Ready},
+			// Limits hold as in a cluster: the embedded node lends them.
+			limiter, err := coordinator.NewLimiter(replica, coordinator.LimiterConfig{Registerer: reg})
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer limiter.Close()
+			parts["limiter"] = limiter.Run
+			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Store: rs, Usage: usage, Plans: replica,
+				MAC: mac, Accounts: replica.Accounts(), Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)

@@ -67,7 +67,13 @@ func (e *devEnv) results(id, query string) []streamLine {
 
 func (e *devEnv) status(id string) map[string]any {
 	e.t.Helper()
-	code, body := e.do("GET", "/v1/jobs/"+id, e.key, "", "")
+	return e.statusAs(e.key, id)
+}
+
+// statusAs is a job's status as the tenant of key sees it.
+func (e *devEnv) statusAs(key, id string) map[string]any {
+	e.t.Helper()
+	code, body := e.do("GET", "/v1/jobs/"+id, key, "", "")
 	var st map[string]any
 	if code != 200 || json.Unmarshal([]byte(body), &st) != nil {
 		e.t.Fatalf("status: %d %s", code, body)
@@ -77,9 +83,15 @@ func (e *devEnv) status(id string) map[string]any {
 
 func (e *devEnv) waitDone(id string) map[string]any {
 	e.t.Helper()
+	return e.waitDoneAs(e.key, id)
+}
+
+// waitDoneAs waits for a job of the tenant of key to be done.
+func (e *devEnv) waitDoneAs(key, id string) map[string]any {
+	e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st := e.status(id)
+		st := e.statusAs(key, id)
 		if st["state"] == "done" {
 			return st
 		}

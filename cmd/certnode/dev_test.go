@@ -30,6 +30,7 @@ type devEnv struct {
 	key    string // demo tenant
 	slow   string // tenant limited to 1 request/s
 	other  string // tenant "other", unlimited
+	tight  string // tenant "tight": small payloads, short jobs, one job at a time
 	dir    string
 	stop   func() (exitCode int, took time.Duration)
 	stderr func() string
@@ -62,14 +63,16 @@ func freeAddr(t *testing.T) string {
 }
 
 // startDev runs `certnode dev` in-process on an embedded Kafka, with a
-// second, rate-limited organization and a third, unlimited one, made
-// through its coordinator.
+// second, rate-limited organization, a third, unlimited one, and a
+// fourth with small limits on payloads and jobs, made through its
+// coordinator.
 func startDev(t *testing.T, extra ...string) *devEnv {
 	t.Helper()
 	e := startDevIn(t, t.TempDir(), freeAddr(t), extra...)
 	e.key = e.creds().APIKey
 	e.slow = e.newOrg("slow", tenants.Limits{RateLimit: 1, Burst: 1})
 	e.other = e.newOrg("other", tenants.Limits{})
+	e.tight = e.newOrg("tight", tenants.Limits{MaxPayloadBytes: 64, MaxJobLines: 3, MaxConcurrentJobs: 1})
 	return e
 }
 

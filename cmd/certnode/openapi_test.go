@@ -493,6 +493,79 @@ func TestOpenAPIContract(t *testing.T) {
 		t.Fatal("a tenant limited to 1 request/s was never refused")
 	})
 
+	t.Run("organization limits", func(t *testing.T) {
+		big := `{"a":"` + strings.Repeat("x", 64) + `"}`
+		for _, x := range []exchange{
+			{name: "sign over the payload limit", method: "POST", path: "/v1/sign", key: e.tight, ctype: js, body: `{"payload":` + big + `}`, status: 413, code: "payload_too_large"},
+			{name: "verify over the payload limit", method: "POST", path: "/v1/verify", key: e.tight, ctype: js, body: `{"receipt":` + big + `}`, status: 413, code: "payload_too_large"},
+			{name: "sign within the payload limit", method: "POST", path: "/v1/sign", key: e.tight, ctype: js, body: `{"payload":{"a":1}}`, status: 200},
+		} {
+			c.expect(t, e, x)
+		}
+		// Lines past the organization's job lines, or over its payload
+		// limit, are rejected; the rest of the job goes on.
+		r := c.expect(t, e, exchange{name: "job over the line limit", method: "POST", path: "/v1/jobs?type=sign", key: e.tight, ctype: ndjson,
+			body: "{\"n\":1}\n" + big + "\n{\"n\":3}\n{\"n\":4}\n{\"n\":5}\n", status: 202})
+		var acc struct {
+			JobID    string                 `json:"job_id"`
+			Accepted int                    `json:"lines_accepted"`
+			Rejected []schemas.RejectedLine `json:"rejected"`
+		}
+		if err := json.Unmarshal([]byte(r.body), &acc); err != nil || acc.Accepted != 2 || len(acc.Rejected) != 2 ||
+			acc.Rejected[0].Code != "payload_too_large" || acc.Rejected[1] != (schemas.RejectedLine{Line: 4, Code: "too_many_lines", Message: acc.Rejected[1].Message}) {
+			t.Fatalf("job of the tight tenant: %v %s", err, r.body)
+		}
+		e.waitDoneAs(e.tight, acc.JobID)
+		// One job at a time: a second one is refused while the first
+		// uploads, and starts once it finished. The first is held open by
+		// a body still being written; should the second reach the server
+		// first (a loaded machine), the roles swap, and the test retries.
+		jobID := func(resp *http.Response) string {
+			var acc struct {
+				JobID string `json:"job_id"`
+			}
+			json.UnmarshalRead(resp.Body, &acc, json.RejectUnknownMembers(false))
+			resp.Body.Close()
+			return acc.JobID
+		}
+		for attempt := 1; ; attempt++ {
+			pr, pw := io.Pipe()
+			req, _ := http.NewRequest("POST", e.base+"/v1/jobs?type=sign", pr)
+			req.Header.Set("Authorization", "Bearer "+e.tight)
+			req.Header.Set("Content-Type", ndjson)
+			first := make(chan *http.Response, 1)
+			go func() {
+				resp, err := apiClient.Do(req)
+				if err != nil {
+					t.Error(err)
+				}
+				first <- resp
+			}()
+			pw.Write([]byte("{\"n\":1}\n"))
+			time.Sleep(100 * time.Millisecond)
+			r := c.do(t, e, exchange{name: "second job at once", method: "POST", path: "/v1/jobs?type=sign", key: e.tight, ctype: ndjson, body: "{\"n\":2}\n"})
+			pw.Close()
+			resp := <-first
+			if resp == nil {
+				t.FailNow()
+			}
+			if r.status == 429 && errorCode(t, r.body) == "too_many_jobs" && resp.StatusCode == 202 {
+				e.waitDoneAs(e.tight, jobID(resp))
+				break
+			}
+			resp.Body.Close()
+			if attempt == 5 || r.status != 202 {
+				t.Fatalf("a second job of an organization allowed one at a time: %d %s (the first: %d)", r.status, r.body, resp.StatusCode)
+			}
+			var second struct {
+				JobID string `json:"job_id"`
+			}
+			json.Unmarshal([]byte(r.body), &second)
+			e.waitDoneAs(e.tight, second.JobID)
+		}
+		c.expect(t, e, exchange{name: "a job after the other finished", method: "POST", path: "/v1/jobs?type=sign", key: e.tight, ctype: ndjson, body: "{\"n\":3}\n", status: 202})
+	})
+
 	t.Run("504, polled as a job", func(t *testing.T) {
 		slow := startDev(t, "--sign-wait", "1ns")
 		sc := newContract(t, slow)
@@ -554,7 +627,7 @@ func (e *devEnv) injectAbandonedJob(tenant string) string {
 	if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: topic, Key: []byte(id), Value: val}).FirstErr(); err != nil {
 		e.t.Fatal(err)
 	}
-	key := map[string]string{"demo": e.key, "slow": e.slow, "other": e.other}[tenant]
+	key := map[string]string{"demo": e.key, "slow": e.slow, "other": e.other, "tight": e.tight}[tenant]
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if code, body := e.do("GET", "/v1/jobs/"+id, key, "", ""); code == 200 && strings.Contains(body, `"state":"abandoned"`) {

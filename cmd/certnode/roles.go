@@ -153,8 +153,11 @@ func newIngestCmd() *cobra.Command {
 		Short: "Run the HTTP API tier (produces to Kafka, reads results back)",
 		Long: "Runs the HTTP API: produces requests to Kafka and reads the workers' results back. It serves\n" +
 			"the key ring's public keys (--keyring DIR, only ring.json is read) at /.well-known/jwks.json.\n" +
-			"API keys come from a tenants file (--tenants) or from the coordinator cluster (--coordinator\n" +
-			"ADDR,...), whose state ingest copies and follows; requests never wait on the coordinator.\n\n" +
+			"API keys come from a tenants file (--tenants), whose rate limits hold per process, or from the\n" +
+			"coordinator cluster (--coordinator ADDR,...), whose state ingest copies and follows. Then limits\n" +
+			"hold across the cluster: each ingest node admits the share of an organization's rate the\n" +
+			"coordinator lends it, renewed twice a second; only an organization's first request after an\n" +
+			"idle second on this node waits for that, one round trip.\n\n" +
 			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -169,6 +172,7 @@ func newIngestCmd() *cobra.Command {
 			var auth ingest.Authenticator
 			var accounts http.Handler
 			var plans ingest.PlanSource
+			var limiter ingest.Limiter
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -176,16 +180,26 @@ func newIngestCmd() *cobra.Command {
 				r, err := coordinatorReplica(coordinators, maxStale, reg)
 				if err != nil {
 					errs = append(errs, err)
-				} else {
-					auth, plans, ready, parts["coordinator"] = r, r, append(ready, r.Ready), r.Run
-					accounts = r.Accounts()
+					break
 				}
+				// Limits hold across the cluster: each node admits the
+				// share of them the coordinator lends it.
+				l, err := coordinator.NewLimiter(r, coordinator.LimiterConfig{Registerer: reg})
+				if err != nil {
+					errs = append(errs, err)
+					break
+				}
+				defer l.Close()
+				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
+				parts["coordinator"], parts["limiter"] = r.Run, l.Run
 			default:
 				store, err := loadTenants(tenantsFile)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%w (or --coordinator ADDR)", err))
+					break
 				}
-				auth, plans = store, tenants.UnmeteredPlans{}
+				// A tenants file's limits hold per process.
+				auth, plans, limiter = store, tenants.UnmeteredPlans{}, tenants.NewLocalLimiter(store.Limits)
 			}
 			keys, err := publishedKeys(keyringDir)
 			if err != nil {
@@ -213,8 +227,8 @@ func newIngestCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Keys: keys, Store: rs, Usage: usage, Plans: plans, MAC: mac,
-				Ready: ready, Accounts: accounts})
+			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Store: rs, Usage: usage, Plans: plans,
+				MAC: mac, Ready: ready, Accounts: accounts})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}

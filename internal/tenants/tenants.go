@@ -237,6 +237,15 @@ func (s *FileStore) Authenticate(key string) (*Tenant, bool) {
 	return t, ok
 }
 
+// Limits are a tenant's limits (LocalLimiter's source).
+func (s *FileStore) Limits(tenant string) (Limits, bool) {
+	t, ok := s.byID[tenant]
+	if !ok {
+		return Limits{}, false
+	}
+	return t.Limits, true
+}
+
 // ProducerSecret returns the secret of one of tenant's producer keys.
 func (s *FileStore) ProducerSecret(tenant, keyID string) ([]byte, bool) {
 	t, ok := s.byID[tenant]
