@@ -324,6 +324,9 @@ func (s *Server) putMember(w http.ResponseWriter, r *http.Request, sc scope, bod
 		return
 	}
 	m := Membership{Org: sc.org, User: r.PathValue("user"), Role: b.Role, CreatedAt: time.Now().UTC()}
+	if exists {
+		m.CreatedAt = old.CreatedAt // the FSM keeps it: answer what is kept
+	}
 	s.write(w, r, body, &PutMembership{Membership: m}, http.StatusOK, membershipView{Org: m.Org, User: m.User, Role: m.Role, CreatedAt: m.CreatedAt})
 }
 

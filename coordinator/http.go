@@ -228,7 +228,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 		return
 	}
 	defer resp.Body.Close()
-	for _, k := range []string{"Content-Type", "Certnode-Index", "Retry-After", "Set-Cookie"} {
+	for _, k := range []string{"Content-Type", "Certnode-Index", "Retry-After", "Set-Cookie", replayedHeader} {
 		if v := resp.Header.Get(k); v != "" {
 			w.Header().Set(k, v)
 		}
