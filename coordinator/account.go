@@ -168,26 +168,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, body []byte) {
 			u, phc = *p, st.Passwords[p.ID]
 		}
 	})
-	if u.ID != "" && now.Before(u.LockedUntil) {
-		w.Header().Set("Retry-After", strconv.Itoa(int(u.LockedUntil.Sub(now)/time.Second)+1))
-		writeError(w, http.StatusTooManyRequests, "account_locked",
-			fmt.Sprintf("too many failed sign-ins: the account is locked until %s", u.LockedUntil.Format(time.RFC3339)))
-		return
-	}
 	if phc == "" {
 		VerifyPassword(dummyHash(), b.Password)
 		writeError(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
 		return
 	}
-	ok, err := VerifyPassword(phc, b.Password)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	if !ok {
-		if s.commit(w, r, &Login{Meta: Meta{At: now}, User: u.ID}) {
-			writeError(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
-		}
+	if !s.checkPassword(w, r, &u, phc, b.Password, now) {
 		return
 	}
 	token, err := newToken("cns_")
@@ -204,6 +190,27 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, body []byte) {
 	var v userView
 	s.node.fsm.View(func(st *State) { v = st.userView(&u) })
 	writeJSON(w, http.StatusOK, map[string]any{"user": v, "csrf_token": csrfToken(token), "expires_at": ss.ExpiresAt})
+}
+
+// checkPassword checks a user's password, refusing a locked account and
+// recording a wrong password toward the lockout; it answers refusals
+// itself.
+func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, u *User, phc, password string, now time.Time) bool {
+	if now.Before(u.LockedUntil) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(u.LockedUntil.Sub(now)/time.Second)+1))
+		writeError(w, http.StatusTooManyRequests, "account_locked",
+			fmt.Sprintf("too many failed sign-ins: the account is locked until %s", u.LockedUntil.Format(time.RFC3339)))
+		return false
+	}
+	ok, err := VerifyPassword(phc, password)
+	if err != nil {
+		s.fail(w, err)
+		return false
+	}
+	if !ok && s.commit(w, r, &Login{Meta: Meta{At: now}, User: u.ID}) {
+		writeError(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
+	}
+	return ok
 }
 
 // secureRequest reports whether the client reached us over TLS, directly
@@ -263,10 +270,7 @@ func (s *Server) updateOrgSettings(w http.ResponseWriter, r *http.Request, sc sc
 		s.fail(w, err)
 		return
 	}
-	o, _ := s.org(sc.org)
-	(&orgBody{Name: b.Name, Settings: b.Settings}).applyTo(&o)
-	o.UpdatedAt = time.Now().UTC()
-	s.write(w, r, body, &PutOrg{Org: o}, http.StatusOK, orgViewOf(&o, sc.role))
+	s.patchOrg(w, r, body, sc.org, OrgPatch{Name: b.Name, Settings: b.Settings}, func(o *Org) any { return orgViewOf(o, sc.role) })
 }
 
 func (s *Server) listMembers(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
@@ -457,8 +461,9 @@ func (s *Server) acceptInvitation(w http.ResponseWriter, r *http.Request, body [
 	}
 	c := &AcceptInvitation{Meta: Meta{At: now}, Hash: hash, Org: in.Org}
 	if existing != nil {
-		if ok, err := VerifyPassword(phc, b.Password); err != nil || !ok {
-			writeError(w, http.StatusUnauthorized, "invalid_credentials", "the invitation is for an existing user: give that user's password")
+		// The password proves the invited user is the existing one; it
+		// counts toward the lockout as a sign-in does.
+		if !s.checkPassword(w, r, existing, phc, b.Password, now) {
 			return
 		}
 	} else {

@@ -401,3 +401,44 @@ func TestIdempotencyKeys(t *testing.T) {
 		t.Fatalf("expired answers kept: %v", s.Idempotency)
 	}
 }
+
+// Two changes to an organization made from the same reading both hold:
+// the FSM applies each patch to the organization as it is then.
+func TestPatchOrgKeepsConcurrentChanges(t *testing.T) {
+	f := newFSM()
+	applyTo(t, f, &PutOrg{Org: testOrg("acme"), Create: true})
+	suspended, name := OrgSuspended, "Acme Inc."
+	settings := OrgSettings{DisplayName: "Acme"}
+	// Both proposed against the same state; applied one after the other.
+	if err := applyTo(t, f, &PatchOrg{ID: "acme", Patch: OrgPatch{Status: &suspended}, At: t0.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyTo(t, f, &PatchOrg{ID: "acme", Patch: OrgPatch{Name: &name, Settings: &settings}, At: t0.Add(2 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	o := f.state.Orgs["acme"]
+	if o.Status != OrgSuspended || o.Name != name || o.Settings.DisplayName != "Acme" {
+		t.Fatalf("a change undid another: %+v", o)
+	}
+	bad := "nope"
+	if err := applyTo(t, f, &PatchOrg{ID: "acme", Patch: OrgPatch{Plan: &bad}, At: t0.Add(3 * time.Second)}); err == nil {
+		t.Fatal("a patch to an unknown plan applied")
+	}
+}
+
+// Accepting an invitation as an existing user counts a wrong password
+// toward that user's lockout, as a sign-in does.
+func TestInvitationAcceptCountsTowardLockout(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	createUser(op, "eve@acme.test")
+	var inv invitationView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/invitations", `{"email":"eve@acme.test","role":"viewer"}`)), &inv)
+	anon := newClient(t, n)
+	for range MaxFailedLogins {
+		anon.must(401, "POST", "/v1/auth/invitations/accept", `{"token":"`+inv.Token+`","password":"a-guessed-password"}`)
+	}
+	anon.must(429, "POST", "/v1/auth/invitations/accept", `{"token":"`+inv.Token+`","password":"password-of-eve@acme.test"}`)
+	anon.must(429, "POST", "/v1/auth/login", `{"email":"eve@acme.test","password":"password-of-eve@acme.test"}`)
+}

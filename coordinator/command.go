@@ -30,6 +30,7 @@ const (
 	cmdResetPassword    cmdType = 12
 	cmdLogin            cmdType = 13
 	cmdEndSession       cmdType = 14
+	cmdPatchOrg         cmdType = 15
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -57,6 +58,7 @@ var registry = map[cmdType]func() Command{
 	cmdResetPassword:    func() Command { return new(ResetPassword) },
 	cmdLogin:            func() Command { return new(Login) },
 	cmdEndSession:       func() Command { return new(EndSession) },
+	cmdPatchOrg:         func() Command { return new(PatchOrg) },
 	cmdSetAdmitted:      func() Command { return new(SetAdmitted) },
 }
 
@@ -131,9 +133,12 @@ func (c *PutOrg) validate(s *State) error {
 	}
 	return nil
 }
-func (c *PutOrg) apply(s *State) {
-	o := c.Org
-	o.PlanHistory = nil // the FSM keeps the history, whatever was proposed
+func (c *PutOrg) apply(s *State) { s.putOrg(c.Org) }
+
+// putOrg stores o, keeping the plan history the FSM holds (whatever was
+// proposed) and extending it when the plan changed.
+func (s *State) putOrg(o Org) {
+	o.PlanHistory = nil
 	if old := s.Orgs[o.ID]; old != nil {
 		o.PlanHistory = old.PlanHistory
 	}
@@ -143,6 +148,73 @@ func (c *PutOrg) apply(s *State) {
 	}
 	s.Orgs[o.ID] = &o
 }
+
+// OrgPatch is a change to some of an organization's fields; nil ones
+// keep their value.
+type OrgPatch struct {
+	Name     *string         `json:"name,omitempty"`
+	Status   *string         `json:"status,omitempty"`
+	Plan     *string         `json:"plan,omitempty"`
+	Settings *OrgSettings    `json:"settings,omitempty"`
+	Limits   *tenants.Limits `json:"limits,omitempty"`
+}
+
+func (p *OrgPatch) applyTo(o *Org) {
+	if p.Name != nil {
+		o.Name = *p.Name
+	}
+	if p.Status != nil {
+		o.Status = *p.Status
+	}
+	if p.Plan != nil {
+		o.Plan = *p.Plan
+	}
+	if p.Settings != nil {
+		o.Settings = *p.Settings
+	}
+	if p.Limits != nil {
+		o.Limits = *p.Limits
+	}
+}
+
+// PatchOrg changes an organization as it is when the entry applies, so
+// concurrent changes to other fields are never undone (PutOrg, which
+// replaces the whole organization, now only creates).
+type PatchOrg struct {
+	Meta  `json:"meta,omitzero"`
+	ID    string    `json:"id"`
+	Patch OrgPatch  `json:"patch"`
+	At    time.Time `json:"at"`
+}
+
+func (*PatchOrg) cmdType() cmdType { return cmdPatchOrg }
+
+// patched is the organization with the patch applied, or why not.
+func (c *PatchOrg) patched(s *State) (Org, error) {
+	old, ok := s.Orgs[c.ID]
+	if !ok {
+		return Org{}, fmt.Errorf("%w: organization %q", ErrNotFound, c.ID)
+	}
+	if c.At.IsZero() {
+		return Org{}, invalid("at is required")
+	}
+	o := *old
+	c.Patch.applyTo(&o)
+	o.UpdatedAt = c.At
+	if err := o.check(); err != nil {
+		return Org{}, err
+	}
+	if _, ok := s.Plan(o.Plan); !ok {
+		return Org{}, fmt.Errorf("%w: plan %q", ErrNotFound, o.Plan)
+	}
+	return o, nil
+}
+func (c *PatchOrg) validate(s *State) error { _, err := c.patched(s); return err }
+func (c *PatchOrg) apply(s *State) {
+	o, _ := c.patched(s)
+	s.putOrg(o)
+}
+func (c *PatchOrg) audit() (string, string, string) { return "org.update", c.ID, c.ID }
 
 // PutPlan creates or changes a plan. Organizations on it move to the new
 // terms from At; their earlier periods keep the terms they had.

@@ -24,6 +24,7 @@ func FuzzApply(f *testing.F) {
 		&PutMembership{Membership: Membership{Org: "acme", User: fuzzUser.ID, Role: RoleOwner, CreatedAt: t0}},
 		&PutInvitation{Invitation: Invitation{ID: "inv_1", Org: "acme", Email: "b@x.test", Role: RoleViewer, Hash: HashKey("i"), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, Create: true},
 		&Login{Meta: Meta{At: t0}, User: fuzzUser.ID, Session: &Session{Hash: HashKey("s"), User: fuzzUser.ID, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}},
+		&PatchOrg{ID: "acme", Patch: OrgPatch{Settings: &OrgSettings{DisplayName: "A"}}, At: t0.Add(time.Hour)},
 		&SetAdmitted{Month: "2026-11", Counts: map[string]int64{"acme": 3}},
 	} {
 		data, _ := encode(c)

@@ -320,30 +320,8 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) 
 // orgBody is what an admin sends to create or change an organization;
 // absent members keep their value on PATCH.
 type orgBody struct {
-	ID       string          `json:"id"`
-	Name     *string         `json:"name"`
-	Status   *string         `json:"status"`
-	Plan     *string         `json:"plan"`
-	Settings *OrgSettings    `json:"settings"`
-	Limits   *tenants.Limits `json:"limits"`
-}
-
-func (b *orgBody) applyTo(o *Org) {
-	if b.Name != nil {
-		o.Name = *b.Name
-	}
-	if b.Status != nil {
-		o.Status = *b.Status
-	}
-	if b.Plan != nil {
-		o.Plan = *b.Plan
-	}
-	if b.Settings != nil {
-		o.Settings = *b.Settings
-	}
-	if b.Limits != nil {
-		o.Limits = *b.Limits
-	}
+	ID       string `json:"id"`
+	OrgPatch `json:",inline"`
 }
 
 func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -354,7 +332,7 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, body []byte) 
 	}
 	now := time.Now().UTC()
 	o := Org{ID: b.ID, Status: OrgActive, Plan: DefaultPlan, CreatedAt: now, UpdatedAt: now}
-	b.applyTo(&o)
+	b.OrgPatch.applyTo(&o)
 	s.write(w, r, body, &PutOrg{Org: o, Create: true}, http.StatusCreated, o)
 }
 
@@ -368,14 +346,22 @@ func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request, body []byte) 
 		s.fail(w, invalid("id cannot change"))
 		return
 	}
-	o, ok := s.org(r.PathValue("org"))
-	if !ok {
-		s.fail(w, fmt.Errorf("%w: organization %q", ErrNotFound, r.PathValue("org")))
+	s.patchOrg(w, r, body, r.PathValue("org"), b.OrgPatch, func(o *Org) any { return o })
+}
+
+// patchOrg changes an organization by a patch the FSM applies to the
+// organization as it is then, so two changes never undo each other, and
+// answers with view of the result.
+func (s *Server) patchOrg(w http.ResponseWriter, r *http.Request, body []byte, id string, p OrgPatch, view func(*Org) any) {
+	c := &PatchOrg{ID: id, Patch: p, At: time.Now().UTC()}
+	var o Org
+	var err error
+	s.node.fsm.View(func(st *State) { o, err = c.patched(st) })
+	if err != nil {
+		s.fail(w, err)
 		return
 	}
-	b.applyTo(&o)
-	o.UpdatedAt = time.Now().UTC()
-	s.write(w, r, body, &PutOrg{Org: o}, http.StatusOK, o)
+	s.write(w, r, body, c, http.StatusOK, view(&o))
 }
 
 // commit proposes c for the caller of r and reports whether it was
