@@ -63,6 +63,14 @@ type Config struct {
 	RebalanceTimeout time.Duration
 	// Registerer receives the worker's metrics (nil: not registered).
 	Registerer prometheus.Registerer
+	// Limiter holds the records customers produce directly (Auth producer)
+	// to their tenant's quotas; nil: no quota. Ingest's records are never
+	// held: ingest admitted them. A record over its tenant's rate is held
+	// back (never dropped) while the partition's other tenants go on.
+	Limiter Limiter
+	// MaxHeldBytes bounds the records held back per partition; past it the
+	// partition's fetching pauses until some are released.
+	MaxHeldBytes int
 }
 
 // Validate reports every problem at once.
@@ -83,6 +91,9 @@ func (c *Config) Validate() error {
 	if c.DrainTimeout <= 0 || c.RebalanceTimeout <= 0 {
 		errs = append(errs, errors.New("worker: drain and rebalance timeouts must be positive"))
 	}
+	if c.MaxHeldBytes < 1 {
+		errs = append(errs, errors.New("worker: max held bytes must be at least 1"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -94,6 +105,7 @@ func DefaultConfig() Config {
 		Concurrency:  2 * runtime.GOMAXPROCS(0),
 		MaxBatch:     1000,
 		DrainTimeout: 30 * time.Second,
+		MaxHeldBytes: 16 << 20,
 
 		RebalanceTimeout: kafka.RebalanceTimeout,
 	}
@@ -108,6 +120,13 @@ type metrics struct {
 	stalled  prometheus.GaugeFunc
 	lost     prometheus.Counter
 	dlq      *prometheus.CounterVec
+
+	held        prometheus.Counter
+	heldSeconds prometheus.Histogram
+	heldNow     prometheus.Gauge
+	paused      prometheus.Gauge
+	monthly     prometheus.Counter
+	skipped     prometheus.Counter
 }
 
 func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
@@ -134,6 +153,25 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		batchAge: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "certnode_worker_batch_age_seconds", Help: "How long the batch in hand has been worked on (0 when idle).",
 		}, func() float64 { return w.batchAge().Seconds() }),
+		held: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certnode_worker_held_total", Help: "Producer records held back because their tenant was over its rate.",
+		}),
+		heldSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "certnode_worker_held_seconds", Help: "How long held records waited for their tenant's rate.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}),
+		heldNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "certnode_worker_held_records", Help: "Producer records held back now.",
+		}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "certnode_worker_paused_partitions", Help: "Partitions not fetched because their held records are over the bound.",
+		}),
+		monthly: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certnode_worker_monthly_quota_total", Help: "Producer requests answered failed (monthly_quota_exceeded): their tenant's monthly allowance was used up.",
+		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certnode_worker_handover_skipped_total", Help: "Records skipped after a handover: the partition's previous owner had answered them.",
+		}),
 		stalled: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "certnode_worker_stalled", Help: "1 while the batch in hand has outlived the group's rebalance timeout.",
 		}, func() float64 {
@@ -144,7 +182,8 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled, m.lost, m.dlq)
+		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled, m.lost, m.dlq,
+			m.held, m.heldSeconds, m.heldNow, m.paused, m.monthly, m.skipped)
 	}
 	return m
 }
@@ -160,6 +199,10 @@ type Worker struct {
 	m        *metrics
 	log      *slog.Logger
 	dlqLog   rate.Sometimes
+	// limiterLog and pauseLog sample the limiter's failures and pauses.
+	limiterLog, pauseLog rate.Sometimes
+	// quota holds the records held back for their tenant's rate.
+	quota quota
 	// batchStart is the UnixNano time the batch in hand was polled (0: idle).
 	batchStart atomic.Int64
 	callerKeys keySetCache
@@ -204,9 +247,12 @@ func New(cfg Config, s Signer, producer ProducerKeys, mac IngestMAC, opts ...kgo
 		return nil, errors.New("worker: signer, producer keys and ingest MAC are required")
 	}
 	w := &Worker{cfg: cfg, signer: s, producer: producer, mac: mac, topics: cfg.Kafka.Topics(),
-		log: slog.With("role", "worker"), dlqLog: rate.Sometimes{Interval: 10 * time.Second}}
+		log: slog.With("role", "worker"), dlqLog: rate.Sometimes{Interval: 10 * time.Second},
+		limiterLog: rate.Sometimes{Interval: 10 * time.Second}, pauseLog: rate.Sometimes{Interval: 10 * time.Second},
+		quota: quota{parts: map[int32]*partition{}, handovers: map[int32]*handover{}}}
 	w.m = w.newMetrics(cfg.Registerer)
-	base := append(kafka.GroupConsumer(cfg.Group, w.topics.Requests), kgo.RebalanceTimeout(cfg.RebalanceTimeout), kafka.ResultBatches())
+	base := append(kafka.GroupConsumer(cfg.Group, w.topics.Requests), kgo.RebalanceTimeout(cfg.RebalanceTimeout), kafka.ResultBatches(),
+		kgo.OnPartitionsRevoked(w.forget), kgo.OnPartitionsLost(w.forget), kgo.OnOffsetsFetched(w.fetched))
 	cl, err := kafka.NewClient(cfg.Kafka, append(base, opts...)...)
 	if err != nil {
 		return nil, err
@@ -233,31 +279,34 @@ func (w *Worker) Healthy() error {
 }
 
 // Run processes batches until ctx ends or the worker is closed. A batch in
-// hand when ctx ends is still produced and committed (within DrainTimeout).
+// hand when ctx ends is still produced and committed (within DrainTimeout);
+// records held for quota are not: they were never committed, and whoever
+// owns their partition next reads them again.
 func (w *Worker) Run(ctx context.Context) error {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(w.cfg.DrainTimeout, cancelWork) })
 	defer stop()
 	for {
-		fetches := w.cl.PollRecords(ctx, w.cfg.MaxBatch)
+		fetches := w.poll(ctx)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			w.cl.AllowRebalance()
 			return nil
 		}
 		fetches.EachError(func(t string, p int32, err error) {
-			w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			if !errors.Is(err, context.DeadlineExceeded) { // the poll woke for held records
+				w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			}
 		})
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if n := len(p.Records); n > 0 {
 				w.m.lag.WithLabelValues(strconv.Itoa(int(p.Partition))).Set(float64(p.HighWatermark - p.Records[n-1].Offset - 1))
 			}
 		})
-		recs := fetches.Records()
-		if len(recs) > 0 {
+		if jobs, parts := w.schedule(fetches.Records()); len(parts) > 0 {
 			start := time.Now()
 			w.batchStart.Store(start.UnixNano())
-			err := w.handle(work, recs)
+			err := w.handle(work, jobs, parts)
 			w.batchStart.Store(0)
 			if err != nil {
 				w.cl.AllowRebalance()
@@ -269,17 +318,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-// handle processes, produces and commits one polled batch. It returns only
-// when all of that succeeded or ctx ended: transient failures are retried,
-// because skipping a record would lose it.
-func (w *Worker) handle(ctx context.Context, recs []*kgo.Record) error {
-	outs := make([][]*kgo.Record, len(recs))
+// poll waits for records, or until held records are due.
+func (w *Worker) poll(ctx context.Context) kgo.Fetches {
+	if due, ok := w.nextDue(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, due)
+		defer cancel()
+	}
+	return w.cl.PollRecords(ctx, w.cfg.MaxBatch)
+}
+
+// handle processes one batch of jobs, produces their output and commits
+// parts. It returns only when all of that succeeded or ctx ended:
+// transient failures are retried, because skipping a record would lose it.
+func (w *Worker) handle(ctx context.Context, jobs []*job, parts []*partition) error {
+	outs := make([][]*kgo.Record, len(jobs))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(w.cfg.Concurrency)
-	for i, r := range recs {
+	for i, j := range jobs {
 		g.Go(func() error {
 			var err error
-			outs[i], err = w.retry(gctx, func() ([]*kgo.Record, error) { return w.process(gctx, r) })
+			outs[i], err = w.retry(gctx, func() ([]*kgo.Record, error) { return w.process(gctx, j) })
 			return err
 		})
 	}
@@ -296,10 +355,10 @@ func (w *Worker) handle(ctx context.Context, recs []*kgo.Record) error {
 		return err
 	}
 	_, err := w.retry(ctx, func() ([]*kgo.Record, error) {
-		err := w.cl.CommitRecords(ctx, recs...)
+		err := w.commit(ctx, parts)
 		if kafka.LostMembership(err) {
 			w.m.lost.Inc()
-			w.log.Warn("partitions moved to another member before the commit; it redoes the batch", "records", len(recs), "err", err)
+			w.log.Warn("partitions moved to another member before the commit; it redoes the batch", "records", len(jobs), "err", err)
 			return nil, nil
 		}
 		return nil, err
@@ -336,6 +395,11 @@ const (
 	ReasonTooLarge        = "too_large"
 )
 
+// ReasonMonthlyQuota is the reason of a producer record's failed result
+// when its tenant's monthly allowance is used up (ingest refuses its own
+// requests with 429 instead).
+const ReasonMonthlyQuota = "monthly_quota_exceeded"
+
 // permanentError marks input that will never process: it goes to the DLQ.
 type permanentError struct {
 	reason string
@@ -352,9 +416,9 @@ func refuse(reason string, err error) *permanentError { return &permanentError{r
 // result with the reason, so no job waits forever on a poison line), plus
 // a DLQ copy of refused records. A returned error is transient (the
 // signer failed) and the record is retried.
-func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, error) {
-	auth, producerKey, authErr := w.authenticate(rec)
-	req, err := w.admit(rec, auth, authErr)
+func (w *Worker) process(ctx context.Context, j *job) ([]*kgo.Record, error) {
+	rec, auth := j.rec, j.auth
+	req, err := w.admit(rec, auth, j.authErr)
 	if req == nil {
 		// Nothing names a request to answer: only the DLQ hears of it.
 		w.m.records.WithLabelValues("unknown", "dlq_"+err.reason).Inc()
@@ -365,7 +429,7 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 		JobID: req.JobID, Line: req.Line, Size: len(rec.Value), ReceivedAt: req.ReceivedAt, KeyID: req.KeyID,
 	}
 	if auth == schemas.AuthProducer {
-		res.KeyID = producerKey
+		res.KeyID = j.keyID
 	}
 	if auth != schemas.AuthIngest || res.ReceivedAt.IsZero() {
 		// Only ingest's clock is trusted. The record's timestamp (the
@@ -375,14 +439,19 @@ func (w *Worker) process(ctx context.Context, rec *kgo.Record) ([]*kgo.Record, e
 	}
 	var out []*kgo.Record
 	if err == nil {
-		switch req.Kind {
-		case schemas.KindSign:
+		switch {
+		case j.overQuota:
+			// Not poison, so no DLQ copy: the request is fine, the
+			// tenant's allowance is not.
+			res.Status, res.Reason = schemas.StatusFailed, ReasonMonthlyQuota
+			w.m.monthly.Inc()
+		case req.Kind == schemas.KindSign:
 			if serr := w.sign(ctx, req, res); serr != nil {
 				if !errors.As(serr, &err) {
 					return nil, serr
 				}
 			}
-		case schemas.KindVerify:
+		case req.Kind == schemas.KindVerify:
 			w.verify(req, res)
 		}
 	}

@@ -26,15 +26,19 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
-// producerSecret is acme's producer key pk1.
-const producerSecret = "ps_acme_0123456789abcdef0123456789abcdef"
+// producerSecret is acme's producer key pk1, globexSecret globex's.
+const (
+	producerSecret = "ps_acme_0123456789abcdef0123456789abcdef"
+	globexSecret   = "ps_globex_0123456789abcdef0123456789abcdef"
+)
 
 var topics = schemas.TopicsFor(schemas.DefaultTopicPrefix)
 
 type harness struct {
 	t       *testing.T
-	cluster *kfake.Cluster
+	cluster *kfake.Cluster // nil on real Kafka
 	kcfg    kafka.Config
+	topics  schemas.Topics
 	ring    *memSigner
 	store   *tenants.FileStore
 	mac     *recordauth.Keyring
@@ -48,22 +52,29 @@ func newHarness(t *testing.T, partitions int32) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	h := harnessOn(t, kafka.Config{Brokers: c.ListenAddrs(), Partitions: partitions, ReplicationFactor: 1})
+	h.cluster = c
+	return h
+}
+
+// harnessOn works on the topics of kcfg, which must exist.
+func harnessOn(t *testing.T, kcfg kafka.Config) *harness {
+	t.Helper()
 	ring := newMemSigner(t)
 	store, err := tenants.NewFileStore(tenants.File{Tenants: []tenants.Tenant{
 		{ID: "acme", ProducerKeys: []tenants.ProducerKey{{ID: "pk1", Secret: producerSecret}}},
-		{ID: "globex", ProducerKeys: []tenants.ProducerKey{{ID: "pk1", Secret: "ps_globex_0123456789abcdef0123456789abcdef"}}},
+		{ID: "globex", ProducerKeys: []tenants.ProducerKey{{ID: "pk1", Secret: globexSecret}}},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mac, _ := recordauth.NewKeyring([]byte("0123456789abcdef0123456789abcdef"))
-	kcfg := kafka.Config{Brokers: c.ListenAddrs(), Partitions: partitions, ReplicationFactor: 1}
 	cl, err := kafka.NewClient(kcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
-	return &harness{t: t, cluster: c, kcfg: kcfg, ring: ring, store: store, mac: mac, client: cl}
+	return &harness{t: t, kcfg: kcfg, topics: kcfg.Topics(), ring: ring, store: store, mac: mac, client: cl}
 }
 
 func (h *harness) worker(ctx context.Context) (*Worker, func()) {
@@ -111,7 +122,7 @@ func (h *harness) request(tenant, id string, kind schemas.Kind, body string, pro
 // record signs a raw value: with the ingest MAC, or with acme's producer
 // key pk1 when producerKey is "pk1" (any other name signs with a wrong secret).
 func (h *harness) record(key string, val []byte, producerKey string) *kgo.Record {
-	r := &kgo.Record{Topic: topics.Requests, Key: []byte(key), Value: val}
+	r := &kgo.Record{Topic: h.topics.Requests, Key: []byte(key), Value: val}
 	switch producerKey {
 	case "":
 		r.Headers = []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: h.mac.Header(val)}}
@@ -123,6 +134,19 @@ func (h *harness) record(key string, val []byte, producerKey string) *kgo.Record
 			{Key: schemas.HeaderSignature, Value: []byte(recordauth.Sign([]byte("wrong secret"), val))}}
 	}
 	return r
+}
+
+// produced builds a sign request as tenant's own producer writes it,
+// signed with its key pk1.
+func (h *harness) produced(tenant, id string) *kgo.Record {
+	val, err := json.Marshal(schemas.Request{V: 1, ID: id, Tenant: tenant, Kind: schemas.KindSign, Payload: []byte(`{"id":"` + id + `"}`)})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	secret := map[string]string{"acme": producerSecret, "globex": globexSecret}[tenant]
+	return &kgo.Record{Topic: h.topics.Requests, Key: []byte(tenant), Value: val, Headers: []kgo.RecordHeader{
+		{Key: schemas.HeaderProducerKeyID, Value: []byte("pk1")},
+		{Key: schemas.HeaderSignature, Value: []byte(recordauth.Sign([]byte(secret), val))}}}
 }
 
 func (h *harness) produce(recs ...*kgo.Record) {
@@ -341,7 +365,7 @@ func committed(t *testing.T, h *harness, group string) int64 {
 	}
 	var total int64
 	offs.Each(func(o kadm.OffsetResponse) {
-		if o.Topic == topics.Requests && o.At > 0 {
+		if o.Topic == h.topics.Requests && o.At > 0 {
 			total += o.At
 		}
 	})
@@ -465,7 +489,7 @@ func TestWorkerStalledBatchFailsHealth(t *testing.T) {
 	}
 }
 
-// metric reads a registered gauge or counter.
+// metric reads a registered gauge or counter, or a histogram's count.
 func metric(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -477,6 +501,9 @@ func metric(t *testing.T, g prometheus.Gatherer, name string) float64 {
 			m := mf.GetMetric()[0]
 			if c := m.GetCounter(); c != nil {
 				return c.GetValue()
+			}
+			if h := m.GetHistogram(); h != nil {
+				return float64(h.GetSampleCount())
 			}
 			return m.GetGauge().GetValue()
 		}

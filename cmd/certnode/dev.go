@@ -130,6 +130,9 @@ func newDevCmd() *cobra.Command {
 			}
 			wcfg := pipeline.DefaultConfig()
 			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg
+			// Producers' records are limited per process for now; the
+			// cluster-wide limiter ingest uses comes to workers later.
+			wcfg.Limiter = tenants.NewLocalLimiter(replica.Limits)
 			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {

@@ -280,6 +280,7 @@ func newWorkerCmd() *cobra.Command {
 	var tenantsFile, metricsAddr, coordinators string
 	var concurrency int
 	maxStale := coordinator.DefaultMaxStale
+	maxHeld := pipeline.DefaultConfig().MaxHeldBytes
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a pipeline worker (consumes requests, signs or verifies, produces results)",
@@ -287,7 +288,9 @@ func newWorkerCmd() *cobra.Command {
 			"lone --key or HSM key) and verifies against every key of the ring; a rotated ring.json is\n" +
 			"picked up within seconds. The producer keys that sign records written straight into Kafka\n" +
 			"come from a tenants file (--tenants) or from the coordinator cluster (--coordinator ADDR,...),\n" +
-			"whose state the worker copies and follows; it consumes nothing until it has that state.\n\n" +
+			"whose state the worker copies and follows; it consumes nothing until it has that state.\n" +
+			"Those records are held to their tenant's rate limit and burst (per worker process, for now):\n" +
+			"over it they wait, never dropped, while other tenants on the partition go on.\n\n" +
 			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -298,11 +301,13 @@ func newWorkerCmd() *cobra.Command {
 			if concurrency > 0 {
 				cfg.Concurrency = concurrency
 			}
+			cfg.MaxHeldBytes = maxHeld
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
 			reg := newRegistry()
 			var producers pipeline.ProducerKeys
+			var limits func(tenant string) (tenants.Limits, bool)
 			var replica *coordinator.Replica
 			switch {
 			case coordinators != "" && tenantsFile != "":
@@ -313,12 +318,18 @@ func newWorkerCmd() *cobra.Command {
 					errs = append(errs, err)
 				}
 				producers, replica = r, r
+				if r != nil {
+					limits = r.Limits
+				}
 			default:
 				store, err := loadTenants(tenantsFile)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%w (or --coordinator ADDR)", err))
 				}
 				producers = store
+				if store != nil {
+					limits = store.Limits
+				}
 			}
 			mac, err := recordauth.SecretsFromEnv()
 			if err != nil {
@@ -335,7 +346,8 @@ func newWorkerCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			cfg.Registerer = reg
+			// The coordinator's cluster-wide limiter replaces this one later.
+			cfg.Registerer, cfg.Limiter = reg, tenants.NewLocalLimiter(limits)
 			keys.registerPoolMetrics(reg)
 			w, err := pipeline.New(cfg, ring, producers, mac)
 			if err != nil {
@@ -361,6 +373,8 @@ func newWorkerCmd() *cobra.Command {
 	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	fs.IntVar(&concurrency, "concurrency", 0, "requests processed at once (default 2 x cores)")
 	bindEnv(fs, "concurrency", "CERTNODE_WORKER_CONCURRENCY")
+	fs.IntVar(&maxHeld, "max-held-bytes", maxHeld, "bytes of records held for quota per partition before its fetching pauses")
+	bindEnv(fs, "max-held-bytes", "CERTNODE_WORKER_MAX_HELD_BYTES")
 	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9101", "address for /metrics, /healthz and /readyz")
 	bindEnv(fs, "metrics", "CERTNODE_METRICS")
 	kf.register(fs, true)
