@@ -130,9 +130,15 @@ func newDevCmd() *cobra.Command {
 			}
 			wcfg := pipeline.DefaultConfig()
 			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg
-			// Producers' records are limited per process for now; the
-			// cluster-wide limiter ingest uses comes to workers later.
-			wcfg.Limiter = tenants.NewLocalLimiter(replica.Limits)
+			// Limits hold as in a cluster: the embedded node lends them, and
+			// producers' records share the budget of the HTTP requests.
+			limiter, err := coordinator.NewLimiter(replica, coordinator.LimiterConfig{Registerer: reg})
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer limiter.Close()
+			parts["limiter"] = limiter.Run
+			wcfg.Limiter = limiter
 			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {
@@ -181,13 +187,6 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			// Limits hold as in a cluster: the embedded node lends them.
-			limiter, err := coordinator.NewLimiter(replica, coordinator.LimiterConfig{Registerer: reg})
-			if err != nil {
-				return usageErr("%v", err)
-			}
-			defer limiter.Close()
-			parts["limiter"] = limiter.Run
 			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Store: rs, Usage: usage, Plans: replica,
 				MAC: mac, Accounts: replica.Accounts(), Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})

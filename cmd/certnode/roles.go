@@ -307,8 +307,9 @@ func newWorkerCmd() *cobra.Command {
 			}
 			reg := newRegistry()
 			var producers pipeline.ProducerKeys
-			var limits func(tenant string) (tenants.Limits, bool)
+			var limiter pipeline.Limiter
 			var replica *coordinator.Replica
+			parts := map[string]func(context.Context) error{}
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -316,20 +317,25 @@ func newWorkerCmd() *cobra.Command {
 				r, err := coordinatorReplica(coordinators, maxStale, reg)
 				if err != nil {
 					errs = append(errs, err)
+					break
 				}
-				producers, replica = r, r
-				if r != nil {
-					limits = r.Limits
+				// Producers' records draw on the same cluster-wide
+				// shares as the organization's HTTP requests.
+				l, err := coordinator.NewLimiter(r, coordinator.LimiterConfig{Registerer: reg})
+				if err != nil {
+					errs = append(errs, err)
+					break
 				}
+				defer l.Close()
+				producers, replica, limiter, parts["limiter"] = r, r, l, l.Run
 			default:
 				store, err := loadTenants(tenantsFile)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%w (or --coordinator ADDR)", err))
+					break
 				}
-				producers = store
-				if store != nil {
-					limits = store.Limits
-				}
+				// A tenants file's limits hold per process.
+				producers, limiter = store, tenants.NewLocalLimiter(store.Limits)
 			}
 			mac, err := recordauth.SecretsFromEnv()
 			if err != nil {
@@ -346,8 +352,7 @@ func newWorkerCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			// The coordinator's cluster-wide limiter replaces this one later.
-			cfg.Registerer, cfg.Limiter = reg, tenants.NewLocalLimiter(limits)
+			cfg.Registerer, cfg.Limiter = reg, limiter
 			keys.registerPoolMetrics(reg)
 			w, err := pipeline.New(cfg, ring, producers, mac)
 			if err != nil {
@@ -355,7 +360,7 @@ func newWorkerCmd() *cobra.Command {
 			}
 			defer w.Close()
 			slog.Info("worker started", "kid", ring.ActiveKID(), "alg", ring.ActiveAlg(), "concurrency", cfg.Concurrency)
-			parts := map[string]func(context.Context) error{"worker": w.Run, "keyring": signer.NewRingWatcher(ring, ringPoll).Run}
+			parts["worker"], parts["keyring"] = w.Run, signer.NewRingWatcher(ring, ringPoll).Run
 			var ready []func(context.Context) error
 			if replica != nil {
 				parts["worker"], parts["coordinator"], ready = afterReady(replica.Ready, w.Run), replica.Run, append(ready, replica.Ready)

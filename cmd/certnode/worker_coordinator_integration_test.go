@@ -20,7 +20,8 @@ import (
 // admin API gets a signed result whose receipt verifies; a revoked key is
 // refused within 2 s; with the coordinator gone past
 // --coordinator-max-stale the worker's /readyz says so and it admits no
-// producer key.
+// producer key. Its producers are held to the organization's monthly
+// allowance, counted across the cluster.
 func TestE2EWorkerFollowsCoordinator(t *testing.T) {
 	e := newE2E(t, "")
 	const admin, node = "admin-token-worker-0123456789", "node-token-worker-0123456789"
@@ -88,6 +89,19 @@ func TestE2EWorkerFollowsCoordinator(t *testing.T) {
 		res := p.sign(e.tenant, id2, secret2)
 		return admitted(res, id2), fmt.Sprintf("%+v", res)
 	})
+	// The organization's monthly allowance holds for its producers too:
+	// the worker draws on the cluster's shares and reports what it
+	// admitted, so once the month's count passes the allowance its
+	// records are answered failed, with the reason.
+	if code, body := call("PATCH", "/v1/admin/orgs/"+e.tenant, `{"limits":{"monthly_receipts":1}}`); code != 200 {
+		t.Fatalf("limits: %d %s", code, body)
+	}
+	testenv.WaitFor(t, "producer records past the monthly allowance refused", 15*time.Second, func() (bool, string) {
+		res := p.sign(e.tenant, id2, secret2)
+		return res.Status == schemas.StatusFailed && res.Reason == "monthly_quota_exceeded" && res.Auth == schemas.AuthProducer,
+			fmt.Sprintf("%+v", res)
+	})
+
 	coord.kill()
 	testenv.WaitFor(t, "the worker unready once its copy is older than 3s", 10*time.Second, func() (bool, string) {
 		code, body := ready()
