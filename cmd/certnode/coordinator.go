@@ -80,6 +80,24 @@ func coordinatorReplica(addrs string, maxStale time.Duration, reg prometheus.Reg
 	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: list, Token: token, MaxStale: maxStale, Registerer: reg})
 }
 
+// followCoordinator makes the replica of the cluster's state and the
+// limiter that draws on its cluster-wide shares, which a role serving
+// organizations needs; it adds the limiter to parts (the caller runs the
+// replica, which some roles wait on first) and the caller closes it.
+func followCoordinator(addrs string, maxStale time.Duration, reg prometheus.Registerer,
+	parts map[string]func(context.Context) error) (*coordinator.Replica, *coordinator.Limiter, error) {
+	r, err := coordinatorReplica(addrs, maxStale, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := coordinator.NewLimiter(r, coordinator.LimiterConfig{Registerer: reg})
+	if err != nil {
+		return nil, nil, err
+	}
+	parts["limiter"] = l.Run
+	return r, l, nil
+}
+
 // requiredSecret reads $NAME or the file $NAME_FILE names, trimmed.
 func requiredSecret(name string) (string, error) {
 	v, ok, err := envsecret.Read(name)

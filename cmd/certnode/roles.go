@@ -177,21 +177,14 @@ func newIngestCmd() *cobra.Command {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
 			case coordinators != "":
-				r, err := coordinatorReplica(coordinators, maxStale, reg)
-				if err != nil {
-					errs = append(errs, err)
-					break
-				}
-				// Limits hold across the cluster: each node admits the
-				// share of them the coordinator lends it.
-				l, err := coordinator.NewLimiter(r, coordinator.LimiterConfig{Registerer: reg})
+				r, l, err := followCoordinator(coordinators, maxStale, reg, parts)
 				if err != nil {
 					errs = append(errs, err)
 					break
 				}
 				defer l.Close()
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
-				parts["coordinator"], parts["limiter"] = r.Run, l.Run
+				parts["coordinator"] = r.Run
 			default:
 				store, err := loadTenants(tenantsFile)
 				if err != nil {
@@ -314,20 +307,15 @@ func newWorkerCmd() *cobra.Command {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
 			case coordinators != "":
-				r, err := coordinatorReplica(coordinators, maxStale, reg)
-				if err != nil {
-					errs = append(errs, err)
-					break
-				}
 				// Producers' records draw on the same cluster-wide
 				// shares as the organization's HTTP requests.
-				l, err := coordinator.NewLimiter(r, coordinator.LimiterConfig{Registerer: reg})
+				r, l, err := followCoordinator(coordinators, maxStale, reg, parts)
 				if err != nil {
 					errs = append(errs, err)
 					break
 				}
 				defer l.Close()
-				producers, replica, limiter, parts["limiter"] = r, r, l, l.Run
+				producers, replica, limiter = r, r, l
 			default:
 				store, err := loadTenants(tenantsFile)
 				if err != nil {
