@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/base64"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/certnode/certnode/internal/tenants"
@@ -70,12 +72,12 @@ func (st *State) userView(u *User) userView {
 }
 
 // newUser checks a new user's fields and hashes the password.
-func newUser(email, name, password string) (User, string, error) {
+func newUser(ctx context.Context, email, name, password string) (User, string, error) {
 	email, err := NormalizeEmail(email)
 	if err != nil {
 		return User{}, "", err
 	}
-	phc, err := HashPassword(password)
+	phc, err := HashPassword(ctx, password)
 	if err != nil {
 		return User{}, "", err
 	}
@@ -96,7 +98,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request, body []byte)
 		s.fail(w, err)
 		return
 	}
-	u, phc, err := newUser(b.Email, b.Name, b.Password)
+	u, phc, err := newUser(r.Context(), b.Email, b.Name, b.Password)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -138,12 +140,19 @@ func (s *Server) resetPassword(w http.ResponseWriter, r *http.Request, body []by
 		s.fail(w, err)
 		return
 	}
-	phc, err := HashPassword(b.Password)
+	// The token is checked before the costly hashing, so a guessed token
+	// costs nothing; the FSM checks it again.
+	c := &ResetPassword{Meta: Meta{At: time.Now().UTC()}, Hash: HashKey(b.Token)}
+	var err error
+	s.node.fsm.View(func(st *State) { err = st.checkResetToken(c.Hash, c.Meta.At) })
+	if err == nil {
+		c.Password, err = HashPassword(r.Context(), b.Password)
+	}
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	s.write(w, r, body, &ResetPassword{Meta: Meta{At: time.Now().UTC()}, Hash: HashKey(b.Token), Password: phc}, http.StatusNoContent, nil)
+	s.write(w, r, body, c, http.StatusNoContent, nil)
 }
 
 // login checks a password on the leader and records the outcome: a
@@ -160,22 +169,25 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, body []byte) {
 		return
 	}
 	email, _ := NormalizeEmail(b.Email)
-	now := time.Now().UTC()
-	var u User
-	var phc string
+	var id string
 	s.node.fsm.View(func(st *State) {
 		if p := st.userByEmail(email); p != nil {
-			u, phc = *p, st.Passwords[p.ID]
+			id = p.ID
 		}
 	})
-	if phc == "" {
-		VerifyPassword(dummyHash(), b.Password)
+	if id == "" {
+		if _, err := VerifyPassword(r.Context(), dummyHash(), b.Password); err != nil {
+			s.fail(w, err)
+			return
+		}
 		writeError(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
 		return
 	}
-	if !s.checkPassword(w, r, &u, phc, b.Password, now) {
+	u, ok := s.checkPassword(w, r, id, b.Password)
+	if !ok {
 		return
 	}
+	now := time.Now().UTC()
 	token, err := newToken("cns_")
 	if err != nil {
 		s.fail(w, err)
@@ -194,23 +206,36 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, body []byte) {
 
 // checkPassword checks a user's password, refusing a locked account and
 // recording a wrong password toward the lockout; it answers refusals
-// itself.
-func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, u *User, phc, password string, now time.Time) bool {
+// itself. Checks of one user's password run one at a time, each reading
+// the state the previous one left, so concurrent guesses cannot all pass
+// the lockout check before any failure is recorded.
+func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, userID, password string) (User, bool) {
+	mu, _ := s.pwLocks.LoadOrStore(userID, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	var u User
+	var phc string
+	s.node.fsm.View(func(st *State) {
+		if p := st.Users[userID]; p != nil {
+			u, phc = *p, st.Passwords[userID]
+		}
+	})
+	now := time.Now().UTC()
 	if now.Before(u.LockedUntil) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(u.LockedUntil.Sub(now)/time.Second)+1))
-		writeError(w, http.StatusTooManyRequests, "account_locked",
+		s.refuse(w, http.StatusTooManyRequests, "account_locked",
 			fmt.Sprintf("too many failed sign-ins: the account is locked until %s", u.LockedUntil.Format(time.RFC3339)))
-		return false
+		return u, false
 	}
-	ok, err := VerifyPassword(phc, password)
+	ok, err := VerifyPassword(r.Context(), phc, password)
 	if err != nil {
 		s.fail(w, err)
-		return false
+		return u, false
 	}
 	if !ok && s.commit(w, r, &Login{Meta: Meta{At: now}, User: u.ID}) {
-		writeError(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
+		s.refuse(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
 	}
-	return ok
+	return u, ok
 }
 
 // secureRequest reports whether the client reached us over TLS, directly
@@ -446,13 +471,10 @@ func (s *Server) acceptInvitation(w http.ResponseWriter, r *http.Request, body [
 	hash, now := HashKey(b.Token), time.Now().UTC()
 	var in Invitation
 	var existing *User
-	var phc string
 	s.node.fsm.View(func(st *State) {
 		if p := st.invitationByHash(hash); p != nil {
 			in = *p
-			if u := st.userByEmail(in.Email); u != nil {
-				existing, phc = u, st.Passwords[u.ID]
-			}
+			existing = st.userByEmail(in.Email)
 		}
 	})
 	if in.ID == "" {
@@ -463,11 +485,11 @@ func (s *Server) acceptInvitation(w http.ResponseWriter, r *http.Request, body [
 	if existing != nil {
 		// The password proves the invited user is the existing one; it
 		// counts toward the lockout as a sign-in does.
-		if !s.checkPassword(w, r, existing, phc, b.Password, now) {
+		if _, ok := s.checkPassword(w, r, existing.ID, b.Password); !ok {
 			return
 		}
 	} else {
-		u, newPHC, err := newUser(in.Email, b.Name, b.Password)
+		u, newPHC, err := newUser(r.Context(), in.Email, b.Name, b.Password)
 		if err != nil {
 			s.fail(w, err)
 			return

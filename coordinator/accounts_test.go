@@ -1,10 +1,12 @@
 package coordinator
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,26 +16,26 @@ import (
 )
 
 func TestPasswordHashing(t *testing.T) {
-	h1, err := HashPassword("correct horse battery")
+	h1, err := HashPassword(context.Background(), "correct horse battery")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h2, _ := HashPassword("correct horse battery")
+	h2, _ := HashPassword(context.Background(), "correct horse battery")
 	if !strings.HasPrefix(h1, "$argon2id$v=19$m=19456,t=2,p=1$") || h1 == h2 {
 		t.Fatalf("hashes %q %q: want argon2id PHC strings with fresh salts", h1, h2)
 	}
-	if ok, err := VerifyPassword(h1, "correct horse battery"); !ok || err != nil {
+	if ok, err := VerifyPassword(context.Background(), h1, "correct horse battery"); !ok || err != nil {
 		t.Fatalf("the right password: %v %v", ok, err)
 	}
-	if ok, _ := VerifyPassword(h1, "correct horse batterz"); ok {
+	if ok, _ := VerifyPassword(context.Background(), h1, "correct horse batterz"); ok {
 		t.Fatal("a wrong password verified")
 	}
 	for _, bad := range []string{"", "$argon2i$v=19$m=1,t=1,p=1$AAAA$AAAA", strings.Replace(h1, "m=19456", "m=99999999", 1), h1[:len(h1)-50]} {
-		if _, err := VerifyPassword(bad, "x"); err == nil {
+		if _, err := VerifyPassword(context.Background(), bad, "x"); err == nil {
 			t.Fatalf("hash %q read", bad)
 		}
 	}
-	if _, err := HashPassword("short"); err == nil {
+	if _, err := HashPassword(context.Background(), "short"); err == nil {
 		t.Fatal("a short password was hashed")
 	}
 }
@@ -278,7 +280,7 @@ func TestInvitationsAndResets(t *testing.T) {
 	f.state.Users["usr_x"] = &User{ID: "usr_x", Email: "x@x.test", CreatedAt: t0}
 	tok := ResetToken{Hash: HashKey("r"), User: "usr_x", CreatedAt: t0, ExpiresAt: t0.Add(ResetTTL)}
 	applyTo(t, f, &PutResetToken{Token: tok})
-	phc, _ := HashPassword("a-long-enough-password")
+	phc, _ := HashPassword(context.Background(), "a-long-enough-password")
 	if err := applyTo(t, f, &ResetPassword{Meta: Meta{At: t0.Add(ResetTTL)}, Hash: tok.Hash, Password: phc}); err == nil {
 		t.Fatal("an expired reset token was used")
 	}
@@ -441,4 +443,60 @@ func TestInvitationAcceptCountsTowardLockout(t *testing.T) {
 	}
 	anon.must(429, "POST", "/v1/auth/invitations/accept", `{"token":"`+inv.Token+`","password":"password-of-eve@acme.test"}`)
 	anon.must(429, "POST", "/v1/auth/login", `{"email":"eve@acme.test","password":"password-of-eve@acme.test"}`)
+}
+
+// Guesses sent at once get no more tries than guesses sent one by one:
+// password checks of one user run in turn, each seeing the failures
+// before it.
+func TestLockoutHoldsUnderConcurrentGuesses(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	createUser(op, "fay@acme.test")
+	const guesses = 24
+	codes := make(chan int, guesses)
+	var wg sync.WaitGroup
+	for range guesses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, _ := newClient(t, n).do("POST", "/v1/auth/login", `{"email":"fay@acme.test","password":"a-guessed-password"}`)
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	tried := 0
+	for c := range codes {
+		switch c {
+		case 401:
+			tried++
+		case 429:
+		default:
+			t.Fatalf("a guess answered %d", c)
+		}
+	}
+	if tried != MaxFailedLogins {
+		t.Fatalf("%d of %d concurrent guesses were checked; the lockout allows %d", tried, guesses, MaxFailedLogins)
+	}
+}
+
+// An admin-scope key is held to its CIDR allow-list on the coordinator's
+// routes too: 403 forbidden_address, counted.
+func TestAdminKeyCIDR(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	var k keyView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"],"cidrs":["10.0.0.0/8"]}`)), &k)
+	c := newClient(t, n)
+	c.hdr["Authorization"] = "Bearer " + k.Key
+	if _, body := c.do("POST", "/v1/orgs/acme/keys", `{"scopes":["admin"]}`); !strings.Contains(body, `"forbidden_address"`) {
+		t.Fatalf("a key pinned to 10.0.0.0/8 used from 127.0.0.1: %s", body)
+	}
+	if m := newClient(t, n).must(200, "GET", "/metrics", ""); !strings.Contains(m, `certnode_coordinator_refused_total{code="forbidden_address"} 1`) {
+		t.Fatal("the refusal is not counted")
+	}
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"],"cidrs":["127.0.0.0/8"]}`)), &k)
+	c.hdr["Authorization"] = "Bearer " + k.Key
+	c.must(200, "GET", "/v1/orgs/acme/keys", "")
 }

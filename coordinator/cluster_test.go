@@ -125,6 +125,23 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("create key: %d %s", code, body)
 	}
 
+	// A browser works through a follower: its sign-in is forwarded, its
+	// new session is found at once (the follower asks the leader about
+	// credentials it does not know yet), and its writes pass the CSRF
+	// check with the Origin of the host it talks to.
+	follower := n2
+	if n2.node.IsLeader() {
+		follower = n3
+	}
+	op := operator(t, follower)
+	uid := createUser(op, "ann@acme.test")
+	op.must(200, "PUT", "/v1/orgs/acme/members/"+uid, `{"role":"admin"}`)
+	browser := newClient(t, follower)
+	browser.login("ann@acme.test", "password-of-ann@acme.test")
+	browser.must(200, "GET", "/v1/me", "")
+	browser.hdr["Origin"] = "http://" + follower.Addr()
+	browser.must(201, "POST", "/v1/orgs/acme/keys", `{"name":"from-a-browser","scopes":["sign"]}`)
+
 	// Every node's copy shows the key, by its hash only.
 	for _, n := range nodes {
 		code, body := n.do(t, "GET", "/v1/node/state?index=0&wait=5s", testNode, "")

@@ -15,9 +15,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/certnode/certnode/internal/tenants"
 )
@@ -27,12 +30,15 @@ import (
 // /v1/node/state (node token). Writes sent to a follower are forwarded to
 // the leader.
 type Server struct {
-	node   *Node
-	leases *leaseServer
-	srv    *http.Server
-	ln     net.Listener
-	client *http.Client
-	log    *slog.Logger
+	node    *Node
+	leases  *leaseServer
+	reg     *prometheus.Registry
+	refused *prometheus.CounterVec // refusals by code, for /metrics
+	pwLocks sync.Map               // user id -> *sync.Mutex: one password check at a time
+	srv     *http.Server
+	ln      net.Listener
+	client  *http.Client
+	log     *slog.Logger
 }
 
 // forwardedHeader marks a request a follower sent on, so it is never
@@ -59,6 +65,11 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{node: n, ln: ln, client: &http.Client{Timeout: 2 * n.cfg.ApplyTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, log: n.log}
 	s.leases = newLeaseServer(s)
+	s.reg = prometheus.NewRegistry()
+	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_coordinator_refused_total",
+		Help: "Requests the coordinator refused, by error code (unauthorized, forbidden_address, forbidden_role, csrf, account_locked)."},
+		[]string{"code"})
+	s.reg.MustRegister(s.refused, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern, rt.h)
@@ -219,12 +230,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 		return
 	}
 	req.Header = r.Header.Clone()
+	req.Host = r.Host // the client's, for the CSRF Origin check
 	req.Header.Set(forwardedHeader, s.node.cfg.ID)
 	req.Header.Set(clientAddrHeader, s.clientAddr(r))
 	req.Header.Set(forwardAuthHeader, "Bearer "+s.node.cfg.NodeToken)
 	resp, err := s.client.Do(req)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "no_leader", "forwarding to the leader failed: "+err.Error())
+		s.log.Warn("forwarding to the leader failed", "leader", addr, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "no_leader", "forwarding to the leader failed; retry")
 		return
 	}
 	defer resp.Body.Close()
@@ -235,6 +248,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
+}
+
+// refuse answers a refusal and counts it.
+func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
+	s.refused.WithLabelValues(code).Inc()
+	writeError(w, status, code, msg)
 }
 
 // fail answers err with the status and code its kind calls for.
@@ -248,6 +267,11 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, ErrGone):
 		writeError(w, http.StatusGone, "gone", err.Error())
+	case errors.Is(err, ErrBusy):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "busy", err.Error())
+	case errors.Is(err, context.Canceled):
+		// The client went away: nobody reads an answer.
 	case errors.Is(err, ErrNotLeader):
 		writeError(w, http.StatusServiceUnavailable, "no_leader", "leadership changed during the request; retry")
 	default:

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -30,11 +32,36 @@ const (
 )
 
 // hashSlots bounds concurrent hashing: each takes argonMemory, so a burst
-// of logins cannot exhaust the node's memory.
-var hashSlots = make(chan struct{}, 4)
+// of sign-ins cannot exhaust the node's memory; at most maxHashWaiting
+// more wait for a slot, and the rest are told the node is busy.
+var (
+	hashSlots      = make(chan struct{}, 4)
+	hashWaiting    atomic.Int32
+	maxHashWaiting = int32(64)
+)
+
+// ErrBusy is returned when too many password checks are waiting already.
+var ErrBusy = errors.New("too many password checks at once; retry")
+
+// argon2id runs key derivation in a slot, waiting no longer than ctx.
+func argon2id(ctx context.Context, password, salt []byte, t, m uint32, p uint8, n uint32) ([]byte, error) {
+	if hashWaiting.Add(1) > maxHashWaiting {
+		hashWaiting.Add(-1)
+		return nil, ErrBusy
+	}
+	select {
+	case hashSlots <- struct{}{}:
+		hashWaiting.Add(-1)
+	case <-ctx.Done():
+		hashWaiting.Add(-1)
+		return nil, ctx.Err()
+	}
+	defer func() { <-hashSlots }()
+	return argon2.IDKey(password, salt, t, m, p, n), nil
+}
 
 // HashPassword returns the PHC string of password under a fresh salt.
-func HashPassword(password string) (string, error) {
+func HashPassword(ctx context.Context, password string) (string, error) {
 	if err := checkPassword(password); err != nil {
 		return "", err
 	}
@@ -42,9 +69,10 @@ func HashPassword(password string) (string, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return "", err
 	}
-	hashSlots <- struct{}{}
-	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	<-hashSlots
+	key, err := argon2id(ctx, []byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	if err != nil {
+		return "", err
+	}
 	b64 := base64.RawStdEncoding
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
 		b64.EncodeToString(salt), b64.EncodeToString(key)), nil
@@ -61,7 +89,7 @@ func checkPassword(p string) error {
 var errBadHash = errors.New("unreadable password hash")
 
 // VerifyPassword reports whether password matches the PHC string phc.
-func VerifyPassword(phc, password string) (bool, error) {
+func VerifyPassword(ctx context.Context, phc, password string) (bool, error) {
 	parts := strings.Split(phc, "$")
 	if len(parts) != 6 || parts[1] != "argon2id" {
 		return false, errBadHash
@@ -85,16 +113,17 @@ func VerifyPassword(phc, password string) (bool, error) {
 	if len(password) > MaxPasswordLen {
 		return false, nil
 	}
-	hashSlots <- struct{}{}
-	got := argon2.IDKey([]byte(password), salt, t, m, p, uint32(len(want)))
-	<-hashSlots
+	got, err := argon2id(ctx, []byte(password), salt, t, m, p, uint32(len(want)))
+	if err != nil {
+		return false, err
+	}
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
 // dummyHash is verified against when no user has the email given, so a
 // login takes as long for an unknown email as for a wrong password.
 var dummyHash = sync.OnceValue(func() string {
-	h, err := HashPassword("no user has this password, ever")
+	h, err := HashPassword(context.Background(), "no user has this password, ever")
 	if err != nil {
 		panic(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -36,6 +37,7 @@ const (
 // principal is an authenticated caller.
 type principal struct {
 	actor   Actor
+	refused string // why a known key may not be used here (its CIDR allow-list)
 	userID  string // a signed-in user
 	keyOrg  string // an API key's organization (the key has the admin scope)
 	session string // the session token, for CSRF
@@ -125,6 +127,9 @@ func (s *Server) identify(r *http.Request) *principal {
 				return
 			}
 			p = &principal{actor: Actor{Kind: ActorKey, ID: k.ID, Addr: addr}, keyOrg: k.Org}
+			if !keyAllowsAddr(k.CIDRs, addr) {
+				p.refused = "forbidden_address"
+			}
 		})
 		return p
 	}
@@ -142,6 +147,25 @@ func (s *Server) identify(r *http.Request) *principal {
 		p = &principal{actor: Actor{Kind: ActorUser, ID: ss.User, Addr: addr}, userID: ss.User, session: c.Value}
 	})
 	return p
+}
+
+// keyAllowsAddr reports whether a key with the CIDR allow-list cidrs
+// (none: anywhere) may be used from addr.
+func keyAllowsAddr(cidrs []string, addr string) bool {
+	if len(cidrs) == 0 {
+		return true
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // csrfToken is the CSRF token of a session: derived from its secret
@@ -191,17 +215,27 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 func (s *Server) authed(kinds ...string) func(handler) http.Handler {
 	return func(h handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			p := s.identify(r)
-			if p == nil || !slices.Contains(kinds, p.actor.Kind) {
-				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong credentials")
-				return
-			}
-			if !csrfOK(r, p) {
-				writeError(w, http.StatusForbidden, "csrf", "a state-changing request with a session needs the "+CSRFHeader+" header of that session, from this origin")
-				return
-			}
 			body, ok := readBody(w, r)
 			if !ok {
+				return
+			}
+			p := s.identify(r)
+			if p == nil && !s.node.IsLeader() && r.Header.Get(forwardedHeader) == "" &&
+				(r.Header.Get("Authorization") != "" || r.Header.Get("Cookie") != "") {
+				// A session or key made a moment ago may not have reached
+				// this follower yet: the leader has it.
+				s.forward(w, r, body)
+				return
+			}
+			switch {
+			case p == nil || !slices.Contains(kinds, p.actor.Kind):
+				s.refuse(w, http.StatusUnauthorized, "unauthorized", "missing or wrong credentials")
+				return
+			case p.refused != "":
+				s.refuse(w, http.StatusForbidden, p.refused, "this key may not be used from "+p.actor.Addr)
+				return
+			case !csrfOK(r, p):
+				s.refuse(w, http.StatusForbidden, "csrf", "a state-changing request with a session needs the "+CSRFHeader+" header of that session, from this origin")
 				return
 			}
 			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
@@ -236,7 +270,7 @@ func (s *Server) inOrg(perm string, h orgHandler) handler {
 			return
 		}
 		if !slices.Contains(permissions[perm], role) {
-			writeError(w, http.StatusForbidden, "forbidden_role", "the role "+role+" does not allow "+perm)
+			s.refuse(w, http.StatusForbidden, "forbidden_role", "the role "+role+" does not allow "+perm)
 			return
 		}
 		h(w, r, scope{org: org, role: role}, body)

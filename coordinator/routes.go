@@ -1,6 +1,10 @@
 package coordinator
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
 
 // route is one API route. Org routes are the ones an organization's own
 // users and keys reach; the cross-tenant test walks every one of them.
@@ -34,6 +38,7 @@ func (s *Server) routes() []route {
 		{pattern: "POST /v1/admin/users/{user}/password-reset", h: op(s.leader(s.issueReset))},
 		{pattern: "GET /v1/admin/audit", h: op(s.adminAudit)},
 		{pattern: "GET /v1/node/state", h: node(s.state)},
+		{pattern: "GET /metrics", h: promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})},
 		{pattern: "POST /v1/node/leases", h: node(s.leader(s.leases.serve))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},

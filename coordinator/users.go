@@ -378,14 +378,23 @@ type ResetPassword struct {
 
 func (*ResetPassword) cmdType() cmdType { return cmdResetPassword }
 func (c *ResetPassword) validate(s *State) error {
-	t := s.ResetTokens[c.Hash]
-	switch {
-	case t == nil || c.Meta.At.IsZero():
-		return fmt.Errorf("%w: no such reset token", ErrNotFound)
-	case !t.UsedAt.IsZero() || !c.Meta.At.Before(t.ExpiresAt):
-		return fmt.Errorf("%w: the reset token was used or has expired", ErrGone)
-	case !strings.HasPrefix(c.Password, "$argon2id$"):
+	if err := s.checkResetToken(c.Hash, c.Meta.At); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(c.Password, "$argon2id$") {
 		return invalid("password must be an argon2id hash")
+	}
+	return nil
+}
+
+// checkResetToken reports whether the token with hash may be used at at.
+func (s *State) checkResetToken(hash string, at time.Time) error {
+	t := s.ResetTokens[hash]
+	switch {
+	case t == nil || at.IsZero():
+		return fmt.Errorf("%w: no such reset token", ErrNotFound)
+	case !t.UsedAt.IsZero() || !at.Before(t.ExpiresAt):
+		return fmt.Errorf("%w: the reset token was used or has expired", ErrGone)
 	}
 	if _, ok := s.Users[t.User]; !ok {
 		return fmt.Errorf("%w: user %q", ErrNotFound, t.User)
