@@ -314,6 +314,9 @@ func TestRoles(t *testing.T) {
 	users[RoleBilling].must(200, "GET", "/v1/orgs/acme", "")
 	users[RoleDeveloper].must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["sign"]}`)
 	users[RoleDeveloper].must(403, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"]}`)
+	var adminKey keyView
+	json.Unmarshal([]byte(users[RoleAdmin].must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"]}`)), &adminKey)
+	users[RoleDeveloper].must(403, "DELETE", "/v1/orgs/acme/keys/"+adminKey.ID, "")
 	users[RoleDeveloper].must(403, "GET", "/v1/orgs/acme/audit", "")
 	users[RoleDeveloper].must(403, "PATCH", "/v1/orgs/acme", `{"settings":{"display_name":"x"}}`)
 	users[RoleAdmin].must(200, "PATCH", "/v1/orgs/acme", `{"settings":{"display_name":"Acme Inc.","brand_color":"#112233"}}`)
@@ -326,6 +329,14 @@ func TestRoles(t *testing.T) {
 	users[RoleOwner].must(200, "PUT", "/v1/orgs/acme/members/"+ids[RoleAdmin], `{"role":"owner"}`)
 	users[RoleOwner].must(204, "DELETE", "/v1/orgs/acme/members/"+ids[RoleOwner], "")
 	users[RoleOwner].must(404, "GET", "/v1/orgs/acme", "") // no longer a member
+
+	// A suspended organization's people still read, but change nothing.
+	op.must(200, "PATCH", "/v1/admin/orgs/acme", `{"status":"suspended"}`)
+	users[RoleAdmin].must(200, "GET", "/v1/orgs/acme/keys", "")
+	if _, body := users[RoleAdmin].do("POST", "/v1/orgs/acme/keys", `{"scopes":["sign"]}`); !strings.Contains(body, `"org_suspended"`) {
+		t.Fatalf("a write in a suspended organization: %s", body)
+	}
+	op.must(200, "PATCH", "/v1/admin/orgs/acme", `{"status":"active"}`)
 
 	// An admin-scope API key acts as an admin of its own organization.
 	var k keyView
@@ -384,9 +395,19 @@ func TestIdempotencyKeys(t *testing.T) {
 	if _, third := op.do("POST", "/v1/orgs/acme/keys", `{"name":"ci","scopes":["sign"]}`); third == first {
 		t.Fatal("a write without the header was answered from the kept answer")
 	}
-	// Another caller's same key is their own.
+	// The kept answer is sealed: the key it shows is nowhere in a snapshot.
 	var k keyView
 	json.Unmarshal([]byte(first), &k)
+	snap, err := n.node.fsm.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf sinkBuffer
+	snap.Persist(&buf)
+	if secret := k.Key[strings.Index(k.Key, ".")+1:]; strings.Contains(buf.String(), secret) {
+		t.Fatal("the kept answer's secret is in the snapshot")
+	}
+	// Another caller's same key is their own.
 	admin := newClient(t, n)
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["admin"]}`)), &k)
 	admin.hdr["Authorization"] = "Bearer " + k.Key

@@ -492,7 +492,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, bod
 		return
 	}
 	if slices.Contains(b.Scopes, tenants.ScopeAdmin) && sc.role != RoleOwner && sc.role != RoleAdmin {
-		writeError(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can create a key with the admin scope")
+		s.refuse(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can create a key with the admin scope")
 		return
 	}
 	k := APIKey{ID: id, Org: sc.org, Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
@@ -517,6 +517,16 @@ func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []
 }
 
 func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	var admin bool
+	s.node.fsm.View(func(st *State) {
+		if k := st.Keys[r.PathValue("key")]; k != nil && k.Org == sc.org {
+			admin = slices.Contains(k.Scopes, tenants.ScopeAdmin)
+		}
+	})
+	if admin && sc.role != RoleOwner && sc.role != RoleAdmin {
+		s.refuse(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can revoke a key with the admin scope")
+		return
+	}
 	s.write(w, r, body, &RevokeKey{ID: r.PathValue("key"), Org: sc.org, At: time.Now().UTC()}, http.StatusNoContent, nil)
 }
 

@@ -1,8 +1,13 @@
 package coordinator
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -15,7 +20,9 @@ import (
 // sends an Idempotency-Key gets, for IdempotencyTTL, the first answer
 // again instead of a second key or a 409. The answer is kept with the
 // command that made it, in the coordinator's own state (never in the copy
-// other tiers read): it may hold a secret shown once, for that long.
+// other tiers read), sealed with a key derived from the client's
+// Idempotency-Key, which is never stored: an answer that shows a secret
+// once cannot be read from the log or a snapshot.
 const (
 	IdempotencyHeader = "Idempotency-Key"
 	IdempotencyTTL    = 24 * time.Hour
@@ -27,7 +34,7 @@ type IdemRecord struct {
 	Key     string    `json:"key"`     // hash of the caller and their key
 	Request string    `json:"request"` // hash of method, path and body
 	Status  int       `json:"status"`
-	Body    string    `json:"body,omitempty"`
+	Sealed  []byte    `json:"sealed,omitempty"` // the answer's body, AES-GCM, nonce first
 	At      time.Time `json:"at"`
 }
 
@@ -39,15 +46,48 @@ func hashParts(parts ...string) string {
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
 }
 
-// idemKeys are the record key and request hash of r, or "" when r carries
-// no Idempotency-Key.
-func idemKeys(r *http.Request, body []byte) (key, request string) {
+// idemKeys are the record key, request hash and sealing key of r, or ""
+// when r carries no Idempotency-Key.
+func idemKeys(r *http.Request, body []byte) (key, request string, seal []byte) {
 	k := r.Header.Get(IdempotencyHeader)
 	p := principalOf(r)
 	if k == "" || p == nil || p.actor.Kind == ActorAnonymous {
-		return "", ""
+		return "", "", nil
 	}
-	return hashParts(p.actor.Kind, p.actor.ID, k), hashParts(r.Method, r.URL.Path, string(body))
+	m := hmac.New(sha256.New, []byte(k))
+	m.Write([]byte("certnode idempotency seal v1\x00" + p.actor.Kind + "\x00" + p.actor.ID))
+	return hashParts(p.actor.Kind, p.actor.ID, k), hashParts(r.Method, r.URL.Path, string(body)), m.Sum(nil)
+}
+
+func sealBody(key, body []byte) ([]byte, error) {
+	g, err := gcm(key)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, g.NonceSize(), g.NonceSize()+len(body)+g.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return g.Seal(nonce, nonce, body, nil), nil
+}
+
+func openBody(key, sealed []byte) ([]byte, error) {
+	g, err := gcm(key)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < g.NonceSize() {
+		return nil, errors.New("sealed answer too short")
+	}
+	return g.Open(nil, sealed[:g.NonceSize()], sealed[g.NonceSize():], nil)
+}
+
+func gcm(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
 }
 
 // replay answers a retried write from its kept answer, and refuses a key
@@ -56,7 +96,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, body []byte) boo
 	if safeMethod(r.Method) {
 		return false
 	}
-	key, request := idemKeys(r, body)
+	key, request, seal := idemKeys(r, body)
 	if key == "" {
 		return false
 	}
@@ -77,14 +117,20 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, body []byte) boo
 	case rec.Request != request:
 		writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused", "this Idempotency-Key was used for another request")
 	default:
-		w.Header().Set(replayedHeader, "true")
-		if rec.Body == "" {
-			w.WriteHeader(rec.Status)
-		} else {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(rec.Status)
-			w.Write([]byte(rec.Body))
+		var out []byte
+		if len(rec.Sealed) > 0 {
+			var err error
+			if out, err = openBody(seal, rec.Sealed); err != nil {
+				s.fail(w, fmt.Errorf("kept answer: %w", err))
+				return true
+			}
 		}
+		w.Header().Set(replayedHeader, "true")
+		if len(out) > 0 {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		w.WriteHeader(rec.Status)
+		w.Write(out)
 	}
 	return true
 }
@@ -102,8 +148,16 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, body []byte, c Co
 		out = append(b, '\n')
 	}
 	a, isAudited := c.(audited)
-	if key, request := idemKeys(r, body); key != "" && isAudited {
-		a.metadata().Idem = &IdemRecord{Key: key, Request: request, Status: status, Body: string(out), At: time.Now().UTC()}
+	if key, request, seal := idemKeys(r, body); key != "" && isAudited {
+		rec := &IdemRecord{Key: key, Request: request, Status: status, At: time.Now().UTC()}
+		if len(out) > 0 {
+			var err error
+			if rec.Sealed, err = sealBody(seal, out); err != nil {
+				s.fail(w, err)
+				return
+			}
+		}
+		a.metadata().Idem = rec
 	}
 	if !s.commit(w, r, c) {
 		return

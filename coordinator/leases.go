@@ -391,6 +391,17 @@ func (l *leaseServer) serve(w http.ResponseWriter, _ *http.Request, body []byte)
 		l.s.fail(w, err)
 		return
 	}
+	// Counts are taken for this month and the last only (a node's clock
+	// or a bad request must not open a future month, which would prune
+	// the current one). Checked here, by the leader's clock, before
+	// anything is proposed: apply stays clock-free.
+	now := l.now()
+	for month := range req.Admitted {
+		if month != monthOf(now) && month != monthOf(now.AddDate(0, 0, -now.Day())) {
+			l.s.fail(w, invalid("admitted counts for month %s: only this month's and the last are taken", month))
+			return
+		}
+	}
 	a, err := l.allocator()
 	if err != nil {
 		l.s.fail(w, err)

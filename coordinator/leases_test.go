@@ -273,7 +273,9 @@ func TestLeaseAPI(t *testing.T) {
 	if code, _ := n.do(t, "POST", "/v1/node/leases", testAdmin, body); code != 401 {
 		t.Fatalf("the admin token was taken for the node token: %d", code)
 	}
-	for _, bad := range []string{`{"node":""}`, `{"node":"n","orgs":{"acme":{"demand":-1}}}`, `{"node":"n","admitted":{"May":{"acme":1}}}`, `{"node":"n","extra":1}`} {
+	for _, bad := range []string{`{"node":""}`, `{"node":"n","orgs":{"acme":{"demand":-1}}}`, `{"node":"n","admitted":{"May":{"acme":1}}}`, `{"node":"n","extra":1}`,
+		`{"node":"n","admitted":{"2099-01":{"acme":1}}}`, // a future month would prune this one
+		`{"node":"n","admitted":{"2001-01":{"acme":1}}}`} {
 		if code, resp := n.do(t, "POST", "/v1/node/leases", testNode, bad); code != 400 {
 			t.Fatalf("%s: %d %s", bad, code, resp)
 		}

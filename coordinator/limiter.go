@@ -30,6 +30,18 @@ type LimiterConfig struct {
 	Registerer  prometheus.Registerer
 }
 
+// Validate reports every problem at once.
+func (c *LimiterConfig) Validate() error {
+	var errs []error
+	if c.Renew <= 0 || c.Renew > LeaseTTL/2 {
+		errs = append(errs, fmt.Errorf("coordinator limiter: renew must be within (0, %s]", LeaseTTL/2))
+	}
+	if c.AcquireWait < 0 {
+		errs = append(errs, errors.New("coordinator limiter: the acquire wait must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
 // DefaultAcquireWait is LimiterConfig.AcquireWait's default.
 const DefaultAcquireWait = time.Second
 
@@ -105,8 +117,8 @@ func NewLimiter(r *Replica, cfg LimiterConfig) (*Limiter, error) {
 	if cfg.AcquireWait == 0 {
 		cfg.AcquireWait = DefaultAcquireWait
 	}
-	if cfg.Renew <= 0 || cfg.Renew > LeaseTTL/2 || cfg.AcquireWait < 0 {
-		return nil, fmt.Errorf("coordinator limiter: renew within (0, %s] and a non-negative acquire wait", LeaseTTL/2)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	host, _ := os.Hostname()
 	var b [6]byte

@@ -264,9 +264,14 @@ func (s *Server) anonymous(h handler) http.Handler {
 func (s *Server) inOrg(perm string, h orgHandler) handler {
 	return func(w http.ResponseWriter, r *http.Request, body []byte) {
 		org := r.PathValue("org")
-		role := s.roleIn(principalOf(r), org)
+		p := principalOf(r)
+		role, suspended := s.roleIn(p, org)
 		if role == "" {
 			writeError(w, http.StatusNotFound, "not_found", "not found: organization "+org)
+			return
+		}
+		if suspended && !p.operator() && !safeMethod(r.Method) {
+			s.refuse(w, http.StatusForbidden, "org_suspended", "the organization is suspended: only the operator changes it")
 			return
 		}
 		if !slices.Contains(permissions[perm], role) {
@@ -278,13 +283,15 @@ func (s *Server) inOrg(perm string, h orgHandler) handler {
 }
 
 // roleIn is the caller's role in org: owner for the operator, admin for
-// the org's admin-scope key, the membership's for a user, else none.
-func (s *Server) roleIn(p *principal, org string) string {
-	var role string
+// the org's admin-scope key, the membership's for a user, else none; and
+// whether the organization is suspended.
+func (s *Server) roleIn(p *principal, org string) (role string, suspended bool) {
 	s.node.fsm.View(func(st *State) {
-		if _, ok := st.Orgs[org]; !ok {
+		o, ok := st.Orgs[org]
+		if !ok {
 			return
 		}
+		suspended = o.Status == OrgSuspended
 		switch {
 		case p.operator():
 			role = RoleOwner
@@ -298,7 +305,7 @@ func (s *Server) roleIn(p *principal, org string) string {
 			}
 		}
 	})
-	return role
+	return role, suspended
 }
 
 // meta is the caller of r and the time, for a command's Meta.

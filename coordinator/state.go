@@ -45,23 +45,20 @@ type State struct {
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
 }
 
-// SharedState is what other tiers copy: everything they need to admit
-// and attribute requests, without password hashes, pending tokens or the
-// audit trail.
+// SharedState is what other tiers copy: what they need to admit and
+// attribute requests. Users, sessions, password hashes, pending tokens
+// and the audit trail stay with the coordinator, which answers the
+// account routes itself.
 type SharedState struct {
 	Orgs         map[string]*Org          `json:"orgs"`
 	Keys         map[string]*APIKey       `json:"keys"`
 	Members      map[string]string        `json:"members"`
 	Plans        map[string]*tenants.Plan `json:"plans"`
 	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"`
-	Users        map[string]*User         `json:"users"`
-	Memberships  map[string]*Membership   `json:"memberships"`
-	Sessions     map[string]*Session      `json:"sessions"`
 }
 
 func (s *State) shared() SharedState {
-	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Users: s.Users, Memberships: s.Memberships, Sessions: s.Sessions}
+	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys}
 }
 
 func newState() *State {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -90,6 +91,9 @@ func (r *route) match(path []string) ([]string, bool) {
 	return params, true
 }
 
+// maxAccountBody bounds an account request's body, as the coordinator does.
+const maxAccountBody = 1 << 20
+
 // accountPath reports whether a path belongs to the account routes the
 // coordinator serves (Deps.Accounts).
 func accountPath(p string) bool {
@@ -99,6 +103,13 @@ func accountPath(p string) bool {
 // dispatch routes a request and returns the route name for metrics.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
+		// The adaptor reads a streamed body whole: bound it first, and
+		// refuse one of unknown length (chunked) outright.
+		if cl := ctx.Request.Header.ContentLength(); cl > maxAccountBody || cl < 0 {
+			apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large",
+				fmt.Sprintf("account requests take a body of at most %d bytes, with a Content-Length", maxAccountBody))
+			return "accounts"
+		}
 		s.accounts(ctx)
 		return "accounts"
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -273,5 +275,33 @@ func TestWorkerProducerKeySource(t *testing.T) {
 				t.Fatalf("got %+v, want exit %d with %q", r, exitUsage, c.want)
 			}
 		})
+	}
+}
+
+// dev's ingest serves the account routes of its coordinator: a user
+// signs in on the API's own host; an oversized or length-less body is
+// refused before it is read.
+func TestDevAccountRoutes(t *testing.T) {
+	e := startDev(t)
+	if code, body := e.admin("POST", "/v1/admin/users", `{"email":"dev@demo.test","password":"a password for dev"}`); code != 201 {
+		t.Fatalf("user: %d %s", code, body)
+	}
+	resp, err := http.Post(e.base+"/v1/auth/login", "application/json", strings.NewReader(`{"email":"dev@demo.test","password":"a password for dev"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(resp.Cookies()) != 1 || resp.Cookies()[0].Name != "certnode_session" || !resp.Cookies()[0].HttpOnly {
+		t.Fatalf("sign-in through dev's ingest: %d %v", resp.StatusCode, resp.Cookies())
+	}
+	if code, body := e.do("POST", "/v1/auth/login", "", "application/json", strings.Repeat(" ", 2<<20)); code != 413 || !strings.Contains(body, "too_large") {
+		t.Fatalf("a 2 MiB sign-in: %d %.200s", code, body)
+	}
+	req, _ := http.NewRequest("POST", e.base+"/v1/auth/login", io.MultiReader(strings.NewReader(`{"email":"x@y.z",`), strings.NewReader(`"password":"p"}`)))
+	req.ContentLength = -1 // chunked
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 413 {
+		t.Fatalf("a chunked sign-in: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }

@@ -282,8 +282,9 @@ func newWorkerCmd() *cobra.Command {
 			"picked up within seconds. The producer keys that sign records written straight into Kafka\n" +
 			"come from a tenants file (--tenants) or from the coordinator cluster (--coordinator ADDR,...),\n" +
 			"whose state the worker copies and follows; it consumes nothing until it has that state.\n" +
-			"Those records are held to their tenant's rate limit and burst (per worker process, for now):\n" +
-			"over it they wait, never dropped, while other tenants on the partition go on.\n\n" +
+			"Those records are held to their organization's rate, burst and monthly allowance (with\n" +
+			"--coordinator, across the cluster and together with its HTTP requests; with --tenants, per\n" +
+			"process): over the rate they wait, never dropped, while other tenants on the partition go on.\n\n" +
 			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
