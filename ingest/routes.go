@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 
@@ -103,13 +102,13 @@ func accountPath(p string) bool {
 // dispatch routes a request and returns the route name for metrics.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
-		// The adaptor reads a streamed body whole: bound it first, and
-		// refuse one of unknown length (chunked) outright.
-		if cl := ctx.Request.Header.ContentLength(); cl > maxAccountBody || cl < 0 {
-			apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large",
-				fmt.Sprintf("account requests take a body of at most %d bytes, with a Content-Length", maxAccountBody))
+		// The adaptor would read a streamed body whole: read it here,
+		// bounded, and hand it on.
+		b, ok := s.readBody(ctx, maxAccountBody)
+		if !ok {
 			return "accounts"
 		}
+		ctx.Request.SetBody(b)
 		s.accounts(ctx)
 		return "accounts"
 	}
