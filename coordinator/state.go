@@ -171,7 +171,7 @@ type OrgSettings struct {
 	LogoURL       string `json:"logo_url,omitempty"`
 	BrandColor    string `json:"brand_color,omitempty"`
 	SupportEmail  string `json:"support_email,omitempty"`
-	RetentionDays int    `json:"retention_days,omitempty"`
+	RetentionDays int    `json:"retention_days,omitzero"`
 	// WebhookRetrySchedule is the organization's default retry schedule
 	// for webhook deliveries (Go durations, e.g. "5s"); empty: the
 	// service's default.
