@@ -59,8 +59,12 @@ type LeaseRequest struct {
 	// requests of lately, or holds a share of.
 	Orgs map[string]OrgDemand `json:"orgs,omitempty"`
 	// Admitted counts the requests admitted since the last answered
-	// renewal, by month (UTC, "2006-01") and organization.
+	// renewal, by month (UTC, "2006-01") and organization. Seq numbers
+	// this batch: a node resends an unanswered batch as it was, and the
+	// leader counts each number of a node once, so a lost answer never
+	// counts twice.
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
+	Seq      uint64                      `json:"seq,omitempty"`
 }
 
 // OrgDemand is one organization as a node sees it.
@@ -120,6 +124,9 @@ func (r *LeaseRequest) check() error {
 			return err
 		}
 	}
+	if len(r.Admitted) > 0 && r.Seq == 0 {
+		return invalid("admitted counts need a batch number (seq)")
+	}
 	return nil
 }
 
@@ -141,6 +148,7 @@ type allocator struct {
 	pools    map[string]*burstPool
 	totals   map[string]map[string]int64 // month -> organization -> admitted
 	dirty    map[string]map[string]bool  // counts changed since the last commit
+	batches  map[string]seenBatch        // node -> the last batch of counts taken
 	lastGC   time.Time
 	gcPeriod time.Duration
 }
@@ -151,6 +159,16 @@ type leaseHolder struct {
 }
 
 type heldShare struct{ rate, burst, demand float64 }
+
+// seenBatch is a node's last batch of counts taken, kept well past its
+// leases so a late resend is still known.
+type seenBatch struct {
+	seq  uint64
+	seen time.Time
+}
+
+// batchMemory is how long a node's last batch number is kept.
+const batchMemory = 10 * time.Minute
 
 // burstPool is the unlent part of an organization's bucket: it fills at the
 // unlent rate up to the unlent burst. A node lent more burst gets the
@@ -164,7 +182,7 @@ type burstPool struct {
 
 func newAllocator(now time.Time, ttl, grace time.Duration) *allocator {
 	return &allocator{ttl: ttl, graceUntil: now.Add(grace), nodes: map[string]*leaseHolder{}, pools: map[string]*burstPool{},
-		totals: map[string]map[string]int64{}, dirty: map[string]map[string]bool{}, gcPeriod: ttl}
+		totals: map[string]map[string]int64{}, dirty: map[string]map[string]bool{}, batches: map[string]seenBatch{}, gcPeriod: ttl}
 }
 
 // grant records a renewal and answers it. limits gives an active
@@ -173,6 +191,13 @@ func (a *allocator) grant(now time.Time, req *LeaseRequest, limits func(org stri
 	committed func(month, org string) int64) LeaseGrant {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if len(req.Admitted) > 0 {
+		if req.Seq <= a.batches[req.Node].seq {
+			req.Admitted = nil // a resend of a batch already taken
+		} else {
+			a.batches[req.Node] = seenBatch{seq: req.Seq, seen: now}
+		}
+	}
 	for month, counts := range req.Admitted {
 		for org, n := range counts {
 			a.used(month, org, committed)
@@ -301,6 +326,11 @@ func (a *allocator) gc(now time.Time) {
 		return
 	}
 	a.lastGC = now
+	for node, b := range a.batches {
+		if now.Sub(b.seen) > batchMemory {
+			delete(a.batches, node)
+		}
+	}
 	for org, p := range a.pools {
 		if a.fill(org, p, now); p.level >= p.burst {
 			delete(a.pools, org) // a new pool starts full

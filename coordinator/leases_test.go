@@ -215,14 +215,23 @@ func TestAdmittedCounts(t *testing.T) {
 		}
 		return 0
 	}
-	a.grant(t0, &LeaseRequest{Node: "a", Admitted: map[string]map[string]int64{month: {"acme": 5}}}, lim, committed)
-	g := a.grant(t0, &LeaseRequest{Node: "b", Orgs: map[string]OrgDemand{"acme": {Demand: 1}},
-		Admitted: map[string]map[string]int64{month: {"acme": 7}}}, lim, committed)
-	if g.Month != month || g.Orgs["acme"].Used != 112 {
+	a.grant(t0, &LeaseRequest{Node: "a", Seq: 1, Admitted: map[string]map[string]int64{month: {"acme": 5}}}, lim, committed)
+	b := func(seq uint64, n int64) LeaseGrant {
+		return a.grant(t0, &LeaseRequest{Node: "b", Seq: seq, Orgs: map[string]OrgDemand{"acme": {Demand: 1}},
+			Admitted: map[string]map[string]int64{month: {"acme": n}}}, lim, committed)
+	}
+	if g := b(1, 7); g.Month != month || g.Orgs["acme"].Used != 112 {
 		t.Fatalf("grant %+v, want 112 used in %s", g, month)
 	}
+	// A batch resent after a lost answer is taken once; the next counts.
+	if g := b(1, 7); g.Orgs["acme"].Used != 112 {
+		t.Fatalf("a resent batch counted again: %+v", g)
+	}
+	if g := b(2, 3); g.Orgs["acme"].Used != 115 {
+		t.Fatalf("the next batch: %+v, want 115", g)
+	}
 	cs := a.toCommit()
-	if len(cs) != 1 || cs[0].Month != month || cs[0].Counts["acme"] != 112 || len(a.toCommit()) != 0 {
+	if len(cs) != 1 || cs[0].Month != month || cs[0].Counts["acme"] != 115 || len(a.toCommit()) != 0 {
 		t.Fatalf("to commit: %+v", cs)
 	}
 	f := newFSM()
@@ -233,13 +242,13 @@ func TestAdmittedCounts(t *testing.T) {
 	}
 	var st *State
 	f.View(func(s *State) { st = s })
-	if got := st.admitted(month, "acme"); got != 112 {
-		t.Fatalf("stored %d after a lower total, want 112", got)
+	if got := st.admitted(month, "acme"); got != 115 {
+		t.Fatalf("stored %d after a lower total, want 115", got)
 	}
 	next := newAllocator(t0, LeaseTTL, 0)
-	g = next.grant(t0, &LeaseRequest{Node: "a", Orgs: map[string]OrgDemand{"acme": {Demand: 1}}}, lim, st.admitted)
-	if g.Orgs["acme"].Used != 112 {
-		t.Fatalf("a new leader reads %d used, want 112", g.Orgs["acme"].Used)
+	g := next.grant(t0, &LeaseRequest{Node: "a", Orgs: map[string]OrgDemand{"acme": {Demand: 1}}}, lim, st.admitted)
+	if g.Orgs["acme"].Used != 115 {
+		t.Fatalf("a new leader reads %d used, want 115", g.Orgs["acme"].Used)
 	}
 	// Counts of a month two back are dropped; bad ones are refused.
 	later := monthOf(t0.AddDate(0, 2, 0))
@@ -269,13 +278,14 @@ func TestLeaseAPI(t *testing.T) {
 		t.Fatalf("org: %d %s", code, body)
 	}
 	month := monthOf(time.Now())
-	body := `{"node":"n1","orgs":{"acme":{"demand":10}},"admitted":{"` + month + `":{"acme":7}}}`
+	body := `{"node":"n1","seq":1,"orgs":{"acme":{"demand":10}},"admitted":{"` + month + `":{"acme":7}}}`
 	if code, _ := n.do(t, "POST", "/v1/node/leases", testAdmin, body); code != 401 {
 		t.Fatalf("the admin token was taken for the node token: %d", code)
 	}
 	for _, bad := range []string{`{"node":""}`, `{"node":"n","orgs":{"acme":{"demand":-1}}}`, `{"node":"n","admitted":{"May":{"acme":1}}}`, `{"node":"n","extra":1}`,
-		`{"node":"n","admitted":{"2099-01":{"acme":1}}}`, // a future month would prune this one
-		`{"node":"n","admitted":{"2001-01":{"acme":1}}}`} {
+		`{"node":"n","admitted":{"` + month + `":{"acme":1}}}`, // counts without a batch number
+		`{"node":"n","seq":1,"admitted":{"2099-01":{"acme":1}}}`, // a future month would prune this one
+		`{"node":"n","seq":1,"admitted":{"2001-01":{"acme":1}}}`} {
 		if code, resp := n.do(t, "POST", "/v1/node/leases", testNode, bad); code != 400 {
 			t.Fatalf("%s: %d %s", bad, code, resp)
 		}

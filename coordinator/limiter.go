@@ -81,8 +81,11 @@ type Limiter struct {
 	reachable bool // the last renewal was answered (or none was tried)
 	failing   bool // logged the failure already
 	nodes     int  // the nodes the leader last counted
-	marks     [2]time.Time
-	done      chan struct{} // closed when the renewal under way ends
+	// seq numbers the batches of admitted counts; batch is the one sent
+	// and not yet answered (0: none), which the leader takes once.
+	seq, batch uint64
+	marks      [2]time.Time
+	done       chan struct{} // closed when the renewal under way ends
 
 	requests *prometheus.CounterVec
 	share    *prometheus.GaugeVec
@@ -101,8 +104,9 @@ type orgQuota struct {
 	fallback    bool
 	bucket      bucket
 	// month and used are the leader's count when it last answered;
-	// pending and inflight the requests admitted here since, not yet
-	// sent and sent in the renewal under way, by month.
+	// pending and inflight the requests admitted here since, by month:
+	// not yet sent, and sent in the batch not yet answered (resent as it
+	// is, under its number, until it is).
 	month             string
 	used              int64
 	pending, inflight map[string]int64
@@ -298,6 +302,17 @@ func (l *Limiter) renew(ctx context.Context, addr string, final bool) error {
 	span := max(sent.Sub(l.marks[1]), l.cfg.Renew/2).Seconds()
 	l.marks = [2]time.Time{sent, l.marks[0]}
 	req := LeaseRequest{Node: l.id, Orgs: map[string]OrgDemand{}, Admitted: map[string]map[string]int64{}}
+	if l.batch == 0 { // the last batch was answered: the pending counts make the next
+		for _, o := range l.orgs {
+			for month, n := range o.pending {
+				o.inflight[month] += n
+			}
+			clear(o.pending)
+		}
+		l.seq++
+		l.batch = l.seq
+	}
+	req.Seq = l.batch
 	for id, o := range l.orgs {
 		d := OrgDemand{Demand: float64(o.asked[0]+o.asked[1]) / span}
 		o.asked = [2]int64{0, o.asked[0]}
@@ -311,14 +326,12 @@ func (l *Limiter) renew(ctx context.Context, addr string, final bool) error {
 		if d.Demand > 0 || d.Rate > 0 {
 			req.Orgs[id] = d
 		}
-		for month, n := range o.pending {
+		for month, n := range o.inflight {
 			if req.Admitted[month] == nil {
 				req.Admitted[month] = map[string]int64{}
 			}
 			req.Admitted[month][id] += n
-			o.inflight[month] += n
 		}
-		clear(o.pending)
 	}
 	done := l.done
 	l.mu.Unlock()
@@ -338,19 +351,13 @@ func (l *Limiter) renew(ctx context.Context, addr string, final bool) error {
 			l.failing = true
 			l.log.Warn("lease renewal failed; keeping the shares until they lapse, then a conservative share", "addr", addr, "err", err)
 		}
-		for _, o := range l.orgs {
-			for month, n := range o.inflight {
-				o.pending[month] += n
-			}
-			clear(o.inflight)
-		}
-		return err
+		return err // the batch is resent as it is: the leader may have counted it
 	}
 	if l.failing {
 		l.failing = false
 		l.log.Info("lease renewal answered again", "addr", addr)
 	}
-	l.reachable, l.nodes = true, g.Nodes
+	l.reachable, l.nodes, l.batch = true, g.Nodes, 0
 	expires := sent.Add(time.Duration(g.TTLMillis) * time.Millisecond)
 	for id, o := range l.orgs {
 		clear(o.inflight)

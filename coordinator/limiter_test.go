@@ -27,6 +27,7 @@ type simCluster struct {
 	limits map[string]tenants.Limits
 	srv    *httptest.Server
 	down   atomic.Bool  // answer 503
+	lose   atomic.Bool  // take the renewal, then answer 503 (a lost answer)
 	calls  atomic.Int64 // renewals received
 }
 
@@ -39,7 +40,12 @@ func newSimCluster(t *testing.T, limits map[string]tenants.Limits) *simCluster {
 			http.Error(w, "unavailable", http.StatusServiceUnavailable)
 			return
 		}
-		writeJSON(w, http.StatusOK, c.alloc.grant(c.clock(), &req, limitsOf(c.limits), noCounts))
+		g := c.alloc.grant(c.clock(), &req, limitsOf(c.limits), noCounts)
+		if c.lose.Load() {
+			http.Error(w, "answer lost", http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, http.StatusOK, g)
 	}))
 	t.Cleanup(c.srv.Close)
 	return c
@@ -221,4 +227,48 @@ func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
 	c.Write(&m)
 	return m.GetCounter().GetValue()
+}
+
+// A renewal whose answer is lost after the leader counted it is resent as
+// it was, and counted once; counts admitted meanwhile go in the next batch.
+func TestLimiterCountsOnceAfterALostAnswer(t *testing.T) {
+	c := newSimCluster(t, map[string]tenants.Limits{"capped": {MonthlyReceipts: 1000}})
+	a := c.limiter()
+	a.Take("capped", 1) // no share yet; asked for at the renewal
+	c.renew(a)
+	taken := func(n int) {
+		for range n {
+			if _, err := a.Take("capped", 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	counted := func() int64 {
+		c.alloc.mu.Lock()
+		defer c.alloc.mu.Unlock()
+		return c.alloc.totals[monthOf(t0)]["capped"]
+	}
+	taken(10)
+	c.lose.Store(true)
+	if err := c.renew(a); err == nil {
+		t.Fatal("a lost answer went unnoticed")
+	}
+	if counted() != 10 {
+		t.Fatalf("the leader counted %d of the first batch, want 10", counted())
+	}
+	taken(5)
+	c.renew(a) // lost again: the same batch
+	c.lose.Store(false)
+	if err := c.renew(a); err != nil { // the same batch, answered
+		t.Fatal(err)
+	}
+	if got := counted(); got != 10 {
+		t.Fatalf("after resends of a counted batch: %d, want 10", got)
+	}
+	if err := c.renew(a); err != nil { // the 5 admitted meanwhile
+		t.Fatal(err)
+	}
+	if got := counted(); got != 15 {
+		t.Fatalf("after the next batch: %d, want 15", got)
+	}
 }
