@@ -68,3 +68,35 @@ func (c *SetAdmitted) apply(s *State) {
 		}
 	}
 }
+
+// cmdSetKeysUsed, like cmdSetAdmitted, stands apart from the numbers of
+// the other commands.
+const cmdSetKeysUsed cmdType = 17
+
+// SetKeysUsed records when API keys were last used (Unix seconds), as
+// nodes reported them; a time only ever moves forward. It is the
+// coordinator's own record: other tiers' copies do not change with it.
+type SetKeysUsed struct {
+	Used map[string]int64 `json:"used"`
+}
+
+func (*SetKeysUsed) cmdType() cmdType { return cmdSetKeysUsed }
+func (*SetKeysUsed) coordinatorOnly() {}
+func (c *SetKeysUsed) validate(*State) error {
+	if len(c.Used) == 0 || len(c.Used) > 100_000 {
+		return invalid("keys used: 1 to 100000 keys")
+	}
+	for id, at := range c.Used {
+		if !keyIDPat.MatchString(id) || at <= 0 {
+			return invalid("keys used: %q needs a key id and a positive time", id)
+		}
+	}
+	return nil
+}
+func (c *SetKeysUsed) apply(s *State) {
+	for id, at := range c.Used {
+		if _, ok := s.Keys[id]; ok && at > s.KeyUse[id] {
+			s.KeyUse[id] = at
+		}
+	}
+}

@@ -59,6 +59,7 @@ var registry = map[cmdType]func() Command{
 	cmdLogin:            func() Command { return new(Login) },
 	cmdEndSession:       func() Command { return new(EndSession) },
 	cmdPatchOrg:         func() Command { return new(PatchOrg) },
+	cmdSetKeysUsed:      func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:      func() Command { return new(SetAdmitted) },
 }
 

@@ -16,14 +16,21 @@ import (
 const snapshotVersion = 1
 
 // FSM applies commands to the State. Readers see a consistent state
-// through View; Wait blocks until the state passes an index, which is how
-// other tiers' local copies follow changes without polling.
+// through View; WaitShared blocks until what other tiers copy passes an
+// index, which is how their local copies follow changes without polling.
 type FSM struct {
-	mu      sync.RWMutex
-	state   *State
-	index   uint64        // raft index of the last applied entry
-	changed chan struct{} // closed (and replaced) on every apply
+	mu    sync.RWMutex
+	state *State
+	index uint64 // raft index of the last applied entry
+	// shared is the index of the last entry that changed what other tiers
+	// copy (SharedState): sign-ins and the like do not wake their copies.
+	shared  uint64
+	changed chan struct{} // closed (and replaced) when shared moves
 }
+
+// coordinatorOnly marks a command that changes only what the coordinator
+// keeps for itself (users, sessions, tokens), not SharedState.
+type coordinatorOnly interface{ coordinatorOnly() }
 
 func newFSM() *FSM {
 	return &FSM{state: newState(), changed: make(chan struct{})}
@@ -43,6 +50,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	res := applyResult{index: l.Index}
+	shared := false
 	if l.Type == raft.LogCommand {
 		c, err := decode(l.Data)
 		if err == nil {
@@ -54,18 +62,24 @@ func (f *FSM) Apply(l *raft.Log) any {
 		if err == nil {
 			c.apply(f.state)
 			f.state.record(l.Index, c)
+			_, private := c.(coordinatorOnly)
+			shared = !private
 		}
 		res.err = err
 	}
-	f.advance(l.Index)
+	f.advance(l.Index, shared)
 	return res
 }
 
-// advance records a new index and wakes the waiters; mu is held.
-func (f *FSM) advance(index uint64) {
+// advance records a new index, and wakes the waiters when what other
+// tiers copy changed; mu is held.
+func (f *FSM) advance(index uint64, shared bool) {
 	f.index = index
-	close(f.changed)
-	f.changed = make(chan struct{})
+	if shared {
+		f.shared = index
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
 }
 
 // View runs read on the current state and returns its index. read must
@@ -77,11 +91,12 @@ func (f *FSM) View(read func(s *State)) uint64 {
 	return f.index
 }
 
-// Wait returns once the state's index is past index, or ctx ends.
-func (f *FSM) Wait(ctx context.Context, index uint64) uint64 {
+// WaitShared returns once what other tiers copy has changed past index,
+// or ctx ends, with the index of its last change.
+func (f *FSM) WaitShared(ctx context.Context, index uint64) uint64 {
 	for {
 		f.mu.RLock()
-		cur, ch := f.index, f.changed
+		cur, ch := f.shared, f.changed
 		f.mu.RUnlock()
 		if cur > index {
 			return cur
@@ -97,14 +112,17 @@ func (f *FSM) Wait(ctx context.Context, index uint64) uint64 {
 // snapshotV1 is the body of a version 1 snapshot.
 type snapshotV1 struct {
 	Index uint64 `json:"index"`
-	State *State `json:"state"`
+	// Shared is the FSM's shared index (absent from snapshots written
+	// before it: then Index, which is never below it).
+	Shared uint64 `json:"shared,omitzero"`
+	State  *State `json:"state"`
 }
 
 // Snapshot copies the state by encoding it while the read lock is held.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	data, err := json.Marshal(snapshotV1{Index: f.index, State: f.state}, json.Deterministic(true))
+	data, err := json.Marshal(snapshotV1{Index: f.index, Shared: f.shared, State: f.state}, json.Deterministic(true))
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +155,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state = st
-	f.advance(snap.Index)
+	f.advance(snap.Index, true)
+	if snap.Shared != 0 {
+		f.shared = snap.Shared
+	}
 	return nil
 }
 

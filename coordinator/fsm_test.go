@@ -146,25 +146,33 @@ func TestFSMSnapshots(t *testing.T) {
 	}
 }
 
-// Wait returns as soon as the index passes the one asked for, and when the
-// context ends without a change.
-func TestFSMWait(t *testing.T) {
+// WaitShared returns as soon as what other tiers copy changes past the
+// index asked for, not on a change that is the coordinator's own (a
+// sign-in), and when the context ends without a change.
+func TestFSMWaitShared(t *testing.T) {
 	f := newFSM()
+	applyTo(t, f, &CreateUser{User: fuzzUser, Password: "$argon2id$x"})
 	done := make(chan uint64)
-	go func() { done <- f.Wait(context.Background(), 0) }()
+	go func() { done <- f.WaitShared(context.Background(), 0) }()
 	time.Sleep(20 * time.Millisecond)
-	applyTo(t, f, &SetMember{ID: "n1", HTTP: "x"})
+	applyTo(t, f, &Login{Meta: Meta{At: t0}, User: fuzzUser.ID}) // index 2: the coordinator's own
 	select {
 	case got := <-done:
-		if got != 1 {
+		t.Fatalf("woke at %d on a sign-in", got)
+	case <-time.After(50 * time.Millisecond):
+	}
+	applyTo(t, f, &SetMember{ID: "n1", HTTP: "x"}) // index 3
+	select {
+	case got := <-done:
+		if got != 3 {
 			t.Fatalf("woke at index %d", got)
 		}
 	case <-time.After(2 * time.Second):
-		t.Fatal("Wait did not wake on a change")
+		t.Fatal("WaitShared did not wake on a change")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if got := f.Wait(ctx, 1); got != 1 {
+	if got := f.WaitShared(ctx, 3); got != 3 {
 		t.Fatalf("timed-out wait returned %d", got)
 	}
 }

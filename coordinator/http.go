@@ -443,6 +443,9 @@ type keyView struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// LastUsedAt is when an ingest node last admitted the key, to within
+	// about a minute.
+	LastUsedAt time.Time `json:"last_used_at,omitzero"`
 	// Key is the secret, present only in the answer that creates it.
 	Key string `json:"key,omitempty"`
 }
@@ -508,7 +511,11 @@ func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []
 	s.node.fsm.View(func(st *State) {
 		for _, k := range st.Keys {
 			if k.Org == org {
-				out = append(out, viewOf(k))
+				v := viewOf(k)
+				if at := st.KeyUse[k.ID]; at > 0 {
+					v.LastUsedAt = time.Unix(at, 0).UTC()
+				}
+				out = append(out, v)
 			}
 		}
 	})
@@ -558,14 +565,16 @@ func (s *Server) state(w http.ResponseWriter, r *http.Request, _ []byte) {
 			}
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		s.node.fsm.Wait(ctx, after)
+		s.node.fsm.WaitShared(ctx, after)
 		cancel()
 	}
 	var data []byte
 	var err error
-	index := s.node.fsm.View(func(st *State) {
+	var index uint64
+	s.node.fsm.View(func(st *State) {
 		// Encoded under the read lock: the maps are not copied.
-		data, err = json.Marshal(map[string]any{"index": s.node.fsm.index, "state": st.shared()})
+		index = s.node.fsm.shared
+		data, err = json.Marshal(map[string]any{"index": index, "state": st.shared()})
 	})
 	if err != nil {
 		s.fail(w, err)

@@ -65,6 +65,9 @@ type LeaseRequest struct {
 	// counts twice.
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
 	Seq      uint64                      `json:"seq,omitempty"`
+	// KeysUsed are the API keys used on the node since it last reported
+	// them, with when (Unix seconds), for the keys' last-used times.
+	KeysUsed map[string]int64 `json:"keys_used,omitempty"`
 }
 
 // OrgDemand is one organization as a node sees it.
@@ -127,6 +130,14 @@ func (r *LeaseRequest) check() error {
 	if len(r.Admitted) > 0 && r.Seq == 0 {
 		return invalid("admitted counts need a batch number (seq)")
 	}
+	if len(r.KeysUsed) > maxLeaseOrgs {
+		return invalid("at most %d keys used per renewal", maxLeaseOrgs)
+	}
+	for id, at := range r.KeysUsed {
+		if !keyIDPat.MatchString(id) || at <= 0 {
+			return invalid("keys_used: %q needs a key id and a positive time", id)
+		}
+	}
 	return nil
 }
 
@@ -149,6 +160,8 @@ type allocator struct {
 	totals   map[string]map[string]int64 // month -> organization -> admitted
 	dirty    map[string]map[string]bool  // counts changed since the last commit
 	batches  map[string]seenBatch        // node -> the last batch of counts taken
+	keysUsed map[string]int64            // key id -> last used (Unix), not committed yet
+	keysAt   time.Time                   // when key use was last committed
 	lastGC   time.Time
 	gcPeriod time.Duration
 }
@@ -182,7 +195,8 @@ type burstPool struct {
 
 func newAllocator(now time.Time, ttl, grace time.Duration) *allocator {
 	return &allocator{ttl: ttl, graceUntil: now.Add(grace), nodes: map[string]*leaseHolder{}, pools: map[string]*burstPool{},
-		totals: map[string]map[string]int64{}, dirty: map[string]map[string]bool{}, batches: map[string]seenBatch{}, gcPeriod: ttl}
+		totals: map[string]map[string]int64{}, dirty: map[string]map[string]bool{}, batches: map[string]seenBatch{},
+		keysUsed: map[string]int64{}, keysAt: now, gcPeriod: ttl}
 }
 
 // grant records a renewal and answers it. limits gives an active
@@ -197,6 +211,9 @@ func (a *allocator) grant(now time.Time, req *LeaseRequest, limits func(org stri
 		} else {
 			a.batches[req.Node] = seenBatch{seq: req.Seq, seen: now}
 		}
+	}
+	for id, at := range req.KeysUsed {
+		a.keysUsed[id] = max(a.keysUsed[id], at)
 	}
 	for month, counts := range req.Admitted {
 		for org, n := range counts {
@@ -377,6 +394,23 @@ func (a *allocator) toCommit() []*SetAdmitted {
 	return out
 }
 
+// keysToCommit is the key use gathered since the last commit, once
+// keyUseCommitEvery has passed: last-used times need minutes, not
+// seconds, and each commit is a Raft write.
+func (a *allocator) keysToCommit(now time.Time) *SetKeysUsed {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.keysUsed) == 0 || now.Sub(a.keysAt) < keyUseCommitEvery {
+		return nil
+	}
+	c := &SetKeysUsed{Used: a.keysUsed}
+	a.keysUsed, a.keysAt = map[string]int64{}, now
+	return c
+}
+
+// keyUseCommitEvery is how often the leader commits keys' last use.
+var keyUseCommitEvery = time.Minute
+
 // recommit marks a commit's counts changed again after it failed.
 func (a *allocator) recommit(c *SetAdmitted) {
 	a.mu.Lock()
@@ -481,6 +515,13 @@ func (l *leaseServer) commit(a *allocator) {
 		if _, err := l.s.node.Propose(c); err != nil {
 			l.s.log.Warn("could not commit admitted counts; retrying with the next", "month", c.Month, "err", err)
 			a.recommit(c)
+		}
+	}
+	if c := a.keysToCommit(l.now()); c != nil {
+		if _, err := l.s.node.Propose(c); err != nil {
+			// Last-used times are a convenience: the next report brings
+			// newer ones.
+			l.s.log.Warn("could not commit keys' last use", "err", err)
 		}
 	}
 }

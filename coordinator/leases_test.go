@@ -283,7 +283,7 @@ func TestLeaseAPI(t *testing.T) {
 		t.Fatalf("the admin token was taken for the node token: %d", code)
 	}
 	for _, bad := range []string{`{"node":""}`, `{"node":"n","orgs":{"acme":{"demand":-1}}}`, `{"node":"n","admitted":{"May":{"acme":1}}}`, `{"node":"n","extra":1}`,
-		`{"node":"n","admitted":{"` + month + `":{"acme":1}}}`, // counts without a batch number
+		`{"node":"n","admitted":{"` + month + `":{"acme":1}}}`,   // counts without a batch number
 		`{"node":"n","seq":1,"admitted":{"2099-01":{"acme":1}}}`, // a future month would prune this one
 		`{"node":"n","seq":1,"admitted":{"2001-01":{"acme":1}}}`} {
 		if code, resp := n.do(t, "POST", "/v1/node/leases", testNode, bad); code != 400 {

@@ -312,7 +312,7 @@ func (l *Limiter) renew(ctx context.Context, addr string, final bool) error {
 		l.seq++
 		l.batch = l.seq
 	}
-	req.Seq = l.batch
+	req.Seq, req.KeysUsed = l.batch, l.replica.KeysUsed()
 	for id, o := range l.orgs {
 		d := OrgDemand{Demand: float64(o.asked[0]+o.asked[1]) / span}
 		o.asked = [2]int64{0, o.asked[0]}
@@ -358,6 +358,7 @@ func (l *Limiter) renew(ctx context.Context, addr string, final bool) error {
 		l.log.Info("lease renewal answered again", "addr", addr)
 	}
 	l.reachable, l.nodes, l.batch = true, g.Nodes, 0
+	l.replica.Reported(req.KeysUsed)
 	expires := sent.Add(time.Duration(g.TTLMillis) * time.Millisecond)
 	for id, o := range l.orgs {
 		clear(o.inflight)

@@ -75,7 +75,7 @@ func (c *simCluster) limiter() *Limiter {
 	for id, lim := range c.limits {
 		st.Orgs[id] = &Org{ID: id, Status: OrgActive, Limits: lim}
 	}
-	r.state.Store(newReplicaState(&NodeState{Index: 1, State: st}))
+	r.state.Store(newReplicaState(&NodeState{Index: 1, State: st}, nil))
 	r.synced.Store(time.Now().UnixNano())
 	l, err := NewLimiter(r, LimiterConfig{AcquireWait: time.Nanosecond})
 	if err != nil {

@@ -92,9 +92,14 @@ type usableKey struct {
 	hash    []byte
 	expires time.Time
 	tenant  *tenants.Tenant // shared by every request with the key; never changed
+	use     *keyUse         // kept across copies of the state
 }
 
-func newReplicaState(st *NodeState) *replicaState {
+// keyUse is when a key was last used here (Unix seconds), and the last
+// such time reported to the cluster.
+type keyUse struct{ last, sent atomic.Int64 }
+
+func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{}}
 	for id, o := range st.State.Orgs {
 		if o.Status == OrgActive {
@@ -117,7 +122,11 @@ func newReplicaState(st *NodeState) *replicaState {
 				t.CIDRs = append(t.CIDRs, p.Masked())
 			}
 		}
-		rs.keys[id] = usableKey{hash: []byte(k.Hash), expires: k.ExpiresAt, tenant: t}
+		use := new(keyUse)
+		if prev != nil && prev.keys[id].use != nil {
+			use = prev.keys[id].use
+		}
+		rs.keys[id] = usableKey{hash: []byte(k.Hash), expires: k.ExpiresAt, tenant: t, use: use}
 	}
 	return rs
 }
@@ -185,7 +194,7 @@ func (r *Replica) Run(ctx context.Context) error {
 		backoff = 100 * time.Millisecond
 		r.synced.Store(r.now().UnixNano())
 		if st.Index > index || r.state.Load() == nil {
-			r.state.Store(newReplicaState(st))
+			r.state.Store(newReplicaState(st, r.state.Load()))
 			index = st.Index
 		}
 	}
@@ -256,10 +265,47 @@ func (r *Replica) Authenticate(key string) (*tenants.Tenant, bool) {
 	if !ok || subtle.ConstantTimeCompare([]byte(HashKey(key)), k.hash) != 1 {
 		return nil, false
 	}
-	if !k.expires.IsZero() && !r.now().Before(k.expires) {
+	now := r.now()
+	if !k.expires.IsZero() && !now.Before(k.expires) {
 		return nil, false
 	}
+	if sec := now.Unix(); k.use.last.Load() != sec {
+		k.use.last.Store(sec)
+	}
 	return k.tenant, true
+}
+
+// KeysUsed are the keys used here since they were last reported, with
+// when (Unix seconds); Reported marks them reported once the cluster has
+// them.
+func (r *Replica) KeysUsed() map[string]int64 {
+	st := r.state.Load()
+	if st == nil {
+		return nil
+	}
+	var out map[string]int64
+	for id, k := range st.keys {
+		if last := k.use.last.Load(); last > k.use.sent.Load() {
+			if out == nil {
+				out = map[string]int64{}
+			}
+			out[id] = last
+		}
+	}
+	return out
+}
+
+// Reported records that the cluster has the times of used.
+func (r *Replica) Reported(used map[string]int64) {
+	st := r.state.Load()
+	if st == nil {
+		return
+	}
+	for id, at := range used {
+		if k, ok := st.keys[id]; ok && k.use.sent.Load() < at {
+			k.use.sent.Store(at)
+		}
+	}
 }
 
 // current is the copy requests may use: nil before the first state and

@@ -40,6 +40,7 @@ type State struct {
 	ResetTokens map[string]*ResetToken `json:"reset_tokens"` // by token hash
 	Audit       []AuditEvent           `json:"audit"`
 	Idempotency map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
+	KeyUse      map[string]int64       `json:"key_use"`     // API key id -> last used, Unix seconds
 	// Admitted counts each organization's admitted requests by month
 	// ("2006-01", UTC), for monthly quotas (SetAdmitted).
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
@@ -104,6 +105,9 @@ func (s *State) fill() {
 	}
 	if s.Idempotency == nil {
 		s.Idempotency = map[string]*IdemRecord{}
+	}
+	if s.KeyUse == nil {
+		s.KeyUse = map[string]int64{}
 	}
 }
 

@@ -503,3 +503,14 @@ func (s *State) prune(at time.Time) {
 		}
 	}
 }
+
+// Users, memberships, invitations, resets and sessions are the
+// coordinator's own: other tiers' copies do not change with them.
+func (*CreateUser) coordinatorOnly()       {}
+func (*PutMembership) coordinatorOnly()    {}
+func (*PutInvitation) coordinatorOnly()    {}
+func (*AcceptInvitation) coordinatorOnly() {}
+func (*PutResetToken) coordinatorOnly()    {}
+func (*ResetPassword) coordinatorOnly()    {}
+func (*Login) coordinatorOnly()            {}
+func (*EndSession) coordinatorOnly()       {}
