@@ -423,26 +423,12 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request, sc scope, body [
 }
 
 func (s *Server) listInvitations(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
-	out := []invitationView{}
-	s.node.fsm.View(func(st *State) {
-		for _, in := range st.Invitations {
-			if in.Org == sc.org {
-				out = append(out, invitationViewOf(in))
-			}
-		}
-	})
-	slices.SortFunc(out, func(a, b invitationView) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	out := ownedList(s, sc, invitationsOf, func(_ *State, in *Invitation) invitationView { return invitationViewOf(in) })
 	writeJSON(w, http.StatusOK, map[string]any{"invitations": out})
 }
 
 func (s *Server) revokeInvitation(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
-	var in Invitation
-	var ok bool
-	s.node.fsm.View(func(st *State) {
-		if p := st.Invitations[r.PathValue("id")]; p != nil && p.Org == sc.org {
-			in, ok = *p, true
-		}
-	})
+	in, ok := owned(s, sc, invitationsOf, r.PathValue("id"))
 	if !ok {
 		s.fail(w, fmt.Errorf("%w: invitation %q", ErrNotFound, r.PathValue("id")))
 		return

@@ -506,31 +506,19 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, bod
 }
 
 func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
-	org := sc.org
-	out := []keyView{}
-	s.node.fsm.View(func(st *State) {
-		for _, k := range st.Keys {
-			if k.Org == org {
-				v := viewOf(k)
-				if at := st.KeyUse[k.ID]; at > 0 {
-					v.LastUsedAt = time.Unix(at, 0).UTC()
-				}
-				out = append(out, v)
-			}
+	out := ownedList(s, sc, keysOf, func(st *State, k *APIKey) keyView {
+		v := viewOf(k)
+		if at := st.KeyUse[k.ID]; at > 0 {
+			v.LastUsedAt = time.Unix(at, 0).UTC()
 		}
+		return v
 	})
-	slices.SortFunc(out, func(a, b keyView) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	writeJSON(w, http.StatusOK, map[string]any{"keys": out})
 }
 
 func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
-	var admin bool
-	s.node.fsm.View(func(st *State) {
-		if k := st.Keys[r.PathValue("key")]; k != nil && k.Org == sc.org {
-			admin = slices.Contains(k.Scopes, tenants.ScopeAdmin)
-		}
-	})
-	if admin && sc.role != RoleOwner && sc.role != RoleAdmin {
+	k, _ := owned(s, sc, keysOf, r.PathValue("key"))
+	if slices.Contains(k.Scopes, tenants.ScopeAdmin) && sc.role != RoleOwner && sc.role != RoleAdmin {
 		s.refuse(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can revoke a key with the admin scope")
 		return
 	}
@@ -694,27 +682,12 @@ func (s *Server) proposeProducerKey(w http.ResponseWriter, r *http.Request, body
 }
 
 func (s *Server) listProducerKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {
-	org := sc.org
-	out := []producerKeyView{}
-	s.node.fsm.View(func(st *State) {
-		for _, k := range st.ProducerKeys {
-			if k.Org == org {
-				out = append(out, producerViewOf(k))
-			}
-		}
-	})
-	slices.SortFunc(out, func(a, b producerKeyView) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	out := ownedList(s, sc, producerKeysOf, func(_ *State, k *ProducerKey) producerKeyView { return producerViewOf(k) })
 	writeJSON(w, http.StatusOK, map[string]any{"producer_keys": out})
 }
 
 func (s *Server) revokeProducerKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
-	var k ProducerKey
-	var ok bool
-	s.node.fsm.View(func(st *State) {
-		if p := st.ProducerKeys[r.PathValue("key")]; p != nil && p.Org == sc.org {
-			k, ok = *p, true
-		}
-	})
+	k, ok := owned(s, sc, producerKeysOf, r.PathValue("key"))
 	switch {
 	case !ok:
 		s.fail(w, fmt.Errorf("%w: producer key %q", ErrNotFound, r.PathValue("key")))

@@ -330,3 +330,60 @@ func (s *Server) propose(r *http.Request, c Command) (uint64, error) {
 	}
 	return s.node.Propose(c)
 }
+
+// ownedEntry is an entry of the state that belongs to one organization.
+type ownedEntry interface {
+	owner() string
+	created() time.Time
+}
+
+func (k *APIKey) owner() string           { return k.Org }
+func (k *APIKey) created() time.Time      { return k.CreatedAt }
+func (k *ProducerKey) owner() string      { return k.Org }
+func (k *ProducerKey) created() time.Time { return k.CreatedAt }
+func (in *Invitation) owner() string      { return in.Org }
+func (in *Invitation) created() time.Time { return in.CreatedAt }
+
+// owned copies the entry id of one of the state's tables when it belongs
+// to the scope's organization. Organization routes look their entries up
+// only through owned and ownedList, so another organization's ids are
+// never found.
+func owned[T any, P interface {
+	*T
+	ownedEntry
+}](s *Server, sc scope, table func(*State) map[string]*T, id string) (T, bool) {
+	var v T
+	var ok bool
+	s.node.fsm.View(func(st *State) {
+		if p := table(st)[id]; p != nil && P(p).owner() == sc.org {
+			v, ok = *p, true
+		}
+	})
+	return v, ok
+}
+
+// ownedList is the views of the entries of one of the state's tables that
+// belong to the scope's organization, oldest first.
+func ownedList[T, V any, P interface {
+	*T
+	ownedEntry
+}](s *Server, sc scope, table func(*State) map[string]*T, view func(*State, P) V) []V {
+	out := []V{}
+	s.node.fsm.View(func(st *State) {
+		var mine []P
+		for _, p := range table(st) {
+			if P(p).owner() == sc.org {
+				mine = append(mine, P(p))
+			}
+		}
+		slices.SortFunc(mine, func(a, b P) int { return a.created().Compare(b.created()) })
+		for _, p := range mine {
+			out = append(out, view(st, p))
+		}
+	})
+	return out
+}
+
+func keysOf(st *State) map[string]*APIKey              { return st.Keys }
+func producerKeysOf(st *State) map[string]*ProducerKey { return st.ProducerKeys }
+func invitationsOf(st *State) map[string]*Invitation   { return st.Invitations }
