@@ -12,12 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -234,45 +233,14 @@ func TestSinkRetriesUntilInserted(t *testing.T) {
 // Offsets are committed only after the broker acknowledged the DLQ copies.
 func TestSinkCommitsAfterDLQAcknowledged(t *testing.T) {
 	e := newFakeEnv(t)
-	var refusing atomic.Bool
-	var refusals atomic.Int32
-	refusing.Store(true)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	details, err := e.adm.ListTopics(ctx, e.topics.DLQ)
-	if err != nil || details[e.topics.DLQ].Err != nil {
-		t.Fatalf("DLQ topic: %v %v", err, details[e.topics.DLQ].Err)
-	}
-	dlqID := details[e.topics.DLQ].ID
-	// Newer produce requests name topics by id, older ones by name.
-	isDLQ := func(t kmsg.ProduceRequestTopic) bool { return t.Topic == e.topics.DLQ || t.TopicID == dlqID }
-	e.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		e.cluster.KeepControl()
-		req := kreq.(*kmsg.ProduceRequest)
-		if !refusing.Load() || !slices.ContainsFunc(req.Topics, isDLQ) {
-			return nil, nil, false
-		}
-		refusals.Add(1)
-		resp := req.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range req.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition, sp.ErrorCode = rp.Partition, kerr.PolicyViolation.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	refusal := kafkatest.RefuseProduce(t, e.cluster, e.adm, e.topics.DLQ)
 	now := time.Now()
 	produce(t, e.cl, resultRecord(t, e.topics.Receipts, signedResult("t1", "a", now), now),
 		&kgo.Record{Topic: e.topics.Receipts, Key: []byte("t1"), Value: []byte("{}"), Timestamp: now})
 	f := &fakeInserter{}
 	s := e.start(t, f)
 	testenv.WaitFor(t, "refused DLQ produces", 30*time.Second, func() (bool, string) {
-		return refusals.Load() >= 2, fmt.Sprint(refusals.Load())
+		return refusal.Count.Load() >= 2, fmt.Sprint(refusal.Count.Load())
 	})
 	if got := f.ids(); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("inserted %v", got)
@@ -280,7 +248,7 @@ func TestSinkCommitsAfterDLQAcknowledged(t *testing.T) {
 	if c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
 		t.Fatalf("committed %d records while the DLQ copy was not acknowledged", c)
 	}
-	refusing.Store(false)
+	refusal.Refusing.Store(false)
 	e.waitCommitted(t, 2)
 	if d := readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 1); kafka.Header(d[0], schemas.HeaderDLQReason) != ReasonBadResult {
 		t.Fatalf("DLQ record %+v", d[0])

@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,9 +19,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -381,47 +380,17 @@ func TestSinkPublishes(t *testing.T) {
 // Offsets are committed only after the broker acknowledged the events.
 func TestSinkCommitsAfterAcknowledged(t *testing.T) {
 	e := newEnv(t)
-	var refusing atomic.Bool
-	var refusals atomic.Int32
-	refusing.Store(true)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	details, err := e.adm.ListTopics(ctx, e.topics.Usage)
-	if err != nil || details[e.topics.Usage].Err != nil {
-		t.Fatalf("usage topic: %v %v", err, details[e.topics.Usage].Err)
-	}
-	usageID := details[e.topics.Usage].ID
-	isUsage := func(t kmsg.ProduceRequestTopic) bool { return t.Topic == e.topics.Usage || t.TopicID == usageID }
-	e.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		e.cluster.KeepControl()
-		req := kreq.(*kmsg.ProduceRequest)
-		if !refusing.Load() || !slices.ContainsFunc(req.Topics, isUsage) {
-			return nil, nil, false
-		}
-		refusals.Add(1)
-		resp := req.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range req.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition, sp.ErrorCode = rp.Partition, kerr.PolicyViolation.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	refusal := kafkatest.RefuseProduce(t, e.cluster, e.adm, e.topics.Usage)
 	now := time.Now().UTC()
 	e.produce(t, resultRecord(t, e.topics.Receipts, "acme", result(func(r *schemas.Result) { r.ReceivedAt, r.ProcessedAt = now, now })))
 	e.start(t)
 	testenv.WaitFor(t, "refused usage produces", 30*time.Second, func() (bool, string) {
-		return refusals.Load() >= 2, fmt.Sprint(refusals.Load())
+		return refusal.Count.Load() >= 2, fmt.Sprint(refusal.Count.Load())
 	})
 	if c := e.committed(t); c != 0 {
 		t.Fatalf("committed %d results whose event was not acknowledged", c)
 	}
-	refusing.Store(false)
+	refusal.Refusing.Store(false)
 	testenv.WaitFor(t, "offsets committed", 30*time.Second, func() (bool, string) {
 		c := e.committed(t)
 		return c == 1, fmt.Sprint(c)

@@ -1,0 +1,59 @@
+// Package kafkatest holds helpers for tests on franz-go's kfake.
+package kafkatest
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Refusal makes a kfake cluster refuse every produce to one topic (with
+// POLICY_VIOLATION) while Refusing is true, and counts the refusals.
+type Refusal struct {
+	Refusing atomic.Bool
+	Count    atomic.Int32
+}
+
+// RefuseProduce starts refusing produces to topic at once.
+func RefuseProduce(t *testing.T, cluster *kfake.Cluster, adm *kadm.Client, topic string) *Refusal {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	details, err := adm.ListTopics(ctx, topic)
+	if err != nil || details[topic].Err != nil {
+		t.Fatalf("topic %s: %v %v", topic, err, details[topic].Err)
+	}
+	id := details[topic].ID
+	// Newer produce requests name topics by id, older ones by name.
+	isTopic := func(t kmsg.ProduceRequestTopic) bool { return t.Topic == topic || t.TopicID == id }
+	r := &Refusal{}
+	r.Refusing.Store(true)
+	cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		req := kreq.(*kmsg.ProduceRequest)
+		if !r.Refusing.Load() || !slices.ContainsFunc(req.Topics, isTopic) {
+			return nil, nil, false
+		}
+		r.Count.Add(1)
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition, sp.ErrorCode = rp.Partition, kerr.PolicyViolation.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	return r
+}
