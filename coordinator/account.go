@@ -31,12 +31,13 @@ func newToken(prefix string) (string, error) {
 	return prefix + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-func newUserID() (string, error) {
+// newID makes a random id: prefix and 20 lower-case letters or digits.
+func newID(prefix string) (string, error) {
 	var b [12]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
-	return "usr_" + base32Lower.EncodeToString(b[:]), nil
+	return prefix + base32Lower.EncodeToString(b[:]), nil
 }
 
 var base32Lower = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
@@ -81,7 +82,7 @@ func newUser(ctx context.Context, email, name, password string) (User, string, e
 	if err != nil {
 		return User{}, "", err
 	}
-	id, err := newUserID()
+	id, err := newID("usr_")
 	if err != nil {
 		return User{}, "", err
 	}

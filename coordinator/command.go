@@ -31,6 +31,9 @@ const (
 	cmdLogin            cmdType = 13
 	cmdEndSession       cmdType = 14
 	cmdPatchOrg         cmdType = 15
+	// 16 and 17 are SetAdmitted and SetKeysUsed (admitted.go).
+	cmdPutEndpoint    cmdType = 18
+	cmdDeleteEndpoint cmdType = 19
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -59,6 +62,8 @@ var registry = map[cmdType]func() Command{
 	cmdLogin:            func() Command { return new(Login) },
 	cmdEndSession:       func() Command { return new(EndSession) },
 	cmdPatchOrg:         func() Command { return new(PatchOrg) },
+	cmdPutEndpoint:      func() Command { return new(PutEndpoint) },
+	cmdDeleteEndpoint:   func() Command { return new(DeleteEndpoint) },
 	cmdSetKeysUsed:      func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:      func() Command { return new(SetAdmitted) },
 }

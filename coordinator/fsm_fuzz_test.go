@@ -25,6 +25,9 @@ func FuzzApply(f *testing.F) {
 		&PutInvitation{Invitation: Invitation{ID: "inv_1", Org: "acme", Email: "b@x.test", Role: RoleViewer, Hash: HashKey("i"), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, Create: true},
 		&Login{Meta: Meta{At: t0}, User: fuzzUser.ID, Session: &Session{Hash: HashKey("s"), User: fuzzUser.ID, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}},
 		&PatchOrg{ID: "acme", Patch: OrgPatch{Settings: &OrgSettings{DisplayName: "A"}}, At: t0.Add(time.Hour)},
+		&PutEndpoint{Endpoint: WebhookEndpoint{ID: "ep_abc", Org: "acme", URL: "https://x.test/h", Enabled: true,
+			Secrets: []EndpointSecret{{Secret: "whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz", CreatedAt: t0}}, CreatedAt: t0, UpdatedAt: t0}, Create: true},
+		&DeleteEndpoint{ID: "ep_abc", Org: "acme"},
 		&SetAdmitted{Month: "2026-11", Counts: map[string]int64{"acme": 3}},
 	} {
 		data, _ := encode(c)
@@ -58,6 +61,11 @@ func FuzzApply(f *testing.F) {
 			for id, u := range s.Users {
 				if u.ID != id || u.check() != nil || s.Passwords[id] == "" {
 					t.Fatalf("user %q applied invalid: %+v", id, u)
+				}
+			}
+			for id, e := range s.Endpoints {
+				if e.ID != id || e.check() != nil || s.Orgs[e.Org] == nil {
+					t.Fatalf("endpoint %q applied invalid: %+v", id, e)
 				}
 			}
 			for k, m := range s.Memberships {

@@ -250,12 +250,15 @@ func TestOpenAPIAccounts(t *testing.T) {
 	// A body each write would take, so that a request the document
 	// refuses is refused for its credentials alone.
 	samples := map[string]string{
-		"PATCH /v1/orgs/{org}":                           `{"name":"Acme"}`,
-		"PUT /v1/orgs/{org}/members/{user}":              `{"role":"viewer"}`,
-		"POST /v1/orgs/{org}/invitations":                `{"email":"x@acme.test","role":"viewer"}`,
-		"POST /v1/orgs/{org}/keys":                       `{"scopes":["sign"]}`,
-		"POST /v1/orgs/{org}/producer-keys":              `{}`,
-		"POST /v1/orgs/{org}/producer-keys/{key}/rotate": `{"overlap":"1h"}`,
+		"PATCH /v1/orgs/{org}":                                      `{"name":"Acme"}`,
+		"PUT /v1/orgs/{org}/members/{user}":                         `{"role":"viewer"}`,
+		"POST /v1/orgs/{org}/invitations":                           `{"email":"x@acme.test","role":"viewer"}`,
+		"POST /v1/orgs/{org}/keys":                                  `{"scopes":["sign"]}`,
+		"POST /v1/orgs/{org}/producer-keys":                         `{}`,
+		"POST /v1/orgs/{org}/producer-keys/{key}/rotate":            `{"overlap":"1h"}`,
+		"POST /v1/orgs/{org}/webhooks/endpoints":                    `{"url":"https://hooks.example.test/in"}`,
+		"PATCH /v1/orgs/{org}/webhooks/endpoints/{id}":              `{"enabled":false}`,
+		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": `{"overlap":"1h"}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -547,6 +550,40 @@ func TestOpenAPIAccounts(t *testing.T) {
 		r = k.expect(t, call{name: "list", as: key, method: "GET", path: "/v1/orgs/acme/producer-keys?consistent=true", status: 200})
 		if strings.Count(r.Body, `"id":"pk_`) != 4 || !strings.Contains(r.Body, `"expires_at"`) {
 			t.Fatalf("producer keys: %s", r.Body)
+		}
+	})
+
+	t.Run("webhook endpoints", func(t *testing.T) {
+		var a, b endpointView
+		json.Unmarshal([]byte(k.expect(t, call{name: "create", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints",
+			body: `{"url":"https://hooks.example.test/in","event_types":["receipt.signed"],"headers":{"X-Team":"billing"}}`, status: 201}).Body), &a)
+		json.Unmarshal([]byte(k.expect(t, call{name: "create with a secret", as: key, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints",
+			body: `{"url":"http://hooks.example.test/b","secret":"whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz"}`, status: 201}).Body), &b)
+		if a.Secret == "" || b.Secret != "whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz" {
+			t.Fatalf("secrets: %q %q", a.Secret, b.Secret)
+		}
+		for _, x := range []call{
+			{name: "create without a url", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints", body: `{}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "create with a bad url", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints", body: `{"url":"ftp://x"}`, status: 400, code: "invalid"},
+			{name: "create with an unknown event type", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints", body: `{"url":"https://x.test","event_types":["nope"]}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "create with a reserved header", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints", body: `{"url":"https://x.test","headers":{"webhook-signature":"v1,x"}}`, status: 400, code: "invalid"},
+			{name: "create as billing", as: bill, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints", body: `{"url":"https://x.test"}`, status: 403, code: "forbidden_role"},
+			{name: "list as billing", as: bill, method: "GET", path: "/v1/orgs/acme/webhooks/endpoints", status: 403, code: "forbidden_role"},
+			{name: "get", as: dev, method: "GET", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID, status: 200},
+			{name: "get an unknown one", as: dev, method: "GET", path: "/v1/orgs/acme/webhooks/endpoints/ep_nothing", status: 404, code: "not_found"},
+			{name: "disable", as: dev, method: "PATCH", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID, body: `{"enabled":false,"description":"paused"}`, status: 200},
+			{name: "change the secret by PATCH", as: dev, method: "PATCH", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID, body: `{"secret":"whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz"}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "rotate", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID + "/rotate-secret", body: `{"overlap":"1h"}`, status: 200},
+			{name: "rotate without a body", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID + "/rotate-secret", status: 200},
+			{name: "rotate with a bad overlap", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID + "/rotate-secret", body: `{"overlap":"forever"}`, status: 400, code: "invalid"},
+			{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID, status: 204},
+			{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID, status: 404, code: "not_found"},
+		} {
+			k.expect(t, x)
+		}
+		r := k.expect(t, call{name: "list", as: dev, method: "GET", path: "/v1/orgs/acme/webhooks/endpoints", status: 200})
+		if strings.Count(r.Body, `"id":"ep_`) != 1 || !strings.Contains(r.Body, `"secret_rotation_ends_at"`) || strings.Contains(r.Body, "whsec_") {
+			t.Fatalf("endpoints: %s", r.Body)
 		}
 	})
 

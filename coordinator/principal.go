@@ -56,6 +56,8 @@ const (
 	permProducerKeysRead  = "producer_keys.read"
 	permProducerKeysWrite = "producer_keys.write"
 	permAuditRead         = "audit.read"
+	permWebhooksRead      = "webhooks.read"
+	permWebhooksWrite     = "webhooks.write"
 )
 
 var permissions = map[string][]string{
@@ -68,6 +70,8 @@ var permissions = map[string][]string{
 	permProducerKeysRead:  {RoleOwner, RoleAdmin, RoleDeveloper},
 	permProducerKeysWrite: {RoleOwner, RoleAdmin},
 	permAuditRead:         {RoleOwner, RoleAdmin},
+	permWebhooksRead:      {RoleOwner, RoleAdmin, RoleDeveloper, RoleViewer},
+	permWebhooksWrite:     {RoleOwner, RoleAdmin, RoleDeveloper},
 }
 
 // scope is what an organization route runs with: the organization the

@@ -68,6 +68,12 @@ func (s *Server) routes() []route {
 		{"POST", "/producer-keys/{key}/rotate", s.leader(s.inOrg(permProducerKeysWrite, s.rotateProducerKey)), true},
 		{"DELETE", "/producer-keys/{key}", s.leader(s.inOrg(permProducerKeysWrite, s.revokeProducerKey)), true},
 		{"GET", "/audit", s.inOrg(permAuditRead, s.orgAudit), false},
+		{"POST", "/webhooks/endpoints", s.leader(s.inOrg(permWebhooksWrite, s.createEndpoint)), false},
+		{"GET", "/webhooks/endpoints", s.inOrg(permWebhooksRead, s.listEndpoints), false},
+		{"GET", "/webhooks/endpoints/{id}", s.inOrg(permWebhooksRead, s.getEndpoint), false},
+		{"PATCH", "/webhooks/endpoints/{id}", s.leader(s.inOrg(permWebhooksWrite, s.updateEndpoint)), false},
+		{"DELETE", "/webhooks/endpoints/{id}", s.leader(s.inOrg(permWebhooksWrite, s.deleteEndpoint)), false},
+		{"POST", "/webhooks/endpoints/{id}/rotate-secret", s.leader(s.inOrg(permWebhooksWrite, s.rotateEndpointSecret)), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

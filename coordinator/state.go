@@ -28,11 +28,12 @@ type State struct {
 	Members map[string]string `json:"members"`
 	// Plans are the operator's plans; the built-in ones (BuiltinPlans)
 	// apply where no plan of the same id is stored.
-	Plans        map[string]*tenants.Plan `json:"plans"`
-	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"` // by key id
-	Users        map[string]*User         `json:"users"`
-	Memberships  map[string]*Membership   `json:"memberships"` // by org/user
-	Sessions     map[string]*Session      `json:"sessions"`    // by token hash
+	Plans        map[string]*tenants.Plan    `json:"plans"`
+	ProducerKeys map[string]*ProducerKey     `json:"producer_keys"` // by key id
+	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`     // webhook endpoints by id
+	Users        map[string]*User            `json:"users"`
+	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
+	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
 
 	// Kept by the coordinator only: never in the state other tiers copy.
 	Passwords   map[string]string      `json:"passwords"`    // argon2id PHC string by user id
@@ -51,15 +52,17 @@ type State struct {
 // and the audit trail stay with the coordinator, which answers the
 // account routes itself.
 type SharedState struct {
-	Orgs         map[string]*Org          `json:"orgs"`
-	Keys         map[string]*APIKey       `json:"keys"`
-	Members      map[string]string        `json:"members"`
-	Plans        map[string]*tenants.Plan `json:"plans"`
-	ProducerKeys map[string]*ProducerKey  `json:"producer_keys"`
+	Orgs         map[string]*Org             `json:"orgs"`
+	Keys         map[string]*APIKey          `json:"keys"`
+	Members      map[string]string           `json:"members"`
+	Plans        map[string]*tenants.Plan    `json:"plans"`
+	ProducerKeys map[string]*ProducerKey     `json:"producer_keys"`
+	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`
 }
 
 func (s *State) shared() SharedState {
-	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys}
+	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
+		Endpoints: s.Endpoints}
 }
 
 func newState() *State {
@@ -84,6 +87,9 @@ func (s *State) fill() {
 	}
 	if s.ProducerKeys == nil {
 		s.ProducerKeys = map[string]*ProducerKey{}
+	}
+	if s.Endpoints == nil {
+		s.Endpoints = map[string]*WebhookEndpoint{}
 	}
 	if s.Users == nil {
 		s.Users = map[string]*User{}

@@ -28,6 +28,8 @@ func TestCrossTenantRoutes(t *testing.T) {
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/producer-keys", "")), &gpk)
 	var ginv invitationView
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/invitations", `{"email":"x@globex.test","role":"viewer"}`)), &ginv)
+	var gep endpointView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/webhooks/endpoints", `{"url":"https://globex.test/hook"}`)), &gep)
 	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
 
 	// Both of acme's kinds of callers: its owner's session and its
@@ -45,22 +47,28 @@ func TestCrossTenantRoutes(t *testing.T) {
 		body string
 		ids  map[string]string
 	}{
-		"GET /v1/orgs/{org}":                             {},
-		"PATCH /v1/orgs/{org}":                           {body: `{"name":"pwned"}`},
-		"GET /v1/orgs/{org}/members":                     {},
-		"PUT /v1/orgs/{org}/members/{user}":              {body: `{"role":"viewer"}`, ids: map[string]string{"user": gus}},
-		"DELETE /v1/orgs/{org}/members/{user}":           {ids: map[string]string{"user": gus}},
-		"POST /v1/orgs/{org}/invitations":                {body: `{"email":"y@acme.test","role":"viewer"}`},
-		"GET /v1/orgs/{org}/invitations":                 {},
-		"DELETE /v1/orgs/{org}/invitations/{id}":         {ids: map[string]string{"id": ginv.ID}},
-		"POST /v1/orgs/{org}/keys":                       {body: `{"scopes":["sign"]}`},
-		"GET /v1/orgs/{org}/keys":                        {},
-		"DELETE /v1/orgs/{org}/keys/{key}":               {ids: map[string]string{"key": gk.ID}},
-		"POST /v1/orgs/{org}/producer-keys":              {},
-		"GET /v1/orgs/{org}/producer-keys":               {},
-		"POST /v1/orgs/{org}/producer-keys/{key}/rotate": {ids: map[string]string{"key": gpk.ID}},
-		"DELETE /v1/orgs/{org}/producer-keys/{key}":      {ids: map[string]string{"key": gpk.ID}},
-		"GET /v1/orgs/{org}/audit":                       {},
+		"GET /v1/orgs/{org}":                                        {},
+		"PATCH /v1/orgs/{org}":                                      {body: `{"name":"pwned"}`},
+		"GET /v1/orgs/{org}/members":                                {},
+		"PUT /v1/orgs/{org}/members/{user}":                         {body: `{"role":"viewer"}`, ids: map[string]string{"user": gus}},
+		"DELETE /v1/orgs/{org}/members/{user}":                      {ids: map[string]string{"user": gus}},
+		"POST /v1/orgs/{org}/invitations":                           {body: `{"email":"y@acme.test","role":"viewer"}`},
+		"GET /v1/orgs/{org}/invitations":                            {},
+		"DELETE /v1/orgs/{org}/invitations/{id}":                    {ids: map[string]string{"id": ginv.ID}},
+		"POST /v1/orgs/{org}/keys":                                  {body: `{"scopes":["sign"]}`},
+		"GET /v1/orgs/{org}/keys":                                   {},
+		"DELETE /v1/orgs/{org}/keys/{key}":                          {ids: map[string]string{"key": gk.ID}},
+		"POST /v1/orgs/{org}/producer-keys":                         {},
+		"GET /v1/orgs/{org}/producer-keys":                          {},
+		"POST /v1/orgs/{org}/producer-keys/{key}/rotate":            {ids: map[string]string{"key": gpk.ID}},
+		"DELETE /v1/orgs/{org}/producer-keys/{key}":                 {ids: map[string]string{"key": gpk.ID}},
+		"GET /v1/orgs/{org}/audit":                                  {},
+		"POST /v1/orgs/{org}/webhooks/endpoints":                    {body: `{"url":"https://acme.test/hook"}`},
+		"GET /v1/orgs/{org}/webhooks/endpoints":                     {},
+		"GET /v1/orgs/{org}/webhooks/endpoints/{id}":                {ids: map[string]string{"id": gep.ID}},
+		"PATCH /v1/orgs/{org}/webhooks/endpoints/{id}":              {body: `{"url":"https://evil.test/x"}`, ids: map[string]string{"id": gep.ID}},
+		"DELETE /v1/orgs/{org}/webhooks/endpoints/{id}":             {ids: map[string]string{"id": gep.ID}},
+		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": {ids: map[string]string{"id": gep.ID}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {
