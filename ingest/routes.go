@@ -59,6 +59,7 @@ func (s *Server) table() []route {
 		pub("GET", "/.well-known/jwks.json", "jwks", jwks),
 		pub("GET", "/v1/jwks", "jwks", jwks),
 		pub("GET", "/openapi.json", "openapi", s.openAPI),
+		pub("GET", "/v1/webhooks/event-types", "event_types", s.eventTypes),
 		ten("POST", "/v1/sign", "sign", tenants.ScopeSign, s.sign),
 		ten("POST", "/v1/verify", "verify", tenants.ScopeVerify, s.verify),
 		ten("POST", "/v1/jobs", "jobs_create", tenants.ScopeJobs, s.createJob),

@@ -289,6 +289,18 @@ func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
 
 func (s *Server) healthz(ctx *fasthttp.RequestCtx) { s.probe(ctx, s.deps.Live) }
 
+// eventTypes answers the webhook event catalog: each type with its JSON
+// Schema and an example. It holds no tenant's data.
+func (s *Server) eventTypes(ctx *fasthttp.RequestCtx) {
+	cat, err := schemas.EventCatalog()
+	if err != nil {
+		apiError(ctx, fasthttp.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"event_types": cat})
+	ctx.Response.Header.Set("Cache-Control", "public, max-age=300")
+}
+
 // probe runs checks and answers 200, or 503 with every problem.
 func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check) {
 	c, cancel := context.WithTimeout(ctx, 3*time.Second)

@@ -344,6 +344,7 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "metrics", method: "GET", path: "/metrics", status: 200},
 		{name: "jwks", method: "GET", path: "/.well-known/jwks.json", status: 200},
 		{name: "jwks v1", method: "GET", path: "/v1/jwks", status: 200},
+		{name: "webhook event types", method: "GET", path: "/v1/webhooks/event-types", status: 200},
 		{name: "openapi", method: "GET", path: "/openapi.json", status: 200},
 
 		// Auth is the same on every tenant route: a missing key breaks the
