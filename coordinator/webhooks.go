@@ -1,8 +1,6 @@
 package coordinator
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -55,20 +54,10 @@ const (
 var reservedHeaders = []string{"Webhook-Id", "Webhook-Timestamp", "Webhook-Signature", "Content-Type",
 	"Content-Length", "Host", "Transfer-Encoding", "Connection", "User-Agent", "Authorization-Certnode"}
 
-// NewWebhookSecret makes a random 32-byte signing secret.
-func NewWebhookSecret() (string, error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	return "whsec_" + base64.StdEncoding.EncodeToString(b[:]), nil
-}
-
+// checkWebhookSecret checks a secret's Standard Webhooks form.
 func checkWebhookSecret(s string) error {
-	raw, ok := strings.CutPrefix(s, "whsec_")
-	key, err := base64.StdEncoding.DecodeString(raw)
-	if !ok || err != nil || len(key) < 24 || len(key) > 64 {
-		return invalid("a secret is whsec_ and the base64 of 24 to 64 random bytes")
+	if _, err := whsig.ParseSecret(s); err != nil {
+		return invalid("secret: %v", err)
 	}
 	return nil
 }
@@ -277,11 +266,7 @@ func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request, sc scope
 	if b.Secret != nil {
 		secret = *b.Secret
 	} else {
-		var err error
-		if secret, err = NewWebhookSecret(); err != nil {
-			s.fail(w, err)
-			return
-		}
+		secret = whsig.NewSecret().Encode()
 	}
 	id, err := newID("ep_")
 	if err != nil {
@@ -371,11 +356,7 @@ func (s *Server) rotateEndpointSecret(w http.ResponseWriter, r *http.Request, sc
 	}
 	secret := b.Secret
 	if secret == "" {
-		var err error
-		if secret, err = NewWebhookSecret(); err != nil {
-			s.fail(w, err)
-			return
-		}
+		secret = whsig.NewSecret().Encode()
 	}
 	now := time.Now().UTC()
 	var kept []EndpointSecret

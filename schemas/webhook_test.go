@@ -78,7 +78,9 @@ func TestEventCatalog(t *testing.T) {
 		{"signed in a job", func(r *Result) {
 			r.Status, r.ReceiptID, r.Kid, r.Receipt, r.JobID, r.Line = StatusSigned, "rid", "k1", receipt, "job_1", 3
 		}, EventReceiptSigned},
-		{"valid", func(r *Result) { r.Kind, r.Status, r.ReceiptID, r.Kid, r.Keys = KindVerify, StatusValid, "rid", "k1", KeysService }, EventReceiptVerified},
+		{"valid", func(r *Result) {
+			r.Kind, r.Status, r.ReceiptID, r.Kid, r.Keys = KindVerify, StatusValid, "rid", "k1", KeysService
+		}, EventReceiptVerified},
 		{"invalid", func(r *Result) { r.Kind, r.Status, r.Reason, r.Kid = KindVerify, StatusInvalid, "bad_signature", "k1" }, EventReceiptVerificationFailed},
 		{"failed", func(r *Result) { r.Status, r.Reason, r.Auth = StatusFailed, "payload_not_object", AuthProducer }, EventReceiptVerificationFailed},
 	}

@@ -18,8 +18,9 @@ node_deps() {
 
 # py_deps installs the Python packages the tests use: the Kafka client of the
 # producer interop test, and the exact versions internal/interop/python/
-# requirements.txt pins for the Python receipts implementation (its
-# `receipts.py deps` says whether they are installed).
+# requirements.txt pins for the Python receipts implementation and the
+# Standard Webhooks library (`receipts.py deps` says whether they are
+# installed).
 py_deps() {
   local dir="$REPO_ROOT/internal/interop/python"
   local pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)

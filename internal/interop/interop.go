@@ -7,6 +7,10 @@
 //	verify JWKS                           < receipts > verdicts (ok | fail: reason)
 //	jcs                                   < JSON texts > canonical forms
 //
+// WebhookNode and WebhookPython run the official Standard Webhooks
+// libraries (npm and PyPI standardwebhooks; node/webhooks.mjs,
+// python/webhooks.py): see SignWebhooks and VerifyWebhooks.
+//
 // `make test` installs their packages (deploy/local/services.sh); a missing
 // or mismatched install fails the calling test with the command that fixes it.
 package interop
@@ -22,11 +26,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/go-json-experiment/json"
 )
 
 // Impl is one independent implementation: an interpreter running a script.
 type Impl struct {
-	Name   string // "node" or "python"
+	Name   string // "node", "python", "node standardwebhooks", ...
 	interp string
 	script string
 	ready  func() error // nil when its packages are installed
@@ -37,30 +43,45 @@ var dir = func() string {
 	return filepath.Dir(file)
 }()
 
+// nodeReady checks that the npm packages are installed.
+func nodeReady(pkgs ...string) func() error {
+	return sync.OnceValue(func() error {
+		for _, pkg := range pkgs {
+			if _, err := os.Stat(filepath.Join(dir, "node", "node_modules", pkg)); err != nil {
+				return fmt.Errorf("npm package %s is not installed: run `npm ci --prefix %s` (or `make services`)", pkg, filepath.Join(dir, "node"))
+			}
+		}
+		return nil
+	})
+}
+
+// pythonReady runs receipts.py deps, which compares the installed packages
+// with every pin of requirements.txt and names the install command when
+// they differ.
+var pythonReady = sync.OnceValue(func() error {
+	var errb bytes.Buffer
+	cmd := exec.Command("python3", filepath.Join(dir, "python", "receipts.py"), "deps")
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("python3 receipts.py deps: %v: %s", err, strings.TrimSpace(errb.String()))
+	}
+	return nil
+})
+
 var (
 	Node = &Impl{Name: "node", interp: "node", script: filepath.Join(dir, "node", "receipts.mjs"),
-		ready: sync.OnceValue(func() error {
-			for _, pkg := range []string{"jose", "canonicalize"} {
-				if _, err := os.Stat(filepath.Join(dir, "node", "node_modules", pkg)); err != nil {
-					return fmt.Errorf("npm package %s is not installed: run `npm ci --prefix %s` (or `make services`)", pkg, filepath.Join(dir, "node"))
-				}
-			}
-			return nil
-		})}
+		ready: nodeReady("jose", "canonicalize")}
 	Python = &Impl{Name: "python", interp: "python3", script: filepath.Join(dir, "python", "receipts.py"),
-		// receipts.py deps compares the installed packages with the pins of
-		// requirements.txt and names the install command when they differ.
-		ready: sync.OnceValue(func() error {
-			var errb bytes.Buffer
-			cmd := exec.Command("python3", filepath.Join(dir, "python", "receipts.py"), "deps")
-			cmd.Stderr = &errb
-			if err := cmd.Run(); err != nil {
-				return fmt.Errorf("python3 receipts.py deps: %v: %s", err, strings.TrimSpace(errb.String()))
-			}
-			return nil
-		})}
+		ready: pythonReady}
 	// Impls is every independent implementation.
 	Impls = []*Impl{Node, Python}
+
+	WebhookNode = &Impl{Name: "node standardwebhooks", interp: "node", script: filepath.Join(dir, "node", "webhooks.mjs"),
+		ready: nodeReady("standardwebhooks")}
+	WebhookPython = &Impl{Name: "python standardwebhooks", interp: "python3", script: filepath.Join(dir, "python", "webhooks.py"),
+		ready: pythonReady}
+	// WebhookImpls is every official Standard Webhooks library run here.
+	WebhookImpls = []*Impl{WebhookNode, WebhookPython}
 )
 
 // Run runs the script with args, feeding stdin, and returns its stdout.
@@ -116,4 +137,46 @@ func Lines(out []byte) []string {
 		}
 	}
 	return lines
+}
+
+// WebhookRequest is one line of input to the webhook scripts. Sign reads
+// Secrets, ID, Timestamp and Body; Verify reads Secret instead of Secrets,
+// and Signature.
+type WebhookRequest struct {
+	Secrets   []string `json:"secrets,omitzero"`
+	Secret    string   `json:"secret,omitzero"`
+	ID        string   `json:"id"`
+	Timestamp string   `json:"timestamp"`
+	Signature string   `json:"signature,omitzero"`
+	Body      string   `json:"body"`
+}
+
+// SignWebhooks returns the webhook-signature header the library makes for
+// each request: one v1 entry per secret, space-separated.
+func (im *Impl) SignWebhooks(t testing.TB, reqs []WebhookRequest) []string {
+	t.Helper()
+	return im.webhooks(t, "sign", reqs)
+}
+
+// VerifyWebhooks returns the library's verdict on each request ("ok" or
+// "fail: message"), against this machine's clock.
+func (im *Impl) VerifyWebhooks(t testing.TB, reqs []WebhookRequest) []string {
+	t.Helper()
+	return im.webhooks(t, "verify", reqs)
+}
+
+func (im *Impl) webhooks(t testing.TB, mode string, reqs []WebhookRequest) []string {
+	t.Helper()
+	var in bytes.Buffer
+	for _, r := range reqs {
+		if err := json.MarshalWrite(&in, r); err != nil {
+			t.Fatal(err)
+		}
+		in.WriteByte('\n')
+	}
+	out := Lines(im.Run(t, in.Bytes(), mode))
+	if len(out) != len(reqs) {
+		t.Fatalf("%s %s: %d answers to %d requests: %q", im.Name, mode, len(out), len(reqs), out)
+	}
+	return out
 }
