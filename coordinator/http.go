@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/certnode/certnode/internal/egress"
 	"github.com/certnode/certnode/internal/tenants"
 )
 
@@ -35,6 +36,7 @@ type Server struct {
 	reg     *prometheus.Registry
 	refused *prometheus.CounterVec // refusals by code, for /metrics
 	pwLocks sync.Map               // user id -> *sync.Mutex: one password check at a time
+	hooks   *http.Client           // test deliveries to customers' endpoints (SSRF-guarded)
 	srv     *http.Server
 	ln      net.Listener
 	client  *http.Client
@@ -64,6 +66,13 @@ func NewServer(cfg Config) (*Server, error) {
 	n.cfg.HTTPAddr = ln.Addr().String()
 	s := &Server{node: n, ln: ln, client: &http.Client{Timeout: 2 * n.cfg.ApplyTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, log: n.log}
+	ecfg := egress.DefaultConfig()
+	ecfg.Allow = cfg.WebhookAllow
+	if s.hooks, err = egress.NewClient(ecfg); err != nil {
+		n.Close()
+		ln.Close()
+		return nil, fmt.Errorf("coordinator: webhook allow-list: %w", err)
+	}
 	s.leases = newLeaseServer(s)
 	s.reg = prometheus.NewRegistry()
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_coordinator_refused_total",

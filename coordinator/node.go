@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -31,6 +32,9 @@ type Config struct {
 	NodeToken  string
 	// ApplyTimeout bounds a write's wait for the cluster.
 	ApplyTimeout time.Duration
+	// WebhookAllow lists the non-public networks a webhook endpoint's test
+	// delivery may reach (none by default: only public addresses).
+	WebhookAllow []netip.Prefix
 	// SnapshotThreshold is how many log entries trigger a snapshot (and
 	// log compaction); tests lower it.
 	SnapshotThreshold uint64

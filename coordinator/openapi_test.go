@@ -259,6 +259,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"POST /v1/orgs/{org}/webhooks/endpoints":                    `{"url":"https://hooks.example.test/in"}`,
 		"PATCH /v1/orgs/{org}/webhooks/endpoints/{id}":              `{"enabled":false}`,
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": `{"overlap":"1h"}`,
+		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          `{}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -558,7 +559,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		json.Unmarshal([]byte(k.expect(t, call{name: "create", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints",
 			body: `{"url":"https://hooks.example.test/in","event_types":["receipt.signed"],"headers":{"X-Team":"billing"}}`, status: 201}).Body), &a)
 		json.Unmarshal([]byte(k.expect(t, call{name: "create with a secret", as: key, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints",
-			body: `{"url":"http://hooks.example.test/b","secret":"whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz"}`, status: 201}).Body), &b)
+			body: `{"url":"http://127.0.0.1:9/b","secret":"whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz"}`, status: 201}).Body), &b)
 		if a.Secret == "" || b.Secret != "whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz" {
 			t.Fatalf("secrets: %q %q", a.Secret, b.Secret)
 		}
@@ -576,6 +577,10 @@ func TestOpenAPIAccounts(t *testing.T) {
 			{name: "rotate", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID + "/rotate-secret", body: `{"overlap":"1h"}`, status: 200},
 			{name: "rotate without a body", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID + "/rotate-secret", status: 200},
 			{name: "rotate with a bad overlap", as: ada, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + a.ID + "/rotate-secret", body: `{"overlap":"forever"}`, status: 400, code: "invalid"},
+			// Only loopback literals here: refused before any packet or lookup.
+			{name: "test a loopback endpoint", as: dev, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID + "/test", status: 200},
+			{name: "test with a member", as: dev, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID + "/test", body: `{"x":1}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "test an unknown endpoint", as: dev, method: "POST", path: "/v1/orgs/acme/webhooks/endpoints/ep_nothing/test", status: 404, code: "not_found"},
 			{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID, status: 204},
 			{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/webhooks/endpoints/" + b.ID, status: 404, code: "not_found"},
 		} {

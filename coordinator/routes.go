@@ -74,6 +74,7 @@ func (s *Server) routes() []route {
 		{"PATCH", "/webhooks/endpoints/{id}", s.leader(s.inOrg(permWebhooksWrite, s.updateEndpoint)), false},
 		{"DELETE", "/webhooks/endpoints/{id}", s.leader(s.inOrg(permWebhooksWrite, s.deleteEndpoint)), false},
 		{"POST", "/webhooks/endpoints/{id}/rotate-secret", s.leader(s.inOrg(permWebhooksWrite, s.rotateEndpointSecret)), false},
+		{"POST", "/webhooks/endpoints/{id}/test", s.inOrg(permWebhooksWrite, s.testEndpoint), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

@@ -69,6 +69,7 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"PATCH /v1/orgs/{org}/webhooks/endpoints/{id}":              {body: `{"url":"https://evil.test/x"}`, ids: map[string]string{"id": gep.ID}},
 		"DELETE /v1/orgs/{org}/webhooks/endpoints/{id}":             {ids: map[string]string{"id": gep.ID}},
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": {ids: map[string]string{"id": gep.ID}},
+		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          {ids: map[string]string{"id": gep.ID}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

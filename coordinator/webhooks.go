@@ -1,14 +1,19 @@
 package coordinator
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/textproto"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json"
 
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
@@ -374,4 +379,82 @@ func (s *Server) rotateEndpointSecret(w http.ResponseWriter, r *http.Request, sc
 	v := endpointViewOf(&e)
 	v.Secret = secret
 	s.write(w, r, body, &PutEndpoint{Endpoint: e}, http.StatusOK, v)
+}
+
+// TestOutcome is the outcome of a test delivery.
+type TestOutcome struct {
+	MessageID string `json:"message_id"`
+	// Delivered: the endpoint answered 2xx. A redirect is not followed
+	// and counts as a failure, as in real deliveries.
+	Delivered       bool              `json:"delivered"`
+	Status          int               `json:"status,omitempty"`
+	LatencyMillis   int64             `json:"latency_ms"`
+	ResponseHeaders map[string]string `json:"response_headers,omitempty"`
+	// ResponseBody is the first 4 KiB of the answer.
+	ResponseBody string `json:"response_body,omitempty"`
+	Error        string `json:"error,omitempty"`
+}
+
+// maxRecordedBody bounds the part of an endpoint's answer that is kept.
+const maxRecordedBody = 4 << 10
+
+// testEndpoint sends a webhook.test event to the endpoint now, signed with
+// every secret it has, and answers with the attempt's outcome. It changes
+// nothing, so any node runs it.
+func (s *Server) testEndpoint(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
+	if err := decodeBody(orEmptyObject(body), &struct{}{}); err != nil {
+		s.fail(w, err)
+		return
+	}
+	e, ok := s.endpoint(w, r, sc)
+	if !ok {
+		return
+	}
+	now := time.Now().UTC()
+	var secrets []whsig.Secret
+	for _, es := range e.Secrets {
+		if es.ExpiresAt.IsZero() || now.Before(es.ExpiresAt) {
+			if sec, err := whsig.ParseSecret(es.Secret); err == nil { // checked when stored
+				secrets = append(secrets, sec)
+			}
+		}
+	}
+	data, _ := json.Marshal(map[string]string{"endpoint_id": e.ID, "message": "A test event from CertNode."})
+	event, err := json.Marshal(schemas.WebhookEvent{Type: schemas.EventWebhookTest, Timestamp: now, Data: data})
+	msgID, err2 := newID("msg_")
+	if err != nil || err2 != nil {
+		s.fail(w, fmt.Errorf("test event: %v %v", err, err2))
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), "POST", e.URL, bytes.NewReader(event))
+	if err != nil {
+		s.fail(w, invalid("url: %v", err))
+		return
+	}
+	for k, v := range e.Headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "CertNode-Webhooks/1")
+	req.Header.Set("Webhook-Id", msgID)
+	req.Header.Set("Webhook-Timestamp", strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set("Webhook-Signature", whsig.Sign(msgID, now, event, secrets...))
+	out := TestOutcome{MessageID: msgID}
+	start := time.Now()
+	resp, err := s.hooks.Do(req)
+	out.LatencyMillis = time.Since(start).Milliseconds()
+	if err != nil {
+		out.Error = err.Error()
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxRecordedBody))
+	out.Status, out.ResponseBody = resp.StatusCode, string(b)
+	out.Delivered = resp.StatusCode >= 200 && resp.StatusCode < 300
+	out.ResponseHeaders = map[string]string{}
+	for k := range resp.Header {
+		out.ResponseHeaders[k] = resp.Header.Get(k)
+	}
+	writeJSON(w, http.StatusOK, out)
 }

@@ -1,11 +1,19 @@
 package coordinator
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/internal/whsig"
 )
 
 // Endpoints: checked on the way in, secrets shown only when made, and a
@@ -62,4 +70,84 @@ func TestWebhookEndpoints(t *testing.T) {
 		op.must(201, "POST", "/v1/orgs/acme/webhooks/endpoints", `{"url":"https://x.test/`+strings.Repeat("a", i%5+1)+`"}`)
 	}
 	op.must(409, "POST", "/v1/orgs/acme/webhooks/endpoints", `{"url":"https://x.test/one-too-many"}`)
+}
+
+// A test delivery is signed as the Standard Webhooks specification says
+// (with every live secret during a rotation), carries the endpoint's
+// headers, and its outcome comes back; without the allow-list a loopback
+// endpoint is refused before any packet, and a redirect is a failure.
+func TestWebhookEndpointTest(t *testing.T) {
+	var got struct {
+		sync.Mutex
+		header http.Header
+		body   []byte
+	}
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/moved" {
+			http.Redirect(w, r, "/elsewhere", http.StatusFound)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		got.Lock()
+		got.header, got.body = r.Header.Clone(), b
+		got.Unlock()
+		w.Header().Set("X-Receiver", "ok")
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, "thanks")
+	}))
+	defer recv.Close()
+	n := startNodeCfg(t, Config{ID: "solo", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true,
+		WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	testenv.WaitFor(t, "leader", 10*time.Second, func() (bool, string) { return n.node.IsLeader(), "" })
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	var e endpointView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/webhooks/endpoints", `{"url":"`+recv.URL+`/hook","headers":{"X-Team":"billing"}}`)), &e)
+	var rotated endpointView
+	json.Unmarshal([]byte(op.must(200, "POST", "/v1/orgs/acme/webhooks/endpoints/"+e.ID+"/rotate-secret", "")), &rotated)
+
+	var out TestOutcome
+	json.Unmarshal([]byte(op.must(200, "POST", "/v1/orgs/acme/webhooks/endpoints/"+e.ID+"/test", "")), &out)
+	if !out.Delivered || out.Status != 202 || out.ResponseBody != "thanks" || out.ResponseHeaders["X-Receiver"] != "ok" || out.Error != "" {
+		t.Fatalf("outcome %+v", out)
+	}
+	got.Lock()
+	h, body := got.header, got.body
+	got.Unlock()
+	if h.Get("Webhook-Id") != out.MessageID || h.Get("X-Team") != "billing" || !strings.Contains(string(body), `"type":"webhook.test"`) {
+		t.Fatalf("delivery %v %s", h, body)
+	}
+	// Both the old and the new secret verify it, each on its own.
+	for _, secret := range []string{e.Secret, rotated.Secret} {
+		sec, err := whsig.ParseSecret(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := whsig.Verify(h, body, []whsig.Secret{sec}, 0, time.Now()); err != nil {
+			t.Fatalf("a receiver holding one of the secrets: %v", err)
+		}
+	}
+
+	// A redirect is not followed.
+	op.must(200, "PATCH", "/v1/orgs/acme/webhooks/endpoints/"+e.ID, `{"url":"`+recv.URL+`/moved"}`)
+	json.Unmarshal([]byte(op.must(200, "POST", "/v1/orgs/acme/webhooks/endpoints/"+e.ID+"/test", "")), &out)
+	if out.Delivered || out.Status != 302 {
+		t.Fatalf("a redirect: %+v", out)
+	}
+
+	// Without the allow-list, loopback is refused before connecting.
+	plain := soloNode(t)
+	pop := operator(t, plain)
+	pop.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	json.Unmarshal([]byte(pop.must(201, "POST", "/v1/orgs/acme/webhooks/endpoints", `{"url":"`+recv.URL+`/hook"}`)), &e)
+	got.Lock()
+	got.header = nil
+	got.Unlock()
+	json.Unmarshal([]byte(pop.must(200, "POST", "/v1/orgs/acme/webhooks/endpoints/"+e.ID+"/test", "")), &out)
+	got.Lock()
+	reached := got.header != nil
+	got.Unlock()
+	if out.Delivered || !strings.Contains(out.Error, "refusing to connect") || reached {
+		t.Fatalf("loopback without the allow-list: %+v (reached: %v)", out, reached)
+	}
 }

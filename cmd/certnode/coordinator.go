@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ const coordinatorSecretHelp = "Required: $CERTNODE_ADMIN_TOKEN (the operator's, 
 
 func newCoordinatorCmd() *cobra.Command {
 	var cfg coordinator.Config
+	var webhookAllow []string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
@@ -36,7 +38,9 @@ func newCoordinatorCmd() *cobra.Command {
 			var err1, err2 error
 			cfg.AdminToken, err1 = requiredSecret("CERTNODE_ADMIN_TOKEN")
 			cfg.NodeToken, err2 = requiredSecret("CERTNODE_NODE_TOKEN")
-			if err := errors.Join(err1, err2, cfg.Validate()); err != nil {
+			var err3 error
+			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
+			if err := errors.Join(err1, err2, err3, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			s, err := coordinator.NewServer(cfg)
@@ -61,7 +65,24 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "bootstrap", "CERTNODE_COORDINATOR_BOOTSTRAP")
 	fs.StringVar(&cfg.Join, "join", "", "join the cluster through this member's HTTP address")
 	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
+	fs.StringSliceVar(&webhookAllow, "webhook-allow", nil, "networks (CIDR) a webhook endpoint's test delivery may reach although they are not public, e.g. 127.0.0.0/8 for a local receiver")
+	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
 	return cmd
+}
+
+// parsePrefixes reads CIDR prefixes given to flag.
+func parsePrefixes(flag string, list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for _, c := range list {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want a CIDR prefix such as 127.0.0.0/8", flag, c))
+			continue
+		}
+		out = append(out, p.Masked())
+	}
+	return out, errors.Join(errs...)
 }
 
 // coordinatorReplica makes the local copy of the coordinator's state a

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -312,5 +314,40 @@ func TestDevAccountRoutes(t *testing.T) {
 		t.Fatalf("a chunked 2 MiB sign-in: %v %v", resp, err)
 	} else {
 		resp.Body.Close()
+	}
+}
+
+// In dev, a webhook endpoint on this machine gets its test delivery
+// (dev allows loopback), signed so that its secret verifies it.
+func TestDevWebhookTest(t *testing.T) {
+	e := startDev(t)
+	got := make(chan *http.Request, 1)
+	bodies := make(chan []byte, 1)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- r
+		bodies <- b
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer recv.Close()
+	code, body := e.do("POST", "/v1/orgs/demo/webhooks/endpoints", e.key, "application/json", `{"url":"`+recv.URL+`/hook"}`)
+	var ep struct {
+		ID     string `json:"id"`
+		Secret string `json:"secret"`
+	}
+	if code != 201 || json.Unmarshal([]byte(body), &ep, json.RejectUnknownMembers(false)) != nil {
+		t.Fatalf("endpoint: %d %s", code, body)
+	}
+	code, body = e.do("POST", "/v1/orgs/demo/webhooks/endpoints/"+ep.ID+"/test", e.key, "application/json", "")
+	if code != 200 || !strings.Contains(body, `"delivered":true`) || !strings.Contains(body, `"status":204`) {
+		t.Fatalf("test delivery: %d %s", code, body)
+	}
+	r, b := <-got, <-bodies
+	sec, err := whsig.ParseSecret(ep.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := whsig.Verify(r.Header, b, []whsig.Secret{sec}, 0, time.Now()); err != nil {
+		t.Fatalf("the delivery does not verify: %v", err)
 	}
 }

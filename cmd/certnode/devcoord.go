@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,10 +22,17 @@ import (
 // openDevCoordinator opens certnode dev's embedded coordinator: one node,
 // its state in DIR/coordinator, bootstrapped alone on first start. Raft
 // takes any free port: a cluster of one never dials its own address.
+// Webhook test deliveries may reach this machine (a developer's local
+// receiver), and nothing else that is not public.
 func openDevCoordinator(dir, httpAddr string, creds *credentials) (*coordinator.Server, error) {
 	return coordinator.NewServer(coordinator.Config{ID: "dev", RaftAddr: "127.0.0.1:0", HTTPAddr: httpAddr,
-		DataDir: filepath.Join(dir, "coordinator"), Bootstrap: true, AdminToken: creds.AdminToken, NodeToken: creds.NodeToken})
+		DataDir: filepath.Join(dir, "coordinator"), Bootstrap: true, AdminToken: creds.AdminToken, NodeToken: creds.NodeToken,
+		WebhookAllow: devWebhookAllow})
 }
+
+// devWebhookAllow is the loopback networks, which certnode dev lets
+// webhook deliveries reach.
+var devWebhookAllow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // devKey is an API or producer key as the admin API lists or creates it.
 type devKey struct {

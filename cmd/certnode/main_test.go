@@ -269,8 +269,9 @@ func TestCoordinatorBadInput(t *testing.T) {
 	}
 	t.Setenv("CERTNODE_ADMIN_TOKEN", "short")
 	t.Setenv("CERTNODE_NODE_TOKEN", "node-token-0123456789")
-	r = certnode(t, "", "coordinator", "--id", "Bad ID", "--raft", "nowhere", "--bootstrap", "--join", "127.0.0.1:1")
-	for _, want := range []string{"--id", "--raft \"nowhere\"", "--data DIR is required", "exclude each other", "at least 16 bytes"} {
+	r = certnode(t, "", "coordinator", "--id", "Bad ID", "--raft", "nowhere", "--bootstrap", "--join", "127.0.0.1:1", "--webhook-allow", "127.0.0.0/8,loopback")
+	for _, want := range []string{"--id", "--raft \"nowhere\"", "--data DIR is required", "exclude each other", "at least 16 bytes",
+		"--webhook-allow \"loopback\": want a CIDR prefix"} {
 		if r.code != 2 || !strings.Contains(r.stderr, want) {
 			t.Errorf("bad flags: stderr lacks %q: %+v", want, r)
 		}
