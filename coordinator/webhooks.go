@@ -450,11 +450,12 @@ func (s *Server) testEndpoint(w http.ResponseWriter, r *http.Request, sc scope, 
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxRecordedBody))
-	out.Status, out.ResponseBody = resp.StatusCode, string(b)
+	// An endpoint answers what it likes: the answer keeps valid UTF-8.
+	out.Status, out.ResponseBody = resp.StatusCode, strings.ToValidUTF8(string(b), "\uFFFD")
 	out.Delivered = resp.StatusCode >= 200 && resp.StatusCode < 300
 	out.ResponseHeaders = map[string]string{}
 	for k := range resp.Header {
-		out.ResponseHeaders[k] = resp.Header.Get(k)
+		out.ResponseHeaders[strings.ToValidUTF8(k, "\uFFFD")] = strings.ToValidUTF8(resp.Header.Get(k), "\uFFFD")
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -87,6 +87,12 @@ func TestWebhookEndpointTest(t *testing.T) {
 			http.Redirect(w, r, "/elsewhere", http.StatusFound)
 			return
 		}
+		if r.URL.Path == "/binary" {
+			w.Header().Set("X-Raw", "\xff\xfe")
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write([]byte{0xff, 0xfe, 'o', 'k'})
+			return
+		}
 		b, _ := io.ReadAll(r.Body)
 		got.Lock()
 		got.header, got.body = r.Header.Clone(), b
@@ -133,6 +139,14 @@ func TestWebhookEndpointTest(t *testing.T) {
 	json.Unmarshal([]byte(op.must(200, "POST", "/v1/orgs/acme/webhooks/endpoints/"+e.ID+"/test", "")), &out)
 	if out.Delivered || out.Status != 302 {
 		t.Fatalf("a redirect: %+v", out)
+	}
+
+	// An answer that is not UTF-8 is shown, not a reason to fail.
+	op.must(200, "PATCH", "/v1/orgs/acme/webhooks/endpoints/"+e.ID, `{"url":"`+recv.URL+`/binary"}`)
+	out = TestOutcome{}
+	json.Unmarshal([]byte(op.must(200, "POST", "/v1/orgs/acme/webhooks/endpoints/"+e.ID+"/test", "")), &out)
+	if out.Delivered || out.Status != 500 || out.ResponseBody != "\uFFFDok" || out.ResponseHeaders["X-Raw"] != "\uFFFD" {
+		t.Fatalf("a binary answer: %+v", out)
 	}
 
 	// Without the allow-list, loopback is refused before connecting.
