@@ -682,3 +682,42 @@ func tagsLen(b []byte) (int, error) {
 	}
 	return off, nil
 }
+
+// killWorkerMidJob runs a worker whose commits go through a proxy, and
+// ingest; submits a sign job of n lines (payloads named label) and kills
+// the worker while a commit is held: a worker commits a batch only once
+// its results were produced, so it dies with results nobody committed,
+// which its replacement must replay (a kill timed from outside would
+// almost never land in that window). It fails the test unless that
+// premise holds, and returns the job and how many requests are past the
+// committed offsets. The caller starts the replacement.
+func (e *e2e) killWorkerMidJob(label string, n int) (job string, uncommitted int64) {
+	e.t.Helper()
+	topics := schemas.TopicsFor(e.prefix)
+	proxy := newKafkaProxy(e.t, strings.Split(e.kafka, ",")[0])
+	w := e.start("worker", "worker", "--kafka", proxy.seed, "--metrics", freeAddr(e.t), "--concurrency", "1")
+	e.ingest()
+	job = e.submitJob("sign", payloads(label, n))
+	testenv.WaitFor(e.t, "some progress", time.Minute, func() (bool, string) {
+		s := e.jobStatus(job)
+		return s.Done > 0, fmt.Sprintf("%+v", s)
+	})
+	held := proxy.holdCommits(time.Minute)
+	w.kill()
+	committed := e.committedOffsets(e.prefix+"-workers", topics.Requests)
+	for _, tp := range held.Topics {
+		for _, p := range tp.Partitions {
+			if tp.Topic == topics.Requests {
+				uncommitted += p.Offset - committed[p.Partition]
+			}
+		}
+	}
+	s := e.jobStatus(job)
+	if s.Done >= n || uncommitted <= 0 {
+		e.t.Fatalf("nothing was tested: the worker was killed with %d of %d lines done and %d requests past its committed offsets %v",
+			s.Done, n, uncommitted, committed)
+	}
+	e.t.Logf("worker killed with the job at %d of %d lines and results produced for %d requests past its committed offsets %v",
+		s.Done, n, uncommitted, committed)
+	return job, uncommitted
+}

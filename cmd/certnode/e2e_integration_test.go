@@ -177,42 +177,9 @@ func TestE2EWorkerKilled(t *testing.T) {
 
 func testWorkerKilled(t *testing.T, alg string) {
 	e := newE2E(t, "", "--alg", alg)
-	topics := schemas.TopicsFor(e.prefix)
 	e.sink()
-	// The worker reaches Kafka through a proxy that can hold its commits:
-	// a worker commits a batch only once its results were produced, so a
-	// worker killed while its commit is held has produced results that
-	// nobody committed, and its replacement must replay them. Killing at a
-	// moment picked from outside would almost never land in that window.
-	proxy := newKafkaProxy(t, strings.Split(e.kafka, ",")[0])
-	w := e.start("worker", "worker", "--kafka", proxy.seed, "--metrics", freeAddr(e.t), "--concurrency", "1")
-	e.ingest()
 	const n = 8000
-	job := e.submitJob("sign", payloads("kill", n))
-	testenv.WaitFor(t, "some progress", time.Minute, func() (bool, string) {
-		s := e.jobStatus(job)
-		return s.Done > 0, fmt.Sprintf("%+v", s)
-	})
-	held := proxy.holdCommits(time.Minute)
-	w.kill()
-	// The premise: the worker died with the job unfinished, and with
-	// results produced for requests past the group's committed offsets.
-	committed := e.committedOffsets(e.prefix+"-workers", topics.Requests)
-	var uncommitted int64
-	for _, tp := range held.Topics {
-		for _, p := range tp.Partitions {
-			if tp.Topic == topics.Requests {
-				uncommitted += p.Offset - committed[p.Partition]
-			}
-		}
-	}
-	if s := e.jobStatus(job); s.Done >= n || uncommitted <= 0 {
-		t.Fatalf("nothing was tested: the worker was killed with %d of %d lines done and %d requests past its committed offsets %v",
-			s.Done, n, uncommitted, committed)
-	} else {
-		t.Logf("worker killed with the job at %d of %d lines and results produced for %d requests past its committed offsets %v",
-			s.Done, n, uncommitted, committed)
-	}
+	job, uncommitted := e.killWorkerMidJob("kill", n)
 	e.worker()
 	testenv.WaitFor(t, "job done after restart", 2*time.Minute, func() (bool, string) {
 		s := e.jobStatus(job)

@@ -94,29 +94,8 @@ func TestE2EUsageAfterWorkerKilled(t *testing.T) {
 	from := time.Now().UTC().Truncate(time.Hour)
 	e.sink()
 	e.usageSink()
-	proxy := newKafkaProxy(t, strings.Split(e.kafka, ",")[0])
-	w := e.start("worker", "worker", "--kafka", proxy.seed, "--metrics", freeAddr(e.t), "--concurrency", "1")
-	e.ingest()
 	const n = 4000
-	job := e.submitJob("sign", payloads("usage", n))
-	testenv.WaitFor(t, "some progress", time.Minute, func() (bool, string) {
-		s := e.jobStatus(job)
-		return s.Done > 0, fmt.Sprintf("%+v", s)
-	})
-	held := proxy.holdCommits(time.Minute)
-	w.kill()
-	committed := e.committedOffsets(e.prefix+"-workers", topics.Requests)
-	var uncommitted int64
-	for _, tp := range held.Topics {
-		for _, p := range tp.Partitions {
-			if tp.Topic == topics.Requests {
-				uncommitted += p.Offset - committed[p.Partition]
-			}
-		}
-	}
-	if s := e.jobStatus(job); s.Done >= n || uncommitted <= 0 {
-		t.Fatalf("nothing was tested: the worker was killed with %d of %d lines done and %d requests past its committed offsets", s.Done, n, uncommitted)
-	}
+	job, uncommitted := e.killWorkerMidJob("usage", n)
 	e.worker()
 
 	// A customer producer: 30 signed requests, 10 of them written twice,

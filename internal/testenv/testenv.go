@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"context"
 	"net"
 	"os"
 	"testing"
@@ -71,4 +72,25 @@ func WaitFor(t testing.TB, what string, limit time.Duration, cond func() (bool, 
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("%s: gave up after %s (%s)", what, limit, last)
+}
+
+// RunUntilCleanup runs run until the test ends, then ends its context and
+// calls closer: run must return nil within 30 s.
+func RunUntilCleanup(t testing.TB, run func(context.Context) error, closer func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return 30s after its context ended")
+		}
+		closer()
+	})
 }

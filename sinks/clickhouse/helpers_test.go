@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -79,21 +80,7 @@ func committed(t testing.TB, adm *kadm.Client, group, topic string) int64 {
 // runSink runs s until the test ends; Run must then return nil.
 func runSink(t testing.TB, s *Sink) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("Run did not return 30s after its context ended")
-		}
-		s.Close()
-	})
+	testenv.RunUntilCleanup(t, s.Run, s.Close)
 }
 
 // readTopic reads the n records of topic from the start, and checks no

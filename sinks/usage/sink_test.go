@@ -228,21 +228,7 @@ func (e *env) start(t *testing.T) *Sink {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("Run did not return 30s after its context ended")
-		}
-		s.Close()
-	})
+	testenv.RunUntilCleanup(t, s.Run, s.Close)
 	return s
 }
 
