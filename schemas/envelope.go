@@ -19,6 +19,20 @@ type Topics struct {
 	Jobs     string
 	// Usage carries one CloudEvent per attributable result (UsageEvent).
 	Usage string
+	// Events carries the webhook events that do not come from a result
+	// (EventRecord: job.completed, quota.warning, endpoint.disabled,
+	// triggered examples), keyed by organization.
+	Events string
+	// Webhooks holds webhook messages due now (WebhookMessage: retries
+	// that came due, redeliveries, parked messages), keyed by endpoint.
+	Webhooks string
+	// WebhookDelays are FIFO topics, one per delay in WebhookDelayTiers,
+	// holding messages until they are due; WebhookDLQ the messages that
+	// exhausted their retries; WebhookAttempts one record per attempt
+	// (WebhookAttempt), keyed by organization, for ClickHouse.
+	WebhookDelays   []string
+	WebhookDLQ      string
+	WebhookAttempts string
 }
 
 // DefaultTopicPrefix gives certnode.requests, certnode.receipts,
@@ -28,12 +42,20 @@ const DefaultTopicPrefix = "certnode"
 // TopicsFor names the topics under prefix, so several environments (or
 // test runs) can share one cluster.
 func TopicsFor(prefix string) Topics {
-	return Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq", Jobs: prefix + ".jobs",
-		Usage: prefix + ".usage"}
+	t := Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq", Jobs: prefix + ".jobs",
+		Usage: prefix + ".usage", Events: prefix + ".events", Webhooks: prefix + ".webhooks",
+		WebhookDLQ: prefix + ".webhooks.dlq", WebhookAttempts: prefix + ".webhooks.attempts"}
+	for _, d := range WebhookDelayTiers {
+		t.WebhookDelays = append(t.WebhookDelays, prefix+".webhooks.delay."+d.String())
+	}
+	return t
 }
 
 // All lists the topics.
-func (t Topics) All() []string { return []string{t.Requests, t.Receipts, t.DLQ, t.Jobs, t.Usage} }
+func (t Topics) All() []string {
+	return append([]string{t.Requests, t.Receipts, t.DLQ, t.Jobs, t.Usage, t.Events, t.Webhooks, t.WebhookDLQ,
+		t.WebhookAttempts}, t.WebhookDelays...)
+}
 
 // Record size limits. A request may be as large as MaxRequestBytes; its
 // result carries the receipt (the payload plus a few hundred bytes), so

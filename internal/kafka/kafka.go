@@ -118,13 +118,17 @@ func GroupConsumer(group string, topics ...string) []kgo.Opt {
 func topicConfigs(t schemas.Topics) map[string]map[string]*string {
 	size := func(n int) *string { s := strconv.Itoa(n + 64<<10); return &s }
 	compact := "compact"
-	return map[string]map[string]*string{
+	cfgs := map[string]map[string]*string{
 		t.Requests: {"max.message.bytes": size(schemas.MaxRequestBytes)},
 		t.Receipts: {"max.message.bytes": size(schemas.MaxResultBytes)},
 		t.DLQ:      {"max.message.bytes": size(schemas.MaxResultBytes)},
 		t.Jobs:     {"max.message.bytes": size(schemas.MaxResultBytes), "cleanup.policy": &compact},
 		t.Usage:    {"max.message.bytes": size(schemas.MaxUsageEventBytes)},
 	}
+	for _, topic := range append([]string{t.Events, t.Webhooks, t.WebhookDLQ, t.WebhookAttempts}, t.WebhookDelays...) {
+		cfgs[topic] = map[string]*string{"max.message.bytes": size(2 * schemas.MaxWebhookBody)}
+	}
+	return cfgs
 }
 
 // EnsureTopics creates the CertNode topics that do not exist yet.
