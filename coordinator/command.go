@@ -34,6 +34,8 @@ const (
 	// 16 and 17 are SetAdmitted and SetKeysUsed (admitted.go).
 	cmdPutEndpoint    cmdType = 18
 	cmdDeleteEndpoint cmdType = 19
+	// 20 is SetEndpointHealth, which dispatchers send.
+	cmdSetEndpointHealth cmdType = 20
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -47,25 +49,26 @@ type Command interface {
 }
 
 var registry = map[cmdType]func() Command{
-	cmdSetMember:        func() Command { return new(SetMember) },
-	cmdPutOrg:           func() Command { return new(PutOrg) },
-	cmdCreateKey:        func() Command { return new(CreateKey) },
-	cmdRevokeKey:        func() Command { return new(RevokeKey) },
-	cmdPutPlan:          func() Command { return new(PutPlan) },
-	cmdPutProducerKey:   func() Command { return new(PutProducerKey) },
-	cmdCreateUser:       func() Command { return new(CreateUser) },
-	cmdPutMembership:    func() Command { return new(PutMembership) },
-	cmdPutInvitation:    func() Command { return new(PutInvitation) },
-	cmdAcceptInvitation: func() Command { return new(AcceptInvitation) },
-	cmdPutResetToken:    func() Command { return new(PutResetToken) },
-	cmdResetPassword:    func() Command { return new(ResetPassword) },
-	cmdLogin:            func() Command { return new(Login) },
-	cmdEndSession:       func() Command { return new(EndSession) },
-	cmdPatchOrg:         func() Command { return new(PatchOrg) },
-	cmdPutEndpoint:      func() Command { return new(PutEndpoint) },
-	cmdDeleteEndpoint:   func() Command { return new(DeleteEndpoint) },
-	cmdSetKeysUsed:      func() Command { return new(SetKeysUsed) },
-	cmdSetAdmitted:      func() Command { return new(SetAdmitted) },
+	cmdSetMember:         func() Command { return new(SetMember) },
+	cmdPutOrg:            func() Command { return new(PutOrg) },
+	cmdCreateKey:         func() Command { return new(CreateKey) },
+	cmdRevokeKey:         func() Command { return new(RevokeKey) },
+	cmdPutPlan:           func() Command { return new(PutPlan) },
+	cmdPutProducerKey:    func() Command { return new(PutProducerKey) },
+	cmdCreateUser:        func() Command { return new(CreateUser) },
+	cmdPutMembership:     func() Command { return new(PutMembership) },
+	cmdPutInvitation:     func() Command { return new(PutInvitation) },
+	cmdAcceptInvitation:  func() Command { return new(AcceptInvitation) },
+	cmdPutResetToken:     func() Command { return new(PutResetToken) },
+	cmdResetPassword:     func() Command { return new(ResetPassword) },
+	cmdLogin:             func() Command { return new(Login) },
+	cmdEndSession:        func() Command { return new(EndSession) },
+	cmdPatchOrg:          func() Command { return new(PatchOrg) },
+	cmdPutEndpoint:       func() Command { return new(PutEndpoint) },
+	cmdDeleteEndpoint:    func() Command { return new(DeleteEndpoint) },
+	cmdSetEndpointHealth: func() Command { return new(SetEndpointHealth) },
+	cmdSetKeysUsed:       func() Command { return new(SetKeysUsed) },
+	cmdSetAdmitted:       func() Command { return new(SetAdmitted) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -80,6 +83,13 @@ type replicaState struct {
 	index uint64
 	keys  map[string]usableKey   // by key id: unrevoked keys of active organizations
 	orgs  map[string]*replicaOrg // active organizations
+	hooks map[string]*orgHooks   // webhook settings of every organization
+}
+
+// orgHooks is what the dispatcher needs of an organization.
+type orgHooks struct {
+	endpoints []*WebhookEndpoint
+	schedule  []time.Duration
 }
 
 type replicaOrg struct {
@@ -100,11 +110,27 @@ type usableKey struct {
 type keyUse struct{ last, sent atomic.Int64 }
 
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
-	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{}}
+	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
+		hooks: map[string]*orgHooks{}}
 	for id, o := range st.State.Orgs {
+		h := &orgHooks{}
+		for _, d := range o.Settings.WebhookRetrySchedule {
+			if v, err := time.ParseDuration(d); err == nil { // checked when set
+				h.schedule = append(h.schedule, v)
+			}
+		}
+		rs.hooks[id] = h
 		if o.Status == OrgActive {
 			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}}
 		}
+	}
+	for _, e := range st.State.Endpoints {
+		if h := rs.hooks[e.Org]; h != nil {
+			h.endpoints = append(h.endpoints, e)
+		}
+	}
+	for _, h := range rs.hooks {
+		slices.SortFunc(h.endpoints, func(a, b *WebhookEndpoint) int { return strings.Compare(a.ID, b.ID) })
 	}
 	for id, k := range st.State.ProducerKeys {
 		if o := rs.orgs[k.Org]; o != nil && k.RevokedAt.IsZero() {
@@ -354,6 +380,65 @@ func (r *Replica) Plans(org string) []tenants.PlanPeriod {
 		return nil
 	}
 	return st.orgs[org].plans
+}
+
+// WebhookEndpoints are an organization's endpoints, disabled ones too, by
+// id; ok is false until the first state arrived. A stale copy still
+// answers: a dispatcher goes on delivering while the cluster is away, and
+// must not take a missing state for deleted endpoints. The endpoints are
+// shared: callers must not change them.
+func (r *Replica) WebhookEndpoints(org string) (eps []*WebhookEndpoint, ok bool) {
+	st := r.state.Load()
+	if st == nil {
+		return nil, false
+	}
+	if h := st.hooks[org]; h != nil {
+		return h.endpoints, true
+	}
+	return nil, true
+}
+
+// WebhookRetrySchedule is an organization's retry schedule (nil: the
+// service's default).
+func (r *Replica) WebhookRetrySchedule(org string) []time.Duration {
+	if st := r.state.Load(); st != nil && st.hooks[org] != nil {
+		return st.hooks[org].schedule
+	}
+	return nil
+}
+
+// ReportEndpointHealth tells the cluster when an endpoint started failing
+// (zero: it delivers again), or disables it.
+func (r *Replica) ReportEndpointHealth(ctx context.Context, id string, h EndpointHealth) error {
+	body, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, addr := range r.cfg.Addrs {
+		req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/v1/node/webhooks/endpoints/"+url.PathEscape(id)+"/health",
+			bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+r.cfg.Token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := r.client.Do(req)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNoContent {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: status %d: %.200s", addr, resp.StatusCode, b))
+		if resp.StatusCode < 500 {
+			break // the cluster refused it: another node would too
+		}
+	}
+	return fmt.Errorf("report endpoint health: %w", errors.Join(errs...))
 }
 
 // Accounts proxies the account routes to the coordinators this replica

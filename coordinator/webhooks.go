@@ -31,12 +31,18 @@ type WebhookEndpoint struct {
 	EventTypes  []string          `json:"event_types,omitempty"` // none: every type
 	Headers     map[string]string `json:"headers,omitempty"`
 	Enabled     bool              `json:"enabled"`
+	// Ordered: messages go one at a time, in order, a failing one holding
+	// back the rest of this endpoint's (and only this endpoint's).
+	Ordered bool `json:"ordered,omitempty"`
 	// DisabledReason says why the service disabled the endpoint (a 410,
 	// or failing for too long); empty when a user did.
-	DisabledReason string           `json:"disabled_reason,omitempty"`
-	Secrets        []EndpointSecret `json:"secrets"`
-	CreatedAt      time.Time        `json:"created_at"`
-	UpdatedAt      time.Time        `json:"updated_at"`
+	DisabledReason string `json:"disabled_reason,omitempty"`
+	// FailingSince is the first failed attempt since the last success,
+	// as the dispatchers report it (SetEndpointHealth).
+	FailingSince time.Time        `json:"failing_since,omitzero"`
+	Secrets      []EndpointSecret `json:"secrets"`
+	CreatedAt    time.Time        `json:"created_at"`
+	UpdatedAt    time.Time        `json:"updated_at"`
 }
 
 // EndpointSecret is one signing secret, "whsec_" and base64.
@@ -193,6 +199,62 @@ func (c *DeleteEndpoint) audit() (string, string, string) {
 	return "webhook_endpoint.delete", c.Org, c.ID
 }
 
+// SetEndpointHealth records what the dispatchers saw of an endpoint: when
+// it started failing (zero: it delivers again), and disables it (Disable,
+// with the reason) after a 410 or once it has failed for too long.
+type SetEndpointHealth struct {
+	Meta         `json:"meta,omitzero"`
+	ID           string    `json:"id"`
+	Org          string    `json:"org"`
+	FailingSince time.Time `json:"failing_since,omitzero"`
+	Disable      bool      `json:"disable,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+}
+
+func (*SetEndpointHealth) cmdType() cmdType { return cmdSetEndpointHealth }
+func (c *SetEndpointHealth) validate(s *State) error {
+	if e := s.Endpoints[c.ID]; e == nil || e.Org != c.Org {
+		return fmt.Errorf("%w: endpoint %q", ErrNotFound, c.ID)
+	}
+	if c.Disable && (c.Reason == "" || len(c.Reason) > 200) {
+		return invalid("disabling needs a reason of up to 200 bytes")
+	}
+	return nil
+}
+func (c *SetEndpointHealth) apply(s *State) {
+	e := *s.Endpoints[c.ID]
+	e.FailingSince = c.FailingSince
+	if c.Disable && e.Enabled {
+		e.Enabled, e.DisabledReason = false, c.Reason
+	}
+	s.Endpoints[c.ID] = &e
+}
+func (c *SetEndpointHealth) audit() (string, string, string) {
+	if c.Disable {
+		return "webhook_endpoint.disable", c.Org, c.ID
+	}
+	return "webhook_endpoint.health", c.Org, c.ID
+}
+
+// EndpointHealth is the body of POST /v1/node/webhooks/endpoints/{id}/health.
+type EndpointHealth struct {
+	Org          string    `json:"org"`
+	FailingSince time.Time `json:"failing_since,omitzero"`
+	Disable      bool      `json:"disable,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+}
+
+// endpointHealth takes a dispatcher's report on an endpoint.
+func (s *Server) endpointHealth(w http.ResponseWriter, r *http.Request, body []byte) {
+	var h EndpointHealth
+	if err := decodeBody(body, &h); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.write(w, r, body, &SetEndpointHealth{ID: r.PathValue("id"), Org: h.Org, FailingSince: h.FailingSince, Disable: h.Disable,
+		Reason: h.Reason}, http.StatusNoContent, nil)
+}
+
 func (e *WebhookEndpoint) owner() string                { return e.Org }
 func (e *WebhookEndpoint) created() time.Time           { return e.CreatedAt }
 func endpointsOf(st *State) map[string]*WebhookEndpoint { return st.Endpoints }
@@ -207,7 +269,9 @@ type endpointView struct {
 	EventTypes     []string          `json:"event_types"`
 	Headers        map[string]string `json:"headers,omitempty"`
 	Enabled        bool              `json:"enabled"`
+	Ordered        bool              `json:"ordered"`
 	DisabledReason string            `json:"disabled_reason,omitempty"`
+	FailingSince   time.Time         `json:"failing_since,omitzero"`
 	CreatedAt      time.Time         `json:"created_at"`
 	UpdatedAt      time.Time         `json:"updated_at"`
 	// SecretsRotatingUntil is when the previous secret stops signing.
@@ -217,7 +281,8 @@ type endpointView struct {
 
 func endpointViewOf(e *WebhookEndpoint) endpointView {
 	v := endpointView{ID: e.ID, Org: e.Org, URL: e.URL, Description: e.Description, EventTypes: e.EventTypes,
-		Headers: e.Headers, Enabled: e.Enabled, DisabledReason: e.DisabledReason, CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt}
+		Headers: e.Headers, Enabled: e.Enabled, Ordered: e.Ordered, DisabledReason: e.DisabledReason,
+		FailingSince: e.FailingSince, CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt}
 	if v.EventTypes == nil {
 		v.EventTypes = []string{}
 	}
@@ -237,6 +302,7 @@ type endpointBody struct {
 	EventTypes  *[]string          `json:"event_types"`
 	Headers     *map[string]string `json:"headers"`
 	Enabled     *bool              `json:"enabled"`
+	Ordered     *bool              `json:"ordered"`
 	Secret      *string            `json:"secret"` // on creation only
 }
 
@@ -256,8 +322,12 @@ func (b *endpointBody) applyTo(e *WebhookEndpoint) {
 	if b.Enabled != nil {
 		e.Enabled = *b.Enabled
 		if e.Enabled {
-			e.DisabledReason = ""
+			// A fresh start: the failing time that disabled it is over.
+			e.DisabledReason, e.FailingSince = "", time.Time{}
 		}
+	}
+	if b.Ordered != nil {
+		e.Ordered = *b.Ordered
 	}
 }
 

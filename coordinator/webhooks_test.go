@@ -1,10 +1,12 @@
 package coordinator
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -164,4 +166,81 @@ func TestWebhookEndpointTest(t *testing.T) {
 	if out.Delivered || !strings.Contains(out.Error, "refusing to connect") || reached {
 		t.Fatalf("loopback without the allow-list: %+v (reached: %v)", out, reached)
 	}
+}
+
+// Dispatchers report an endpoint failing and then disable it; replicas see
+// the endpoints, the health and the organization's retry schedule, and a
+// user enabling it again clears both.
+func TestEndpointHealthReports(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"other","name":"Other"}`)
+	op.must(200, "PATCH", "/v1/orgs/acme", `{"settings":{"webhook_retry_schedule":["0s","1s","1m"]}}`)
+	var e endpointView
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/webhooks/endpoints", `{"url":"https://x.test/h","ordered":true}`)), &e)
+	if !e.Ordered {
+		t.Fatalf("created %+v", e)
+	}
+	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, MaxStale: time.Minute, Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.WebhookEndpoints("acme"); ok {
+		t.Fatal("endpoints known before any state")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	endpoint := func() *WebhookEndpoint {
+		eps, ok := r.WebhookEndpoints("acme")
+		if !ok || len(eps) != 1 {
+			return nil
+		}
+		return eps[0]
+	}
+	testenv.WaitFor(t, "the replica has the endpoint", 5*time.Second, func() (bool, string) { return endpoint() != nil, "" })
+	if got := r.WebhookRetrySchedule("acme"); !slices.Equal(got, []time.Duration{0, time.Second, time.Minute}) {
+		t.Fatalf("schedule %v", got)
+	}
+	if eps, ok := r.WebhookEndpoints("other"); !ok || len(eps) != 0 || r.WebhookRetrySchedule("other") != nil {
+		t.Fatalf("another organization's endpoints %v", eps)
+	}
+
+	since := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	// Only nodes report, and only about an endpoint of the organization named.
+	op.must(401, "POST", "/v1/node/webhooks/endpoints/"+e.ID+"/health", `{"org":"acme"}`)
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "other", FailingSince: since}); err == nil {
+		t.Fatal("a report naming another organization was taken")
+	}
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", Disable: true}); err == nil {
+		t.Fatal("disabled without a reason")
+	}
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", FailingSince: since}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "failing_since reaches the replica", 5*time.Second, func() (bool, string) {
+		ep := endpoint()
+		return ep != nil && ep.FailingSince.Equal(since) && ep.Enabled, ""
+	})
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", FailingSince: since, Disable: true, Reason: "failing for 5 days"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "disabled", 5*time.Second, func() (bool, string) {
+		ep := endpoint()
+		return ep != nil && !ep.Enabled && ep.DisabledReason == "failing for 5 days", ""
+	})
+	if got := op.must(200, "GET", "/v1/orgs/acme/webhooks/endpoints/"+e.ID, ""); !strings.Contains(got, `"disabled_reason":"failing for 5 days"`) ||
+		!strings.Contains(got, `"failing_since"`) {
+		t.Fatalf("the API does not say why: %s", got)
+	}
+	if got := op.must(200, "GET", "/v1/orgs/acme/audit", ""); !strings.Contains(got, "webhook_endpoint.disable") {
+		t.Fatalf("no audit event: %s", got)
+	}
+	op.must(200, "PATCH", "/v1/orgs/acme/webhooks/endpoints/"+e.ID, `{"enabled":true}`)
+	testenv.WaitFor(t, "enabled afresh", 5*time.Second, func() (bool, string) {
+		ep := endpoint()
+		return ep != nil && ep.Enabled && ep.FailingSince.IsZero() && ep.DisabledReason == "", ""
+	})
 }
