@@ -93,7 +93,11 @@ func DecodeEventRecord(b []byte) (*EventRecord, error) {
 
 // ResultEventID is the event id of a result's receipt.* event: request
 // ids are chosen by each organization, so the organization is part of it.
-func ResultEventID(r *Result) string { return "evt_" + shortHash(r.Tenant, r.ID) }
+func ResultEventID(r *Result) string { return EventID(r.Tenant, r.ID) }
+
+// EventID makes an event id from what identifies the event, so that every
+// writer of the same event gives it the same id.
+func EventID(parts ...string) string { return "evt_" + shortHash(parts...) }
 
 // MessageID is the id of the message carrying an event to an endpoint: the
 // webhook-id header, the same on every attempt and every redelivery.

@@ -1,0 +1,182 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/schemas"
+)
+
+// delayer moves messages out of the delay topics when they are due. Every
+// record of a tier waits the same delay from the time it was written, so
+// a partition is in due order: the delayer holds what it read of a
+// partition, pauses fetching it until its head is due, then forwards the
+// head to certnode.webhooks (or, for a message due later than the tier's
+// delay, to the tier that fits what is left) and commits.
+type delayer struct {
+	d     *Dispatcher
+	cl    *kgo.Client
+	delay map[string]time.Duration // by topic
+
+	mu     sync.Mutex
+	bufs   map[tp][]*kgo.Record
+	paused map[tp]bool
+}
+
+func newDelayer(d *Dispatcher, opts ...kgo.Opt) (*delayer, error) {
+	dl := &delayer{d: d, delay: map[string]time.Duration{}, bufs: map[tp][]*kgo.Record{}, paused: map[tp]bool{}}
+	for i, t := range d.topics.WebhookDelays {
+		dl.delay[t] = schemas.WebhookDelayTiers[i]
+	}
+	group := []kgo.Opt{
+		kgo.ConsumerGroup(d.cfg.Group + "-delay"),
+		kgo.ConsumeTopics(d.topics.WebhookDelays...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.DisableAutoCommit(),
+		kgo.FetchMaxWait(250 * time.Millisecond),
+		kgo.SessionTimeout(10 * time.Second),
+		kgo.HeartbeatInterval(time.Second),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { dl.drop(parts) }),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { dl.drop(parts) }),
+		kafka.ResultBatches(),
+	}
+	var err error
+	dl.cl, err = kafka.NewClient(d.cfg.Kafka, append(group, opts...)...)
+	return dl, err
+}
+
+// drop forgets what was read of partitions leaving this member; their new
+// owner reads them again from the last commit.
+func (dl *delayer) drop(parts map[string][]int32) {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	for topic, ps := range parts {
+		for _, p := range ps {
+			k := tp{topic, p}
+			delete(dl.bufs, k)
+			if dl.paused[k] {
+				dl.cl.ResumeFetchPartitions(map[string][]int32{topic: {p}})
+				delete(dl.paused, k)
+			}
+		}
+	}
+}
+
+func (dl *delayer) run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithTimeout(ctx, dl.nextWake())
+		fetches := dl.cl.PollRecords(pctx, 1000)
+		cancel()
+		if fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				dl.d.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			}
+		})
+		dl.mu.Lock()
+		for _, rec := range fetches.Records() {
+			k := tp{rec.Topic, rec.Partition}
+			dl.bufs[k] = append(dl.bufs[k], rec)
+		}
+		dl.mu.Unlock()
+		if err := dl.forward(ctx); err != nil {
+			return nil // stopping; what was not committed is read again
+		}
+	}
+	return nil
+}
+
+func (dl *delayer) ready(rec *kgo.Record) time.Time { return rec.Timestamp.Add(dl.delay[rec.Topic]) }
+
+// nextWake is how long to wait for records before looking at the heads.
+func (dl *delayer) nextWake() time.Duration {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	wake := time.Second
+	now := dl.d.now()
+	for _, buf := range dl.bufs {
+		if len(buf) > 0 {
+			wake = min(wake, max(time.Millisecond, dl.ready(buf[0]).Sub(now)))
+		}
+	}
+	return wake
+}
+
+// forward sends on every record whose wait is over, then commits them.
+func (dl *delayer) forward(ctx context.Context) error {
+	now := dl.d.now()
+	var due []*kgo.Record
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	dl.mu.Lock()
+	for k, buf := range dl.bufs {
+		n := 0
+		for n < len(buf) && !dl.ready(buf[n]).After(now) {
+			n++
+		}
+		if n > 0 {
+			due = append(due, buf[:n]...)
+			if offsets[k.topic] == nil {
+				offsets[k.topic] = map[int32]kgo.EpochOffset{}
+			}
+			offsets[k.topic][k.part] = kgo.EpochOffset{Epoch: -1, Offset: buf[n-1].Offset + 1}
+			dl.bufs[k] = buf[n:]
+		}
+		// Hold a partition whose head is not due: what follows is not either.
+		switch waiting := len(dl.bufs[k]) > 0; {
+		case waiting && !dl.paused[k]:
+			dl.cl.PauseFetchPartitions(map[string][]int32{k.topic: {k.part}})
+			dl.paused[k] = true
+		case !waiting && dl.paused[k]:
+			dl.cl.ResumeFetchPartitions(map[string][]int32{k.topic: {k.part}})
+			delete(dl.paused, k)
+		}
+		if len(dl.bufs[k]) == 0 {
+			delete(dl.bufs, k)
+		}
+	}
+	dl.mu.Unlock()
+	if len(due) == 0 {
+		return nil
+	}
+	out := make([]*kgo.Record, 0, len(due))
+	for _, rec := range due {
+		m, err := dl.d.dueMessage(rec)
+		if err != nil {
+			dl.d.skip(rec, err)
+			continue
+		}
+		topic := dl.d.topics.Webhooks
+		if left := m.DueAt.Sub(now); left > 50*time.Millisecond {
+			topic = dl.d.topics.WebhookDelays[schemas.DelayTier(left)]
+		}
+		out = append(out, &kgo.Record{Topic: topic, Key: rec.Key, Value: rec.Value})
+	}
+	work := context.WithoutCancel(ctx)
+	if err := kafka.Retry(ctx, dl.d.log, "delay forward", func() error {
+		pctx, cancel := context.WithTimeout(work, 30*time.Second)
+		defer cancel()
+		return kafka.ProduceAcked(pctx, dl.d.cl, &out, func(*kgo.Record) {})
+	}); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(work, 10*time.Second)
+	defer cancel()
+	var cerr error
+	dl.cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		cerr = commitError(resp, err)
+	})
+	if cerr != nil && !kafka.LostMembership(cerr) {
+		// The next commit covers these offsets; until then a restart
+		// forwards them again (the same message ids).
+		dl.d.log.Warn("delay commit failed", "err", cerr)
+	}
+	return nil
+}
