@@ -23,6 +23,7 @@ import (
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
 	usagesink "github.com/certnode/certnode/sinks/usage"
+	"github.com/certnode/certnode/sinks/webhook"
 )
 
 // credentials is what `certnode dev` writes for the developer (mode 0600).
@@ -51,7 +52,8 @@ func newDevCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every role in one process (embedded Kafka and a software key unless told otherwise)",
-		Long: "Runs ingest, a worker, a coordinator node, the usage sink and (when ClickHouse is configured\n" +
+		Long: "Runs ingest, a worker, a coordinator node, the usage sink, the webhook dispatcher (which may\n" +
+			"deliver to this machine's loopback addresses) and (when ClickHouse is configured\n" +
 			"or found on 127.0.0.1:9000) the ClickHouse sink in one process. Kafka is embedded (franz-go's\n" +
 			"kfake, persisted in DIR/kafka) unless --kafka names a cluster. Receipts are signed with the key\n" +
 			"ring DIR/keyring (made on first start; rotate with certnode keys rotate --keyring DIR/keyring,\n" +
@@ -155,6 +157,16 @@ func newDevCmd() *cobra.Command {
 			}
 			defer us.Close()
 			parts["usage"] = us.Run
+			// Webhooks reach public addresses and this machine (a
+			// developer's local receiver).
+			dcfg := webhook.DefaultConfig()
+			dcfg.Kafka, dcfg.Group, dcfg.Registerer = kcfg, kf.prefix+"-dispatcher", reg
+			disp, err := newDispatcher(dcfg, replica, 0, devWebhookAllow)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer disp.Close()
+			parts["dispatcher"] = afterReady(replica.Ready, disp.Run)
 
 			var rs ingest.ReceiptStore
 			var usage ingest.UsageReader

@@ -351,3 +351,91 @@ func TestDevWebhookTest(t *testing.T) {
 		t.Fatalf("the delivery does not verify: %v", err)
 	}
 }
+
+// certnode dev delivers a signed receipt to a local endpoint through its
+// embedded dispatcher, signed with the endpoint's secret, and with both
+// secrets while a rotation overlaps.
+func TestDevDeliversWebhooks(t *testing.T) {
+	e := startDev(t)
+	type delivery struct {
+		h    http.Header
+		body []byte
+	}
+	got := make(chan delivery, 10)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- delivery{r.Header.Clone(), b}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer recv.Close()
+	code, body := e.do("POST", "/v1/orgs/demo/webhooks/endpoints", e.key, "application/json",
+		`{"url":"`+recv.URL+`/hook","event_types":["receipt.signed"]}`)
+	var ep struct {
+		ID     string `json:"id"`
+		Secret string `json:"secret"`
+	}
+	if code != 201 || json.Unmarshal([]byte(body), &ep, json.RejectUnknownMembers(false)) != nil {
+		t.Fatalf("endpoint: %d %s", code, body)
+	}
+	first, err := whsig.ParseSecret(ep.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func() (receiptID string) {
+		t.Helper()
+		code, body := e.do("POST", "/v1/sign", e.key, "application/json", `{"payload":{"n":1}}`)
+		var r struct {
+			ReceiptID string `json:"receipt_id"`
+		}
+		if code != 200 || json.Unmarshal([]byte(body), &r, json.RejectUnknownMembers(false)) != nil {
+			t.Fatalf("sign: %d %s", code, body)
+		}
+		return r.ReceiptID
+	}
+	next := func(receiptID string, secrets ...whsig.Secret) {
+		t.Helper()
+		select {
+		case d := <-got:
+			for _, s := range secrets {
+				if err := whsig.Verify(d.h, d.body, []whsig.Secret{s}, time.Minute, time.Now()); err != nil {
+					t.Fatalf("the delivery does not verify with a live secret: %v", err)
+				}
+			}
+			var ev struct {
+				Type string `json:"type"`
+				Data struct {
+					ReceiptID string `json:"receipt_id"`
+				} `json:"data"`
+			}
+			if json.Unmarshal(d.body, &ev, json.RejectUnknownMembers(false)) != nil || ev.Type != schemas.EventReceiptSigned || ev.Data.ReceiptID != receiptID {
+				t.Fatalf("delivered %s, want the receipt %s", d.body, receiptID)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("no delivery: %s", e.stderr())
+		}
+	}
+	next(sign(), first)
+	code, body = e.do("POST", "/v1/orgs/demo/webhooks/endpoints/"+ep.ID+"/rotate-secret", e.key, "application/json", `{"overlap":"1h"}`)
+	var rotated struct {
+		Secret string `json:"secret"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &rotated, json.RejectUnknownMembers(false)) != nil {
+		t.Fatalf("rotate: %d %s", code, body)
+	}
+	second, err := whsig.ParseSecret(rotated.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dispatcher follows the coordinator: a delivery soon carries both.
+	testenv.WaitFor(t, "a delivery signed with both secrets", 15*time.Second, func() (bool, string) {
+		id := sign()
+		select {
+		case d := <-got:
+			both := whsig.Verify(d.h, d.body, []whsig.Secret{second}, time.Minute, time.Now()) == nil &&
+				whsig.Verify(d.h, d.body, []whsig.Secret{first}, time.Minute, time.Now()) == nil
+			return both && strings.Contains(string(d.body), id), string(d.body)
+		case <-time.After(15 * time.Second):
+			return false, "no delivery"
+		}
+	})
+}
