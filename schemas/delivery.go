@@ -128,8 +128,11 @@ type WebhookMessage struct {
 	// a new round with the schedule from its start.
 	Attempt int       `json:"attempt"`
 	DueAt   time.Time `json:"due_at"`
-	// Redelivery marks a round a user asked for (redeliver or replay).
-	Redelivery bool `json:"redelivery,omitempty"`
+	// Redelivery marks a round a user asked for (redeliver or replay);
+	// Round tells rounds apart (empty for the first, a fresh id for each
+	// redelivery).
+	Redelivery bool   `json:"redelivery,omitempty"`
+	Round      string `json:"round,omitempty"`
 }
 
 // Validate checks a message's shape; the dispatcher drops (and counts)
@@ -152,6 +155,9 @@ func (m *WebhookMessage) Validate() error {
 	}
 	if !Present(m.Body) || len(m.Body) > MaxWebhookBody {
 		errs = append(errs, fmt.Errorf("a body of 1 to %d bytes is required", MaxWebhookBody))
+	}
+	if len(m.Round) > MaxIDBytes {
+		errs = append(errs, errors.New("round over 128 bytes"))
 	}
 	if m.Attempt < 0 || m.Attempt > 100 {
 		errs = append(errs, fmt.Errorf("attempt %d", m.Attempt))
@@ -202,6 +208,7 @@ type WebhookAttempt struct {
 	MessageCreatedAt time.Time      `json:"message_created_at"`
 	Attempt          int            `json:"attempt"` // 1-based, within its round
 	Redelivery       bool           `json:"redelivery,omitempty"`
+	Round            string         `json:"round,omitempty"`
 	At               time.Time      `json:"at"`
 	URL              string         `json:"url"`
 	// Status is the HTTP status (0 when no answer came).
@@ -212,6 +219,9 @@ type WebhookAttempt struct {
 	Error           string            `json:"error,omitempty"`
 	Outcome         string            `json:"outcome"`
 	NextAttemptAt   time.Time         `json:"next_attempt_at,omitzero"`
+	// Held: the retry waits in the dispatcher (an ordered endpoint's head),
+	// not in a delay topic.
+	Held bool `json:"held,omitempty"`
 }
 
 // DecodeWebhookAttempt parses an attempt record.

@@ -100,6 +100,11 @@ type Config struct {
 	MaxReceiptBytes int
 	// CommitInterval is how often settled offsets are committed.
 	CommitInterval time.Duration
+	// SeenLookback is how far back the recorded attempts are remembered,
+	// so that a message read again is not sent again; it must cover how
+	// long a record can wait uncommitted (ParkAfter, the request timeout
+	// and CommitInterval, with room).
+	SeenLookback time.Duration
 	Registerer     prometheus.Registerer
 }
 
@@ -109,7 +114,7 @@ func DefaultConfig() Config {
 		Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1}, Group: "certnode-dispatcher",
 		Schedule: DefaultSchedule, Jitter: 0.1, DisableAfter: 5 * 24 * time.Hour, MaxRetryAfter: time.Hour,
 		Concurrency: 8, QueueLimit: 1000, ParkAfter: 5 * time.Second, MaxPending: 50_000,
-		MaxReceiptBytes: 256 << 10, CommitInterval: time.Second,
+		MaxReceiptBytes: 256 << 10, CommitInterval: time.Second, SeenLookback: 5 * time.Minute,
 	}
 }
 
@@ -128,8 +133,8 @@ func (c *Config) Validate() error {
 	if c.Jitter < 0 || c.Jitter >= 1 {
 		errs = append(errs, errors.New("dispatcher: jitter must be in [0, 1)"))
 	}
-	if c.DisableAfter <= 0 || c.MaxRetryAfter <= 0 || c.ParkAfter <= 0 || c.CommitInterval <= 0 {
-		errs = append(errs, errors.New("dispatcher: disable after, max retry after, park after and commit interval must be positive"))
+	if c.DisableAfter <= 0 || c.MaxRetryAfter <= 0 || c.ParkAfter <= 0 || c.CommitInterval <= 0 || c.SeenLookback <= 0 {
+		errs = append(errs, errors.New("dispatcher: disable after, max retry after, park after, commit interval and seen lookback must be positive"))
 	}
 	if c.Concurrency < 1 || c.QueueLimit < 1 || c.MaxPending < c.QueueLimit {
 		errs = append(errs, errors.New("dispatcher: concurrency and queue limit must be positive, max pending at least the queue limit"))

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -197,7 +196,7 @@ func (d *Dispatcher) attempt(q *queue, dv *delivery) {
 	now := d.now()
 	rec := &schemas.WebhookAttempt{V: schemas.EnvelopeVersion, ID: newAttemptID(), MessageID: m.ID, Org: m.Org,
 		EndpointID: m.EndpointID, EventType: m.EventType, EventID: m.EventID, MessageCreatedAt: m.CreatedAt,
-		Attempt: m.Attempt + 1, Redelivery: m.Redelivery, At: now.UTC(), URL: ep.URL}
+		Attempt: m.Attempt + 1, Redelivery: m.Redelivery, Round: m.Round, At: now.UTC(), URL: ep.URL}
 	if m.Attempt == 0 {
 		rec.Body = m.Body
 	}
@@ -218,7 +217,7 @@ func (d *Dispatcher) attempt(q *queue, dv *delivery) {
 	case o.ok():
 		rec.Outcome = schemas.OutcomeDelivered
 		d.m.deliveries.WithLabelValues(rec.Outcome).Inc()
-		d.send(d.attemptRecord(rec), dv.settle)
+		d.record(rec, dv.settle)
 		d.healthy(ep)
 		d.finish(q, &o, true)
 		return
@@ -256,11 +255,12 @@ func (d *Dispatcher) attempt(q *queue, dv *delivery) {
 	}
 	d.mu.Unlock()
 	if ordered {
-		d.send(d.attemptRecord(rec), nil)
+		rec.Held = true
+		d.record(rec, nil)
 	} else {
-		both := barrier(2, dv.settle)
-		d.send(d.attemptRecord(rec), both)
-		d.delayMessage(&next, both)
+		// The attempt is recorded once the retry is in Kafka: a record
+		// says the message is taken care of (see seen).
+		d.delayMessage(&next, func() { d.record(rec, dv.settle) })
 	}
 	d.finish(q, &o, false)
 }
@@ -284,21 +284,26 @@ func (d *Dispatcher) finish(q *queue, o *outcome, ok bool) {
 	d.pump(q)
 }
 
-// dead sends a message to the webhook DLQ, with its last attempt.
+// dead sends a message to the webhook DLQ, then records its last attempt.
 func (d *Dispatcher) dead(m *schemas.WebhookMessage, rec *schemas.WebhookAttempt, settle func()) {
 	d.m.deliveries.WithLabelValues(rec.Outcome).Inc()
-	both := barrier(2, settle)
-	d.send(d.attemptRecord(rec), both)
 	last := *m
 	last.Attempt = rec.Attempt
 	val, _ := json.Marshal(&last)
 	d.send(&kgo.Record{Topic: d.topics.WebhookDLQ, Key: []byte(m.EndpointID), Value: val,
-		Headers: []kgo.RecordHeader{{Key: schemas.HeaderDLQReason, Value: []byte(rec.Outcome)}}}, both)
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderDLQReason, Value: []byte(rec.Outcome)}}},
+		func() { d.record(rec, settle) })
 }
 
-func (d *Dispatcher) attemptRecord(a *schemas.WebhookAttempt) *kgo.Record {
+// record produces an attempt record, then calls then (may be nil).
+func (d *Dispatcher) record(a *schemas.WebhookAttempt, then func()) {
 	val, _ := json.Marshal(a) // an attempt always encodes
-	return &kgo.Record{Topic: d.topics.WebhookAttempts, Key: []byte(a.Org), Value: val}
+	d.send(&kgo.Record{Topic: d.topics.WebhookAttempts, Key: []byte(a.Org), Value: val}, func() {
+		d.seen.add(a, d.now())
+		if then != nil {
+			then()
+		}
+	})
 }
 
 // schedule is the organization's retry schedule, or the default.
@@ -394,16 +399,6 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// barrier calls f once it has been called n times.
-func barrier(n int32, f func()) func() {
-	var calls atomic.Int32
-	return func() {
-		if calls.Add(1) == n {
-			f()
-		}
-	}
 }
 
 func newAttemptID() string {

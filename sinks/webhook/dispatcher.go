@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,7 @@ type Dispatcher struct {
 	tracks  map[tp]*track
 	eps     map[string]*queue
 	health  map[string]healthMemo
+	seen    *seen
 	pending atomic.Int64 // messages in memory
 	flight  sync.WaitGroup
 }
@@ -77,7 +79,7 @@ func New(cfg Config, dir Directory, client Doer, opts ...kgo.Opt) (*Dispatcher, 
 	ctx, stop := context.WithCancel(context.Background())
 	d := &Dispatcher{cfg: cfg, topics: cfg.Kafka.Topics(), dir: dir, http: client, log: slog.With("role", "dispatcher"),
 		m: newMetrics(), now: time.Now, ctx: ctx, stop: stop,
-		tracks: map[tp]*track{}, eps: map[string]*queue{}, health: map[string]healthMemo{}}
+		tracks: map[tp]*track{}, eps: map[string]*queue{}, health: map[string]healthMemo{}, seen: newSeen(cfg.SeenLookback)}
 	group := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(d.topics.Receipts, d.topics.Events, d.topics.Jobs, d.topics.Webhooks),
@@ -108,6 +110,14 @@ func New(cfg Config, dir Directory, client Doer, opts ...kgo.Opt) (*Dispatcher, 
 // Run delivers until ctx ends, then waits a little for attempts in flight
 // and commits what is settled.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	// What was recorded lately is known before anything is read again.
+	if err := <-d.follow(ctx); err != nil {
+		d.stop()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("dispatcher: reading recent attempts: %w", err)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.delay.run(ctx) }()
 	go d.commitLoop(ctx)
@@ -185,6 +195,17 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 		d.tracks[k] = t
 	}
 	t.next = rec.Offset + 1
+	if len(msgs) == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	msgs = slices.DeleteFunc(msgs, func(m *schemas.WebhookMessage) bool {
+		if d.seen.done(m) {
+			d.m.dropped.WithLabelValues("already_sent").Inc()
+			return true
+		}
+		return false
+	})
 	if len(msgs) == 0 {
 		d.mu.Unlock()
 		return nil

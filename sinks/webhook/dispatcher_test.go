@@ -587,3 +587,38 @@ func TestRestartLosesNothing(t *testing.T) {
 		return len(seen) == n, fmt.Sprintf("%d of %d", len(seen), n)
 	})
 }
+
+// A dispatcher reading everything again (here: a new group, as after a
+// kill before any commit) sends nothing whose attempt was recorded; a
+// redelivery (a new round of the same message) is sent.
+func TestRecordedAttemptsAreNotRepeated(t *testing.T) {
+	h := newHarness(t, nil)
+	h.dir.sched["acme"] = []time.Duration{0, time.Second, time.Hour}
+	rv := newReceiver(t, func(seen int, w http.ResponseWriter) {
+		if seen == 0 {
+			w.WriteHeader(http.StatusInternalServerError) // each message is retried once
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	h.dir.add(rv.endpoint("ep_1", "acme"))
+	stop := h.start()
+	const n = 20
+	var last *schemas.Result
+	for i := range n {
+		last = h.result("acme", fmt.Sprintf("req_%d", i))
+	}
+	waitGot(t, rv, 2*n, 15*time.Second)
+	stop()
+	h.cfg.Group = "another-group"
+	h.start()
+	id := schemas.MessageID(schemas.ResultEventID(last), "ep_1")
+	h.produce(h.topics.Webhooks, "ep_1", &schemas.WebhookMessage{V: 1, ID: id, Org: "acme", EndpointID: "ep_1",
+		EventType: schemas.EventReceiptSigned, EventID: schemas.ResultEventID(last), Body: []byte(`{"type":"receipt.signed"}`),
+		CreatedAt: time.Now(), DueAt: time.Now(), Redelivery: true, Round: "rd_1"})
+	g := waitGot(t, rv, 2*n+1, 10*time.Second)
+	time.Sleep(2 * time.Second) // anything read again would arrive by now
+	if g = rv.received(); len(g) != 2*n+1 || g[len(g)-1].id != id {
+		t.Fatalf("%d deliveries after reading everything again, want %d (the redelivery only)", len(g), 2*n+1)
+	}
+}

@@ -26,7 +26,7 @@ func newMetrics() *metrics {
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_webhook_records_skipped_total",
 			Help: "Records that were not valid events or messages, by topic."}, []string{"topic"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_webhook_messages_dropped_total",
-			Help: "Messages not sent, by reason (endpoint_deleted)."}, []string{"reason"}),
+			Help: "Messages not sent, by reason (endpoint_deleted; already_sent: read again after its attempt was recorded)."}, []string{"reason"}),
 		parked: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_webhook_messages_parked_total",
 			Help: "Messages moved to a delay topic because their endpoint was slow or its queue full."}),
 		disabled: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_webhook_endpoints_disabled_total",
@@ -45,7 +45,9 @@ func newMetrics() *metrics {
 
 func (m *metrics) register(r prometheus.Registerer, d *Dispatcher) {
 	r.MustRegister(m.deliveries, m.events, m.skipped, m.dropped, m.parked, m.disabled, m.attemptSeconds, m.firstAttempt,
-		&queueCollector{d: d}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_webhook_messages_pending",
+		&queueCollector{d: d}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_webhook_seen_attempts",
+			Help: "Recent attempts remembered to avoid sending a message read again."}, func() float64 { return float64(d.seen.size()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_webhook_messages_pending",
 			Help: "Messages held in memory (queued or in flight)."}, func() float64 { return float64(d.pending.Load()) }))
 }
 
