@@ -59,7 +59,9 @@ func (h *hookDirectory) Endpoints(org string) ([]*webhook.Endpoint, bool) {
 	return out, true
 }
 
-func (h *hookDirectory) RetrySchedule(org string) []time.Duration { return h.r.WebhookRetrySchedule(org) }
+func (h *hookDirectory) RetrySchedule(org string) []time.Duration {
+	return h.r.WebhookRetrySchedule(org)
+}
 
 func (h *hookDirectory) ReportHealth(ctx context.Context, org, id string, since time.Time, disable bool, reason string) error {
 	return h.r.ReportEndpointHealth(ctx, id, coordinator.EndpointHealth{Org: org, FailingSince: since, Disable: disable, Reason: reason})

@@ -105,7 +105,7 @@ type Config struct {
 	// long a record can wait uncommitted (ParkAfter, the request timeout
 	// and CommitInterval, with room).
 	SeenLookback time.Duration
-	Registerer     prometheus.Registerer
+	Registerer   prometheus.Registerer
 }
 
 // DefaultConfig returns a config with every field but the brokers set.
