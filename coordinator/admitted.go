@@ -56,6 +56,7 @@ func (c *SetAdmitted) apply(s *State) {
 	for org, n := range c.Counts {
 		m[org] = max(m[org], n)
 	}
+	s.raiseQuotaAlerts(c.Month, m)
 	newest := c.Month
 	for month := range s.Admitted {
 		newest = max(newest, month)

@@ -34,7 +34,7 @@ const (
 	// 16 and 17 are SetAdmitted and SetKeysUsed (admitted.go).
 	cmdPutEndpoint    cmdType = 18
 	cmdDeleteEndpoint cmdType = 19
-	// 20 is SetEndpointHealth, which dispatchers send.
+	// 20 is SetEndpointHealth, which dispatchers send; 21 AnnounceQuota.
 	cmdSetEndpointHealth cmdType = 20
 )
 
@@ -67,6 +67,7 @@ var registry = map[cmdType]func() Command{
 	cmdPutEndpoint:       func() Command { return new(PutEndpoint) },
 	cmdDeleteEndpoint:    func() Command { return new(DeleteEndpoint) },
 	cmdSetEndpointHealth: func() Command { return new(SetEndpointHealth) },
+	cmdAnnounceQuota:     func() Command { return new(AnnounceQuota) },
 	cmdSetKeysUsed:       func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:       func() Command { return new(SetAdmitted) },
 }

@@ -84,6 +84,7 @@ type replicaState struct {
 	keys  map[string]usableKey   // by key id: unrevoked keys of active organizations
 	orgs  map[string]*replicaOrg // active organizations
 	hooks map[string]*orgHooks   // webhook settings of every organization
+	quota []QuotaAlert           // alerts not announced yet
 }
 
 // orgHooks is what the dispatcher needs of an organization.
@@ -111,7 +112,7 @@ type keyUse struct{ last, sent atomic.Int64 }
 
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
-		hooks: map[string]*orgHooks{}}
+		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts)}
 	for id, o := range st.State.Orgs {
 		h := &orgHooks{}
 		for _, d := range o.Settings.WebhookRetrySchedule {
@@ -410,14 +411,24 @@ func (r *Replica) WebhookRetrySchedule(org string) []time.Duration {
 // ReportEndpointHealth tells the cluster when an endpoint started failing
 // (zero: it delivers again), or disables it.
 func (r *Replica) ReportEndpointHealth(ctx context.Context, id string, h EndpointHealth) error {
-	body, err := json.Marshal(h)
+	return r.postNode(ctx, "/v1/node/webhooks/endpoints/"+url.PathEscape(id)+"/health", h)
+}
+
+// AnnounceQuota tells the cluster a quota.warning event was sent.
+func (r *Replica) AnnounceQuota(ctx context.Context, org, month string, level int) error {
+	return r.postNode(ctx, "/v1/node/quota-alerts/"+url.PathEscape(org), AnnounceQuota{Month: month, Level: level})
+}
+
+// postNode sends a node's report to the cluster, trying each address
+// until one takes it (any member forwards to the leader).
+func (r *Replica) postNode(ctx context.Context, path string, v any) error {
+	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, addr := range r.cfg.Addrs {
-		req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/v1/node/webhooks/endpoints/"+url.PathEscape(id)+"/health",
-			bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+path, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -438,7 +449,7 @@ func (r *Replica) ReportEndpointHealth(ctx context.Context, id string, h Endpoin
 			break // the cluster refused it: another node would too
 		}
 	}
-	return fmt.Errorf("report endpoint health: %w", errors.Join(errs...))
+	return fmt.Errorf("POST %s: %w", path, errors.Join(errs...))
 }
 
 // Accounts proxies the account routes to the coordinators this replica

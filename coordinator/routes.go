@@ -41,6 +41,7 @@ func (s *Server) routes() []route {
 		{pattern: "GET /metrics", h: promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})},
 		{pattern: "POST /v1/node/leases", h: node(s.leader(s.leases.serve))},
 		{pattern: "POST /v1/node/webhooks/endpoints/{id}/health", h: node(s.leader(s.endpointHealth))},
+		{pattern: "POST /v1/node/quota-alerts/{org}", h: node(s.leader(s.announceQuota))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},

@@ -31,6 +31,7 @@ type State struct {
 	Plans        map[string]*tenants.Plan    `json:"plans"`
 	ProducerKeys map[string]*ProducerKey     `json:"producer_keys"` // by key id
 	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`     // webhook endpoints by id
+	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`  // by organization
 	Users        map[string]*User            `json:"users"`
 	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
 	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
@@ -58,11 +59,12 @@ type SharedState struct {
 	Plans        map[string]*tenants.Plan    `json:"plans"`
 	ProducerKeys map[string]*ProducerKey     `json:"producer_keys"`
 	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`
+	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`
 }
 
 func (s *State) shared() SharedState {
 	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Endpoints: s.Endpoints}
+		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts}
 }
 
 func newState() *State {
@@ -90,6 +92,9 @@ func (s *State) fill() {
 	}
 	if s.Endpoints == nil {
 		s.Endpoints = map[string]*WebhookEndpoint{}
+	}
+	if s.QuotaAlerts == nil {
+		s.QuotaAlerts = map[string]*QuotaAlert{}
 	}
 	if s.Users == nil {
 		s.Users = map[string]*User{}

@@ -67,6 +67,18 @@ func (h *hookDirectory) ReportHealth(ctx context.Context, org, id string, since 
 	return h.r.ReportEndpointHealth(ctx, id, coordinator.EndpointHealth{Org: org, FailingSince: since, Disable: disable, Reason: reason})
 }
 
+func (h *hookDirectory) PendingQuotaAlerts() []webhook.QuotaAlert {
+	var out []webhook.QuotaAlert
+	for _, a := range h.r.PendingQuotaAlerts() {
+		out = append(out, webhook.QuotaAlert{Org: a.Org, Month: a.Month, Level: a.Level, Used: a.Used, Limit: a.Limit})
+	}
+	return out
+}
+
+func (h *hookDirectory) AnnounceQuota(ctx context.Context, org, month string, level int) error {
+	return h.r.AnnounceQuota(ctx, org, month, level)
+}
+
 // newDispatcher builds a dispatcher on the coordinator's state, delivering
 // through the SSRF guard (allow: the non-public networks it may reach).
 func newDispatcher(cfg webhook.Config, r *coordinator.Replica, timeout time.Duration, allow []netip.Prefix) (*webhook.Dispatcher, error) {

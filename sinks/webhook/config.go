@@ -62,6 +62,19 @@ type Directory interface {
 	// ReportHealth records when an endpoint started failing (zero: it
 	// delivers again), or disables it with a reason.
 	ReportHealth(ctx context.Context, org, endpointID string, failingSince time.Time, disable bool, reason string) error
+	// PendingQuotaAlerts are the monthly allowance thresholds crossed and
+	// not announced yet; AnnounceQuota marks one announced.
+	PendingQuotaAlerts() []QuotaAlert
+	AnnounceQuota(ctx context.Context, org, month string, level int) error
+}
+
+// QuotaAlert is an organization's admitted count crossing Level percent
+// of its monthly allowance (Limit) in Month.
+type QuotaAlert struct {
+	Org         string
+	Month       string
+	Level       int
+	Used, Limit int64
 }
 
 // Doer sends requests (the SSRF-guarded client of internal/egress).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ type Dispatcher struct {
 	eps     map[string]*queue
 	health  map[string]healthMemo
 	seen    *seen
+	active  map[string]bool // activeKey of the messages held here
 	pending atomic.Int64 // messages in memory
 	flight  sync.WaitGroup
 }
@@ -79,7 +81,7 @@ func New(cfg Config, dir Directory, client Doer, opts ...kgo.Opt) (*Dispatcher, 
 	ctx, stop := context.WithCancel(context.Background())
 	d := &Dispatcher{cfg: cfg, topics: cfg.Kafka.Topics(), dir: dir, http: client, log: slog.With("role", "dispatcher"),
 		m: newMetrics(), now: time.Now, ctx: ctx, stop: stop,
-		tracks: map[tp]*track{}, eps: map[string]*queue{}, health: map[string]healthMemo{}, seen: newSeen(cfg.SeenLookback)}
+		tracks: map[tp]*track{}, eps: map[string]*queue{}, health: map[string]healthMemo{}, seen: newSeen(cfg.SeenLookback), active: map[string]bool{}}
 	group := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(d.topics.Receipts, d.topics.Events, d.topics.Jobs, d.topics.Webhooks),
@@ -122,6 +124,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	go func() { errc <- d.delay.run(ctx) }()
 	go d.commitLoop(ctx)
 	go d.sweepLoop(ctx)
+	go d.announceLoop(ctx)
 	err := d.consume(ctx)
 	done := make(chan struct{})
 	go func() { d.flight.Wait(); close(done) }()
@@ -199,12 +202,19 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 		d.mu.Unlock()
 		return nil
 	}
+	// A message recorded already, or on its way here (a copy of the same
+	// record read twice), is not sent again.
 	msgs = slices.DeleteFunc(msgs, func(m *schemas.WebhookMessage) bool {
-		if d.seen.done(m) {
+		switch k := activeKey(m); {
+		case d.seen.done(m):
 			d.m.dropped.WithLabelValues("already_sent").Inc()
-			return true
+		case d.active[k]:
+			d.m.dropped.WithLabelValues("in_progress").Inc()
+		default:
+			d.active[k] = true
+			return false
 		}
-		return false
+		return true
 	})
 	if len(msgs) == 0 {
 		d.mu.Unlock()
@@ -214,14 +224,19 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 	t.entries = append(t.entries, e)
 	d.mu.Unlock()
 	for _, m := range msgs {
+		k := activeKey(m)
 		d.enqueue(m, func() {
 			d.mu.Lock()
 			e.left--
+			delete(d.active, k)
 			d.mu.Unlock()
 		})
 	}
 	return nil
 }
+
+// activeKey names a message's next attempt.
+func activeKey(m *schemas.WebhookMessage) string { return seenKey(m.ID, m.Round, strconv.Itoa(m.Attempt+1)) }
 
 // dueMessage reads a message of certnode.webhooks: it must be keyed by
 // its endpoint, and the endpoint must be its organization's.

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -26,10 +28,12 @@ import (
 
 // fakeDir is a directory in memory; a disable report disables.
 type fakeDir struct {
-	mu      sync.Mutex
-	eps     map[string][]*Endpoint
-	sched   map[string][]time.Duration
-	reports []healthReport
+	mu        sync.Mutex
+	eps       map[string][]*Endpoint
+	sched     map[string][]time.Duration
+	reports   []healthReport
+	alerts    []QuotaAlert
+	announced []string
 }
 
 type healthReport struct {
@@ -69,6 +73,20 @@ func (f *fakeDir) ReportHealth(_ context.Context, org, id string, since time.Tim
 	return nil
 }
 
+func (f *fakeDir) PendingQuotaAlerts() []QuotaAlert {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.alerts)
+}
+
+func (f *fakeDir) AnnounceQuota(_ context.Context, org, month string, level int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.alerts = slices.DeleteFunc(f.alerts, func(a QuotaAlert) bool { return a.Org == org && a.Month == month && a.Level <= level })
+	f.announced = append(f.announced, fmt.Sprintf("%s %s %d", org, month, level))
+	return nil
+}
+
 func (f *fakeDir) add(ep *Endpoint) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -98,6 +116,51 @@ type got struct {
 	at      time.Time
 	valid   error
 	body    []byte
+	// schemaErr: the body does not meet its event type's schema.
+	schemaErr error
+}
+
+var (
+	catalogOnce    sync.Once
+	catalogSchemas map[string]*jsonschema.Schema
+)
+
+// conforms checks a delivery's body against its type's published schema.
+func conforms(body []byte) error {
+	catalogOnce.Do(func() {
+		catalogSchemas = map[string]*jsonschema.Schema{}
+		infos, err := schemas.EventCatalog()
+		if err != nil {
+			panic(err)
+		}
+		for _, info := range infos {
+			doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(info.Schema))
+			if err != nil {
+				panic(err)
+			}
+			c := jsonschema.NewCompiler()
+			c.AssertFormat()
+			if err := c.AddResource(info.Type+".json", doc); err != nil {
+				panic(err)
+			}
+			catalogSchemas[info.Type] = c.MustCompile(info.Type + ".json")
+		}
+	})
+	var ev struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(body, &ev, json.RejectUnknownMembers(false)); err != nil {
+		return err
+	}
+	sch := catalogSchemas[ev.Type]
+	if sch == nil {
+		return fmt.Errorf("type %q", ev.Type)
+	}
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	return sch.Validate(v)
 }
 
 func newReceiver(t *testing.T, answer func(seen int, w http.ResponseWriter)) *receiver {
@@ -108,7 +171,7 @@ func newReceiver(t *testing.T, answer func(seen int, w http.ResponseWriter)) *re
 		json.Unmarshal(body, &ev, json.RejectUnknownMembers(false))
 		g := got{id: r.Header.Get("Webhook-Id"), typ: ev.Type, sig: r.Header.Get("Webhook-Signature"), header: r.Header.Clone(),
 			at: time.Now(), body: body,
-			valid: whsig.Verify(r.Header, body, []whsig.Secret{rv.secret}, 5*time.Minute, time.Now())}
+			valid: whsig.Verify(r.Header, body, []whsig.Secret{rv.secret}, 5*time.Minute, time.Now()), schemaErr: conforms(body)}
 		rv.mu.Lock()
 		seen := 0
 		for _, o := range rv.got {
@@ -214,7 +277,7 @@ func (h *harness) produce(topic, key string, v any) {
 
 func (h *harness) result(org, id string) *schemas.Result {
 	r := &schemas.Result{V: 1, ID: id, Tenant: org, Kind: schemas.KindSign, Status: schemas.StatusSigned,
-		Auth: schemas.AuthIngest, Receipt: []byte(`{"receipt_id":"r"}`), ReceiptID: "r_" + id, Size: 10,
+		Auth: schemas.AuthIngest, Receipt: []byte(`{"receipt_id":"r"}`), ReceiptID: "r_" + id, Kid: "kid_1", Size: 10,
 		ReceivedAt: time.Now(), ProcessedAt: time.Now()}
 	h.produce(h.topics.Receipts, org, r)
 	return r
@@ -256,7 +319,13 @@ func waitGot(t *testing.T, rv *receiver, n int, within time.Duration) []got {
 		g := rv.received()
 		return len(g) >= n, fmt.Sprintf("%d received", len(g))
 	})
-	return rv.received()
+	g := rv.received()
+	for _, x := range g {
+		if x.schemaErr != nil && !strings.HasPrefix(string(x.body), `{"type":"receipt.signed"}`) {
+			t.Fatalf("a delivery does not meet its schema: %v\n%s", x.schemaErr, x.body)
+		}
+	}
+	return g
 }
 
 // Each subscribed endpoint of the organization gets the event, signed as
@@ -620,5 +689,54 @@ func TestRecordedAttemptsAreNotRepeated(t *testing.T) {
 	time.Sleep(2 * time.Second) // anything read again would arrive by now
 	if g = rv.received(); len(g) != 2*n+1 || g[len(g)-1].id != id {
 		t.Fatalf("%d deliveries after reading everything again, want %d (the redelivery only)", len(g), 2*n+1)
+	}
+}
+
+// A pending quota alert becomes one quota.warning event for the
+// organization's subscribed endpoints, and is marked announced.
+func TestQuotaWarnings(t *testing.T) {
+	h := newHarness(t, nil)
+	rv := newReceiver(t, nil)
+	h.dir.add(rv.endpoint("ep_1", "acme", schemas.EventQuotaWarning))
+	h.dir.alerts = []QuotaAlert{{Org: "acme", Month: "2026-11", Level: 80, Used: 80, Limit: 100}}
+	h.start()
+	g := waitGot(t, rv, 1, 10*time.Second)
+	var ev struct {
+		Type string         `json:"type"`
+		Data map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal(g[0].body, &ev); err != nil || ev.Type != schemas.EventQuotaWarning ||
+		fmt.Sprint(ev.Data) != "map[limit:100 percent:80 period:2026-11 used:80]" {
+		t.Fatalf("event %s (%v)", g[0].body, err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	h.dir.mu.Lock()
+	defer h.dir.mu.Unlock()
+	if len(rv.received()) != 1 || !slices.Equal(h.dir.announced, []string{"acme 2026-11 80"}) {
+		t.Fatalf("%d deliveries, announced %v", len(rv.received()), h.dir.announced)
+	}
+}
+
+// A bulk job's done record makes one job.completed event, whichever
+// ingest node wrote it; a single request's record and an unfinished job
+// make none.
+func TestJobCompleted(t *testing.T) {
+	h := newHarness(t, nil)
+	rv := newReceiver(t, nil)
+	h.dir.add(rv.endpoint("ep_1", "acme", schemas.EventJobCompleted))
+	h.start()
+	now := time.Now().UTC()
+	job := schemas.Job{V: 1, ID: "job_1", Tenant: "acme", Kind: schemas.KindSign, State: schemas.JobRunning, LinesRead: 4, Total: 3, CreatedAt: now}
+	h.produce(h.topics.Jobs, "job_1", job)
+	job.State, job.Done, job.Valid, job.Failed, job.FinishedAt = schemas.JobDone, 3, 2, 1, now
+	job.Rejected = []schemas.RejectedLine{{Line: 4, Code: "invalid_json", Message: "x"}}
+	h.produce(h.topics.Jobs, "job_1", job)
+	h.produce(h.topics.Jobs, "job_1", job) // a second node wrote it too
+	single := schemas.Job{V: 1, ID: "job_2", Tenant: "acme", Kind: schemas.KindSign, State: schemas.JobDone, Single: true, CreatedAt: now}
+	h.produce(h.topics.Jobs, "job_2", single)
+	g := waitGot(t, rv, 1, 10*time.Second)
+	time.Sleep(time.Second)
+	if g = rv.received(); len(g) != 1 || !strings.Contains(string(g[0].body), `"lines_rejected":1`) || !strings.Contains(string(g[0].body), `"valid":2`) {
+		t.Fatalf("deliveries %d: %s", len(g), g[0].body)
 	}
 }

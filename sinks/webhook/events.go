@@ -83,8 +83,7 @@ func jobEvent(rec *kgo.Record) (*event, error) {
 		return nil, errNotOurs
 	}
 	data, err := json.Marshal(map[string]any{"job_id": j.ID, "job_type": j.Kind, "total": j.Total, "valid": j.Valid,
-		"invalid": j.Invalid, "failed": j.Failed, "lines_rejected": len(j.Rejected),
-		"created_at": j.CreatedAt.UTC(), "finished_at": j.FinishedAt.UTC()})
+		"invalid": j.Invalid, "failed": j.Failed, "lines_rejected": len(j.Rejected)})
 	if err != nil {
 		return nil, err
 	}

@@ -26,7 +26,7 @@ func newMetrics() *metrics {
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_webhook_records_skipped_total",
 			Help: "Records that were not valid events or messages, by topic."}, []string{"topic"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_webhook_messages_dropped_total",
-			Help: "Messages not sent, by reason (endpoint_deleted; already_sent: read again after its attempt was recorded)."}, []string{"reason"}),
+			Help: "Messages not sent, by reason (endpoint_deleted; already_sent: read again after its attempt was recorded; in_progress: a copy of one held here)."}, []string{"reason"}),
 		parked: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_webhook_messages_parked_total",
 			Help: "Messages moved to a delay topic because their endpoint was slow or its queue full."}),
 		disabled: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_webhook_endpoints_disabled_total",
