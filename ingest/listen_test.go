@@ -212,6 +212,13 @@ func TestListen(t *testing.T) {
 		t.Fatalf("dropped notice: %+v", ev)
 	}
 
+	// HEAD answers the headers and holds no place.
+	before := ts.s.hub.sessionsOf("a")
+	if h := ts.do("HEAD", "/v1/webhooks/listen", keyA, ""); h.status != 200 || h.header.Get("Content-Type") != "text/event-stream" ||
+		ts.s.hub.sessionsOf("a") != before {
+		t.Fatalf("HEAD: %+v, %d sessions (was %d)", h, ts.s.hub.sessionsOf("a"), before)
+	}
+
 	_, refused := ts.listen(keyA, "?events=receipt.signed,receipt.stamped")
 	refused.expect(t, "unknown type", 400, "invalid_events")
 	_, refused = ts.listen(keyA, "", ListenSecretHeader, "whsec_short")

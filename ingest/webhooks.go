@@ -241,8 +241,10 @@ func (s *Server) getDelivery(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params
 		return
 	}
 	if d, ok := s.delivery(ctx, t.ID, params[0]); ok {
-		if d.AttemptList == nil {
-			d.AttemptList = []schemas.WebhookAttempt{}
+		for i := range d.AttemptList {
+			a := &d.AttemptList[i]
+			// The delivery's body is shown once, beside the attempts.
+			a.V, a.Org, a.Body = schemas.EnvelopeVersion, t.ID, nil
 		}
 		writeJSON(ctx, fasthttp.StatusOK, d)
 	}

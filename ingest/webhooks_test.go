@@ -118,7 +118,7 @@ func delivery(n int, ep string, at time.Time) schemas.WebhookDelivery {
 		LastHTTPStatus: 500, Body: jsontext.Value(fmt.Sprintf(`{"type":"webhook.test","timestamp":"%s","data":{"n":%d}}`, at.Format(time.RFC3339), n)),
 		AttemptList: []schemas.WebhookAttempt{{V: 1, ID: "att_1", MessageID: schemas.MessageID(eventID, ep), Org: "a", EndpointID: ep,
 			EventType: schemas.EventWebhookTest, EventID: eventID, At: at, Attempt: 1, URL: "https://hooks.example.test/in",
-			Status: 500, LatencyMillis: 12, Outcome: schemas.OutcomeExhausted}}}
+			Status: 500, LatencyMillis: 12, Outcome: schemas.OutcomeExhausted, Body: jsontext.Value(`{"type":"webhook.test"}`)}}}
 }
 
 // testServer is an ingest server on an embedded Kafka.
@@ -343,7 +343,8 @@ func TestWebhookDeliveriesRead(t *testing.T) {
 
 	one := ts.do("GET", "/v1/webhooks/deliveries/"+mine.ID, keyRead, "").expect(t, "get", 200, "")
 	var d schemas.WebhookDelivery
-	if err := json.Unmarshal([]byte(one.body), &d); err != nil || d.ID != mine.ID || string(d.Body) != string(mine.Body) || len(d.AttemptList) != 1 {
+	if err := json.Unmarshal([]byte(one.body), &d); err != nil || d.ID != mine.ID || string(d.Body) != string(mine.Body) || len(d.AttemptList) != 1 ||
+		d.AttemptList[0].Body != nil || d.AttemptList[0].Org != "a" {
 		t.Fatalf("delivery: %v %s", err, one.body)
 	}
 	// Another organization's id answers as an unknown one, word for word.
