@@ -44,6 +44,10 @@ type metrics struct {
 	// resultsDropped counts results refused for the job they name.
 	resultsDropped *prometheus.CounterVec
 	streams        prometheus.Gauge
+	// listeners and listenDropped: webhooks listen sessions, and the
+	// events dropped for sessions that fell behind.
+	listeners     prometheus.Gauge
+	listenDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -64,9 +68,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Results not counted for the job they name, by reason (foreign, line_out_of_range, unknown_request, not_accepted, undecodable)."}, []string{"reason"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_result_streams",
 			Help: "Results streams open."}),
+		listeners: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_webhook_listeners",
+			Help: "GET /v1/webhooks/listen sessions open."}),
+		listenDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_ingest_webhook_listen_dropped_total",
+			Help: "Events not sent to a webhooks listen session whose buffer was full."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting, m.resultsDropped, m.streams)
+		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting, m.resultsDropped, m.streams,
+			m.listeners, m.listenDropped)
 	}
 	return m
 }

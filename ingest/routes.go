@@ -69,6 +69,12 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/usage", "usage", tenants.ScopeRead, s.usage),
 		ten("GET", "/v1/invoices", "invoices", tenants.ScopeRead, s.invoices),
 		ten("GET", "/v1/invoices/{period}", "invoice", tenants.ScopeRead, s.invoice),
+		ten("GET", "/v1/webhooks/deliveries", "webhook_deliveries", tenants.ScopeRead, s.listDeliveries),
+		ten("GET", "/v1/webhooks/deliveries/{id}", "webhook_delivery", tenants.ScopeRead, s.getDelivery),
+		ten("POST", "/v1/webhooks/deliveries/{id}/redeliver", "webhook_redeliver", tenants.ScopeAdmin, s.redeliver),
+		ten("POST", "/v1/webhooks/endpoints/{id}/replay", "webhook_replay", tenants.ScopeAdmin, s.replay),
+		ten("POST", "/v1/webhooks/trigger", "webhook_trigger", tenants.ScopeAdmin, s.trigger),
+		ten("GET", "/v1/webhooks/listen", "webhook_listen", tenants.ScopeRead, s.listen),
 	}
 }
 

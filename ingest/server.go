@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -69,8 +70,8 @@ var ErrNotFound = errors.New("not found")
 // any of its checks returns an error.
 type Check func(ctx context.Context) error
 
-// Deps are the parts the server uses; Store, Usage and Plans may be nil
-// (their routes answer 503).
+// Deps are the parts the server uses; Store, Usage, Plans, Deliveries and
+// Endpoints may be nil (their routes answer 503).
 type Deps struct {
 	Auth  Authenticator
 	Keys  KeySource
@@ -78,6 +79,11 @@ type Deps struct {
 	Usage UsageReader
 	Plans PlanSource
 	MAC   RecordMAC
+	// Deliveries reads webhook deliveries (GET /v1/webhooks/deliveries...,
+	// redeliver, replay); Endpoints gives the organizations' webhook
+	// endpoints (redeliver, replay, and a trigger aimed at one endpoint).
+	Deliveries DeliveryReader
+	Endpoints  EndpointSource
 	// Ready and Live are extra readiness and liveness checks (for example
 	// the signer, or an embedded worker's health).
 	Ready []Check
@@ -114,8 +120,15 @@ type Config struct {
 	// ShutdownTimeout bounds a graceful stop: open results streams are
 	// ended at once, other requests get this long to finish.
 	ShutdownTimeout time.Duration
-	Registerer      prometheus.Registerer
-	Gatherer        prometheus.Gatherer
+	// MaxListeners bounds the GET /v1/webhooks/listen streams open at
+	// once on this process (each organization may hold 5 of them).
+	MaxListeners int
+	// WebhookReceiptBytes is the largest receipt a listened receipt.signed
+	// event carries; a larger one is linked (receipt_url). Set it as the
+	// dispatcher's, so that listened events look like delivered ones.
+	WebhookReceiptBytes int
+	Registerer          prometheus.Registerer
+	Gatherer            prometheus.Gatherer
 }
 
 // DefaultConfig returns a config with every field but Kafka.Brokers set.
@@ -131,8 +144,15 @@ func DefaultConfig() Config {
 		UploadTimeout:   30 * time.Minute,
 		JobRetention:    7 * 24 * time.Hour,
 		ShutdownTimeout: 10 * time.Second,
+		MaxListeners:    20,
+		// WebhookReceiptBytes: what the dispatcher carries by default.
+		WebhookReceiptBytes: DefaultWebhookReceiptBytes,
 	}
 }
+
+// DefaultWebhookReceiptBytes is the largest receipt a webhook event
+// carries by default.
+const DefaultWebhookReceiptBytes = 256 << 10
 
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
@@ -154,6 +174,12 @@ func (c *Config) Validate() error {
 	}
 	if c.SignWait <= 0 || c.ProduceTimeout <= 0 || c.UploadTimeout <= 0 || c.JobRetention <= 0 || c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("ingest: sign wait, produce, upload and shutdown timeouts and job retention must be positive"))
+	}
+	if c.MaxListeners < 1 {
+		errs = append(errs, errors.New("ingest: max listeners must be at least 1"))
+	}
+	if c.WebhookReceiptBytes < 1 || c.WebhookReceiptBytes > schemas.MaxWebhookBody-64<<10 {
+		errs = append(errs, fmt.Errorf("ingest: the webhook receipt limit must be from 1 to %d bytes", schemas.MaxWebhookBody-64<<10))
 	}
 	return errors.Join(errs...)
 }
@@ -177,6 +203,13 @@ type Server struct {
 
 	streamsMu sync.Mutex
 	streams   map[string]int // open results streams per tenant
+
+	// hub serves GET /v1/webhooks/listen; listenHeartbeat is its SSE
+	// heartbeat interval (tests shorten it).
+	hub             *listenHub
+	listenHeartbeat time.Duration
+	// writes holds each organization's webhook writes to a rate.
+	writes writeLimiter
 }
 
 // New connects to Kafka, loads the jobs and listens; Run serves.
@@ -190,6 +223,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
 		streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
 	s.routes = s.table()
+	s.listenHeartbeat = listenHeartbeat
 	var err error
 	// acks=all, but not franz-go's idempotent mode: an idempotent producer
 	// must hold a record whose fate it cannot know until the broker is back,
@@ -207,6 +241,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		s.prod.Close()
 		return nil, err
 	}
+	s.hub = newListenHub(cfg.Kafka, kadm.NewClient(s.prod), cfg.MaxListeners, cfg.WebhookReceiptBytes, s.m)
 	g := cfg.Gatherer
 	if g == nil {
 		g = prometheus.DefaultGatherer
@@ -260,6 +295,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() {
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.hub != nil {
+		s.hub.close()
 	}
 	if s.jobs != nil {
 		s.jobs.close()

@@ -276,7 +276,15 @@ var needServices = map[string]string{
 	"GET /v1/usage":                 "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
 	"GET /v1/invoices":              "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
 	"GET /v1/invoices/{period}":     "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	// dev runs without the deliveries store here, and the webhook writes
+	// need it and the coordinator's endpoints.
+	"GET /v1/webhooks/deliveries":                 webhookStore,
+	"GET /v1/webhooks/deliveries/{id}":            webhookStore,
+	"POST /v1/webhooks/deliveries/{id}/redeliver": webhookStore,
+	"POST /v1/webhooks/endpoints/{id}/replay":     webhookStore,
 }
+
+const webhookStore = "needs the deliveries store (ClickHouse) and the coordinator's endpoints: ingest's TestWebhookRoutesConform validates its answers with fakes"
 
 // checkCoverage fails for every route without a validated success and a
 // validated error, so that a new route needs its cases here.
@@ -420,6 +428,26 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "invoice without storage", method: "GET", path: "/v1/invoices/2026-05?format=csv", key: e.key, status: 503, code: "storage_unavailable"},
 		{name: "invoice period not a month", method: "GET", path: "/v1/invoices/2026-5", key: e.key, offSpec: true, status: 400, code: "invalid_period"},
 		{name: "invoice in another format", method: "GET", path: "/v1/invoices/2026-05?format=pdf", key: e.key, offSpec: true, status: 400, code: "invalid_format"},
+
+		// The webhook routes: parameters are checked first, then the
+		// deliveries store (off here).
+		{name: "deliveries without storage", method: "GET", path: "/v1/webhooks/deliveries?endpoint=ep_x&event_type=receipt.signed&status=failed&since=2026-05-01T00:00:00Z&limit=10", key: e.key, status: 503, code: "deliveries_unavailable"},
+		{name: "deliveries unknown key", method: "GET", path: "/v1/webhooks/deliveries", key: "cn_nope", status: 401, code: "unauthorized"},
+		{name: "deliveries limit 0", method: "GET", path: "/v1/webhooks/deliveries?limit=0", key: e.key, offSpec: true, status: 400, code: "invalid_limit"},
+		{name: "deliveries unknown status", method: "GET", path: "/v1/webhooks/deliveries?status=lost", key: e.key, offSpec: true, status: 400, code: "invalid_status"},
+		{name: "deliveries range inverted", method: "GET", path: "/v1/webhooks/deliveries?since=2026-05-02T00:00:00Z&until=2026-05-01T00:00:00Z", key: e.key, status: 400, code: "invalid_range"},
+		{name: "delivery without storage", method: "GET", path: "/v1/webhooks/deliveries/msg_x", key: e.key, status: 503, code: "deliveries_unavailable"},
+		{name: "delivery unknown key", method: "GET", path: "/v1/webhooks/deliveries/msg_x", key: "cn_nope", status: 401, code: "unauthorized"},
+		{name: "redeliver without storage", method: "POST", path: "/v1/webhooks/deliveries/msg_x/redeliver", key: e.key, status: 503, code: "deliveries_unavailable"},
+		{name: "replay without storage", method: "POST", path: "/v1/webhooks/endpoints/ep_x/replay?since=2026-05-01T00:00:00Z&all=true", key: e.key, status: 503, code: "deliveries_unavailable"},
+		{name: "replay all maybe", method: "POST", path: "/v1/webhooks/endpoints/ep_x/replay?all=maybe", key: e.key, offSpec: true, status: 400, code: "invalid_all"},
+		{name: "trigger", method: "POST", path: "/v1/webhooks/trigger", key: e.key, ctype: js, body: `{"event_type":"receipt.verified"}`, status: 202},
+		{name: "trigger unknown type", method: "POST", path: "/v1/webhooks/trigger", key: e.key, ctype: js, body: `{"event_type":"receipt.stamped"}`, offSpec: true, status: 400, code: "unknown_event_type"},
+		{name: "trigger not JSON", method: "POST", path: "/v1/webhooks/trigger", key: e.key, ctype: js, body: `{"event_type"`, offSpec: true, status: 400, code: "malformed_json"},
+		{name: "trigger wrong content type", method: "POST", path: "/v1/webhooks/trigger", key: e.key, ctype: "text/plain", body: `{}`, offSpec: true, status: 415, code: "unsupported_media_type"},
+		{name: "trigger without key", method: "POST", path: "/v1/webhooks/trigger", ctype: js, body: `{"event_type":"webhook.test"}`, offSpec: true, status: 401, code: "unauthorized"},
+		{name: "listen unknown type", method: "GET", path: "/v1/webhooks/listen?events=receipt.signed,nope", key: e.key, status: 400, code: "invalid_events"},
+		{name: "listen unknown key", method: "GET", path: "/v1/webhooks/listen", key: "cn_nope", status: 401, code: "unauthorized"},
 	}
 	for _, x := range cases {
 		t.Run(x.name, func(t *testing.T) { c.expect(t, e, x) })
@@ -537,6 +565,7 @@ func TestOpenAPIContract(t *testing.T) {
 		c.merge(sc)
 	})
 
+	t.Run("webhooks listen", func(t *testing.T) { c.listenContract(t, e) })
 	t.Run("outside the operations", func(t *testing.T) { c.outsideOperations(t, e) })
 	c.checkCoverage(t)
 }

@@ -21,12 +21,14 @@ type crossTenant struct {
 	jobID     string // a finished bulk job
 	abandoned string // a job whose upload never finished
 	single    string // a /v1/sign request that answered 504, polled as a job
+	endpoint  string // a webhook endpoint
+	message   string // the id a delivery of one of A's events to it has
 }
 
 // leaks fails when body holds anything of A's.
 func (a *crossTenant) leaks(t *testing.T, body string) {
 	t.Helper()
-	for _, s := range []string{a.secret, `"demo"`, a.receiptID, a.jobID, a.abandoned, a.single} {
+	for _, s := range []string{a.secret, `"demo"`, a.receiptID, a.jobID, a.abandoned, a.single, a.endpoint, a.message} {
 		if s != "" && strings.Contains(body, s) {
 			t.Errorf("tenant B's answer holds %q of tenant A's: %s", s, body)
 		}
@@ -192,6 +194,10 @@ func TestCrossTenant(t *testing.T) {
 			c.expect(t, e, exchange{name: "A on B's job", method: "GET", path: "/v1/jobs/" + b, key: e.key, status: 404, code: "not_found"})
 			c.expect(t, e, exchange{name: "A on B's job results", method: "GET", path: "/v1/jobs/" + b + "/results", key: e.key, status: 404, code: "not_found"})
 		},
+	}
+
+	for key, run := range webhookCrossTenant(t, c, e, a) {
+		cases[key] = run
 	}
 
 	tenantRoutes := map[string]bool{}

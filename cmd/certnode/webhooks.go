@@ -15,10 +15,10 @@ import (
 func newWebhooksCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "webhooks",
-		Short: "Tools for webhook receivers (Standard Webhooks signatures)",
+		Short: "Tools for webhook receivers: verify signatures, receive events locally, trigger examples",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newWebhooksVerifyCmd())
+	cmd.AddCommand(newWebhooksVerifyCmd(), newWebhooksListenCmd(), newWebhooksTriggerCmd())
 	return cmd
 }
 
