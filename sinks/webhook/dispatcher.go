@@ -40,7 +40,7 @@ type Dispatcher struct {
 	health  map[string]healthMemo
 	seen    *seen
 	active  map[string]bool // activeKey of the messages held here
-	pending atomic.Int64 // messages in memory
+	pending atomic.Int64    // messages in memory
 	flight  sync.WaitGroup
 }
 
@@ -236,7 +236,9 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 }
 
 // activeKey names a message's next attempt.
-func activeKey(m *schemas.WebhookMessage) string { return seenKey(m.ID, m.Round, strconv.Itoa(m.Attempt+1)) }
+func activeKey(m *schemas.WebhookMessage) string {
+	return seenKey(m.ID, m.Round, strconv.Itoa(m.Attempt+1))
+}
 
 // dueMessage reads a message of certnode.webhooks: it must be keyed by
 // its endpoint, and the endpoint must be its organization's.
