@@ -265,7 +265,7 @@ func usableEndpoint(ctx *fasthttp.RequestCtx, e EndpointInfo) bool {
 func redeliveryMessage(org string, d *schemas.WebhookDelivery, now time.Time) *schemas.WebhookMessage {
 	return &schemas.WebhookMessage{V: schemas.EnvelopeVersion, ID: d.ID, Org: org, EndpointID: d.EndpointID,
 		EventType: d.EventType, EventID: d.EventID, Body: d.Body, CreatedAt: d.CreatedAt.UTC(), Attempt: 0,
-		DueAt: now.UTC(), Redelivery: true}
+		DueAt: now.UTC(), Redelivery: true, Round: newID("rd_")}
 }
 
 // webhookRecord is the certnode.webhooks record of m, keyed by endpoint.

@@ -131,7 +131,7 @@ type WebhookMessage struct {
 	// Redelivery marks a round a user asked for (redeliver or replay);
 	// Round tells rounds apart (empty for the first, a fresh id for each
 	// redelivery).
-	Redelivery bool   `json:"redelivery,omitempty"`
+	Redelivery bool   `json:"redelivery,omitzero"`
 	Round      string `json:"round,omitempty"`
 }
 
@@ -207,7 +207,7 @@ type WebhookAttempt struct {
 	Body             jsontext.Value `json:"body,omitzero"`
 	MessageCreatedAt time.Time      `json:"message_created_at"`
 	Attempt          int            `json:"attempt"` // 1-based, within its round
-	Redelivery       bool           `json:"redelivery,omitempty"`
+	Redelivery       bool           `json:"redelivery,omitzero"`
 	Round            string         `json:"round,omitempty"`
 	At               time.Time      `json:"at"`
 	URL              string         `json:"url"`
@@ -221,7 +221,7 @@ type WebhookAttempt struct {
 	NextAttemptAt   time.Time         `json:"next_attempt_at,omitzero"`
 	// Held: the retry waits in the dispatcher (an ordered endpoint's head),
 	// not in a delay topic.
-	Held bool `json:"held,omitempty"`
+	Held bool `json:"held,omitzero"`
 }
 
 // DecodeWebhookAttempt parses an attempt record.

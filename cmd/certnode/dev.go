@@ -200,7 +200,7 @@ func newDevCmd() *cobra.Command {
 				return err
 			}
 			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Store: rs, Usage: usage, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Ready: []ingest.Check{signerCheck, replica.Ready},
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/egress"
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/sinks/webhook"
@@ -77,6 +78,19 @@ func (h *hookDirectory) PendingQuotaAlerts() []webhook.QuotaAlert {
 
 func (h *hookDirectory) AnnounceQuota(ctx context.Context, org, month string, level int) error {
 	return h.r.AnnounceQuota(ctx, org, month, level)
+}
+
+// endpointInfos gives ingest the endpoints its redelivery, replay and
+// trigger routes check.
+type endpointInfos struct{ r *coordinator.Replica }
+
+func (e endpointInfos) Endpoints(org string) []ingest.EndpointInfo {
+	eps, _ := e.r.WebhookEndpoints(org)
+	out := make([]ingest.EndpointInfo, 0, len(eps))
+	for _, ep := range eps {
+		out = append(out, ingest.EndpointInfo{ID: ep.ID, EventTypes: ep.EventTypes, Enabled: ep.Enabled})
+	}
+	return out
 }
 
 // newDispatcher builds a dispatcher on the coordinator's state, delivering

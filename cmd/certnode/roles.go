@@ -173,6 +173,7 @@ func newIngestCmd() *cobra.Command {
 			var accounts http.Handler
 			var plans ingest.PlanSource
 			var limiter ingest.Limiter
+			var endpoints ingest.EndpointSource
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -184,6 +185,7 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer l.Close()
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
+				endpoints = endpointInfos{r}
 				parts["coordinator"] = r.Run
 			default:
 				store, err := loadTenants(tenantsFile)
@@ -221,7 +223,7 @@ func newIngestCmd() *cobra.Command {
 				return err
 			}
 			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Store: rs, Usage: usage, Plans: plans,
-				MAC: mac, Ready: ready, Accounts: accounts})
+				MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
