@@ -208,10 +208,7 @@ func newKafkaEnv(t *testing.T) *kafkaEnv {
 
 func (e *kafkaEnv) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	testenv.WaitFor(t, "offsets committed", time.Minute, func() (bool, string) {
-		c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts)
-		return c == n, fmt.Sprintf("%d of %d", c, n)
-	})
+	waitCommitted(t, e.adm, e.cfg.Group, e.topics.Receipts, n, time.Minute)
 }
 
 // The sink on the real Kafka and ClickHouse: wild times are replaced by
