@@ -9,6 +9,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/kafkatest"
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -28,7 +30,7 @@ type messageState struct {
 // nanoseconds, not their ids), and bad records go to the DLQ.
 func TestIntegrationSinkWritesWebhookAttempts(t *testing.T) {
 	e := newKafkaEnv(t)
-	org, other := "sinktest-"+randomSuffix(), "sinktest-"+randomSuffix()
+	org, other := "sinktest-"+testenv.RandomSuffix(), "sinktest-"+testenv.RandomSuffix()
 	created := time.Now().UTC().Truncate(time.Second)
 	at := created.Add(10 * time.Second)
 	a1 := webhookAttempt(org, "msg_a", created, 1, at, schemas.OutcomeRetrying)
@@ -49,7 +51,7 @@ func TestIntegrationSinkWritesWebhookAttempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	runSink(t, s)
-	waitCommitted(t, e.adm, e.cfg.Group, e.topics.WebhookAttempts, int64(len(recs)), time.Minute)
+	kafkatest.WaitCommitted(t, e.adm, e.cfg.Group, e.topics.WebhookAttempts, int64(len(recs)), time.Minute)
 
 	conn := chConn(t)
 	var distinct, withBody uint64

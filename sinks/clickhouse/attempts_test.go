@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -96,7 +97,7 @@ func TestSinkWritesWebhookAttempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	runSink(t, s)
-	waitCommitted(t, e.adm, e.cfg.Group, e.topics.WebhookAttempts, int64(len(recs)), 30*time.Second)
+	kafkatest.WaitCommitted(t, e.adm, e.cfg.Group, e.topics.WebhookAttempts, int64(len(recs)), 30*time.Second)
 
 	if got, want := tries.ids(func(r AttemptRow) string { return r.ID }), []string{first.ID, second.ID, second.ID}; !slices.Equal(got, want) {
 		t.Fatalf("attempt rows %v, want %v", got, want)

@@ -2,8 +2,6 @@ package clickhouse
 
 import (
 	"context"
-	"crypto/rand"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -11,19 +9,11 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
-
-func randomSuffix() string {
-	var b [5]byte
-	rand.Read(b[:])
-	return fmt.Sprintf("%x", b)
-}
 
 // signedResult is a signed result received a second before at and
 // processed at at.
@@ -84,30 +74,6 @@ func produce(t testing.TB, cl *kgo.Client, recs ...*kgo.Record) {
 	}
 }
 
-// committed returns the group's committed offsets on topic, summed over
-// partitions (a partition without a commit counts 0), so it equals the
-// number of records committed when they were produced from offset 0.
-func committed(t testing.TB, adm *kadm.Client, group, topic string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	offs, err := adm.FetchOffsets(ctx, group)
-	if errors.Is(err, kerr.GroupIDNotFound) {
-		return 0 // nothing committed yet
-	}
-	if err != nil {
-		t.Fatalf("fetch offsets of %s: %v", group, err)
-	}
-	var n int64
-	for _, o := range offs[topic] {
-		if o.Err != nil {
-			t.Fatalf("offset of %s/%d: %v", topic, o.Partition, o.Err)
-		}
-		n += max(o.At, 0)
-	}
-	return n
-}
-
 // fakeTable stores rows like a table would.
 type fakeTable[R any] struct {
 	mu   sync.Mutex
@@ -135,15 +101,6 @@ func (f *fakeTable[R]) ids(id func(R) string) []string {
 		out = append(out, id(r))
 	}
 	return out
-}
-
-// waitCommitted waits until group committed n records of topic.
-func waitCommitted(t testing.TB, adm *kadm.Client, group, topic string, n int64, limit time.Duration) {
-	t.Helper()
-	testenv.WaitFor(t, topic+" offsets committed", limit, func() (bool, string) {
-		c := committed(t, adm, group, topic)
-		return c == n, fmt.Sprintf("%d of %d", c, n)
-	})
 }
 
 // runSink runs s until the test ends; Run must then return nil.

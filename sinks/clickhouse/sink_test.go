@@ -62,7 +62,7 @@ func (e *fakeEnv) start(t *testing.T, ins Inserter[Row]) *Sink {
 
 func (e *fakeEnv) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	waitCommitted(t, e.adm, e.cfg.Group, e.topics.Receipts, n, 30*time.Second)
+	kafkatest.WaitCommitted(t, e.adm, e.cfg.Group, e.topics.Receipts, n, 30*time.Second)
 }
 
 // One batch with good results, a row ClickHouse refuses, results that do
@@ -209,7 +209,7 @@ func TestSinkRetriesUntilInserted(t *testing.T) {
 	testenv.WaitFor(t, "insert attempts", 30*time.Second, func() (bool, string) {
 		return h.attempts.Load() >= 3, fmt.Sprint(h.attempts.Load())
 	})
-	if c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
+	if c := kafkatest.Committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
 		t.Fatalf("committed %d records that are not in ClickHouse", c)
 	}
 	if p := value(t, s.m.pending); p != 2 {
@@ -242,7 +242,7 @@ func TestSinkCommitsAfterDLQAcknowledged(t *testing.T) {
 	if got := f.ids(); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("inserted %v", got)
 	}
-	if c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
+	if c := kafkatest.Committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
 		t.Fatalf("committed %d records while the DLQ copy was not acknowledged", c)
 	}
 	refusal.Refusing.Store(false)

@@ -8,6 +8,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -47,7 +48,7 @@ func TestSinkWritesUsageEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	runSink(t, s)
-	waitCommitted(t, e.adm, e.cfg.Group, e.topics.Usage, int64(len(recs)), 30*time.Second)
+	kafkatest.WaitCommitted(t, e.adm, e.cfg.Group, e.topics.Usage, int64(len(recs)), 30*time.Second)
 
 	if got, want := u.ids(func(r UsageRow) string { return r.ID }), []string{"req-1", "req-1", "req-2"}; !slices.Equal(got, want) {
 		t.Fatalf("usage rows %v, want %v", got, want)
