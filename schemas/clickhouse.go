@@ -29,6 +29,33 @@ package schemas
 // request as first processed, as certnode.requests reports it; queries
 // pick the same row among copies not merged yet (argMin by processed_at).
 //
+// certnode.webhook_attempts holds the attempt records of
+// certnode.webhooks.attempts (WebhookAttempt), one row per attempt id once
+// merged: ReplacingMergeTree on (org, message_id, id) merges the copies
+// at-least-once delivery makes, which share the partition since it is
+// the message's created time (the same on every attempt of a message, so
+// its attempts stay together too); queries collapse copies not merged yet
+// (LIMIT 1 BY id, uniqExact, argMax). DateTime keeps whole seconds, and
+// attempts of one message can be closer than that, so at_nanos keeps the
+// rest: a message's latest attempt is the greatest (at, at_nanos, id).
+// response_headers is a JSON object: it is shown back whole and never
+// filtered on, 18.16 has no Map, and Nested arrays would only be zipped
+// back into the map. body is the message's body on the first attempt of
+// each round and empty on the others. A zero time (no next attempt) is 0.
+//
+// certnode.webhook_messages is one row per message once merged, for
+// listing: the view certnode.webhook_messages_mv adds to it on every insert
+// into certnode.webhook_attempts, and AggregatingMergeTree merges states
+// that a copy of an attempt, or an insert retried whole, leaves unchanged
+// (uniqExact of attempt ids; max and argMax by (at, at_nanos, id)).
+// Queries GROUP BY the sort key and -Merge the states. The sort key leads
+// with (org, created_at, message_id), the order of a listing; endpoint_id,
+// event_type and event_id follow it so that filters on them apply before
+// aggregating: all three, like created_at, are the same on every attempt
+// of a message (its id derives from its event and endpoint). The view
+// starts with the table (no POPULATE, which would lose concurrent inserts):
+// both are created before the sink writes any attempt.
+//
 // certnode.receipts, the table of earlier releases keyed on (tenant, id),
 // lost re-signed receipts; it is no longer written nor created, and is left
 // in place on existing installs.
@@ -101,7 +128,74 @@ var ClickHouseDDL = []string{
 	) ENGINE = ReplacingMergeTree(ver)
 	PARTITION BY toYYYYMM(time)
 	ORDER BY (org, id)`,
+	`CREATE TABLE IF NOT EXISTS certnode.webhook_attempts (
+		org String,
+		message_id String,
+		id String,
+		endpoint_id String,
+		event_type String,
+		event_id String,
+		message_created_at DateTime,
+		attempt UInt16,
+		redelivery UInt8,
+		at DateTime,
+		at_nanos UInt32,
+		url String,
+		status UInt16,
+		latency_ms UInt32,
+		response_headers String,
+		response_body String,
+		error String,
+		outcome String,
+		next_attempt_at DateTime,
+		body String
+	) ENGINE = ReplacingMergeTree()
+	PARTITION BY toYYYYMM(message_created_at)
+	ORDER BY (org, message_id, id)`,
+	`CREATE TABLE IF NOT EXISTS certnode.webhook_messages (
+		org String,
+		created_at DateTime,
+		message_id String,
+		endpoint_id String,
+		event_type String,
+		event_id String,
+		attempts AggregateFunction(uniqExact, String),
+		last_at AggregateFunction(max, Tuple(DateTime, UInt32, String)),
+		last_outcome AggregateFunction(argMax, String, Tuple(DateTime, UInt32, String)),
+		last_status AggregateFunction(argMax, UInt16, Tuple(DateTime, UInt32, String)),
+		last_next_attempt_at AggregateFunction(argMax, DateTime, Tuple(DateTime, UInt32, String))
+	) ENGINE = AggregatingMergeTree()
+	PARTITION BY toYYYYMM(created_at)
+	ORDER BY (org, created_at, message_id, endpoint_id, event_type, event_id)`,
+	`CREATE MATERIALIZED VIEW IF NOT EXISTS certnode.webhook_messages_mv TO certnode.webhook_messages AS
+	SELECT
+		org,
+		message_created_at AS created_at,
+		message_id,
+		endpoint_id,
+		event_type,
+		event_id,
+		uniqExactState(id) AS attempts,
+		maxState((at, at_nanos, id)) AS last_at,
+		argMaxState(outcome, (at, at_nanos, id)) AS last_outcome,
+		argMaxState(status, (at, at_nanos, id)) AS last_status,
+		argMaxState(next_attempt_at, (at, at_nanos, id)) AS last_next_attempt_at
+	FROM certnode.webhook_attempts
+	GROUP BY org, created_at, message_id, endpoint_id, event_type, event_id`,
 }
+
+// ClickHouseWebhookAttemptsTable is the table webhook attempts are
+// written to.
+const ClickHouseWebhookAttemptsTable = "certnode.webhook_attempts"
+
+// ClickHouseWebhookAttemptColumns lists the columns of an insert into
+// certnode.webhook_attempts, in order.
+const ClickHouseWebhookAttemptColumns = "org, message_id, id, endpoint_id, event_type, event_id, message_created_at, attempt, redelivery, " +
+	"at, at_nanos, url, status, latency_ms, response_headers, response_body, error, outcome, next_attempt_at, body"
+
+// ClickHouseWebhookMessagesTable is the per-message table the view fills
+// from certnode.webhook_attempts (never inserted into directly).
+const ClickHouseWebhookMessagesTable = "certnode.webhook_messages"
 
 // ClickHouseUsageTable is the table usage events are written to.
 const ClickHouseUsageTable = "certnode.usage_events"

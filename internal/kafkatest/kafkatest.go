@@ -1,8 +1,11 @@
-// Package kafkatest holds helpers for tests on franz-go's kfake.
+// Package kafkatest holds helpers for tests on Kafka: franz-go's kfake, or
+// the real broker.
 package kafkatest
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -12,6 +15,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/certnode/certnode/internal/testenv"
 )
 
 // Refusal makes a kfake cluster refuse every produce to one topic (with
@@ -56,4 +61,37 @@ func RefuseProduce(t *testing.T, cluster *kfake.Cluster, adm *kadm.Client, topic
 		return resp, nil, true
 	})
 	return r
+}
+
+// Committed returns group's committed offsets on topic, summed over
+// partitions (a partition without a commit counts 0), so it equals the
+// number of records committed when they were produced from offset 0.
+func Committed(t testing.TB, adm *kadm.Client, group, topic string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	offs, err := adm.FetchOffsets(ctx, group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		return 0 // nothing committed yet
+	}
+	if err != nil {
+		t.Fatalf("fetch offsets of %s: %v", group, err)
+	}
+	var n int64
+	for _, o := range offs[topic] {
+		if o.Err != nil {
+			t.Fatalf("offset of %s/%d: %v", topic, o.Partition, o.Err)
+		}
+		n += max(o.At, 0)
+	}
+	return n
+}
+
+// WaitCommitted waits until group committed n records of topic.
+func WaitCommitted(t testing.TB, adm *kadm.Client, group, topic string, n int64, limit time.Duration) {
+	t.Helper()
+	testenv.WaitFor(t, topic+" offsets committed", limit, func() (bool, string) {
+		c := Committed(t, adm, group, topic)
+		return c == n, fmt.Sprintf("%d of %d", c, n)
+	})
 }

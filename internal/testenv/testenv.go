@@ -5,6 +5,8 @@ package testenv
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
 	"net"
 	"os"
 	"testing"
@@ -56,6 +58,14 @@ func reachable(t testing.TB, name, addr, how string) {
 		t.Fatalf("%s is not reachable at %s: %v (start it with `%s`, or run `make test`)", name, addr, err, how)
 	}
 	c.Close()
+}
+
+// RandomSuffix is 10 random hex digits, for names of a test's own (topic
+// prefixes, organizations, tables) on the shared services.
+func RandomSuffix() string {
+	var b [5]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%x", b)
 }
 
 // WaitFor polls cond until it holds, failing the test after limit with

@@ -2,26 +2,18 @@ package clickhouse
 
 import (
 	"context"
-	"crypto/rand"
-	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json"
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
-
-func randomSuffix() string {
-	var b [5]byte
-	rand.Read(b[:])
-	return fmt.Sprintf("%x", b)
-}
 
 // signedResult is a signed result received a second before at and
 // processed at at.
@@ -43,6 +35,35 @@ func resultRecord(t testing.TB, topic string, res *schemas.Result, ts time.Time)
 		Headers: []kgo.RecordHeader{{Key: schemas.HeaderRequestID, Value: []byte(res.ID)}}}
 }
 
+// webhookAttempt is attempt n of message msg (created at created) to
+// endpoint ep_1, made at at with the given outcome; the first attempt of a
+// round carries the body.
+func webhookAttempt(org, msg string, created time.Time, n int, at time.Time, outcome string) *schemas.WebhookAttempt {
+	a := &schemas.WebhookAttempt{V: schemas.EnvelopeVersion, ID: fmt.Sprintf("att_%s_%d", msg, at.UnixNano()), MessageID: msg,
+		Org: org, EndpointID: "ep_1", EventType: "receipt.signed", EventID: "evt_" + msg, MessageCreatedAt: created,
+		Attempt: n, At: at, URL: "https://example.com/hook", Status: 500, LatencyMillis: 12, Outcome: outcome}
+	if n == 1 {
+		a.Body = []byte(`{"type":"receipt.signed","data":{"id":"` + msg + `"}}`)
+	}
+	switch outcome {
+	case schemas.OutcomeDelivered:
+		a.Status = 200
+	case schemas.OutcomeRetrying:
+		a.NextAttemptAt = at.Add(time.Minute)
+	}
+	return a
+}
+
+// keyedRecord is v as JSON, keyed by key.
+func keyedRecord(t testing.TB, topic, key string, v any) *kgo.Record {
+	t.Helper()
+	val, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Topic: topic, Key: []byte(key), Value: val}
+}
+
 // produce writes recs and waits for the broker's acknowledgement.
 func produce(t testing.TB, cl *kgo.Client, recs ...*kgo.Record) {
 	t.Helper()
@@ -53,28 +74,33 @@ func produce(t testing.TB, cl *kgo.Client, recs ...*kgo.Record) {
 	}
 }
 
-// committed returns the group's committed offsets on topic, summed over
-// partitions (a partition without a commit counts 0), so it equals the
-// number of records committed when they were produced from offset 0.
-func committed(t testing.TB, adm *kadm.Client, group, topic string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	offs, err := adm.FetchOffsets(ctx, group)
-	if errors.Is(err, kerr.GroupIDNotFound) {
-		return 0 // nothing committed yet
+// fakeTable stores rows like a table would.
+type fakeTable[R any] struct {
+	mu   sync.Mutex
+	rows []R
+}
+
+func (f *fakeTable[R]) Insert(_ context.Context, rows []R) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rows = append(f.rows, rows...)
+	return nil
+}
+
+// stored returns the rows inserted so far, in order.
+func (f *fakeTable[R]) stored() []R {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.rows)
+}
+
+// ids returns the id of each row inserted so far, in order.
+func (f *fakeTable[R]) ids(id func(R) string) []string {
+	var out []string
+	for _, r := range f.stored() {
+		out = append(out, id(r))
 	}
-	if err != nil {
-		t.Fatalf("fetch offsets of %s: %v", group, err)
-	}
-	var n int64
-	for _, o := range offs[topic] {
-		if o.Err != nil {
-			t.Fatalf("offset of %s/%d: %v", topic, o.Partition, o.Err)
-		}
-		n += max(o.At, 0)
-	}
-	return n
+	return out
 }
 
 // runSink runs s until the test ends; Run must then return nil.

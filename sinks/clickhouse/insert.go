@@ -53,6 +53,13 @@ func NewUsageInserter(conn driver.Conn, table string) *ClickHouseInserter[UsageR
 	return &ClickHouseInserter[UsageRow]{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseUsageColumns + ")", values: UsageRow.values}
 }
 
+// NewAttemptInserter inserts into table
+// (schemas.ClickHouseWebhookAttemptsTable in production), which has the
+// columns of certnode.webhook_attempts.
+func NewAttemptInserter(conn driver.Conn, table string) *ClickHouseInserter[AttemptRow] {
+	return &ClickHouseInserter[AttemptRow]{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseWebhookAttemptColumns + ")", values: AttemptRow.values}
+}
+
 // Insert sends rows as one block. Failures before the block reaches the
 // server (no connection, unknown table, a column of another type) are
 // never the rows' fault: every row would fail the same way.

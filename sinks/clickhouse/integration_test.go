@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -96,7 +97,7 @@ func countRows(t *testing.T, conn driver.Conn, tenant string) uint64 {
 // receipt lookup, and the view counts each request once.
 func TestIntegrationResultsQueries(t *testing.T) {
 	conn := chConn(t)
-	tenant := "sinktest-" + randomSuffix()
+	tenant := "sinktest-" + testenv.RandomSuffix()
 	t0 := time.Now().Truncate(time.Second).UTC()
 	row := func(id, kind, status, receiptID, receipt string, processed time.Time) Row {
 		return Row{Tenant: tenant, ID: id, ReceiptID: receiptID, Kind: kind, Status: status, Auth: "ingest",
@@ -184,7 +185,7 @@ type kafkaEnv struct {
 
 func newKafkaEnv(t *testing.T) *kafkaEnv {
 	t.Helper()
-	prefix := "sinktest-" + randomSuffix()
+	prefix := "sinktest-" + testenv.RandomSuffix()
 	cfg := DefaultConfig()
 	cfg.Kafka = kafka.Config{Brokers: testenv.KafkaBrokers(t), Partitions: 2, ReplicationFactor: 1, TopicPrefix: prefix}
 	cfg.Addr, cfg.Group = []string{testenv.ClickHouseAddr(t)}, prefix+"-sink"
@@ -208,10 +209,7 @@ func newKafkaEnv(t *testing.T) *kafkaEnv {
 
 func (e *kafkaEnv) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	testenv.WaitFor(t, "offsets committed", time.Minute, func() (bool, string) {
-		c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts)
-		return c == n, fmt.Sprintf("%d of %d", c, n)
-	})
+	kafkatest.WaitCommitted(t, e.adm, e.cfg.Group, e.topics.Receipts, n, time.Minute)
 }
 
 // The sink on the real Kafka and ClickHouse: wild times are replaced by
@@ -219,7 +217,7 @@ func (e *kafkaEnv) waitCommitted(t *testing.T, n int64) {
 // unauthenticated results stay out and undecodable ones go to the DLQ.
 func TestIntegrationSinkWritesResults(t *testing.T) {
 	e := newKafkaEnv(t)
-	tenant := "sinktest-" + randomSuffix()
+	tenant := "sinktest-" + testenv.RandomSuffix()
 	ts := time.Now().Truncate(time.Second)
 	rec := func(res *schemas.Result) *kgo.Record { return resultRecord(t, e.topics.Receipts, res, ts) }
 	var recs []*kgo.Record
@@ -312,7 +310,7 @@ func TestIntegrationSinkWritesResults(t *testing.T) {
 func TestIntegrationRefusedRowsGoToDLQ(t *testing.T) {
 	e := newKafkaEnv(t)
 	conn := chConn(t)
-	table := "certnode.sinktest_refusing_" + randomSuffix()
+	table := "certnode.sinktest_refusing_" + testenv.RandomSuffix()
 	const results = "CREATE TABLE IF NOT EXISTS certnode.results ("
 	if !strings.HasPrefix(schemas.ClickHouseDDL[1], results) {
 		t.Fatalf("DDL[1] is not certnode.results: %.60s", schemas.ClickHouseDDL[1])
@@ -323,7 +321,7 @@ func TestIntegrationRefusedRowsGoToDLQ(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+table) })
 
-	tenant := "sinktest-" + randomSuffix()
+	tenant := "sinktest-" + testenv.RandomSuffix()
 	ts := time.Now().Truncate(time.Second)
 	var recs []*kgo.Record
 	refused := map[string]bool{}

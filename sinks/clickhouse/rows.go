@@ -6,6 +6,8 @@ import (
 	"math"
 	"time"
 
+	"github.com/go-json-experiment/json"
+
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -64,8 +66,8 @@ var (
 	maxDateTime = time.Unix(math.MaxUint32, 0)
 )
 
-// errUnstorable marks a result the sink cannot turn into a row.
-var errUnstorable = errors.New("result cannot be stored")
+// errUnstorable marks a record the sink cannot turn into a row.
+var errUnstorable = errors.New("record cannot be stored")
 
 // Time columns a row may have had replaced by the broker timestamp.
 const (
@@ -128,4 +130,75 @@ func usageRowFor(ev *schemas.UsageEvent) (UsageRow, error) {
 	d := ev.Data
 	return UsageRow{Org: ev.Subject, ID: ev.ID, Source: ev.Source, Time: ev.Time.UTC(), Kind: string(d.Kind), Status: string(d.Status),
 		Auth: string(d.Auth), KeyID: d.KeyID, Bytes: uint64(d.Bytes), JobID: d.JobID, ProcessedAt: d.ProcessedAt.UTC()}, nil
+}
+
+// AttemptRow is one row of certnode.webhook_attempts, in the column order
+// of schemas.ClickHouseWebhookAttemptColumns.
+type AttemptRow struct {
+	Org              string
+	MessageID        string
+	ID               string
+	EndpointID       string
+	EventType        string
+	EventID          string
+	MessageCreatedAt time.Time
+	Attempt          uint16
+	Redelivery       uint8
+	At               time.Time // whole seconds; AtNanos holds the rest
+	AtNanos          uint32
+	URL              string
+	Status           uint16
+	LatencyMS        uint32
+	ResponseHeaders  string // a JSON object
+	ResponseBody     string
+	Error            string
+	Outcome          string
+	NextAttemptAt    time.Time // minDateTime when none
+	Body             string
+}
+
+func (r AttemptRow) values() []any {
+	return []any{r.Org, r.MessageID, r.ID, r.EndpointID, r.EventType, r.EventID, r.MessageCreatedAt, r.Attempt, r.Redelivery,
+		r.At, r.AtNanos, r.URL, r.Status, r.LatencyMS, r.ResponseHeaders, r.ResponseBody, r.Error, r.Outcome, r.NextAttemptAt, r.Body}
+}
+
+// attemptRowFor turns a decoded attempt into a row. Its times are kept as
+// the dispatcher set them: a message's created time may be long before the
+// record (a replay of old messages), and it must be the same on every
+// attempt, so the broker timestamp cannot stand in for it.
+func attemptRowFor(a *schemas.WebhookAttempt) (AttemptRow, error) {
+	next := minDateTime
+	if !a.NextAttemptAt.IsZero() {
+		next = a.NextAttemptAt
+	}
+	errs := []error{storable(a.MessageCreatedAt), storable(a.At), storable(next)}
+	if a.Attempt < 0 || a.Attempt > math.MaxUint16 || a.Status < 0 || a.Status > math.MaxUint16 ||
+		a.LatencyMillis < 0 || a.LatencyMillis > math.MaxUint32 {
+		errs = append(errs, fmt.Errorf("%w: attempt %d, status %d, latency %d ms", errUnstorable, a.Attempt, a.Status, a.LatencyMillis))
+	}
+	headers := "{}"
+	if len(a.ResponseHeaders) > 0 {
+		b, err := json.Marshal(a.ResponseHeaders, json.Deterministic(true))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: response headers: %v", errUnstorable, err))
+		}
+		headers = string(b)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return AttemptRow{}, err
+	}
+	var body string
+	if schemas.Present(a.Body) {
+		body = string(a.Body)
+	}
+	var redelivery uint8
+	if a.Redelivery {
+		redelivery = 1
+	}
+	at := a.At.UTC()
+	return AttemptRow{Org: a.Org, MessageID: a.MessageID, ID: a.ID, EndpointID: a.EndpointID, EventType: a.EventType, EventID: a.EventID,
+		MessageCreatedAt: a.MessageCreatedAt.UTC(), Attempt: uint16(a.Attempt), Redelivery: redelivery,
+		At: at.Truncate(time.Second), AtNanos: uint32(at.Nanosecond()), URL: a.URL, Status: uint16(a.Status),
+		LatencyMS: uint32(a.LatencyMillis), ResponseHeaders: headers, ResponseBody: a.ResponseBody, Error: a.Error,
+		Outcome: a.Outcome, NextAttemptAt: next.UTC(), Body: body}, nil
 }

@@ -1,6 +1,8 @@
 // Package clickhouse writes every authenticated result from
-// certnode.receipts into the ClickHouse table certnode.results, and every
-// usage event from certnode.usage into certnode.usage_events, in batches
+// certnode.receipts into the ClickHouse table certnode.results, every
+// usage event from certnode.usage into certnode.usage_events, and every
+// webhook attempt record from certnode.webhooks.attempts into
+// certnode.webhook_attempts (which feeds certnode.webhook_messages), in batches
 // by rows and time, committing Kafka offsets only after every record of a
 // batch was inserted or sent to the DLQ. Usage rows are the events as
 // published (what an external biller reading the topic sees), and the
@@ -39,6 +41,9 @@ const (
 	// ReasonBadUsageEvent: the record is not a valid, attributed usage
 	// event, or holds values no row can store.
 	ReasonBadUsageEvent = "bad_usage_event"
+	// ReasonBadWebhookAttempt: the record is not a valid webhook attempt
+	// of the organization that keys it, or holds values no row can store.
+	ReasonBadWebhookAttempt = "bad_webhook_attempt"
 )
 
 // Config configures the sink.
@@ -94,6 +99,7 @@ func (c *Config) Validate() error {
 type metrics struct {
 	inserted        prometheus.Counter
 	usageInserted   prometheus.Counter
+	attemptInserted prometheus.Counter
 	dlq             *prometheus.CounterVec
 	unauthenticated prometheus.Counter
 	replaced        *prometheus.CounterVec
@@ -107,8 +113,10 @@ func newMetrics() metrics {
 			Help: "Rows inserted into certnode.results."}),
 		usageInserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_usage_rows_total",
 			Help: "Rows inserted into certnode.usage_events."}),
+		attemptInserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_webhook_attempt_rows_total",
+			Help: "Rows inserted into certnode.webhook_attempts."}),
 		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_dlq_total",
-			Help: "Result records sent to the DLQ, by reason."}, []string{"reason"}),
+			Help: "Records sent to the DLQ, by reason."}, []string{"reason"}),
 		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_unauthenticated_total",
 			Help: "Results of requests refused as unauthenticated (auth none), skipped: not the tenant's."}),
 		replaced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_time_replaced_total",
@@ -119,7 +127,7 @@ func newMetrics() metrics {
 			Help: "Time to insert, DLQ and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
 	// Every label value is shown from the start, at zero.
-	for _, r := range []string{ReasonBadResult, ReasonRefused, ReasonBadUsageEvent} {
+	for _, r := range []string{ReasonBadResult, ReasonRefused, ReasonBadUsageEvent, ReasonBadWebhookAttempt} {
 		m.dlq.WithLabelValues(r)
 	}
 	for _, c := range []string{colReceivedAt, colProcessedAt} {
@@ -130,14 +138,15 @@ func newMetrics() metrics {
 
 // Sink is one ClickHouse writer; run several in a group to scale.
 type Sink struct {
-	cfg    Config
-	topics schemas.Topics
-	cl     *kgo.Client
-	conn   driver.Conn // nil when built on other Inserters (tests)
-	ins    Inserter[Row]
-	usage  Inserter[UsageRow]
-	log    *slog.Logger
-	m      metrics
+	cfg      Config
+	topics   schemas.Topics
+	cl       *kgo.Client
+	conn     driver.Conn // nil when built on other Inserters (tests)
+	ins      Inserter[Row]
+	usage    Inserter[UsageRow]
+	attempts Inserter[AttemptRow]
+	log      *slog.Logger
+	m        metrics
 }
 
 // New connects to ClickHouse, applies the DDL and joins the consumer group.
@@ -149,7 +158,8 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newSink(cfg, NewClickHouseInserter(conn, schemas.ClickHouseResultsTable), NewUsageInserter(conn, schemas.ClickHouseUsageTable), opts...)
+	s, err := newSink(cfg, NewClickHouseInserter(conn, schemas.ClickHouseResultsTable), NewUsageInserter(conn, schemas.ClickHouseUsageTable),
+		NewAttemptInserter(conn, schemas.ClickHouseWebhookAttemptsTable), opts...)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -158,17 +168,18 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	return s, nil
 }
 
-// newSink builds a sink that writes results through ins and usage events
-// through usage, and joins the group.
-func newSink(cfg Config, ins Inserter[Row], usage Inserter[UsageRow], opts ...kgo.Opt) (*Sink, error) {
-	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, usage: usage, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
-	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts, s.topics.Usage), kafka.ResultBatches()) // DLQ copies of results
+// newSink builds a sink that writes results through ins, usage events
+// through usage and webhook attempts through attempts, and joins the group.
+func newSink(cfg Config, ins Inserter[Row], usage Inserter[UsageRow], attempts Inserter[AttemptRow], opts ...kgo.Opt) (*Sink, error) {
+	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, usage: usage, attempts: attempts, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
+	// Results are the largest records, so ResultBatches fits DLQ copies of any.
+	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts, s.topics.Usage, s.topics.WebhookAttempts), kafka.ResultBatches())
 	var err error
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.m.inserted, s.m.usageInserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
+		cfg.Registerer.MustRegister(s.m.inserted, s.m.usageInserted, s.m.attemptInserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
 	}
 	return s, nil
 }
@@ -246,9 +257,10 @@ func (p *part[R]) add(row R, rec *kgo.Record) {
 // batch is a collected batch sorted out: rows to insert in each table and
 // records for the DLQ.
 type batch struct {
-	results part[Row]
-	usage   part[UsageRow]
-	dlq     []*kgo.Record
+	results  part[Row]
+	usage    part[UsageRow]
+	attempts part[AttemptRow]
+	dlq      []*kgo.Record
 }
 
 // triage decodes recs into rows. Records that do not decode, or hold
@@ -258,8 +270,14 @@ type batch struct {
 func (s *Sink) triage(recs []*kgo.Record) *batch {
 	b := &batch{}
 	for _, rec := range recs {
-		if rec.Topic == s.topics.Usage {
-			s.triageUsage(b, rec)
+		switch rec.Topic {
+		case s.topics.Usage:
+			triageKeyed(s, b, &b.usage, rec, ReasonBadUsageEvent, schemas.DecodeUsageEvent,
+				func(ev *schemas.UsageEvent) string { return ev.Subject }, usageRowFor)
+			continue
+		case s.topics.WebhookAttempts:
+			triageKeyed(s, b, &b.attempts, rec, ReasonBadWebhookAttempt, schemas.DecodeWebhookAttempt,
+				func(a *schemas.WebhookAttempt) string { return a.Org }, attemptRowFor)
 			continue
 		}
 		res, err := schemas.DecodeResult(rec.Value)
@@ -284,32 +302,35 @@ func (s *Sink) triage(recs []*kgo.Record) *batch {
 	return b
 }
 
-// triageUsage adds a usage event's row to b, or its record to the DLQ when
-// it is not an attributed event of the organization that keys it.
-func (s *Sink) triageUsage(b *batch, rec *kgo.Record) {
-	ev, err := schemas.DecodeUsageEvent(rec.Value)
-	if err == nil && string(rec.Key) != ev.Subject {
-		err = fmt.Errorf("record key %q, subject %q", rec.Key, ev.Subject)
+// triageKeyed adds the row of rec, a record keyed by the organization it
+// belongs to, to p, or rec to the DLQ with reason when it does not decode,
+// is not the keying organization's (org names the one it claims), or holds
+// values no row can store.
+func triageKeyed[E, R any](s *Sink, b *batch, p *part[R], rec *kgo.Record, reason string,
+	decode func([]byte) (E, error), org func(E) string, rowFor func(E) (R, error)) {
+	e, err := decode(rec.Value)
+	if err == nil && string(rec.Key) != org(e) {
+		err = fmt.Errorf("record key %q, organization %q", rec.Key, org(e))
 	}
-	var row UsageRow
+	var row R
 	if err == nil {
-		row, err = usageRowFor(ev)
+		row, err = rowFor(e)
 	}
 	if err != nil {
-		b.dlq = append(b.dlq, s.dlqRecord(rec, ReasonBadUsageEvent, err))
+		b.dlq = append(b.dlq, s.dlqRecord(rec, reason, err))
 		return
 	}
-	b.usage.add(row, rec)
+	p.add(row, rec)
 }
 
-// dlqRecord copies a result record to the DLQ with why and where from.
+// dlqRecord copies a record to the DLQ with why and where from.
 func (s *Sink) dlqRecord(rec *kgo.Record, reason string, err error) *kgo.Record {
 	hs := []kgo.RecordHeader{
 		{Key: schemas.HeaderDLQReason, Value: []byte(reason)},
 		{Key: schemas.HeaderDLQError, Value: []byte(err.Error())},
 		{Key: schemas.HeaderDLQSource, Value: fmt.Appendf(nil, "%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)},
 	}
-	s.log.Warn("result sent to DLQ", "reason", reason, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+	s.log.Warn("record sent to DLQ", "topic", rec.Topic, "reason", reason, "partition", rec.Partition, "offset", rec.Offset, "err", err)
 	return &kgo.Record{Topic: s.topics.DLQ, Key: rec.Key, Value: rec.Value, Headers: append(hs, rec.Headers...)}
 }
 
@@ -320,15 +341,19 @@ func (s *Sink) dlqRecord(rec *kgo.Record, reason string, err error) *kgo.Record 
 func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	start := time.Now()
 	b := s.triage(recs)
-	refused, err := insertPart(s, ctx, stop, s.ins, b.results, s.m.inserted)
-	if err != nil {
-		return err
+	for _, insert := range []func() ([]*kgo.Record, error){
+		func() ([]*kgo.Record, error) { return insertPart(s, ctx, stop, s.ins, b.results, s.m.inserted) },
+		func() ([]*kgo.Record, error) { return insertPart(s, ctx, stop, s.usage, b.usage, s.m.usageInserted) },
+		func() ([]*kgo.Record, error) {
+			return insertPart(s, ctx, stop, s.attempts, b.attempts, s.m.attemptInserted)
+		},
+	} {
+		refused, err := insert()
+		if err != nil {
+			return err
+		}
+		b.dlq = append(b.dlq, refused...)
 	}
-	b.dlq = append(b.dlq, refused...)
-	if refused, err = insertPart(s, ctx, stop, s.usage, b.usage, s.m.usageInserted); err != nil {
-		return err
-	}
-	b.dlq = append(b.dlq, refused...)
 	if err := s.retry(stop, "DLQ produce", func() error { return s.produceDLQ(ctx, &b.dlq) }); err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ type fakeEnv struct {
 func newFakeEnv(t *testing.T) *fakeEnv {
 	t.Helper()
 	topics := schemas.TopicsFor(schemas.DefaultTopicPrefix)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics.Receipts, topics.DLQ, topics.Usage))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics.Receipts, topics.DLQ, topics.Usage, topics.WebhookAttempts))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 
 func (e *fakeEnv) start(t *testing.T, ins Inserter[Row]) *Sink {
 	t.Helper()
-	s, err := newSink(e.cfg, ins, &fakeUsage{})
+	s, err := newSink(e.cfg, ins, &fakeTable[UsageRow]{}, &fakeTable[AttemptRow]{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,10 +62,7 @@ func (e *fakeEnv) start(t *testing.T, ins Inserter[Row]) *Sink {
 
 func (e *fakeEnv) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	testenv.WaitFor(t, "offsets committed", 30*time.Second, func() (bool, string) {
-		c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts)
-		return c == n, fmt.Sprintf("%d of %d", c, n)
-	})
+	kafkatest.WaitCommitted(t, e.adm, e.cfg.Group, e.topics.Receipts, n, 30*time.Second)
 }
 
 // One batch with good results, a row ClickHouse refuses, results that do
@@ -212,7 +209,7 @@ func TestSinkRetriesUntilInserted(t *testing.T) {
 	testenv.WaitFor(t, "insert attempts", 30*time.Second, func() (bool, string) {
 		return h.attempts.Load() >= 3, fmt.Sprint(h.attempts.Load())
 	})
-	if c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
+	if c := kafkatest.Committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
 		t.Fatalf("committed %d records that are not in ClickHouse", c)
 	}
 	if p := value(t, s.m.pending); p != 2 {
@@ -245,7 +242,7 @@ func TestSinkCommitsAfterDLQAcknowledged(t *testing.T) {
 	if got := f.ids(); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("inserted %v", got)
 	}
-	if c := committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
+	if c := kafkatest.Committed(t, e.adm, e.cfg.Group, e.topics.Receipts); c != 0 {
 		t.Fatalf("committed %d records while the DLQ copy was not acknowledged", c)
 	}
 	refusal.Refusing.Store(false)
