@@ -176,7 +176,7 @@ func failedQuery(t tables, org, endpoint string, since, until time.Time, all boo
 
 // attemptsSelect returns one message's attempts in time order, each once
 // (LIMIT 1 BY: copies not merged yet).
-const attemptsSelect = `SELECT id, endpoint_id, event_type, event_id, body, message_created_at, attempt, redelivery, at, at_nanos, ` +
+const attemptsSelect = `SELECT id, endpoint_id, event_type, event_id, body, message_created_at, attempt, redelivery, round, held, at, at_nanos, ` +
 	`url, status, latency_ms, response_headers, response_body, error, outcome, next_attempt_at ` +
 	`FROM %s WHERE org = ? AND message_id = ? ORDER BY at, at_nanos, id LIMIT 1 BY id`
 

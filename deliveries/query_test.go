@@ -164,7 +164,7 @@ func TestFailedSQL(t *testing.T) {
 func TestMessageStatements(t *testing.T) {
 	for _, tc := range []struct{ got, want string }{
 		{fmt.Sprintf(attemptsSelect, productionTables.attempts), "SELECT id, endpoint_id, event_type, event_id, body, message_created_at, attempt, " +
-			"redelivery, at, at_nanos, url, status, latency_ms, response_headers, response_body, error, outcome, next_attempt_at " +
+			"redelivery, round, held, at, at_nanos, url, status, latency_ms, response_headers, response_body, error, outcome, next_attempt_at " +
 			"FROM certnode.webhook_attempts WHERE org = ? AND message_id = ? ORDER BY at, at_nanos, id LIMIT 1 BY id"},
 		{fmt.Sprintf(bodiesSelect, productionTables.attempts), "SELECT message_id, argMax(body, (at, at_nanos, id)) AS m_body " +
 			"FROM certnode.webhook_attempts WHERE org = ? AND message_id IN ? AND body != '' GROUP BY message_id"},

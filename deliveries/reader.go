@@ -132,11 +132,11 @@ func (r *Reader) Get(ctx context.Context, org, messageID string) (*schemas.Webho
 		a := schemas.WebhookAttempt{V: schemas.EnvelopeVersion, MessageID: messageID, Org: org}
 		var body, headers string
 		var attempt, status uint16
-		var redelivery uint8
+		var redelivery, held uint8
 		var nanos, latency uint32
 		var next time.Time
 		if err := rows.Scan(&a.ID, &a.EndpointID, &a.EventType, &a.EventID, &body, &a.MessageCreatedAt, &attempt, &redelivery,
-			&a.At, &nanos, &a.URL, &status, &latency, &headers, &a.ResponseBody, &a.Error, &a.Outcome, &next); err != nil {
+			&a.Round, &held, &a.At, &nanos, &a.URL, &status, &latency, &headers, &a.ResponseBody, &a.Error, &a.Outcome, &next); err != nil {
 			return err
 		}
 		if err := json.Unmarshal([]byte(headers), &a.ResponseHeaders); err != nil {
@@ -145,7 +145,7 @@ func (r *Reader) Get(ctx context.Context, org, messageID string) (*schemas.Webho
 		if len(a.ResponseHeaders) == 0 {
 			a.ResponseHeaders = nil
 		}
-		a.Attempt, a.Redelivery, a.Status, a.LatencyMillis = int(attempt), redelivery == 1, int(status), int64(latency)
+		a.Attempt, a.Redelivery, a.Held, a.Status, a.LatencyMillis = int(attempt), redelivery == 1, held == 1, int(status), int64(latency)
 		a.MessageCreatedAt, a.At, a.NextAttemptAt = a.MessageCreatedAt.UTC(), a.At.Add(time.Duration(nanos)).UTC(), stored(next)
 		if body != "" {
 			a.Body = []byte(body)

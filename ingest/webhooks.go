@@ -324,7 +324,10 @@ func (s *Server) redeliver(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 	}
 	if s.produceAll(ctx, t.ID, []*kgo.Record{rec}) {
 		s.m.produced.WithLabelValues("ok").Inc()
-		writeJSON(ctx, fasthttp.StatusAccepted, map[string]string{"message_id": d.ID, "endpoint_id": d.EndpointID})
+		writeJSON(ctx, fasthttp.StatusAccepted, struct {
+			MessageID  string `json:"message_id"`
+			EndpointID string `json:"endpoint_id"`
+		}{d.ID, d.EndpointID})
 	}
 }
 

@@ -138,6 +138,8 @@ var ClickHouseDDL = []string{
 		message_created_at DateTime,
 		attempt UInt16,
 		redelivery UInt8,
+		round String,
+		held UInt8,
 		at DateTime,
 		at_nanos UInt32,
 		url String,
@@ -190,7 +192,7 @@ const ClickHouseWebhookAttemptsTable = "certnode.webhook_attempts"
 
 // ClickHouseWebhookAttemptColumns lists the columns of an insert into
 // certnode.webhook_attempts, in order.
-const ClickHouseWebhookAttemptColumns = "org, message_id, id, endpoint_id, event_type, event_id, message_created_at, attempt, redelivery, " +
+const ClickHouseWebhookAttemptColumns = "org, message_id, id, endpoint_id, event_type, event_id, message_created_at, attempt, redelivery, round, held, " +
 	"at, at_nanos, url, status, latency_ms, response_headers, response_body, error, outcome, next_attempt_at, body"
 
 // ClickHouseWebhookMessagesTable is the per-message table the view fills

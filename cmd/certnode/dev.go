@@ -170,6 +170,7 @@ func newDevCmd() *cobra.Command {
 
 			var rs ingest.ReceiptStore
 			var usage ingest.UsageReader
+			var dr ingest.DeliveryReader
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
@@ -183,15 +184,14 @@ func newDevCmd() *cobra.Command {
 				}
 				defer sink.Close()
 				parts["sink"] = sink.Run
-				chs, br, err := openStores(ctx, chAddr, "")
+				st, err := openStores(ctx, chAddr, "")
 				if err != nil {
 					return usageErr("%v", err)
 				}
-				defer chs.Close()
-				defer br.Close()
-				rs, usage = chs, br
+				defer st.Close()
+				rs, usage, dr = st.receipts, st.usage, st.deliveries
 			} else {
-				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage and /v1/invoices answer 503")
+				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage, /v1/invoices and /v1/webhooks/deliveries answer 503")
 			}
 
 			icfg.Addr, icfg.Kafka, icfg.Registerer, icfg.Gatherer = addr, kcfg, reg, reg
@@ -200,7 +200,7 @@ func newDevCmd() *cobra.Command {
 				return err
 			}
 			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Store: rs, Usage: usage, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Ready: []ingest.Check{signerCheck, replica.Ready},
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Deliveries: dr, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
 			if err != nil {
 				return usageErr("%v", err)

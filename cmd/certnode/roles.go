@@ -20,6 +20,7 @@ import (
 
 	"github.com/certnode/certnode/billing"
 	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/deliveries"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -210,20 +211,20 @@ func newIngestCmd() *cobra.Command {
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			var rs ingest.ReceiptStore
 			var usage ingest.UsageReader
+			var dr ingest.DeliveryReader
 			if clickhouse != "" {
-				chs, br, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
+				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
-				defer chs.Close()
-				defer br.Close()
-				rs, usage = chs, br
+				defer st.Close()
+				rs, usage, dr = st.receipts, st.usage, st.deliveries
 			}
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
 			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Store: rs, Usage: usage, Plans: plans,
-				MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints})
+				MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Deliveries: dr})
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -240,7 +241,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
 	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage and /v1/invoices (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
+	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices and /v1/webhooks/deliveries (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
 	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
@@ -476,19 +477,36 @@ func newUsageSinkCmd() *cobra.Command {
 	return cmd
 }
 
-// openStores connects the ClickHouse readers of ingest: stored receipts,
-// and usage and invoices.
-func openStores(ctx context.Context, addr, password string) (*ingest.ClickHouseStore, *billing.Reader, error) {
-	chs, err := ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password)
-	if err != nil {
-		return nil, nil, err
+// stores are the ClickHouse readers of ingest: stored receipts, usage and
+// invoices, and webhook deliveries.
+type stores struct {
+	receipts   *ingest.ClickHouseStore
+	usage      *billing.Reader
+	deliveries *deliveries.Reader
+}
+
+func openStores(ctx context.Context, addr, password string) (*stores, error) {
+	var s stores
+	var err error
+	if s.receipts, err = ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password); err != nil {
+		return nil, err
 	}
-	br, err := billing.Open(ctx, []string{addr}, "default", password)
-	if err != nil {
-		chs.Close()
-		return nil, nil, err
+	if s.usage, err = billing.Open(ctx, []string{addr}, "default", password); err != nil {
+		s.receipts.Close()
+		return nil, err
 	}
-	return chs, br, nil
+	if s.deliveries, err = deliveries.Open(ctx, []string{addr}, "default", password); err != nil {
+		s.receipts.Close()
+		s.usage.Close()
+		return nil, err
+	}
+	return &s, nil
+}
+
+func (s *stores) Close() {
+	s.receipts.Close()
+	s.usage.Close()
+	s.deliveries.Close()
 }
 
 // runErr turns a role's failure into exit status 1 with its message.

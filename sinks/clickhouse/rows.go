@@ -144,6 +144,8 @@ type AttemptRow struct {
 	MessageCreatedAt time.Time
 	Attempt          uint16
 	Redelivery       uint8
+	Round            string
+	Held             uint8
 	At               time.Time // whole seconds; AtNanos holds the rest
 	AtNanos          uint32
 	URL              string
@@ -159,7 +161,7 @@ type AttemptRow struct {
 
 func (r AttemptRow) values() []any {
 	return []any{r.Org, r.MessageID, r.ID, r.EndpointID, r.EventType, r.EventID, r.MessageCreatedAt, r.Attempt, r.Redelivery,
-		r.At, r.AtNanos, r.URL, r.Status, r.LatencyMS, r.ResponseHeaders, r.ResponseBody, r.Error, r.Outcome, r.NextAttemptAt, r.Body}
+		r.Round, r.Held, r.At, r.AtNanos, r.URL, r.Status, r.LatencyMS, r.ResponseHeaders, r.ResponseBody, r.Error, r.Outcome, r.NextAttemptAt, r.Body}
 }
 
 // attemptRowFor turns a decoded attempt into a row. Its times are kept as
@@ -191,13 +193,16 @@ func attemptRowFor(a *schemas.WebhookAttempt) (AttemptRow, error) {
 	if schemas.Present(a.Body) {
 		body = string(a.Body)
 	}
-	var redelivery uint8
+	var redelivery, held uint8
 	if a.Redelivery {
 		redelivery = 1
 	}
+	if a.Held {
+		held = 1
+	}
 	at := a.At.UTC()
 	return AttemptRow{Org: a.Org, MessageID: a.MessageID, ID: a.ID, EndpointID: a.EndpointID, EventType: a.EventType, EventID: a.EventID,
-		MessageCreatedAt: a.MessageCreatedAt.UTC(), Attempt: uint16(a.Attempt), Redelivery: redelivery,
+		MessageCreatedAt: a.MessageCreatedAt.UTC(), Attempt: uint16(a.Attempt), Redelivery: redelivery, Round: a.Round, Held: held,
 		At: at.Truncate(time.Second), AtNanos: uint32(at.Nanosecond()), URL: a.URL, Status: uint16(a.Status),
 		LatencyMS: uint32(a.LatencyMillis), ResponseHeaders: headers, ResponseBody: a.ResponseBody, Error: a.Error,
 		Outcome: a.Outcome, NextAttemptAt: next.UTC(), Body: body}, nil
