@@ -210,6 +210,12 @@ func (d *Dispatcher) attempt(q *queue, dv *delivery) {
 		d.m.firstAttempt.Observe(max(0, now.Sub(m.CreatedAt).Seconds()))
 	}
 	o := d.post(ep, m, now)
+	if d.ctx.Err() != nil {
+		// Stopping cut the attempt short: it says nothing of the endpoint,
+		// and the message, unsettled, is read again by the next owner.
+		d.finish(q, nil, false)
+		return
+	}
 	d.m.attemptSeconds.Observe(o.latency.Seconds())
 	rec.Status, rec.LatencyMillis, rec.ResponseHeaders, rec.ResponseBody, rec.Error =
 		o.status, o.latency.Milliseconds(), o.headers, o.body, o.err
