@@ -65,5 +65,74 @@ func newBenchCmd() *cobra.Command {
 	bindEnv(fs, "duration", "CERTNODE_BENCH_DURATION")
 	fs.StringVar(&cfg.Label, "label", "certnode", "label printed with the figures")
 	bindEnv(fs, "label", "CERTNODE_BENCH_LABEL")
+	cmd.AddCommand(newBenchWebhooksCmd())
+	return cmd
+}
+
+func newBenchWebhooksCmd() *cobra.Command {
+	cfg := bench.WebhookConfig{BaseURL: "http://127.0.0.1:8080", Rate: 1000, Duration: 10 * time.Second, Events: 20000}
+	var credFile string
+	cmd := &cobra.Command{
+		Use:   "webhooks",
+		Short: "Webhook delivery to a local receiver: latency from receipt signed to webhook received at a fixed sign rate, and deliveries per second",
+		Long: "Starts a receiver on 127.0.0.1, creates a receipt.signed endpoint for it in the API key's organization\n" +
+			"(the dispatcher must be allowed to reach loopback, as certnode dev's is), signs at --rate for --duration\n" +
+			"and measures, at the receiver, the time from each receipt signed (the event's timestamp) to its\n" +
+			"delivery (p50, p99); then sends a bulk sign job of --events lines and measures deliveries per second,\n" +
+			"as a ratio to the raw signing rate of the receipts' algorithm measured in the same run. The endpoint\n" +
+			"is deleted at the end. The API key and organization come from --credentials (the file `certnode dev`\n" +
+			"writes), or $CERTNODE_API_KEY and --org.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.APIKey == "" {
+				cfg.APIKey = os.Getenv("CERTNODE_API_KEY")
+			}
+			if credFile != "" {
+				data, err := os.ReadFile(credFile)
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				var c credentials
+				if err := json.Unmarshal(data, &c); err != nil {
+					return usageErr("%s: %v", credFile, err)
+				}
+				cfg.APIKey = c.APIKey
+				if cfg.Org == "" {
+					cfg.Org = c.Tenant
+				}
+			}
+			var errs []error
+			if cfg.APIKey == "" || cfg.Org == "" {
+				errs = append(errs, errors.New("no API key or organization: set --credentials FILE, or CERTNODE_API_KEY and --org"))
+			}
+			if cfg.Rate < 1 || cfg.Events < 1 || cfg.Duration <= 0 {
+				errs = append(errs, errors.New("--rate, --events and --duration must be positive"))
+			}
+			if err := errors.Join(errs...); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			r, err := bench.Webhooks(cmd.Context(), cfg)
+			if err != nil {
+				return &exitError{code: exitInvalid, err: err}
+			}
+			r.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&cfg.BaseURL, "url", cfg.BaseURL, "API base URL")
+	bindEnv(fs, "url", "CERTNODE_BENCH_URL")
+	fs.StringVar(&credFile, "credentials", "", "credentials.json written by certnode dev")
+	bindEnv(fs, "credentials", "CERTNODE_CREDENTIALS_FILE")
+	fs.StringVar(&cfg.Org, "org", "", "organization of the API key (default: the credentials' tenant)")
+	bindEnv(fs, "org", "CERTNODE_BENCH_ORG")
+	fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "signs/s for the latency run")
+	bindEnv(fs, "rate", "CERTNODE_BENCH_WEBHOOK_RATE")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "length of the latency run")
+	bindEnv(fs, "duration", "CERTNODE_BENCH_WEBHOOK_DURATION")
+	fs.IntVar(&cfg.Events, "events", cfg.Events, "lines of the bulk sign job whose deliveries are counted")
+	bindEnv(fs, "events", "CERTNODE_BENCH_WEBHOOK_EVENTS")
+	fs.StringVar(&cfg.Label, "label", "certnode", "label printed with the figures")
+	bindEnv(fs, "label", "CERTNODE_BENCH_LABEL")
 	return cmd
 }

@@ -1,9 +1,17 @@
 package egress_test
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/certnode/certnode/internal/egress"
 )
@@ -152,5 +160,158 @@ func TestControlJudgesTheDialedAddress(t *testing.T) {
 		if err := g.Control(c.network, c.address, nil); err != nil {
 			t.Errorf("%s %s refused: %v", c.network, c.address, err)
 		}
+	}
+}
+
+// namedDNS answers A and AAAA questions for the names of records (one
+// address each; the other type, and other names, get no records) over UDP
+// on 127.0.0.1, and returns a resolver that sends all its queries there.
+func namedDNS(t *testing.T, records map[string]netip.Addr) *net.Resolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp := answerNamed(buf[:n], records); resp != nil {
+				pc.WriteTo(resp, from)
+			}
+		}
+	}()
+	addr := pc.LocalAddr().String()
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+}
+
+// answerNamed builds the response to a one-question query (RFC 1035 4.1).
+func answerNamed(q []byte, records map[string]netip.Addr) []byte {
+	if len(q) < 12 || binary.BigEndian.Uint16(q[4:]) != 1 {
+		return nil
+	}
+	var labels []string
+	end := 12
+	for end < len(q) && q[end] != 0 {
+		n := int(q[end])
+		if end+1+n > len(q) {
+			return nil
+		}
+		labels = append(labels, string(q[end+1:end+1+n]))
+		end += 1 + n
+	}
+	end += 5 // the root label, QTYPE, QCLASS
+	if end > len(q) {
+		return nil
+	}
+	qtype := binary.BigEndian.Uint16(q[end-4:])
+	resp := append([]byte(nil), q[:end]...)
+	binary.BigEndian.PutUint16(resp[2:], 0x8180) // response, recursion desired and available
+	binary.BigEndian.PutUint16(resp[6:], 0)
+	binary.BigEndian.PutUint16(resp[8:], 0)  // no authority records
+	binary.BigEndian.PutUint16(resp[10:], 0) // nor additional (the query's EDNS0 option)
+	ip, ok := records[strings.ToLower(strings.Join(labels, "."))]
+	if !ok {
+		return resp
+	}
+	var rdata []byte
+	switch {
+	case qtype == 1 && ip.Is4():
+		b := ip.As4()
+		rdata = b[:]
+	case qtype == 28 && ip.Is6():
+		b := ip.As16()
+		rdata = b[:]
+	default:
+		return resp
+	}
+	binary.BigEndian.PutUint16(resp[6:], 1)
+	// Name by pointer to the question, the type asked, class IN, TTL 60.
+	resp = append(resp, 0xc0, 12, byte(qtype>>8), byte(qtype), 0, 1, 0, 0, 0, 60, 0, byte(len(rdata)))
+	return append(resp, rdata...)
+}
+
+// errNoConnect is what the wrapped hook below always answers, so that the
+// dialer never connects, whatever the guard decided.
+var errNoConnect = errors.New("test: the connect is replaced")
+
+// Names a webhook URL may hold, resolving to the addresses the SSRF tests
+// name: the guard judges the address each resolves to, in the dialer's
+// hook, after resolution. The hook is the guard's wrapped so that the
+// connect never happens: only the DNS stub on 127.0.0.1 is ever contacted,
+// even if the guard were broken.
+func TestWebhookGuardJudgesResolvedNames(t *testing.T) {
+	cases := []struct {
+		name   string
+		addr   string
+		dialed []string // what the hook may be given
+		reason string   // "": allowed
+	}{
+		{"loopback.certnode.test", "127.0.0.1", []string{"127.0.0.1:80"}, "loopback"},
+		{"private.certnode.test", "10.0.0.1", []string{"10.0.0.1:80"}, "private"},
+		{"metadata.certnode.test", "169.254.169.254", []string{"169.254.169.254:80"}, "link-local"},
+		{"cgnat.certnode.test", "100.64.0.1", []string{"100.64.0.1:80"}, "shared"},
+		{"loopback6.certnode.test", "::1", []string{"[::1]:80"}, "loopback"},
+		// An AAAA record holding an IPv4-mapped address: Go dials it as
+		// IPv4, the kernel would too.
+		{"mapped.certnode.test", "::ffff:127.0.0.1", []string{"127.0.0.1:80", "[::ffff:127.0.0.1]:80"}, "loopback"},
+		{"metadata6.certnode.test", "fd00:ec2::254", []string{"[fd00:ec2::254]:80"}, "private"},
+		{"public.certnode.test", "93.184.216.34", []string{"93.184.216.34:80"}, ""},
+	}
+	records := map[string]netip.Addr{}
+	for _, c := range cases {
+		records[c.name] = netip.MustParseAddr(c.addr)
+	}
+	resolver := namedDNS(t, records)
+	g := egress.NewGuard(nil)
+	for _, c := range cases {
+		var mu sync.Mutex
+		type decision struct {
+			address string
+			err     error
+		}
+		var got []decision
+		d := &net.Dialer{Resolver: resolver, Control: func(network, address string, rc syscall.RawConn) error {
+			err := g.Control(network, address, rc)
+			mu.Lock()
+			got = append(got, decision{address, err})
+			mu.Unlock()
+			return errNoConnect
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := d.DialContext(ctx, "tcp", c.name+":80")
+		cancel()
+		if conn != nil {
+			conn.Close()
+			t.Fatalf("%s: connected", c.name)
+		}
+		if !errors.Is(err, errNoConnect) {
+			t.Errorf("%s: %v; want the replaced connect's error (the name must resolve and reach the hook)", c.name, err)
+			continue
+		}
+		mu.Lock()
+		if len(got) != 1 || !slices.Contains(c.dialed, got[0].address) {
+			t.Errorf("%s: the hook judged %+v, want one of %v", c.name, got, c.dialed)
+		} else if c.reason == "" {
+			if got[0].err != nil {
+				t.Errorf("%s (%s): refused: %v", c.name, c.addr, got[0].err)
+			}
+		} else {
+			var fe *egress.ForbiddenAddressError
+			if !errors.As(got[0].err, &fe) || !errors.Is(got[0].err, egress.ErrForbiddenAddress) || fe.Reason != c.reason {
+				t.Errorf("%s (%s): %v, want refused as %s", c.name, c.addr, got[0].err, c.reason)
+			}
+		}
+		mu.Unlock()
 	}
 }

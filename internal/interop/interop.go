@@ -9,16 +9,19 @@
 //
 // WebhookNode and WebhookPython run the official Standard Webhooks
 // libraries (npm and PyPI standardwebhooks; node/webhooks.mjs,
-// python/webhooks.py): see SignWebhooks and VerifyWebhooks.
+// python/webhooks.py): see SignWebhooks and VerifyWebhooks, and
+// ServeWebhooks for a receiver built on the library.
 //
 // `make test` installs their packages (deploy/local/services.sh); a missing
 // or mismatched install fails the calling test with the command that fixes it.
 package interop
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +29,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-json-experiment/json"
 )
@@ -179,4 +183,110 @@ func (im *Impl) webhooks(t testing.TB, mode string, reqs []WebhookRequest) []str
 		t.Fatalf("%s %s: %d answers to %d requests: %q", im.Name, mode, len(out), len(reqs), out)
 	}
 	return out
+}
+
+// WebhookVerdict is what a library receiver made of one request: the
+// webhook-id header and one verdict per secret, in the order given ("ok" or
+// "fail: message").
+type WebhookVerdict struct {
+	ID       string   `json:"id"`
+	Verdicts []string `json:"verdicts"`
+}
+
+// WebhookReceiver is a receiver built on the library (the script's serve
+// mode): an HTTP server on 127.0.0.1 that checks every request with one
+// library verifier per secret, each holding only that secret, and answers
+// 204 when one of them accepts it, else 400.
+type WebhookReceiver struct {
+	Name string
+	URL  string // http://127.0.0.1:PORT/
+	mu   sync.Mutex
+	seen []WebhookVerdict
+	bad  []string // output lines that are not verdicts
+}
+
+// ServeWebhooks starts a receiver on 127.0.0.1 holding secrets; it stops
+// when the test ends.
+func (im *Impl) ServeWebhooks(t testing.TB, secrets ...string) *WebhookReceiver {
+	t.Helper()
+	if err := im.ready(); err != nil {
+		t.Fatalf("%s interop implementation not usable: %v", im.Name, err)
+	}
+	cmd := exec.Command(im.interp, im.script, "serve")
+	cmd.Env = append(os.Environ(), "WEBHOOK_SECRETS="+strings.Join(secrets, " "))
+	stdin, err := cmd.StdinPipe() // the receiver exits when it closes
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s serve: %v", im.Name, err)
+	}
+	done := make(chan struct{})
+	r := &WebhookReceiver{Name: im.Name}
+	port := make(chan string, 1)
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if p, ok := strings.CutPrefix(line, "listening "); ok {
+				port <- p
+				continue
+			}
+			var v WebhookVerdict
+			r.mu.Lock()
+			if err := json.Unmarshal([]byte(line), &v); err != nil {
+				r.bad = append(r.bad, line)
+			} else {
+				r.seen = append(r.seen, v)
+			}
+			r.mu.Unlock()
+		}
+		io.Copy(io.Discard, stdout)
+		cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if bad := r.lines(); len(bad) > 0 {
+			t.Errorf("%s receiver printed lines that are not verdicts: %q", im.Name, bad)
+		}
+		if t.Failed() && errb.Len() > 0 {
+			t.Logf("%s receiver stderr:\n%s", im.Name, errb.String())
+		}
+	})
+	select {
+	case p := <-port:
+		r.URL = "http://127.0.0.1:" + p + "/"
+	case <-done:
+		t.Fatalf("%s receiver exited: %s", im.Name, errb.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s receiver did not start listening within 30s", im.Name)
+	}
+	return r
+}
+
+// Seen returns the verdicts so far, in the order the requests came.
+func (r *WebhookReceiver) Seen() []WebhookVerdict {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]WebhookVerdict(nil), r.seen...)
+}
+
+func (r *WebhookReceiver) lines() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.bad...)
 }
