@@ -126,7 +126,7 @@ func DefaultConfig() Config {
 	return Config{
 		Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1}, Group: "certnode-dispatcher",
 		Schedule: DefaultSchedule, Jitter: 0.1, DisableAfter: 5 * 24 * time.Hour, MaxRetryAfter: time.Hour,
-		Concurrency: 8, QueueLimit: 1000, ParkAfter: 5 * time.Second, MaxPending: 50_000,
+		Concurrency: 8, QueueLimit: 10_000, ParkAfter: 5 * time.Second, MaxPending: 100_000,
 		MaxReceiptBytes: 256 << 10, CommitInterval: time.Second, SeenLookback: 5 * time.Minute,
 	}
 }

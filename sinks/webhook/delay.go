@@ -25,12 +25,12 @@ type delayer struct {
 	delay map[string]time.Duration // by topic
 
 	mu     sync.Mutex
-	bufs   map[tp][]*kgo.Record
+	bufs   map[tp][]*held
 	paused map[tp]bool
 }
 
 func newDelayer(d *Dispatcher, opts ...kgo.Opt) (*delayer, error) {
-	dl := &delayer{d: d, delay: map[string]time.Duration{}, bufs: map[tp][]*kgo.Record{}, paused: map[tp]bool{}}
+	dl := &delayer{d: d, delay: map[string]time.Duration{}, bufs: map[tp][]*held{}, paused: map[tp]bool{}}
 	for i, t := range d.topics.WebhookDelays {
 		dl.delay[t] = schemas.WebhookDelayTiers[i]
 	}
@@ -84,7 +84,7 @@ func (dl *delayer) run(ctx context.Context) error {
 		dl.mu.Lock()
 		for _, rec := range fetches.Records() {
 			k := tp{rec.Topic, rec.Partition}
-			dl.bufs[k] = append(dl.bufs[k], rec)
+			dl.bufs[k] = append(dl.bufs[k], dl.hold(rec))
 		}
 		dl.mu.Unlock()
 		if err := dl.forward(ctx); err != nil {
@@ -94,7 +94,25 @@ func (dl *delayer) run(ctx context.Context) error {
 	return nil
 }
 
-func (dl *delayer) ready(rec *kgo.Record) time.Time { return rec.Timestamp.Add(dl.delay[rec.Topic]) }
+// held is a record read from a delay topic, with when to forward it.
+type held struct {
+	rec   *kgo.Record
+	ready time.Time
+}
+
+// hold dates a record: its tier's delay after it was written or, when the
+// message is due less than the shortest tier after that, when it is due
+// (waiting in memory, and holding back its partition, for under that
+// tier's delay rather than going round the tier again).
+func (dl *delayer) hold(rec *kgo.Record) *held {
+	h := &held{rec: rec, ready: rec.Timestamp.Add(dl.delay[rec.Topic])}
+	if m, err := schemas.DecodeWebhookMessage(rec.Value); err == nil {
+		if extra := m.DueAt.Sub(h.ready); extra > 0 && extra < schemas.WebhookDelayTiers[0] {
+			h.ready = m.DueAt
+		}
+	}
+	return h
+}
 
 // nextWake is how long to wait for records before looking at the heads.
 func (dl *delayer) nextWake() time.Duration {
@@ -104,7 +122,7 @@ func (dl *delayer) nextWake() time.Duration {
 	now := dl.d.now()
 	for _, buf := range dl.bufs {
 		if len(buf) > 0 {
-			wake = min(wake, max(time.Millisecond, dl.ready(buf[0]).Sub(now)))
+			wake = min(wake, max(time.Millisecond, buf[0].ready.Sub(now)))
 		}
 	}
 	return wake
@@ -113,12 +131,12 @@ func (dl *delayer) nextWake() time.Duration {
 // forward sends on every record whose wait is over, then commits them.
 func (dl *delayer) forward(ctx context.Context) error {
 	now := dl.d.now()
-	var due []*kgo.Record
+	var due []*held
 	offsets := map[string]map[int32]kgo.EpochOffset{}
 	dl.mu.Lock()
 	for k, buf := range dl.bufs {
 		n := 0
-		for n < len(buf) && !dl.ready(buf[n]).After(now) {
+		for n < len(buf) && !buf[n].ready.After(now) {
 			n++
 		}
 		if n > 0 {
@@ -126,7 +144,7 @@ func (dl *delayer) forward(ctx context.Context) error {
 			if offsets[k.topic] == nil {
 				offsets[k.topic] = map[int32]kgo.EpochOffset{}
 			}
-			offsets[k.topic][k.part] = kgo.EpochOffset{Epoch: -1, Offset: buf[n-1].Offset + 1}
+			offsets[k.topic][k.part] = kgo.EpochOffset{Epoch: -1, Offset: buf[n-1].rec.Offset + 1}
 			dl.bufs[k] = buf[n:]
 		}
 		// Hold a partition whose head is not due: what follows is not either.
@@ -147,7 +165,8 @@ func (dl *delayer) forward(ctx context.Context) error {
 		return nil
 	}
 	out := make([]*kgo.Record, 0, len(due))
-	for _, rec := range due {
+	for _, h := range due {
+		rec := h.rec
 		m, err := dl.d.dueMessage(rec)
 		if err != nil {
 			dl.d.skip(rec, err)
