@@ -9,11 +9,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,34 +25,6 @@ import (
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// certnodeBinary builds the certnode command once per test run. The sink
-// runs as its own process, as in production: this read-side package may
-// not import the sink (DESIGN.md section 3).
-func certnodeBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "certnode-deliveries-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "certnode")
-		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/certnode").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
 
 // sinkEnv is a topic prefix of its own on the real Kafka, with a
 // `certnode sink clickhouse` process writing it to the real ClickHouse.
@@ -87,7 +57,9 @@ func newSinkEnv(t *testing.T) *sinkEnv {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(certnodeBinary(t), "sink", "clickhouse", "--clickhouse", testenv.ClickHouseAddr(t),
+	// The sink runs as its own process, as in production: this read-side
+	// package may not import it (DESIGN.md section 3).
+	cmd := exec.Command(testenv.CertnodeBinary(t, "../cmd/certnode", false), "sink", "clickhouse", "--clickhouse", testenv.ClickHouseAddr(t),
 		"--metrics", "127.0.0.1:0", "--batch-wait", "200ms")
 	cmd.Env = append(os.Environ(), "CERTNODE_KAFKA="+cfg.Brokers[0], "CERTNODE_TOPIC_PREFIX="+prefix, "CERTNODE_KAFKA_PARTITIONS=2")
 	var out bytes.Buffer

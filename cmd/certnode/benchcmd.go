@@ -5,7 +5,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/go-json-experiment/json"
 	"github.com/spf13/cobra"
 
 	"github.com/certnode/certnode/bench"
@@ -24,13 +23,9 @@ func newBenchCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.APIKey = os.Getenv("CERTNODE_API_KEY")
 			if credFile != "" {
-				data, err := os.ReadFile(credFile)
+				c, err := readCredentials(credFile)
 				if err != nil {
 					return usageErr("%v", err)
-				}
-				var c credentials
-				if err := json.Unmarshal(data, &c); err != nil {
-					return usageErr("%s: %v", credFile, err)
 				}
 				cfg.APIKey = c.APIKey
 			}
@@ -88,13 +83,9 @@ func newBenchWebhooksCmd() *cobra.Command {
 				cfg.APIKey = os.Getenv("CERTNODE_API_KEY")
 			}
 			if credFile != "" {
-				data, err := os.ReadFile(credFile)
+				c, err := readCredentials(credFile)
 				if err != nil {
 					return usageErr("%v", err)
-				}
-				var c credentials
-				if err := json.Unmarshal(data, &c); err != nil {
-					return usageErr("%s: %v", credFile, err)
 				}
 				cfg.APIKey = c.APIKey
 				if cfg.Org == "" {

@@ -44,6 +44,19 @@ type credentials struct {
 	NodeToken   string `json:"node_token"`
 }
 
+// readCredentials reads a credentials file certnode dev wrote.
+func readCredentials(path string) (credentials, error) {
+	var c credentials
+	data, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(data, &c, json.RejectUnknownMembers(false))
+	}
+	if err != nil {
+		return c, fmt.Errorf("credentials %s: %w", path, err)
+	}
+	return c, nil
+}
+
 func newDevCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags

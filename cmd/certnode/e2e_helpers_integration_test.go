@@ -35,60 +35,14 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
+// certnodeBinary is the binary the end-to-end tests run every role with,
+// as its own process, as in production.
+func certnodeBinary(t *testing.T) string { return testenv.CertnodeBinary(t, ".", true) }
 
-// certnodeBinary builds the binary once per test run: the end-to-end tests
-// run every role as its own process, as in production.
-func certnodeBinary(t *testing.T) string {
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "certnode-e2e-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "certnode")
-		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-var (
-	plainBinOnce sync.Once
-	plainBinPath string
-	plainBinErr  error
-)
-
-// certnodeBinaryNoRace builds the binary without the race detector, once
-// per test run, for tests whose volume the detector's several-fold CPU cost
-// would push past their time limit. Every other test keeps -race.
-func certnodeBinaryNoRace(t *testing.T) string {
-	plainBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "certnode-e2e-bin")
-		if err != nil {
-			plainBinErr = err
-			return
-		}
-		plainBinPath = filepath.Join(dir, "certnode")
-		out, err := exec.Command("go", "build", "-o", plainBinPath, ".").CombinedOutput()
-		if err != nil {
-			plainBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if plainBinErr != nil {
-		t.Fatal(plainBinErr)
-	}
-	return plainBinPath
-}
+// certnodeBinaryNoRace is built without the race detector, for tests whose
+// volume the detector's several-fold CPU cost would push past their time
+// limit. Every other test keeps -race.
+func certnodeBinaryNoRace(t *testing.T) string { return testenv.CertnodeBinary(t, ".", false) }
 
 // e2e is one isolated deployment on the shared real services: its own
 // topic prefix (so topics and consumer groups), tenant, key and secret.

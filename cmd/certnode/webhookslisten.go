@@ -57,11 +57,7 @@ func (a *apiFlags) resolve(fs *pflag.FlagSet) (base, key string, problems []erro
 		}
 	}
 	if a.credFile != "" {
-		var c credentials
-		data, err := os.ReadFile(a.credFile)
-		if err == nil {
-			err = json.Unmarshal(data, &c, json.RejectUnknownMembers(false))
-		}
+		c, err := readCredentials(a.credFile)
 		switch {
 		case err != nil:
 			problems = append(problems, fmt.Errorf("--credentials: %v", err))

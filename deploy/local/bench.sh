@@ -2,7 +2,7 @@
 # `make bench`, part two: loads the HTTP API of `certnode dev`, first on its
 # embedded Kafka, then on the real local Kafka and ClickHouse, and prints
 # each figure next to the raw rate of its algorithm (ES256 or EdDSA) measured in the same run.
-# Webhooks are measured on the embedded Kafka: the embedded dispatcher
+# Webhooks are measured on both Kafkas: the embedded dispatcher
 # delivers to a receiver `certnode bench webhooks` runs on 127.0.0.1.
 source "$(dirname "$0")/lib.sh"
 bin="$REPO_ROOT/bin/certnode"
@@ -47,3 +47,5 @@ run_dev_webhooks "certnode dev: webhooks, embedded Kafka (kfake) and dispatcher,
 bash "$(dirname "$0")/services.sh" up >/dev/null
 run_dev "certnode dev: Apache Kafka + ClickHouse (deploy/local), software key" \
   --kafka 127.0.0.1:9092 --clickhouse 127.0.0.1:9000 --topic-prefix "bench-$(date +%s)"
+run_dev_webhooks "certnode dev: webhooks, Apache Kafka + ClickHouse (deploy/local), software key" \
+  --kafka 127.0.0.1:9092 --clickhouse 127.0.0.1:9000 --topic-prefix "bench-hooks-$(date +%s)"

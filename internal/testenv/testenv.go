@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -103,4 +106,54 @@ func RunUntilCleanup(t testing.TB, run func(context.Context) error, closer func(
 		}
 		closer()
 	})
+}
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var (
+	buildsMu sync.Mutex
+	builds   = map[string]*build{}
+)
+
+// CertnodeBinary builds the certnode command in dir (a path to
+// cmd/certnode from the test's package), with the race detector or
+// without, once per test process: tests that run roles as their own
+// processes, as in production, share it.
+func CertnodeBinary(t testing.TB, dir string, race bool) string {
+	t.Helper()
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("%s race=%v", abs, race)
+	buildsMu.Lock()
+	b := builds[key]
+	if b == nil {
+		b = &build{}
+		builds[key] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() {
+		out, err := os.MkdirTemp("", "certnode-bin")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(out, "certnode")
+		args := []string{"build", "-o", b.path}
+		if race {
+			args = append(args, "-race")
+		}
+		if msg, err := exec.Command("go", append(args, abs)...).CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build: %v\n%s", err, msg)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
 }
