@@ -136,6 +136,10 @@ type PutEndpoint struct {
 	Meta     `json:"meta,omitzero"`
 	Endpoint WebhookEndpoint `json:"endpoint"`
 	Create   bool            `json:"create,omitempty"`
+	// Expect is the UpdatedAt of the endpoint the change was made from:
+	// a change made meanwhile (a rotation, a dispatcher disabling it) is
+	// not overwritten unseen.
+	Expect time.Time `json:"expect,omitzero"`
 }
 
 func (*PutEndpoint) cmdType() cmdType { return cmdPutEndpoint }
@@ -155,6 +159,8 @@ func (c *PutEndpoint) validate(s *State) error {
 		return fmt.Errorf("%w: endpoint %q", ErrNotFound, e.ID)
 	case !c.Create && !old.CreatedAt.Equal(e.CreatedAt):
 		return invalid("created_at cannot change")
+	case !c.Create && !c.Expect.IsZero() && !old.UpdatedAt.Equal(c.Expect):
+		return fmt.Errorf("%w: endpoint %q changed meanwhile; read it again and retry", ErrConflict, e.ID)
 	}
 	if c.Create {
 		n := 0
@@ -209,15 +215,24 @@ type SetEndpointHealth struct {
 	FailingSince time.Time `json:"failing_since,omitzero"`
 	Disable      bool      `json:"disable,omitempty"`
 	Reason       string    `json:"reason,omitempty"`
+	// Expect is the UpdatedAt of the endpoint the dispatcher judged: a
+	// disable decided before a user changed it (enabled it again) is
+	// refused.
+	Expect time.Time `json:"expect,omitzero"`
 }
 
 func (*SetEndpointHealth) cmdType() cmdType { return cmdSetEndpointHealth }
 func (c *SetEndpointHealth) validate(s *State) error {
-	if e := s.Endpoints[c.ID]; e == nil || e.Org != c.Org {
+	e := s.Endpoints[c.ID]
+	switch {
+	case e == nil || e.Org != c.Org:
 		return fmt.Errorf("%w: endpoint %q", ErrNotFound, c.ID)
-	}
-	if c.Disable && (c.Reason == "" || len(c.Reason) > 200) {
+	case c.Disable && (c.Reason == "" || len(c.Reason) > 200):
 		return invalid("disabling needs a reason of up to 200 bytes")
+	case c.Disable && !e.UpdatedAt.Equal(c.Expect):
+		return fmt.Errorf("%w: endpoint %q changed since it was judged", ErrConflict, c.ID)
+	case !c.At.IsZero() && c.FailingSince.After(c.At.Add(time.Minute)):
+		return invalid("failing_since is in the future")
 	}
 	return nil
 }
@@ -225,7 +240,11 @@ func (c *SetEndpointHealth) apply(s *State) {
 	e := *s.Endpoints[c.ID]
 	e.FailingSince = c.FailingSince
 	if c.Disable && e.Enabled {
+		// A new version: a change made from the enabled one is refused.
 		e.Enabled, e.DisabledReason = false, c.Reason
+		if !c.At.IsZero() {
+			e.UpdatedAt = c.At
+		}
 	}
 	s.Endpoints[c.ID] = &e
 }
@@ -242,6 +261,7 @@ type EndpointHealth struct {
 	FailingSince time.Time `json:"failing_since,omitzero"`
 	Disable      bool      `json:"disable,omitempty"`
 	Reason       string    `json:"reason,omitempty"`
+	Expect       time.Time `json:"expect,omitzero"` // the endpoint's updated_at when judged
 }
 
 // endpointHealth takes a dispatcher's report on an endpoint.
@@ -252,7 +272,7 @@ func (s *Server) endpointHealth(w http.ResponseWriter, r *http.Request, body []b
 		return
 	}
 	s.write(w, r, body, &SetEndpointHealth{ID: r.PathValue("id"), Org: h.Org, FailingSince: h.FailingSince, Disable: h.Disable,
-		Reason: h.Reason}, http.StatusNoContent, nil)
+		Reason: h.Reason, Expect: h.Expect}, http.StatusNoContent, nil)
 }
 
 func (e *WebhookEndpoint) owner() string                { return e.Org }
@@ -392,9 +412,10 @@ func (s *Server) updateEndpoint(w http.ResponseWriter, r *http.Request, sc scope
 	if !ok {
 		return
 	}
+	expect := e.UpdatedAt
 	b.applyTo(&e)
 	e.UpdatedAt = time.Now().UTC()
-	s.write(w, r, body, &PutEndpoint{Endpoint: e}, http.StatusOK, endpointViewOf(&e))
+	s.write(w, r, body, &PutEndpoint{Endpoint: e, Expect: expect}, http.StatusOK, endpointViewOf(&e))
 }
 
 func (s *Server) deleteEndpoint(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
@@ -445,10 +466,11 @@ func (s *Server) rotateEndpointSecret(w http.ResponseWriter, r *http.Request, sc
 	}
 	// The newest secrets first; at most five.
 	e.Secrets = append([]EndpointSecret{{Secret: secret, CreatedAt: now}}, kept[:min(len(kept), 4)]...)
+	expect := e.UpdatedAt
 	e.UpdatedAt = now
 	v := endpointViewOf(&e)
 	v.Secret = secret
-	s.write(w, r, body, &PutEndpoint{Endpoint: e}, http.StatusOK, v)
+	s.write(w, r, body, &PutEndpoint{Endpoint: e, Expect: expect}, http.StatusOK, v)
 }
 
 // TestOutcome is the outcome of a test delivery.

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -224,7 +225,17 @@ func TestEndpointHealthReports(t *testing.T) {
 		ep := endpoint()
 		return ep != nil && ep.FailingSince.Equal(since) && ep.Enabled, ""
 	})
-	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", FailingSince: since, Disable: true, Reason: "failing for 5 days"}); err != nil {
+	// A disable judged on an older version (before a user's change) is refused.
+	judged := endpoint().UpdatedAt
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", FailingSince: since, Disable: true, Reason: "stale",
+		Expect: judged.Add(-time.Second)}); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("a stale disable: %v", err)
+	}
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", FailingSince: time.Now().Add(time.Hour)}); err == nil {
+		t.Fatal("a failing time in the future was taken")
+	}
+	if err := r.ReportEndpointHealth(ctx, e.ID, EndpointHealth{Org: "acme", FailingSince: since, Disable: true, Reason: "failing for 5 days",
+		Expect: judged}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, "disabled", 5*time.Second, func() (bool, string) {
@@ -234,6 +245,14 @@ func TestEndpointHealthReports(t *testing.T) {
 	if got := op.must(200, "GET", "/v1/orgs/acme/webhooks/endpoints/"+e.ID, ""); !strings.Contains(got, `"disabled_reason":"failing for 5 days"`) ||
 		!strings.Contains(got, `"failing_since"`) {
 		t.Fatalf("the API does not say why: %s", got)
+	}
+	// A change made from the version before the disable is refused, so it
+	// cannot enable the endpoint again unseen.
+	var stale WebhookEndpoint
+	n.node.fsm.View(func(st *State) { stale = *st.Endpoints[e.ID] })
+	stale.Enabled, stale.Description = true, "from an old read"
+	if _, err := n.node.Propose(&PutEndpoint{Endpoint: stale, Expect: judged}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a change from a stale version: %v", err)
 	}
 	if got := op.must(200, "GET", "/v1/orgs/acme/audit", ""); !strings.Contains(got, "webhook_endpoint.disable") {
 		t.Fatalf("no audit event: %s", got)

@@ -47,7 +47,7 @@ func (h *hookDirectory) Endpoints(org string) ([]*webhook.Endpoint, bool) {
 		c := h.cache[e]
 		if c == nil {
 			c = &webhook.Endpoint{ID: e.ID, Org: e.Org, URL: e.URL, EventTypes: e.EventTypes, Headers: e.Headers,
-				Enabled: e.Enabled, Ordered: e.Ordered, CreatedAt: e.CreatedAt, FailingSince: e.FailingSince}
+				Enabled: e.Enabled, Ordered: e.Ordered, CreatedAt: e.CreatedAt, FailingSince: e.FailingSince, UpdatedAt: e.UpdatedAt}
 			for _, s := range e.Secrets {
 				if key, err := whsig.ParseSecret(s.Secret); err == nil { // checked when stored
 					c.Secrets = append(c.Secrets, webhook.Secret{Key: key, ExpiresAt: s.ExpiresAt})
@@ -64,8 +64,9 @@ func (h *hookDirectory) RetrySchedule(org string) []time.Duration {
 	return h.r.WebhookRetrySchedule(org)
 }
 
-func (h *hookDirectory) ReportHealth(ctx context.Context, org, id string, since time.Time, disable bool, reason string) error {
-	return h.r.ReportEndpointHealth(ctx, id, coordinator.EndpointHealth{Org: org, FailingSince: since, Disable: disable, Reason: reason})
+func (h *hookDirectory) ReportHealth(ctx context.Context, ep *webhook.Endpoint, since time.Time, disable bool, reason string) error {
+	return h.r.ReportEndpointHealth(ctx, ep.ID, coordinator.EndpointHealth{Org: ep.Org, FailingSince: since, Disable: disable,
+		Reason: reason, Expect: ep.UpdatedAt})
 }
 
 func (h *hookDirectory) PendingQuotaAlerts() []webhook.QuotaAlert {

@@ -44,6 +44,9 @@ type Endpoint struct {
 	// FailingSince is the first failure since the last success, as the
 	// cluster knows it.
 	FailingSince time.Time
+	// UpdatedAt changes with every change a user makes (and with the
+	// service disabling it): a disable is judged on one version.
+	UpdatedAt time.Time
 }
 
 // Secret is one signing secret; a rotated one signs until ExpiresAt.
@@ -60,8 +63,9 @@ type Directory interface {
 	// RetrySchedule is an organization's own schedule (nil: the default).
 	RetrySchedule(org string) []time.Duration
 	// ReportHealth records when an endpoint started failing (zero: it
-	// delivers again), or disables it with a reason.
-	ReportHealth(ctx context.Context, org, endpointID string, failingSince time.Time, disable bool, reason string) error
+	// delivers again), or disables it with a reason, unless it changed
+	// since ep was read.
+	ReportHealth(ctx context.Context, ep *Endpoint, failingSince time.Time, disable bool, reason string) error
 	// PendingQuotaAlerts are the monthly allowance thresholds crossed and
 	// not announced yet; AnnounceQuota marks one announced.
 	PendingQuotaAlerts() []QuotaAlert

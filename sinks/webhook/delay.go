@@ -24,13 +24,15 @@ type delayer struct {
 	cl    *kgo.Client
 	delay map[string]time.Duration // by topic
 
-	mu     sync.Mutex
-	bufs   map[tp][]*held
-	paused map[tp]bool
+	mu       sync.Mutex
+	bufs     map[tp][]*held
+	paused   map[tp]bool
+	assigned map[tp]bool
 }
 
 func newDelayer(d *Dispatcher, opts ...kgo.Opt) (*delayer, error) {
-	dl := &delayer{d: d, delay: map[string]time.Duration{}, bufs: map[tp][]*held{}, paused: map[tp]bool{}}
+	dl := &delayer{d: d, delay: map[string]time.Duration{}, bufs: map[tp][]*held{}, paused: map[tp]bool{},
+		assigned: map[tp]bool{}}
 	for i, t := range d.topics.WebhookDelays {
 		dl.delay[t] = schemas.WebhookDelayTiers[i]
 	}
@@ -42,6 +44,7 @@ func newDelayer(d *Dispatcher, opts ...kgo.Opt) (*delayer, error) {
 		kgo.FetchMaxWait(250 * time.Millisecond),
 		kgo.SessionTimeout(10 * time.Second),
 		kgo.HeartbeatInterval(time.Second),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { dl.assign(parts) }),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { dl.drop(parts) }),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { dl.drop(parts) }),
 		kafka.ResultBatches(),
@@ -60,10 +63,21 @@ func (dl *delayer) drop(parts map[string][]int32) {
 		for _, p := range ps {
 			k := tp{topic, p}
 			delete(dl.bufs, k)
+			delete(dl.assigned, k)
 			if dl.paused[k] {
 				dl.cl.ResumeFetchPartitions(map[string][]int32{topic: {p}})
 				delete(dl.paused, k)
 			}
+		}
+	}
+}
+
+func (dl *delayer) assign(parts map[string][]int32) {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	for topic, ps := range parts {
+		for _, p := range ps {
+			dl.assigned[tp{topic, p}] = true
 		}
 	}
 }
@@ -81,10 +95,14 @@ func (dl *delayer) run(ctx context.Context) error {
 				dl.d.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
+		now := dl.d.now()
 		dl.mu.Lock()
 		for _, rec := range fetches.Records() {
-			k := tp{rec.Topic, rec.Partition}
-			dl.bufs[k] = append(dl.bufs[k], dl.hold(rec))
+			// A record polled before its partition left is its new
+			// owner's.
+			if k := (tp{rec.Topic, rec.Partition}); dl.assigned[k] {
+				dl.bufs[k] = append(dl.bufs[k], dl.hold(rec, now))
+			}
 		}
 		dl.mu.Unlock()
 		if err := dl.forward(ctx); err != nil {
@@ -104,10 +122,16 @@ type held struct {
 // message is due less than the shortest tier after that, when it is due
 // (waiting in memory, and holding back its partition, for under that
 // tier's delay rather than going round the tier again).
-func (dl *delayer) hold(rec *kgo.Record) *held {
-	h := &held{rec: rec, ready: rec.Timestamp.Add(dl.delay[rec.Topic])}
+func (dl *delayer) hold(rec *kgo.Record, now time.Time) *held {
+	delay := dl.delay[rec.Topic]
+	// A record dated in the future (a writer's clock ahead, a forged
+	// timestamp) waits no longer than its tier from now.
+	h := &held{rec: rec, ready: rec.Timestamp.Add(delay)}
+	if h.ready.After(now.Add(delay)) {
+		h.ready = now.Add(delay)
+	}
 	if m, err := schemas.DecodeWebhookMessage(rec.Value); err == nil {
-		if extra := m.DueAt.Sub(h.ready); extra > 0 && extra < schemas.WebhookDelayTiers[0] {
+		if extra := m.DueAt.Sub(h.ready); extra > 0 && extra < schemas.WebhookDelayTiers[0] && m.DueAt.Before(now.Add(delay+extra)) {
 			h.ready = m.DueAt
 		}
 	}

@@ -54,7 +54,6 @@ func (d *Dispatcher) enqueue(m *schemas.WebhookMessage, settle func()) {
 		return
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	q := d.eps[m.EndpointID]
 	if q == nil {
 		q = &queue{id: m.EndpointID, limit: d.cfg.Concurrency}
@@ -63,22 +62,23 @@ func (d *Dispatcher) enqueue(m *schemas.WebhookMessage, settle func()) {
 	if q.ordered = ep.Ordered; q.ordered {
 		q.limit = 1
 	}
-	if !q.ordered && len(q.items) >= d.cfg.QueueLimit {
-		d.park(dv, q)
+	// A full queue takes no more, ordered or not: what waits in memory
+	// for one endpoint stays bounded, and so what stops reading for all.
+	if len(q.items) >= d.cfg.QueueLimit {
+		due := d.parkedDue(q)
+		d.mu.Unlock()
+		d.park(dv, due)
 		return
 	}
 	q.items = append(q.items, dv)
 	d.pump(q)
+	d.mu.Unlock()
 }
 
 // lookup finds an endpoint of org; false when it was deleted.
 func (d *Dispatcher) lookup(org, id string) (*Endpoint, bool) {
-	eps, ok := d.dir.Endpoints(org)
-	if !ok {
-		// No state yet: the message is kept (as for a live endpoint) and
-		// checked again when it is sent.
-		return &Endpoint{ID: id, Org: org, Enabled: true}, true
-	}
+	// The directory has its state: take waited for it.
+	eps, _ := d.dir.Endpoints(org)
 	for _, ep := range eps {
 		if ep.ID == id {
 			return ep, true
@@ -127,6 +127,11 @@ func (d *Dispatcher) sweepLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		type parked struct {
+			dv  *delivery
+			due time.Time
+		}
+		var out []parked
 		d.mu.Lock()
 		limit := d.now().Add(-d.cfg.ParkAfter)
 		for _, q := range d.eps {
@@ -135,22 +140,33 @@ func (d *Dispatcher) sweepLoop(ctx context.Context) {
 			}
 			n := 0
 			for n < len(q.items) && q.items[n].since.Before(limit) {
-				d.park(q.items[n], q)
+				out = append(out, parked{q.items[n], d.parkedDue(q)})
 				q.items[n] = nil
 				n++
 			}
 			q.items = q.items[n:]
 		}
 		d.mu.Unlock()
+		// Produced outside the lock: a full producer buffer blocks, and
+		// the acknowledgements that free it need the lock.
+		for _, p := range out {
+			d.park(p.dv, p.due)
+		}
 	}
 }
 
-// park hands a message back to Kafka without an attempt, due when its
-// endpoint takes messages again; callers hold d.mu.
-func (d *Dispatcher) park(dv *delivery, q *queue) {
+// parkedDue is when a message parked now comes back: after ParkAfter (a
+// slow endpoint is not asked again at once), or when the endpoint's pause
+// ends; callers hold d.mu.
+func (d *Dispatcher) parkedDue(q *queue) time.Time {
+	return maxTime(d.now().Add(d.cfg.ParkAfter), q.pausedUntil)
+}
+
+// park hands a message back to Kafka without an attempt, due at due.
+func (d *Dispatcher) park(dv *delivery, due time.Time) {
 	d.m.parked.Inc()
 	m := *dv.msg
-	m.DueAt = maxTime(d.now().Add(time.Second), q.pausedUntil)
+	m.DueAt = due
 	d.delayMessage(&m, dv.settle)
 }
 
@@ -175,6 +191,9 @@ func (o *outcome) ok() bool { return o.err == "" && o.status >= 200 && o.status 
 
 // slowDown: answers asking the sender to back off.
 func (o *outcome) slowDown() bool {
+	if o.status == 0 {
+		return true // no answer: a timeout, a refused or reset connection
+	}
 	switch o.status {
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return true
@@ -184,7 +203,7 @@ func (o *outcome) slowDown() bool {
 
 // attempt sends one message and decides what comes next.
 func (d *Dispatcher) attempt(q *queue, dv *delivery) {
-	defer d.flight.Done()
+	defer d.flight.Add(-1)
 	m := dv.msg
 	ep, ok := d.lookup(m.Org, m.EndpointID)
 	if !ok {
@@ -230,7 +249,7 @@ func (d *Dispatcher) attempt(q *queue, dv *delivery) {
 	case o.status == http.StatusGone:
 		rec.Outcome, rec.Error = schemas.OutcomeDisabled, "the endpoint answered 410 Gone: disabled"
 		d.dead(m, rec, dv.settle)
-		d.disable(ep, "the endpoint answered 410 Gone", time.Time{})
+		d.gone(ep)
 		d.finish(q, &o, false)
 		return
 	}

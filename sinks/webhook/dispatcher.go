@@ -39,9 +39,12 @@ type Dispatcher struct {
 	eps     map[string]*queue
 	health  map[string]healthMemo
 	seen    *seen
-	active  map[string]bool // activeKey of the messages held here
-	pending atomic.Int64    // messages in memory
-	flight  sync.WaitGroup
+	active  map[string]*holder // by activeKey: the messages held here
+	pending atomic.Int64       // messages in memory
+	flight  atomic.Int64       // attempts and sends under way
+	// assigned are the partitions this member holds now: a record polled
+	// before its partition left is not taken (its new owner takes it).
+	assigned map[tp]bool
 }
 
 type tp struct {
@@ -81,7 +84,7 @@ func New(cfg Config, dir Directory, client Doer, opts ...kgo.Opt) (*Dispatcher, 
 	ctx, stop := context.WithCancel(context.Background())
 	d := &Dispatcher{cfg: cfg, topics: cfg.Kafka.Topics(), dir: dir, http: client, log: slog.With("role", "dispatcher"),
 		m: newMetrics(), now: time.Now, ctx: ctx, stop: stop,
-		tracks: map[tp]*track{}, eps: map[string]*queue{}, health: map[string]healthMemo{}, seen: newSeen(cfg.SeenLookback), active: map[string]bool{}}
+		tracks: map[tp]*track{}, assigned: map[tp]bool{}, eps: map[string]*queue{}, health: map[string]healthMemo{}, seen: newSeen(cfg.SeenLookback), active: map[string]*holder{}}
 	group := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(d.topics.Receipts, d.topics.Events, d.topics.Jobs, d.topics.Webhooks),
@@ -91,6 +94,7 @@ func New(cfg Config, dir Directory, client Doer, opts ...kgo.Opt) (*Dispatcher, 
 		kgo.SessionTimeout(10 * time.Second),
 		kgo.HeartbeatInterval(time.Second),
 		kgo.RebalanceTimeout(kafka.RebalanceTimeout),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { d.assign(parts) }),
 		kgo.OnPartitionsRevoked(func(ctx context.Context, cl *kgo.Client, lost map[string][]int32) { d.release(ctx, lost, true) }),
 		kgo.OnPartitionsLost(func(ctx context.Context, cl *kgo.Client, lost map[string][]int32) { d.release(ctx, lost, false) }),
 		kafka.ResultBatches(),
@@ -126,11 +130,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	go d.sweepLoop(ctx)
 	go d.announceLoop(ctx)
 	err := d.consume(ctx)
-	done := make(chan struct{})
-	go func() { d.flight.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
+	for deadline := time.Now().Add(5 * time.Second); d.flight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
 	}
 	d.stop()
 	d.commit(context.Background(), nil)
@@ -176,6 +177,9 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 		if err != nil {
 			d.skip(rec, err)
 		} else {
+			if _, err := d.endpoints(ctx, m.Org); err != nil {
+				return err
+			}
 			msgs = []*schemas.WebhookMessage{m}
 		}
 	} else if e, err := d.eventOf(rec); err != nil {
@@ -192,6 +196,10 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 	}
 	d.mu.Lock()
 	k := tp{rec.Topic, rec.Partition}
+	if !d.assigned[k] {
+		d.mu.Unlock()
+		return nil
+	}
 	t := d.tracks[k]
 	if t == nil {
 		t = &track{committed: -1}
@@ -204,36 +212,45 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 	}
 	// A message recorded already, or on its way here (a copy of the same
 	// record read twice), is not sent again.
+	// The record is settled with the copy held, if any: its partition
+	// may have left and come back, and the copy is then all that stands
+	// for it.
+	e := &entry{offset: rec.Offset}
 	msgs = slices.DeleteFunc(msgs, func(m *schemas.WebhookMessage) bool {
 		switch k := activeKey(m); {
 		case d.seen.done(m):
 			d.m.dropped.WithLabelValues("already_sent").Inc()
-		case d.active[k]:
+		case d.active[k] != nil:
 			d.m.dropped.WithLabelValues("in_progress").Inc()
+			e.left++
+			d.active[k].entries = append(d.active[k].entries, e)
 		default:
-			d.active[k] = true
+			e.left++
+			d.active[k] = &holder{entries: []*entry{e}}
 			return false
 		}
 		return true
 	})
-	if len(msgs) == 0 {
-		d.mu.Unlock()
-		return nil
+	if e.left > 0 {
+		t.entries = append(t.entries, e)
 	}
-	e := &entry{offset: rec.Offset, left: len(msgs)}
-	t.entries = append(t.entries, e)
 	d.mu.Unlock()
 	for _, m := range msgs {
 		k := activeKey(m)
 		d.enqueue(m, func() {
 			d.mu.Lock()
-			e.left--
+			for _, e := range d.active[k].entries {
+				e.left--
+			}
 			delete(d.active, k)
 			d.mu.Unlock()
 		})
 	}
 	return nil
 }
+
+// holder is a message held here, with the records it settles.
+type holder struct{ entries []*entry }
 
 // activeKey names a message's next attempt.
 func activeKey(m *schemas.WebhookMessage) string {
@@ -288,6 +305,17 @@ func (d *Dispatcher) release(ctx context.Context, parts map[string][]int32, comm
 	for topic, ps := range parts {
 		for _, p := range ps {
 			delete(d.tracks, tp{topic, p})
+			delete(d.assigned, tp{topic, p})
+		}
+	}
+}
+
+func (d *Dispatcher) assign(parts map[string][]int32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for topic, ps := range parts {
+		for _, p := range ps {
+			d.assigned[tp{topic, p}] = true
 		}
 	}
 }
@@ -374,6 +402,10 @@ func containsPart(parts map[string][]int32, k tp) bool {
 // send produces rec and calls then once the broker acknowledged it,
 // retrying with backoff until it is, or until the dispatcher stops (the
 // record it came from is then not committed, and is read again).
+//
+// The client runs produce callbacks one at a time and frees a record's
+// buffer space only after its callback: then, which may take d.mu or
+// produce, runs on a goroutine of its own, never in the callback.
 func (d *Dispatcher) send(rec *kgo.Record, then func()) {
 	d.flight.Add(1)
 	var try func(backoff time.Duration)
@@ -382,12 +414,14 @@ func (d *Dispatcher) send(rec *kgo.Record, then func()) {
 		d.cl.Produce(d.ctx, r, func(_ *kgo.Record, err error) {
 			switch {
 			case err == nil:
-				if then != nil {
-					then()
-				}
-				d.flight.Done()
+				go func() {
+					if then != nil {
+						then()
+					}
+					d.flight.Add(-1)
+				}()
 			case d.ctx.Err() != nil:
-				d.flight.Done()
+				d.flight.Add(-1)
 			default:
 				d.log.Warn("produce failed, retrying", "topic", rec.Topic, "err", err, "backoff", backoff)
 				time.AfterFunc(backoff, func() { try(min(2*backoff, 5*time.Second)) })

@@ -55,9 +55,10 @@ func (f *fakeDir) RetrySchedule(org string) []time.Duration {
 	return f.sched[org]
 }
 
-func (f *fakeDir) ReportHealth(_ context.Context, org, id string, since time.Time, disable bool, reason string) error {
+func (f *fakeDir) ReportHealth(_ context.Context, ep *Endpoint, since time.Time, disable bool, reason string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	org, id := ep.Org, ep.ID
 	f.reports = append(f.reports, healthReport{id, since, disable, reason})
 	for i, ep := range f.eps[org] {
 		if ep.ID == id {
