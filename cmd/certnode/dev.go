@@ -174,7 +174,7 @@ func newDevCmd() *cobra.Command {
 			// developer's local receiver).
 			dcfg := webhook.DefaultConfig()
 			dcfg.Kafka, dcfg.Group, dcfg.Registerer = kcfg, kf.prefix+"-dispatcher", reg
-			disp, err := newDispatcher(dcfg, replica, 0, devWebhookAllow)
+			disp, err := newDispatcher(dcfg, replica, mac, 0, devWebhookAllow)
 			if err != nil {
 				return usageErr("%v", err)
 			}

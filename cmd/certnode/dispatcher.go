@@ -15,6 +15,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/egress"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/sinks/webhook"
 )
@@ -96,7 +97,7 @@ func (e endpointInfos) Endpoints(org string) []ingest.EndpointInfo {
 
 // newDispatcher builds a dispatcher on the coordinator's state, delivering
 // through the SSRF guard (allow: the non-public networks it may reach).
-func newDispatcher(cfg webhook.Config, r *coordinator.Replica, timeout time.Duration, allow []netip.Prefix) (*webhook.Dispatcher, error) {
+func newDispatcher(cfg webhook.Config, r *coordinator.Replica, mac webhook.MAC, timeout time.Duration, allow []netip.Prefix) (*webhook.Dispatcher, error) {
 	ecfg := egress.DefaultConfig()
 	ecfg.Allow = allow
 	if timeout > 0 {
@@ -106,7 +107,7 @@ func newDispatcher(cfg webhook.Config, r *coordinator.Replica, timeout time.Dura
 	if err != nil {
 		return nil, err
 	}
-	return webhook.New(cfg, newHookDirectory(r), client)
+	return webhook.New(cfg, newHookDirectory(r), client, mac)
 }
 
 func newDispatcherCmd() *cobra.Command {
@@ -122,8 +123,8 @@ func newDispatcherCmd() *cobra.Command {
 			"to the subscribed endpoints of its organization (endpoints live in the coordinator cluster, whose\n" +
 			"state it follows). Retries wait in Kafka delay topics, so a restart loses nothing; each attempt\n" +
 			"is recorded on PREFIX.webhooks.attempts (the ClickHouse sink stores them). Deliveries reach public\n" +
-			"addresses only, unless --webhook-allow lists a network.\n\n" +
-			"Required: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.",
+			"addresses only, unless --webhook-allow lists a network.\n\n" + internalSecretHelp +
+			"\nRequired: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-dispatcher"
@@ -135,6 +136,8 @@ func newDispatcherCmd() *cobra.Command {
 			}
 			prefixes, err := parsePrefixes("--webhook-allow", allow)
 			errs = append(errs, err, cfg.Validate())
+			mac, err := recordauth.SecretsFromEnv()
+			errs = append(errs, err)
 			if coordinators == "" {
 				errs = append(errs, errors.New("--coordinator is required: the endpoints live there"))
 			}
@@ -152,7 +155,7 @@ func newDispatcherCmd() *cobra.Command {
 				return err
 			}
 			cfg.Registerer = reg
-			d, err := newDispatcher(cfg, replica, timeout, prefixes)
+			d, err := newDispatcher(cfg, replica, mac, timeout, prefixes)
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}

@@ -97,9 +97,10 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-// internalSecretHelp names the secret ingest and the workers share.
+// internalSecretHelp names the secret ingest, the workers and the
+// dispatchers share.
 const internalSecretHelp = "Required: $CERTNODE_INTERNAL_SECRET, or the file named by $CERTNODE_INTERNAL_SECRET_FILE:\n" +
-	"at least 32 bytes shared by ingest and the workers (it authenticates ingest's records)."
+	"at least 32 bytes shared by ingest, the workers and the dispatchers (it authenticates the records they write for each other)."
 
 // envAnnotation names the CERTNODE_* variable that fills a flag left unset.
 const envAnnotation = "certnode_env"

@@ -81,6 +81,17 @@ type QuotaAlert struct {
 	Used, Limit int64
 }
 
+// MAC authenticates the records of the internal topics the dispatcher
+// reads and writes (events, due and delayed messages, attempts) with the
+// cluster's internal secret (recordauth.Keyring): a record on them that
+// does not carry it is refused, so whoever can write a topic but lacks
+// the secret cannot have an organization's endpoint sent a body signed
+// with its secret, nor hide a message behind a forged attempt.
+type MAC interface {
+	Header(value []byte) []byte
+	Check(value []byte, header string) error
+}
+
 // Doer sends requests (the SSRF-guarded client of internal/egress).
 type Doer interface {
 	Do(*http.Request) (*http.Response, error)

@@ -200,7 +200,8 @@ func (dl *delayer) forward(ctx context.Context) error {
 		if left := m.DueAt.Sub(now); left > 50*time.Millisecond {
 			topic = dl.d.topics.WebhookDelays[schemas.DelayTier(left)]
 		}
-		out = append(out, &kgo.Record{Topic: topic, Key: rec.Key, Value: rec.Value})
+		out = append(out, &kgo.Record{Topic: topic, Key: rec.Key, Value: rec.Value,
+			Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: dl.d.mac.Header(rec.Value)}}})
 	}
 	work := context.WithoutCancel(ctx)
 	if err := kafka.Retry(ctx, dl.d.log, "delay forward", func() error {

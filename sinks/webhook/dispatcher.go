@@ -25,6 +25,7 @@ type Dispatcher struct {
 	topics schemas.Topics
 	dir    Directory
 	http   Doer
+	mac    MAC
 	cl     *kgo.Client // the group reading results, events, jobs and due messages; and every producer
 	delay  *delayer
 	log    *slog.Logger
@@ -77,12 +78,15 @@ func (t *track) mark() int64 {
 }
 
 // New joins the consumer groups.
-func New(cfg Config, dir Directory, client Doer, opts ...kgo.Opt) (*Dispatcher, error) {
+func New(cfg Config, dir Directory, client Doer, mac MAC, opts ...kgo.Opt) (*Dispatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if dir == nil || client == nil || mac == nil {
+		return nil, errors.New("dispatcher: directory, client and MAC are required")
+	}
 	ctx, stop := context.WithCancel(context.Background())
-	d := &Dispatcher{cfg: cfg, topics: cfg.Kafka.Topics(), dir: dir, http: client, log: slog.With("role", "dispatcher"),
+	d := &Dispatcher{cfg: cfg, topics: cfg.Kafka.Topics(), dir: dir, http: client, mac: mac, log: slog.With("role", "dispatcher"),
 		m: newMetrics(), now: time.Now, ctx: ctx, stop: stop,
 		tracks: map[tp]*track{}, assigned: map[tp]bool{}, eps: map[string]*queue{}, health: map[string]healthMemo{}, seen: newSeen(cfg.SeenLookback), active: map[string]*holder{}}
 	group := []kgo.Opt{
@@ -257,9 +261,20 @@ func activeKey(m *schemas.WebhookMessage) string {
 	return seenKey(m.ID, m.Round, strconv.Itoa(m.Attempt+1))
 }
 
+// authentic checks the MAC of a record of an internal topic.
+func (d *Dispatcher) authentic(rec *kgo.Record) error {
+	if err := d.mac.Check(rec.Value, kafka.Header(rec, schemas.HeaderIngestMAC)); err != nil {
+		return fmt.Errorf("not written by CertNode: %w", err)
+	}
+	return nil
+}
+
 // dueMessage reads a message of certnode.webhooks: it must be keyed by
 // its endpoint, and the endpoint must be its organization's.
 func (d *Dispatcher) dueMessage(rec *kgo.Record) (*schemas.WebhookMessage, error) {
+	if err := d.authentic(rec); err != nil {
+		return nil, err
+	}
 	m, err := schemas.DecodeWebhookMessage(rec.Value)
 	if err != nil {
 		return nil, err
@@ -410,7 +425,9 @@ func (d *Dispatcher) send(rec *kgo.Record, then func()) {
 	d.flight.Add(1)
 	var try func(backoff time.Duration)
 	try = func(backoff time.Duration) {
-		r := &kgo.Record{Topic: rec.Topic, Key: rec.Key, Value: rec.Value, Headers: rec.Headers}
+		r := &kgo.Record{Topic: rec.Topic, Key: rec.Key, Value: rec.Value,
+			Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: d.mac.Header(rec.Value)}}}
+		r.Headers = append(r.Headers, rec.Headers...)
 		d.cl.Produce(d.ctx, r, func(_ *kgo.Record, err error) {
 			switch {
 			case err == nil:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/certnode/certnode/internal/egress"
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
@@ -210,6 +211,7 @@ type harness struct {
 	cl     *kgo.Client
 	dir    *fakeDir
 	client *http.Client
+	mac    *recordauth.Keyring
 }
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
@@ -237,14 +239,18 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, cfg: cfg, topics: topics, cl: cl, client: client,
+	mac, err := recordauth.NewKeyring([]byte("a test internal secret of 32+ bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, cfg: cfg, topics: topics, cl: cl, client: client, mac: mac,
 		dir: &fakeDir{eps: map[string][]*Endpoint{}, sched: map[string][]time.Duration{}}}
 }
 
 // start runs a dispatcher until stop is called (or the test ends).
 func (h *harness) start() (stop func()) {
 	h.t.Helper()
-	d, err := New(h.cfg, h.dir, h.client)
+	d, err := New(h.cfg, h.dir, h.client, h.mac)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -271,7 +277,12 @@ func (h *harness) produce(topic, key string, v any) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.cl.ProduceSync(context.Background(), &kgo.Record{Topic: topic, Key: []byte(key), Value: val}).FirstErr(); err != nil {
+	rec := &kgo.Record{Topic: topic, Key: []byte(key), Value: val}
+	if topic == h.topics.Events || topic == h.topics.Webhooks {
+		// As ingest writes them.
+		rec.Headers = []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: h.mac.Header(val)}}
+	}
+	if err := h.cl.ProduceSync(context.Background(), rec).FirstErr(); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -739,5 +750,39 @@ func TestJobCompleted(t *testing.T) {
 	time.Sleep(time.Second)
 	if g = rv.received(); len(g) != 1 || !strings.Contains(string(g[0].body), `"lines_rejected":1`) || !strings.Contains(string(g[0].body), `"valid":2`) {
 		t.Fatalf("deliveries %d: %s", len(g), g[0].body)
+	}
+}
+
+// Records on the internal topics without the internal secret's MAC are
+// refused: a message or event forged there is never signed and sent, and
+// a forged attempt hides nothing.
+func TestForgedInternalRecordsAreRefused(t *testing.T) {
+	h := newHarness(t, nil)
+	rv := newReceiver(t, nil)
+	h.dir.add(rv.endpoint("ep_1", "acme"))
+	forge := func(topic, key string, v any) {
+		val, _ := json.Marshal(v)
+		if err := h.cl.ProduceSync(context.Background(), &kgo.Record{Topic: topic, Key: []byte(key), Value: val,
+			Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte("00000000:deadbeef")}}}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forged := &schemas.WebhookMessage{V: 1, ID: "msg_forged", Org: "acme", EndpointID: "ep_1", EventType: schemas.EventWebhookTest,
+		EventID: "evt_forged", Body: []byte(`{"type":"webhook.test","forged":true}`), CreatedAt: time.Now(), DueAt: time.Now()}
+	forge(h.topics.Webhooks, "ep_1", forged)
+	forge(h.topics.Events, "acme", &schemas.EventRecord{V: 1, ID: "evt_forged2", Org: "acme",
+		Event: schemas.WebhookEvent{Type: schemas.EventWebhookTest, Timestamp: time.Now(), Data: []byte(`{"forged":true}`)}})
+	// A forged "delivered" attempt for the next real message.
+	real := h.resultValue("acme", "req_real")
+	real.Kid, real.ReceiptID, real.ReceivedAt = "kid_1", "r_real", time.Now()
+	id := schemas.MessageID(schemas.ResultEventID(real), "ep_1")
+	forge(h.topics.WebhookAttempts, "acme", &schemas.WebhookAttempt{V: 1, ID: "att_forged", MessageID: id, Org: "acme",
+		EndpointID: "ep_1", At: time.Now(), Attempt: 1, Outcome: schemas.OutcomeDelivered})
+	h.start()
+	h.produce(h.topics.Receipts, "acme", real)
+	g := waitGot(t, rv, 1, 10*time.Second)
+	time.Sleep(time.Second)
+	if g = rv.received(); len(g) != 1 || g[0].id != id {
+		t.Fatalf("deliveries %+v: want only the real message %s", g, id)
 	}
 }

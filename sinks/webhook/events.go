@@ -51,6 +51,9 @@ func (d *Dispatcher) eventOf(rec *kgo.Record) (*event, error) {
 		}
 		return &event{id: schemas.ResultEventID(res), org: res.Tenant, ev: *ev}, nil
 	case d.topics.Events:
+		if err := d.authentic(rec); err != nil {
+			return nil, err
+		}
 		er, err := schemas.DecodeEventRecord(rec.Value)
 		if err != nil {
 			return nil, err

@@ -57,5 +57,6 @@ func (d *Dispatcher) produceQuotaEvent(ctx context.Context, id string, a QuotaAl
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return d.cl.ProduceSync(pctx, &kgo.Record{Topic: d.topics.Events, Key: []byte(a.Org), Value: val}).FirstErr()
+	return d.cl.ProduceSync(pctx, &kgo.Record{Topic: d.topics.Events, Key: []byte(a.Org), Value: val,
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: d.mac.Header(val)}}}).FirstErr()
 }

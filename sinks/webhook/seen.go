@@ -138,6 +138,9 @@ func (d *Dispatcher) follow(ctx context.Context) (loaded <-chan error) {
 			now := d.now()
 			fetches.EachRecord(func(rec *kgo.Record) {
 				pos[rec.Partition] = rec.Offset + 1
+				if d.authentic(rec) != nil {
+					return // a forged attempt must not hide a message
+				}
 				if a, err := schemas.DecodeWebhookAttempt(rec.Value); err == nil {
 					d.seen.add(a, rec.Timestamp)
 				}
