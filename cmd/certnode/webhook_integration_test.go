@@ -62,6 +62,7 @@ func newHookEnv(t *testing.T) *hookEnv {
 	h.e = &e2e{t: t, dir: t.TempDir(), prefix: prefix, kafka: broker, env: append(os.Environ(),
 		"CERTNODE_KAFKA="+broker, "CERTNODE_TOPIC_PREFIX="+prefix, "CERTNODE_KAFKA_PARTITIONS=4",
 		"CERTNODE_ADMIN_TOKEN="+hookAdminToken, "CERTNODE_NODE_TOKEN="+hookNodeToken,
+		"CERTNODE_INTERNAL_SECRET=webhook-tests-internal-secret-"+suffix+suffix,
 		"CERTNODE_TENANTS_FILE=", "CERTNODE_PKCS11_MODULE=", "CERTNODE_PKCS11_TOKEN=")}
 	var err error
 	if h.kcl, err = kgo.NewClient(kgo.SeedBrokers(broker), kgo.ProducerLinger(2*time.Millisecond)); err != nil {

@@ -112,7 +112,7 @@ func SecretsFromEnv() (*Keyring, error) {
 	case err != nil:
 		return nil, fmt.Errorf("internal secret: %w", err)
 	case !ok:
-		return nil, errors.New("no internal secret: set CERTNODE_INTERNAL_SECRET or CERTNODE_INTERNAL_SECRET_FILE (shared by ingest and workers)")
+		return nil, errors.New("no internal secret: set CERTNODE_INTERNAL_SECRET or CERTNODE_INTERNAL_SECRET_FILE (shared by ingest, the workers and the dispatchers)")
 	}
 	var secrets [][]byte
 	for _, line := range strings.Split(text, "\n") {
