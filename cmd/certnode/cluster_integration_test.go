@@ -271,15 +271,23 @@ func checkReplication(t *testing.T, adm *kadm.Client, topics schemas.Topics) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	details, err := adm.ListTopics(ctx, topics.All()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range topics.All() {
-		d, ok := details[name]
-		if !ok || d.Err != nil || len(d.Partitions) == 0 {
-			t.Fatalf("topic %s: %v %v", name, ok, d.Err)
+	// Created topics reach every broker's metadata a moment later: the
+	// broker asked may not know the last ones yet.
+	var details kadm.TopicDetails
+	testenv.WaitFor(t, "every topic in the brokers' metadata", 30*time.Second, func() (bool, string) {
+		var err error
+		if details, err = adm.ListTopics(ctx, topics.All()...); err != nil {
+			return false, err.Error()
 		}
+		for _, name := range topics.All() {
+			if d, ok := details[name]; !ok || d.Err != nil || len(d.Partitions) == 0 {
+				return false, fmt.Sprintf("topic %s: %v %v", name, ok, d.Err)
+			}
+		}
+		return true, ""
+	})
+	for _, name := range topics.All() {
+		d := details[name]
 		for _, p := range d.Partitions {
 			if len(p.Replicas) != 3 {
 				t.Fatalf("%s/%d has replicas %v, want 3", name, p.Partition, p.Replicas)
