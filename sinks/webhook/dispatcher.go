@@ -214,11 +214,10 @@ func (d *Dispatcher) take(ctx context.Context, rec *kgo.Record) error {
 		d.mu.Unlock()
 		return nil
 	}
-	// A message recorded already, or on its way here (a copy of the same
-	// record read twice), is not sent again.
-	// The record is settled with the copy held, if any: its partition
-	// may have left and come back, and the copy is then all that stands
-	// for it.
+	// A message recorded already is not sent again; nor is one held here
+	// (a copy of the same record read twice), and the record is then
+	// settled with the copy held: its partition may have left and come
+	// back, and that copy is all that stands for it.
 	e := &entry{offset: rec.Offset}
 	msgs = slices.DeleteFunc(msgs, func(m *schemas.WebhookMessage) bool {
 		switch k := activeKey(m); {
