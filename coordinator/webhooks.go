@@ -1,15 +1,12 @@
 package coordinator
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/textproto"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -487,9 +484,6 @@ type TestOutcome struct {
 	Error        string `json:"error,omitempty"`
 }
 
-// maxRecordedBody bounds the part of an endpoint's answer that is kept.
-const maxRecordedBody = 4 << 10
-
 // testEndpoint sends a webhook.test event to the endpoint now, signed with
 // every secret it has, and answers with the attempt's outcome. It changes
 // nothing, so any node runs it.
@@ -518,36 +512,12 @@ func (s *Server) testEndpoint(w http.ResponseWriter, r *http.Request, sc scope, 
 		s.fail(w, fmt.Errorf("test event: %v %v", err, err2))
 		return
 	}
-	req, err := http.NewRequestWithContext(r.Context(), "POST", e.URL, bytes.NewReader(event))
-	if err != nil {
-		s.fail(w, invalid("url: %v", err))
-		return
-	}
-	for k, v := range e.Headers {
-		req.Header.Set(k, v)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "CertNode-Webhooks/1")
-	req.Header.Set("Webhook-Id", msgID)
-	req.Header.Set("Webhook-Timestamp", strconv.FormatInt(now.Unix(), 10))
-	req.Header.Set("Webhook-Signature", whsig.Sign(msgID, now, event, secrets...))
-	out := TestOutcome{MessageID: msgID}
-	start := time.Now()
-	resp, err := s.hooks.Do(req)
-	out.LatencyMillis = time.Since(start).Milliseconds()
+	resp, err := whsig.Send(r.Context(), s.hooks, whsig.Delivery{URL: e.URL, ID: msgID, At: now, Body: event,
+		Headers: e.Headers, Secrets: secrets})
+	out := TestOutcome{MessageID: msgID, LatencyMillis: resp.Latency.Milliseconds(), Status: resp.Status,
+		ResponseHeaders: resp.Headers, ResponseBody: resp.Body, Delivered: err == nil && resp.Status >= 200 && resp.Status < 300}
 	if err != nil {
 		out.Error = err.Error()
-		writeJSON(w, http.StatusOK, out)
-		return
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxRecordedBody))
-	// An endpoint answers what it likes: the answer keeps valid UTF-8.
-	out.Status, out.ResponseBody = resp.StatusCode, strings.ToValidUTF8(string(b), "\uFFFD")
-	out.Delivered = resp.StatusCode >= 200 && resp.StatusCode < 300
-	out.ResponseHeaders = map[string]string{}
-	for k := range resp.Header {
-		out.ResponseHeaders[strings.ToValidUTF8(k, "\uFFFD")] = strings.ToValidUTF8(resp.Header.Get(k), "\uFFFD")
 	}
 	writeJSON(w, http.StatusOK, out)
 }

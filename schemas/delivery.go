@@ -189,9 +189,6 @@ const (
 	OutcomeDisabled = "endpoint_disabled"
 )
 
-// MaxAttemptResponseBody bounds the part of an endpoint's answer kept.
-const MaxAttemptResponseBody = 4 << 10
-
 // WebhookAttempt records one attempt: the value of a
 // certnode.webhooks.attempts record (key: the organization).
 type WebhookAttempt struct {

@@ -21,7 +21,6 @@ package webhook
 import (
 	"context"
 	"errors"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,11 +89,6 @@ type QuotaAlert struct {
 type MAC interface {
 	Header(value []byte) []byte
 	Check(value []byte, header string) error
-}
-
-// Doer sends requests (the SSRF-guarded client of internal/egress).
-type Doer interface {
-	Do(*http.Request) (*http.Response, error)
 }
 
 // DefaultSchedule is the delay before each attempt: at once, then 5 s,

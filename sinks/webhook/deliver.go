@@ -1,11 +1,9 @@
 package webhook
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"math"
 	mrand "math/rand/v2"
 	"net/http"
@@ -352,49 +350,23 @@ func (d *Dispatcher) jitter(w time.Duration) time.Duration {
 // post makes one attempt: the body exactly as stored, signed with every
 // live secret of the endpoint (several during a rotation).
 func (d *Dispatcher) post(ep *Endpoint, m *schemas.WebhookMessage, now time.Time) outcome {
-	var o outcome
-	req, err := http.NewRequestWithContext(d.ctx, "POST", ep.URL, bytes.NewReader(m.Body))
-	if err != nil {
-		o.err = "request: " + err.Error()
-		return o
-	}
 	var keys []whsig.Secret
 	for _, s := range ep.Secrets {
 		if s.ExpiresAt.IsZero() || now.Before(s.ExpiresAt) {
 			keys = append(keys, s.Key)
 		}
 	}
-	for k, v := range ep.Headers {
-		req.Header.Set(k, v)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "CertNode-Webhooks/1")
-	req.Header.Set("Webhook-Id", m.ID)
-	req.Header.Set("Webhook-Timestamp", strconv.FormatInt(now.Unix(), 10))
-	req.Header.Set("Webhook-Signature", whsig.Sign(m.ID, now, m.Body, keys...))
-	start := time.Now()
-	resp, err := d.http.Do(req)
-	if err != nil {
-		o.latency, o.err = time.Since(start), err.Error()
-		return o
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, schemas.MaxAttemptResponseBody))
-	// Read a little more so the connection can be reused, then drop it.
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	o.latency = time.Since(start)
-	o.status, o.body = resp.StatusCode, strings.ToValidUTF8(string(b), "\uFFFD")
-	o.headers = map[string]string{}
-	for k := range resp.Header {
-		if len(o.headers) == 50 {
-			break
-		}
-		o.headers[strings.ToValidUTF8(k, "\uFFFD")] = strings.ToValidUTF8(truncate(resp.Header.Get(k), 1024), "\uFFFD")
-	}
-	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+	resp, err := whsig.Send(d.ctx, d.http, whsig.Delivery{URL: ep.URL, ID: m.ID, At: now, Body: m.Body, Headers: ep.Headers, Secrets: keys})
+	o := outcome{status: resp.Status, latency: resp.Latency, headers: resp.Headers, body: resp.Body}
+	switch {
+	case err != nil:
+		o.err = err.Error()
+	case resp.Status >= 300 && resp.Status < 400:
 		o.err = "redirects are not followed (Location: " + truncate(resp.Header.Get("Location"), 200) + ")"
 	}
-	o.retryAfter = retryAfter(resp.Header.Get("Retry-After"), now)
+	if err == nil {
+		o.retryAfter = retryAfter(resp.Header.Get("Retry-After"), now)
+	}
 	return o
 }
 

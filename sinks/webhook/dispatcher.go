@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -24,7 +25,7 @@ type Dispatcher struct {
 	cfg    Config
 	topics schemas.Topics
 	dir    Directory
-	http   Doer
+	http   whsig.Doer
 	mac    MAC
 	cl     *kgo.Client // the group reading results, events, jobs and due messages; and every producer
 	delay  *delayer
@@ -78,7 +79,7 @@ func (t *track) mark() int64 {
 }
 
 // New joins the consumer groups.
-func New(cfg Config, dir Directory, client Doer, mac MAC, opts ...kgo.Opt) (*Dispatcher, error) {
+func New(cfg Config, dir Directory, client whsig.Doer, mac MAC, opts ...kgo.Opt) (*Dispatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
