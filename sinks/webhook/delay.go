@@ -116,6 +116,8 @@ func (dl *delayer) run(ctx context.Context) error {
 type held struct {
 	rec   *kgo.Record
 	ready time.Time
+	msg   *schemas.WebhookMessage // nil when the record is not one (err says why)
+	err   error
 }
 
 // hold dates a record: its tier's delay after it was written or, when the
@@ -130,9 +132,9 @@ func (dl *delayer) hold(rec *kgo.Record, now time.Time) *held {
 	if h.ready.After(now.Add(delay)) {
 		h.ready = now.Add(delay)
 	}
-	if m, err := schemas.DecodeWebhookMessage(rec.Value); err == nil {
-		if extra := m.DueAt.Sub(h.ready); extra > 0 && extra < schemas.WebhookDelayTiers[0] && m.DueAt.Before(now.Add(delay+extra)) {
-			h.ready = m.DueAt
+	if h.msg, h.err = dl.d.dueMessage(rec); h.err == nil {
+		if extra := h.msg.DueAt.Sub(h.ready); extra > 0 && extra < schemas.WebhookDelayTiers[0] && h.msg.DueAt.Before(now.Add(delay+extra)) {
+			h.ready = h.msg.DueAt
 		}
 	}
 	return h
@@ -190,10 +192,9 @@ func (dl *delayer) forward(ctx context.Context) error {
 	}
 	out := make([]*kgo.Record, 0, len(due))
 	for _, h := range due {
-		rec := h.rec
-		m, err := dl.d.dueMessage(rec)
-		if err != nil {
-			dl.d.skip(rec, err)
+		rec, m := h.rec, h.msg
+		if h.err != nil {
+			dl.d.skip(rec, h.err)
 			continue
 		}
 		topic := dl.d.topics.Webhooks
