@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
@@ -26,10 +27,8 @@ func TestReaderOnClickHouse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	for _, ddl := range schemas.ClickHouseDDL {
-		if err := r.conn.Exec(ctx, ddl); err != nil {
-			t.Fatal(err)
-		}
+	if err := chconn.Migrate(ctx, r.conn); err != nil {
+		t.Fatal(err)
 	}
 	var b [5]byte
 	rand.Read(b[:])

@@ -74,7 +74,7 @@ func (r *Reader) Failed(ctx context.Context, org, endpointID string, since, unti
 	}
 	for start := 0; start < len(ids); start += bodiesChunk {
 		chunk := ids[start:min(start+bodiesChunk, len(ids))]
-		if err := r.each(ctx, "bodies", fmt.Sprintf(bodiesSelect, r.t.attempts), []any{org, clickhouse.GroupSet{Value: chunk}},
+		if err := chconn.Each(ctx, r.conn, "bodies", fmt.Sprintf(bodiesSelect, r.t.attempts), []any{org, clickhouse.GroupSet{Value: chunk}},
 			func(rows driver.Rows) error {
 				var id, body string
 				if err := rows.Scan(&id, &body); err != nil {
@@ -98,7 +98,7 @@ func (r *Reader) messages(ctx context.Context, m messagesQuery) ([]schemas.Webho
 		return nil, err
 	}
 	out := []schemas.WebhookDelivery{}
-	err = r.each(ctx, "deliveries", sql, args, func(rows driver.Rows) error {
+	err = chconn.Each(ctx, r.conn, "deliveries", sql, args, func(rows driver.Rows) error {
 		var d schemas.WebhookDelivery
 		var attempts uint64
 		var nanos uint32
@@ -128,7 +128,7 @@ func (r *Reader) Get(ctx context.Context, org, messageID string) (*schemas.Webho
 		return nil, false, nil // no message has such an id
 	}
 	var list []schemas.WebhookAttempt
-	err := r.each(ctx, "attempts", fmt.Sprintf(attemptsSelect, r.t.attempts), []any{org, messageID}, func(rows driver.Rows) error {
+	err := chconn.Each(ctx, r.conn, "attempts", fmt.Sprintf(attemptsSelect, r.t.attempts), []any{org, messageID}, func(rows driver.Rows) error {
 		a := schemas.WebhookAttempt{V: schemas.EnvelopeVersion, MessageID: messageID, Org: org}
 		var body, headers string
 		var attempt, status uint16
@@ -181,22 +181,4 @@ func stored(t time.Time) time.Time {
 		return time.Time{}
 	}
 	return t.UTC()
-}
-
-// each runs a query and calls scan on each row.
-func (r *Reader) each(ctx context.Context, what, sql string, args []any, scan func(driver.Rows) error) error {
-	rows, err := r.conn.Query(ctx, sql, args...)
-	if err != nil {
-		return fmt.Errorf("%s query: %w", what, err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := scan(rows); err != nil {
-			return fmt.Errorf("%s query: %w", what, err)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("%s query: %w", what, err)
-	}
-	return nil
 }

@@ -75,6 +75,9 @@ func (s *Server) table() []route {
 		ten("POST", "/v1/webhooks/endpoints/{id}/replay", "webhook_replay", tenants.ScopeAdmin, s.replay),
 		ten("POST", "/v1/webhooks/trigger", "webhook_trigger", tenants.ScopeAdmin, s.trigger),
 		ten("GET", "/v1/webhooks/listen", "webhook_listen", tenants.ScopeRead, s.listen),
+		ten("GET", "/v1/analytics/series", "analytics_series", tenants.ScopeRead, s.analyticsSeries),
+		ten("GET", "/v1/analytics/top", "analytics_top", tenants.ScopeRead, s.analyticsTop),
+		ten("GET", "/v1/analytics/summary", "analytics_summary", tenants.ScopeRead, s.analyticsSummary),
 	}
 }
 

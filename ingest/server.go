@@ -84,6 +84,11 @@ type Deps struct {
 	// endpoints (redeliver, replay, and a trigger aimed at one endpoint).
 	Deliveries DeliveryReader
 	Endpoints  EndpointSource
+	// Analytics answers GET /v1/analytics/... (nil: 503).
+	Analytics AnalyticsReader
+	// Orgs gives organizations' limits, for signed-in users' requests
+	// (nil: sessions are not accepted).
+	Orgs OrgLimits
 	// Ready and Live are extra readiness and liveness checks (for example
 	// the signer, or an embedded worker's health).
 	Ready []Check
@@ -194,6 +199,7 @@ type Server struct {
 	promh fasthttp.RequestHandler
 	// accounts serves Deps.Accounts; nil without it.
 	accounts fasthttp.RequestHandler
+	sess     sessions
 	ln       net.Listener
 	log      *slog.Logger
 	m        *metrics
@@ -250,6 +256,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if deps.Accounts != nil {
 		s.accounts = fasthttpadaptor.NewFastHTTPHandler(deps.Accounts)
 	}
+	s.sess.m = map[[32]byte]cachedSession{}
 	s.srv = &fasthttp.Server{
 		Handler:            s.handle,
 		Name:               "certnode",
@@ -356,17 +363,29 @@ func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check) {
 	writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
 }
 
-// authenticate answers 401 itself when the key is missing or unknown; the
-// message is the same either way, so it reveals nothing about tenants.
+// authenticate finds the caller: an API key, or without one a signed-in
+// user's session (see sessionTenant). It answers 401 itself when neither
+// is valid; the message is the same for a missing and an unknown key, so
+// it reveals nothing about tenants. A key used with another organization
+// named is refused: the key's is the only one it acts in.
 func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) {
 	h := ctx.Request.Header.Peek("Authorization")
+	if len(h) == 0 {
+		if sess := s.sessionOf(ctx); sess != nil {
+			return s.sessionTenant(ctx, sess)
+		}
+	}
 	if len(h) > 7 && string(h[:7]) == "Bearer " {
 		if t, found := s.deps.Auth.Authenticate(string(h[7:])); found {
+			if org := requestedOrg(ctx); org != "" && org != t.ID {
+				apiError(ctx, fasthttp.StatusBadRequest, "org_mismatch", "this API key acts in its own organization only; leave out "+OrgHeader+" and org, or name its organization")
+				return nil, false
+			}
 			return t, true
 		}
 	}
 	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="certnode"`)
-	apiError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
+	apiError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "a valid API key is required: Authorization: Bearer <key> (or a signed-in session)")
 	return nil, false
 }
 

@@ -56,6 +56,12 @@ package schemas
 // starts with the table (no POPULATE, which would lose concurrent inserts):
 // both are created before the sink writes any attempt.
 //
+// key_id, the API key or producer key of the request, was added to
+// certnode.results after its first release (ClickHouseAddedColumns).
+//
+// The rollups (schemas.Rollups) follow: tables and views over
+// certnode.results and certnode.webhook_attempts that keep analytics fast.
+//
 // certnode.receipts, the table of earlier releases keyed on (tenant, id),
 // lost re-signed receipts; it is no longer written nor created, and is left
 // in place on existing installs.
@@ -79,7 +85,8 @@ var ClickHouseDDL = []string{
 		received_at DateTime,
 		processed_at DateTime,
 		latency_ms UInt32,
-		receipt String
+		receipt String,
+		key_id String
 	) ENGINE = ReplacingMergeTree()
 	PARTITION BY toYYYYMM(received_at)
 	ORDER BY (tenant, receipt_id, id)`,
@@ -186,6 +193,22 @@ var ClickHouseDDL = []string{
 	GROUP BY org, created_at, message_id, endpoint_id, event_type, event_id`,
 }
 
+func init() {
+	for _, r := range Rollups {
+		ClickHouseDDL = append(ClickHouseDDL, r.ddl()...)
+	}
+}
+
+// ClickHouseColumn is a column of a table.
+type ClickHouseColumn struct{ Table, Name, Type string }
+
+// ClickHouseAddedColumns are columns added to tables after their first
+// release. CREATE TABLE IF NOT EXISTS leaves an existing table as it was,
+// and 18.16 has no ADD COLUMN IF NOT EXISTS, so chconn.Migrate adds each
+// one an existing table lacks before it runs the DDL, whose views read
+// them.
+var ClickHouseAddedColumns = []ClickHouseColumn{{Table: ClickHouseResultsTable, Name: "key_id", Type: "String"}}
+
 // ClickHouseWebhookAttemptsTable is the table webhook attempts are
 // written to.
 const ClickHouseWebhookAttemptsTable = "certnode.webhook_attempts"
@@ -211,7 +234,7 @@ const ClickHouseResultsTable = "certnode.results"
 
 // ClickHouseResultColumns lists the columns of an insert into
 // certnode.results, in order; 18.16 requires an explicit column list.
-const ClickHouseResultColumns = "tenant, id, receipt_id, kind, status, valid, reason, auth, keys, kid, payload_hash, job_id, line, size, received_at, processed_at, latency_ms, receipt"
+const ClickHouseResultColumns = "tenant, id, receipt_id, kind, status, valid, reason, auth, keys, kid, payload_hash, job_id, line, size, received_at, processed_at, latency_ms, receipt, key_id"
 
 // ClickHouseSelectReceipt returns a receipt the service signed, by tenant
 // and exact receipt_id. Verify results also carry a receipt_id, of the

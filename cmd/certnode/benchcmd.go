@@ -60,7 +60,44 @@ func newBenchCmd() *cobra.Command {
 	bindEnv(fs, "duration", "CERTNODE_BENCH_DURATION")
 	fs.StringVar(&cfg.Label, "label", "certnode", "label printed with the figures")
 	bindEnv(fs, "label", "CERTNODE_BENCH_LABEL")
-	cmd.AddCommand(newBenchWebhooksCmd())
+	cmd.AddCommand(newBenchWebhooksCmd(), newBenchAnalyticsCmd())
+	return cmd
+}
+
+func newBenchAnalyticsCmd() *cobra.Command {
+	cfg := bench.AnalyticsConfig{ClickHouse: []string{"127.0.0.1:9000"}, Rows: 10_000_000, Days: 30, Repeat: 50}
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "analytics",
+		Short: "Dashboard query latency (p50, p99) on an organization with --rows results in ClickHouse",
+		Long: "Writes --rows results of the organization bench-analytics-ROWS over --days days into ClickHouse (INSERT ... SELECT,\n" +
+			"which fills the rollups as the sink's inserts do; deleted at the end), runs each of the dashboard's\n" +
+			"queries once with no hour sealed, seals every hour, then runs each --repeat times and prints p50 and p99.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.ClickHouse, cfg.Password = []string{addr}, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+			if cfg.Rows < 1 || cfg.Days < 1 || cfg.Repeat < 1 {
+				return usageErr("--rows, --days and --repeat must be positive")
+			}
+			r, err := bench.Analytics(cmd.Context(), cfg)
+			if err != nil {
+				return &exitError{code: exitInvalid, err: err}
+			}
+			r.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&addr, "clickhouse", cfg.ClickHouse[0], "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
+	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.IntVar(&cfg.Rows, "rows", cfg.Rows, "results of the benchmark's organization")
+	bindEnv(fs, "rows", "CERTNODE_BENCH_ANALYTICS_ROWS")
+	fs.IntVar(&cfg.Days, "days", cfg.Days, "days the rows spread over, ending an hour ago")
+	bindEnv(fs, "days", "CERTNODE_BENCH_ANALYTICS_DAYS")
+	fs.IntVar(&cfg.Repeat, "repeat", cfg.Repeat, "runs of each query after sealing")
+	bindEnv(fs, "repeat", "CERTNODE_BENCH_ANALYTICS_REPEAT")
+	fs.BoolVar(&cfg.Keep, "keep", false, "leave the rows in ClickHouse at the end (to look into queries; other tests' scans of certnode.results slow down)")
+	bindEnv(fs, "keep", "CERTNODE_BENCH_ANALYTICS_KEEP")
 	return cmd
 }
 

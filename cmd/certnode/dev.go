@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/certnode/certnode/analytics"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -42,6 +43,11 @@ type credentials struct {
 	Coordinator string `json:"coordinator"`
 	AdminToken  string `json:"admin_token"`
 	NodeToken   string `json:"node_token"`
+	// UserEmail and UserPassword sign in to the dashboard (at Dashboard)
+	// as an owner of the demo organization.
+	Dashboard    string `json:"dashboard,omitempty"`
+	UserEmail    string `json:"user_email,omitempty"`
+	UserPassword string `json:"user_password,omitempty"`
 }
 
 // readCredentials reads a credentials file certnode dev wrote.
@@ -73,7 +79,8 @@ func newDevCmd() *cobra.Command {
 			"picked up live) unless --keyring, --key or --pkcs11-* name other keys. Organizations and keys\n" +
 			"live in the embedded coordinator (DIR/coordinator); on first start it gets the demo\n" +
 			"organization, whose API key and producer key are written to DIR/credentials.json (mode 0600)\n" +
-			"with the coordinator's address and tokens (certnode admin takes the admin token).\n\n" + pinHelp,
+			"with the coordinator's address and tokens (certnode admin takes the admin token), and its owner\n" +
+			"demo@certnode.local, whose password there signs in to the dashboard.\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -120,7 +127,7 @@ func newDevCmd() *cobra.Command {
 			if err := provisionDev(ctx, coord, dataDir, creds, cmd.ErrOrStderr()); err != nil {
 				return usageErr("%v", err)
 			}
-			creds.HTTP, creds.Kafka, creds.Coordinator = "http://"+addr, kcfg.Brokers[0], coord.Addr()
+			creds.HTTP, creds.Kafka, creds.Coordinator, creds.Dashboard = "http://"+addr, kcfg.Brokers[0], coord.Addr(), "http://"+addr+"/dashboard"
 			credFile := filepath.Join(dataDir, "credentials.json")
 			if err := writeJSONFile(credFile, creds); err != nil {
 				return usageErr("%v", err)
@@ -181,9 +188,7 @@ func newDevCmd() *cobra.Command {
 			defer disp.Close()
 			parts["dispatcher"] = afterReady(replica.Ready, disp.Run)
 
-			var rs ingest.ReceiptStore
-			var usage ingest.UsageReader
-			var dr ingest.DeliveryReader
+			var st *stores
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
@@ -197,14 +202,20 @@ func newDevCmd() *cobra.Command {
 				}
 				defer sink.Close()
 				parts["sink"] = sink.Run
-				st, err := openStores(ctx, chAddr, "")
+				sealCfg := analytics.DefaultSealerConfig()
+				sealCfg.Addr, sealCfg.Registerer = []string{chAddr}, reg
+				sealer, err := analytics.NewSealer(ctx, sealCfg)
 				if err != nil {
 					return usageErr("%v", err)
 				}
+				defer sealer.Close()
+				parts["sealer"] = sealer.Run
+				if st, err = openStores(ctx, chAddr, ""); err != nil {
+					return usageErr("%v", err)
+				}
 				defer st.Close()
-				rs, usage, dr = st.receipts, st.usage, st.deliveries
 			} else {
-				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage, /v1/invoices and /v1/webhooks/deliveries answer 503")
+				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries and /v1/analytics answer 503")
 			}
 
 			icfg.Addr, icfg.Kafka, icfg.Registerer, icfg.Gatherer = addr, kcfg, reg, reg
@@ -212,9 +223,13 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
-			srv, err := ingest.New(ctx, icfg, ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Store: rs, Usage: usage, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Deliveries: dr, Ready: []ingest.Check{signerCheck, replica.Ready},
-				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}})
+			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
+				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
+			if st != nil {
+				st.fill(&deps)
+			}
+			srv, err := ingest.New(ctx, icfg, deps)
 			if err != nil {
 				return usageErr("%v", err)
 			}

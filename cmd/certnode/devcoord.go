@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -111,6 +112,60 @@ func provisionDev(ctx context.Context, s *coordinator.Server, dir string, creds 
 			fmt.Fprintf(stderr, "certnode dev: producer key %s is revoked or unknown to the coordinator; %s replaces it in credentials.json\n", creds.ProducerKeyID, k.ID)
 		}
 		creds.ProducerKeyID, creds.ProducerSecret = k.ID, k.Secret
+	}
+	return p.demoUser(ctx, org, creds)
+}
+
+// demoEmail is the demo organization's owner, who signs in to the dashboard.
+const demoEmail = "demo@certnode.local"
+
+// demoUser makes sure demoEmail exists, owns org, and has the password in
+// creds: a new user gets a new password, and one whose password creds
+// lacks gets a new one through a reset.
+func (p *devProvisioner) demoUser(ctx context.Context, org string, creds *credentials) error {
+	type membership struct {
+		Org  string `json:"org"`
+		Role string `json:"role"`
+	}
+	type user struct {
+		ID          string       `json:"id"`
+		Email       string       `json:"email"`
+		Memberships []membership `json:"memberships"`
+	}
+	var list struct {
+		Users []user `json:"users"`
+	}
+	if err := p.do(ctx, "GET", "/v1/admin/users", nil, &list); err != nil {
+		return err
+	}
+	i := slices.IndexFunc(list.Users, func(u user) bool { return u.Email == demoEmail })
+	var u user
+	switch {
+	case i < 0:
+		pw := rand.Text()
+		if err := p.do(ctx, "POST", "/v1/admin/users", map[string]string{"email": demoEmail, "name": "Demo Owner", "password": pw}, &u); err != nil {
+			return err
+		}
+		creds.UserPassword = pw
+	case creds.UserPassword == "" || creds.UserEmail != demoEmail:
+		u = list.Users[i]
+		var reset struct {
+			Token string `json:"token"`
+		}
+		if err := p.do(ctx, "POST", "/v1/admin/users/"+u.ID+"/password-reset", nil, &reset); err != nil {
+			return err
+		}
+		pw := rand.Text()
+		if err := p.do(ctx, "POST", "/v1/auth/password-reset", map[string]string{"token": reset.Token, "password": pw}, nil); err != nil {
+			return err
+		}
+		creds.UserPassword = pw
+	default:
+		u = list.Users[i]
+	}
+	creds.UserEmail = demoEmail
+	if !slices.Contains(u.Memberships, membership{Org: org, Role: "owner"}) {
+		return p.do(ctx, "PUT", "/v1/orgs/"+org+"/members/"+u.ID, map[string]string{"role": "owner"}, nil)
 	}
 	return nil
 }

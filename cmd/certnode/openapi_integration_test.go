@@ -135,3 +135,106 @@ func TestOpenAPIUsageClickHouse(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenAPIAnalyticsClickHouse: with ClickHouse, the analytics routes
+// count the tenant's own requests, validated against the document; the
+// other tenant's answers over the same range are the same before and
+// after the first tenant's traffic, and hold nothing of it.
+func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
+	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
+	c := newContract(t, e)
+	raw := make([]byte, 8)
+	rand.Read(raw)
+	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw)}
+	keyA, _, _ := strings.Cut(e.key, ".")
+	start := time.Now().UTC()
+	rng := "from=" + start.Add(-time.Minute).Format(time.RFC3339) + "&to=" + start.Add(2*time.Hour).Format(time.RFC3339)
+	bPaths := []string{
+		"/v1/analytics/summary?" + rng,
+		"/v1/analytics/series?granularity=hour&group_by=key_id&metric=requests,bytes,latency_p50&" + rng,
+		"/v1/analytics/top?group_by=key_id&" + rng,
+		"/v1/analytics/top?group_by=reason&status=invalid,failed&" + rng,
+	}
+	before := map[string]string{}
+	for _, p := range bPaths {
+		before[p] = c.expect(t, e, exchange{name: "B before A's traffic: " + p, method: "GET", path: p, key: e.other, status: 200}).body
+	}
+
+	const n = 3
+	for range n {
+		c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key,
+			ctype: "application/json", body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200})
+	}
+	c.expect(t, e, exchange{name: "A verifies", method: "POST", path: "/v1/verify", key: e.key,
+		ctype: "application/json", body: `{"receipt":{}}`, status: 200})
+
+	// Rows land within the sink's batch window. Earlier runs left rows of
+	// a tenant of the same name: this run's key tells its own.
+	series := "/v1/analytics/series?granularity=minute&metric=requests&group_by=kind&key_id=" + keyA + "&" + rng
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := c.expect(t, e, exchange{name: "A's series", method: "GET", path: series, key: e.key, status: 200})
+		var s struct {
+			Series []struct {
+				Group  string     `json:"group"`
+				Values []*float64 `json:"values"`
+			} `json:"series"`
+		}
+		json.Unmarshal([]byte(r.body), &s, json.RejectUnknownMembers(false))
+		got := map[string]float64{}
+		for _, l := range s.Series {
+			for _, v := range l.Values {
+				if v != nil {
+					got[l.Group] += *v
+				}
+			}
+		}
+		if got["sign"] >= n && got["verify"] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A's series never showed its %d signs and a verify: %s", n, r.body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	top := c.expect(t, e, exchange{name: "A's keys", method: "GET", path: "/v1/analytics/top?group_by=key_id&" + rng, key: e.key, status: 200}).body
+	if !strings.Contains(top, `"group":"`+keyA+`"`) {
+		t.Errorf("A's top keys lack its key %s: %s", keyA, top)
+	}
+	var sum struct {
+		Requests int `json:"requests"`
+		Signed   int `json:"signed"`
+		Invalid  int `json:"invalid"`
+	}
+	body := c.expect(t, e, exchange{name: "A's summary", method: "GET", path: "/v1/analytics/summary?" + rng, key: e.key, status: 200}).body
+	json.Unmarshal([]byte(body), &sum, json.RejectUnknownMembers(false))
+	if sum.Requests < n+1 || sum.Signed < n || sum.Invalid < 1 {
+		t.Errorf("A's summary: %s", body)
+	}
+	for _, x := range []exchange{
+		{name: "A's failure reasons", method: "GET", path: "/v1/analytics/top?group_by=reason&status=invalid,failed&" + rng, key: e.key, status: 200},
+		{name: "A's webhook attempts", method: "GET", path: "/v1/analytics/series?metric=webhook_attempts,webhook_latency_p99&group_by=outcome&" + rng, key: e.key, status: 200},
+		{name: "an unknown metric", method: "GET", path: "/v1/analytics/series?metric=tenants", key: e.key, status: 400, code: "invalid_query"},
+		{name: "minutes over ten days", method: "GET", path: "/v1/analytics/series?granularity=minute&from=2026-01-01T00:00:00Z&to=2026-01-11T00:00:00Z", key: e.key, status: 400, code: "invalid_query"},
+		{name: "top without a dimension", method: "GET", path: "/v1/analytics/top", key: e.key, offSpec: true, status: 400, code: "invalid_query"},
+		{name: "summary backwards", method: "GET", path: "/v1/analytics/summary?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", key: e.key, status: 400, code: "invalid_query"},
+	} {
+		c.expect(t, e, x)
+	}
+
+	for _, p := range bPaths {
+		after := c.expect(t, e, exchange{name: "B after A's traffic: " + p, method: "GET", path: p, key: e.other, status: 200}).body
+		if after != before[p] {
+			t.Errorf("B's %s changed with A's traffic:\nbefore %s\nafter  %s", p, before[p], after)
+		}
+		if strings.Contains(after, keyA) {
+			t.Errorf("B's %s holds A's key %s: %s", p, keyA, after)
+		}
+		a.leaks(t, after)
+	}
+	for _, key := range []string{"GET /v1/analytics/series", "GET /v1/analytics/top", "GET /v1/analytics/summary"} {
+		if !c.success[key] || !c.failure[key] {
+			t.Errorf("%s: success validated %v, error validated %v", key, c.success[key], c.failure[key])
+		}
+	}
+}

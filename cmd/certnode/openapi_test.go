@@ -276,6 +276,9 @@ var needServices = map[string]string{
 	"GET /v1/usage":                 "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
 	"GET /v1/invoices":              "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
 	"GET /v1/invoices/{period}":     "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/analytics/series":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/top":         "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/summary":     "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	// dev runs without the deliveries store here, and the webhook writes
 	// need it and the coordinator's endpoints.
 	"GET /v1/webhooks/deliveries":                 webhookStore,
@@ -428,6 +431,17 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "invoice without storage", method: "GET", path: "/v1/invoices/2026-05?format=csv", key: e.key, status: 503, code: "storage_unavailable"},
 		{name: "invoice period not a month", method: "GET", path: "/v1/invoices/2026-5", key: e.key, offSpec: true, status: 400, code: "invalid_period"},
 		{name: "invoice in another format", method: "GET", path: "/v1/invoices/2026-05?format=pdf", key: e.key, offSpec: true, status: 400, code: "invalid_format"},
+
+		// The analytics routes: parameters are checked first, then the
+		// store (off here); the reader's own checks need it.
+		{name: "series without storage", method: "GET", path: "/v1/analytics/series?metric=requests,latency_p99&group_by=status&granularity=hour&status=invalid,failed&from=2026-05-01T00:00:00Z&to=2026-05-02T00:00:00Z", key: e.key, status: 503, code: "analytics_unavailable"},
+		{name: "series unknown parameter", method: "GET", path: "/v1/analytics/series?tenant=other", key: e.key, status: 400, code: "unknown_parameter"},
+		{name: "series from not a time", method: "GET", path: "/v1/analytics/series?from=yesterday", key: e.key, offSpec: true, status: 400, code: "invalid_from"},
+		{name: "top without storage", method: "GET", path: "/v1/analytics/top?group_by=reason&limit=5", key: e.key, status: 503, code: "analytics_unavailable"},
+		{name: "top limit 0", method: "GET", path: "/v1/analytics/top?group_by=reason&limit=0", key: e.key, offSpec: true, status: 400, code: "invalid_limit"},
+		{name: "summary without storage", method: "GET", path: "/v1/analytics/summary?from=2026-05-01T00:00:00Z", key: e.key, status: 503, code: "analytics_unavailable"},
+		{name: "summary grouped", method: "GET", path: "/v1/analytics/summary?group_by=status", key: e.key, status: 400, code: "invalid_query"},
+		{name: "summary unknown key", method: "GET", path: "/v1/analytics/summary", key: "cn_nope", status: 401, code: "unauthorized"},
 
 		// The webhook routes: parameters are checked first, then the
 		// deliveries store (off here).

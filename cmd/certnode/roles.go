@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/certnode/certnode/analytics"
 	"github.com/certnode/certnode/billing"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/deliveries"
@@ -175,6 +176,7 @@ func newIngestCmd() *cobra.Command {
 			var plans ingest.PlanSource
 			var limiter ingest.Limiter
 			var endpoints ingest.EndpointSource
+			var orgs ingest.OrgLimits
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -186,7 +188,7 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer l.Close()
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
-				endpoints = endpointInfos{r}
+				endpoints, orgs = endpointInfos{r}, r
 				parts["coordinator"] = r.Run
 			default:
 				store, err := loadTenants(tenantsFile)
@@ -209,22 +211,19 @@ func newIngestCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
-			var rs ingest.ReceiptStore
-			var usage ingest.UsageReader
-			var dr ingest.DeliveryReader
+			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs}
 			if clickhouse != "" {
 				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer st.Close()
-				rs, usage, dr = st.receipts, st.usage, st.deliveries
+				st.fill(&deps)
 			}
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			srv, err := ingest.New(cmd.Context(), cfg, ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Store: rs, Usage: usage, Plans: plans,
-				MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Deliveries: dr})
+			srv, err := ingest.New(cmd.Context(), cfg, deps)
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -398,6 +397,7 @@ func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
 	var addr, metricsAddr string
+	seal := true
 	cfg := chsink.DefaultConfig()
 	ch := &cobra.Command{
 		Use:   "clickhouse",
@@ -419,9 +419,19 @@ func newSinkCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer s.Close()
-			slog.Info("clickhouse sink started", "clickhouse", addr)
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}))
+			parts := map[string]func(context.Context) error{"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}
+			if seal {
+				scfg := analytics.DefaultSealerConfig()
+				scfg.Addr, scfg.Password, scfg.Registerer = cfg.Addr, cfg.Password, reg
+				sealer, err := analytics.NewSealer(cmd.Context(), scfg)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer sealer.Close()
+				parts["sealer"] = sealer.Run
+			}
+			slog.Info("clickhouse sink started", "clickhouse", addr, "sealer", seal)
+			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := ch.Flags()
@@ -433,6 +443,8 @@ func newSinkCmd() *cobra.Command {
 	bindEnv(fs, "batch-rows", "CERTNODE_SINK_BATCH_ROWS")
 	fs.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest wait before a partial batch is inserted")
 	bindEnv(fs, "batch-wait", "CERTNODE_SINK_BATCH_WAIT")
+	fs.BoolVar(&seal, "seal", seal, "also seal the analytics rollups' hours (any number of sinks may; queries stay exact without, only slower)")
+	bindEnv(fs, "seal", "CERTNODE_SINK_SEAL")
 	kf.register(fs, true)
 	cmd.AddCommand(ch, newUsageSinkCmd())
 	return cmd
@@ -478,11 +490,17 @@ func newUsageSinkCmd() *cobra.Command {
 }
 
 // stores are the ClickHouse readers of ingest: stored receipts, usage and
-// invoices, and webhook deliveries.
+// invoices, webhook deliveries, and analytics.
 type stores struct {
 	receipts   *ingest.ClickHouseStore
 	usage      *billing.Reader
 	deliveries *deliveries.Reader
+	analytics  *analytics.Reader
+}
+
+// fill makes the stores d's readers.
+func (s *stores) fill(d *ingest.Deps) {
+	d.Store, d.Usage, d.Deliveries, d.Analytics = s.receipts, s.usage, s.deliveries, s.analytics
 }
 
 func openStores(ctx context.Context, addr, password string) (*stores, error) {
@@ -500,13 +518,21 @@ func openStores(ctx context.Context, addr, password string) (*stores, error) {
 		s.usage.Close()
 		return nil, err
 	}
+	if s.analytics, err = analytics.Open(ctx, []string{addr}, "default", password); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return &s, nil
 }
 
+// Close closes the stores opened.
 func (s *stores) Close() {
 	s.receipts.Close()
 	s.usage.Close()
 	s.deliveries.Close()
+	if s.analytics != nil {
+		s.analytics.Close()
+	}
 }
 
 // runErr turns a role's failure into exit status 1 with its message.

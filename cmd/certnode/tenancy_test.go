@@ -3,6 +3,8 @@ package main
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -157,6 +159,17 @@ func TestCrossTenant(t *testing.T) {
 		"GET /v1/invoices": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/invoices", 503, "storage_unavailable")
 		},
+		// Analytics too: the same 503 here; TestOpenAPIAnalyticsClickHouse
+		// checks B's answers hold none of A's rows.
+		"GET /v1/analytics/series": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/analytics/series?group_by=key_id", 503, "analytics_unavailable")
+		},
+		"GET /v1/analytics/top": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/analytics/top?group_by=job_id", 503, "analytics_unavailable")
+		},
+		"GET /v1/analytics/summary": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/analytics/summary", 503, "analytics_unavailable")
+		},
 		"GET /v1/invoices/{period}": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/invoices/"+time.Now().UTC().Format("2006-01"), 503, "storage_unavailable")
 			sameAnswer(t, c, e, a, "/v1/invoices/1999-13", 400, "invalid_period")
@@ -217,5 +230,90 @@ func TestCrossTenant(t *testing.T) {
 			continue
 		}
 		t.Run(key, run)
+	}
+}
+
+// signIn signs in through ingest and returns the session cookie and the
+// session's CSRF token.
+func signIn(t *testing.T, e *devEnv, email, password string) (*http.Cookie, string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"email": email, "password": password})
+	resp, err := http.Post(e.base+"/v1/auth/login", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b struct {
+		CSRF string `json:"csrf_token"`
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	json.Unmarshal(raw, &b, json.RejectUnknownMembers(false))
+	for _, c := range resp.Cookies() {
+		if c.Name == ingest.SessionCookie && resp.StatusCode == 200 && b.CSRF != "" {
+			return c, b.CSRF
+		}
+	}
+	t.Fatalf("sign in as %s: %d %s", email, resp.StatusCode, raw)
+	return nil, ""
+}
+
+// sessionDo sends a request with a session, naming org, with its CSRF token.
+func sessionDo(t *testing.T, e *devEnv, method, path string, cookie *http.Cookie, csrf, org string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, e.base+path, strings.NewReader(`{}`))
+	req.AddCookie(cookie)
+	req.Header.Set(ingest.CSRFHeader, csrf)
+	req.Header.Set("Content-Type", "application/json")
+	if org != "" {
+		req.Header.Set(ingest.OrgHeader, org)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestCrossTenantSessions: a signed-in user of B who names A's
+// organization on any tenant route gets the answer an organization that
+// does not exist gets, before the route runs; A's owner (the demo user
+// of the credentials file) acts in A.
+func TestCrossTenantSessions(t *testing.T) {
+	e := startDev(t)
+	c := e.creds()
+	owner, ownerCSRF := signIn(t, e, c.UserEmail, c.UserPassword)
+	if code, body := e.admin("POST", "/v1/admin/users", `{"email":"b-owner@example.com","password":"correct horse battery staple"}`); code != 201 {
+		t.Fatalf("create B's user: %d %s", code, body)
+	} else {
+		var u struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal([]byte(body), &u, json.RejectUnknownMembers(false))
+		if code, body := e.admin("PUT", "/v1/orgs/other/members/"+u.ID, `{"role":"owner"}`); code != 200 && code != 201 {
+			t.Fatalf("make B's user an owner of other: %d %s", code, body)
+		}
+	}
+	bUser, bCSRF := signIn(t, e, "b-owner@example.com", "correct horse battery staple")
+
+	// Sessions work: each user acts in its own organization.
+	if code, body := sessionDo(t, e, "GET", "/v1/jobs/job_none", owner, ownerCSRF, ""); code != 404 || !strings.Contains(body, "no such job") {
+		t.Fatalf("A's owner on A: %d %s", code, body)
+	}
+	if code, body := sessionDo(t, e, "GET", "/v1/jobs/job_none", bUser, bCSRF, "other"); code != 404 || !strings.Contains(body, "no such job") {
+		t.Fatalf("B's owner on B: %d %s", code, body)
+	}
+	params := strings.NewReplacer("{job_id}", "job_x", "{receipt_id}", "rid", "{period}", "2026-01", "{id}", "msg_x")
+	for _, r := range ingest.Routes() {
+		if !r.Tenant {
+			continue
+		}
+		path := params.Replace(r.Path)
+		code, got := sessionDo(t, e, r.Method, path, bUser, bCSRF, "demo")
+		_, unknown := sessionDo(t, e, r.Method, path, bUser, bCSRF, "nope")
+		if code != 404 || strings.ReplaceAll(unknown, "nope", "demo") != got {
+			t.Errorf("%s %s as B's user naming A: %d %s (an unknown organization: %s)", r.Method, r.Path, code, got, unknown)
+		}
 	}
 }

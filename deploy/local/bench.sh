@@ -3,7 +3,8 @@
 # embedded Kafka, then on the real local Kafka and ClickHouse, and prints
 # each figure next to the raw rate of its algorithm (ES256 or EdDSA) measured in the same run.
 # Webhooks are measured on both Kafkas: the embedded dispatcher
-# delivers to a receiver `certnode bench webhooks` runs on 127.0.0.1.
+# delivers to a receiver `certnode bench webhooks` runs on 127.0.0.1. Last, the
+# dashboard queries on ten million results (`certnode bench analytics`).
 source "$(dirname "$0")/lib.sh"
 bin="$REPO_ROOT/bin/certnode"
 LINES="${BENCH_LINES:-20000}" RATE="${BENCH_RATE:-100}"
@@ -49,3 +50,6 @@ run_dev "certnode dev: Apache Kafka + ClickHouse (deploy/local), software key" \
   --kafka 127.0.0.1:9092 --clickhouse 127.0.0.1:9000 --topic-prefix "bench-$(date +%s)"
 run_dev_webhooks "certnode dev: webhooks, Apache Kafka + ClickHouse (deploy/local), software key" \
   --kafka 127.0.0.1:9092 --clickhouse 127.0.0.1:9000 --topic-prefix "bench-hooks-$(date +%s)"
+# Dashboard queries on one organization with BENCH_ANALYTICS_ROWS results
+# (generated in ClickHouse, deleted at the end).
+"$bin" bench analytics --clickhouse 127.0.0.1:9000 --rows "${BENCH_ANALYTICS_ROWS:-10000000}" || die "analytics bench failed"

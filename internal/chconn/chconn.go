@@ -22,3 +22,21 @@ func Open(ctx context.Context, addr []string, user, password string) (driver.Con
 	}
 	return conn, nil
 }
+
+// Each runs a query and calls scan on each row; errors name what.
+func Each(ctx context.Context, conn driver.Conn, what, sql string, args []any, scan func(driver.Rows) error) error {
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		return fmt.Errorf("%s query: %w", what, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return fmt.Errorf("%s query: %w", what, err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("%s query: %w", what, err)
+	}
+	return nil
+}

@@ -32,11 +32,12 @@ type Row struct {
 	ProcessedAt time.Time
 	LatencyMS   uint32
 	Receipt     string
+	KeyID       string
 }
 
 func (r Row) values() []any {
 	return []any{r.Tenant, r.ID, r.ReceiptID, r.Kind, r.Status, r.Valid, r.Reason, r.Auth, r.Keys,
-		r.Kid, r.PayloadHash, r.JobID, r.Line, r.Size, r.ReceivedAt, r.ProcessedAt, r.LatencyMS, r.Receipt}
+		r.Kid, r.PayloadHash, r.JobID, r.Line, r.Size, r.ReceivedAt, r.ProcessedAt, r.LatencyMS, r.Receipt, r.KeyID}
 }
 
 // UsageRow is one row of certnode.usage_events, in the column order of
@@ -107,7 +108,7 @@ func rowFor(res *schemas.Result, broker time.Time) (row Row, replaced []string, 
 		Tenant: res.Tenant, ID: res.ID, ReceiptID: res.ReceiptID, Kind: string(res.Kind), Status: string(res.Status),
 		Valid: valid, Reason: res.Reason, Auth: string(res.Auth), Keys: res.Keys, Kid: res.Kid,
 		PayloadHash: res.PayloadHash, JobID: res.JobID, Line: res.Line, Size: uint32(res.Size),
-		ReceivedAt: received.UTC(), ProcessedAt: processed.UTC(), LatencyMS: uint32(latency), Receipt: string(res.Receipt),
+		ReceivedAt: received.UTC(), ProcessedAt: processed.UTC(), LatencyMS: uint32(latency), Receipt: string(res.Receipt), KeyID: res.KeyID,
 	}, replaced, nil
 }
 

@@ -74,7 +74,7 @@ func TestRowForColumns(t *testing.T) {
 	broker := time.Date(2026, 3, 10, 12, 0, 0, 0, time.FixedZone("x", 3600))
 	res := &schemas.Result{V: 1, ID: "r1", Tenant: "t1", Kind: schemas.KindVerify, Status: schemas.StatusInvalid,
 		Reason: "bad_signature", Auth: schemas.AuthProducer, Keys: schemas.KeysCaller, Kid: "k", ReceiptID: "rid",
-		PayloadHash: "ph", JobID: "j", Line: 7, Size: 99, Receipt: []byte(`{"a":1}`),
+		PayloadHash: "ph", JobID: "j", Line: 7, Size: 99, Receipt: []byte(`{"a":1}`), KeyID: "key_1",
 		ReceivedAt: broker.Add(-1500 * time.Millisecond), ProcessedAt: broker}
 	row, _, err := rowFor(res, broker)
 	if err != nil {
@@ -82,7 +82,7 @@ func TestRowForColumns(t *testing.T) {
 	}
 	want := Row{Tenant: "t1", ID: "r1", ReceiptID: "rid", Kind: "verify", Status: "invalid", Valid: 0, Reason: "bad_signature",
 		Auth: "producer", Keys: "caller", Kid: "k", PayloadHash: "ph", JobID: "j", Line: 7, Size: 99,
-		ReceivedAt: broker.Add(-1500 * time.Millisecond).UTC(), ProcessedAt: broker.UTC(), LatencyMS: 1500, Receipt: `{"a":1}`}
+		ReceivedAt: broker.Add(-1500 * time.Millisecond).UTC(), ProcessedAt: broker.UTC(), LatencyMS: 1500, Receipt: `{"a":1}`, KeyID: "key_1"}
 	if row != want {
 		t.Fatalf("row\n%+v\nwant\n%+v", row, want)
 	}

@@ -190,11 +190,9 @@ func open(ctx context.Context, addr []string, user, password string) (driver.Con
 	if err != nil {
 		return nil, err
 	}
-	for _, ddl := range schemas.ClickHouseDDL {
-		if err := conn.Exec(ctx, ddl); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("clickhouse DDL: %w", err)
-		}
+	if err := chconn.Migrate(ctx, conn); err != nil {
+		conn.Close()
+		return nil, err
 	}
 	return conn, nil
 }

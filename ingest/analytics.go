@@ -1,0 +1,153 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/schemas"
+)
+
+// AnalyticsReader answers an organization's analytics queries (the
+// analytics package, over ClickHouse); bad queries wrap
+// schemas.ErrBadAnalyticsQuery.
+type AnalyticsReader interface {
+	Series(ctx context.Context, org string, q schemas.AnalyticsQuery) (*schemas.AnalyticsSeries, error)
+	Top(ctx context.Context, org string, q schemas.AnalyticsQuery) (*schemas.AnalyticsTop, error)
+	Summary(ctx context.Context, org string, from, to time.Time) (*schemas.AnalyticsSummary, error)
+}
+
+// analyticsParams are the parameters of the analytics routes besides the
+// dimensions of the rollups, which filter.
+var analyticsParams = []string{"metric", "group_by", "granularity", "from", "to", "limit", "org"}
+
+// defaultGranularity fits a range: minutes up to 6 hours, hours up to 14
+// days, days beyond.
+func defaultGranularity(span time.Duration) string {
+	switch {
+	case span <= 6*time.Hour:
+		return schemas.GranularityMinute
+	case span <= 14*24*time.Hour:
+		return schemas.GranularityHour
+	}
+	return schemas.GranularityDay
+}
+
+// analyticsQuery reads an analytics route's parameters, answering 400
+// itself: metric (comma-separated), group_by, granularity, from and to
+// (RFC 3339; default the last 24 hours), limit, and a filter for each
+// dimension (comma-separated values, any of which matches).
+func analyticsQuery(ctx *fasthttp.RequestCtx, now time.Time) (schemas.AnalyticsQuery, bool) {
+	args := ctx.QueryArgs()
+	var dims []string
+	for _, r := range schemas.Rollups {
+		dims = append(dims, r.Dims...)
+	}
+	var q schemas.AnalyticsQuery
+	var unknown string
+	args.VisitAll(func(k, v []byte) {
+		key := string(k)
+		switch {
+		case slices.Contains(analyticsParams, key):
+		case slices.Contains(dims, key):
+			q.Filters = append(q.Filters, schemas.AnalyticsFilter{Dim: key, Values: strings.Split(string(v), ",")})
+		case unknown == "":
+			unknown = key
+		}
+	})
+	if unknown != "" {
+		apiError(ctx, fasthttp.StatusBadRequest, "unknown_parameter", "unknown parameter "+strconv.Quote(unknown)+
+			": the analytics routes take "+strings.Join(analyticsParams, ", ")+" and a filter on any of "+strings.Join(dims, ", "))
+		return q, false
+	}
+	if m := string(args.Peek("metric")); m != "" {
+		q.Metrics = strings.Split(m, ",")
+	}
+	q.GroupBy, q.Granularity = string(args.Peek("group_by")), string(args.Peek("granularity"))
+	if !timeParam(ctx, "from", &q.From) || !timeParam(ctx, "to", &q.To) {
+		return q, false
+	}
+	if q.To.IsZero() {
+		q.To = now
+	}
+	if q.From.IsZero() {
+		q.From = q.To.Add(-24 * time.Hour)
+	}
+	if q.Granularity == "" {
+		q.Granularity = defaultGranularity(q.To.Sub(q.From))
+	}
+	if v := args.Peek("limit"); v != nil {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 {
+			apiError(ctx, fasthttp.StatusBadRequest, "invalid_limit", "limit must be a positive number")
+			return q, false
+		}
+		q.Limit = n
+	}
+	return q, true
+}
+
+// analyticsAnswer writes an analytics answer, or the error that stopped it.
+func (s *Server) analyticsAnswer(ctx *fasthttp.RequestCtx, v any, err error) {
+	switch {
+	case errors.Is(err, schemas.ErrBadAnalyticsQuery):
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_query", err.Error())
+	case err != nil:
+		s.log.Warn("analytics store", "err", err)
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "analytics_unavailable", "the analytics store is unavailable; retry later")
+	default:
+		writeJSON(ctx, fasthttp.StatusOK, v)
+	}
+}
+
+// analyticsReady answers 503 when no analytics store is configured.
+func (s *Server) analyticsReady(ctx *fasthttp.RequestCtx) bool {
+	if s.deps.Analytics == nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "analytics_unavailable", "the analytics store (ClickHouse) is not configured on this server")
+		return false
+	}
+	return true
+}
+
+func (s *Server) analyticsSeries(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	s.analyticsMetrics(ctx, func(q schemas.AnalyticsQuery) (any, error) { return s.deps.Analytics.Series(ctx, t.ID, q) })
+}
+
+func (s *Server) analyticsTop(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	s.analyticsMetrics(ctx, func(q schemas.AnalyticsQuery) (any, error) { return s.deps.Analytics.Top(ctx, t.ID, q) })
+}
+
+// analyticsMetrics answers a route of metrics (default: requests) with ask.
+func (s *Server) analyticsMetrics(ctx *fasthttp.RequestCtx, ask func(schemas.AnalyticsQuery) (any, error)) {
+	q, ok := analyticsQuery(ctx, time.Now())
+	if !ok || !s.analyticsReady(ctx) {
+		return
+	}
+	if len(q.Metrics) == 0 {
+		q.Metrics = []string{"requests"}
+	}
+	out, err := ask(q)
+	s.analyticsAnswer(ctx, out, err)
+}
+
+func (s *Server) analyticsSummary(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	q, ok := analyticsQuery(ctx, time.Now())
+	if !ok {
+		return
+	}
+	if len(q.Metrics) > 0 || q.GroupBy != "" || len(q.Filters) > 0 || q.Limit != 0 || ctx.QueryArgs().Has("granularity") {
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_query", "the summary takes only from and to")
+		return
+	}
+	if !s.analyticsReady(ctx) {
+		return
+	}
+	out, err := s.deps.Analytics.Summary(ctx, t.ID, q.From, q.To)
+	s.analyticsAnswer(ctx, out, err)
+}

@@ -1,0 +1,179 @@
+package ingest
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/valyala/fasthttp"
+
+	"github.com/certnode/certnode/internal/tenants"
+)
+
+// Signed-in users (the dashboard) call the tenant routes with the
+// session cookie the coordinator set at POST /v1/auth/login instead of an
+// API key, naming the organization they act in (OrgHeader, or the org
+// parameter where a browser cannot set headers: downloads, event
+// streams). Their role there decides the scopes; the coordinator, asked
+// through Deps.Accounts (GET /v1/me), says who the session is and what its
+// CSRF token is, and its answer is kept for sessionTTL.
+
+// Names of the session's cookie, its CSRF header and the organization header.
+const (
+	SessionCookie = "certnode_session"
+	CSRFHeader    = "X-CSRF-Token"
+	OrgHeader     = "Certnode-Org"
+)
+
+// OrgLimits gives an active organization's limits (the coordinator's
+// replica): a signed-in user acts in an organization without a key.
+type OrgLimits interface {
+	Limits(org string) (tenants.Limits, bool)
+}
+
+// roleScopes are the scopes each role of an organization acts with.
+var roleScopes = map[string][]string{
+	"owner":     {tenants.ScopeSign, tenants.ScopeVerify, tenants.ScopeJobs, tenants.ScopeRead, tenants.ScopeAdmin},
+	"admin":     {tenants.ScopeSign, tenants.ScopeVerify, tenants.ScopeJobs, tenants.ScopeRead, tenants.ScopeAdmin},
+	"developer": {tenants.ScopeSign, tenants.ScopeVerify, tenants.ScopeJobs, tenants.ScopeRead},
+	"viewer":    {tenants.ScopeRead},
+	"billing":   {tenants.ScopeRead},
+}
+
+// Bounds of the sessions kept: how long an answer of the coordinator is
+// believed (a sign-out or a role change takes this long to apply here),
+// and how many sessions are kept at once.
+const (
+	sessionTTL      = 5 * time.Second
+	maxSessionCache = 10000
+)
+
+// session is what the coordinator says of a session token.
+type session struct {
+	user  string
+	csrf  string
+	roles map[string]string // organization -> role
+}
+
+type cachedSession struct {
+	s   *session // nil: not a session
+	exp time.Time
+}
+
+// sessions keeps the coordinator's answers by the SHA-256 of the token.
+type sessions struct {
+	mu sync.Mutex
+	m  map[[32]byte]cachedSession
+}
+
+// sessionOf resolves the request's session cookie, nil when there is
+// none or the coordinator does not know it.
+func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) *session {
+	cookie := ctx.Request.Header.Cookie(SessionCookie)
+	if len(cookie) == 0 || s.deps.Accounts == nil || s.deps.Orgs == nil {
+		return nil
+	}
+	key, now := sha256.Sum256(cookie), time.Now()
+	s.sess.mu.Lock()
+	c, ok := s.sess.m[key]
+	s.sess.mu.Unlock()
+	if ok && now.Before(c.exp) {
+		return c.s
+	}
+	var me struct {
+		User struct {
+			ID          string `json:"id"`
+			Memberships []struct {
+				Org  string `json:"org"`
+				Role string `json:"role"`
+			} `json:"memberships"`
+		} `json:"user"`
+		CSRF string `json:"csrf_token"`
+	}
+	req := httptest.NewRequestWithContext(ctx, "GET", "/v1/me", nil)
+	req.RemoteAddr = ctx.RemoteAddr().String()
+	req.AddCookie(&http.Cookie{Name: SessionCookie, Value: string(cookie)})
+	rec := httptest.NewRecorder()
+	s.deps.Accounts.ServeHTTP(rec, req)
+	var found *session
+	switch {
+	case rec.Code == http.StatusOK && json.Unmarshal(rec.Body.Bytes(), &me, json.RejectUnknownMembers(false)) == nil && me.User.ID != "":
+		found = &session{user: me.User.ID, csrf: me.CSRF, roles: map[string]string{}}
+		for _, m := range me.User.Memberships {
+			found.roles[m.Org] = m.Role
+		}
+	case rec.Code >= 500:
+		return nil // not an answer about the session: ask again next time
+	}
+	s.sess.mu.Lock()
+	if len(s.sess.m) >= maxSessionCache {
+		for k, v := range s.sess.m {
+			if !now.Before(v.exp) || len(s.sess.m) >= maxSessionCache {
+				delete(s.sess.m, k)
+			}
+		}
+	}
+	s.sess.m[key] = cachedSession{s: found, exp: now.Add(sessionTTL)}
+	s.sess.mu.Unlock()
+	return found
+}
+
+// requestedOrg is the organization a request names: OrgHeader, else the
+// org parameter.
+func requestedOrg(ctx *fasthttp.RequestCtx) string {
+	if h := ctx.Request.Header.Peek(OrgHeader); len(h) > 0 {
+		return string(h)
+	}
+	return string(ctx.QueryArgs().Peek("org"))
+}
+
+// sessionTenant resolves a signed-in user's request to the organization it
+// names, answering the refusal itself: 401 for an unknown session, 400
+// when it names none and the user has several, 404 for an organization the
+// user has no role in (as for one that does not exist), 403 for a
+// state-changing request without the session's CSRF token or from another
+// site.
+func (s *Server) sessionTenant(ctx *fasthttp.RequestCtx, sess *session) (*tenants.Tenant, bool) {
+	org := requestedOrg(ctx)
+	if org == "" && len(sess.roles) == 1 {
+		for o := range sess.roles {
+			org = o
+		}
+	}
+	if org == "" {
+		apiError(ctx, fasthttp.StatusBadRequest, "org_required", "name the organization to act in: the "+OrgHeader+" header or the org parameter")
+		return nil, false
+	}
+	role, member := sess.roles[org]
+	limits, active := tenants.Limits{}, false
+	if member && s.deps.Orgs != nil {
+		limits, active = s.deps.Orgs.Limits(org)
+	}
+	if !member || !active {
+		apiError(ctx, fasthttp.StatusNotFound, "not_found", "no such organization: "+org)
+		return nil, false
+	}
+	if m := string(ctx.Method()); m != "GET" && m != "HEAD" && m != "OPTIONS" {
+		if !sameOrigin(ctx) || subtle.ConstantTimeCompare(ctx.Request.Header.Peek(CSRFHeader), []byte(sess.csrf)) != 1 || sess.csrf == "" {
+			apiError(ctx, fasthttp.StatusForbidden, "csrf", "a signed-in user's "+m+" needs the session's CSRF token in "+CSRFHeader+", from this site")
+			return nil, false
+		}
+	}
+	return &tenants.Tenant{ID: org, Limits: limits, Scopes: slices.Clone(roleScopes[role]), KeyID: sess.user}, true
+}
+
+// sameOrigin reports whether a browser's Origin, when sent, is this host.
+func sameOrigin(ctx *fasthttp.RequestCtx) bool {
+	o := ctx.Request.Header.Peek("Origin")
+	if len(o) == 0 {
+		return true
+	}
+	u, err := url.Parse(string(o))
+	return err == nil && u.Host == string(ctx.Host())
+}

@@ -1,0 +1,118 @@
+package ingest
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/tenants"
+)
+
+// fakeMe answers GET /v1/me as the coordinator does, for the sessions it
+// knows, and counts the questions.
+type fakeMe struct {
+	calls    atomic.Int64
+	sessions map[string]string // cookie -> the /v1/me answer
+}
+
+func (f *fakeMe) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.calls.Add(1)
+	c, err := r.Cookie(SessionCookie)
+	if r.URL.Path != "/v1/me" || err != nil || f.sessions[c.Value] == "" {
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"error":{"code":"unauthorized","message":"sign in"}}`)
+		return
+	}
+	io.WriteString(w, f.sessions[c.Value])
+}
+
+type fakeOrgs map[string]bool
+
+func (f fakeOrgs) Limits(org string) (tenants.Limits, bool) { return tenants.Limits{}, f[org] }
+
+func me(user string, roles ...string) string {
+	type m struct {
+		Org  string `json:"org"`
+		Role string `json:"role"`
+	}
+	var ms []m
+	for i := 0; i+1 < len(roles); i += 2 {
+		ms = append(ms, m{roles[i], roles[i+1]})
+	}
+	b, _ := json.Marshal(map[string]any{"user": map[string]any{"id": user, "memberships": ms}, "csrf_token": "csrf-" + user})
+	return string(b)
+}
+
+// Signed-in users act in an organization they have a role in, with its
+// scopes; another organization is as unknown as one that does not exist;
+// writes need the session's CSRF token; the coordinator is asked once per
+// session within the cache's time.
+func TestSessionAuth(t *testing.T) {
+	accounts := &fakeMe{sessions: map[string]string{
+		"viewer":    me("usr_v", "a", "viewer"),
+		"admin":     me("usr_x", "a", "admin"),
+		"two":       me("usr_2", "a", "developer", "b", "viewer"),
+		"suspended": me("usr_s", "gone", "owner"),
+	}}
+	ts := startServer(t, func(_ *Config, d *Deps) { d.Accounts, d.Orgs = accounts, fakeOrgs{"a": true, "b": true} })
+	do := func(method, path, cookie string, headers ...string) answer {
+		t.Helper()
+		req, _ := http.NewRequest(method, ts.base+path, strings.NewReader(`{}`))
+		req.Header.Set("Content-Type", "application/json")
+		if cookie != "" {
+			req.AddCookie(&http.Cookie{Name: SessionCookie, Value: cookie})
+		}
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := testClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return answer{resp.StatusCode, resp.Header, string(b)}
+	}
+	list := "/v1/webhooks/deliveries"
+	// One membership: the organization may be left out.
+	a := do("GET", list, "viewer").expect(t, "viewer lists a's deliveries", 200, "")
+	if !strings.Contains(a.body, "ep_one") {
+		t.Fatalf("viewer's list: %s", a.body)
+	}
+	do("GET", list, "viewer", OrgHeader, "b").expect(t, "viewer on b", 404, "not_found")
+	do("GET", list+"?org=b", "viewer").expect(t, "viewer on b by parameter", 404, "not_found")
+	do("GET", list, "viewer", OrgHeader, "nope").expect(t, "viewer on an unknown org", 404, "not_found")
+	do("GET", list, "suspended").expect(t, "an organization that is not active", 404, "not_found")
+	do("GET", list, "two").expect(t, "two memberships, none named", 400, "org_required")
+	b := do("GET", list, "two", OrgHeader, "b").expect(t, "developer of a, viewer of b, on b", 200, "")
+	if strings.Contains(b.body, "ep_one") {
+		t.Fatalf("b's list holds a's deliveries: %s", b.body)
+	}
+	do("GET", list, "stolen").expect(t, "an unknown session", 401, "unauthorized")
+
+	trigger := "/v1/webhooks/trigger"
+	do("POST", trigger, "viewer", CSRFHeader, "csrf-usr_v").expect(t, "a viewer triggers", 403, "forbidden_scope")
+	do("POST", trigger, "admin").expect(t, "an admin's write without the CSRF token", 403, "csrf")
+	do("POST", trigger, "admin", CSRFHeader, "csrf-usr_v").expect(t, "another session's CSRF token", 403, "csrf")
+	do("POST", trigger, "admin", CSRFHeader, "csrf-usr_x", "Origin", "https://evil.example").expect(t, "from another site", 403, "csrf")
+	got := do("POST", trigger, "admin", CSRFHeader, "csrf-usr_x", "Origin", ts.base)
+	if got.status == 401 || got.status == 403 {
+		t.Fatalf("an admin's write with its CSRF token was refused: %d %s", got.status, got.body)
+	}
+
+	// A key acts in its own organization only.
+	ts.do("GET", list+"?org=a", keyA, "").expect(t, "a's key naming a", 200, "")
+	ts.do("GET", list+"?org=b", keyA, "").expect(t, "a's key naming b", 400, "org_mismatch")
+
+	before := accounts.calls.Load()
+	for range 5 {
+		do("GET", list, "viewer").expect(t, "viewer again", 200, "")
+	}
+	if n := accounts.calls.Load() - before; n != 0 {
+		t.Errorf("the coordinator was asked %d times for a session it answered for just now", n)
+	}
+}
