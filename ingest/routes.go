@@ -109,8 +109,15 @@ func accountPath(p string) bool {
 	return p == "/v1/me" || strings.HasPrefix(p, "/v1/auth/") || strings.HasPrefix(p, "/v1/orgs/")
 }
 
+// ConsolePrefix is where Deps.Console serves the dashboard.
+const ConsolePrefix = "/dashboard"
+
 // dispatch routes a request and returns the route name for metrics.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
+	if p := string(ctx.Path()); s.console != nil && (p == ConsolePrefix || strings.HasPrefix(p, ConsolePrefix+"/")) {
+		s.console(ctx)
+		return "console"
+	}
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
 		// The adaptor would read a streamed body whole: read it here,
 		// bounded, and hand it on.

@@ -89,6 +89,8 @@ type Deps struct {
 	// Orgs gives organizations' limits, for signed-in users' requests
 	// (nil: sessions are not accepted).
 	Orgs OrgLimits
+	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).
+	Console http.Handler
 	// Ready and Live are extra readiness and liveness checks (for example
 	// the signer, or an embedded worker's health).
 	Ready []Check
@@ -199,6 +201,7 @@ type Server struct {
 	promh fasthttp.RequestHandler
 	// accounts serves Deps.Accounts; nil without it.
 	accounts fasthttp.RequestHandler
+	console  fasthttp.RequestHandler
 	sess     sessions
 	ln       net.Listener
 	log      *slog.Logger
@@ -255,6 +258,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	s.promh = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	if deps.Accounts != nil {
 		s.accounts = fasthttpadaptor.NewFastHTTPHandler(deps.Accounts)
+	}
+	if deps.Console != nil {
+		s.console = fasthttpadaptor.NewFastHTTPHandler(deps.Console)
 	}
 	s.sess.m = map[[32]byte]cachedSession{}
 	s.srv = &fasthttp.Server{

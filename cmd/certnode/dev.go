@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/certnode/certnode/analytics"
+	"github.com/certnode/certnode/console"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -223,8 +224,12 @@ func newDevCmd() *cobra.Command {
 				_, err := ring.Sign(ctx, []byte(`{"readyz":true}`))
 				return err
 			}
+			dash, err := console.New()
+			if err != nil {
+				return usageErr("%v", err)
+			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Console: dash, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

@@ -197,7 +197,7 @@ func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	top := c.expect(t, e, exchange{name: "A's keys", method: "GET", path: "/v1/analytics/top?group_by=key_id&" + rng, key: e.key, status: 200}).body
+	top := c.expect(t, e, exchange{name: "A's key", method: "GET", path: "/v1/analytics/top?group_by=key_id&key_id=" + keyA + "&" + rng, key: e.key, status: 200}).body
 	if !strings.Contains(top, `"group":"`+keyA+`"`) {
 		t.Errorf("A's top keys lack its key %s: %s", keyA, top)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/certnode/certnode/analytics"
 	"github.com/certnode/certnode/billing"
+	"github.com/certnode/certnode/console"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/deliveries"
 	"github.com/certnode/certnode/ingest"
@@ -212,6 +213,11 @@ func newIngestCmd() *cobra.Command {
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs}
+			if orgs != nil { // the dashboard signs in with the coordinator's users
+				if deps.Console, err = console.New(); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+			}
 			if clickhouse != "" {
 				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
 				if err != nil {

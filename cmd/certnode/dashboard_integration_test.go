@@ -1,0 +1,225 @@
+//go:build integration
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/testenv"
+)
+
+// browser is a headless Chromium (Debian's, which `make services`
+// installs) showing one page; pages reach only loopback.
+type browser struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+func newBrowser(t *testing.T, width, height int) *browser {
+	t.Helper()
+	const bin = "/usr/bin/chromium"
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("Chromium is not installed (%v): run `make services`", err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"),
+		chromedp.WindowSize(width, height))
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
+	b := &browser{t: t, ctx: ctx}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b.screenshot("failed")
+		}
+		cancelT()
+		cancel()
+		cancelA()
+	})
+	return b
+}
+
+// screenshot writes the page to .local/dashboard-<test>-<name>.png.
+func (b *browser) screenshot(name string) {
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Logf("screenshot: %v", err)
+		return
+	}
+	dir := filepath.Join("..", "..", ".local")
+	os.MkdirAll(dir, 0o755)
+	path := filepath.Join(dir, "dashboard-"+strings.NewReplacer("/", "-", " ", "_").Replace(b.t.Name())+"-"+name+".png")
+	if err := os.WriteFile(path, png, 0o644); err == nil {
+		b.t.Logf("screenshot: %s", path)
+	}
+}
+
+func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		b.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// eval runs a script in the page and decodes its value.
+func eval[T any](b *browser, script string) T {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](script))
+	if err != nil {
+		b.t.Fatalf("%s: %v", script, err)
+	}
+	return v
+}
+
+// waitFor polls a script in the page until it is true.
+func (b *browser) waitFor(what, script string, limit time.Duration) {
+	b.t.Helper()
+	if _, err := chromedp.Run(b.ctx, chromedp.Poll[bool](script, chromedp.WithPollingTimeout(limit))); err != nil {
+		b.t.Fatalf("%s (%s): %v", what, script, err)
+	}
+}
+
+func (b *browser) signIn(base, email, password string) {
+	b.t.Helper()
+	b.do("open the dashboard", chromedp.Navigate(base+"/dashboard"), chromedp.WaitVisible(chromedp.CSS("#email")))
+	b.do("sign in", chromedp.SendKeys(chromedp.CSS("#email"), email), chromedp.SendKeys(chromedp.CSS("#password"), password),
+		chromedp.Click(chromedp.CSS("#login button[type=submit]")), chromedp.WaitVisible(chromedp.CSS("[data-testid=requests-total]")))
+}
+
+// tiles reads the overview's numbers and its period.
+const tilesJS = `(() => { const o = {}; document.querySelectorAll('[data-testid]').forEach(e => { if (e.dataset.value !== undefined) o[e.dataset.testid] = e.dataset.value; });
+  const p = document.getElementById('overview-period'); o.from = p.dataset.from; o.to = p.dataset.to; return o; })()`
+
+// TestDashboard drives the dashboard in Chromium against dev with
+// ClickHouse: the demo owner of the credentials file signs in; the
+// overview's numbers are the API's for the same period; a counter moves
+// while a job runs, without reloading; the charts have data and draw it;
+// every page of the owner's role opens without an error, at desktop and
+// phone width; the user of another organization sees only its own.
+func TestDashboard(t *testing.T) {
+	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
+	c := e.creds()
+	for range 3 {
+		if code, body := e.do("POST", "/v1/sign", e.key, "application/json", `{"payload":{"dashboard":true}}`); code != 200 {
+			t.Fatalf("sign: %d %s", code, body)
+		}
+	}
+	if code, body := e.do("POST", "/v1/verify", e.key, "application/json", `{"receipt":{}}`); code != 200 {
+		t.Fatalf("verify: %d %s", code, body)
+	}
+	b := newBrowser(t, 1280, 900)
+	b.signIn(e.base, c.UserEmail, c.UserPassword)
+	b.waitFor("the overview shows the signed requests", `Number(document.querySelector('[data-testid=signed-total]').dataset.value) >= 3`, 30*time.Second)
+
+	// The page's numbers are the API's for the period it shows; it
+	// refreshes every two seconds, so compare until one refresh agrees.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		tiles := eval[map[string]string](b, tilesJS)
+		code, body := e.do("GET", "/v1/analytics/summary?from="+tiles["from"]+"&to="+tiles["to"], e.key, "", "")
+		var s struct {
+			Requests int64 `json:"requests"`
+			Signed   int64 `json:"signed"`
+			Invalid  int64 `json:"invalid"`
+			Failed   int64 `json:"failed"`
+		}
+		json.Unmarshal([]byte(body), &s, json.RejectUnknownMembers(false))
+		page := fmt.Sprintf("%s %s %s %s", tiles["requests-total"], tiles["signed-total"], tiles["invalid-total"], tiles["failed-total"])
+		api := fmt.Sprintf("%d %d %d %d", s.Requests, s.Signed, s.Invalid, s.Failed)
+		if code == 200 && page == api {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the overview shows requests, signed, invalid, failed %s for %s..%s; the API says %s (%d %s)", page, tiles["from"], tiles["to"], api, code, body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// A counter moves while a bulk job runs, with no reload.
+	before := eval[string](b, `document.querySelector('[data-testid=signed-total]').dataset.value`)
+	eval[bool](b, `window.__notReloaded = true`)
+	var lines strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&lines, "{\"n\":%d}\n", i)
+	}
+	job := e.submit("sign", lines.String())
+	b.waitFor("the signed counter moves while the job runs", `Number(document.querySelector('[data-testid=signed-total]').dataset.value) > `+before, 30*time.Second)
+	e.waitDone(job)
+	b.waitFor("the counter reaches the job's receipts", `Number(document.querySelector('[data-testid=signed-total]').dataset.value) >= `+before+` + 300`, 30*time.Second)
+	if !eval[bool](b, `window.__notReloaded === true`) {
+		t.Fatal("the page reloaded")
+	}
+
+	// The charts hold the numbers and draw them.
+	b.waitFor("the requests chart has data", `Number(document.querySelector('[data-testid=chart-requests]').dataset.points) > 0`, 10*time.Second)
+	if n := eval[int](b, `(() => { const c = document.querySelector('[data-testid=chart-requests] canvas'); if (!c) return 0;
+		const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()`); n < 500 {
+		t.Fatalf("the requests chart drew %d pixels: blank", n)
+	}
+
+	pages := []string{"requests", "webhooks", "usage", "invoices", "keys", "audit", "overview"}
+	open := func(width string) {
+		for _, p := range pages {
+			b.do("open "+p+" at "+width, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))
+			b.waitFor(p+" loaded", `!!document.querySelector('section[data-page=`+p+`][data-ready]') || !!document.getElementById('error')`, 10*time.Second)
+			if msg := eval[string](b, `(document.getElementById('error') || {}).textContent || ''`); msg != "" {
+				t.Fatalf("%s at %s: %s", p, width, msg)
+			}
+			if os.Getenv("CERTNODE_DASHBOARD_SCREENSHOTS") != "" { // to look at every page
+				b.screenshot(p + "-" + width)
+			}
+			if over := eval[bool](b, `document.documentElement.scrollWidth > window.innerWidth + 1`); over {
+				b.screenshot(p + "-" + width)
+				t.Errorf("%s at %s is wider than the window", p, width)
+			}
+		}
+	}
+	open("desktop")
+	b.do("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)))
+	open("phone")
+
+	// Another organization's owner sees its own organization only.
+	if code, body := e.admin("POST", "/v1/admin/users", `{"email":"dash-b@example.com","password":"correct horse battery staple"}`); code == 201 {
+		var u struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal([]byte(body), &u, json.RejectUnknownMembers(false))
+		if code, body := e.admin("PUT", "/v1/orgs/other/members/"+u.ID, `{"role":"owner"}`); code != 200 && code != 201 {
+			t.Fatalf("make B an owner of other: %d %s", code, body)
+		}
+	} else {
+		t.Fatalf("create B: %d %s", code, body)
+	}
+	keyA, _, _ := strings.Cut(e.key, ".")
+	b2 := newBrowser(t, 1280, 900)
+	b2.signIn(e.base, "dash-b@example.com", "correct horse battery staple")
+	if orgs := eval[[]string](b2, `[...document.querySelectorAll('#org-select option')].map(o => o.value)`); len(orgs) != 1 || orgs[0] != "other" {
+		t.Fatalf("B may pick %v", orgs)
+	}
+	tiles := eval[map[string]string](b2, tilesJS)
+	_, body := e.do("GET", "/v1/analytics/summary?from="+tiles["from"]+"&to="+tiles["to"], e.other, "", "")
+	var s struct {
+		Requests int64 `json:"requests"`
+	}
+	json.Unmarshal([]byte(body), &s, json.RejectUnknownMembers(false))
+	if tiles["requests-total"] != fmt.Sprint(s.Requests) {
+		t.Errorf("B's overview shows %s requests, B's API %d", tiles["requests-total"], s.Requests)
+	}
+	for _, p := range pages {
+		b2.do("B opens "+p, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))
+		b2.waitFor(p+" loaded", `!!document.querySelector('section[data-page=`+p+`][data-ready]')`, 10*time.Second)
+		if text := eval[string](b2, `document.body.innerText`); strings.Contains(text, keyA) || strings.Contains(text, c.UserEmail) {
+			t.Errorf("B's %s page shows A's key or owner: %s", p, text)
+		}
+	}
+}

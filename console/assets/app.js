@@ -1,0 +1,354 @@
+// The CertNode dashboard: everything it shows comes from the public API,
+// called with the signed-in user's session and the organization picked.
+'use strict';
+
+const S = { me: null, org: '', role: '', csrf: '', timers: [], charts: [] };
+const REFRESH_MS = 2000;
+
+// el builds an element; text is always set as text, never as HTML.
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const k of kids.flat()) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return e;
+}
+
+class APIError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(path, opts = {}) {
+  const headers = { Accept: 'application/json' };
+  if (S.org) headers['Certnode-Org'] = S.org;
+  const method = opts.method || 'GET';
+  if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET' && S.csrf) headers['X-CSRF-Token'] = S.csrf;
+  const r = await fetch(path, { method, headers, credentials: 'same-origin', body: opts.body === undefined ? undefined : JSON.stringify(opts.body) });
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+  if (!r.ok) {
+    const e = data && data.error ? data.error : {};
+    throw new APIError(r.status, e.code || '', e.message || r.statusText);
+  }
+  return data;
+}
+
+const fmt = new Intl.NumberFormat();
+const num = (v) => (v === null || v === undefined ? '–' : fmt.format(v));
+const ms = (v) => (v === null || v === undefined ? '–' : fmt.format(v) + ' ms');
+const when = (t) => (t ? new Date(t).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '');
+const iso = (d) => d.toISOString().replace(/\.\d+Z$/, 'Z');
+const qs = (o) => Object.entries(o).filter(([, v]) => v !== '' && v !== undefined && v !== null)
+  .map(([k, v]) => encodeURIComponent(k) + '=' + encodeURIComponent(v)).join('&');
+
+// The sections, and the roles that see each.
+const ALL = ['owner', 'admin', 'developer', 'viewer', 'billing'];
+const PAGES = [
+  { id: 'overview', title: 'Overview', roles: ALL, render: overview },
+  { id: 'requests', title: 'Requests', roles: ALL, render: requests },
+  { id: 'webhooks', title: 'Webhooks', roles: ALL, render: webhooks },
+  { id: 'usage', title: 'Usage', roles: ['owner', 'admin', 'billing'], render: usage },
+  { id: 'invoices', title: 'Invoices', roles: ['owner', 'billing'], render: invoices },
+  { id: 'keys', title: 'API keys', roles: ['owner', 'admin'], render: keys },
+  { id: 'audit', title: 'Audit', roles: ['owner', 'admin'], render: audit },
+];
+
+function stopTimers() {
+  S.timers.forEach(clearInterval);
+  S.timers = [];
+  S.charts.forEach((c) => c.destroy());
+  S.charts = [];
+}
+
+function every(fn) {
+  S.timers.push(setInterval(() => { if (!document.hidden) fn().catch(showError); }, REFRESH_MS));
+}
+
+function main() { return document.getElementById('main'); }
+
+function showError(e) {
+  if (e instanceof APIError && e.status === 401) { signedOut(); return; }
+  const box = document.getElementById('error') || main().appendChild(el('p', { id: 'error', class: 'error', role: 'alert' }));
+  box.textContent = e.message || String(e);
+}
+
+async function start() {
+  try {
+    const me = await api('/v1/me');
+    S.me = me.user;
+    S.csrf = me.csrf_token;
+  } catch (e) {
+    if (e instanceof APIError && e.status === 401) { signedOut(); return; }
+    showError(e);
+    return;
+  }
+  const orgs = S.me.memberships.map((m) => m.org);
+  if (orgs.length === 0) { main().replaceChildren(el('p', { text: 'You are not a member of any organization yet.' })); return; }
+  const saved = localStorage.getItem('certnode.org');
+  pickOrg(orgs.includes(saved) ? saved : orgs[0]);
+}
+
+function signedOut() {
+  stopTimers();
+  S.me = null; S.org = ''; S.role = '';
+  document.getElementById('nav').hidden = true;
+  document.getElementById('who').hidden = true;
+  const msg = el('p', { class: 'error', role: 'alert', id: 'login-error' });
+  const form = el('form', { class: 'login', id: 'login', 'aria-labelledby': 'login-title' },
+    el('h1', { id: 'login-title', text: 'Sign in' }),
+    el('label', {}, 'Email', el('input', { type: 'email', id: 'email', name: 'email', autocomplete: 'username', required: true })),
+    el('label', {}, 'Password', el('input', { type: 'password', id: 'password', name: 'password', autocomplete: 'current-password', required: true })),
+    el('button', { type: 'submit', text: 'Sign in' }), msg);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    msg.textContent = '';
+    try {
+      await api('/v1/auth/login', { method: 'POST', body: { email: form.email.value, password: form.password.value } });
+      start();
+    } catch (e) { msg.textContent = e.message; }
+  });
+  main().replaceChildren(form);
+}
+
+async function pickOrg(org) {
+  S.org = org;
+  S.role = (S.me.memberships.find((m) => m.org === org) || {}).role || '';
+  localStorage.setItem('certnode.org', org);
+  const sel = document.getElementById('org-select');
+  sel.replaceChildren(...S.me.memberships.map((m) => el('option', { value: m.org, selected: m.org === org, text: m.org })));
+  document.getElementById('who').hidden = false;
+  try { brand(await api('/v1/orgs/' + encodeURIComponent(org))); } catch (e) { showError(e); }
+  const nav = document.getElementById('nav');
+  nav.replaceChildren(...PAGES.filter((p) => p.roles.includes(S.role)).map((p) => el('a', { href: '#' + p.id, id: 'nav-' + p.id, text: p.title })));
+  nav.hidden = false;
+  route();
+}
+
+// brand applies the organization's name, logo and colour (its settings).
+function brand(o) {
+  const s = o.settings || {};
+  const name = s.display_name || o.name || o.id;
+  document.getElementById('org-name').textContent = name;
+  document.title = name + ' · CertNode';
+  const logo = document.getElementById('logo');
+  if (s.logo_url && /^(https:|data:image\/)/.test(s.logo_url)) { logo.src = s.logo_url; logo.alt = name; logo.hidden = false; } else { logo.hidden = true; }
+  document.documentElement.style.setProperty('--brand', /^#[0-9a-fA-F]{6}$/.test(s.brand_color || '') ? s.brand_color : '#1f5fbf');
+}
+
+function route() {
+  if (!S.me) return;
+  stopTimers();
+  const allowed = PAGES.filter((p) => p.roles.includes(S.role));
+  const id = location.hash.slice(1).split('?')[0];
+  const page = allowed.find((p) => p.id === id) || allowed[0];
+  document.querySelectorAll('#nav a').forEach((a) => {
+    if (a.id === 'nav-' + page.id) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  });
+  const section = el('section', { 'aria-labelledby': 'page-title', 'data-page': page.id }, el('h1', { id: 'page-title', text: page.title }));
+  main().replaceChildren(section);
+  // data-ready tells a reader (and the tests) that the first load is shown.
+  page.render(section).then(() => { section.dataset.ready = '1'; }, showError);
+}
+
+// tile shows one number; data-value holds it unformatted (for tests).
+function tile(id, label, value, text, bad) {
+  return el('div', { class: 'tile' + (bad ? ' bad' : ''), 'data-testid': id, 'data-value': value === null ? '' : value },
+    el('span', { class: 'label', text: label }), el('span', { class: 'value', text }));
+}
+
+const STROKES = ['#1f5fbf', '#b42318', '#1a7f37', '#9a6700', '#8250df', '#0a7ea4', '#cf222e', '#57606a'];
+const DASHES = [[], [6, 3], [2, 2], [8, 2, 2, 2], [4, 4], [1, 3], [10, 4], [3, 6]];
+
+// chart draws a series answer with uPlot inside an accessible figure: a
+// caption summing it up and a table of the same numbers. It returns a
+// function that takes a new answer.
+function chart(parent, id, title) {
+  const fig = el('figure', { 'aria-labelledby': id + '-cap', 'data-testid': id });
+  const cap = el('figcaption', { id: id + '-cap' });
+  const box = el('div', { class: 'chart', role: 'img', 'aria-labelledby': id + '-cap' });
+  const details = el('details', {}, el('summary', { text: 'Table' }));
+  fig.append(cap, box, details);
+  parent.append(fig);
+  let plot = null;
+  let shape = '';
+  return (ans) => {
+    const xs = ans.timestamps.map((t) => Date.parse(t) / 1000);
+    const lines = ans.series;
+    const label = (l) => (l.group !== undefined && l.group !== '' ? l.group : l.metric) + (ans.series.some((o) => o.metric !== l.metric) && l.group ? ' ' + l.metric : '');
+    const data = [xs, ...lines.map((l) => l.values)];
+    const total = lines.reduce((s, l) => s + l.values.reduce((a, v) => a + (v || 0), 0), 0);
+    fig.dataset.points = String(total);
+    // Counts add up over the buckets; percentiles do not: show their peak.
+    const sum = (l) => (/latency/.test(l.metric) ? 'peak ' + ms(Math.max(0, ...l.values.filter((v) => v !== null)))
+      : num(Math.round(l.values.reduce((a, v) => a + (v || 0), 0) * 10) / 10));
+    cap.textContent = title + ': ' + (lines.length ? lines.map((l) => label(l) + ' ' + sum(l)).join(', ') : 'no data') +
+      ' (' + when(ans.from) + ' to ' + when(ans.to) + ', by ' + ans.granularity + ')';
+    const next = lines.map(label).join('|');
+    const width = Math.max(280, box.clientWidth || parent.clientWidth || 600);
+    if (!plot || next !== shape) {
+      if (plot) plot.destroy();
+      shape = next;
+      plot = new uPlot({
+        width, height: 220,
+        series: [{}, ...lines.map((l, i) => ({ label: label(l), stroke: STROKES[i % STROKES.length], dash: DASHES[i % DASHES.length], width: 2, spanGaps: false }))],
+        axes: [{}, { size: 60 }],
+        legend: { live: false },
+      }, data, box);
+      S.charts.push(plot);
+    } else {
+      plot.setData(data);
+    }
+    const head = el('tr', {}, el('th', { scope: 'col', text: 'Time (UTC)' }), ...lines.map((l) => el('th', { scope: 'col', class: 'num', text: label(l) })));
+    const rows = xs.map((x, i) => el('tr', {}, el('td', { text: when(x * 1000) }), ...lines.map((l) => el('td', { class: 'num', text: l.values[i] === null ? '–' : num(l.values[i]) }))));
+    const table = el('div', { class: 'scroll' }, el('table', {}, el('thead', {}, head), el('tbody', {}, rows.slice(-120))));
+    details.replaceChildren(el('summary', { text: 'Table' }), table);
+  };
+}
+
+function table(cols, rows, empty) {
+  if (!rows.length) return el('p', { class: 'empty', text: empty || 'Nothing yet.' });
+  return el('div', { class: 'scroll' }, el('table', {},
+    el('thead', {}, el('tr', {}, cols.map((c) => el('th', { scope: 'col', class: c.num ? 'num' : null, text: c.label })))),
+    el('tbody', {}, rows.map((r) => el('tr', {}, cols.map((c) => el('td', { class: c.num ? 'num' : null, text: c.value(r) })))))));
+}
+
+// --- pages ---
+
+async function overview(sec) {
+  const period = el('p', { class: 'period', id: 'overview-period' });
+  const tiles = el('div', { class: 'tiles', 'aria-live': 'polite', id: 'overview-tiles' });
+  sec.append(period, tiles);
+  const reqs = chart(sec, 'chart-requests', 'Requests per minute by status, last hour');
+  const lat = chart(sec, 'chart-latency', 'Latency per minute, last hour');
+  const load = async () => {
+    const now = new Date();
+    const from = new Date(now.getTime() - 24 * 3600e3);
+    const s = await api('/v1/analytics/summary?' + qs({ from: iso(from), to: iso(now) }));
+    period.textContent = 'Last 24 hours: ' + when(s.from) + ' to ' + when(s.to) + ' (UTC, whole hours)';
+    period.dataset.from = s.from; period.dataset.to = s.to;
+    tiles.replaceChildren(
+      tile('requests-total', 'Requests', s.requests, num(s.requests)),
+      tile('signed-total', 'Receipts signed', s.signed, num(s.signed)),
+      tile('valid-total', 'Verified valid', s.valid, num(s.valid)),
+      tile('invalid-total', 'Verification failures', s.invalid, num(s.invalid), s.invalid > 0),
+      tile('failed-total', 'Failed', s.failed, num(s.failed), s.failed > 0),
+      tile('latency-p50', 'Latency p50', s.latency_ms.p50, ms(s.latency_ms.p50)),
+      tile('latency-p99', 'Latency p99', s.latency_ms.p99, ms(s.latency_ms.p99)),
+      tile('webhooks-delivered', 'Webhooks delivered', s.webhooks.delivered, num(s.webhooks.delivered)),
+      tile('webhooks-failed', 'Webhook attempts failed', s.webhooks.failed + s.webhooks.retrying, num(s.webhooks.failed + s.webhooks.retrying), s.webhooks.failed > 0));
+    const hour = { from: iso(new Date(now.getTime() - 3600e3)), to: iso(now), granularity: 'minute' };
+    reqs(await api('/v1/analytics/series?' + qs({ ...hour, metric: 'requests', group_by: 'status' })));
+    lat(await api('/v1/analytics/series?' + qs({ ...hour, metric: 'latency_p50,latency_p99' })));
+  };
+  await load();
+  every(load);
+}
+
+const RANGES = { '1h': 3600e3, '24h': 24 * 3600e3, '7d': 7 * 24 * 3600e3, '30d': 30 * 24 * 3600e3 };
+
+async function requests(sec) {
+  const f = el('form', { class: 'filters', 'aria-label': 'Filters' },
+    el('label', {}, 'Range', el('select', { name: 'range' }, Object.keys(RANGES).map((r) => el('option', { value: r, selected: r === '24h', text: r })))),
+    el('label', {}, 'Kind', el('select', { name: 'kind' }, ['', 'sign', 'verify'].map((k) => el('option', { value: k, text: k || 'any' })))),
+    el('label', {}, 'Status', el('select', { name: 'status' }, ['', 'signed', 'valid', 'invalid', 'failed'].map((k) => el('option', { value: k, text: k || 'any' })))),
+    el('label', {}, 'API key', el('input', { name: 'key_id', placeholder: 'cnk_…', size: 16 })),
+    el('label', {}, 'Job', el('input', { name: 'job_id', placeholder: 'job_…', size: 16 })),
+    el('button', { type: 'submit', text: 'Apply' }));
+  sec.append(f);
+  const byStatus = chart(sec, 'chart-by-status', 'Requests by status');
+  const lat = chart(sec, 'chart-explorer-latency', 'Latency percentiles');
+  const reasons = el('div', { id: 'top-reasons' });
+  const keysBox = el('div', { id: 'top-keys' });
+  sec.append(el('h2', { text: 'Top failure reasons' }), reasons, el('h2', { text: 'Busiest API keys' }), keysBox);
+  const load = async () => {
+    const now = new Date();
+    const base = { from: iso(new Date(now.getTime() - RANGES[f.range.value])), to: iso(now), kind: f.kind.value, key_id: f.key_id.value.trim(), job_id: f.job_id.value.trim() };
+    byStatus(await api('/v1/analytics/series?' + qs({ ...base, status: f.status.value, metric: 'requests', group_by: 'status' })));
+    lat(await api('/v1/analytics/series?' + qs({ ...base, status: f.status.value, metric: 'latency_p50,latency_p90,latency_p99' })));
+    const top = await api('/v1/analytics/top?' + qs({ ...base, status: f.status.value || 'invalid,failed', group_by: 'reason' }));
+    reasons.replaceChildren(table([{ label: 'Reason', value: (r) => r.group || '(none)' }, { label: 'Requests', num: true, value: (r) => num(r.values[0]) }], top.rows, 'No failures in this range.'));
+    const tk = await api('/v1/analytics/top?' + qs({ ...base, status: f.status.value, group_by: 'key_id', metric: 'requests,latency_p99' }));
+    keysBox.replaceChildren(table([{ label: 'Key', value: (r) => r.group || '(none)' }, { label: 'Requests', num: true, value: (r) => num(r.values[0]) },
+      { label: 'p99 latency', num: true, value: (r) => ms(r.values[1]) }], tk.rows));
+  };
+  f.addEventListener('submit', (ev) => { ev.preventDefault(); load().catch(showError); });
+  await load();
+}
+
+async function webhooks(sec) {
+  const attempts = chart(sec, 'chart-webhooks', 'Delivery attempts by outcome, last 24 hours');
+  const list = el('div', { id: 'deliveries' });
+  sec.append(el('h2', { text: 'Latest deliveries' }), list);
+  const load = async () => {
+    const now = new Date();
+    attempts(await api('/v1/analytics/series?' + qs({ from: iso(new Date(now.getTime() - 24 * 3600e3)), to: iso(now), granularity: 'hour', metric: 'webhook_attempts', group_by: 'outcome' })));
+    const page = await api('/v1/webhooks/deliveries?limit=50');
+    list.replaceChildren(table([{ label: 'Message', value: (d) => d.id }, { label: 'Event', value: (d) => d.event_type }, { label: 'Endpoint', value: (d) => d.endpoint_id },
+      { label: 'Status', value: (d) => d.status }, { label: 'Attempts', num: true, value: (d) => num(d.attempts) }, { label: 'Last attempt', value: (d) => when(d.last_attempt_at) }],
+    page.data, 'No deliveries yet.'));
+  };
+  await load();
+  every(load);
+}
+
+async function usage(sec) {
+  const now = new Date();
+  const start = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+  const end = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
+  const [rep, org] = await Promise.all([api('/v1/usage?' + qs({ from: iso(start), to: iso(now), granularity: 'day' })), api('/v1/orgs/' + encodeURIComponent(S.org))]);
+  const used = rep.totals.signed + rep.totals.valid + rep.totals.invalid;
+  const limit = (org.limits || {}).monthly_receipts || 0;
+  const elapsed = Math.max((now - start) / (end - start), 1 / (31 * 24));
+  const forecast = Math.round(used / elapsed);
+  sec.append(el('p', { class: 'period', text: 'This month: ' + when(start) + ' to ' + when(end) + ' (UTC). Billable: signed, valid and invalid.' }),
+    el('div', { class: 'tiles' },
+      tile('usage-used', 'Billable so far', used, num(used)),
+      tile('usage-forecast', 'Forecast at month end', forecast, num(forecast), limit > 0 && forecast > limit),
+      tile('usage-limit', 'Plan allowance', limit || null, limit ? num(limit) : 'unlimited')));
+  if (limit > 0) {
+    const pct = Math.min(100, Math.round((used / limit) * 100));
+    const fill = el('span');
+    fill.style.width = pct + '%'; // CSSOM: the policy forbids style attributes
+    sec.append(el('div', { class: 'bar', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct, 'aria-label': 'Allowance used' }, fill),
+      el('p', { text: pct + '% of the allowance used' }));
+  }
+  const days = { granularity: 'day', from: rep.from, to: rep.to, timestamps: rep.rows.map((r) => r.start), series: [{ metric: 'billable', values: rep.rows.map((r) => r.signed + r.valid + r.invalid) }] };
+  chart(sec, 'chart-usage', 'Billable requests per day')(days);
+}
+
+async function invoices(sec) {
+  const list = await api('/v1/invoices');
+  sec.append(table([{ label: 'Period', value: (i) => i.period }, { label: 'Status', value: (i) => i.status }, { label: 'Plan', value: (i) => i.plan.name },
+    { label: 'Requests', num: true, value: (i) => num(i.usage.requests) }, { label: 'Total', num: true, value: (i) => (i.total / 100).toFixed(2) + ' ' + i.currency }],
+  list.invoices, 'No invoices yet.'));
+}
+
+async function keys(sec) {
+  const list = await api('/v1/orgs/' + encodeURIComponent(S.org) + '/keys');
+  sec.append(table([{ label: 'Key', value: (k) => k.id }, { label: 'Name', value: (k) => k.name || '' }, { label: 'Scopes', value: (k) => k.scopes.join(', ') },
+    { label: 'Created', value: (k) => when(k.created_at) }, { label: 'Last used', value: (k) => when(k.last_used_at) || 'never' },
+    { label: 'State', value: (k) => (k.revoked_at ? 'revoked' : k.expires_at && Date.parse(k.expires_at) < Date.now() ? 'expired' : 'active') }],
+  list.keys, 'No API keys.'));
+}
+
+async function audit(sec) {
+  const list = await api('/v1/orgs/' + encodeURIComponent(S.org) + '/audit?limit=200');
+  sec.append(table([{ label: 'When', value: (e) => when(e.at) }, { label: 'Action', value: (e) => e.action }, { label: 'Who', value: (e) => e.actor.kind + (e.actor.id ? ' ' + e.actor.id : '') },
+    { label: 'From', value: (e) => e.actor.addr || '' }, { label: 'Target', value: (e) => e.target || '' }], list.events, 'No events.'));
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  window.addEventListener('hashchange', route);
+  document.getElementById('org-select').addEventListener('change', (ev) => pickOrg(ev.target.value));
+  document.getElementById('sign-out').addEventListener('click', async () => {
+    try { await api('/v1/auth/logout', { method: 'POST', body: {} }); } catch (_) { /* signed out either way */ }
+    signedOut();
+  });
+  start();
+});

@@ -1,0 +1,115 @@
+// Package console serves the dashboard: a page and its scripts, embedded
+// in the binary (customers run it behind firewalls: no CDN), which sign
+// in with the coordinator's users and read everything through the public
+// API with the session, acting in the organization the user picks. The
+// page holds no data of its own, so every organization's wall is the
+// API's. cmd mounts it on ingest at Prefix.
+package console
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"html/template"
+	"io/fs"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+)
+
+// Prefix is where the dashboard is served.
+const Prefix = "/dashboard"
+
+//go:embed assets
+var assets embed.FS
+
+// csp allows the page only its own scripts and styles; images may also be
+// an organization's logo (https) or inline.
+const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; connect-src 'self'; " +
+	"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+// Handler serves the dashboard's page and assets.
+type Handler struct {
+	page  []byte
+	files map[string][]byte // asset path (under assets/) -> content
+}
+
+// New builds the handler: the page names each script and style with its
+// SHA-256 (subresource integrity) and a version for caches.
+func New() (*Handler, error) {
+	h := &Handler{files: map[string][]byte{}}
+	err := fs.WalkDir(assets, "assets", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := assets.ReadFile(p)
+		h.files[strings.TrimPrefix(p, "assets/")] = b
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := template.ParseFS(assets, "assets/index.html")
+	if err != nil {
+		return nil, err
+	}
+	asset := func(name string) map[string]string {
+		sum := sha256.Sum256(h.files[name])
+		return map[string]string{"URL": Prefix + "/assets/" + name + "?v=" + base64.RawURLEncoding.EncodeToString(sum[:6]),
+			"Integrity": "sha256-" + base64.StdEncoding.EncodeToString(sum[:])}
+	}
+	var page bytes.Buffer
+	if err := tmpl.Execute(&page, map[string]any{
+		"UPlotJS": asset(UPlotJS), "UPlotCSS": asset(UPlotCSS), "AppJS": asset("app.js"), "AppCSS": asset("app.css"),
+	}); err != nil {
+		return nil, err
+	}
+	h.page = page.Bytes()
+	return h, nil
+}
+
+// The chart library, pinned (its checksums are tested).
+const (
+	UPlotJS  = "vendor/uplot-1.6.32/uPlot.iife.min.js"
+	UPlotCSS = "vendor/uplot-1.6.32/uPlot.min.css"
+)
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != "GET" && r.Method != "HEAD" {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	hdr := w.Header()
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Referrer-Policy", "same-origin")
+	p := r.URL.Path
+	switch {
+	case p == Prefix || p == Prefix+"/":
+		hdr.Set("Content-Security-Policy", csp)
+		hdr.Set("X-Frame-Options", "DENY")
+		hdr.Set("Content-Type", "text/html; charset=utf-8")
+		hdr.Set("Cache-Control", "no-store")
+		w.Write(h.page)
+	case strings.HasPrefix(p, Prefix+"/assets/"):
+		name := strings.TrimPrefix(p, Prefix+"/assets/")
+		b, ok := h.files[name]
+		if !ok || name == "index.html" {
+			http.NotFound(w, r)
+			return
+		}
+		ctype := mime.TypeByExtension(path.Ext(name))
+		if ctype == "" {
+			ctype = "application/octet-stream"
+		}
+		hdr.Set("Content-Type", ctype)
+		// The page names each asset with its version: a cached copy is
+		// never stale.
+		hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
+		w.Write(b)
+	default:
+		http.NotFound(w, r)
+	}
+}
