@@ -647,13 +647,50 @@ func (s *Server) jobStatus(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchJob)
 		return
 	}
+	writeJSON(ctx, fasthttp.StatusOK, statusOf(j))
+}
+
+func statusOf(j schemas.Job) jobStatus {
 	st := jobStatus{JobID: j.ID, Type: j.Kind, State: string(j.State), Total: j.Total,
 		Done: j.Done, Valid: j.Valid, Invalid: j.Invalid, Failed: j.Failed, LinesRejected: len(j.Rejected),
 		CreatedAt: j.CreatedAt, UploadedAt: j.UploadedAt, FinishedAt: j.FinishedAt}
 	if j.Result != nil {
 		st.Result = bytes.TrimSuffix(renderResult(j.Result, 1), []byte("\n"))
 	}
-	writeJSON(ctx, fasthttp.StatusOK, st)
+	return st
+}
+
+// Pages of GET /v1/jobs.
+const (
+	defaultJobsPage = 20
+	maxJobsPage     = 100
+)
+
+// listJobs answers the tenant's latest bulk jobs, newest first (limit,
+// default 20, at most 100), of one state when asked.
+func (s *Server) listJobs(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	args := ctx.QueryArgs()
+	limit := defaultJobsPage
+	if v := args.Peek("limit"); v != nil {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > maxJobsPage {
+			apiError(ctx, fasthttp.StatusBadRequest, "invalid_limit", fmt.Sprintf("limit must be from 1 to %d", maxJobsPage))
+			return
+		}
+		limit = n
+	}
+	state := schemas.JobState(args.Peek("state"))
+	switch state {
+	case "", schemas.JobUploading, schemas.JobRunning, schemas.JobDone, schemas.JobAbandoned:
+	default:
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_state", "state must be uploading, running, done or abandoned")
+		return
+	}
+	out := []jobStatus{}
+	for _, j := range s.jobs.list(t.ID, state, limit) {
+		out = append(out, statusOf(j))
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"data": out})
 }
 
 func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {

@@ -62,6 +62,7 @@ func (s *Server) table() []route {
 		pub("GET", "/v1/webhooks/event-types", "event_types", s.eventTypes),
 		ten("POST", "/v1/sign", "sign", tenants.ScopeSign, s.sign),
 		ten("POST", "/v1/verify", "verify", tenants.ScopeVerify, s.verify),
+		ten("GET", "/v1/jobs", "jobs_list", tenants.ScopeRead, s.listJobs),
 		ten("POST", "/v1/jobs", "jobs_create", tenants.ScopeJobs, s.createJob),
 		ten("GET", "/v1/jobs/{job_id}", "jobs_status", tenants.ScopeRead, s.jobStatus),
 		ten("GET", "/v1/jobs/{job_id}/results", "jobs_results", tenants.ScopeRead, s.jobResults),

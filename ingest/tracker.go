@@ -1,10 +1,13 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -514,6 +517,28 @@ func (t *tracker) lookup(tenant, id string) (schemas.Job, <-chan struct{}, bool)
 		return schemas.Job{}, nil, false
 	}
 	return j.view(time.Now(), t.uploadLimit), j.changed, true
+}
+
+// list returns tenant's latest bulk jobs (of state, if set), newest first.
+// It looks at every job this node holds: they are bounded by the jobs
+// topic's retention.
+func (t *tracker) list(tenant string, state schemas.JobState, limit int) []schemas.Job {
+	now := time.Now()
+	var out []schemas.Job
+	t.mu.Lock()
+	for _, j := range t.jobs {
+		if j.meta.Tenant != tenant || j.meta.Single {
+			continue
+		}
+		if v := j.view(now, t.uploadLimit); state == "" || v.State == state {
+			out = append(out, v)
+		}
+	}
+	t.mu.Unlock()
+	slices.SortFunc(out, func(a, b schemas.Job) int {
+		return cmp.Or(b.CreatedAt.Compare(a.CreatedAt), strings.Compare(b.ID, a.ID))
+	})
+	return out[:min(limit, len(out))]
 }
 
 // wait registers interest in one request's result; call before producing.

@@ -167,7 +167,12 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("the requests chart drew %d pixels: blank", n)
 	}
 
-	pages := []string{"requests", "webhooks", "usage", "invoices", "keys", "audit", "overview"}
+	// The job's row shows its progress: all 300 lines done.
+	b.do("open jobs", chromedp.Click(chromedp.CSS("#nav-jobs")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=jobs][data-ready]`)))
+	b.waitFor("the job's bar is full", `(() => { const r = document.querySelector('tr[data-job="`+job+`"] [role=progressbar]');
+		return !!r && r.getAttribute('aria-valuenow') === '100' && r.dataset.done === '300' && r.dataset.total === '300'; })()`, 10*time.Second)
+
+	pages := []string{"requests", "jobs", "webhooks", "usage", "invoices", "keys", "audit", "overview"}
 	open := func(width string) {
 		for _, p := range pages {
 			b.do("open "+p+" at "+width, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))

@@ -405,6 +405,11 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "abandoned job status", method: "GET", path: "/v1/jobs/" + abandoned, key: e.key, status: 200},
 		{name: "unknown job", method: "GET", path: "/v1/jobs/job_nope", key: e.key, status: 404, code: "not_found"},
 
+		// GET /v1/jobs
+		{name: "jobs listed", method: "GET", path: "/v1/jobs?state=done&limit=5", key: e.key, status: 200},
+		{name: "jobs limit 0", method: "GET", path: "/v1/jobs?limit=0", key: e.key, offSpec: true, status: 400, code: "invalid_limit"},
+		{name: "jobs of no state", method: "GET", path: "/v1/jobs?state=lost", key: e.key, offSpec: true, status: 400, code: "invalid_state"},
+
 		// GET /v1/jobs/{job_id}/results
 		{name: "results with a rejected line", method: "GET", path: "/v1/jobs/" + mixed + "/results", key: e.key, status: 200},
 		{name: "results resumed", method: "GET", path: "/v1/jobs/" + mixed + "/results?after_line=1", key: e.key, status: 200},

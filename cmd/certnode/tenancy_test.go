@@ -127,6 +127,15 @@ func TestCrossTenant(t *testing.T) {
 	}
 
 	cases := map[string]func(t *testing.T){
+		"GET /v1/jobs": func(t *testing.T) {
+			asA := c.expect(t, e, exchange{name: "A lists its jobs", method: "GET", path: "/v1/jobs", key: e.key, status: 200}).body
+			if !strings.Contains(asA, a.jobID) {
+				t.Errorf("A's list lacks its job %s: %s", a.jobID, asA)
+			}
+			for _, q := range []string{"", "?state=done", "?state=abandoned&limit=100"} {
+				a.leaks(t, c.expect(t, e, exchange{name: "B lists its jobs" + q, method: "GET", path: "/v1/jobs" + q, key: e.other, status: 200}).body)
+			}
+		},
 		"GET /v1/jobs/{job_id}": func(t *testing.T) {
 			a.notFound(t, c, e, "/v1/jobs/"+a.jobID, "/v1/jobs/job_nope")
 			a.notFound(t, c, e, "/v1/jobs/"+a.abandoned, "/v1/jobs/job_nope")

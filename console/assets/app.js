@@ -52,6 +52,7 @@ const ALL = ['owner', 'admin', 'developer', 'viewer', 'billing'];
 const PAGES = [
   { id: 'overview', title: 'Overview', roles: ALL, render: overview },
   { id: 'requests', title: 'Requests', roles: ALL, render: requests },
+  { id: 'jobs', title: 'Jobs', roles: ALL, render: jobs },
   { id: 'webhooks', title: 'Webhooks', roles: ALL, render: webhooks },
   { id: 'usage', title: 'Usage', roles: ['owner', 'admin', 'billing'], render: usage },
   { id: 'invoices', title: 'Invoices', roles: ['owner', 'billing'], render: invoices },
@@ -281,6 +282,34 @@ async function requests(sec) {
   await load();
 }
 
+// progress is a bar of done out of total, readable as text too.
+function progress(done, total, label) {
+  const pct = total > 0 ? Math.min(100, Math.floor((done / total) * 100)) : 0;
+  const fill = el('span');
+  fill.style.width = pct + '%'; // CSSOM: the policy forbids style attributes
+  return el('div', { class: 'bar', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct, 'aria-label': label, 'data-done': done, 'data-total': total }, fill);
+}
+
+async function jobs(sec) {
+  const list = el('div', { id: 'jobs' });
+  sec.append(list);
+  const load = async () => {
+    const page = await api('/v1/jobs?limit=50');
+    list.replaceChildren(table([{ label: 'Job', value: (j) => j.job_id }, { label: 'Type', value: (j) => j.type }, { label: 'State', value: (j) => j.state },
+      { label: 'Progress', value: (j) => num(j.done) + ' of ' + num(j.total) }, { label: 'Valid', num: true, value: (j) => num(j.valid) },
+      { label: 'Invalid', num: true, value: (j) => num(j.invalid) }, { label: 'Failed', num: true, value: (j) => num(j.failed) }, { label: 'Started', value: (j) => when(j.created_at) }],
+    page.data, 'No bulk jobs yet.'));
+    // A bar in each row's progress cell.
+    list.querySelectorAll('tbody tr').forEach((tr, i) => {
+      const j = page.data[i];
+      tr.dataset.job = j.job_id;
+      tr.children[3].append(progress(j.done, j.total, 'Job ' + j.job_id + ' progress'));
+    });
+  };
+  await load();
+  every(load);
+}
+
 async function webhooks(sec) {
   const attempts = chart(sec, 'chart-webhooks', 'Delivery attempts by outcome, last 24 hours');
   const list = el('div', { id: 'deliveries' });
@@ -313,10 +342,7 @@ async function usage(sec) {
       tile('usage-limit', 'Plan allowance', limit || null, limit ? num(limit) : 'unlimited')));
   if (limit > 0) {
     const pct = Math.min(100, Math.round((used / limit) * 100));
-    const fill = el('span');
-    fill.style.width = pct + '%'; // CSSOM: the policy forbids style attributes
-    sec.append(el('div', { class: 'bar', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct, 'aria-label': 'Allowance used' }, fill),
-      el('p', { text: pct + '% of the allowance used' }));
+    sec.append(progress(used, limit, 'Allowance used'), el('p', { text: pct + '% of the allowance used' }));
   }
   const days = { granularity: 'day', from: rep.from, to: rep.to, timestamps: rep.rows.map((r) => r.start), series: [{ metric: 'billable', values: rep.rows.map((r) => r.signed + r.valid + r.invalid) }] };
   chart(sec, 'chart-usage', 'Billable requests per day')(days);
