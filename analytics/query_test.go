@@ -137,3 +137,21 @@ func TestSeriesGranularityLimits(t *testing.T) {
 		}
 	}
 }
+
+// The metrics the API documents (schemas.AnalyticsMetrics, by source in
+// the order of schemas.Rollups) are the ones a query may name.
+func TestMetricsMatchSchemas(t *testing.T) {
+	n := 0
+	for i, names := range schemas.AnalyticsMetrics {
+		for _, name := range names {
+			m, ok := metrics[name]
+			if !ok || m.src.Name != schemas.Rollups[i].Name {
+				t.Errorf("metric %q of source %d: %v %+v", name, i, ok, m)
+			}
+			n++
+		}
+	}
+	if n != len(metrics) {
+		t.Errorf("schemas lists %d metrics, analytics answers %d", n, len(metrics))
+	}
+}

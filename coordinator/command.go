@@ -34,7 +34,8 @@ const (
 	// 16 and 17 are SetAdmitted and SetKeysUsed (admitted.go).
 	cmdPutEndpoint    cmdType = 18
 	cmdDeleteEndpoint cmdType = 19
-	// 20 is SetEndpointHealth, which dispatchers send; 21 AnnounceQuota.
+	// 20 is SetEndpointHealth, which dispatchers send; 21 AnnounceQuota;
+	// 22 and 23 PutReport and DeleteReport.
 	cmdSetEndpointHealth cmdType = 20
 )
 
@@ -68,6 +69,8 @@ var registry = map[cmdType]func() Command{
 	cmdDeleteEndpoint:    func() Command { return new(DeleteEndpoint) },
 	cmdSetEndpointHealth: func() Command { return new(SetEndpointHealth) },
 	cmdAnnounceQuota:     func() Command { return new(AnnounceQuota) },
+	cmdPutReport:         func() Command { return new(PutReport) },
+	cmdDeleteReport:      func() Command { return new(DeleteReport) },
 	cmdSetKeysUsed:       func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:       func() Command { return new(SetAdmitted) },
 }

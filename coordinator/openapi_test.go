@@ -260,6 +260,8 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"PATCH /v1/orgs/{org}/webhooks/endpoints/{id}":              `{"enabled":false}`,
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": `{"overlap":"1h"}`,
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          `{}`,
+		"POST /v1/orgs/{org}/reports":                               `{"name":"r","query":{"metrics":["requests"],"range":"last_7d"}}`,
+		"PATCH /v1/orgs/{org}/reports/{id}":                         `{"name":"r2"}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -590,6 +592,36 @@ func TestOpenAPIAccounts(t *testing.T) {
 		if strings.Count(r.Body, `"id":"ep_`) != 1 || !strings.Contains(r.Body, `"secret_rotation_ends_at"`) || strings.Contains(r.Body, "whsec_") {
 			t.Fatalf("endpoints: %s", r.Body)
 		}
+	})
+
+	t.Run("reports", func(t *testing.T) {
+		var a struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal([]byte(k.expect(t, call{name: "create", as: dev, method: "POST", path: "/v1/orgs/acme/reports",
+			body: `{"name":"Failures by reason","query":{"metrics":["requests"],"group_by":"reason","filters":[{"dim":"status","values":["invalid","failed"]}],"range":"last_7d"},"chart":"bar","schedule":"daily"}`,
+			status: 201}).Body), &a, json.RejectUnknownMembers(false))
+		for _, x := range []call{
+			{name: "create with metrics of two sources", as: dev, method: "POST", path: "/v1/orgs/acme/reports", body: `{"name":"x","query":{"metrics":["requests","webhook_attempts"],"range":"last_7d"}}`, status: 400, code: "invalid"},
+			{name: "create with an unknown range", as: dev, method: "POST", path: "/v1/orgs/acme/reports", body: `{"name":"x","query":{"metrics":["requests"],"range":"forever"}}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "create custom without from", as: dev, method: "POST", path: "/v1/orgs/acme/reports", body: `{"name":"x","query":{"metrics":["requests"],"range":"custom"}}`, status: 400, code: "invalid"},
+			{name: "create without a name", as: dev, method: "POST", path: "/v1/orgs/acme/reports", body: `{"query":{"metrics":["requests"],"range":"last_7d"}}`, status: 400, code: "invalid"},
+			{name: "create as billing", as: bill, method: "POST", path: "/v1/orgs/acme/reports", body: `{"name":"x","query":{"metrics":["requests"],"range":"last_7d"}}`, status: 403, code: "forbidden_role"},
+			{name: "list as billing", as: bill, method: "GET", path: "/v1/orgs/acme/reports", status: 200},
+			{name: "get", as: bill, method: "GET", path: "/v1/orgs/acme/reports/" + a.ID, status: 200},
+			{name: "get an unknown one", as: dev, method: "GET", path: "/v1/orgs/acme/reports/rpt_nothing", status: 404, code: "not_found"},
+			{name: "rename", as: dev, method: "PATCH", path: "/v1/orgs/acme/reports/" + a.ID, body: `{"name":"Reasons","schedule":"weekly"}`, status: 200},
+			{name: "change to a bad chart", as: dev, method: "PATCH", path: "/v1/orgs/acme/reports/" + a.ID, body: `{"chart":"pie"}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "delete as billing", as: bill, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 403, code: "forbidden_role"},
+		} {
+			k.expect(t, x)
+		}
+		r := k.expect(t, call{name: "list", as: dev, method: "GET", path: "/v1/orgs/acme/reports", status: 200})
+		if !strings.Contains(r.Body, `"name":"Reasons"`) || !strings.Contains(r.Body, `"schedule":"weekly"`) || !strings.Contains(r.Body, `"group_by":"reason"`) {
+			t.Fatalf("reports: %s", r.Body)
+		}
+		k.expect(t, call{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 204})
+		k.expect(t, call{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 404, code: "not_found"})
 	})
 
 	t.Run("idempotency", func(t *testing.T) {

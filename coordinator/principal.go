@@ -58,6 +58,8 @@ const (
 	permAuditRead         = "audit.read"
 	permWebhooksRead      = "webhooks.read"
 	permWebhooksWrite     = "webhooks.write"
+	permReportsRead       = "reports.read"
+	permReportsWrite      = "reports.write"
 )
 
 var permissions = map[string][]string{
@@ -72,6 +74,8 @@ var permissions = map[string][]string{
 	permAuditRead:         {RoleOwner, RoleAdmin},
 	permWebhooksRead:      {RoleOwner, RoleAdmin, RoleDeveloper, RoleViewer},
 	permWebhooksWrite:     {RoleOwner, RoleAdmin, RoleDeveloper},
+	permReportsRead:       Roles,
+	permReportsWrite:      {RoleOwner, RoleAdmin, RoleDeveloper},
 }
 
 // scope is what an organization route runs with: the organization the

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/schemas"
 )
 
 // ReplicaConfig configures the local copy of the state another tier keeps.
@@ -85,6 +86,7 @@ type replicaState struct {
 	orgs  map[string]*replicaOrg // active organizations
 	hooks map[string]*orgHooks   // webhook settings of every organization
 	quota []QuotaAlert           // alerts not announced yet
+	reps  map[string]*Report     // saved reports of active organizations, by id
 }
 
 // orgHooks is what the dispatcher needs of an organization.
@@ -112,7 +114,7 @@ type keyUse struct{ last, sent atomic.Int64 }
 
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
-		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts)}
+		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}}
 	for id, o := range st.State.Orgs {
 		h := &orgHooks{}
 		for _, d := range o.Settings.WebhookRetrySchedule {
@@ -123,6 +125,11 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 		rs.hooks[id] = h
 		if o.Status == OrgActive {
 			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}}
+		}
+	}
+	for id, r := range st.State.Reports {
+		if rs.orgs[r.Org] != nil {
+			rs.reps[id] = r
 		}
 	}
 	for _, e := range st.State.Endpoints {
@@ -397,6 +404,15 @@ func (r *Replica) WebhookEndpoints(org string) (eps []*WebhookEndpoint, ok bool)
 		return h.endpoints, true
 	}
 	return nil, true
+}
+
+// Report is an active organization's saved report.
+func (r *Replica) Report(org, id string) (schemas.Report, bool) {
+	st := r.current()
+	if st == nil || st.reps[id] == nil || st.reps[id].Org != org {
+		return schemas.Report{}, false
+	}
+	return st.reps[id].Report, true
 }
 
 // WebhookRetrySchedule is an organization's retry schedule (nil: the

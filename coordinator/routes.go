@@ -77,6 +77,11 @@ func (s *Server) routes() []route {
 		{"DELETE", "/webhooks/endpoints/{id}", s.leader(s.inOrg(permWebhooksWrite, s.deleteEndpoint)), false},
 		{"POST", "/webhooks/endpoints/{id}/rotate-secret", s.leader(s.inOrg(permWebhooksWrite, s.rotateEndpointSecret)), false},
 		{"POST", "/webhooks/endpoints/{id}/test", s.inOrg(permWebhooksWrite, s.testEndpoint), false},
+		{"POST", "/reports", s.leader(s.inOrg(permReportsWrite, s.createReport)), false},
+		{"GET", "/reports", s.inOrg(permReportsRead, s.listReports), false},
+		{"GET", "/reports/{id}", s.inOrg(permReportsRead, s.getReport), false},
+		{"PATCH", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.updateReport)), false},
+		{"DELETE", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.deleteReport)), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

@@ -32,6 +32,7 @@ type State struct {
 	ProducerKeys map[string]*ProducerKey     `json:"producer_keys"` // by key id
 	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`     // webhook endpoints by id
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`  // by organization
+	Reports      map[string]*Report          `json:"reports"`       // saved analytics reports by id
 	Users        map[string]*User            `json:"users"`
 	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
 	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
@@ -60,11 +61,12 @@ type SharedState struct {
 	ProducerKeys map[string]*ProducerKey     `json:"producer_keys"`
 	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`
+	Reports      map[string]*Report          `json:"reports"`
 }
 
 func (s *State) shared() SharedState {
 	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts}
+		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports}
 }
 
 func newState() *State {
@@ -95,6 +97,9 @@ func (s *State) fill() {
 	}
 	if s.QuotaAlerts == nil {
 		s.QuotaAlerts = map[string]*QuotaAlert{}
+	}
+	if s.Reports == nil {
+		s.Reports = map[string]*Report{}
 	}
 	if s.Users == nil {
 		s.Users = map[string]*User{}

@@ -30,6 +30,11 @@ func TestCrossTenantRoutes(t *testing.T) {
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/invitations", `{"email":"x@globex.test","role":"viewer"}`)), &ginv)
 	var gep endpointView
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/webhooks/endpoints", `{"url":"https://globex.test/hook"}`)), &gep)
+	const report = `{"name":"r","query":{"metrics":["requests"],"range":"last_7d"}}`
+	var grep struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/reports", report)), &grep, json.RejectUnknownMembers(false))
 	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
 
 	// Both of acme's kinds of callers: its owner's session and its
@@ -70,6 +75,11 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"DELETE /v1/orgs/{org}/webhooks/endpoints/{id}":             {ids: map[string]string{"id": gep.ID}},
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": {ids: map[string]string{"id": gep.ID}},
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          {ids: map[string]string{"id": gep.ID}},
+		"POST /v1/orgs/{org}/reports":                               {body: report},
+		"GET /v1/orgs/{org}/reports":                                {},
+		"GET /v1/orgs/{org}/reports/{id}":                           {ids: map[string]string{"id": grep.ID}},
+		"PATCH /v1/orgs/{org}/reports/{id}":                         {body: `{"name":"mine now"}`, ids: map[string]string{"id": grep.ID}},
+		"DELETE /v1/orgs/{org}/reports/{id}":                        {ids: map[string]string{"id": grep.ID}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

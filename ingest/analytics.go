@@ -27,18 +27,6 @@ type AnalyticsReader interface {
 // dimensions of the rollups, which filter.
 var analyticsParams = []string{"metric", "group_by", "granularity", "from", "to", "limit", "org"}
 
-// defaultGranularity fits a range: minutes up to 6 hours, hours up to 14
-// days, days beyond.
-func defaultGranularity(span time.Duration) string {
-	switch {
-	case span <= 6*time.Hour:
-		return schemas.GranularityMinute
-	case span <= 14*24*time.Hour:
-		return schemas.GranularityHour
-	}
-	return schemas.GranularityDay
-}
-
 // analyticsQuery reads an analytics route's parameters, answering 400
 // itself: metric (comma-separated), group_by, granularity, from and to
 // (RFC 3339; default the last 24 hours), limit, and a filter for each
@@ -80,7 +68,7 @@ func analyticsQuery(ctx *fasthttp.RequestCtx, now time.Time) (schemas.AnalyticsQ
 		q.From = q.To.Add(-24 * time.Hour)
 	}
 	if q.Granularity == "" {
-		q.Granularity = defaultGranularity(q.To.Sub(q.From))
+		q.Granularity = schemas.DefaultGranularity(q.To.Sub(q.From))
 	}
 	if v := args.Peek("limit"); v != nil {
 		n, err := strconv.Atoi(string(v))
@@ -150,4 +138,33 @@ func (s *Server) analyticsSummary(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _
 	}
 	out, err := s.deps.Analytics.Summary(ctx, t.ID, q.From, q.To)
 	s.analyticsAnswer(ctx, out, err)
+}
+
+// ReportSource finds an organization's saved reports (the coordinator's
+// replica).
+type ReportSource interface {
+	Report(org, id string) (schemas.Report, bool)
+}
+
+// noSuchReport answers another organization's report as an unknown one.
+const noSuchReport = "no such report for this organization"
+
+// runReport answers GET /v1/reports/{report_id}/run: the report's series
+// over its range as of now.
+func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
+	if s.deps.Reports == nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "reports_unavailable", "this server does not know the reports (no coordinator)")
+		return
+	}
+	rep, ok := s.deps.Reports.Report(t.ID, params[0])
+	if !ok {
+		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchReport)
+		return
+	}
+	if !s.analyticsReady(ctx) {
+		return
+	}
+	now := time.Now().UTC()
+	series, err := s.deps.Analytics.Series(ctx, t.ID, rep.Query.Analytics(now))
+	s.analyticsAnswer(ctx, &schemas.ReportRun{Report: rep, RanAt: now, Series: series}, err)
 }

@@ -89,6 +89,8 @@ type Deps struct {
 	// Orgs gives organizations' limits, for signed-in users' requests
 	// (nil: sessions are not accepted).
 	Orgs OrgLimits
+	// Reports finds saved reports (GET /v1/reports/{id}/run; nil: 503).
+	Reports ReportSource
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).
 	Console http.Handler
 	// Ready and Live are extra readiness and liveness checks (for example

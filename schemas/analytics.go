@@ -17,8 +17,20 @@ var ErrBadAnalyticsQuery = errors.New("bad analytics query")
 
 // AnalyticsFilter keeps the rows whose dimension Dim is one of Values.
 type AnalyticsFilter struct {
-	Dim    string
-	Values []string
+	Dim    string   `json:"dim"`
+	Values []string `json:"values"`
+}
+
+// DefaultGranularity fits a range: minutes up to 6 hours, hours up to 14
+// days, days beyond.
+func DefaultGranularity(span time.Duration) string {
+	switch {
+	case span <= 6*time.Hour:
+		return GranularityMinute
+	case span <= 14*24*time.Hour:
+		return GranularityHour
+	}
+	return GranularityDay
 }
 
 // AnalyticsQuery is one analytics question over an organization's data in

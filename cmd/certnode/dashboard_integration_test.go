@@ -172,7 +172,17 @@ func TestDashboard(t *testing.T) {
 	b.waitFor("the job's bar is full", `(() => { const r = document.querySelector('tr[data-job="`+job+`"] [role=progressbar]');
 		return !!r && r.getAttribute('aria-valuenow') === '100' && r.dataset.done === '300' && r.dataset.total === '300'; })()`, 10*time.Second)
 
-	pages := []string{"requests", "jobs", "webhooks", "usage", "invoices", "keys", "audit", "overview"}
+	// A report saved on its page opens as a chart with the data.
+	b.do("open reports", chromedp.Click(chromedp.CSS("#nav-reports")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=reports][data-ready]`)))
+	b.do("save a report", chromedp.SendKeys(chromedp.CSS(`#report-form [name=name]`), "Signed by status"),
+		chromedp.SetValue(chromedp.CSS(`#report-form [name=group_by]`), "status"), chromedp.SetValue(chromedp.CSS(`#report-form [name=chart]`), "bar"),
+		chromedp.Click(chromedp.CSS(`#report-form button[type=submit]`)))
+	b.waitFor("the report opens with its data", `Number((document.querySelector('#report-view [data-testid=chart-report]') || {dataset: {}}).dataset.points) > 0`, 15*time.Second)
+	if rows := eval[int](b, `document.querySelectorAll('#report-list tr[data-report]').length`); rows < 1 {
+		t.Fatal("the saved report is not listed")
+	}
+
+	pages := []string{"requests", "jobs", "webhooks", "reports", "usage", "invoices", "keys", "audit", "overview"}
 	open := func(width string) {
 		for _, p := range pages {
 			b.do("open "+p+" at "+width, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))
@@ -223,8 +233,8 @@ func TestDashboard(t *testing.T) {
 	for _, p := range pages {
 		b2.do("B opens "+p, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))
 		b2.waitFor(p+" loaded", `!!document.querySelector('section[data-page=`+p+`][data-ready]')`, 10*time.Second)
-		if text := eval[string](b2, `document.body.innerText`); strings.Contains(text, keyA) || strings.Contains(text, c.UserEmail) {
-			t.Errorf("B's %s page shows A's key or owner: %s", p, text)
+		if text := eval[string](b2, `document.body.innerText`); strings.Contains(text, keyA) || strings.Contains(text, c.UserEmail) || strings.Contains(text, "Signed by status") {
+			t.Errorf("B's %s page shows A's key, owner or report: %s", p, text)
 		}
 	}
 }

@@ -178,6 +178,24 @@ func (e *devEnv) newOrg(id string, limits tenants.Limits) string {
 	return k.Key
 }
 
+// newReport saves a report of org through dev's coordinator and returns
+// its id.
+func (e *devEnv) newReport(org string) string {
+	e.t.Helper()
+	code, resp := e.admin("POST", "/v1/orgs/"+org+"/reports", `{"name":"Requests by status","query":{"metrics":["requests"],"group_by":"status","range":"last_24h"},"chart":"bar"}`)
+	var r struct {
+		ID string `json:"id"`
+	}
+	if code != 201 || json.Unmarshal([]byte(resp), &r, json.RejectUnknownMembers(false)) != nil {
+		e.t.Fatalf("create a report of %s: %d %s", org, code, resp)
+	}
+	testenv.WaitFor(e.t, "dev knows report "+r.ID, 2*time.Second, func() (bool, string) {
+		code, body := e.do("GET", "/v1/reports/"+r.ID+"/run", e.key, "", "")
+		return code != 404, body
+	})
+	return r.ID
+}
+
 type lockedWriter struct {
 	w  io.Writer
 	mu *sync.Mutex

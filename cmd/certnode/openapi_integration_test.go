@@ -232,7 +232,13 @@ func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 		}
 		a.leaks(t, after)
 	}
-	for _, key := range []string{"GET /v1/analytics/series", "GET /v1/analytics/top", "GET /v1/analytics/summary"} {
+	// A saved report runs as the series it asks for.
+	run := c.expect(t, e, exchange{name: "A runs a report", method: "GET", path: "/v1/reports/" + e.newReport("demo") + "/run", key: e.key, status: 200}).body
+	if !strings.Contains(run, `"group_by":"status"`) || !strings.Contains(run, `"group":"signed"`) {
+		t.Errorf("A's report: %s", run)
+	}
+	c.expect(t, e, exchange{name: "an unknown report", method: "GET", path: "/v1/reports/rpt_nope/run", key: e.key, status: 404, code: "not_found"})
+	for _, key := range []string{"GET /v1/analytics/series", "GET /v1/analytics/top", "GET /v1/analytics/summary", "GET /v1/reports/{report_id}/run"} {
 		if !c.success[key] || !c.failure[key] {
 			t.Errorf("%s: success validated %v, error validated %v", key, c.success[key], c.failure[key])
 		}

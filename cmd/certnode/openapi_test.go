@@ -272,13 +272,14 @@ func (c *contract) checkRoutes(t *testing.T) {
 // needServices lists routes whose success the in-process dev cannot give,
 // with the test that validates it against real services.
 var needServices = map[string]string{
-	"GET /v1/receipts/{receipt_id}": "needs ClickHouse: TestOpenAPIReceiptsClickHouse (integration)",
-	"GET /v1/usage":                 "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
-	"GET /v1/invoices":              "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
-	"GET /v1/invoices/{period}":     "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
-	"GET /v1/analytics/series":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"GET /v1/analytics/top":         "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"GET /v1/analytics/summary":     "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/receipts/{receipt_id}":   "needs ClickHouse: TestOpenAPIReceiptsClickHouse (integration)",
+	"GET /v1/usage":                   "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/invoices":                "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/invoices/{period}":       "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/analytics/series":        "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/top":           "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/summary":       "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/reports/{report_id}/run": "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	// dev runs without the deliveries store here, and the webhook writes
 	// need it and the coordinator's endpoints.
 	"GET /v1/webhooks/deliveries":                 webhookStore,
@@ -447,6 +448,11 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "summary without storage", method: "GET", path: "/v1/analytics/summary?from=2026-05-01T00:00:00Z", key: e.key, status: 503, code: "analytics_unavailable"},
 		{name: "summary grouped", method: "GET", path: "/v1/analytics/summary?group_by=status", key: e.key, status: 400, code: "invalid_query"},
 		{name: "summary unknown key", method: "GET", path: "/v1/analytics/summary", key: "cn_nope", status: 401, code: "unauthorized"},
+
+		// GET /v1/reports/{report_id}/run: the report is found, then the
+		// store (off here).
+		{name: "report run without storage", method: "GET", path: "/v1/reports/" + e.newReport("demo") + "/run", key: e.key, status: 503, code: "analytics_unavailable"},
+		{name: "an unknown report", method: "GET", path: "/v1/reports/rpt_nope/run", key: e.key, status: 404, code: "not_found"},
 
 		// The webhook routes: parameters are checked first, then the
 		// deliveries store (off here).

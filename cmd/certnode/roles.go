@@ -178,6 +178,7 @@ func newIngestCmd() *cobra.Command {
 			var limiter ingest.Limiter
 			var endpoints ingest.EndpointSource
 			var orgs ingest.OrgLimits
+			var reports ingest.ReportSource
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -189,7 +190,7 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer l.Close()
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
-				endpoints, orgs = endpointInfos{r}, r
+				endpoints, orgs, reports = endpointInfos{r}, r, r
 				parts["coordinator"] = r.Run
 			default:
 				store, err := loadTenants(tenantsFile)
@@ -212,7 +213,7 @@ func newIngestCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
-			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs}
+			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}

@@ -25,12 +25,13 @@ type crossTenant struct {
 	single    string // a /v1/sign request that answered 504, polled as a job
 	endpoint  string // a webhook endpoint
 	message   string // the id a delivery of one of A's events to it has
+	report    string // a saved report
 }
 
 // leaks fails when body holds anything of A's.
 func (a *crossTenant) leaks(t *testing.T, body string) {
 	t.Helper()
-	for _, s := range []string{a.secret, `"demo"`, a.receiptID, a.jobID, a.abandoned, a.single, a.endpoint, a.message} {
+	for _, s := range []string{a.secret, `"demo"`, a.receiptID, a.jobID, a.abandoned, a.single, a.endpoint, a.message, a.report} {
 		if s != "" && strings.Contains(body, s) {
 			t.Errorf("tenant B's answer holds %q of tenant A's: %s", s, body)
 		}
@@ -127,6 +128,10 @@ func TestCrossTenant(t *testing.T) {
 	}
 
 	cases := map[string]func(t *testing.T){
+		"GET /v1/reports/{report_id}/run": func(t *testing.T) {
+			a.report = e.newReport("demo")
+			a.notFound(t, c, e, "/v1/reports/"+a.report+"/run", "/v1/reports/rpt_nope/run")
+		},
 		"GET /v1/jobs": func(t *testing.T) {
 			asA := c.expect(t, e, exchange{name: "A lists its jobs", method: "GET", path: "/v1/jobs", key: e.key, status: 200}).body
 			if !strings.Contains(asA, a.jobID) {

@@ -54,6 +54,7 @@ const PAGES = [
   { id: 'requests', title: 'Requests', roles: ALL, render: requests },
   { id: 'jobs', title: 'Jobs', roles: ALL, render: jobs },
   { id: 'webhooks', title: 'Webhooks', roles: ALL, render: webhooks },
+  { id: 'reports', title: 'Reports', roles: ALL, render: reports },
   { id: 'usage', title: 'Usage', roles: ['owner', 'admin', 'billing'], render: usage },
   { id: 'invoices', title: 'Invoices', roles: ['owner', 'billing'], render: invoices },
   { id: 'keys', title: 'API keys', roles: ['owner', 'admin'], render: keys },
@@ -169,7 +170,7 @@ const DASHES = [[], [6, 3], [2, 2], [8, 2, 2, 2], [4, 4], [1, 3], [10, 4], [3, 6
 // chart draws a series answer with uPlot inside an accessible figure: a
 // caption summing it up and a table of the same numbers. It returns a
 // function that takes a new answer.
-function chart(parent, id, title) {
+function chart(parent, id, title, opts = {}) {
   const fig = el('figure', { 'aria-labelledby': id + '-cap', 'data-testid': id });
   const cap = el('figcaption', { id: id + '-cap' });
   const box = el('div', { class: 'chart', role: 'img', 'aria-labelledby': id + '-cap' });
@@ -197,7 +198,8 @@ function chart(parent, id, title) {
       shape = next;
       plot = new uPlot({
         width, height: 220,
-        series: [{}, ...lines.map((l, i) => ({ label: label(l), stroke: STROKES[i % STROKES.length], dash: DASHES[i % DASHES.length], width: 2, spanGaps: false }))],
+        series: [{}, ...lines.map((l, i) => ({ label: label(l), stroke: STROKES[i % STROKES.length], dash: DASHES[i % DASHES.length], width: 2, spanGaps: false,
+          fill: opts.bars ? STROKES[i % STROKES.length] + '99' : undefined, paths: opts.bars ? uPlot.paths.bars({ size: [0.8 / Math.max(1, lines.length), 60], align: 0 }) : undefined }))],
         axes: [{}, { size: 60 }],
         legend: { live: false },
       }, data, box);
@@ -324,6 +326,76 @@ async function webhooks(sec) {
   };
   await load();
   every(load);
+}
+
+const WRITERS = ['owner', 'admin', 'developer'];
+const METRICS = ['requests', 'bytes', 'latency_p50', 'latency_p90', 'latency_p99', 'webhook_attempts', 'webhook_latency_p50', 'webhook_latency_p99'];
+const DIMS = { requests: ['', 'kind', 'status', 'reason', 'kid', 'key_id', 'job_id'], webhook: ['', 'endpoint_id', 'event_type', 'outcome'] };
+
+async function reports(sec) {
+  const listBox = el('div', { id: 'report-list' });
+  const view = el('div', { id: 'report-view', 'aria-live': 'polite' });
+  const orgPath = '/v1/orgs/' + encodeURIComponent(S.org) + '/reports';
+  const open = async (r) => {
+    // A report saved just now reaches the API's copy of the state within moments.
+    let run;
+    for (let i = 0; ; i++) {
+      try { run = await api('/v1/reports/' + encodeURIComponent(r.id) + '/run'); break; } catch (e) {
+        if (!(e instanceof APIError && e.status === 404) || i >= 10) throw e;
+        await new Promise((res) => setTimeout(res, 300));
+      }
+    }
+    view.replaceChildren(el('h2', { text: r.name }), el('p', { class: 'period', text: (r.description ? r.description + ' · ' : '') + 'Ran at ' + when(run.ran_at) }));
+    view.dataset.report = r.id;
+    if (r.chart === 'table') {
+      const cols = [{ label: 'Time (UTC)', value: (i) => when(run.series.timestamps[i]) }, ...run.series.series.map((l) => ({ label: (l.group || '') + ' ' + l.metric, num: true, value: (i) => num(l.values[i]) }))];
+      view.append(table(cols, run.series.timestamps.map((_, i) => i)));
+      view.dataset.points = String(run.series.series.reduce((a, l) => a + l.values.reduce((b, v) => b + (v || 0), 0), 0));
+    } else {
+      chart(view, 'chart-report', r.name, { bars: r.chart === 'bar' })(run.series);
+    }
+  };
+  const load = async () => {
+    const list = await api(orgPath);
+    listBox.replaceChildren(table([{ label: 'Report', value: (r) => r.name }, { label: 'Metrics', value: (r) => r.query.metrics.join(', ') + (r.query.group_by ? ' by ' + r.query.group_by : '') },
+      { label: 'Range', value: (r) => r.query.range }, { label: 'Chart', value: (r) => r.chart }, { label: 'Schedule', value: (r) => r.schedule || 'on demand' }, { label: '', value: () => '' }],
+    list.reports, 'No reports saved yet.'));
+    listBox.querySelectorAll('tbody tr').forEach((tr, i) => {
+      const r = list.reports[i];
+      tr.dataset.report = r.id;
+      tr.lastChild.append(el('button', { type: 'button', text: 'Open', 'aria-label': 'Open ' + r.name, onclick: () => open(r).catch(showError) }));
+    });
+  };
+  if (WRITERS.includes(S.role)) {
+    const metric = el('select', { name: 'metric' }, METRICS.map((m) => el('option', { value: m, text: m })));
+    const group = el('select', { name: 'group_by' });
+    const fillGroups = () => group.replaceChildren(...DIMS[metric.value.startsWith('webhook') ? 'webhook' : 'requests'].map((d) => el('option', { value: d, text: d || 'none' })));
+    metric.addEventListener('change', fillGroups);
+    fillGroups();
+    const msg = el('p', { class: 'error', role: 'alert' });
+    const f = el('form', { class: 'filters', id: 'report-form', 'aria-label': 'New report' },
+      el('label', {}, 'Name', el('input', { name: 'name', required: true, maxlength: 200 })),
+      el('label', {}, 'Metric', metric), el('label', {}, 'Group by', group),
+      el('label', {}, 'Range', el('select', { name: 'range' }, ['last_hour', 'last_24h', 'last_7d', 'last_30d', 'this_month', 'last_month'].map((r) => el('option', { value: r, selected: r === 'last_24h', text: r })))),
+      el('label', {}, 'Chart', el('select', { name: 'chart' }, ['line', 'bar', 'table'].map((c) => el('option', { value: c, text: c })))),
+      el('label', {}, 'Schedule', el('select', { name: 'schedule' }, ['', 'daily', 'weekly', 'monthly'].map((c) => el('option', { value: c, text: c || 'on demand' })))),
+      el('button', { type: 'submit', text: 'Save report' }), msg);
+    f.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      msg.textContent = '';
+      try {
+        const q = { metrics: [metric.value], range: f.range.value };
+        if (group.value) q.group_by = group.value;
+        const r = await api(orgPath, { method: 'POST', body: { name: f.name.value, query: q, chart: f.chart.value, schedule: f.schedule.value } });
+        f.reset(); fillGroups();
+        await load();
+        await open(r);
+      } catch (e) { msg.textContent = e.message; }
+    });
+    sec.append(el('h2', { text: 'New report' }), f);
+  }
+  sec.append(el('h2', { text: 'Saved reports' }), listBox, view);
+  await load();
 }
 
 async function usage(sec) {
