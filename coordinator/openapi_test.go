@@ -599,7 +599,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 			ID string `json:"id"`
 		}
 		json.Unmarshal([]byte(k.expect(t, call{name: "create", as: dev, method: "POST", path: "/v1/orgs/acme/reports",
-			body: `{"name":"Failures by reason","query":{"metrics":["requests"],"group_by":"reason","filters":[{"dim":"status","values":["invalid","failed"]}],"range":"last_7d"},"chart":"bar","schedule":"daily"}`,
+			body:   `{"name":"Failures by reason","query":{"metrics":["requests"],"group_by":"reason","filters":[{"dim":"status","values":["invalid","failed"]}],"range":"last_7d"},"chart":"bar","schedule":"daily"}`,
 			status: 201}).Body), &a, json.RejectUnknownMembers(false))
 		for _, x := range []call{
 			{name: "create with metrics of two sources", as: dev, method: "POST", path: "/v1/orgs/acme/reports", body: `{"name":"x","query":{"metrics":["requests","webhook_attempts"],"range":"last_7d"}}`, status: 400, code: "invalid"},
