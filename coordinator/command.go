@@ -35,7 +35,7 @@ const (
 	cmdPutEndpoint    cmdType = 18
 	cmdDeleteEndpoint cmdType = 19
 	// 20 is SetEndpointHealth, which dispatchers send; 21 AnnounceQuota;
-	// 22 and 23 PutReport and DeleteReport.
+	// 22 to 24 PutReport, DeleteReport and AnnounceReport.
 	cmdSetEndpointHealth cmdType = 20
 )
 
@@ -71,6 +71,7 @@ var registry = map[cmdType]func() Command{
 	cmdAnnounceQuota:     func() Command { return new(AnnounceQuota) },
 	cmdPutReport:         func() Command { return new(PutReport) },
 	cmdDeleteReport:      func() Command { return new(DeleteReport) },
+	cmdAnnounceReport:    func() Command { return new(AnnounceReport) },
 	cmdSetKeysUsed:       func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:       func() Command { return new(SetAdmitted) },
 }

@@ -1,9 +1,12 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,11 +17,15 @@ import (
 // ingest runs it, the dispatcher on its schedule.
 type Report struct {
 	schemas.Report `json:",inline"`
+	// Announced is the last period of its schedule a report.ready event
+	// was sent for (AnnounceReport).
+	Announced string `json:"announced,omitempty"`
 }
 
 const (
-	cmdPutReport    cmdType = 22
-	cmdDeleteReport cmdType = 23
+	cmdPutReport      cmdType = 22
+	cmdDeleteReport   cmdType = 23
+	cmdAnnounceReport cmdType = 24
 )
 
 // maxReportsPerOrg bounds an organization's saved reports.
@@ -107,6 +114,73 @@ func (c *DeleteReport) validate(s *State) error {
 func (c *DeleteReport) apply(s *State)                  { delete(s.Reports, c.ID) }
 func (c *DeleteReport) audit() (string, string, string) { return "report.delete", c.Org, c.ID }
 
+// AnnounceReport records that a report.ready event was sent for Period.
+type AnnounceReport struct {
+	ID     string `json:"id"`
+	Org    string `json:"org"`
+	Period string `json:"period"`
+}
+
+func (*AnnounceReport) cmdType() cmdType { return cmdAnnounceReport }
+func (c *AnnounceReport) validate(s *State) error {
+	r := s.Reports[c.ID]
+	switch {
+	case r == nil || r.Org != c.Org:
+		return fmt.Errorf("%w: report %q", ErrNotFound, c.ID)
+	case c.Period == "" || len(c.Period) > 20:
+		return invalid("period %q", c.Period)
+	}
+	return nil
+}
+func (c *AnnounceReport) apply(s *State) {
+	r := *s.Reports[c.ID]
+	r.Announced = c.Period
+	s.Reports[c.ID] = &r
+}
+
+// announceReport takes a dispatcher's word that it sent the event.
+func (s *Server) announceReport(w http.ResponseWriter, r *http.Request, body []byte) {
+	var c AnnounceReport
+	if err := decodeBody(body, &c); err != nil {
+		s.fail(w, err)
+		return
+	}
+	c.ID = r.PathValue("id")
+	s.write(w, r, body, &c, http.StatusNoContent, nil)
+}
+
+// DueReport is a scheduled report whose last period has no report.ready
+// event yet.
+type DueReport struct {
+	schemas.Report
+	Period   string
+	From, To time.Time
+}
+
+// DueReports are the saved reports of active organizations due at now:
+// the last whole period of their schedule ended after they were made,
+// and was not announced.
+func (r *Replica) DueReports(now time.Time) []DueReport {
+	st := r.state.Load()
+	if st == nil {
+		return nil
+	}
+	var out []DueReport
+	for _, rep := range st.reps {
+		label, from, to, ok := schemas.ReportPeriod(rep.Schedule, now)
+		if ok && to.After(rep.CreatedAt) && label != rep.Announced {
+			out = append(out, DueReport{Report: rep.Report, Period: label, From: from, To: to})
+		}
+	}
+	slices.SortFunc(out, func(a, b DueReport) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// AnnounceReport marks a report's period announced.
+func (r *Replica) AnnounceReport(ctx context.Context, org, id, period string) error {
+	return r.postNode(ctx, "/v1/node/reports/"+url.PathEscape(id)+"/announce", AnnounceReport{Org: org, Period: period})
+}
+
 func (r *Report) owner() string              { return r.Org }
 func (r *Report) created() time.Time         { return r.CreatedAt }
 func reportsOf(st *State) map[string]*Report { return st.Reports }
@@ -151,7 +225,7 @@ func (s *Server) createReport(w http.ResponseWriter, r *http.Request, sc scope, 
 		return
 	}
 	now := time.Now().UTC()
-	rep := Report{schemas.Report{ID: id, Org: sc.org, Chart: "line", CreatedAt: now, UpdatedAt: now}}
+	rep := Report{Report: schemas.Report{ID: id, Org: sc.org, Chart: "line", CreatedAt: now, UpdatedAt: now}}
 	b.applyTo(&rep)
 	s.write(w, r, body, &PutReport{Report: rep, Create: true}, http.StatusCreated, rep.Report)
 }

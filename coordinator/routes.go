@@ -42,6 +42,7 @@ func (s *Server) routes() []route {
 		{pattern: "POST /v1/node/leases", h: node(s.leader(s.leases.serve))},
 		{pattern: "POST /v1/node/webhooks/endpoints/{id}/health", h: node(s.leader(s.endpointHealth))},
 		{pattern: "POST /v1/node/quota-alerts/{org}", h: node(s.leader(s.announceQuota))},
+		{pattern: "POST /v1/node/reports/{id}/announce", h: node(s.leader(s.announceReport))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},

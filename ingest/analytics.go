@@ -150,8 +150,17 @@ type ReportSource interface {
 const noSuchReport = "no such report for this organization"
 
 // runReport answers GET /v1/reports/{report_id}/run: the report's series
-// over its range as of now.
+// over its range as of now, or over [from, to) when both are given (the
+// period of a report.ready event).
 func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
+	var from, to time.Time
+	if !timeParam(ctx, "from", &from) || !timeParam(ctx, "to", &to) {
+		return
+	}
+	if from.IsZero() != to.IsZero() {
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_range", "give both from and to, or neither")
+		return
+	}
 	if s.deps.Reports == nil {
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "reports_unavailable", "this server does not know the reports (no coordinator)")
 		return
@@ -165,6 +174,10 @@ func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 		return
 	}
 	now := time.Now().UTC()
-	series, err := s.deps.Analytics.Series(ctx, t.ID, rep.Query.Analytics(now))
+	q := rep.Query
+	if !from.IsZero() {
+		q.Range, q.From, q.To = schemas.RangeCustom, from, to
+	}
+	series, err := s.deps.Analytics.Series(ctx, t.ID, q.Analytics(now))
 	s.analyticsAnswer(ctx, &schemas.ReportRun{Report: rep, RanAt: now, Series: series}, err)
 }

@@ -159,6 +159,29 @@ func (q ReportQuery) Analytics(now time.Time) AnalyticsQuery {
 	return AnalyticsQuery{Metrics: q.Metrics, GroupBy: q.GroupBy, Filters: q.Filters, From: from, To: to, Granularity: g}
 }
 
+// ReportPeriod is the last whole period of a schedule before now (UTC):
+// its label (2006-01-02 daily, 2006-W01 weekly by ISO week from Monday,
+// 2006-01 monthly) and range; ok is false with no schedule.
+func ReportPeriod(schedule string, now time.Time) (label string, from, to time.Time, ok bool) {
+	now = now.UTC()
+	today := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
+	switch schedule {
+	case "daily":
+		from = today.AddDate(0, 0, -1)
+		return from.Format("2006-01-02"), from, today, true
+	case "weekly":
+		monday := today.AddDate(0, 0, -((int(today.Weekday()) + 6) % 7))
+		from = monday.AddDate(0, 0, -7)
+		y, w := from.ISOWeek()
+		return fmt.Sprintf("%04d-W%02d", y, w), from, monday, true
+	case "monthly":
+		to = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+		from = to.AddDate(0, -1, 0)
+		return from.Format("2006-01"), from, to, true
+	}
+	return "", time.Time{}, time.Time{}, false
+}
+
 // ReportRun is a report's answer: its definition, the period and the
 // series.
 type ReportRun struct {

@@ -19,11 +19,12 @@ const (
 	EventQuotaWarning              = "quota.warning"
 	EventEndpointDisabled          = "endpoint.disabled"
 	EventWebhookTest               = "webhook.test"
+	EventReportReady               = "report.ready"
 )
 
 // EventTypes lists every webhook event type.
 var EventTypes = []string{EventReceiptSigned, EventReceiptVerified, EventReceiptVerificationFailed,
-	EventJobCompleted, EventQuotaWarning, EventEndpointDisabled, EventWebhookTest}
+	EventJobCompleted, EventQuotaWarning, EventEndpointDisabled, EventWebhookTest, EventReportReady}
 
 // EventVersion is the version of every event's schema; a change that
 // breaks receivers gets a new version beside the old one.

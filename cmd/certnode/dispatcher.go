@@ -82,6 +82,18 @@ func (h *hookDirectory) AnnounceQuota(ctx context.Context, org, month string, le
 	return h.r.AnnounceQuota(ctx, org, month, level)
 }
 
+func (h *hookDirectory) DueReports(now time.Time) []webhook.DueReport {
+	var out []webhook.DueReport
+	for _, d := range h.r.DueReports(now) {
+		out = append(out, webhook.DueReport{Org: d.Org, ID: d.ID, Name: d.Name, Schedule: d.Schedule, Period: d.Period, From: d.From, To: d.To})
+	}
+	return out
+}
+
+func (h *hookDirectory) AnnounceReport(ctx context.Context, org, id, period string) error {
+	return h.r.AnnounceReport(ctx, org, id, period)
+}
+
 // endpointInfos gives ingest the endpoints its redelivery, replay and
 // trigger routes check.
 type endpointInfos struct{ r *coordinator.Replica }

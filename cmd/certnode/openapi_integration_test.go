@@ -232,11 +232,20 @@ func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 		}
 		a.leaks(t, after)
 	}
-	// A saved report runs as the series it asks for.
-	run := c.expect(t, e, exchange{name: "A runs a report", method: "GET", path: "/v1/reports/" + e.newReport("demo") + "/run", key: e.key, status: 200}).body
+	// A saved report runs as the series it asks for, over its range or
+	// over a period (a report.ready event's link).
+	rid := e.newReport("demo")
+	run := c.expect(t, e, exchange{name: "A runs a report", method: "GET", path: "/v1/reports/" + rid + "/run", key: e.key, status: 200}).body
 	if !strings.Contains(run, `"group_by":"status"`) || !strings.Contains(run, `"group":"signed"`) {
 		t.Errorf("A's report: %s", run)
 	}
+	hour := start.Truncate(time.Hour)
+	period := "from=" + hour.Format(time.RFC3339) + "&to=" + hour.Add(2*time.Hour).Format(time.RFC3339)
+	run = c.expect(t, e, exchange{name: "A runs a report over a period", method: "GET", path: "/v1/reports/" + rid + "/run?" + period, key: e.key, status: 200}).body
+	if !strings.Contains(run, `"from":"`+hour.Format(time.RFC3339)+`"`) || !strings.Contains(run, `"granularity":"minute"`) || !strings.Contains(run, `"group":"signed"`) {
+		t.Errorf("A's report over %s: %s", period, run)
+	}
+	c.expect(t, e, exchange{name: "a report with from only", method: "GET", path: "/v1/reports/" + rid + "/run?from=" + hour.Format(time.RFC3339), key: e.key, status: 400, code: "invalid_range"})
 	c.expect(t, e, exchange{name: "an unknown report", method: "GET", path: "/v1/reports/rpt_nope/run", key: e.key, status: 404, code: "not_found"})
 	for _, key := range []string{"GET /v1/analytics/series", "GET /v1/analytics/top", "GET /v1/analytics/summary", "GET /v1/reports/{report_id}/run"} {
 		if !c.success[key] || !c.failure[key] {

@@ -69,6 +69,16 @@ type Directory interface {
 	// not announced yet; AnnounceQuota marks one announced.
 	PendingQuotaAlerts() []QuotaAlert
 	AnnounceQuota(ctx context.Context, org, month string, level int) error
+	// DueReports are the scheduled reports whose last period ended and
+	// was not announced; AnnounceReport marks one announced.
+	DueReports(now time.Time) []DueReport
+	AnnounceReport(ctx context.Context, org, id, period string) error
+}
+
+// DueReport is a scheduled report's period to announce (report.ready).
+type DueReport struct {
+	Org, ID, Name, Schedule, Period string
+	From, To                        time.Time
 }
 
 // QuotaAlert is an organization's admitted count crossing Level percent

@@ -34,6 +34,7 @@ type fakeDir struct {
 	sched     map[string][]time.Duration
 	reports   []healthReport
 	alerts    []QuotaAlert
+	due       []DueReport
 	announced []string
 }
 
@@ -86,6 +87,20 @@ func (f *fakeDir) AnnounceQuota(_ context.Context, org, month string, level int)
 	defer f.mu.Unlock()
 	f.alerts = slices.DeleteFunc(f.alerts, func(a QuotaAlert) bool { return a.Org == org && a.Month == month && a.Level <= level })
 	f.announced = append(f.announced, fmt.Sprintf("%s %s %d", org, month, level))
+	return nil
+}
+
+func (f *fakeDir) DueReports(time.Time) []DueReport {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.due)
+}
+
+func (f *fakeDir) AnnounceReport(_ context.Context, org, id, period string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.due = slices.DeleteFunc(f.due, func(d DueReport) bool { return d.Org == org && d.ID == id && d.Period == period })
+	f.announced = append(f.announced, fmt.Sprintf("%s %s %s", org, id, period))
 	return nil
 }
 
@@ -725,6 +740,36 @@ func TestQuotaWarnings(t *testing.T) {
 	h.dir.mu.Lock()
 	defer h.dir.mu.Unlock()
 	if len(rv.received()) != 1 || !slices.Equal(h.dir.announced, []string{"acme 2026-11 80"}) {
+		t.Fatalf("%d deliveries, announced %v", len(rv.received()), h.dir.announced)
+	}
+}
+
+// A scheduled report whose period ended makes one report.ready event,
+// with the link that answers the report over that period, then is marked
+// announced.
+func TestReportReady(t *testing.T) {
+	h := newHarness(t, nil)
+	rv := newReceiver(t, nil)
+	h.dir.add(rv.endpoint("ep_1", "acme", schemas.EventReportReady))
+	from := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
+	h.dir.due = []DueReport{{Org: "acme", ID: "rpt_1", Name: "Daily", Schedule: "daily", Period: "2026-11-26", From: from, To: from.AddDate(0, 0, 1)}}
+	h.start()
+	g := waitGot(t, rv, 1, 10*time.Second)
+	var ev struct {
+		Type string         `json:"type"`
+		Data map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal(g[0].body, &ev); err != nil || ev.Type != schemas.EventReportReady || ev.Data["period"] != "2026-11-26" ||
+		ev.Data["url"] != "/v1/reports/rpt_1/run?from=2026-11-26T00:00:00Z&to=2026-11-27T00:00:00Z" || ev.Data["name"] != "Daily" {
+		t.Fatalf("event %s (%v)", g[0].body, err)
+	}
+	if err := conforms(g[0].body); err != nil {
+		t.Fatalf("the event does not match its schema: %v", err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	h.dir.mu.Lock()
+	defer h.dir.mu.Unlock()
+	if len(rv.received()) != 1 || !slices.Equal(h.dir.announced, []string{"acme rpt_1 2026-11-26"}) {
 		t.Fatalf("%d deliveries, announced %v", len(rv.received()), h.dir.announced)
 	}
 }
