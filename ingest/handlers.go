@@ -298,11 +298,31 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	if !s.quota(ctx, t) {
 		return
 	}
-	id := newID("req_")
-	rec, err := s.envelope(t, kind, id, "", 0, input, body.JWKS)
-	if err != nil {
+	res, pending, err := s.process(ctx, t, kind, input, body.JWKS)
+	switch {
+	case errors.Is(err, errKafkaUnavailable):
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the request was not accepted: the message broker is unavailable; retry later")
+	case err != nil:
 		apiError(ctx, fasthttp.StatusInternalServerError, "internal", err.Error())
-		return
+	case res == nil:
+		writeJSON(ctx, fasthttp.StatusGatewayTimeout, errorBody{
+			Error: errorDetail{"timeout", "accepted, but no result yet; poll GET /v1/jobs/" + pending}, JobID: pending})
+	default:
+		writeResult(ctx, res, skipped)
+	}
+}
+
+// errKafkaUnavailable: the broker did not take a request.
+var errKafkaUnavailable = errors.New("the message broker is unavailable")
+
+// process sends one request into the pipeline and waits up to SignWait
+// for its result. Without one by then it leaves a job that any ingest
+// process answers and returns its id (pending) instead.
+func (s *Server) process(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schemas.Kind, input, jwks jsontext.Value) (res *schemas.Result, pending string, err error) {
+	id := newID("req_")
+	rec, err := s.envelope(t, kind, id, "", 0, input, jwks)
+	if err != nil {
+		return nil, "", err
 	}
 	start := s.jobs.positions() // before producing: the result comes after
 	ch := s.jobs.wait(t.ID, id)
@@ -313,8 +333,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		s.jobs.cancel(id)
 		s.m.produced.WithLabelValues("failed").Inc()
 		s.log.Warn("produce failed", "tenant", t.ID, "err", err)
-		apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the request was not accepted: the message broker is unavailable; retry later")
-		return
+		return nil, "", errKafkaUnavailable
 	}
 	s.m.produced.WithLabelValues("ok").Inc()
 	timer := time.NewTimer(s.cfg.SignWait)
@@ -322,13 +341,12 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	select {
 	case res := <-ch:
 		s.m.waiting.Dec()
-		writeResult(ctx, res, skipped)
-		return
+		return res, "", nil
 	case <-timer.C:
 	case <-s.stopping:
 	}
-	// Leave a job that any ingest process answers, then answer 504. A
-	// result that arrives meanwhile is counted for the job.
+	// Leave a job that any ingest process answers. A result that arrives
+	// meanwhile is counted for the job.
 	j, err := s.jobs.start(ctx, schemas.Job{ID: id, Tenant: t.ID, Kind: kind, Single: true, State: schemas.JobRunning,
 		Start: start, LinesRead: 1, Total: 1}, 0)
 	s.jobs.cancel(id)
@@ -342,8 +360,7 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 	if err != nil {
 		s.log.Warn("could not record a pending request", "id", id, "err", err)
 	}
-	writeJSON(ctx, fasthttp.StatusGatewayTimeout, errorBody{
-		Error: errorDetail{"timeout", "accepted, but no result yet; poll GET /v1/jobs/" + id}, JobID: id})
+	return nil, id, nil
 }
 
 // writeResult answers a single request; skipped lists the keys of the

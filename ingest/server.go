@@ -91,6 +91,8 @@ type Deps struct {
 	Orgs OrgLimits
 	// Reports finds saved reports (GET /v1/reports/{id}/run; nil: 503).
 	Reports ReportSource
+	// Compliance draws compliance reports as PDF (nil: JSON only).
+	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).
 	Console http.Handler
 	// Ready and Live are extra readiness and liveness checks (for example

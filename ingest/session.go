@@ -96,19 +96,15 @@ func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) *session {
 		} `json:"user"`
 		CSRF string `json:"csrf_token"`
 	}
-	req := httptest.NewRequestWithContext(ctx, "GET", "/v1/me", nil)
-	req.RemoteAddr = ctx.RemoteAddr().String()
-	req.AddCookie(&http.Cookie{Name: SessionCookie, Value: string(cookie)})
-	rec := httptest.NewRecorder()
-	s.deps.Accounts.ServeHTTP(rec, req)
+	code, body := s.askAccounts(ctx, "/v1/me")
 	var found *session
 	switch {
-	case rec.Code == http.StatusOK && json.Unmarshal(rec.Body.Bytes(), &me, json.RejectUnknownMembers(false)) == nil && me.User.ID != "":
+	case code == http.StatusOK && json.Unmarshal(body, &me, json.RejectUnknownMembers(false)) == nil && me.User.ID != "":
 		found = &session{user: me.User.ID, csrf: me.CSRF, roles: map[string]string{}}
 		for _, m := range me.User.Memberships {
 			found.roles[m.Org] = m.Role
 		}
-	case rec.Code >= 500:
+	case code >= 500:
 		return nil // not an answer about the session: ask again next time
 	}
 	s.sess.mu.Lock()
@@ -122,6 +118,22 @@ func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) *session {
 	s.sess.m[key] = cachedSession{s: found, exp: now.Add(sessionTTL)}
 	s.sess.mu.Unlock()
 	return found
+}
+
+// askAccounts asks the coordinator (Deps.Accounts) GET path with the
+// caller's own credentials (its key or session cookie) and address, so
+// that it decides what the caller may read.
+func (s *Server) askAccounts(ctx *fasthttp.RequestCtx, path string) (int, []byte) {
+	req := httptest.NewRequestWithContext(ctx, "GET", path, nil)
+	req.RemoteAddr = ctx.RemoteAddr().String()
+	for _, h := range []string{"Authorization", "Cookie"} {
+		if v := ctx.Request.Header.Peek(h); len(v) > 0 {
+			req.Header.Set(h, string(v))
+		}
+	}
+	rec := httptest.NewRecorder()
+	s.deps.Accounts.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.Bytes()
 }
 
 // requestedOrg is the organization a request names: OrgHeader, else the

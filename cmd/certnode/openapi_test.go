@@ -280,6 +280,7 @@ var needServices = map[string]string{
 	"GET /v1/analytics/top":           "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"GET /v1/analytics/summary":       "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"GET /v1/reports/{report_id}/run": "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"POST /v1/compliance/reports":     "needs ClickHouse: TestComplianceReport (integration)",
 	// dev runs without the deliveries store here, and the webhook writes
 	// need it and the coordinator's endpoints.
 	"GET /v1/webhooks/deliveries":                 webhookStore,
@@ -448,6 +449,10 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "summary without storage", method: "GET", path: "/v1/analytics/summary?from=2026-05-01T00:00:00Z", key: e.key, status: 503, code: "analytics_unavailable"},
 		{name: "summary grouped", method: "GET", path: "/v1/analytics/summary?group_by=status", key: e.key, status: 400, code: "invalid_query"},
 		{name: "summary unknown key", method: "GET", path: "/v1/analytics/summary", key: "cn_nope", status: 401, code: "unauthorized"},
+
+		// POST /v1/compliance/reports: the period is checked, then the store.
+		{name: "compliance report without storage", method: "POST", path: "/v1/compliance/reports", key: e.key, ctype: "application/json", body: `{"from":"2026-01-01T00:00:00Z","to":"2026-02-01T00:00:00Z"}`, status: 503, code: "analytics_unavailable"},
+		{name: "compliance report backwards", method: "POST", path: "/v1/compliance/reports", key: e.key, ctype: "application/json", body: `{"from":"2026-02-01T00:00:00Z","to":"2026-01-01T00:00:00Z"}`, status: 400, code: "invalid_range"},
 
 		// GET /v1/reports/{report_id}/run: the report is found, then the
 		// store (off here).

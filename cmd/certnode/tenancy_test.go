@@ -128,6 +128,17 @@ func TestCrossTenant(t *testing.T) {
 	}
 
 	cases := map[string]func(t *testing.T){
+		"POST /v1/compliance/reports": func(t *testing.T) {
+			// Without ClickHouse (as here) both get the same 503; the
+			// reports with data are TestComplianceReport's (integration).
+			body := `{"from":"2026-01-01T00:00:00Z","to":"2026-02-01T00:00:00Z"}`
+			asB := c.expect(t, e, exchange{name: "B's compliance report", method: "POST", path: "/v1/compliance/reports", key: e.other, ctype: js, body: body, status: 503, code: "analytics_unavailable"})
+			asA := c.expect(t, e, exchange{name: "A's compliance report", method: "POST", path: "/v1/compliance/reports", key: e.key, ctype: js, body: body, status: 503, code: "analytics_unavailable"})
+			if asA.body != asB.body {
+				t.Errorf("B's answer %s differs from A's %s", asB.body, asA.body)
+			}
+			a.leaks(t, asB.body)
+		},
 		"GET /v1/reports/{report_id}/run": func(t *testing.T) {
 			a.report = e.newReport("demo")
 			a.notFound(t, c, e, "/v1/reports/"+a.report+"/run", "/v1/reports/rpt_nope/run")

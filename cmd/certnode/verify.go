@@ -7,15 +7,18 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
+	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/spf13/cobra"
 
+	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/schemas"
 )
 
 func newVerifyCmd() *cobra.Command {
-	var jwksFile, receiptFile string
+	var jwksFile, receiptFile, pdfFile string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Verify receipts (ES256 and EdDSA) against a JWKS",
@@ -24,6 +27,8 @@ func newVerifyCmd() *cobra.Command {
 			"are skipped with a note on stderr.\n" +
 			"Prints `valid` or `invalid: <reason>` for one receipt; for many, one line per receipt\n" +
 			"(`line N: valid` ...) and a summary line.\n" +
+			"A compliance report (POST /v1/compliance/reports) is a receipt: verify its JSON, and with --pdf\n" +
+			"FILE check that the PDF names that very receipt and JSON (its id and SHA-256).\n" +
 			"Exit status: 0 every receipt valid, 1 any invalid, 2 usage or I/O error.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -80,7 +85,10 @@ func newVerifyCmd() *cobra.Command {
 				if verr != nil {
 					return silentExit(exitInvalid)
 				}
-				return nil
+				return checkReport(out, doc, pdfFile)
+			}
+			if pdfFile != "" {
+				return usageErr("--pdf goes with one receipt, not NDJSON")
 			}
 
 			var total, valid int
@@ -108,7 +116,46 @@ func newVerifyCmd() *cobra.Command {
 	bindEnv(fs, "jwks", "CERTNODE_JWKS_FILE")
 	fs.StringVar(&receiptFile, "receipt", "", "receipt file, one receipt or NDJSON (default stdin)")
 	bindEnv(fs, "receipt", "CERTNODE_RECEIPT_FILE")
+	fs.StringVar(&pdfFile, "pdf", "", "the PDF of a compliance report whose signed JSON is the receipt: check it names that receipt")
+	bindEnv(fs, "pdf", "CERTNODE_REPORT_PDF")
 	return cmd
+}
+
+// checkReport says what a valid receipt holds when it is a compliance
+// report, and checks pdfFile (if any) names that very receipt and JSON.
+func checkReport(out io.Writer, doc []byte, pdfFile string) error {
+	var r struct {
+		Payload schemas.ComplianceReport `json:"payload"`
+	}
+	if json.Unmarshal(doc, &r, json.RejectUnknownMembers(false)) == nil && r.Payload.Type == schemas.ComplianceReportType {
+		fmt.Fprintf(out, "compliance report of %s, %s to %s, generated %s\n", r.Payload.Organization,
+			r.Payload.From.Format(time.RFC3339), r.Payload.To.Format(time.RFC3339), r.Payload.GeneratedAt.Format(time.RFC3339))
+	}
+	if pdfFile == "" {
+		return nil
+	}
+	pdf, err := os.ReadFile(pdfFile)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	want, err := compliance.BindingFor(doc)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	got, err := compliance.BindingOf(pdf)
+	switch {
+	case err != nil:
+		fmt.Fprintf(out, "pdf: %v\n", err)
+	case got.ReceiptID != want.ReceiptID:
+		fmt.Fprintf(out, "pdf: names receipt %s, not this one (%s)\n", got.ReceiptID, want.ReceiptID)
+	case got.JSONSHA256 != want.JSONSHA256:
+		fmt.Fprintf(out, "pdf: names this receipt, but JSON with SHA-256 %s, not this file's %s (altered, or reformatted: take it from GET /v1/receipts/%s)\n",
+			got.JSONSHA256, want.JSONSHA256, want.ReceiptID)
+	default:
+		fmt.Fprintf(out, "pdf: names this receipt (%s) and this JSON (SHA-256 %s)\n", want.ReceiptID, want.JSONSHA256)
+		return nil
+	}
+	return silentExit(exitInvalid)
 }
 
 // verdict is the one-line result: `valid` or `invalid: <reason> (<detail>)`.

@@ -37,7 +37,7 @@ py_deps() {
 case "${1:-}" in
   up)
     apt_install kcat openssl # the non-Go Kafka producer of the integration tests, and its HMAC
-    apt_install chromium     # the dashboard's tests drive it headless
+    apt_install chromium poppler-utils # the dashboard's tests drive Chromium headless; pdftotext reads the PDFs
     py_deps
     bash "$here/softhsm.sh" init
     bash "$here/clickhouse.sh" start
