@@ -168,9 +168,17 @@ func (p *plan) scope(col string, from, to time.Time) (string, []any) {
 	return "org = ? AND " + col + " >= toDateTime(?) AND " + col + " < toDateTime(?)", []any{p.org, from.Unix(), to.Unix()}
 }
 
-// where is scope plus the filters (each dimension IN a set).
+// where is scope plus the filters.
 func (p *plan) where(col string, from, to time.Time) (string, []any) {
 	sql, args := p.scope(col, from, to)
+	f, fa := p.filterSQL()
+	return sql + f, append(args, fa...)
+}
+
+// filterSQL is the filters: each dimension IN a set.
+func (p *plan) filterSQL() (string, []any) {
+	var sql string
+	var args []any
 	for _, f := range p.filters {
 		vals := make([]any, len(f.Values))
 		for i, v := range f.Values {

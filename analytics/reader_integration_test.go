@@ -210,6 +210,39 @@ func TestReaderOnClickHouse(t *testing.T) {
 		return n
 	}
 
+	// The drill-down pages through the raw results, newest first, each
+	// result once (copies not merged yet, too), none of B's.
+	var seen []string
+	cursor := ""
+	for range 10 {
+		page, err := r.Requests(ctx, orgA, schemas.AnalyticsQuery{From: from, To: to, Limit: 3}, cursor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range page.Data {
+			seen = append(seen, x.ID+"/"+x.ReceiptID)
+		}
+		if !page.HasMore {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	sorted := slices.Clone(seen)
+	slices.Sort(sorted)
+	if len(seen) != 12 || len(slices.Compact(sorted)) != 12 || seen[0] != "t2/rt2" || !slices.Contains(seen, "s0/rs0-replayed") {
+		t.Fatalf("drill-down: %v", seen)
+	}
+	failed, err := r.Requests(ctx, orgA, schemas.AnalyticsQuery{From: from, To: to, Filters: []schemas.AnalyticsFilter{{Dim: "status", Values: []string{"failed", "invalid"}}}}, "")
+	if err != nil || len(failed.Data) != 3 || failed.HasMore || failed.Data[0].ID != "v2" || failed.Data[0].Reason != "malformed" || failed.Data[0].KeyID != "key2" {
+		t.Fatalf("failures: %v %+v", err, failed)
+	}
+	if _, err := r.Requests(ctx, orgB, schemas.AnalyticsQuery{From: from, To: to}, cursor); err != nil {
+		t.Fatalf("B with A's cursor: %v", err) // a position, not a permission: B still sees only B's rows
+	}
+	if p, _ := r.Requests(ctx, orgB, schemas.AnalyticsQuery{From: from, To: to, Limit: 200}, ""); len(p.Data) != 10 {
+		t.Fatalf("B's drill-down: %d rows", len(p.Data))
+	}
+
 	before := ask()
 	check("before sealing", before, 8)
 	if n := live(); n != 2 {

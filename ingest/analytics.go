@@ -21,6 +21,7 @@ type AnalyticsReader interface {
 	Series(ctx context.Context, org string, q schemas.AnalyticsQuery) (*schemas.AnalyticsSeries, error)
 	Top(ctx context.Context, org string, q schemas.AnalyticsQuery) (*schemas.AnalyticsTop, error)
 	Summary(ctx context.Context, org string, from, to time.Time) (*schemas.AnalyticsSummary, error)
+	Requests(ctx context.Context, org string, q schemas.AnalyticsQuery, cursor string) (*schemas.AnalyticsRequestPage, error)
 }
 
 // analyticsParams are the parameters of the analytics routes besides the
@@ -31,7 +32,7 @@ var analyticsParams = []string{"metric", "group_by", "granularity", "from", "to"
 // itself: metric (comma-separated), group_by, granularity, from and to
 // (RFC 3339; default the last 24 hours), limit, and a filter for each
 // dimension (comma-separated values, any of which matches).
-func analyticsQuery(ctx *fasthttp.RequestCtx, now time.Time) (schemas.AnalyticsQuery, bool) {
+func analyticsQuery(ctx *fasthttp.RequestCtx, now time.Time, extra ...string) (schemas.AnalyticsQuery, bool) {
 	args := ctx.QueryArgs()
 	var dims []string
 	for _, r := range schemas.Rollups {
@@ -42,7 +43,7 @@ func analyticsQuery(ctx *fasthttp.RequestCtx, now time.Time) (schemas.AnalyticsQ
 	args.VisitAll(func(k, v []byte) {
 		key := string(k)
 		switch {
-		case slices.Contains(analyticsParams, key):
+		case slices.Contains(analyticsParams, key) || slices.Contains(extra, key):
 		case slices.Contains(dims, key):
 			q.Filters = append(q.Filters, schemas.AnalyticsFilter{Dim: key, Values: strings.Split(string(v), ",")})
 		case unknown == "":
@@ -121,6 +122,17 @@ func (s *Server) analyticsMetrics(ctx *fasthttp.RequestCtx, ask func(schemas.Ana
 		q.Metrics = []string{"requests"}
 	}
 	out, err := ask(q)
+	s.analyticsAnswer(ctx, out, err)
+}
+
+// analyticsRequests answers the drill-down: raw results matching the
+// filters, newest first, a page at a time (cursor).
+func (s *Server) analyticsRequests(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	q, ok := analyticsQuery(ctx, time.Now(), "cursor")
+	if !ok || !s.analyticsReady(ctx) {
+		return
+	}
+	out, err := s.deps.Analytics.Requests(ctx, t.ID, q, string(ctx.QueryArgs().Peek("cursor")))
 	s.analyticsAnswer(ctx, out, err)
 }
 

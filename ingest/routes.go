@@ -79,6 +79,7 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/analytics/series", "analytics_series", tenants.ScopeRead, s.analyticsSeries),
 		ten("GET", "/v1/analytics/top", "analytics_top", tenants.ScopeRead, s.analyticsTop),
 		ten("GET", "/v1/analytics/summary", "analytics_summary", tenants.ScopeRead, s.analyticsSummary),
+		ten("GET", "/v1/analytics/requests", "analytics_requests", tenants.ScopeRead, s.analyticsRequests),
 		ten("GET", "/v1/reports/{report_id}/run", "report_run", tenants.ScopeRead, s.runReport),
 		ten("POST", "/v1/compliance/reports", "compliance_report", tenants.ScopeAdmin, s.complianceReport),
 	}

@@ -116,3 +116,27 @@ type Percentiles struct {
 	P90 *float64 `json:"p90"`
 	P99 *float64 `json:"p99"`
 }
+
+// AnalyticsRequest is one result as the drill-down lists it.
+type AnalyticsRequest struct {
+	ID          string    `json:"id"`
+	ReceiptID   string    `json:"receipt_id,omitempty"`
+	Kind        string    `json:"kind"`
+	Status      string    `json:"status"`
+	Reason      string    `json:"reason,omitempty"`
+	Kid         string    `json:"kid,omitempty"`
+	KeyID       string    `json:"key_id,omitempty"`
+	JobID       string    `json:"job_id,omitempty"`
+	Line        int64     `json:"line,omitempty"`
+	Size        uint32    `json:"size"`
+	ReceivedAt  time.Time `json:"received_at"`
+	ProcessedAt time.Time `json:"processed_at"`
+	LatencyMS   uint32    `json:"latency_ms"`
+}
+
+// AnalyticsRequestPage is a page of the drill-down, newest first.
+type AnalyticsRequestPage struct {
+	Data       []AnalyticsRequest `json:"data"`
+	NextCursor string             `json:"next_cursor,omitempty"`
+	HasMore    bool               `json:"has_more"`
+}

@@ -167,6 +167,12 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("the requests chart drew %d pixels: blank", n)
 	}
 
+	// The explorer lists the requests behind its charts.
+	b.do("open requests", chromedp.Click(chromedp.CSS("#nav-requests")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=requests][data-ready]`)))
+	if n := eval[int](b, `document.querySelectorAll('[data-testid=request-row]').length`); n < 1 {
+		t.Fatal("the requests explorer lists no request")
+	}
+
 	// The job's row shows its progress: all 300 lines done.
 	b.do("open jobs", chromedp.Click(chromedp.CSS("#nav-jobs")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=jobs][data-ready]`)))
 	b.waitFor("the job's bar is full", `(() => { const r = document.querySelector('tr[data-job="`+job+`"] [role=progressbar]');

@@ -150,6 +150,7 @@ func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 	start := time.Now().UTC()
 	rng := "from=" + start.Add(-time.Minute).Format(time.RFC3339) + "&to=" + start.Add(2*time.Hour).Format(time.RFC3339)
 	bPaths := []string{
+		"/v1/analytics/requests?" + rng,
 		"/v1/analytics/summary?" + rng,
 		"/v1/analytics/series?granularity=hour&group_by=key_id&metric=requests,bytes,latency_p50&" + rng,
 		"/v1/analytics/top?group_by=key_id&" + rng,
@@ -247,7 +248,20 @@ func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 	}
 	c.expect(t, e, exchange{name: "a report with from only", method: "GET", path: "/v1/reports/" + rid + "/run?from=" + hour.Format(time.RFC3339), key: e.key, status: 400, code: "invalid_range"})
 	c.expect(t, e, exchange{name: "an unknown report", method: "GET", path: "/v1/reports/rpt_nope/run", key: e.key, status: 404, code: "not_found"})
-	for _, key := range []string{"GET /v1/analytics/series", "GET /v1/analytics/top", "GET /v1/analytics/summary", "GET /v1/reports/{report_id}/run"} {
+	drill := c.expect(t, e, exchange{name: "A's drill-down", method: "GET", path: "/v1/analytics/requests?limit=2&key_id=" + keyA + "&" + rng, key: e.key, status: 200}).body
+	var page struct {
+		Data []struct {
+			KeyID string `json:"key_id"`
+		} `json:"data"`
+		NextCursor string `json:"next_cursor"`
+	}
+	json.Unmarshal([]byte(drill), &page, json.RejectUnknownMembers(false))
+	if len(page.Data) != 2 || page.Data[0].KeyID != keyA || page.NextCursor == "" {
+		t.Errorf("A's drill-down: %s", drill)
+	}
+	c.expect(t, e, exchange{name: "A's drill-down, next page", method: "GET", path: "/v1/analytics/requests?limit=2&key_id=" + keyA + "&cursor=" + page.NextCursor + "&" + rng, key: e.key, status: 200})
+	c.expect(t, e, exchange{name: "a forged cursor", method: "GET", path: "/v1/analytics/requests?cursor=bm9wZQ", key: e.key, status: 400, code: "invalid_query"})
+	for _, key := range []string{"GET /v1/analytics/series", "GET /v1/analytics/top", "GET /v1/analytics/summary", "GET /v1/analytics/requests", "GET /v1/reports/{report_id}/run"} {
 		if !c.success[key] || !c.failure[key] {
 			t.Errorf("%s: success validated %v, error validated %v", key, c.success[key], c.failure[key])
 		}

@@ -279,6 +279,7 @@ var needServices = map[string]string{
 	"GET /v1/analytics/series":        "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"GET /v1/analytics/top":           "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"GET /v1/analytics/summary":       "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/requests":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"GET /v1/reports/{report_id}/run": "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"POST /v1/compliance/reports":     "needs ClickHouse: TestComplianceReport (integration)",
 	// dev runs without the deliveries store here, and the webhook writes
@@ -449,6 +450,8 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "summary without storage", method: "GET", path: "/v1/analytics/summary?from=2026-05-01T00:00:00Z", key: e.key, status: 503, code: "analytics_unavailable"},
 		{name: "summary grouped", method: "GET", path: "/v1/analytics/summary?group_by=status", key: e.key, status: 400, code: "invalid_query"},
 		{name: "summary unknown key", method: "GET", path: "/v1/analytics/summary", key: "cn_nope", status: 401, code: "unauthorized"},
+		{name: "drill-down without storage", method: "GET", path: "/v1/analytics/requests?status=failed&limit=10", key: e.key, status: 503, code: "analytics_unavailable"},
+		{name: "drill-down with an unknown parameter", method: "GET", path: "/v1/analytics/requests?sort=size", key: e.key, status: 400, code: "unknown_parameter"},
 
 		// POST /v1/compliance/reports: the period is checked, then the store.
 		{name: "compliance report without storage", method: "POST", path: "/v1/compliance/reports", key: e.key, ctype: "application/json", body: `{"from":"2026-01-01T00:00:00Z","to":"2026-02-01T00:00:00Z"}`, status: 503, code: "analytics_unavailable"},

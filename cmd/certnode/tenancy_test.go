@@ -195,6 +195,9 @@ func TestCrossTenant(t *testing.T) {
 		"GET /v1/analytics/summary": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/analytics/summary", 503, "analytics_unavailable")
 		},
+		"GET /v1/analytics/requests": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/analytics/requests?status=failed", 503, "analytics_unavailable")
+		},
 		"GET /v1/invoices/{period}": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/invoices/"+time.Now().UTC().Format("2006-01"), 503, "storage_unavailable")
 			sameAnswer(t, c, e, a, "/v1/invoices/1999-13", 400, "invalid_period")

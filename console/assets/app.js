@@ -268,7 +268,21 @@ async function requests(sec) {
   const lat = chart(sec, 'chart-explorer-latency', 'Latency percentiles');
   const reasons = el('div', { id: 'top-reasons' });
   const keysBox = el('div', { id: 'top-keys' });
-  sec.append(el('h2', { text: 'Top failure reasons' }), reasons, el('h2', { text: 'Busiest API keys' }), keysBox);
+  const drill = el('div', { id: 'drilldown' });
+  sec.append(el('h2', { text: 'Top failure reasons' }), reasons, el('h2', { text: 'Busiest API keys' }), keysBox,
+    el('h2', { text: 'Matching requests, newest first' }), drill);
+  const requestCols = [{ label: 'Received', value: (r) => when(r.received_at) }, { label: 'Kind', value: (r) => r.kind }, { label: 'Status', value: (r) => r.status },
+    { label: 'Reason', value: (r) => r.reason || '' }, { label: 'Key', value: (r) => r.key_id || '' }, { label: 'Job', value: (r) => r.job_id || '' },
+    { label: 'Latency', num: true, value: (r) => ms(r.latency_ms) }, { label: 'Receipt', value: (r) => r.receipt_id || '' }];
+  const drillDown = async (params, cursor, rows) => {
+    const page = await api('/v1/analytics/requests?' + qs({ ...params, limit: 50, cursor }));
+    const all = rows.concat(page.data);
+    drill.replaceChildren(table(requestCols, all, 'No requests match.'));
+    drill.querySelectorAll('tbody tr').forEach((tr) => tr.setAttribute('data-testid', 'request-row'));
+    if (page.has_more) {
+      drill.append(el('button', { type: 'button', text: 'More', onclick: () => drillDown(params, page.next_cursor, all).catch(showError) }));
+    }
+  };
   const load = async () => {
     const now = new Date();
     const base = { from: iso(new Date(now.getTime() - RANGES[f.range.value])), to: iso(now), kind: f.kind.value, key_id: f.key_id.value.trim(), job_id: f.job_id.value.trim() };
@@ -279,6 +293,7 @@ async function requests(sec) {
     const tk = await api('/v1/analytics/top?' + qs({ ...base, status: f.status.value, group_by: 'key_id', metric: 'requests,latency_p99' }));
     keysBox.replaceChildren(table([{ label: 'Key', value: (r) => r.group || '(none)' }, { label: 'Requests', num: true, value: (r) => num(r.values[0]) },
       { label: 'p99 latency', num: true, value: (r) => ms(r.values[1]) }], tk.rows));
+    await drillDown({ ...base, status: f.status.value }, '', []);
   };
   f.addEventListener('submit', (ev) => { ev.preventDefault(); load().catch(showError); });
   await load();
