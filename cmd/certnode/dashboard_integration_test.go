@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	cdpbrowser "github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/chromedp"
 	"github.com/go-json-experiment/json"
 
@@ -69,6 +71,36 @@ func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	if err := chromedp.Do(b.ctx, steps...); err != nil {
 		b.t.Fatalf("%s: %v", what, err)
 	}
+}
+
+// download clicks what starts a download and returns the file.
+func (b *browser) download(click string) []byte {
+	b.t.Helper()
+	dir := b.t.TempDir()
+	progress := chromedp.Events(b.ctx, cdpbrowser.DownloadProgress)
+	b.do("download by "+click, chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		yes := true
+		_, err := chromedp.Call(ctx, cdpbrowser.SetDownloadBehavior, cdpbrowser.SetDownloadBehaviorParams{
+			Behavior: cdpbrowser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: dir, EventsEnabled: &yes})
+		return err
+	}), chromedp.Click(chromedp.CSS(click)))
+	for ev, err := range progress {
+		if err != nil {
+			b.t.Fatalf("download by %s: %v", click, err)
+		}
+		switch ev.State {
+		case cdpbrowser.DownloadProgressStateCompleted:
+			data, err := os.ReadFile(filepath.Join(dir, ev.GUID))
+			if err != nil {
+				b.t.Fatal(err)
+			}
+			return data
+		case cdpbrowser.DownloadProgressStateCanceled:
+			b.t.Fatalf("download by %s canceled", click)
+		}
+	}
+	b.t.Fatalf("download by %s: no download", click)
+	return nil
 }
 
 // eval runs a script in the page and decodes its value.
@@ -186,6 +218,17 @@ func TestDashboard(t *testing.T) {
 	b.waitFor("the report opens with its data", `Number((document.querySelector('#report-view [data-testid=chart-report]') || {dataset: {}}).dataset.points) > 0`, 15*time.Second)
 	if rows := eval[int](b, `document.querySelectorAll('#report-list tr[data-report]').length`); rows < 1 {
 		t.Fatal("the saved report is not listed")
+	}
+
+	// The compliance report downloads from the audit page, as signed JSON
+	// and as the PDF that names its receipt.
+	b.do("open audit", chromedp.Click(chromedp.CSS("#nav-audit")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=audit][data-ready]`)))
+	signed := b.download("#compliance-json")
+	if !bytes.Contains(signed, []byte(`"type":"certnode.compliance_report"`)) || !bytes.Contains(signed, []byte(`"receipt_id"`)) {
+		t.Fatalf("the signed JSON: %.300s", signed)
+	}
+	if pdf := b.download("#compliance-pdf"); !bytes.HasPrefix(pdf, []byte("%PDF-")) || !bytes.Contains(pdf, []byte("certnode-receipt-id:")) {
+		t.Fatalf("the PDF: %.100q", pdf)
 	}
 
 	pages := []string{"requests", "jobs", "webhooks", "reports", "usage", "invoices", "keys", "audit", "overview"}

@@ -450,7 +450,46 @@ async function keys(sec) {
   list.keys, 'No API keys.'));
 }
 
+// download saves an answer of the API as a file, named as the server says.
+async function download(path, body, accept) {
+  const r = await fetch(path, { method: 'POST', credentials: 'same-origin', body: JSON.stringify(body),
+    headers: { 'Content-Type': 'application/json', Accept: accept, 'Certnode-Org': S.org, 'X-CSRF-Token': S.csrf } });
+  if (!r.ok) {
+    let msg = r.statusText;
+    try { msg = (await r.json()).error.message; } catch (_) { /* not JSON */ }
+    throw new APIError(r.status, '', msg);
+  }
+  const name = (/filename="([^"]+)"/.exec(r.headers.get('Content-Disposition') || '') || [])[1] || 'download';
+  const url = URL.createObjectURL(await r.blob());
+  const a = el('a', { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 async function audit(sec) {
+  const now = new Date();
+  const day = (d) => d.toISOString().slice(0, 10);
+  const msg = el('p', { role: 'status', id: 'compliance-status' });
+  const f = el('form', { class: 'filters', id: 'compliance-form', 'aria-label': 'Compliance report' },
+    el('label', {}, 'From', el('input', { type: 'date', name: 'from', value: day(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1))), required: true })),
+    el('label', {}, 'To (included)', el('input', { type: 'date', name: 'to', value: day(now), required: true })),
+    el('button', { type: 'submit', value: 'application/json', id: 'compliance-json', text: 'Signed JSON' }),
+    el('button', { type: 'submit', value: 'application/pdf', id: 'compliance-pdf', text: 'PDF' }), msg);
+  f.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const to = new Date(f.to.value + 'T00:00:00Z');
+    to.setUTCDate(to.getUTCDate() + 1);
+    const end = to > new Date() ? new Date() : to;
+    msg.textContent = 'Signing the report…';
+    try {
+      await download('/v1/compliance/reports', { from: f.from.value + 'T00:00:00Z', to: iso(end) }, ev.submitter.value);
+      msg.textContent = 'Downloaded. Check it with certnode verify (see the README).';
+    } catch (e) { msg.textContent = e.message; }
+  });
+  sec.append(el('h2', { text: 'Compliance report' }), el('p', { text: 'A report for auditors, signed as a CertNode receipt: receipts per signing key, failures, latency, webhooks, users, API keys and these events.' }), f,
+    el('h2', { text: 'Events' }));
   const list = await api('/v1/orgs/' + encodeURIComponent(S.org) + '/audit?limit=200');
   sec.append(table([{ label: 'When', value: (e) => when(e.at) }, { label: 'Action', value: (e) => e.action }, { label: 'Who', value: (e) => e.actor.kind + (e.actor.id ? ' ' + e.actor.id : '') },
     { label: 'From', value: (e) => e.actor.addr || '' }, { label: 'Target', value: (e) => e.target || '' }], list.events, 'No events.'));
