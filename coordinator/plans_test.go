@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -64,14 +63,7 @@ func TestPlansLimitsAndProducerKeys(t *testing.T) {
 		t.Fatalf("the list shows a secret: %s", list)
 	}
 
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r, _ := follow(t, ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
 	testenv.WaitFor(t, "the copy has the new key", 2*time.Second, func() (bool, string) {
 		_, ok := r.ProducerSecret("acme", next.ID)
 		return ok, ""

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -17,14 +16,7 @@ func TestQuotaAlerts(t *testing.T) {
 	op := operator(t, n)
 	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme","limits":{"monthly_receipts":100}}`)
 	op.must(201, "POST", "/v1/admin/orgs", `{"id":"free","name":"Unlimited","limits":{"monthly_receipts":0}}`)
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, MaxStale: time.Minute, Wait: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r, ctx := follow(t, ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, MaxStale: time.Minute, Wait: time.Second})
 	admit := func(month string, counts map[string]int64) {
 		t.Helper()
 		if _, err := n.node.Propose(&SetAdmitted{Month: month, Counts: counts}); err != nil {

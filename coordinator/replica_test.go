@@ -91,3 +91,17 @@ func TestReplicaFollowsTheCluster(t *testing.T) {
 		t.Fatalf("ready after recovery: %v", err)
 	}
 }
+
+// follow runs a replica until the test ends.
+func follow(t *testing.T, cfg ReplicaConfig) (*Replica, context.Context) {
+	t.Helper()
+	r, err := NewReplica(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r, ctx
+}

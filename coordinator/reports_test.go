@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -29,14 +28,7 @@ func TestDueReports(t *testing.T) {
 	put("rpt_daily", "daily")
 	put("rpt_monthly", "monthly")
 	put("rpt_never", "")
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, MaxStale: time.Minute, Wait: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r, ctx := follow(t, ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, MaxStale: time.Minute, Wait: time.Second})
 	due := func(now time.Time, want string) {
 		t.Helper()
 		testenv.WaitFor(t, "due at "+now.String(), 5*time.Second, func() (bool, string) {

@@ -66,6 +66,17 @@ func TestOpenAPIReceiptsClickHouse(t *testing.T) {
 	}
 }
 
+// traffic has A sign n requests with its secret and verify one (invalid).
+func (a *crossTenant) traffic(t *testing.T, c *contract, e *devEnv, n int) {
+	t.Helper()
+	for range n {
+		c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key,
+			ctype: "application/json", body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200})
+	}
+	c.expect(t, e, exchange{name: "A verifies", method: "POST", path: "/v1/verify", key: e.key,
+		ctype: "application/json", body: `{"receipt":{}}`, status: 200})
+}
+
 // TestOpenAPIUsageClickHouse: with ClickHouse, the usage and invoice
 // routes answer the tenant's own usage, validated against the document,
 // and another tenant's answers hold nothing of it.
@@ -76,12 +87,7 @@ func TestOpenAPIUsageClickHouse(t *testing.T) {
 	rand.Read(raw)
 	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw)}
 	const n = 3
-	for range n {
-		c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key,
-			ctype: "application/json", body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200})
-	}
-	c.expect(t, e, exchange{name: "A verifies", method: "POST", path: "/v1/verify", key: e.key,
-		ctype: "application/json", body: `{"receipt":{}}`, status: 200})
+	a.traffic(t, c, e, n)
 	// Every test run signs again on the shared ClickHouse: count from now on.
 	from := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
 	q := "?from=" + from.Format(time.RFC3339)
@@ -162,12 +168,7 @@ func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 	}
 
 	const n = 3
-	for range n {
-		c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key,
-			ctype: "application/json", body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200})
-	}
-	c.expect(t, e, exchange{name: "A verifies", method: "POST", path: "/v1/verify", key: e.key,
-		ctype: "application/json", body: `{"receipt":{}}`, status: 200})
+	a.traffic(t, c, e, n)
 
 	// Rows land within the sink's batch window. Earlier runs left rows of
 	// a tenant of the same name: this run's key tells its own.
