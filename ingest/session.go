@@ -177,7 +177,14 @@ func (s *Server) sessionTenant(ctx *fasthttp.RequestCtx, sess *session) (*tenant
 			return nil, false
 		}
 	}
-	return &tenants.Tenant{ID: org, Limits: limits, Scopes: slices.Clone(roleScopes[role]), KeyID: sess.user}, true
+	// A role this server does not know gets no scope (nil would be every
+	// scope: the keys of a tenants file).
+	scopes, known := roleScopes[role]
+	if !known {
+		apiError(ctx, fasthttp.StatusForbidden, "forbidden_role", "the role "+role+" gives no access here")
+		return nil, false
+	}
+	return &tenants.Tenant{ID: org, Limits: limits, Scopes: slices.Clone(scopes), KeyID: sess.user}, true
 }
 
 // sameOrigin reports whether a browser's Origin, when sent, is this host.

@@ -57,6 +57,7 @@ func TestSessionAuth(t *testing.T) {
 		"admin":     me("usr_x", "a", "admin"),
 		"two":       me("usr_2", "a", "developer", "b", "viewer"),
 		"suspended": me("usr_s", "gone", "owner"),
+		"future":    me("usr_f", "a", "auditor"),
 	}}
 	ts := startServer(t, func(_ *Config, d *Deps) { d.Accounts, d.Orgs = accounts, fakeOrgs{"a": true, "b": true} })
 	do := func(method, path, cookie string, headers ...string) answer {
@@ -93,6 +94,7 @@ func TestSessionAuth(t *testing.T) {
 		t.Fatalf("b's list holds a's deliveries: %s", b.body)
 	}
 	do("GET", list, "stolen").expect(t, "an unknown session", 401, "unauthorized")
+	do("GET", list, "future").expect(t, "a role this server does not know", 403, "forbidden_role")
 
 	trigger := "/v1/webhooks/trigger"
 	do("POST", trigger, "viewer", CSRFHeader, "csrf-usr_v").expect(t, "a viewer triggers", 403, "forbidden_scope")
