@@ -24,6 +24,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"golang.org/x/time/rate"
 
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/tenants"
@@ -266,7 +267,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if deps.Console != nil {
 		s.console = fasthttpadaptor.NewFastHTTPHandler(deps.Console)
 	}
-	s.sess.m = map[[32]byte]cachedSession{}
+	s.sess.m, s.sess.lookups = map[[32]byte]cachedSession{}, rate.NewLimiter(sessionLookups, 2*sessionLookups)
 	s.srv = &fasthttp.Server{
 		Handler:            s.handle,
 		Name:               "certnode",

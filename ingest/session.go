@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/go-json-experiment/json"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/time/rate"
 
 	"github.com/certnode/certnode/internal/tenants"
 )
@@ -52,7 +54,13 @@ var roleScopes = map[string][]string{
 const (
 	sessionTTL      = 5 * time.Second
 	maxSessionCache = 10000
+	// A burst of unknown cookies (a client guessing) asks the coordinator
+	// at most this often; past it they are refused without asking.
+	sessionLookups = 200 // per second
 )
+
+// sessionToken is the form of the coordinator's session tokens.
+var sessionToken = regexp.MustCompile(`^cns_[A-Za-z0-9_-]{43}$`)
 
 // session is what the coordinator says of a session token.
 type session struct {
@@ -68,15 +76,16 @@ type cachedSession struct {
 
 // sessions keeps the coordinator's answers by the SHA-256 of the token.
 type sessions struct {
-	mu sync.Mutex
-	m  map[[32]byte]cachedSession
+	mu      sync.Mutex
+	m       map[[32]byte]cachedSession
+	lookups *rate.Limiter
 }
 
 // sessionOf resolves the request's session cookie, nil when there is
 // none or the coordinator does not know it.
 func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) *session {
 	cookie := ctx.Request.Header.Cookie(SessionCookie)
-	if len(cookie) == 0 || s.deps.Accounts == nil || s.deps.Orgs == nil {
+	if !sessionToken.Match(cookie) || s.deps.Accounts == nil || s.deps.Orgs == nil {
 		return nil
 	}
 	key, now := sha256.Sum256(cookie), time.Now()
@@ -85,6 +94,9 @@ func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) *session {
 	s.sess.mu.Unlock()
 	if ok && now.Before(c.exp) {
 		return c.s
+	}
+	if !s.sess.lookups.Allow() {
+		return nil
 	}
 	var me struct {
 		User struct {
