@@ -17,12 +17,14 @@ node_deps() {
 }
 
 # py_deps installs the Python packages the tests use: the Kafka client of the
-# producer interop test, and the exact versions internal/interop/python/
+# producer interop test, the exact versions internal/interop/python/
 # requirements.txt pins for the Python receipts implementation and the
 # Standard Webhooks library (`receipts.py deps` says whether they are
-# installed).
+# installed), and the pyarrow exports/testdata/requirements.txt pins, the
+# independent Parquet and Arrow reader of the exports tests (`readback.py
+# deps`).
 py_deps() {
-  local dir="$REPO_ROOT/internal/interop/python"
+  local dir="$REPO_ROOT/internal/interop/python" exports="$REPO_ROOT/exports/testdata"
   local pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
   if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
     log "installing confluent-kafka (PyPI)"
@@ -31,6 +33,10 @@ py_deps() {
   if ! python3 "$dir/receipts.py" deps 2>/dev/null; then
     log "installing the Python interop packages (PyPI): $(tr '\n' ' ' <"$dir/requirements.txt")"
     "${pip[@]}" -r "$dir/requirements.txt" >&2
+  fi
+  if ! python3 "$exports/readback.py" deps 2>/dev/null; then
+    log "installing the exports tests' reader (PyPI): $(tr '\n' ' ' <"$exports/requirements.txt")"
+    "${pip[@]}" -r "$exports/requirements.txt" >&2
   fi
 }
 

@@ -1,0 +1,367 @@
+package exports
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// fakeDB answers the queries of an export of Results (without receipts)
+// from rows held in key order, as ClickHouse would: the rows between the
+// keys in the arguments, or the key at an offset past one.
+type fakeDB struct {
+	rows    [][]any // the columns of Results without the receipt
+	queries int
+	err     error // of every query when set
+	// changes, when set, changes the rows after each boundary query, given
+	// where the page it bounds starts, and its last row.
+	changes func(rows [][]any, start, last int) [][]any
+}
+
+func (f *fakeDB) Query(ctx context.Context, sql string, args ...any) (driver.Rows, error) {
+	f.queries++
+	if f.err != nil {
+		return nil, f.err
+	}
+	rest := args[3:] // past the organization and the range
+	// past is where the rows past a key (receipt_id, id) start.
+	past := func() int {
+		k := []string{rest[0].(string), rest[3].(string)}
+		rest = rest[4:]
+		i, found := slices.BinarySearchFunc(f.rows, k, func(r []any, k []string) int {
+			return cmp.Or(cmp.Compare(r[1].(string), k[0]), cmp.Compare(r[0].(string), k[1]))
+		})
+		if found {
+			i++
+		}
+		return i
+	}
+	start, end := 0, len(f.rows)
+	if strings.Contains(sql, "id > ?") {
+		start = past()
+	}
+	if strings.Contains(sql, "id <= ?") {
+		end = past()
+	}
+	rows := f.rows[start:end]
+	if strings.HasSuffix(sql, "LIMIT ?, 1") {
+		offset := rest[0].(int)
+		if f.changes != nil {
+			defer func() { f.rows = f.changes(f.rows, start, min(start+offset, len(f.rows)-1)) }()
+		}
+		if offset >= len(rows) {
+			return &fakeRows{ctx: ctx}, nil
+		}
+		rows = [][]any{{rows[offset][1], rows[offset][0]}}
+	}
+	return &fakeRows{ctx: ctx, rows: rows}, nil
+}
+
+func (f *fakeDB) Close() error { return nil }
+
+type fakeRows struct {
+	driver.Rows
+	ctx  context.Context
+	rows [][]any
+	i    int
+}
+
+func (r *fakeRows) Next() bool {
+	if r.ctx.Err() != nil || r.i >= len(r.rows) {
+		return false
+	}
+	r.i++
+	return true
+}
+
+func (r *fakeRows) Scan(dest ...any) error {
+	for i, d := range dest {
+		switch d := d.(type) {
+		case *string:
+			*d = r.rows[r.i-1][i].(string)
+		case *int64:
+			*d = r.rows[r.i-1][i].(int64)
+		case *time.Time:
+			*d = r.rows[r.i-1][i].(time.Time)
+		default:
+			return fmt.Errorf("scan into %T", d)
+		}
+	}
+	return nil
+}
+
+func (r *fakeRows) Err() error   { return r.ctx.Err() }
+func (r *fakeRows) Close() error { return nil }
+
+func fakeResults(n int) *fakeDB {
+	db := &fakeDB{}
+	at := from.Add(time.Hour)
+	for i := range n {
+		// Receipt ids repeat so that the key's second part matters.
+		db.rows = append(db.rows, []any{fmt.Sprintf("req-%05d", i), fmt.Sprintf("r%03d", i/3), "sign", "signed", "", "kid1", "key1", "",
+			int64(0), int64(100 + i), at.Add(time.Duration(i) * time.Second), at, int64(i % 50)})
+	}
+	slices.SortFunc(db.rows, func(a, b []any) int {
+		return cmp.Or(cmp.Compare(a[1].(string), b[1].(string)), cmp.Compare(a[0].(string), b[0].(string)))
+	})
+	return db
+}
+
+var testKey = []byte("a cursor key of thirty-two bytes!")
+
+func newTestExporter(db querier) *Exporter {
+	return &Exporter{conn: db, cfg: Config{CursorKey: testKey, PageRows: 300, BatchRows: 128}.withDefaults(), sources: sources}
+}
+
+var resultsQuery = Query{Org: "acme", Kind: Results, From: from, To: to}
+
+// Exported in parts of any size, an export is the whole export: appended
+// for CSV and NDJSON, the same rows for Arrow and Parquet.
+func TestExportInParts(t *testing.T) {
+	db := fakeResults(2000)
+	e := newTestExporter(db)
+	for _, f := range Formats {
+		t.Run(string(f), func(t *testing.T) {
+			var whole bytes.Buffer
+			res, err := e.Export(t.Context(), &whole, resultsQuery, f, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Rows != 2000 || res.Total != 2000 || res.More || res.Bytes != int64(whole.Len()) || res.Cursor == "" {
+				t.Fatalf("result %+v, %d bytes", res, whole.Len())
+			}
+			for _, part := range []int64{7, 299, 300, 301, 2000} {
+				var joined bytes.Buffer
+				var rows [][]string
+				q := resultsQuery
+				for {
+					var out bytes.Buffer
+					res, err := e.Export(t.Context(), &out, q, f, Options{Limit: part})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if res.Rows > part || res.Bytes != int64(out.Len()) {
+						t.Fatalf("part of %d: %+v", part, res)
+					}
+					joined.Write(out.Bytes())
+					if f != CSV && f != NDJSON {
+						rows = append(rows, readExport(t, f, resultsQuery, out.Bytes())...)
+					}
+					if !res.More {
+						if res.Total != 2000 {
+							t.Fatalf("ended at %d rows", res.Total)
+						}
+						break
+					}
+					q.Cursor = res.Cursor
+				}
+				switch f {
+				case CSV, NDJSON:
+					if !bytes.Equal(joined.Bytes(), whole.Bytes()) {
+						t.Fatalf("parts of %d differ from the whole", part)
+					}
+				case JSON, Arrow, Parquet:
+					if want := readExport(t, f, resultsQuery, whole.Bytes()); !slices.EqualFunc(rows, want, slices.Equal) {
+						t.Fatalf("parts of %d: %d rows, want %d", part, len(rows), len(want))
+					}
+				}
+			}
+		})
+	}
+}
+
+// readExport reads the rows of an export of q, each value as text.
+func readExport(t *testing.T, f Format, q Query, out []byte) [][]string {
+	t.Helper()
+	var rows [][]string
+	for _, r := range readBack(t, f, schemaOf(sources[q.Kind].columns(q)), out) {
+		row := make([]string, len(r))
+		for i, v := range r {
+			row[i] = fmt.Sprint(v)
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// A cancelled export stops at a batch written out whole; its cursor
+// resumes after it, and w cut back to its bytes plus the rest is the
+// whole export.
+func TestExportCancelledAndResumed(t *testing.T) {
+	db := fakeResults(1000)
+	e := newTestExporter(db)
+	var whole bytes.Buffer
+	if _, err := e.Export(t.Context(), &whole, resultsQuery, CSV, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var seen []Result
+	var out bytes.Buffer
+	res, err := e.Export(ctx, &out, resultsQuery, CSV, Options{Progress: func(r Result) {
+		seen = append(seen, r)
+		if len(seen) == 3 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	if len(seen) != 3 || res != seen[2] || res.Rows != 3*128 || res.Total != res.Rows {
+		t.Fatalf("stopped at %+v after %d batches", res, len(seen))
+	}
+	for i := 1; i < len(seen); i++ {
+		if seen[i].Rows <= seen[i-1].Rows || seen[i].Bytes <= seen[i-1].Bytes {
+			t.Fatalf("progress goes back: %+v then %+v", seen[i-1], seen[i])
+		}
+	}
+	q := resultsQuery
+	q.Cursor = res.Cursor
+	var rest bytes.Buffer
+	res2, err := e.Export(t.Context(), &rest, q, CSV, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.Rows != 1000-res.Rows || res2.Total != 1000 {
+		t.Fatalf("resumed: %+v", res2)
+	}
+	if got := append(out.Bytes()[:res.Bytes:res.Bytes], rest.Bytes()...); !bytes.Equal(got, whole.Bytes()) {
+		t.Fatal("the cut output and the rest differ from the whole export")
+	}
+	// Nothing remains after the end.
+	q.Cursor = res2.Cursor
+	var none bytes.Buffer
+	if res3, err := e.Export(t.Context(), &none, q, CSV, Options{}); err != nil || res3.Rows != 0 || res3.Total != 1000 || res3.Cursor != q.Cursor || none.Len() != 0 {
+		t.Fatalf("after the end: %+v %v %q", res3, err, none.String())
+	}
+}
+
+// A cursor resumes only the export that made it, and is refused before
+// any query or output.
+func TestExportRefusesOtherCursors(t *testing.T) {
+	db := fakeResults(10)
+	e := newTestExporter(db)
+	res, err := e.Export(t.Context(), &bytes.Buffer{}, resultsQuery, NDJSON, Options{Limit: 5})
+	if err != nil || !res.More {
+		t.Fatal(res, err)
+	}
+	other := &Exporter{conn: db, cfg: Config{CursorKey: []byte("another cursor key of 32 bytes..")}.withDefaults(), sources: sources}
+	for _, tc := range []struct {
+		name string
+		e    *Exporter
+		edit func(*Query)
+	}{
+		{"another organization", e, func(q *Query) { q.Org = "globex" }},
+		{"another kind", e, func(q *Query) { q.Kind = Receipts }},
+		{"another filter", e, func(q *Query) { q.Filters = map[string]string{"status": "signed"} }},
+		{"another range", e, func(q *Query) { q.From = q.From.Add(-time.Hour) }},
+		{"other columns", e, func(q *Query) { q.Receipt = true }},
+		{"another key", other, func(*Query) {}},
+		{"tampered", e, func(q *Query) { q.Cursor = q.Cursor[:10] + string(q.Cursor[10]^1) + q.Cursor[11:] }},
+		{"not a cursor", e, func(q *Query) { q.Cursor = "bm90IGEgY3Vyc29y" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := resultsQuery
+			q.Cursor = res.Cursor
+			tc.edit(&q)
+			before := db.queries
+			var out bytes.Buffer
+			_, err := tc.e.Export(t.Context(), &out, q, NDJSON, Options{})
+			if !errors.Is(err, ErrBadCursor) {
+				t.Fatalf("got %v, want ErrBadCursor", err)
+			}
+			if db.queries != before || out.Len() != 0 {
+				t.Fatalf("%d queries, %d bytes written", db.queries-before, out.Len())
+			}
+		})
+	}
+}
+
+// Rows that come or go between a page's boundary and its query are
+// exported or not, but the export neither stops short, nor loops, nor
+// goes past its limit.
+func TestExportPagesThatChange(t *testing.T) {
+	db := fakeResults(1000)
+	e := newTestExporter(db)
+	// After each boundary: a row more in the page, one gone after it.
+	db.changes = func(rows [][]any, start, last int) [][]any {
+		extra := slices.Clone(rows[last-1]) // sorts just after it
+		extra[0] = extra[0].(string) + "-new"
+		rows = slices.Insert(rows, last, extra)
+		if last+3 < len(rows) {
+			rows = slices.Delete(rows, last+3, last+4)
+		}
+		return rows
+	}
+	var out bytes.Buffer
+	res, err := e.Export(t.Context(), &out, resultsQuery, NDJSON, Options{Limit: 700})
+	if err != nil || res.Rows != 700 || !res.More {
+		t.Fatalf("%+v %v", res, err)
+	}
+	// And rows the boundary counted on gone before the page is read.
+	db.changes = func(rows [][]any, start, last int) [][]any { return slices.Delete(rows, start, last+1) }
+	q := resultsQuery
+	q.Cursor = res.Cursor
+	if res, err = e.Export(t.Context(), &out, q, NDJSON, Options{}); err != nil || res.More {
+		t.Fatalf("%+v %v", res, err)
+	}
+	// Every row written is a distinct row, in key order.
+	var keys []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var r struct {
+			ID        string `json:"id"`
+			ReceiptID string `json:"receipt_id"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, r.ReceiptID+"\x00"+r.ID)
+	}
+	if !slices.IsSorted(keys) || len(slices.Compact(slices.Clone(keys))) != len(keys) {
+		t.Fatalf("%d rows, not sorted or repeated", len(keys))
+	}
+}
+
+func TestExportErrors(t *testing.T) {
+	e := newTestExporter(&fakeDB{err: errors.New("connection refused")})
+	var out bytes.Buffer
+	if _, err := e.Export(t.Context(), &out, resultsQuery, "xlsx", Options{}); !errors.Is(err, ErrBadQuery) {
+		t.Errorf("unknown format: %v", err)
+	}
+	if _, err := e.Export(t.Context(), &out, Query{Org: "acme", Kind: Results}, CSV, Options{}); !errors.Is(err, ErrBadQuery) {
+		t.Errorf("no range: %v", err)
+	}
+	if _, err := e.Export(t.Context(), &out, resultsQuery, CSV, Options{Limit: -1}); !errors.Is(err, ErrBadQuery) {
+		t.Errorf("negative limit: %v", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("bad queries wrote %q", out.String())
+	}
+	if _, err := e.Export(t.Context(), &out, resultsQuery, CSV, Options{}); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("query error: %v", err)
+	}
+	e = newTestExporter(fakeResults(500))
+	if res, err := e.Export(t.Context(), failingWriter{}, resultsQuery, Parquet, Options{}); !errors.Is(err, errFailing) || res.Rows != 0 {
+		t.Errorf("destination error: %+v %v", res, err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	err := Config{CursorKey: []byte("short"), PageRows: -1, BatchBytes: -1}.Validate()
+	for _, want := range []string{"cursor key needs at least 32 bytes", "page rows", "batch bytes"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v does not say %q", err, want)
+		}
+	}
+	if err := (Config{CursorKey: testKey}).Validate(); err != nil {
+		t.Error(err)
+	}
+}
