@@ -244,6 +244,7 @@ func newDevCmd() *cobra.Command {
 
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on http://%s  (Kafka %s, %s kid %s)\n", srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo organization %q; API key in %s\n", creds.Tenant, credFile)
+			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: dashboard on %s (sign in as %s, user_password in %s)\n", creds.Dashboard, creds.UserEmail, credFile)
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: coordinator on http://%s (data in %s; admin_token in %s)\n",
 				coord.Addr(), filepath.Join(dataDir, "coordinator"), credFile)
 			return runErr(runParts(ctx, parts))
