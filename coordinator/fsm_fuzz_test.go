@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 // FuzzApply: no log entry panics the FSM, and whatever it applies leaves
@@ -29,6 +31,11 @@ func FuzzApply(f *testing.F) {
 			Secrets: []EndpointSecret{{Secret: "whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz", CreatedAt: t0}}, CreatedAt: t0, UpdatedAt: t0}, Create: true},
 		&DeleteEndpoint{ID: "ep_abc", Org: "acme"},
 		&SetAdmitted{Month: "2026-11", Counts: map[string]int64{"acme": 3}},
+		&PutReport{Report: Report{Report: schemas.Report{ID: "rpt_abc", Org: "acme", Name: "r", Chart: "bar", Schedule: "daily", CreatedAt: t0, UpdatedAt: t0,
+			Query: schemas.ReportQuery{Metrics: []string{"requests"}, GroupBy: "status", Range: schemas.RangeLast7d,
+				Filters: []schemas.AnalyticsFilter{{Dim: "kind", Values: []string{"sign"}}}}}}, Create: true},
+		&AnnounceReport{ID: "rpt_abc", Org: "acme", Period: "2026-11-26"},
+		&DeleteReport{ID: "rpt_abc", Org: "acme"},
 	} {
 		data, _ := encode(c)
 		f.Add(data)

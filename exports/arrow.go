@@ -97,58 +97,36 @@ func (b *batch) flush(write func(arrow.Record) error) error {
 	return nil
 }
 
-// arrowWriter writes the Arrow IPC stream format: a record batch per
-// Flush.
-type arrowWriter struct {
+// recordWriter is the Arrow IPC or Parquet writer under a columnarWriter.
+type recordWriter interface {
+	Write(arrow.Record) error
+	Close() error
+}
+
+// columnarWriter writes record batches, one per Flush, through w.
+type columnarWriter struct {
 	dst io.Writer
 	buf *bufio.Writer
 	b   *batch
-	w   *ipc.Writer
+	w   recordWriter
 }
 
-func newArrowWriter(dst io.Writer, s Schema) *arrowWriter {
+// newArrowWriter writes the Arrow IPC stream format.
+func newArrowWriter(dst io.Writer, s Schema) *columnarWriter {
 	buf := bufio.NewWriterSize(dst, writeBuffer)
 	b := newBatch(s)
-	return &arrowWriter{dst: dst, buf: buf, b: b, w: ipc.NewWriter(buf, ipc.WithSchema(b.b.Schema()))}
+	return &columnarWriter{dst: dst, buf: buf, b: b, w: ipc.NewWriter(buf, ipc.WithSchema(b.b.Schema()))}
 }
 
-func (a *arrowWriter) Write(row []any) error { return a.b.add(row) }
-func (a *arrowWriter) Buffered() int         { return a.b.size }
-
-func (a *arrowWriter) Flush() error {
-	if err := a.b.flush(a.w.Write); err != nil {
-		return err
-	}
-	return flushBuffered(a.buf, a.dst)
-}
-
-func (a *arrowWriter) Close() error {
-	if err := a.Flush(); err != nil {
-		return err
-	}
-	if err := a.w.Close(); err != nil {
-		return fmt.Errorf("exports: write: %w", err)
-	}
-	a.b.b.Release()
-	return flushBuffered(a.buf, a.dst)
-}
-
-// parquetWriter writes a Parquet file: a row group per Flush (Write, not
-// WriteBuffered, so that only one batch is ever held), with statistics,
-// compressed with snappy: Arrow's zstd codec makes a new encoder, of
-// megabytes, for every page it compresses. The footer, written last,
-// holds every row group's metadata, so memory grows by some kilobytes a
-// row group (9 KiB for results). The Arrow schema is stored in the file
-// so that Arrow readers get timestamps in seconds back (Parquet has
-// milliseconds at the coarsest).
-type parquetWriter struct {
-	dst io.Writer
-	buf *bufio.Writer
-	b   *batch
-	w   *pqarrow.FileWriter
-}
-
-func newParquetWriter(dst io.Writer, s Schema) (*parquetWriter, error) {
+// newParquetWriter writes a Parquet file: a row group per Flush (Write,
+// not WriteBuffered, so that only one batch is ever held), with
+// statistics, compressed with snappy: Arrow's zstd codec makes a new
+// encoder, of megabytes, for every page it compresses. The footer, written
+// last, holds every row group's metadata, so memory grows by some
+// kilobytes a row group (9 KiB for results). The Arrow schema is stored in
+// the file so that Arrow readers get timestamps in seconds back (Parquet
+// has milliseconds at the coarsest).
+func newParquetWriter(dst io.Writer, s Schema) (*columnarWriter, error) {
 	// The file writer closes its sink, if it can be: buf cannot.
 	buf := bufio.NewWriterSize(dst, writeBuffer)
 	b := newBatch(s)
@@ -169,28 +147,28 @@ func newParquetWriter(dst io.Writer, s Schema) (*parquetWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("exports: parquet: %w", err)
 	}
-	return &parquetWriter{dst: dst, buf: buf, b: b, w: w}, nil
+	return &columnarWriter{dst: dst, buf: buf, b: b, w: w}, nil
 }
 
-func (p *parquetWriter) Write(row []any) error { return p.b.add(row) }
-func (p *parquetWriter) Buffered() int         { return p.b.size }
+func (c *columnarWriter) Write(row []any) error { return c.b.add(row) }
+func (c *columnarWriter) Buffered() int         { return c.b.size }
 
-func (p *parquetWriter) Flush() error {
-	if err := p.b.flush(p.w.Write); err != nil {
+func (c *columnarWriter) Flush() error {
+	if err := c.b.flush(c.w.Write); err != nil {
 		return err
 	}
-	return flushBuffered(p.buf, p.dst)
+	return flushBuffered(c.buf, c.dst)
 }
 
-func (p *parquetWriter) Close() error {
-	if err := p.Flush(); err != nil {
+func (c *columnarWriter) Close() error {
+	if err := c.Flush(); err != nil {
 		return err
 	}
-	if err := p.w.Close(); err != nil {
+	if err := c.w.Close(); err != nil {
 		return fmt.Errorf("exports: write: %w", err)
 	}
-	p.b.b.Release()
-	return flushBuffered(p.buf, p.dst)
+	c.b.b.Release()
+	return flushBuffered(c.buf, c.dst)
 }
 
 // flushBuffered writes buf out to dst, then flushes dst.

@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/certnode/certnode/bench"
 )
 
 func newBenchCmd() *cobra.Command {
-	cfg := bench.LoadConfig{BaseURL: "http://127.0.0.1:8080", JobLines: 20000, Rate: 100, Duration: 5 * time.Second}
-	var credFile string
+	cfg := bench.LoadConfig{JobLines: 20000, Rate: 100, Duration: 5 * time.Second}
+	var api benchTarget
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Load a running CertNode API: bulk throughput and fixed-rate latency, as ratios to the raw signing rate of the receipts' algorithm",
@@ -21,17 +22,10 @@ func newBenchCmd() *cobra.Command {
 			"The API key comes from $CERTNODE_API_KEY or --credentials (the file `certnode dev` writes).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.APIKey = os.Getenv("CERTNODE_API_KEY")
-			if credFile != "" {
-				c, err := readCredentials(credFile)
-				if err != nil {
-					return usageErr("%v", err)
-				}
-				cfg.APIKey = c.APIKey
-			}
 			var errs []error
-			if cfg.APIKey == "" {
-				errs = append(errs, errors.New("no API key: set CERTNODE_API_KEY or --credentials FILE"))
+			var err error
+			if cfg.BaseURL, cfg.APIKey, _, err = api.resolve(false); err != nil {
+				errs = append(errs, err)
 			}
 			if cfg.JobLines < 1 || cfg.Rate < 1 || cfg.Duration <= 0 {
 				errs = append(errs, errors.New("--lines, --rate and --duration must be positive"))
@@ -48,10 +42,7 @@ func newBenchCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&cfg.BaseURL, "url", cfg.BaseURL, "API base URL")
-	bindEnv(fs, "url", "CERTNODE_BENCH_URL")
-	fs.StringVar(&credFile, "credentials", "", "credentials.json written by certnode dev")
-	bindEnv(fs, "credentials", "CERTNODE_CREDENTIALS_FILE")
+	api.register(fs, false)
 	fs.IntVar(&cfg.JobLines, "lines", cfg.JobLines, "lines per bulk job")
 	bindEnv(fs, "lines", "CERTNODE_BENCH_LINES")
 	fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "requests/s for the latency runs")
@@ -102,8 +93,8 @@ func newBenchAnalyticsCmd() *cobra.Command {
 }
 
 func newBenchWebhooksCmd() *cobra.Command {
-	cfg := bench.WebhookConfig{BaseURL: "http://127.0.0.1:8080", Rate: 1000, Duration: 10 * time.Second, Events: 20000}
-	var credFile string
+	cfg := bench.WebhookConfig{Rate: 1000, Duration: 10 * time.Second, Events: 20000}
+	var api benchTarget
 	cmd := &cobra.Command{
 		Use:   "webhooks",
 		Short: "Webhook delivery to a local receiver: latency from receipt signed to webhook received at a fixed sign rate, and deliveries per second",
@@ -116,22 +107,10 @@ func newBenchWebhooksCmd() *cobra.Command {
 			"writes), or $CERTNODE_API_KEY and --org.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfg.APIKey == "" {
-				cfg.APIKey = os.Getenv("CERTNODE_API_KEY")
-			}
-			if credFile != "" {
-				c, err := readCredentials(credFile)
-				if err != nil {
-					return usageErr("%v", err)
-				}
-				cfg.APIKey = c.APIKey
-				if cfg.Org == "" {
-					cfg.Org = c.Tenant
-				}
-			}
 			var errs []error
-			if cfg.APIKey == "" || cfg.Org == "" {
-				errs = append(errs, errors.New("no API key or organization: set --credentials FILE, or CERTNODE_API_KEY and --org"))
+			var err error
+			if cfg.BaseURL, cfg.APIKey, cfg.Org, err = api.resolve(true); err != nil {
+				errs = append(errs, err)
 			}
 			if cfg.Rate < 1 || cfg.Events < 1 || cfg.Duration <= 0 {
 				errs = append(errs, errors.New("--rate, --events and --duration must be positive"))
@@ -148,12 +127,7 @@ func newBenchWebhooksCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&cfg.BaseURL, "url", cfg.BaseURL, "API base URL")
-	bindEnv(fs, "url", "CERTNODE_BENCH_URL")
-	fs.StringVar(&credFile, "credentials", "", "credentials.json written by certnode dev")
-	bindEnv(fs, "credentials", "CERTNODE_CREDENTIALS_FILE")
-	fs.StringVar(&cfg.Org, "org", "", "organization of the API key (default: the credentials' tenant)")
-	bindEnv(fs, "org", "CERTNODE_BENCH_ORG")
+	api.register(fs, true)
 	fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "signs/s for the latency run")
 	bindEnv(fs, "rate", "CERTNODE_BENCH_WEBHOOK_RATE")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "length of the latency run")
@@ -163,4 +137,42 @@ func newBenchWebhooksCmd() *cobra.Command {
 	fs.StringVar(&cfg.Label, "label", "certnode", "label printed with the figures")
 	bindEnv(fs, "label", "CERTNODE_BENCH_LABEL")
 	return cmd
+}
+
+// benchTarget is the running API a bench drives: its URL, and the API key
+// (and organization) from $CERTNODE_API_KEY and --org or from the
+// credentials file certnode dev writes.
+type benchTarget struct{ url, credFile, org string }
+
+func (b *benchTarget) register(fs *pflag.FlagSet, withOrg bool) {
+	fs.StringVar(&b.url, "url", "http://127.0.0.1:8080", "API base URL")
+	bindEnv(fs, "url", "CERTNODE_BENCH_URL")
+	fs.StringVar(&b.credFile, "credentials", "", "credentials.json written by certnode dev")
+	bindEnv(fs, "credentials", "CERTNODE_CREDENTIALS_FILE")
+	if withOrg {
+		fs.StringVar(&b.org, "org", "", "organization of the API key (default: the credentials' tenant)")
+		bindEnv(fs, "org", "CERTNODE_BENCH_ORG")
+	}
+}
+
+// resolve returns the URL, the key and (needOrg) the organization.
+func (b *benchTarget) resolve(needOrg bool) (url, key, org string, err error) {
+	key, org = os.Getenv("CERTNODE_API_KEY"), b.org
+	if b.credFile != "" {
+		c, err := readCredentials(b.credFile)
+		if err != nil {
+			return "", "", "", err
+		}
+		key = c.APIKey
+		if org == "" {
+			org = c.Tenant
+		}
+	}
+	switch {
+	case key == "":
+		return "", "", "", errors.New("no API key: set --credentials FILE, or CERTNODE_API_KEY")
+	case needOrg && org == "":
+		return "", "", "", errors.New("no organization: set --credentials FILE, or --org")
+	}
+	return b.url, key, org, nil
 }
