@@ -13,11 +13,14 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 // ErrBadQuery marks an export the caller asked for wrongly (HTTP 400):
-// an unknown format, kind or filter, a bad range or cursor.
-var ErrBadQuery = errors.New("exports: bad query")
+// an unknown format, kind or filter, a bad range or cursor. It wraps
+// schemas.ErrBadExport, which callers that cannot import exports test.
+var ErrBadQuery = fmt.Errorf("exports: %w", schemas.ErrBadExport)
 
 // Format is an output format.
 type Format string

@@ -21,6 +21,8 @@ import (
 	"github.com/apache/arrow/go/v17/parquet/file"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/certnode/certnode/schemas"
 )
 
 var testSchema = Schema{
@@ -483,7 +485,7 @@ func TestParseFormat(t *testing.T) {
 	}
 	_, err := ParseFormat("xlsx")
 	var ufe *UnknownFormatError
-	if !errors.As(err, &ufe) || !errors.Is(err, ErrBadQuery) || ufe.Name != "xlsx" ||
+	if !errors.As(err, &ufe) || !errors.Is(err, ErrBadQuery) || !errors.Is(err, schemas.ErrBadExport) || ufe.Name != "xlsx" ||
 		err.Error() != `exports: unknown format "xlsx" (valid: csv, ndjson, json, arrow, parquet)` {
 		t.Errorf("got %v", err)
 	}
