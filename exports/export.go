@@ -104,6 +104,10 @@ type Options struct {
 	// Limit stops the export after this many rows (0: none), to export in
 	// parts: Result.More says to go on from Result.Cursor.
 	Limit int64
+	// Until ends the export after the row it names, a cursor of the same
+	// query (PageEnd's): the page (Query.Cursor, Until] is exact and the
+	// same each time it is exported, whatever rows come later.
+	Until string
 	// Progress is called after each batch is written to the destination,
 	// with where the export stands (on the goroutine of Export).
 	Progress func(Result)
@@ -130,7 +134,7 @@ type Result struct {
 // when it has a Flush method. On an error after the output began, the
 // Result is that of the last batch written out whole, whose Cursor
 // resumes without losing or repeating a row (for appended CSV and NDJSON,
-// after cutting w back to Result.Bytes). Errors of q or its cursor wrap
+// after cutting w back to Result.Bytes). Errors of q or its cursors wrap
 // ErrBadQuery (ErrBadCursor), and come before anything is written.
 func (e *Exporter) Export(ctx context.Context, w io.Writer, q Query, f Format, opts Options) (Result, error) {
 	start := time.Now()
@@ -160,12 +164,13 @@ func (e *Exporter) export(ctx context.Context, w io.Writer, q Query, f Format, o
 	}
 	src := e.sources[q.Kind]
 	identity := q.identity()
-	var pos position
-	if q.Cursor != "" {
-		var err error
-		if pos, err = decodeCursor(e.cfg.CursorKey, identity, len(src.key), q.Cursor); err != nil {
-			return Result{}, err
-		}
+	pos, err := e.position(src, identity, q.Cursor)
+	if err != nil {
+		return Result{}, err
+	}
+	end, err := e.position(src, identity, opts.Until)
+	if err != nil {
+		return Result{}, err
 	}
 	cols := src.columns(q)
 	keyAt := src.keyIn(cols)
@@ -209,6 +214,10 @@ pages:
 		if err != nil {
 			return done, exportErr(ctx, q.Kind, err)
 		}
+		last := upTo == nil
+		if end.key != nil && (last || slices.Compare(upTo, end.key) >= 0) {
+			upTo, last = end.key, true
+		}
 		sql, args := src.pageSQL(q, cols, pos.key, upTo)
 		err = e.each(qctx, sql, args, func(r driver.Rows) error {
 			if opts.Limit > 0 && rows == opts.Limit {
@@ -238,8 +247,8 @@ pages:
 		case err == errLimit: // the next round ends the export
 		case err != nil:
 			return done, exportErr(ctx, q.Kind, err)
-		case upTo == nil:
-			break pages // the last page
+		case last:
+			break pages
 		default:
 			// Past upTo whatever the page held: rows deleted since the
 			// boundary must not keep the export in place.
@@ -254,6 +263,59 @@ pages:
 	}
 	done.Bytes = cw.n
 	return done, nil
+}
+
+// position decodes a cursor of the export whose identity is given; ""
+// is the start.
+func (e *Exporter) position(src *source, identity []byte, cursor string) (position, error) {
+	if cursor == "" {
+		return position{}, nil
+	}
+	return decodeCursor(e.cfg.CursorKey, identity, len(src.key), cursor)
+}
+
+// PageEnd returns the cursor of the rows-th row past q.Cursor: the
+// Result.Cursor of an Export of q that wrote rows rows, for Options.Until
+// to export that page again, exactly. It is "" when fewer rows follow.
+// It reads the keys alone, as Export finds the end of each page.
+func (e *Exporter) PageEnd(ctx context.Context, q Query, rows int64) (string, error) {
+	if err := q.Validate(); err != nil {
+		return "", err
+	}
+	if rows < 1 {
+		return "", fmt.Errorf("%w: a page needs at least one row", ErrBadQuery)
+	}
+	src := e.sources[q.Kind]
+	identity := q.identity()
+	pos, err := e.position(src, identity, q.Cursor)
+	if err != nil {
+		return "", err
+	}
+	key, err := e.boundary(ctx, src, q, pos.key, int(rows))
+	if err != nil {
+		return "", exportErr(ctx, q.Kind, err)
+	}
+	if key == nil {
+		return "", nil
+	}
+	return encodeCursor(e.cfg.CursorKey, identity, position{rows: pos.rows + uint64(rows), key: key}), nil
+}
+
+// Estimate counts the rows of q (from its start, whatever q.Cursor), for
+// progress bars: cheaply, so results, receipts and webhook attempts
+// count the copies ClickHouse has not merged away yet, which an export
+// writes once: the count may be a little high. Usage, collapsed by id
+// anyway, counts exactly.
+func (e *Exporter) Estimate(ctx context.Context, q Query) (int64, error) {
+	if err := q.Validate(); err != nil {
+		return 0, err
+	}
+	sql, args := e.sources[q.Kind].countSQL(q)
+	var n uint64
+	if err := e.each(ctx, sql, args, func(r driver.Rows) error { return r.Scan(&n) }); err != nil {
+		return 0, exportErr(ctx, q.Kind, err)
+	}
+	return int64(n), nil
 }
 
 // errLimit ends a page at Options.Limit.

@@ -17,7 +17,7 @@ import (
 
 // fakeDB answers the queries of an export of Results (without receipts)
 // from rows held in key order, as ClickHouse would: the rows between the
-// keys in the arguments, or the key at an offset past one.
+// keys in the arguments, the key at an offset past one, or their count.
 type fakeDB struct {
 	rows    [][]any // the columns of Results without the receipt
 	queries int
@@ -31,6 +31,9 @@ func (f *fakeDB) Query(ctx context.Context, sql string, args ...any) (driver.Row
 	f.queries++
 	if f.err != nil {
 		return nil, f.err
+	}
+	if strings.HasPrefix(sql, "SELECT count()") {
+		return &fakeRows{ctx: ctx, rows: [][]any{{uint64(len(f.rows))}}}, nil
 	}
 	rest := args[3:] // past the organization and the range
 	// past is where the rows past a key (receipt_id, id) start.
@@ -52,7 +55,7 @@ func (f *fakeDB) Query(ctx context.Context, sql string, args ...any) (driver.Row
 	if strings.Contains(sql, "id <= ?") {
 		end = past()
 	}
-	rows := f.rows[start:end]
+	rows := f.rows[start:max(start, end)]
 	if strings.HasSuffix(sql, "LIMIT ?, 1") {
 		offset := rest[0].(int)
 		if f.changes != nil {
@@ -90,6 +93,8 @@ func (r *fakeRows) Scan(dest ...any) error {
 			*d = r.rows[r.i-1][i].(string)
 		case *int64:
 			*d = r.rows[r.i-1][i].(int64)
+		case *uint64:
+			*d = r.rows[r.i-1][i].(uint64)
 		case *time.Time:
 			*d = r.rows[r.i-1][i].(time.Time)
 		default:
@@ -363,5 +368,122 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := (Config{CursorKey: testKey}).Validate(); err != nil {
 		t.Error(err)
+	}
+}
+
+// Pages cut by PageEnd and exported with Until are exact: each holds the
+// rows asked, ends at the cursor PageEnd gave, is the same bytes when
+// exported again, and the pages appended are the whole export.
+func TestExportPages(t *testing.T) {
+	db := fakeResults(1000)
+	e := newTestExporter(db)
+	var whole bytes.Buffer
+	if _, err := e.Export(t.Context(), &whole, resultsQuery, CSV, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int64{1, 7, 299, 300, 301, 999, 1000, 5000} {
+		var joined bytes.Buffer
+		q := resultsQuery
+		for pages := 1; ; pages++ {
+			until, err := e.PageEnd(t.Context(), q, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var page, again bytes.Buffer
+			res, err := e.Export(t.Context(), &page, q, CSV, Options{Until: until})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Export(t.Context(), &again, q, CSV, Options{Until: until}); err != nil || !bytes.Equal(page.Bytes(), again.Bytes()) {
+				t.Fatalf("pages of %d: page %d differs exported again (%v)", size, pages, err)
+			}
+			joined.Write(page.Bytes())
+			if until == "" { // the rest
+				if res.Total != 1000 || res.More || int64(pages) != 1000/size+1 {
+					t.Fatalf("pages of %d: the last, %d, ends at %+v", size, pages, res)
+				}
+				break
+			}
+			if res.Rows != size || res.More || res.Cursor != until {
+				t.Fatalf("pages of %d: page %d is %+v, want %d rows ending at %q", size, pages, res, size, until)
+			}
+			q.Cursor = until
+		}
+		if !bytes.Equal(joined.Bytes(), whole.Bytes()) {
+			t.Fatalf("pages of %d differ from the whole export", size)
+		}
+	}
+
+	// Until and Limit together: the first reached ends the export.
+	until, err := e.PageEnd(t.Context(), resultsQuery, 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.Export(t.Context(), &bytes.Buffer{}, resultsQuery, NDJSON, Options{Until: until, Limit: 200}); err != nil || res.Rows != 200 || !res.More {
+		t.Fatalf("limit before until: %+v %v", res, err)
+	}
+	// A cursor at or past Until exports nothing.
+	q := resultsQuery
+	q.Cursor, err = e.PageEnd(t.Context(), resultsQuery, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if res, err := e.Export(t.Context(), &out, q, NDJSON, Options{Until: until}); err != nil || res.Rows != 0 || out.Len() != 0 {
+		t.Fatalf("past until: %+v %v %q", res, err, out.String())
+	}
+}
+
+// Until is a cursor of the same export, checked before any query; PageEnd
+// takes a positive count and a cursor of its query.
+func TestPageErrors(t *testing.T) {
+	db := fakeResults(10)
+	e := newTestExporter(db)
+	until, err := e.PageEnd(t.Context(), resultsQuery, 5)
+	if err != nil || until == "" {
+		t.Fatal(until, err)
+	}
+	other := resultsQuery
+	other.Org = "globex"
+	foreign, err := e.PageEnd(t.Context(), other, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, u := range map[string]string{"another query's": foreign, "tampered": until[:5] + string(until[5]^1) + until[6:], "not a cursor": "eA"} {
+		before := db.queries
+		var out bytes.Buffer
+		if _, err := e.Export(t.Context(), &out, resultsQuery, CSV, Options{Until: u}); !errors.Is(err, ErrBadCursor) || db.queries != before || out.Len() != 0 {
+			t.Errorf("%s until: %v, %d queries, %d bytes", name, err, db.queries-before, out.Len())
+		}
+		q := resultsQuery
+		q.Cursor = u
+		if _, err := e.PageEnd(t.Context(), q, 1); !errors.Is(err, ErrBadCursor) {
+			t.Errorf("%s cursor: %v", name, err)
+		}
+	}
+	for _, rows := range []int64{0, -1} {
+		if _, err := e.PageEnd(t.Context(), resultsQuery, rows); !errors.Is(err, ErrBadQuery) {
+			t.Errorf("%d rows: %v", rows, err)
+		}
+	}
+	if _, err := e.PageEnd(t.Context(), Query{Org: "acme", Kind: Results}, 1); !errors.Is(err, ErrBadQuery) {
+		t.Errorf("no range: %v", err)
+	}
+	if end, err := e.PageEnd(t.Context(), resultsQuery, 11); end != "" || err != nil {
+		t.Errorf("past the end: %q %v", end, err)
+	}
+}
+
+func TestEstimate(t *testing.T) {
+	e := newTestExporter(fakeResults(1234))
+	if n, err := e.Estimate(t.Context(), resultsQuery); n != 1234 || err != nil {
+		t.Fatalf("got %d, %v", n, err)
+	}
+	if _, err := e.Estimate(t.Context(), Query{Org: "acme", Kind: "audit", From: from, To: to}); !errors.Is(err, ErrBadQuery) {
+		t.Errorf("bad query: %v", err)
+	}
+	e = newTestExporter(&fakeDB{err: errors.New("connection refused")})
+	if _, err := e.Estimate(t.Context(), resultsQuery); err == nil || errors.Is(err, ErrBadQuery) {
+		t.Errorf("query error: %v", err)
 	}
 }

@@ -273,6 +273,17 @@ func seconds(t time.Time) int64 {
 // repeat the first key column alone (>=, <=) so that ClickHouse 18.16 uses
 // the primary index on it.
 func (s *source) pageSQL(q Query, cols []column, after, upTo []string) (string, []any) {
+	sql, args := s.selectSQL(q, cols, after, upTo)
+	key := strings.Join(s.key, ", ")
+	if s.grouped {
+		return sql + " ORDER BY " + key, args
+	}
+	return sql + " ORDER BY " + key + " LIMIT 1 BY " + key, args
+}
+
+// selectSQL is pageSQL in no order, and for sources that are not grouped
+// with the copies of rows.
+func (s *source) selectSQL(q Query, cols []column, after, upTo []string) (string, []any) {
 	exprs := make([]string, len(cols))
 	for i, c := range cols {
 		exprs[i] = c.expr
@@ -313,18 +324,25 @@ func (s *source) pageSQL(q Query, cols []column, after, upTo []string) (string, 
 	if upTo != nil {
 		bound(upTo, "<", "<=")
 	}
-	key := strings.Join(s.key, ", ")
 	if s.grouped {
-		b.WriteString(" GROUP BY " + key)
+		b.WriteString(" GROUP BY " + strings.Join(s.key, ", "))
 		if len(having) > 0 {
 			b.WriteString(" HAVING " + strings.Join(having, " AND "))
 			args = append(args, havingArgs...)
 		}
-		fmt.Fprintf(&b, " ORDER BY %s", key)
-	} else {
-		fmt.Fprintf(&b, " ORDER BY %s LIMIT 1 BY %s", key, key)
 	}
 	return b.String(), args
+}
+
+// countSQL counts q's rows (Exporter.Estimate): for grouped sources the
+// groups the filters pass, exactly; for the others the rows, copies
+// included, since dropping them would sort every key of the range.
+func (s *source) countSQL(q Query) (string, []any) {
+	if s.grouped {
+		sql, args := s.selectSQL(q, s.cols, nil, nil)
+		return "SELECT count() FROM (" + sql + ")", args
+	}
+	return s.selectSQL(q, []column{{expr: "count()"}}, nil, nil)
 }
 
 // boundarySQL returns the statement of the row offset rows past after

@@ -163,6 +163,41 @@ func TestBoundarySQL(t *testing.T) {
 	}
 }
 
+// Estimates count the rows of the range and filters: the copies too,
+// except for usage, whose filters apply to the collapsed rows.
+func TestCountSQL(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		q        Query
+		wantSQL  string
+		wantArgs []any
+	}{
+		{
+			name:     "results",
+			q:        Query{Org: "acme", Kind: Results, From: from, To: to, Receipt: true, Filters: map[string]string{"status": "signed"}, Cursor: "x"},
+			wantSQL:  "SELECT count()" + resultsWhere + " AND status = ?",
+			wantArgs: []any{"acme", from.Unix(), to.Unix(), "signed"},
+		},
+		{
+			name:     "receipts",
+			q:        Query{Org: "acme", Kind: Receipts, From: from, To: to},
+			wantSQL:  "SELECT count()" + resultsWhere + " AND kind = 'sign' AND status = 'signed'",
+			wantArgs: []any{"acme", from.Unix(), to.Unix()},
+		},
+		{
+			name:     "usage",
+			q:        Query{Org: "acme", Kind: Usage, From: from, To: to, Filters: map[string]string{"status": "signed"}},
+			wantSQL:  "SELECT count() FROM (" + usageSelect + " GROUP BY id HAVING u_status = ?)",
+			wantArgs: []any{"acme", from.Unix(), to.Unix(), "signed"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sql, args := sources[tc.q.Kind].countSQL(tc.q)
+			checkSQL(t, sql, args, tc.wantSQL, tc.wantArgs)
+		})
+	}
+}
+
 func checkSQL(t *testing.T, sql string, args []any, wantSQL string, wantArgs []any) {
 	t.Helper()
 	if sql != wantSQL {
