@@ -104,6 +104,16 @@ func (t Type) String() string {
 	return fmt.Sprintf("Type(%d)", int(t))
 }
 
+// ParseType returns the type named s, as Type.String names it.
+func ParseType(s string) (Type, error) {
+	for t := String; t <= JSONText; t++ {
+		if t.String() == s {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: unknown column type %q (valid: string, int64, uint64, bool, timestamp, json)", ErrBadQuery, s)
+}
+
 // Column is a column of an export.
 type Column struct {
 	Name string
