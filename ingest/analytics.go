@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -163,7 +164,9 @@ const noSuchReport = "no such report for this organization"
 
 // runReport answers GET /v1/reports/{report_id}/run: the report's series
 // over its range as of now, or over [from, to) when both are given (the
-// period of a report.ready event).
+// period of a report.ready event). With format (csv, ndjson, json, arrow,
+// parquet) the run is a table instead: a row per bucket and group, a
+// column per metric.
 func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
 	var from, to time.Time
 	if !timeParam(ctx, "from", &from) || !timeParam(ctx, "to", &to) {
@@ -190,6 +193,33 @@ func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 	if !from.IsZero() {
 		q.Range, q.From, q.To = schemas.RangeCustom, from, to
 	}
+	format := string(ctx.QueryArgs().Peek("format"))
+	var ctype, ext string
+	if format != "" {
+		if !s.exportsReady(ctx) {
+			return
+		}
+		if ctype, ext, ok = s.fileType(ctx, format); !ok {
+			return
+		}
+	}
 	series, err := s.deps.Analytics.Series(ctx, t.ID, q.Analytics(now))
-	s.analyticsAnswer(ctx, &schemas.ReportRun{Report: rep, RanAt: now, Series: series}, err)
+	if format == "" || err != nil {
+		s.analyticsAnswer(ctx, &schemas.ReportRun{Report: rep, RanAt: now, Series: series}, err)
+		return
+	}
+	// A run is as large as its buckets (bounded by the analytics queries):
+	// it is written whole, then sent.
+	var buf bytes.Buffer
+	tw, err := s.deps.Exports.Table(&buf, format, reportColumns(series))
+	if err == nil {
+		err = reportTable(tw, series)
+	}
+	if err != nil {
+		s.exportFailed(ctx, err)
+		return
+	}
+	ctx.SetContentType(ctype)
+	ctx.Response.Header.Set("Content-Disposition", `attachment; filename="`+exportFileName("report-"+rep.ID, t.ID, series.From, series.To, ext)+`"`)
+	ctx.SetBody(buf.Bytes())
 }

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -82,6 +83,12 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/analytics/requests", "analytics_requests", tenants.ScopeRead, s.analyticsRequests),
 		ten("GET", "/v1/reports/{report_id}/run", "report_run", tenants.ScopeRead, s.runReport),
 		ten("POST", "/v1/compliance/reports", "compliance_report", tenants.ScopeAdmin, s.complianceReport),
+		ten("GET", "/v1/exports/{kind}", "export", tenants.ScopeRead, s.export),
+		ten("GET", "/v1/export-jobs", "export_jobs_list", tenants.ScopeRead, s.listExportJobs),
+		ten("POST", "/v1/export-jobs", "export_jobs_create", tenants.ScopeRead, s.createExportJob),
+		ten("GET", "/v1/export-jobs/{export_id}", "export_job", tenants.ScopeRead, s.getExportJob),
+		ten("DELETE", "/v1/export-jobs/{export_id}", "export_job_cancel", tenants.ScopeRead, s.cancelExportJob),
+		pub("GET", "/v1/export-jobs/{export_id}/file", "export_download", s.downloadExport),
 	}
 }
 
@@ -161,6 +168,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		return r.Name
 	}
 	if len(allowed) > 0 {
+		slices.Sort(allowed)
 		ctx.Response.Header.Set("Allow", strings.Join(allowed, ", "))
 		apiError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", method+" is not allowed on "+string(ctx.Path()))
 		return "other"

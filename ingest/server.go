@@ -92,6 +92,10 @@ type Deps struct {
 	Orgs OrgLimits
 	// Reports finds saved reports (GET /v1/reports/{id}/run; nil: 503).
 	Reports ReportSource
+	// Exports streams exports (GET /v1/exports/...; nil: 503); ExportJobs
+	// runs them in the background (/v1/export-jobs...; nil: 503).
+	Exports    Exports
+	ExportJobs ExportJobs
 	// Compliance draws compliance reports as PDF (nil: JSON only).
 	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"net/http"
@@ -136,16 +137,29 @@ func (s *Server) sessionOf(ctx *fasthttp.RequestCtx) *session {
 // caller's own credentials (its key or session cookie) and address, so
 // that it decides what the caller may read.
 func (s *Server) askAccounts(ctx *fasthttp.RequestCtx, path string) (int, []byte) {
-	req := httptest.NewRequestWithContext(ctx, "GET", path, nil)
-	req.RemoteAddr = ctx.RemoteAddr().String()
+	return s.accountsAsker(ctx)(ctx, path)
+}
+
+// accountsAsker is askAccounts with the caller's credentials copied out of
+// the request, for a streamed answer that asks after the handler returned.
+func (s *Server) accountsAsker(ctx *fasthttp.RequestCtx) func(c context.Context, path string) (int, []byte) {
+	addr := ctx.RemoteAddr().String()
+	creds := map[string]string{}
 	for _, h := range []string{"Authorization", "Cookie"} {
 		if v := ctx.Request.Header.Peek(h); len(v) > 0 {
-			req.Header.Set(h, string(v))
+			creds[h] = string(v)
 		}
 	}
-	rec := httptest.NewRecorder()
-	s.deps.Accounts.ServeHTTP(rec, req)
-	return rec.Code, rec.Body.Bytes()
+	return func(c context.Context, path string) (int, []byte) {
+		req := httptest.NewRequestWithContext(c, "GET", path, nil)
+		req.RemoteAddr = addr
+		for h, v := range creds {
+			req.Header.Set(h, v)
+		}
+		rec := httptest.NewRecorder()
+		s.deps.Accounts.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.Bytes()
+	}
 }
 
 // requestedOrg is the organization a request names: OrgHeader, else the

@@ -34,6 +34,9 @@ func init() {
 	for _, mt := range []string{"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"} {
 		openapi3filter.RegisterBodyDecoder(mt, ndjsonLines)
 	}
+	for _, mt := range []string{"application/vnd.apache.arrow.stream", "application/vnd.apache.parquet"} {
+		openapi3filter.RegisterBodyDecoder(mt, openapi3filter.FileBodyDecoder)
+	}
 }
 
 func ndjsonLines(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
@@ -217,12 +220,16 @@ func (c *contract) outsideOperations(t *testing.T, e *devEnv) {
 	}
 	check("GET", "/v2/nothing", 404, "not_found", routers.ErrPathNotFound)
 	check("GET", "/v1/jobs/x/y/z", 404, "not_found", routers.ErrPathNotFound)
+	methods := map[string][]string{} // of each path
 	for _, r := range ingest.Routes() {
+		methods[r.Path] = append(methods[r.Path], r.Method)
+	}
+	for path, has := range methods {
 		other := "DELETE"
-		if r.Method == "DELETE" {
+		if slices.Contains(has, other) {
 			other = "PATCH"
 		}
-		check(other, concrete(r.Path), 405, "method_not_allowed", routers.ErrMethodNotAllowed)
+		check(other, concrete(path), 405, "method_not_allowed", routers.ErrMethodNotAllowed)
 	}
 }
 
@@ -272,16 +279,22 @@ func (c *contract) checkRoutes(t *testing.T) {
 // needServices lists routes whose success the in-process dev cannot give,
 // with the test that validates it against real services.
 var needServices = map[string]string{
-	"GET /v1/receipts/{receipt_id}":   "needs ClickHouse: TestOpenAPIReceiptsClickHouse (integration)",
-	"GET /v1/usage":                   "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
-	"GET /v1/invoices":                "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
-	"GET /v1/invoices/{period}":       "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
-	"GET /v1/analytics/series":        "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"GET /v1/analytics/top":           "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"GET /v1/analytics/summary":       "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"GET /v1/analytics/requests":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"GET /v1/reports/{report_id}/run": "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
-	"POST /v1/compliance/reports":     "needs ClickHouse: TestComplianceReport (integration)",
+	"GET /v1/receipts/{receipt_id}":        "needs ClickHouse: TestOpenAPIReceiptsClickHouse (integration)",
+	"GET /v1/usage":                        "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/invoices":                     "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/invoices/{period}":            "needs ClickHouse: TestOpenAPIUsageClickHouse (integration)",
+	"GET /v1/analytics/series":             "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/top":                "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/summary":            "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/analytics/requests":           "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"GET /v1/reports/{report_id}/run":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
+	"POST /v1/compliance/reports":          "needs ClickHouse: TestComplianceReport (integration)",
+	"GET /v1/exports/{kind}":               exportStore,
+	"POST /v1/export-jobs":                 exportStore,
+	"GET /v1/export-jobs":                  exportStore,
+	"GET /v1/export-jobs/{export_id}":      exportStore,
+	"DELETE /v1/export-jobs/{export_id}":   exportStore,
+	"GET /v1/export-jobs/{export_id}/file": exportStore,
 	// dev runs without the deliveries store here, and the webhook writes
 	// need it and the coordinator's endpoints.
 	"GET /v1/webhooks/deliveries":                 webhookStore,
@@ -289,6 +302,8 @@ var needServices = map[string]string{
 	"POST /v1/webhooks/deliveries/{id}/redeliver": webhookStore,
 	"POST /v1/webhooks/endpoints/{id}/replay":     webhookStore,
 }
+
+const exportStore = "needs ClickHouse: TestOpenAPIExportsClickHouse (integration)"
 
 const webhookStore = "needs the deliveries store (ClickHouse) and the coordinator's endpoints: ingest's TestWebhookRoutesConform validates its answers with fakes"
 
@@ -461,6 +476,18 @@ func TestOpenAPIContract(t *testing.T) {
 		// store (off here).
 		{name: "report run without storage", method: "GET", path: "/v1/reports/" + e.newReport("demo") + "/run", key: e.key, status: 503, code: "analytics_unavailable"},
 		{name: "an unknown report", method: "GET", path: "/v1/reports/rpt_nope/run", key: e.key, status: 404, code: "not_found"},
+
+		// The export routes: parameters are checked first, then the store
+		// (off here).
+		{name: "export without storage", method: "GET", path: "/v1/exports/results?format=parquet&status=signed&from=2026-05-01T00:00:00Z&limit=100", key: e.key, status: 503, code: "exports_unavailable"},
+		{name: "export from not a time", method: "GET", path: "/v1/exports/results?from=yesterday", key: e.key, offSpec: true, status: 400, code: "invalid_from"},
+		{name: "export receipt not a bool", method: "GET", path: "/v1/exports/results?receipt=maybe", key: e.key, offSpec: true, status: 400, code: "invalid_receipt"},
+		{name: "export limit 0", method: "GET", path: "/v1/exports/results?limit=0", key: e.key, offSpec: true, status: 400, code: "invalid_limit"},
+		{name: "export job without storage", method: "POST", path: "/v1/export-jobs", key: e.key, ctype: "application/json", body: `{"kind":"results","format":"arrow"}`, status: 503, code: "exports_unavailable"},
+		{name: "export jobs without storage", method: "GET", path: "/v1/export-jobs", key: e.key, status: 503, code: "exports_unavailable"},
+		{name: "export job status without storage", method: "GET", path: "/v1/export-jobs/exp_x", key: e.key, status: 503, code: "exports_unavailable"},
+		{name: "export job cancel without storage", method: "DELETE", path: "/v1/export-jobs/exp_x", key: e.key, status: 503, code: "exports_unavailable"},
+		{name: "export download without storage", method: "GET", path: "/v1/export-jobs/exp_x/file?expires=1&signature=x", status: 503, code: "exports_unavailable"},
 
 		// The webhook routes: parameters are checked first, then the
 		// deliveries store (off here).

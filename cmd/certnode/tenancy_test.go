@@ -139,6 +139,28 @@ func TestCrossTenant(t *testing.T) {
 			}
 			a.leaks(t, asB.body)
 		},
+		// Without ClickHouse (as here) every export route answers the same
+		// 503 to both; the exports with data are
+		// TestOpenAPIExportsClickHouse's (integration).
+		"GET /v1/exports/{kind}": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/exports/results?format=ndjson&receipt=true", 503, "exports_unavailable")
+		},
+		"GET /v1/export-jobs": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/export-jobs", 503, "exports_unavailable")
+		},
+		"GET /v1/export-jobs/{export_id}": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/export-jobs/exp_x", 503, "exports_unavailable")
+		},
+		"POST /v1/export-jobs": func(t *testing.T) {
+			for _, key := range []string{e.other, e.key} {
+				a.leaks(t, c.expect(t, e, exchange{name: "an export job", method: "POST", path: "/v1/export-jobs", key: key, ctype: js, body: `{"kind":"results"}`, status: 503, code: "exports_unavailable"}).body)
+			}
+		},
+		"DELETE /v1/export-jobs/{export_id}": func(t *testing.T) {
+			for _, key := range []string{e.other, e.key} {
+				a.leaks(t, c.expect(t, e, exchange{name: "an export canceled", method: "DELETE", path: "/v1/export-jobs/exp_x", key: key, status: 503, code: "exports_unavailable"}).body)
+			}
+		},
 		"GET /v1/reports/{report_id}/run": func(t *testing.T) {
 			a.report = e.newReport("demo")
 			a.notFound(t, c, e, "/v1/reports/"+a.report+"/run", "/v1/reports/rpt_nope/run")
