@@ -21,6 +21,7 @@ var arrowType = map[Type]arrow.DataType{
 	String:    arrow.BinaryTypes.String,
 	Int64:     arrow.PrimitiveTypes.Int64,
 	Uint64:    arrow.PrimitiveTypes.Uint64,
+	Float64:   arrow.PrimitiveTypes.Float64,
 	Bool:      arrow.FixedWidthTypes.Boolean,
 	Timestamp: arrow.FixedWidthTypes.Timestamp_s,
 	JSONText:  arrow.BinaryTypes.String,
@@ -68,6 +69,9 @@ func (b *batch) add(row []any) error {
 			b.size += 8
 		case uint64:
 			f.(*array.Uint64Builder).Append(v)
+			b.size += 8
+		case float64:
+			f.(*array.Float64Builder).Append(v)
 			b.size += 8
 		case bool:
 			f.(*array.BooleanBuilder).Append(v)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -84,6 +85,7 @@ const (
 	Bool                      // bool
 	Timestamp                 // time.Time, kept in whole seconds, UTC
 	JSONText                  // string holding one JSON value, embedded as JSON where a format can
+	Float64                   // float64; NaN and infinities are null (JSON has neither)
 )
 
 func (t Type) String() string {
@@ -100,13 +102,15 @@ func (t Type) String() string {
 		return "timestamp"
 	case JSONText:
 		return "json"
+	case Float64:
+		return "float64"
 	}
 	return fmt.Sprintf("Type(%d)", int(t))
 }
 
 // ParseType returns the type named s, as Type.String names it.
 func ParseType(s string) (Type, error) {
-	for t := String; t <= JSONText; t++ {
+	for t := String; t <= Float64; t++ {
 		if t.String() == s {
 			return t, nil
 		}
@@ -156,6 +160,11 @@ func (c Column) check(v any) (any, error) {
 		_, ok = v.(uint64)
 	case Bool:
 		_, ok = v.(bool)
+	case Float64:
+		var f float64
+		if f, ok = v.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			return nil, nil
+		}
 	case Timestamp:
 		var t time.Time
 		if t, ok = v.(time.Time); ok {

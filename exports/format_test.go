@@ -26,7 +26,7 @@ import (
 )
 
 var testSchema = Schema{
-	{"name", String}, {"n", Int64}, {"u", Uint64}, {"ok", Bool}, {"at", Timestamp}, {"doc", JSONText},
+	{"name", String}, {"n", Int64}, {"u", Uint64}, {"ok", Bool}, {"at", Timestamp}, {"doc", JSONText}, {"f", Float64},
 }
 
 // testRows covers what a value can be: unicode, separators, quotes and
@@ -34,14 +34,14 @@ var testSchema = Schema{
 func testRows() [][]any {
 	at := time.Date(2026, 5, 1, 12, 30, 45, 0, time.UTC)
 	return [][]any{
-		{"plain", int64(1), uint64(2), true, at, `{"a":1}`},
-		{"", int64(0), uint64(0), false, time.Time{}, `[]`},
-		{"comma, \"quotes\"\nand a newline", int64(-1), uint64(math.MaxUint64), true, time.Unix(0, 0), "{\n  \"spaced\": [1, 2],\n  \"s\": \"a\\nb\"\n}"},
-		{"héllo ☃ 🎉 日本語", int64(math.MinInt64), uint64(1), false, at.Add(-time.Hour), `"just a string"`},
-		{" leading space", int64(math.MaxInt64), uint64(7), true, at, `{"nested":{"k":["v",null,true,1.5e3]}}`},
-		{nil, nil, nil, nil, nil, nil},
-		{"\\. a backslash-dot", int64(42), uint64(42), false, time.Date(2106, 2, 7, 6, 28, 15, 0, time.UTC), `null`},
-		{"bad utf-8: \xff\xfe", int64(3), uint64(3), true, at.In(time.FixedZone("X", 3600)).Add(999 * time.Millisecond), `{"x":"\u00e9"}`},
+		{"plain", int64(1), uint64(2), true, at, `{"a":1}`, 1.5},
+		{"", int64(0), uint64(0), false, time.Time{}, `[]`, 0.0},
+		{"comma, \"quotes\"\nand a newline", int64(-1), uint64(math.MaxUint64), true, time.Unix(0, 0), "{\n  \"spaced\": [1, 2],\n  \"s\": \"a\\nb\"\n}", -math.MaxFloat64},
+		{"héllo ☃ 🎉 日本語", int64(math.MinInt64), uint64(1), false, at.Add(-time.Hour), `"just a string"`, math.SmallestNonzeroFloat64},
+		{" leading space", int64(math.MaxInt64), uint64(7), true, at, `{"nested":{"k":["v",null,true,1.5e3]}}`, 0.1},
+		{nil, nil, nil, nil, nil, nil, nil},
+		{"\\. a backslash-dot", int64(42), uint64(42), false, time.Date(2106, 2, 7, 6, 28, 15, 0, time.UTC), `null`, math.NaN()},
+		{"bad utf-8: \xff\xfe", int64(3), uint64(3), true, at.In(time.FixedZone("X", 3600)).Add(999 * time.Millisecond), `{"x":"\u00e9"}`, 1e21},
 	}
 }
 
@@ -245,6 +245,8 @@ func parseText(t *testing.T, typ Type, s string) any {
 		v, err = strconv.ParseUint(s, 10, 64)
 	case Bool:
 		v, err = strconv.ParseBool(s)
+	case Float64:
+		v, err = strconv.ParseFloat(s, 64)
 	case Timestamp:
 		v, err = time.Parse(time.RFC3339, s)
 	}
@@ -313,6 +315,8 @@ func recordRows(t *testing.T, rec arrow.Record) [][]any {
 			case *array.Int64:
 				rows[i][c] = a.Value(i)
 			case *array.Uint64:
+				rows[i][c] = a.Value(i)
+			case *array.Float64:
 				rows[i][c] = a.Value(i)
 			case *array.Boolean:
 				rows[i][c] = a.Value(i)
@@ -396,18 +400,18 @@ func TestParquetRowGroups(t *testing.T) {
 // Text formats: the exact bytes, header and escaping included.
 func TestTextGolden(t *testing.T) {
 	at := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
-	rows := [][]any{{"a,b", int64(1), uint64(2), true, at, "{ \"k\" : [1, 2] }"}, {"", nil, nil, nil, nil, nil}}
+	rows := [][]any{{"a,b", int64(1), uint64(2), true, at, "{ \"k\" : [1, 2] }", 2.5}, {"", nil, nil, nil, nil, nil, nil}}
 	for _, tc := range []struct {
 		f    Format
 		opts WriterOptions
 		want string
 	}{
-		{CSV, WriterOptions{}, "name,n,u,ok,at,doc\n\"a,b\",1,2,true,2026-05-01T00:00:00Z,\"{ \"\"k\"\" : [1, 2] }\"\n,,,,,\n"},
-		{CSV, WriterOptions{NoHeader: true}, "\"a,b\",1,2,true,2026-05-01T00:00:00Z,\"{ \"\"k\"\" : [1, 2] }\"\n,,,,,\n"},
-		{NDJSON, WriterOptions{}, `{"name":"a,b","n":1,"u":2,"ok":true,"at":"2026-05-01T00:00:00Z","doc":{"k":[1,2]}}` + "\n" +
-			`{"name":"","n":null,"u":null,"ok":null,"at":null,"doc":null}` + "\n"},
-		{JSON, WriterOptions{}, "[\n" + `{"name":"a,b","n":1,"u":2,"ok":true,"at":"2026-05-01T00:00:00Z","doc":{"k":[1,2]}}` + ",\n" +
-			`{"name":"","n":null,"u":null,"ok":null,"at":null,"doc":null}` + "\n]\n"},
+		{CSV, WriterOptions{}, "name,n,u,ok,at,doc,f\n\"a,b\",1,2,true,2026-05-01T00:00:00Z,\"{ \"\"k\"\" : [1, 2] }\",2.5\n,,,,,,\n"},
+		{CSV, WriterOptions{NoHeader: true}, "\"a,b\",1,2,true,2026-05-01T00:00:00Z,\"{ \"\"k\"\" : [1, 2] }\",2.5\n,,,,,,\n"},
+		{NDJSON, WriterOptions{}, `{"name":"a,b","n":1,"u":2,"ok":true,"at":"2026-05-01T00:00:00Z","doc":{"k":[1,2]},"f":2.5}` + "\n" +
+			`{"name":"","n":null,"u":null,"ok":null,"at":null,"doc":null,"f":null}` + "\n"},
+		{JSON, WriterOptions{}, "[\n" + `{"name":"a,b","n":1,"u":2,"ok":true,"at":"2026-05-01T00:00:00Z","doc":{"k":[1,2]},"f":2.5}` + ",\n" +
+			`{"name":"","n":null,"u":null,"ok":null,"at":null,"doc":null,"f":null}` + "\n]\n"},
 	} {
 		t.Run(fmt.Sprintf("%s %+v", tc.f, tc.opts), func(t *testing.T) {
 			out, _ := write(t, tc.f, rows, tc.opts)
@@ -441,10 +445,10 @@ func TestBadRows(t *testing.T) {
 			row  []any
 			want any
 		}{
-			{"int for string", []any{1, int64(1), uint64(1), true, at, "{}"}, &ValueError{}},
-			{"int for int64", []any{"", 1, uint64(1), true, at, "{}"}, &ValueError{}},
-			{"string for time", []any{"", int64(1), uint64(1), true, "2026-01-01", "{}"}, &ValueError{}},
-			{"bytes for JSON", []any{"", int64(1), uint64(1), true, at, []byte("{}")}, &ValueError{}},
+			{"int for string", []any{1, int64(1), uint64(1), true, at, "{}", 0.0}, &ValueError{}},
+			{"int for int64", []any{"", 1, uint64(1), true, at, "{}", 0.0}, &ValueError{}},
+			{"string for time", []any{"", int64(1), uint64(1), true, "2026-01-01", "{}", 0.0}, &ValueError{}},
+			{"bytes for JSON", []any{"", int64(1), uint64(1), true, at, []byte("{}"), 0.0}, &ValueError{}},
 			{"too short", []any{"x"}, "a row of 1 values"},
 		} {
 			t.Run(string(f)+" "+tc.name, func(t *testing.T) {
@@ -470,7 +474,7 @@ func TestBadRows(t *testing.T) {
 	// Formats that embed JSON refuse text that is not JSON.
 	for _, f := range []Format{NDJSON, JSON} {
 		w, _ := NewWriter(io.Discard, f, testSchema, WriterOptions{})
-		if err := w.Write([]any{"", int64(1), uint64(1), true, at, `{"a":`}); err == nil || !strings.Contains(err.Error(), "does not hold JSON") {
+		if err := w.Write([]any{"", int64(1), uint64(1), true, at, `{"a":`, 0.0}); err == nil || !strings.Contains(err.Error(), "does not hold JSON") {
 			t.Errorf("%s: got %v", f, err)
 		}
 	}

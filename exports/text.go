@@ -79,6 +79,8 @@ func text(v any) string {
 		return strconv.FormatInt(v, 10)
 	case uint64:
 		return strconv.FormatUint(v, 10)
+	case float64:
+		return strconv.FormatFloat(v, 'g', -1, 64)
 	case bool:
 		return strconv.FormatBool(v)
 	case time.Time:
@@ -166,6 +168,8 @@ func appendJSON(b []byte, c Column, v any) ([]byte, error) {
 		return strconv.AppendInt(b, v, 10), nil
 	case uint64:
 		return strconv.AppendUint(b, v, 10), nil
+	case float64:
+		return strconv.AppendFloat(b, v, 'g', -1, 64), nil
 	case bool:
 		return strconv.AppendBool(b, v), nil
 	case time.Time:

@@ -34,7 +34,8 @@ type Exports interface {
 	// Table writes rows of cols in a format: the exports that are not
 	// ClickHouse's (audit events, report runs).
 	Table(w io.Writer, format string, cols []schemas.ExportColumn) (TableWriter, error)
-	// FileType is a format's content type and file extension.
+	// FileType is a format's content type and file name extension (with
+	// its dot).
 	FileType(format string) (contentType, ext string, err error)
 }
 
@@ -137,14 +138,15 @@ func (s *Server) fileType(ctx *fasthttp.RequestCtx, format string) (contentType,
 // exportFileName names a download: kind, organization and range.
 func exportFileName(kind, org string, from, to time.Time, ext string) string {
 	const stamp = "20060102T150405Z"
-	return fmt.Sprintf("%s-%s-%s-%s.%s", kind, org, from.UTC().Format(stamp), to.UTC().Format(stamp), ext)
+	return fmt.Sprintf("%s-%s-%s-%s%s", kind, org, from.UTC().Format(stamp), to.UTC().Format(stamp), ext)
 }
 
 // export answers GET /v1/exports/{kind}: the organization's rows streamed
 // as a file, whatever their number, in constant memory. With limit, the
-// answer is a page: Certnode-Next-Cursor (and a Link rel="next") says how
-// to ask for the next one, and is known before the first byte, so that a
-// page broken off is asked for again whole with the same cursor.
+// answer is a page: Certnode-Next-Cursor (and a Link rel="next"), present
+// when rows follow, says how to ask for the next one, and is known before
+// the first byte, so that a page broken off is asked for again whole with
+// the same cursor.
 func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []string) {
 	kind := params[0]
 	r, cursor, limit, ok := exportRequest(ctx, kind, time.Now().UTC())
@@ -163,11 +165,16 @@ func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 	var until string
 	if limit > 0 {
 		var err error
-		if until, err = s.deps.Exports.PageEnd(ctx, t.ID, r, cursor, limit); err != nil {
+		// The next page is named only when rows follow this one.
+		var more string
+		if until, err = s.deps.Exports.PageEnd(ctx, t.ID, r, cursor, limit); err == nil && until != "" {
+			more, err = s.deps.Exports.PageEnd(ctx, t.ID, r, until, 1)
+		}
+		if err != nil {
 			s.exportFailed(ctx, err)
 			return
 		}
-		if until != "" {
+		if more != "" {
 			var next fasthttp.Args
 			ctx.QueryArgs().CopyTo(&next)
 			next.Set("cursor", until)

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -219,6 +220,45 @@ func TestDashboard(t *testing.T) {
 	if rows := eval[int](b, `document.querySelectorAll('#report-list tr[data-report]').length`); rows < 1 {
 		t.Fatal("the saved report is not listed")
 	}
+	if run := b.download("#report-csv"); !bytes.HasPrefix(run, []byte("time,status,requests\n")) || !bytes.Contains(run, []byte(",signed,")) {
+		t.Fatalf("the report as CSV: %.300s", run)
+	}
+	if run := b.download("#report-parquet"); !bytes.HasPrefix(run, []byte("PAR1")) {
+		t.Fatalf("the report as Parquet: %.100q", run)
+	}
+
+	// Every export format downloads from the exports page, and so does a
+	// background export once its bar is full.
+	b.do("open exports", chromedp.Click(chromedp.CSS("#nav-exports")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=exports][data-ready]`)))
+	pick := func(name, value string) {
+		eval[bool](b, `(() => { const s = document.querySelector('#export-form [name=`+name+`]'); s.value = '`+value+`';
+			s.dispatchEvent(new Event('change', {bubbles: true})); return true; })()`)
+	}
+	pick("kind", "results")
+	var csvRows int
+	for format, ok := range map[string]func([]byte) bool{
+		"csv": func(d []byte) bool {
+			recs, err := csv.NewReader(bytes.NewReader(d)).ReadAll()
+			csvRows = len(recs) - 1
+			return err == nil && len(recs) > 303 && recs[0][0] == "id"
+		},
+		"ndjson":  func(d []byte) bool { return bytes.Count(d, []byte("\n")) > 303 && bytes.HasPrefix(d, []byte(`{"id":`)) },
+		"json":    func(d []byte) bool { var v []map[string]any; return json.Unmarshal(d, &v) == nil && len(v) > 303 },
+		"arrow":   func(d []byte) bool { return bytes.HasPrefix(d, []byte("\xff\xff\xff\xff")) },
+		"parquet": func(d []byte) bool { return bytes.HasPrefix(d, []byte("PAR1")) && bytes.HasSuffix(d, []byte("PAR1")) },
+	} {
+		pick("format", format)
+		if d := b.download("#export-download"); !ok(d) {
+			t.Fatalf("the %s export: %.300q", format, d)
+		}
+	}
+	pick("format", "csv")
+	b.do("export in the background", chromedp.Click(chromedp.CSS("#export-job")))
+	b.waitFor("the export's bar is full", `(() => { const r = document.querySelector('#export-jobs tr[data-status=done] [role=progressbar]');
+		return !!r && r.getAttribute('aria-valuenow') === '100'; })()`, 30*time.Second)
+	if d := b.download("#export-jobs tr[data-status=done] [data-testid=export-file]"); bytes.Count(d, []byte("\n")) < csvRows+1 {
+		t.Fatalf("the background export holds %d lines, the download %d rows", bytes.Count(d, []byte("\n")), csvRows)
+	}
 
 	// The compliance report downloads from the audit page, as signed JSON
 	// and as the PDF that names its receipt.
@@ -231,7 +271,7 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("the PDF: %.100q", pdf)
 	}
 
-	pages := []string{"requests", "jobs", "webhooks", "reports", "usage", "invoices", "keys", "audit", "overview"}
+	pages := []string{"requests", "jobs", "webhooks", "reports", "exports", "usage", "invoices", "keys", "audit", "overview"}
 	open := func(width string) {
 		for _, p := range pages {
 			b.do("open "+p+" at "+width, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))

@@ -217,7 +217,7 @@ func newDevCmd() *cobra.Command {
 				}
 				defer st.Close()
 			} else {
-				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries and /v1/analytics answer 503")
+				slog.Warn("ClickHouse is off (none on 127.0.0.1:9000, or --clickhouse none): no analytics sink, and GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports answer 503")
 			}
 
 			icfg.Addr, icfg.Kafka, icfg.Registerer, icfg.Gatherer = addr, kcfg, reg, reg
@@ -234,6 +234,11 @@ func newDevCmd() *cobra.Command {
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)
+				closeExports, err := openExports(ctx, chAddr, "", mac, filepath.Join(dataDir, "exports"), parts, &deps)
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				defer closeExports()
 			}
 			srv, err := ingest.New(ctx, icfg, deps)
 			if err != nil {

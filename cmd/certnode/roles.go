@@ -149,7 +149,7 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, clickhouse, coordinators string
+	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir string
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -227,6 +227,11 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer st.Close()
 				st.fill(&deps)
+				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), mac, exportsDir, parts, &deps)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer closeExports()
 			}
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
@@ -248,8 +253,10 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
 	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices and /v1/webhooks/deliveries (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
+	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&exportsDir, "exports-dir", "", "folder for the files of background exports (POST /v1/export-jobs; with --clickhouse); share it between ingest nodes so that any serves any link")
+	bindEnv(fs, "exports-dir", "CERTNODE_EXPORTS_DIR")
 	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
 	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
 	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep serving known keys while the coordinator is unreachable; then every key is refused")

@@ -55,6 +55,7 @@ const PAGES = [
   { id: 'jobs', title: 'Jobs', roles: ALL, render: jobs },
   { id: 'webhooks', title: 'Webhooks', roles: ALL, render: webhooks },
   { id: 'reports', title: 'Reports', roles: ALL, render: reports },
+  { id: 'exports', title: 'Exports', roles: ALL, render: exports },
   { id: 'usage', title: 'Usage', roles: ['owner', 'admin', 'billing'], render: usage },
   { id: 'invoices', title: 'Invoices', roles: ['owner', 'billing'], render: invoices },
   { id: 'keys', title: 'API keys', roles: ['owner', 'admin'], render: keys },
@@ -360,7 +361,8 @@ async function reports(sec) {
         await new Promise((res) => setTimeout(res, 300));
       }
     }
-    view.replaceChildren(el('h2', { text: r.name }), el('p', { class: 'period', text: (r.description ? r.description + ' · ' : '') + 'Ran at ' + when(run.ran_at) }));
+    view.replaceChildren(el('h2', { text: r.name }), el('p', { class: 'period', text: (r.description ? r.description + ' · ' : '') + 'Ran at ' + when(run.ran_at) }),
+      el('p', { class: 'downloads' }, 'Download: ', FORMATS.map((f) => el('a', { id: 'report-' + f, href: '/v1/reports/' + encodeURIComponent(r.id) + '/run?' + qs({ format: f, org: S.org }), download: '', text: f }))));
     view.dataset.report = r.id;
     if (r.chart === 'table') {
       const cols = [{ label: 'Time (UTC)', value: (i) => when(run.series.timestamps[i]) }, ...run.series.series.map((l) => ({ label: (l.group || '') + ' ' + l.metric, num: true, value: (i) => num(l.values[i]) }))];
@@ -448,6 +450,68 @@ async function keys(sec) {
     { label: 'Created', value: (k) => when(k.created_at) }, { label: 'Last used', value: (k) => when(k.last_used_at) || 'never' },
     { label: 'State', value: (k) => (k.revoked_at ? 'revoked' : k.expires_at && Date.parse(k.expires_at) < Date.now() ? 'expired' : 'active') }],
   list.keys, 'No API keys.'));
+}
+
+const FORMATS = ['csv', 'ndjson', 'json', 'arrow', 'parquet'];
+const KINDS = ['results', 'receipts', 'usage', 'webhook_attempts'];
+
+// exports downloads the organization's data at once (a link the browser
+// follows with the session) or in the background, with a progress bar and
+// an expiring link once done.
+async function exports(sec) {
+  const now = new Date();
+  const day = (d) => d.toISOString().slice(0, 10);
+  const kinds = ['owner', 'admin'].includes(S.role) ? [...KINDS, 'audit_events'] : KINDS;
+  const msg = el('p', { role: 'status', id: 'export-status' });
+  const link = el('a', { id: 'export-download', class: 'button', download: '', text: 'Download now' });
+  const f = el('form', { class: 'filters', id: 'export-form', 'aria-label': 'Export' },
+    el('label', {}, 'Data', el('select', { name: 'kind' }, kinds.map((k) => el('option', { value: k, text: k.replace('_', ' ') })))),
+    el('label', {}, 'Format', el('select', { name: 'format' }, FORMATS.map((x) => el('option', { value: x, text: x })))),
+    el('label', {}, 'From', el('input', { type: 'date', name: 'from', value: day(new Date(now.getTime() - 7 * 86400e3)), required: true })),
+    el('label', {}, 'To (included)', el('input', { type: 'date', name: 'to', value: day(now), required: true })),
+    el('label', { class: 'check' }, el('input', { type: 'checkbox', name: 'receipt' }), 'With receipts'),
+    link, el('button', { type: 'submit', id: 'export-job', text: 'Export in background' }), msg);
+  const request = () => {
+    const to = new Date(f.to.value + 'T00:00:00Z');
+    to.setUTCDate(to.getUTCDate() + 1);
+    const r = { kind: f.kind.value, format: f.format.value, from: f.from.value + 'T00:00:00Z', to: iso(to) };
+    if (f.receipt.checked && r.kind === 'results') r.receipt = true;
+    return r;
+  };
+  // The link follows the form: the browser downloads it as any file.
+  const relink = () => {
+    const r = request();
+    link.href = '/v1/exports/' + encodeURIComponent(r.kind) + '?' + qs({ format: r.format, from: r.from, to: r.to, receipt: r.receipt, org: S.org });
+  };
+  f.addEventListener('change', relink);
+  relink();
+  const jobsBox = el('div', { id: 'export-jobs' });
+  const load = async () => {
+    const list = await api('/v1/export-jobs');
+    jobsBox.replaceChildren(table([{ label: 'Started', value: (j) => when(j.created_at) }, { label: 'Data', value: (j) => j.request.kind + ' · ' + j.request.format },
+      { label: 'Status', value: (j) => j.status }, { label: 'Rows', num: true, value: (j) => num(j.rows) }, { label: 'File', value: (j) => (j.download_url ? '' : j.error || '') }],
+    list.exports, 'No exports yet.'));
+    // A bar in each row's status cell, and the link once done.
+    jobsBox.querySelectorAll('tbody tr').forEach((tr, i) => {
+      const j = list.exports[i];
+      tr.dataset.export = j.id;
+      tr.dataset.status = j.status;
+      tr.children[2].append(progress(Math.round(j.progress * 1000), 1000, 'Export ' + j.id + ' progress'));
+      if (j.download_url) tr.children[4].append(el('a', { href: j.download_url, 'data-testid': 'export-file', id: 'export-file-' + j.id, download: '', text: j.file_name }));
+    });
+  };
+  f.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try {
+      const j = await api('/v1/export-jobs', { method: 'POST', body: request() });
+      msg.textContent = 'Export ' + j.id + ' queued.';
+      await load();
+    } catch (e) { msg.textContent = e.message; }
+  });
+  sec.append(el('p', { text: 'Files of this organization’s data. Large exports run in the background: their link works for 15 minutes, and the file is kept a day.' }), f,
+    el('h2', { text: 'Background exports' }), jobsBox);
+  await load();
+  every(load);
 }
 
 // download saves an answer of the API as a file, named as the server says.

@@ -61,7 +61,7 @@ up() {
   start_role worker worker --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9101
   start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
   start_role usage sink usage --metrics 127.0.0.1:9103
-  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000
+  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 --exports-dir "$UP/exports"
   local i
   for ((i = 0; i < 120; i++)); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break
