@@ -231,7 +231,13 @@ func (s *Server) streamFile(ctx *fasthttp.RequestCtx, name, contentType string, 
 	ctx.SetContentType(contentType)
 	ctx.Response.Header.Set("Content-Disposition", `attachment; filename="`+name+`"`)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
-	if err == io.EOF {
+	switch {
+	case ctx.IsHead(): // its status and headers are known now
+		cancel()
+		pr.CloseWithError(context.Canceled)
+		ctx.Response.Header.SetContentLength(-1)
+		return
+	case err == io.EOF:
 		cancel()
 		ctx.SetBody(first[:n])
 		return

@@ -89,6 +89,20 @@ func TestOpenAPIExportsClickHouse(t *testing.T) {
 		}
 	}
 
+	// HEAD answers as GET would, with no body, and stops the export.
+	for path, want := range map[string]int{results: 200, "/v1/exports/results?cursor=bm9wZQ": 400} {
+		rq, _ := http.NewRequest("HEAD", e.base+path, nil)
+		rq.Header.Set("Authorization", "Bearer "+e.key)
+		resp, err := apiClient.Do(rq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want || (want == 200 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/csv")) {
+			t.Errorf("HEAD %s: %d %v", path, resp.StatusCode, resp.Header)
+		}
+	}
+
 	// Pages of one row resume exactly: the whole export, header once.
 	var paged []string
 	next, pages := "", 0
