@@ -115,7 +115,7 @@ func ParseType(s string) (Type, error) {
 			return t, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: unknown column type %q (valid: string, int64, uint64, bool, timestamp, json)", ErrBadQuery, s)
+	return 0, fmt.Errorf("%w: unknown column type %q (valid: string, int64, uint64, float64, bool, timestamp, json)", ErrBadQuery, s)
 }
 
 // Column is a column of an export.

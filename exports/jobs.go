@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -49,9 +50,15 @@ type JobsConfig struct {
 	// MaxPerOrg is the queued and running jobs an organization may have
 	// (default 3), MaxQueued the jobs queued on this node (default 64).
 	MaxPerOrg, MaxQueued int
-	// Node names this node in its jobs' records (default the host name):
-	// on start, it resumes its own jobs only.
+	// Node names this node in its jobs' records (default the host name),
+	// the same across its restarts and different from every other node
+	// sharing Dir (two on one host need names of their own): on start, it
+	// resumes its own jobs.
 	Node string
+	// NodeTimeout is how long a node may go without a heartbeat (each
+	// writes one every HeartbeatEvery, default 30s) before another node
+	// sharing Dir takes over its queued and running jobs (default 5m).
+	NodeTimeout, HeartbeatEvery time.Duration
 	// Logger gets a line per job (default slog.Default()).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -67,8 +74,8 @@ func (c JobsConfig) Validate() error {
 	if len(c.LinkKey) < MinLinkKeyBytes {
 		errs = append(errs, fmt.Errorf("exports: the download link key needs at least %d bytes", MinLinkKeyBytes))
 	}
-	if c.Keep < 0 || c.LinkTTL < 0 {
-		errs = append(errs, errors.New("exports: keep and link lifetime must not be negative"))
+	if c.Keep < 0 || c.LinkTTL < 0 || c.NodeTimeout < 0 || c.HeartbeatEvery < 0 {
+		errs = append(errs, errors.New("exports: keep, link lifetime, node timeout and heartbeat must not be negative"))
 	}
 	if c.Workers < 0 || c.MaxPerOrg < 0 || c.MaxQueued < 0 {
 		errs = append(errs, errors.New("exports: workers, jobs per organization and queued jobs must not be negative"))
@@ -112,6 +119,8 @@ func NewJobs(e *Exporter, cfg JobsConfig) (*Jobs, error) {
 	def(&cfg.MaxQueued, 64)
 	cfg.Keep = cmp.Or(cfg.Keep, 24*time.Hour)
 	cfg.LinkTTL = cmp.Or(cfg.LinkTTL, 15*time.Minute)
+	cfg.NodeTimeout = cmp.Or(cfg.NodeTimeout, 5*time.Minute)
+	cfg.HeartbeatEvery = cmp.Or(cfg.HeartbeatEvery, 30*time.Second)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -137,6 +146,9 @@ type record struct {
 	Job    schemas.ExportJob `json:"job"`
 	Node   string            `json:"node"`
 	Cursor string            `json:"cursor,omitempty"`
+	// Takeovers counts the nodes that took the job over from one gone
+	// silent: the next claims it by creating takeoverPath(Takeovers).
+	Takeovers int `json:"takeovers,omitempty"`
 }
 
 // Job ids are "exp_" and 24 characters of base32 (120 random bits), in
@@ -172,6 +184,16 @@ const recordExt = ".record.json"
 
 func (j *Jobs) recordPath(id string) string { return filepath.Join(j.cfg.Dir, id+recordExt) }
 func (j *Jobs) markerPath(id string) string { return filepath.Join(j.cfg.Dir, id+".canceled") }
+func (j *Jobs) takeoverPath(id string, n int) string {
+	return filepath.Join(j.cfg.Dir, fmt.Sprintf("%s.takeover-%d", id, n))
+}
+
+// heartbeatPath is node's heartbeat file, named by a hash: node names are
+// free text.
+func (j *Jobs) heartbeatPath(node string) string {
+	sum := sha256.Sum256([]byte(node))
+	return filepath.Join(j.cfg.Dir, ".node-"+hex.EncodeToString(sum[:8])+".alive")
+}
 func (j *Jobs) filePath(rec *record) string {
 	return filepath.Join(j.cfg.Dir, rec.Job.ID+Format(rec.Job.Request.Format).Extension())
 }
@@ -203,26 +225,13 @@ func (j *Jobs) Start(org string, r schemas.ExportRequest) (schemas.ExportJob, er
 		return schemas.ExportJob{}, fmt.Errorf("exports: %w: the organization has %d exports queued or running", schemas.ErrTooManyExports, busy)
 	}
 	rec := &record{Node: j.cfg.Node, Job: schemas.ExportJob{ID: newJobID(), Org: org, Request: r, Status: schemas.ExportQueued,
-		CreatedAt: j.cfg.Now().UTC(), FileName: fileName(q, f)}}
+		CreatedAt: j.cfg.Now().UTC(), FileName: schemas.ExportFileName(string(q.Kind), org, q.From, q.To, f.Extension())}}
 	if err := j.save(rec); err != nil {
 		return schemas.ExportJob{}, err
 	}
 	j.enqueue(rec.Job.ID)
 	j.log.Info("export job queued", "id", rec.Job.ID, "org", org, "kind", r.Kind, "format", r.Format)
 	return rec.Job, nil
-}
-
-// fileName is the name a job's file is downloaded under. The
-// organization keeps only characters safe in any file system and header.
-func fileName(q Query, f Format) string {
-	org := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
-			return r
-		}
-		return '_'
-	}, q.Org)
-	const stamp = "20060102T150405Z"
-	return fmt.Sprintf("%s-%s-%s-%s%s", q.Kind, org, q.From.UTC().Format(stamp), q.To.UTC().Format(stamp), f.Extension())
 }
 
 // enqueue queues id on this node; j.mu is held.
@@ -311,7 +320,7 @@ func (j *Jobs) sign(id, expires string) string {
 // schemas.ErrExportLink, whatever failed.
 func (j *Jobs) Open(id, expires, signature string) (*os.File, schemas.ExportJob, error) {
 	refuse := func(why string, args ...any) (*os.File, schemas.ExportJob, error) {
-		j.log.Info("export download refused", append([]any{"why", why}, args...)...)
+		j.log.Debug("export download refused", append([]any{"why", why}, args...)...) // a public route: no flood of lines
 		return nil, schemas.ExportJob{}, schemas.ErrExportLink
 	}
 	if !validJobID(id) {
@@ -448,7 +457,8 @@ func (j *Jobs) save(rec *record) error {
 
 // Run runs this node's jobs until ctx ends or Close is called: first those
 // queued or running when it last stopped, then those Start queues. Every
-// minute it deletes the files and records of jobs finished Keep ago.
+// minute it deletes the files and records of jobs finished Keep ago, and
+// takes over the jobs of nodes gone silent.
 // It returns once the running exports are stopped, their records left
 // running, so that the next Run resumes them.
 func (j *Jobs) Run(ctx context.Context) error {
@@ -467,7 +477,7 @@ func (j *Jobs) Run(ctx context.Context) error {
 		j.mu.Unlock()
 		close(stopped)
 	}()
-	err := j.requeue()
+	err := errors.Join(j.heartbeat(), j.requeue())
 	j.mu.Unlock()
 	if err != nil {
 		return err
@@ -485,17 +495,23 @@ func (j *Jobs) Run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() {
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
+		beat, sweep := time.NewTicker(j.cfg.HeartbeatEvery), time.NewTicker(time.Minute)
+		defer beat.Stop()
+		defer sweep.Stop()
 		for {
-			j.sweep()
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case <-beat.C:
+				if err := j.heartbeat(); err != nil {
+					j.log.Warn("export jobs: heartbeat", "err", err)
+				}
+			case <-sweep.C:
+				j.sweep()
 			}
 		}
 	})
+	j.sweep()
 	wg.Wait()
 	return nil
 }
@@ -529,6 +545,60 @@ func (j *Jobs) requeue() error {
 		j.enqueue(rec.Job.ID)
 	}
 	return nil
+}
+
+// heartbeat tells the nodes sharing Dir this one is alive.
+func (j *Jobs) heartbeat() error {
+	p := j.heartbeatPath(j.cfg.Node)
+	now := j.cfg.Now()
+	if err := os.Chtimes(p, now, now); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte(j.cfg.Node+"\n"), 0o600); err != nil {
+		return fmt.Errorf("exports: heartbeat: %w", err)
+	}
+	return os.Chtimes(p, now, now)
+}
+
+// silent reports whether node has written no heartbeat for NodeTimeout,
+// nor rec's record since (a node that never beat, if its record is old).
+func (j *Jobs) silent(rec *record) bool {
+	cutoff := j.cfg.Now().Add(-j.cfg.NodeTimeout)
+	for _, p := range []string{j.heartbeatPath(rec.Node), j.recordPath(rec.Job.ID)} {
+		if st, err := os.Stat(p); err == nil && st.ModTime().After(cutoff) {
+			return false
+		}
+	}
+	return true
+}
+
+// takeOver queues, on this node, the queued and running jobs of nodes
+// gone silent, as their own restart would: the first node to create the
+// job's next takeover file has it, so that no two write its file.
+func (j *Jobs) takeOver(recs []*record) {
+	for _, rec := range recs {
+		if rec.Node == j.cfg.Node || rec.Job.Status != schemas.ExportQueued && rec.Job.Status != schemas.ExportRunning || !j.silent(rec) {
+			continue
+		}
+		f, err := os.OpenFile(j.takeoverPath(rec.Job.ID, rec.Takeovers), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			continue // another node has it, or the directory fails (the next sweep tries again)
+		}
+		fmt.Fprintln(f, j.cfg.Node)
+		f.Close()
+		from := rec.Node
+		rec.Node, rec.Takeovers = j.cfg.Node, rec.Takeovers+1
+		if err := j.save(rec); err != nil {
+			j.log.Warn("export job: cannot take it over", "id", rec.Job.ID, "err", err)
+			continue
+		}
+		j.log.Info("export job taken over from a silent node", "id", rec.Job.ID, "org", rec.Job.Org, "from", from)
+		j.mu.Lock()
+		if _, queued := j.active[rec.Job.ID]; !queued {
+			j.enqueue(rec.Job.ID)
+		}
+		j.mu.Unlock()
+	}
 }
 
 // next takes the oldest queued job, waiting for one until ctx ends.
@@ -720,14 +790,16 @@ func (j *Jobs) sweep() {
 		j.log.Warn("export jobs: sweep", "err", err)
 		return
 	}
+	j.takeOver(recs)
 	now := j.cfg.Now()
 	for _, rec := range recs {
 		if rec.Job.ExpiresAt.IsZero() || now.Before(rec.Job.ExpiresAt) {
 			continue
 		}
 		j.removeFiles(rec)
+		claims, _ := filepath.Glob(filepath.Join(j.cfg.Dir, rec.Job.ID+".takeover-*"))
 		// The record last, so that a sweep cut short is done again.
-		for _, p := range []string{j.markerPath(rec.Job.ID), j.recordPath(rec.Job.ID)} {
+		for _, p := range append(claims, j.markerPath(rec.Job.ID), j.recordPath(rec.Job.ID)) {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				j.log.Warn("export jobs: sweep", "path", p, "err", err)
 			}

@@ -139,7 +139,7 @@ func linkParts(t *testing.T, job schemas.ExportJob) (id, expires, signature stri
 	return id, u.Query().Get("expires"), u.Query().Get("signature")
 }
 
-// files lists dir's files.
+// files lists dir's files but the nodes' heartbeats.
 func files(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
@@ -148,7 +148,9 @@ func files(t *testing.T, dir string) []string {
 	}
 	var names []string
 	for _, e := range entries {
-		names = append(names, e.Name())
+		if !strings.HasPrefix(e.Name(), ".node-") {
+			names = append(names, e.Name())
+		}
 	}
 	return names
 }
@@ -673,5 +675,68 @@ func TestJobRequeuedAndClose(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run goes on after Close")
+	}
+}
+
+// A node gone silent leaves its jobs to the first live node that claims
+// them; a node that beats keeps its own.
+func TestJobTakenOverFromASilentNode(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "jobs")
+	named := func(node string) func(*JobsConfig) { return func(c *JobsConfig) { c.Node = node } }
+	dead, _ := newTestJobs(t, newTestExporter(fakeResults(300)), dir, named("dead"))
+	orphan, err := dead.Start("acme", request(CSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive, clock := newTestJobs(t, newTestExporter(fakeResults(300)), dir, named("alive"))
+	kept, err := alive.Start("acme", request(NDJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alive.heartbeat(); err != nil {
+		t.Fatal(err)
+	}
+	// The dead node never beat; its record is an hour old.
+	old := clock.Now().Add(-time.Hour)
+	if err := os.Chtimes(dead.recordPath(orphan.ID), old, old); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two live nodes sweep at once: one takes the job.
+	a, _ := newTestJobs(t, newTestExporter(fakeResults(300)), dir, named("a"))
+	b, _ := newTestJobs(t, newTestExporter(fakeResults(300)), dir, named("b"))
+	recsA, errA := a.records()
+	recsB, errB := b.records()
+	if err := errors.Join(errA, errB); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { a.takeOver(recsA) })
+	wg.Go(func() { b.takeOver(recsB) })
+	wg.Wait()
+	rec, err := a.load(orphan.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := map[string]*Jobs{"a": a, "b": b}[rec.Node]
+	if owner == nil || rec.Takeovers != 1 {
+		t.Fatalf("the orphan's record: node %q, takeovers %d", rec.Node, rec.Takeovers)
+	}
+	for name, j := range map[string]*Jobs{"a": a, "b": b} {
+		if _, queued := j.active[orphan.ID]; queued != (name == rec.Node) {
+			t.Errorf("node %s queued the orphan: %v (owner %s)", name, queued, rec.Node)
+		}
+		if _, queued := j.active[kept.ID]; queued {
+			t.Errorf("node %s took the live node's job", name)
+		}
+	}
+	if rec, err := a.load(kept.ID); err != nil || rec.Node != "alive" {
+		t.Fatalf("the live node's job: %+v %v", rec, err)
+	}
+	// The new owner runs it to the same file the dead node would have.
+	runJobs(t, owner)
+	job := waitJob(t, owner, "acme", orphan.ID, schemas.ExportDone)
+	if !bytes.Equal(download(t, owner, job), exported(t, 300, request(CSV))) {
+		t.Fatal("the file is not the export")
 	}
 }

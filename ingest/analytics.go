@@ -220,6 +220,6 @@ func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 		return
 	}
 	ctx.SetContentType(ctype)
-	ctx.Response.Header.Set("Content-Disposition", `attachment; filename="`+exportFileName("report-"+rep.ID, t.ID, series.From, series.To, ext)+`"`)
+	ctx.Response.Header.Set("Content-Disposition", `attachment; filename="`+schemas.ExportFileName("report-"+rep.ID, t.ID, series.From, series.To, ext)+`"`)
 	ctx.SetBody(buf.Bytes())
 }

@@ -99,6 +99,12 @@ func exportRequest(ctx *fasthttp.RequestCtx, kind string, now time.Time) (r sche
 	if !timeParam(ctx, "from", &r.From) || !timeParam(ctx, "to", &r.To) {
 		return r, "", 0, false
 	}
+	cursor = string(args.Peek("cursor"))
+	if cursor != "" && (r.From.IsZero() || r.To.IsZero()) {
+		// Their defaults move with the clock, and a cursor fits one range.
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_export", "a cursor resumes the export of one range: give the from and to of the page before (its Link header names them)")
+		return r, "", 0, false
+	}
 	if r.To.IsZero() {
 		r.To = now
 	}
@@ -113,7 +119,7 @@ func exportRequest(ctx *fasthttp.RequestCtx, kind string, now time.Time) (r sche
 		}
 		limit = n
 	}
-	return r, string(args.Peek("cursor")), limit, true
+	return r, cursor, limit, true
 }
 
 // exportsReady answers 503 when no export store is configured.
@@ -135,12 +141,6 @@ func (s *Server) fileType(ctx *fasthttp.RequestCtx, format string) (contentType,
 	return contentType, ext, true
 }
 
-// exportFileName names a download: kind, organization and range.
-func exportFileName(kind, org string, from, to time.Time, ext string) string {
-	const stamp = "20060102T150405Z"
-	return fmt.Sprintf("%s-%s-%s-%s%s", kind, org, from.UTC().Format(stamp), to.UTC().Format(stamp), ext)
-}
-
 // export answers GET /v1/exports/{kind}: the organization's rows streamed
 // as a file, whatever their number, in constant memory. With limit, the
 // answer is a page: Certnode-Next-Cursor (and a Link rel="next"), present
@@ -157,7 +157,7 @@ func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 	if !ok {
 		return
 	}
-	name := exportFileName(kind, t.ID, r.From, r.To, ext)
+	name := schemas.ExportFileName(kind, t.ID, r.From, r.To, ext)
 	if kind == auditKind {
 		s.exportAudit(ctx, t, r, cursor, limit, ctype, name)
 		return
@@ -177,6 +177,8 @@ func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 		if more != "" {
 			var next fasthttp.Args
 			ctx.QueryArgs().CopyTo(&next)
+			next.Set("from", r.From.Format(time.RFC3339))
+			next.Set("to", r.To.Format(time.RFC3339))
 			next.Set("cursor", until)
 			ctx.Response.Header.Set("Certnode-Next-Cursor", until)
 			ctx.Response.Header.Set("Link", "<"+string(ctx.Path())+"?"+next.String()+`>; rel="next"`)
@@ -243,9 +245,9 @@ func (s *Server) streamFile(ctx *fasthttp.RequestCtx, name, contentType string, 
 		return
 	}
 	conn := ctx.Conn()
-	s.m.streams.Inc()
+	s.m.exports.Inc()
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer s.m.streams.Dec()
+		defer s.m.exports.Dec()
 		defer cancel()
 		_, err := w.Write(first[:n])
 		if err == nil {
@@ -286,8 +288,15 @@ const auditPage = 1000
 // with the caller's credentials (owners and admins, or an admin-scope key,
 // may read them). The cursor is the last sequence number exported.
 func (s *Server) exportAudit(ctx *fasthttp.RequestCtx, t *tenants.Tenant, r schemas.ExportRequest, cursor string, limit int64, ctype, name string) {
-	if len(r.Filters) > 0 || r.Receipt || r.Bodies {
+	switch {
+	case len(r.Filters) > 0 || r.Receipt || r.Bodies:
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_export", "audit events take no filters, receipt or bodies")
+		return
+	case limit > 0:
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_export", "audit events are exported whole (the trail keeps at most 100,000 events); cursor=SEQ resumes after an event")
+		return
+	case !r.From.Before(r.To):
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_export", "from must be before to")
 		return
 	}
 	if s.deps.Accounts == nil {
@@ -337,11 +346,10 @@ func (s *Server) exportAudit(ctx *fasthttp.RequestCtx, t *tenants.Tenant, r sche
 		if err != nil {
 			return err
 		}
-		var rows int64
 		for {
 			for _, e := range events {
 				after = e.Seq
-				if !e.At.Before(r.To) || (limit > 0 && rows == limit) {
+				if !e.At.Before(r.To) {
 					return tw.Close()
 				}
 				if e.At.Before(r.From) {
@@ -350,7 +358,6 @@ func (s *Server) exportAudit(ctx *fasthttp.RequestCtx, t *tenants.Tenant, r sche
 				if err := tw.Write([]any{e.Seq, e.At, e.Action, e.Target, e.Actor.Kind, e.Actor.ID, e.Actor.Addr}); err != nil {
 					return err
 				}
-				rows++
 			}
 			if len(events) < auditPage {
 				return tw.Close()
@@ -448,8 +455,9 @@ func (s *Server) exportJobAnswer(ctx *fasthttp.RequestCtx, status int, job schem
 // client asked.
 func (s *Server) absoluteLink(ctx *fasthttp.RequestCtx, job *schemas.ExportJob) {
 	if strings.HasPrefix(job.DownloadURL, "/") {
+		// Behind a TLS proxy the link must be https: the proxy says so.
 		scheme := "http://"
-		if ctx.IsTLS() {
+		if ctx.IsTLS() || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https" {
 			scheme = "https://"
 		}
 		job.DownloadURL = scheme + string(ctx.Host()) + job.DownloadURL
@@ -555,8 +563,9 @@ func (s *Server) downloadExport(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType(ctype)
 	rng := string(ctx.Request.Header.Peek("Range"))
 	ifRange := string(ctx.Request.Header.Peek("If-Range"))
-	// Several ranges at once are answered whole, as RFC 9110 allows.
-	if rng == "" || strings.Contains(rng, ",") || (ifRange != "" && ifRange != etag) {
+	// Several ranges at once, and ranges in units other than bytes, are
+	// answered whole, as RFC 9110 allows.
+	if !strings.HasPrefix(rng, "bytes=") || strings.Contains(rng, ",") || (ifRange != "" && ifRange != etag) {
 		ctx.SetBodyStream(f, int(size))
 		return
 	}

@@ -44,6 +44,8 @@ type metrics struct {
 	// resultsDropped counts results refused for the job they name.
 	resultsDropped *prometheus.CounterVec
 	streams        prometheus.Gauge
+	// exports: export files being streamed.
+	exports prometheus.Gauge
 	// listeners and listenDropped: webhooks listen sessions, and the
 	// events dropped for sessions that fell behind.
 	listeners     prometheus.Gauge
@@ -68,6 +70,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Results not counted for the job they name, by reason (foreign, line_out_of_range, unknown_request, not_accepted, undecodable)."}, []string{"reason"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_result_streams",
 			Help: "Results streams open."}),
+		exports: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_export_streams",
+			Help: "GET /v1/exports files being streamed."}),
 		listeners: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_ingest_webhook_listeners",
 			Help: "GET /v1/webhooks/listen sessions open."}),
 		listenDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_ingest_webhook_listen_dropped_total",
@@ -75,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.latency, m.produced, m.lines, m.lag, m.waiting, m.resultsDropped, m.streams,
-			m.listeners, m.listenDropped)
+			m.exports, m.listeners, m.listenDropped)
 	}
 	return m
 }

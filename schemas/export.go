@@ -2,6 +2,8 @@ package schemas
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -47,7 +49,7 @@ type ExportResult struct {
 }
 
 // ExportColumn is a column of a table written as an export: Type is
-// string, int64, uint64, bool, timestamp or json.
+// string, int64, uint64, float64, bool, timestamp or json.
 type ExportColumn struct {
 	Name string
 	Type string
@@ -87,4 +89,20 @@ type ExportJob struct {
 	// until DownloadExpiresAt (each read of the job issues a fresh one).
 	DownloadURL       string    `json:"download_url,omitempty"`
 	DownloadExpiresAt time.Time `json:"download_expires_at,omitzero"`
+}
+
+// ExportFileName is the name an export is downloaded under: what it holds,
+// the organization and the range, with only characters safe in any file
+// system and in a Content-Disposition header.
+func ExportFileName(what, org string, from, to time.Time, ext string) string {
+	safe := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+				return r
+			}
+			return '_'
+		}, s)
+	}
+	const stamp = "20060102T150405Z"
+	return fmt.Sprintf("%s-%s-%s-%s%s", safe(what), safe(org), from.UTC().Format(stamp), to.UTC().Format(stamp), safe(ext))
 }

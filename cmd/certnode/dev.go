@@ -234,7 +234,7 @@ func newDevCmd() *cobra.Command {
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)
-				closeExports, err := openExports(ctx, chAddr, "", mac, filepath.Join(dataDir, "exports"), parts, &deps)
+				closeExports, err := openExports(ctx, chAddr, "", mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
 				if err != nil {
 					return usageErr("%v", err)
 				}

@@ -22,11 +22,12 @@ func (s exportService) Table(w io.Writer, format string, cols []schemas.ExportCo
 }
 
 // openExports serves exports out of ClickHouse at addr and, with dir, runs
-// export jobs there (parts["exports"]). The cursor and link keys derive
+// export jobs there (parts["exports"]) as node, which names this process
+// among those sharing dir across its restarts. The cursor and link keys derive
 // from the internal secret, so that every ingest node holding it resumes
 // the others' cursors and serves their links (from a shared dir); a
 // rotated secret voids cursors and links made before, which live minutes.
-func openExports(ctx context.Context, addr, password string, mac *recordauth.Keyring, dir string,
+func openExports(ctx context.Context, addr, password string, mac *recordauth.Keyring, dir, node string,
 	parts map[string]func(context.Context) error, d *ingest.Deps) (closeAll func(), err error) {
 	kid := mac.SignKeyID()
 	cursorKey, _ := mac.Derive(kid, []byte("certnode-export-cursor"))
@@ -39,7 +40,7 @@ func openExports(ctx context.Context, addr, password string, mac *recordauth.Key
 	if dir == "" {
 		return func() { ex.Close() }, nil
 	}
-	jobs, err := exports.NewJobs(ex, exports.JobsConfig{Dir: dir, LinkKey: linkKey})
+	jobs, err := exports.NewJobs(ex, exports.JobsConfig{Dir: dir, LinkKey: linkKey, Node: node})
 	if err != nil {
 		ex.Close()
 		return nil, err

@@ -227,7 +227,8 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer st.Close()
 				st.fill(&deps)
-				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), mac, exportsDir, parts, &deps)
+				host, _ := os.Hostname()
+				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), mac, exportsDir, host+"/"+addr, parts, &deps)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
