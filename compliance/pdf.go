@@ -92,24 +92,10 @@ func (Renderer) PDF(w io.Writer, receipt []byte, rep *schemas.ComplianceReport) 
 			payloadHash = hex.EncodeToString(b)
 		}
 	}
-	pdf := fpdf.New("P", "mm", "A4", "")
-	regular, err := fonts.ReadFile("fonts/DejaVuSansCondensed.ttf")
+	pdf, err := newDoc("P", "Compliance report of "+rep.Organization, fmt.Sprintf("%s to %s", day(rep.From), day(rep.To)), rep.GeneratedAt)
 	if err != nil {
 		return err
 	}
-	bold, err := fonts.ReadFile("fonts/DejaVuSansCondensed-Bold.ttf")
-	if err != nil {
-		return err
-	}
-	pdf.AddUTF8FontFromBytes("dejavu", "", regular)
-	pdf.AddUTF8FontFromBytes("dejavu", "B", bold)
-	// The same report draws the same bytes.
-	pdf.SetCreationDate(rep.GeneratedAt)
-	pdf.SetModificationDate(rep.GeneratedAt)
-	pdf.SetCatalogSort(true)
-	pdf.SetTitle("Compliance report of "+rep.Organization, true)
-	pdf.SetAuthor("CertNode", true)
-	pdf.SetSubject(fmt.Sprintf("%s to %s", day(rep.From), day(rep.To)), true)
 	pdf.SetKeywords(bind.keywords(), false)
 	pdf.SetFooterFunc(func() {
 		pdf.SetY(-12)
@@ -195,6 +181,29 @@ func (Renderer) PDF(w io.Writer, receipt []byte, rep *schemas.ComplianceReport) 
 		return err
 	}
 	return pdf.Output(w)
+}
+
+// newDoc starts an A4 document in orientation ("P" or "L") with the
+// embedded fonts; the same content at the same time draws the same bytes.
+func newDoc(orientation, title, subject string, at time.Time) (*fpdf.Fpdf, error) {
+	pdf := fpdf.New(orientation, "mm", "A4", "")
+	regular, err := fonts.ReadFile("fonts/DejaVuSansCondensed.ttf")
+	if err != nil {
+		return nil, err
+	}
+	bold, err := fonts.ReadFile("fonts/DejaVuSansCondensed-Bold.ttf")
+	if err != nil {
+		return nil, err
+	}
+	pdf.AddUTF8FontFromBytes("dejavu", "", regular)
+	pdf.AddUTF8FontFromBytes("dejavu", "B", bold)
+	pdf.SetCreationDate(at)
+	pdf.SetModificationDate(at)
+	pdf.SetCatalogSort(true)
+	pdf.SetTitle(title, true)
+	pdf.SetAuthor("CertNode", true)
+	pdf.SetSubject(subject, true)
+	return pdf, nil
 }
 
 func day(t time.Time) string   { return t.UTC().Format("2006-01-02") }

@@ -51,3 +51,36 @@ func TestPDFBindsItsReceipt(t *testing.T) {
 		t.Fatal("drew a PDF for something that is not a receipt")
 	}
 }
+
+// A table draws the same bytes for the same rows, and refuses a row of
+// the wrong width.
+func TestTablePDF(t *testing.T) {
+	at := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	cols := []schemas.ExportColumn{{Name: "time", Type: "timestamp"}, {Name: "status", Type: "string"}, {Name: "requests", Type: "float64"}}
+	draw := func() []byte {
+		var out bytes.Buffer
+		tw, err := (Renderer{}).Table(&out, "Report rpt_1 of acme", "2026-11-26 to 2026-11-27", at, cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 500 { // several pages
+			if err := tw.Write([]any{at.Add(time.Duration(i) * time.Minute), "signed", float64(i) / 3}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tw.Write([]any{at, "short"}); err == nil {
+			t.Fatal("a row of two values for three columns was drawn")
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return out.Bytes()
+	}
+	a, b := draw(), draw()
+	if !bytes.HasPrefix(a, []byte("%PDF-")) || !bytes.Equal(a, b) || bytes.Count(a, []byte("/Type /Page\n")) < 10 {
+		t.Fatalf("the table's PDF: %d bytes, %d pages, deterministic %v", len(a), bytes.Count(a, []byte("/Type /Page\n")), bytes.Equal(a, b))
+	}
+	if _, err := (Renderer{}).Table(&bytes.Buffer{}, "t", "s", at, nil); err == nil {
+		t.Fatal("a table of no columns")
+	}
+}

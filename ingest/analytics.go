@@ -211,7 +211,7 @@ func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 	// A run is as large as its buckets (bounded by the analytics queries):
 	// it is written whole, then sent.
 	var buf bytes.Buffer
-	tw, err := s.deps.Exports.Table(&buf, format, reportColumns(series))
+	tw, err := s.writeTable(&buf, format, "Report "+rep.Name+" ("+rep.ID+") of "+t.ID, period(series.From, series.To), reportColumns(series))
 	if err == nil {
 		err = reportTable(tw, series)
 	}

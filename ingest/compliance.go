@@ -17,9 +17,11 @@ import (
 )
 
 // ComplianceRenderer draws a signed compliance report as a PDF that
-// carries its receipt's id and the SHA-256 of its payload.
+// carries its receipt's id and the SHA-256 of its payload, and tables
+// (audit events, report runs) as PDFs.
 type ComplianceRenderer interface {
 	PDF(w io.Writer, receipt []byte, report *schemas.ComplianceReport) error
+	Table(w io.Writer, title, subtitle string, at time.Time, cols []schemas.ExportColumn) (TableWriter, error)
 }
 
 // maxCompliancePeriod bounds the period of one report.

@@ -131,8 +131,15 @@ func (s *Server) exportsReady(ctx *fasthttp.RequestCtx) bool {
 	return true
 }
 
+// pdfFormat draws tables (audit events, report runs) as PDFs for people to
+// read; the other formats are for programs and hold any number of rows.
+const pdfFormat = "pdf"
+
 // fileType answers 400 for an unknown format.
 func (s *Server) fileType(ctx *fasthttp.RequestCtx, format string) (contentType, ext string, ok bool) {
+	if format == pdfFormat && s.deps.Compliance != nil {
+		return "application/pdf", ".pdf", true
+	}
 	contentType, ext, err := s.deps.Exports.FileType(format)
 	if err != nil {
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_format", err.Error())
@@ -158,6 +165,10 @@ func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 		return
 	}
 	name := schemas.ExportFileName(kind, t.ID, r.From, r.To, ext)
+	if r.Format == pdfFormat && kind != auditKind {
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_format", "pdf is for audit events and report runs; export "+kind+" as csv, ndjson, json, arrow or parquet")
+		return
+	}
 	if kind == auditKind {
 		s.exportAudit(ctx, t, r, cursor, limit, ctype, name)
 		return
@@ -342,7 +353,7 @@ func (s *Server) exportAudit(ctx *fasthttp.RequestCtx, t *tenants.Tenant, r sche
 		if err != nil {
 			return err
 		}
-		tw, err := s.deps.Exports.Table(w, r.Format, auditColumns)
+		tw, err := s.writeTable(w, r.Format, "Audit events of "+t.ID, period(r.From, r.To), auditColumns)
 		if err != nil {
 			return err
 		}
@@ -367,6 +378,20 @@ func (s *Server) exportAudit(ctx *fasthttp.RequestCtx, t *tenants.Tenant, r sche
 			}
 		}
 	})
+}
+
+// writeTable writes a table in format: a PDF by Deps.Compliance, the others by
+// Deps.Exports.
+func (s *Server) writeTable(w io.Writer, format, title, subtitle string, cols []schemas.ExportColumn) (TableWriter, error) {
+	if format == pdfFormat {
+		return s.deps.Compliance.Table(w, title, subtitle, time.Now().UTC().Truncate(time.Second), cols)
+	}
+	return s.deps.Exports.Table(w, format, cols)
+}
+
+// period is a range as a PDF's subtitle says it.
+func period(from, to time.Time) string {
+	return from.UTC().Format(time.RFC3339) + " to " + to.UTC().Format(time.RFC3339) + " (UTC)"
 }
 
 // reportTable writes a report run as a table: a row per bucket (and

@@ -226,6 +226,9 @@ func TestDashboard(t *testing.T) {
 	if run := b.download("#report-parquet"); !bytes.HasPrefix(run, []byte("PAR1")) {
 		t.Fatalf("the report as Parquet: %.100q", run)
 	}
+	if run := b.download("#report-pdf"); !bytes.HasPrefix(run, []byte("%PDF-")) || !strings.Contains(pdfText(t, run), "signed") {
+		t.Fatalf("the report as PDF: %.100q", run)
+	}
 
 	// Every export format downloads from the exports page, and so does a
 	// background export once its bar is full.
@@ -269,6 +272,13 @@ func TestDashboard(t *testing.T) {
 	}
 	if pdf := b.download("#compliance-pdf"); !bytes.HasPrefix(pdf, []byte("%PDF-")) || !bytes.Contains(pdf, []byte("certnode-receipt-id:")) {
 		t.Fatalf("the PDF: %.100q", pdf)
+	}
+	// Its events download as a table, for people and for programs.
+	if events := b.download("#audit-pdf"); !strings.Contains(pdfText(t, events), "report.create") {
+		t.Fatalf("the audit events PDF: %s", pdfText(t, events))
+	}
+	if events := b.download("#audit-csv"); !bytes.HasPrefix(events, []byte("seq,at,action,")) || !bytes.Contains(events, []byte("report.create")) {
+		t.Fatalf("the audit events CSV: %.300s", events)
 	}
 
 	pages := []string{"requests", "jobs", "webhooks", "reports", "exports", "usage", "invoices", "keys", "audit", "overview"}

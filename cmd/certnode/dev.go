@@ -16,7 +16,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/certnode/certnode/analytics"
-	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/console"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
@@ -230,7 +229,7 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: compliance.Renderer{}, Ready: []ingest.Check{signerCheck, replica.Ready},
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

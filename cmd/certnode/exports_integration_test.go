@@ -167,6 +167,13 @@ func TestOpenAPIExportsClickHouse(t *testing.T) {
 	for _, f := range []string{"ndjson", "json", "arrow", "parquet"} {
 		c.expect(t, e, exchange{name: "A's report as " + f, method: "GET", path: "/v1/reports/" + rid + "/run?format=" + f, key: e.key, status: 200})
 	}
+	if text := pdfText(t, []byte(c.expect(t, e, exchange{name: "A's report as PDF", method: "GET", path: "/v1/reports/" + rid + "/run?format=pdf", key: e.key, status: 200}).body)); !strings.Contains(text, rid) || !strings.Contains(text, "signed") {
+		t.Errorf("A's report as PDF reads %s", text)
+	}
+	if text := pdfText(t, []byte(c.expect(t, e, exchange{name: "A's audit events as PDF", method: "GET", path: "/v1/exports/audit_events?format=pdf&" + rng, key: e.key, status: 200}).body)); !strings.Contains(text, rid) || !strings.Contains(text, "report.create") {
+		t.Errorf("A's audit events as PDF read %s", text)
+	}
+	c.expect(t, e, exchange{name: "results as PDF", method: "GET", path: "/v1/exports/results?format=pdf", key: e.key, status: 400, code: "invalid_format"})
 	c.expect(t, e, exchange{name: "a report as xlsx", method: "GET", path: "/v1/reports/" + rid + "/run?format=xlsx", key: e.key, offSpec: true, status: 400, code: "invalid_format"})
 
 	exportJobs(t, c, e, a, keyA, start, whole)

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"io"
+	"time"
 
+	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/exports"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -15,6 +17,17 @@ type exportService struct{ *exports.Service }
 
 func (s exportService) Table(w io.Writer, format string, cols []schemas.ExportColumn) (ingest.TableWriter, error) {
 	tw, err := s.Service.Table(w, format, cols)
+	if err != nil {
+		return nil, err
+	}
+	return tw, nil
+}
+
+// pdfRenderer is compliance.Renderer as ingest calls it.
+type pdfRenderer struct{ compliance.Renderer }
+
+func (r pdfRenderer) Table(w io.Writer, title, subtitle string, at time.Time, cols []schemas.ExportColumn) (ingest.TableWriter, error) {
+	tw, err := r.Renderer.Table(w, title, subtitle, at, cols)
 	if err != nil {
 		return nil, err
 	}

@@ -20,7 +20,6 @@ import (
 
 	"github.com/certnode/certnode/analytics"
 	"github.com/certnode/certnode/billing"
-	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/console"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/deliveries"
@@ -214,7 +213,7 @@ func newIngestCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
-			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: compliance.Renderer{}}
+			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: pdfRenderer{}}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}

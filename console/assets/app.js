@@ -362,7 +362,7 @@ async function reports(sec) {
       }
     }
     view.replaceChildren(el('h2', { text: r.name }), el('p', { class: 'period', text: (r.description ? r.description + ' · ' : '') + 'Ran at ' + when(run.ran_at) }),
-      el('p', { class: 'downloads' }, 'Download: ', FORMATS.map((f) => el('a', { id: 'report-' + f, href: '/v1/reports/' + encodeURIComponent(r.id) + '/run?' + qs({ format: f, org: S.org }), download: '', text: f }))));
+      el('p', { class: 'downloads' }, 'Download: ', [...FORMATS, 'pdf'].map((f) => el('a', { id: 'report-' + f, href: '/v1/reports/' + encodeURIComponent(r.id) + '/run?' + qs({ format: f, org: S.org }), download: '', text: f }))));
     view.dataset.report = r.id;
     if (r.chart === 'table') {
       const cols = [{ label: 'Time (UTC)', value: (i) => when(run.series.timestamps[i]) }, ...run.series.series.map((l) => ({ label: (l.group || '') + ' ' + l.metric, num: true, value: (i) => num(l.values[i]) }))];
@@ -552,8 +552,10 @@ async function audit(sec) {
       msg.textContent = 'Downloaded. Check it with certnode verify (see the README).';
     } catch (e) { msg.textContent = e.message; }
   });
+  const since = iso(new Date(now.getTime() - 365 * 86400e3));
+  const events = (f) => el('a', { id: 'audit-' + f, href: '/v1/exports/audit_events?' + qs({ format: f, from: since, to: iso(now), org: S.org }), download: '', text: f });
   sec.append(el('h2', { text: 'Compliance report' }), el('p', { text: 'A report for auditors, signed as a CertNode receipt: receipts per signing key, failures, latency, webhooks, users, API keys and these events.' }), f,
-    el('h2', { text: 'Events' }));
+    el('h2', { text: 'Events' }), el('p', { class: 'downloads' }, 'Download the last year’s: ', ['csv', 'pdf', 'parquet'].map(events)));
   const list = await api('/v1/orgs/' + encodeURIComponent(S.org) + '/audit?limit=200');
   sec.append(table([{ label: 'When', value: (e) => when(e.at) }, { label: 'Action', value: (e) => e.action }, { label: 'Who', value: (e) => e.actor.kind + (e.actor.id ? ' ' + e.actor.id : '') },
     { label: 'From', value: (e) => e.actor.addr || '' }, { label: 'Target', value: (e) => e.target || '' }], list.events, 'No events.'));
