@@ -37,7 +37,7 @@ services-down:
 # Everything: installs and starts the real services, the fuzz targets
 # briefly, then unit and integration tests with the race detector.
 test: services lint fuzz
-	$(WITH_HSM) $(GO) test -race -tags integration -count=1 -timeout 15m ./...
+	$(WITH_HSM) $(GO) test -race -tags integration -count=1 -timeout 20m ./...
 
 # Unit tests only; no services needed.
 test-unit:
