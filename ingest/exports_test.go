@@ -205,19 +205,7 @@ func TestExportDownloadRanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := startServer(t, withExports(&fakeExports{}), func(_ *Config, d *Deps) { d.ExportJobs = fakeJobs{path} })
-	get := func(link string, header ...string) answer {
-		req, _ := http.NewRequest("GET", ts.base+link, nil)
-		for i := 0; i < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		resp, err := testClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return answer{resp.StatusCode, resp.Header, string(b)}
-	}
+	get := func(link string, header ...string) answer { return ts.send("GET", link, "", header...) }
 	const link = "/v1/export-jobs/exp_1/file?expires=1&signature=good"
 	whole := get(link).expect(t, "the file", 200, "")
 	etag := whole.header.Get("ETag")

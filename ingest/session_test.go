@@ -65,21 +65,11 @@ func TestSessionAuth(t *testing.T) {
 	ts := startServer(t, func(_ *Config, d *Deps) { d.Accounts, d.Orgs = accounts, fakeOrgs{"a": true, "b": true} })
 	do := func(method, path, cookie string, headers ...string) answer {
 		t.Helper()
-		req, _ := http.NewRequest(method, ts.base+path, strings.NewReader(`{}`))
-		req.Header.Set("Content-Type", "application/json")
+		first := []string{"Content-Type", "application/json"} // the test's headers may replace it
 		if cookie != "" {
-			req.AddCookie(&http.Cookie{Name: SessionCookie, Value: cookie})
+			first = append(first, "Cookie", (&http.Cookie{Name: SessionCookie, Value: cookie}).String())
 		}
-		for i := 0; i+1 < len(headers); i += 2 {
-			req.Header.Set(headers[i], headers[i+1])
-		}
-		resp, err := testClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return answer{resp.StatusCode, resp.Header, string(b)}
+		return ts.send(method, path, `{}`, append(first, headers...)...)
 	}
 	list := "/v1/webhooks/deliveries"
 	// One membership: the organization may be left out.

@@ -206,12 +206,22 @@ type answer struct {
 
 func (ts *testServer) do(method, path, key, body string) answer {
 	ts.t.Helper()
-	req, _ := http.NewRequest(method, ts.base+path, strings.NewReader(body))
+	var headers []string
 	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+		headers = append(headers, "Authorization", "Bearer "+key)
 	}
 	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
+		headers = append(headers, "Content-Type", "application/json")
+	}
+	return ts.send(method, path, body, headers...)
+}
+
+// send sends a request with headers (name, value, ...) and reads the answer.
+func (ts *testServer) send(method, path, body string, headers ...string) answer {
+	ts.t.Helper()
+	req, _ := http.NewRequest(method, ts.base+path, strings.NewReader(body))
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
 	}
 	resp, err := testClient.Do(req)
 	if err != nil {
