@@ -203,6 +203,8 @@ func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 
 // exportFailed answers an export that failed before its first byte.
 func (s *Server) exportFailed(ctx *fasthttp.RequestCtx, err error) {
+	ctx.Response.Header.Del("Certnode-Next-Cursor")
+	ctx.Response.Header.Del("Link")
 	var refused *accountsRefusal
 	switch {
 	case errors.As(err, &refused):
@@ -235,7 +237,11 @@ func (s *Server) streamFile(ctx *fasthttp.RequestCtx, name, contentType string, 
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(produce(pctx, pw)) }()
 	first := make([]byte, 32<<10)
-	n, err := pr.Read(first)
+	var n int
+	var err error
+	for n == 0 && err == nil { // an empty write is no first byte
+		n, err = pr.Read(first)
+	}
 	if n == 0 && err != nil && err != io.EOF {
 		cancel()
 		s.exportFailed(ctx, err)
