@@ -96,6 +96,9 @@ type Deps struct {
 	// runs them in the background (/v1/export-jobs...; nil: 503).
 	Exports    Exports
 	ExportJobs ExportJobs
+	// Log proves receipts are in the transparency log (/v1/log/...,
+	// /v1/receipts/{id}/proof; nil: 503).
+	Log TransparencyLog
 	// Compliance draws compliance reports as PDF (nil: JSON only).
 	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).

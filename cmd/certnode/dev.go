@@ -188,6 +188,12 @@ func newDevCmd() *cobra.Command {
 			}
 			defer disp.Close()
 			parts["dispatcher"] = afterReady(replica.Ready, disp.Run)
+			tlog, tlogClient, serveLog, err := devLog(ctx, kcfg, kf.prefix, dataDir, reg)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer tlog.Close()
+			parts["translog"], parts["translog-http"] = tlog.Run, serveLog
 
 			var st *stores
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
@@ -229,7 +235,7 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Ready: []ingest.Check{signerCheck, replica.Ready},
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -362,5 +363,23 @@ func TestDevStopsWithOpenStreams(t *testing.T) {
 	code, took := e.stop()
 	if code != 0 || took > 8*time.Second {
 		t.Fatalf("dev with open streams stopped after %s, exit %d: %s", took, code, e.stderr())
+	}
+}
+
+// waitLogged waits until the transparency log's checkpoint holds n leaves.
+func (e *devEnv) waitLogged(n uint64) {
+	e.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := e.do("GET", "/v1/log/checkpoint", "", "", "")
+		if lines := strings.Split(body, "\n"); code == 200 && len(lines) > 2 {
+			if size, err := strconv.ParseUint(lines[1], 10, 64); err == nil && size >= n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the log never held %d leaves: %d %s", n, code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

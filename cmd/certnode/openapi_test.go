@@ -289,6 +289,7 @@ var needServices = map[string]string{
 	"GET /v1/analytics/requests":           "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"GET /v1/reports/{report_id}/run":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"POST /v1/compliance/reports":          "needs ClickHouse: TestComplianceReport (integration)",
+	"GET /v1/receipts/{receipt_id}/proof":  "needs ClickHouse (whose receipt it is): TestTransparencyLog (integration)",
 	"GET /v1/exports/{kind}":               exportStore,
 	"POST /v1/export-jobs":                 exportStore,
 	"GET /v1/export-jobs":                  exportStore,
@@ -365,6 +366,7 @@ func TestOpenAPIContract(t *testing.T) {
 	signResults := c.expect(t, e, exchange{name: "sign results", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results", key: e.key,
 		status: 200}).body
 	abandoned := e.injectAbandonedJob("demo")
+	e.waitLogged(1)
 
 	cases := []exchange{
 		// Public routes.
@@ -375,6 +377,14 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "jwks v1", method: "GET", path: "/v1/jwks", status: 200},
 		{name: "webhook event types", method: "GET", path: "/v1/webhooks/event-types", status: 200},
 		{name: "openapi", method: "GET", path: "/openapi.json", status: 200},
+		{name: "log checkpoint", method: "GET", path: "/v1/log/checkpoint", status: 200},
+		{name: "log key", method: "GET", path: "/v1/log/key", status: 200},
+		{name: "log consistency", method: "GET", path: "/v1/log/consistency?from=1", status: 200},
+		{name: "log consistency from 0", method: "GET", path: "/v1/log/consistency?from=0", offSpec: true, status: 400, code: "invalid_from"},
+		{name: "log consistency past the tree", method: "GET", path: "/v1/log/consistency?from=1&to=99999999", status: 400, code: "invalid_tree_size"},
+		// The proof needs to know whose receipt it is: ClickHouse (off here).
+		{name: "proof without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: e.key, status: 503, code: "storage_unavailable"},
+		{name: "proof unknown key", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: "cn_nope", status: 401, code: "unauthorized"},
 
 		// Auth is the same on every tenant route: a missing key breaks the
 		// document, an unknown one is the server's to refuse.

@@ -32,6 +32,7 @@ import (
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
 	usagesink "github.com/certnode/certnode/sinks/usage"
+	"github.com/certnode/certnode/transparency"
 )
 
 // kafkaFlags are shared by every role.
@@ -78,37 +79,54 @@ func newRegistry() *prometheus.Registry {
 // /readyz (503 while health or a ready check fails) for roles without an
 // HTTP API.
 func metricsServer(addr string, g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) func(context.Context) error {
+	return serveHTTP(addr, metricsMux(g, health, ready...))
+}
+
+// metricsMux serves /metrics, /healthz and /readyz.
+func metricsMux(g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) *http.ServeMux {
+	answer := func(w http.ResponseWriter, errs ...error) {
+		var problems []string
+		for _, err := range errs {
+			if err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			json.MarshalWrite(w, map[string]any{"status": "unavailable", "problems": problems})
+			return
+		}
+		w.Write([]byte(`{"status":"ok"}` + "\n"))
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { answer(w, health()) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		errs := []error{health()}
+		for _, check := range ready {
+			errs = append(errs, check(r.Context()))
+		}
+		answer(w, errs...)
+	})
+	return mux
+}
+
+// serveHTTP serves h on addr until ctx ends.
+func serveHTTP(addr string, h http.Handler) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
 		}
-		answer := func(w http.ResponseWriter, errs ...error) {
-			var problems []string
-			for _, err := range errs {
-				if err != nil {
-					problems = append(problems, err.Error())
-				}
-			}
-			w.Header().Set("Content-Type", "application/json")
-			if len(problems) > 0 {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				json.MarshalWrite(w, map[string]any{"status": "unavailable", "problems": problems})
-				return
-			}
-			w.Write([]byte(`{"status":"ok"}` + "\n"))
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { answer(w, health()) })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-			errs := []error{health()}
-			for _, check := range ready {
-				errs = append(errs, check(r.Context()))
-			}
-			answer(w, errs...)
-		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		return serveOn(ln, h)(ctx)
+	}
+}
+
+// serveOn serves h on ln until ctx ends.
+func serveOn(ln net.Listener, h http.Handler) func(context.Context) error {
+	return func(ctx context.Context) error {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 		go func() { <-ctx.Done(); srv.Shutdown(context.WithoutCancel(ctx)) }()
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -148,7 +166,7 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir string
+	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey string
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -219,6 +237,16 @@ func newIngestCmd() *cobra.Command {
 					return &exitError{code: exitUsage, err: err}
 				}
 			}
+			if logURL != "" {
+				if logKey != "" {
+					if logKey, err = readVerifierKey(logKey); err != nil {
+						return usageErr("%v", err)
+					}
+				}
+				if deps.Log, err = transparency.NewClient(logURL, logKey, nil); err != nil {
+					return usageErr("%v", err)
+				}
+			}
 			if clickhouse != "" {
 				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
 				if err != nil {
@@ -255,6 +283,10 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&logURL, "log", "", "the transparency log's address (certnode log serve --http), for /v1/log/... and /v1/receipts/{id}/proof")
+	bindEnv(fs, "log", "CERTNODE_LOG_URL")
+	fs.StringVar(&logKey, "log-key", "", "the log's verifier key, or a file holding it (default: the one the log serves)")
+	bindEnv(fs, "log-key", "CERTNODE_LOG_KEY")
 	fs.StringVar(&exportsDir, "exports-dir", "", "folder for the files of background exports (POST /v1/export-jobs; with --clickhouse); share it between ingest nodes so that any serves any link")
 	bindEnv(fs, "exports-dir", "CERTNODE_EXPORTS_DIR")
 	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")

@@ -161,6 +161,11 @@ func TestCrossTenant(t *testing.T) {
 				a.leaks(t, c.expect(t, e, exchange{name: "an export canceled", method: "DELETE", path: "/v1/export-jobs/exp_x", key: key, status: 503, code: "exports_unavailable"}).body)
 			}
 		},
+		"GET /v1/receipts/{receipt_id}/proof": func(t *testing.T) {
+			// Without ClickHouse (as here) both get the same 503; B's 404
+			// for A's receipt is TestTransparencyLog's (integration).
+			sameAnswer(t, c, e, a, "/v1/receipts/"+a.receiptID+"/proof", 503, "storage_unavailable")
+		},
 		"GET /v1/reports/{report_id}/run": func(t *testing.T) {
 			a.report = e.newReport("demo")
 			a.notFound(t, c, e, "/v1/reports/"+a.report+"/run", "/v1/reports/rpt_nope/run")

@@ -15,10 +15,11 @@ import (
 
 	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/schemas"
+	"github.com/certnode/certnode/transparency"
 )
 
 func newVerifyCmd() *cobra.Command {
-	var jwksFile, receiptFile, pdfFile string
+	var jwksFile, receiptFile, pdfFile, proofFile, logKey string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Verify receipts (ES256 and EdDSA) against a JWKS",
@@ -29,6 +30,9 @@ func newVerifyCmd() *cobra.Command {
 			"(`line N: valid` ...) and a summary line.\n" +
 			"A compliance report (POST /v1/compliance/reports) is a receipt: verify its JSON, and with --pdf\n" +
 			"FILE check that the PDF names that very receipt and JSON (its id and SHA-256).\n" +
+			"With --proof FILE (GET /v1/receipts/{id}/proof) and --log-key (certnode log key), also check\n" +
+			"offline that the receipt is in the transparency log: the checkpoint's signature and the\n" +
+			"inclusion proof of the receipt's leaf in the checkpoint's tree.\n" +
 			"Exit status: 0 every receipt valid, 1 any invalid, 2 usage or I/O error.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -85,10 +89,13 @@ func newVerifyCmd() *cobra.Command {
 				if verr != nil {
 					return silentExit(exitInvalid)
 				}
+				if err := checkProof(out, doc, proofFile, logKey); err != nil {
+					return err
+				}
 				return checkReport(out, doc, pdfFile)
 			}
-			if pdfFile != "" {
-				return usageErr("--pdf goes with one receipt, not NDJSON")
+			if pdfFile != "" || proofFile != "" {
+				return usageErr("--pdf and --proof go with one receipt, not NDJSON")
 			}
 
 			var total, valid int
@@ -118,7 +125,46 @@ func newVerifyCmd() *cobra.Command {
 	bindEnv(fs, "receipt", "CERTNODE_RECEIPT_FILE")
 	fs.StringVar(&pdfFile, "pdf", "", "the PDF of a compliance report whose signed JSON is the receipt: check it names that receipt")
 	bindEnv(fs, "pdf", "CERTNODE_REPORT_PDF")
+	fs.StringVar(&proofFile, "proof", "", "the receipt's inclusion proof (GET /v1/receipts/{id}/proof): check the receipt is in the transparency log")
+	bindEnv(fs, "proof", "CERTNODE_PROOF_FILE")
+	fs.StringVar(&logKey, "log-key", "", "the transparency log's verifier key, or a file holding it (with --proof)")
+	bindEnv(fs, "log-key", "CERTNODE_LOG_KEY")
 	return cmd
+}
+
+// checkProof checks, when proofFile is given, that the valid receipt doc
+// is in the transparency log the key vkey signs for.
+func checkProof(out io.Writer, doc []byte, proofFile, vkey string) error {
+	if proofFile == "" {
+		return nil
+	}
+	key, err := readVerifierKey(vkey)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	b, err := os.ReadFile(proofFile)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	var p schemas.InclusionProof
+	if err := json.Unmarshal(b, &p, json.RejectUnknownMembers(false)); err != nil {
+		return usageErr("%s: not an inclusion proof: %v", proofFile, err)
+	}
+	var r struct {
+		ReceiptID string `json:"receipt_id"`
+	}
+	json.Unmarshal(doc, &r, json.RejectUnknownMembers(false))
+	if r.ReceiptID == "" {
+		fmt.Fprintln(out, "log: invalid: the receipt has no receipt_id, which its leaf is made of")
+		return silentExit(exitInvalid)
+	}
+	cp, err := transparency.VerifyInclusion(r.ReceiptID, &p, key)
+	if err != nil {
+		fmt.Fprintf(out, "log: invalid: %v\n", err)
+		return silentExit(exitInvalid)
+	}
+	fmt.Fprintf(out, "log: leaf %d of %s's tree of %d, in a checkpoint its key signed\n", p.LeafIndex, cp.Origin, cp.Size)
+	return nil
 }
 
 // checkReport says what a valid receipt holds when it is a compliance

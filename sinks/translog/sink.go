@@ -1,0 +1,396 @@
+// Package translog keeps the transparency log of receipts: every receipt
+// the service signed, read from certnode.receipts, is appended to an
+// append-only Merkle tree (RFC 6962 hashing) by transparency-dev/tessera,
+// whose POSIX driver writes it as C2SP tlog-tiles with a checkpoint signed
+// as a C2SP note every second. The files are static: Handler serves them,
+// with an index from receipt_id to leaf that ingest asks to build proofs.
+//
+// One log serves the whole deployment: a leaf is schemas.ReceiptLeaf, a
+// hash of the receipt, so the log holds no organization's data, one HSM
+// signature a second covers every organization, and a monitor follows one
+// tree. Run exactly one log process per directory.
+package translog
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/storage/posix"
+	"github.com/twmb/franz-go/pkg/kgo"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/schemas"
+)
+
+// Config configures the log.
+type Config struct {
+	Kafka kafka.Config
+	Group string
+	// Dir holds the tree (tiles, entry bundles, checkpoint) under log/ and
+	// the receipt index in index.db.
+	Dir string
+	// Signer signs the checkpoints; its name is the log's origin. VerifierKey
+	// is its note verifier key, served at /key.
+	Signer      note.Signer
+	VerifierKey string
+	// CheckpointInterval is how often a grown tree gets a new checkpoint
+	// (default 1s; at least 100ms).
+	CheckpointInterval time.Duration
+	// BatchRecords bounds the results appended, and committed, at once.
+	BatchRecords int
+	// AttemptTimeout bounds each append and offset commit; a failed one
+	// is retried with backoff.
+	AttemptTimeout time.Duration
+	// Registerer receives the log's metrics (nil: not registered).
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns a config with every field but the brokers, the
+// directory and the signer set.
+func DefaultConfig() Config {
+	return Config{Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1}, Group: "certnode-translog",
+		CheckpointInterval: time.Second, BatchRecords: 5000, AttemptTimeout: time.Minute}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := c.Kafka.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Group == "" || c.Dir == "" {
+		errs = append(errs, errors.New("translog: group and directory are required"))
+	}
+	if c.Signer == nil || c.VerifierKey == "" {
+		errs = append(errs, errors.New("translog: a checkpoint signer and its verifier key are required"))
+	}
+	if c.CheckpointInterval < 100*time.Millisecond {
+		errs = append(errs, errors.New("translog: the checkpoint interval must be at least 100ms"))
+	}
+	if c.BatchRecords < 1 || c.AttemptTimeout <= 0 {
+		errs = append(errs, errors.New("translog: batch records and attempt timeout must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Why a result is not appended (label of certnode_translog_skipped_total).
+const (
+	SkipNotSigned = "not_signed" // a verification, or a failed sign
+	SkipLogged    = "logged"     // its receipt is in the log already
+	SkipBadResult = "bad_result" // not a result, or keyed by another tenant
+)
+
+type metrics struct {
+	appended  prometheus.Counter
+	skipped   *prometheus.CounterVec
+	integrate prometheus.Histogram
+	size      prometheus.Gauge
+}
+
+func newMetrics() metrics {
+	m := metrics{
+		appended: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_translog_appended_total",
+			Help: "Receipts appended to the transparency log."}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_translog_skipped_total",
+			Help: "Results not appended, by reason."}, []string{"reason"}),
+		integrate: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "certnode_translog_integrate_seconds",
+			Help:    "From a receipt's signing to its leaf in the tree (a checkpoint follows within the interval).",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
+		size: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_translog_tree_size",
+			Help: "Leaves in the tree."}),
+	}
+	for _, r := range []string{SkipNotSigned, SkipLogged, SkipBadResult} {
+		m.skipped.WithLabelValues(r)
+	}
+	return m
+}
+
+var indexBucket = []byte("receipts")
+
+// Sink appends receipts to the log.
+type Sink struct {
+	cfg      Config
+	topics   schemas.Topics
+	cl       *kgo.Client
+	app      *tessera.Appender
+	shutdown func(context.Context) error
+	stop     context.CancelFunc // the appender's context
+	db       *bolt.DB
+	size     uint64 // the largest leaf index appended here, plus one
+	log      *slog.Logger
+	m        metrics
+}
+
+// New opens the log in cfg.Dir and joins the consumer group.
+func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "log"), 0o755); err != nil {
+		return nil, fmt.Errorf("translog: %w", err)
+	}
+	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), log: slog.With("role", "translog"), m: newMetrics()}
+	var err error
+	if s.db, err = bolt.Open(filepath.Join(cfg.Dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
+		return nil, fmt.Errorf("translog: index (is another log running on %s?): %w", cfg.Dir, err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(indexBucket); return err }); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("translog: index: %w", err)
+	}
+	// The appender's goroutines outlive Run, whose last batch they
+	// integrate; Close stops them.
+	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
+	drv, err := posix.New(ctx, posix.Config{Path: filepath.Join(cfg.Dir, "log")})
+	if err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("translog: %w", err)
+	}
+	s.app, s.shutdown, _, err = tessera.NewAppender(ctx, drv, tessera.NewAppendOptions().
+		WithCheckpointSigner(cfg.Signer).
+		WithCheckpointInterval(cfg.CheckpointInterval).
+		WithBatching(1024, 50*time.Millisecond).
+		WithAntispam(tessera.DefaultAntispamInMemorySize, nil))
+	if err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("translog: %w", err)
+	}
+	if s.cl, err = kafka.NewClient(cfg.Kafka, append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts), opts...)...); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.m.appended, s.m.skipped, s.m.integrate, s.m.size)
+	}
+	return s, nil
+}
+
+// Run appends until ctx ends; the batch in hand is appended and committed
+// first.
+func (s *Sink) Run(ctx context.Context) error {
+	work := context.WithoutCancel(ctx)
+	for ctx.Err() == nil {
+		fetches := s.cl.PollRecords(ctx, s.cfg.BatchRecords)
+		if fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			}
+		})
+		if recs := fetches.Records(); len(recs) > 0 {
+			if err := s.append(work, ctx, recs); err != nil {
+				s.cl.AllowRebalance()
+				return err
+			}
+		}
+		s.cl.AllowRebalance()
+	}
+	return nil
+}
+
+// entry is a receipt to log.
+type entry struct {
+	receiptID, org string
+	signed         time.Time
+}
+
+// entries picks the receipts of recs not logged yet, each once.
+func (s *Sink) entries(recs []*kgo.Record) ([]entry, error) {
+	var out []entry
+	seen := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(indexBucket)
+		for _, rec := range recs {
+			res, err := schemas.DecodeResult(rec.Value)
+			if err == nil && string(rec.Key) != res.Tenant {
+				err = fmt.Errorf("record key %q, result tenant %q", rec.Key, res.Tenant)
+			}
+			switch {
+			case err != nil:
+				s.m.skipped.WithLabelValues(SkipBadResult).Inc()
+				s.log.Warn("result skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			case res.Kind != schemas.KindSign || res.Status != schemas.StatusSigned || res.ReceiptID == "":
+				s.m.skipped.WithLabelValues(SkipNotSigned).Inc()
+			case seen[res.ReceiptID] || b.Get([]byte(res.ReceiptID)) != nil:
+				s.m.skipped.WithLabelValues(SkipLogged).Inc()
+			default:
+				seen[res.ReceiptID] = true
+				signed, _ := schemas.TrustedTime(res.ProcessedAt, rec.Timestamp)
+				out = append(out, entry{receiptID: res.ReceiptID, org: res.Tenant, signed: signed})
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// append logs the receipts of recs, records their leaves in the index and
+// commits recs, retrying each step until it succeeds. It gives up only
+// when stop ends and a step keeps failing, leaving the offsets
+// uncommitted: the next run appends what was not indexed (a crash between
+// the tree and the index appends a receipt twice, harmlessly: its proof
+// names the first leaf).
+func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
+	es, err := s.entries(recs)
+	if err != nil {
+		return err
+	}
+	idx := make([]uint64, len(es))
+	if err := kafka.Retry(stop, s.log, "append", func() error {
+		actx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+		defer cancel()
+		futures := make([]tessera.IndexFuture, len(es))
+		for i, e := range es {
+			// A retry adds the same leaves: the appender knows them.
+			futures[i] = s.app.Add(actx, tessera.NewEntry(schemas.ReceiptLeaf(e.receiptID)))
+		}
+		for i, f := range futures {
+			at, err := await(actx, f)
+			if err != nil {
+				return err
+			}
+			idx[i] = at.Index
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	now := time.Now()
+	if err := kafka.Retry(stop, s.log, "index", func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(indexBucket)
+			for i, e := range es {
+				if b.Get([]byte(e.receiptID)) != nil {
+					continue
+				}
+				if err := b.Put([]byte(e.receiptID), binary.BigEndian.AppendUint64(nil, idx[i])); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+	for i, e := range es {
+		s.m.appended.Inc()
+		s.m.integrate.Observe(now.Sub(e.signed).Seconds())
+		s.size = max(s.size, idx[i]+1)
+	}
+	s.m.size.Set(float64(s.size))
+	return kafka.Retry(stop, s.log, "commit", func() error {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+		defer cancel()
+		err := s.cl.CommitRecords(cctx, recs...)
+		if kafka.LostMembership(err) {
+			s.log.Warn("partitions moved to another member before the commit", "records", len(recs), "err", err)
+			return nil // the next owner finds them in the index
+		}
+		return err
+	})
+}
+
+// await waits for an entry's leaf until ctx ends: a future has no
+// deadline of its own.
+func await(ctx context.Context, f tessera.IndexFuture) (tessera.Index, error) {
+	type answer struct {
+		at  tessera.Index
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() { at, err := f(); ch <- answer{at, err} }()
+	select {
+	case a := <-ch:
+		return a.at, a.err
+	case <-ctx.Done():
+		return tessera.Index{}, fmt.Errorf("translog: waiting for a leaf: %w", ctx.Err())
+	}
+}
+
+// Index returns a logged receipt's leaf index.
+func (s *Sink) Index(receiptID string) (uint64, bool) {
+	var at uint64
+	var ok bool
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(indexBucket).Get([]byte(receiptID)); len(v) == 8 {
+			at, ok = binary.BigEndian.Uint64(v), true
+		}
+		return nil
+	})
+	return at, ok
+}
+
+// Handler serves the log: the tlog-tiles files (checkpoint, tile/...,
+// tile/entries/...), the checkpoint's verifier key at /key, and
+// /index/{receipt_id} ({"index": n}) for ingest. Full tiles never change;
+// the checkpoint and partial tiles do.
+func (s *Sink) Handler() http.Handler {
+	files := http.FileServer(http.Dir(filepath.Join(s.cfg.Dir, "log")))
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /key", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, s.cfg.VerifierKey)
+	})
+	mux.HandleFunc("GET /index/{receipt_id}", func(w http.ResponseWriter, r *http.Request) {
+		at, ok := s.Index(r.PathValue("receipt_id"))
+		if !ok {
+			http.Error(w, `{"error":{"code":"not_found","message":"no such receipt in the log"}}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.MarshalWrite(w, map[string]uint64{"index": at})
+	})
+	serve := func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case strings.Contains(p, "/.") || strings.HasPrefix(p, "/."): // the driver's private state
+			http.NotFound(w, r)
+			return
+		case p == "/checkpoint" || strings.Contains(p, ".p/"):
+			w.Header().Set("Cache-Control", "no-cache")
+		default:
+			w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if r.URL.Path == "/checkpoint" {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		}
+		files.ServeHTTP(w, r)
+	}
+	mux.HandleFunc("GET /checkpoint", serve)
+	mux.HandleFunc("GET /tile/", serve)
+	return mux
+}
+
+// Close stops the appender (publishing what it holds), leaves the group
+// and closes the index.
+func (s *Sink) Close() {
+	if s.cl != nil {
+		s.cl.Close()
+	}
+	if s.shutdown != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := s.shutdown(ctx); err != nil {
+			s.log.Warn("log shutdown", "err", err)
+		}
+		cancel()
+	}
+	if s.stop != nil {
+		s.stop()
+	}
+	s.db.Close()
+}
