@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,13 @@ type Report struct {
 	VerifyP50, VerifyP99     time.Duration
 	SignErrors, VerifyErrors int
 	Rate                     int
+	// Logged is the rate at which the bulk sign job's receipts were all in
+	// a signed checkpoint of the transparency log, from the job's start;
+	// LogP50 and LogP99 time single receipts from their signing to such a
+	// checkpoint. Zero when the API serves no log.
+	Logged         float64
+	LogLag         time.Duration // from the job's last result to its last receipt in a checkpoint
+	LogP50, LogP99 time.Duration
 }
 
 // Algs are the receipt algorithms, in the order their figures are printed.
@@ -141,12 +149,23 @@ func Load(ctx context.Context, cfg LoadConfig) (*Report, error) {
 	for i := 0; i < cfg.JobLines; i++ {
 		fmt.Fprintf(&in, `{"bench":true,"i":%d,"tenant_ref":"acct-%d","amount":%d.25,"items":[{"sku":"A-1","qty":2}]}`+"\n", i, i%97, i)
 	}
+	logged, hasLog := c.logSize(ctx)
 	start := time.Now()
 	receipts, err := c.job(ctx, "sign", in.Bytes(), cfg.JobLines)
 	if err != nil {
 		return nil, fmt.Errorf("sign job: %w", err)
 	}
 	r.JobSign = float64(cfg.JobLines) / time.Since(start).Seconds()
+	if hasLog {
+		done := time.Now()
+		if err := c.waitLogged(ctx, logged+uint64(cfg.JobLines), 2*time.Minute); err != nil {
+			return nil, err
+		}
+		r.Logged, r.LogLag = float64(cfg.JobLines)/time.Since(start).Seconds(), time.Since(done)
+		if r.LogP50, r.LogP99, err = c.logLatency(ctx, 20); err != nil {
+			return nil, err
+		}
+	}
 	if r.Alg, err = receiptsAlg(receipts); err != nil {
 		return nil, fmt.Errorf("sign job: %w", err)
 	}
@@ -183,6 +202,10 @@ func (r *Report) Print(w io.Writer) {
 	raw, c := r.Raw[r.Alg], Curve(r.Alg)
 	fmt.Fprintf(w, "bulk sign   : %9.0f receipts/min  (%.3f x raw %s sign)\n", r.JobSign*60, r.JobSign/raw.Sign, c)
 	fmt.Fprintf(w, "bulk verify : %9.0f receipts/min  (%.3f x raw %s verify)\n", r.JobVerify*60, r.JobVerify/raw.Verify, c)
+	if r.Logged > 0 {
+		fmt.Fprintf(w, "transparency log: the bulk job's receipts all in a signed checkpoint %v after its last result (%.0f receipts/min from its start, %.3f x the bulk sign rate); one receipt from its signing to a checkpoint: p50 %v  p99 %v\n",
+			r.LogLag.Round(time.Millisecond), r.Logged*60, r.Logged/r.JobSign, r.LogP50.Round(time.Millisecond), r.LogP99.Round(time.Millisecond))
+	}
 	fmt.Fprintf(w, "POST /v1/sign   at %d req/s: p50 %v  p99 %v  errors %d\n", r.Rate, r.SignP50.Round(10*time.Microsecond), r.SignP99.Round(10*time.Microsecond), r.SignErrors)
 	fmt.Fprintf(w, "POST /v1/verify at %d req/s: p50 %v  p99 %v  errors %d\n", r.Rate, r.VerifyP50.Round(10*time.Microsecond), r.VerifyP99.Round(10*time.Microsecond), r.VerifyErrors)
 }
@@ -323,4 +346,60 @@ func (c *client) fixedRate(ctx context.Context, rate int, d time.Duration, path 
 	}
 	wg.Wait()
 	return lat, errs
+}
+
+// logSize is the tree size of the log's latest checkpoint; false when the
+// API serves no log.
+func (c *client) logSize(ctx context.Context) (uint64, bool) {
+	resp, err := c.req(ctx, "GET", "/v1/log/checkpoint", "", nil)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	lines := strings.Split(string(b), "\n")
+	if resp.StatusCode != 200 || len(lines) < 3 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(lines[1], 10, 64)
+	return n, err == nil
+}
+
+// waitLogged waits until the log's checkpoint holds size leaves.
+func (c *client) waitLogged(ctx context.Context, size uint64, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if n, _ := c.logSize(ctx); n >= size {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			n, _ := c.logSize(ctx)
+			return fmt.Errorf("the log holds %d leaves after %v, want %d", n, limit, size)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logLatency signs n receipts one at a time and times each from its
+// answer to the first checkpoint that holds it.
+func (c *client) logLatency(ctx context.Context, n int) (p50, p99 time.Duration, err error) {
+	var lat []time.Duration
+	for i := range n {
+		before, _ := c.logSize(ctx)
+		resp, err := c.req(ctx, "POST", "/v1/sign", "application/json", strings.NewReader(fmt.Sprintf(`{"payload":{"log_latency":%d}}`, i)))
+		if err != nil {
+			return 0, 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		signed := time.Now()
+		if resp.StatusCode != 200 {
+			return 0, 0, fmt.Errorf("sign: %d", resp.StatusCode)
+		}
+		if err := c.waitLogged(ctx, before+1, time.Minute); err != nil {
+			return 0, 0, err
+		}
+		lat = append(lat, time.Since(signed))
+	}
+	return percentile(lat, 50), percentile(lat, 99), nil
 }
