@@ -115,13 +115,10 @@ func (c *Client) checkpoint(ctx context.Context) ([]byte, *log.Checkpoint, error
 	if err != nil {
 		return nil, nil, err
 	}
+	// What the log serves, even a smaller tree: monitors reading it
+	// through the API must see a log that went back.
 	c.mu.Lock()
-	// Never go back to an older tree than one already served.
-	if c.cp == nil || cp.Size >= c.cp.Size {
-		c.cpRaw, c.cp = raw, cp
-	}
-	c.cpRead = time.Now()
-	raw, cp = c.cpRaw, c.cp
+	c.cpRaw, c.cp, c.cpRead = raw, cp, time.Now()
 	c.mu.Unlock()
 	return raw, cp, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +25,30 @@ import (
 	"github.com/certnode/certnode/sinks/translog"
 	"github.com/certnode/certnode/transparency"
 )
+
+// tessera logs through klog: its lines go to the default slog logger, as
+// it is when each is written. Set once, before any log starts: klog's
+// setting is a global its goroutines read.
+func init() {
+	klog.SetSlogLogger(slog.New(defaultHandler{attrs: []slog.Attr{slog.String("component", "tessera")}}))
+}
+
+// defaultHandler hands each record to slog.Default's handler.
+type defaultHandler struct{ attrs []slog.Attr }
+
+func (h defaultHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return slog.Default().Handler().Enabled(ctx, l)
+}
+
+func (h defaultHandler) Handle(ctx context.Context, r slog.Record) error {
+	return slog.Default().Handler().WithAttrs(h.attrs).Handle(ctx, r)
+}
+
+func (h defaultHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return defaultHandler{attrs: append(slices.Clone(h.attrs), as...)}
+}
+
+func (h defaultHandler) WithGroup(string) slog.Handler { return h } // klog's keys stay flat
 
 // noteSigner signs checkpoints with an Ed25519 key of the HSM (or a
 // software key in dev): the C2SP note algorithm every verifier knows.
@@ -107,7 +132,6 @@ func newLogServeCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			klog.SetSlogLogger(slog.Default().With("component", "tessera"))
 			sink, err := translog.New(cmd.Context(), cfg)
 			if err != nil {
 				return usageErr("%v", err)
@@ -243,7 +267,6 @@ func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, reg prom
 	}
 	cfg := translog.DefaultConfig()
 	cfg.Kafka, cfg.Group, cfg.Dir, cfg.Signer, cfg.VerifierKey, cfg.Registerer = kcfg, prefix+"-translog", filepath.Join(dir, "translog"), s, vkey, reg
-	klog.SetSlogLogger(slog.Default().With("component", "tessera"))
 	sink, err := translog.New(ctx, cfg)
 	if err != nil {
 		return nil, nil, nil, err

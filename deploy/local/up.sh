@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full system on one machine, each part its own process: real Kafka,
 # ClickHouse and SoftHSM2, plus `certnode worker` (signing in the HSM),
-# `certnode sink clickhouse`, `certnode sink usage` and `certnode ingest` on
-# 127.0.0.1:8080.
+# `certnode sink clickhouse`, `certnode sink usage`, `certnode log serve` (the
+# transparency log, its checkpoints signed by an Ed25519 key in the HSM) and
+# `certnode ingest` on 127.0.0.1:8080.
 # usage: up.sh [down|status]   (state and logs in $CERTNODE_LOCAL/up)
 source "$(dirname "$0")/lib.sh"
 here="$(dirname "$0")"
@@ -11,11 +12,11 @@ UP="$CERTNODE_LOCAL/up"
 HTTP="${CERTNODE_HTTP:-127.0.0.1:8080}"
 RING="$UP/keyring"
 
-roles=(worker sink usage ingest)
+roles=(worker sink usage log ingest)
 
 down() {
   local r
-  for r in ingest usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
+  for r in ingest log usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
 }
 
 status() {
@@ -57,11 +58,18 @@ up() {
   [ -f "$RING/ring.json" ] ||
     "$bin" keys generate --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" >/dev/null
 
+  # The transparency log's checkpoint key, inside the HSM too.
+  local loghsm=(--pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label certnode-log)
+  "$bin" log key "${loghsm[@]}" >"$UP/log.vkey" 2>/dev/null ||
+    { "$bin" keys generate --alg EdDSA "${loghsm[@]}" >/dev/null && "$bin" log key "${loghsm[@]}" >"$UP/log.vkey"; }
+
   export CERTNODE_KAFKA=127.0.0.1:9092 CERTNODE_TENANTS_FILE="$UP/tenants.json" CERTNODE_INTERNAL_SECRET_FILE="$UP/internal.secret"
   start_role worker worker --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9101
   start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
   start_role usage sink usage --metrics 127.0.0.1:9103
-  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 --exports-dir "$UP/exports"
+  start_role log log serve --dir "$UP/translog" --http 127.0.0.1:9106 "${loghsm[@]}"
+  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 --exports-dir "$UP/exports" \
+    --log http://127.0.0.1:9106 --log-key "$UP/log.vkey"
   local i
   for ((i = 0; i < 120; i++)); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break
@@ -69,7 +77,7 @@ up() {
     sleep 0.25
   done
   status
-  log "API on http://$HTTP; API key in $UP/credentials.json; logs in $UP/*.log; stop with: $0 down"
+  log "API on http://$HTTP; API key in $UP/credentials.json; the log's verifier key in $UP/log.vkey; logs in $UP/*.log; stop with: $0 down"
 }
 
 case "${1:-up}" in
