@@ -109,6 +109,16 @@ func TestCluster(t *testing.T) {
 		return true, ""
 	})
 
+	// Its answers carry the security headers.
+	resp, err := http.Get("http://" + n2.Addr() + "/v1/admin/orgs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Fatalf("security headers: %v", resp.Header)
+	}
+
 	// Writes through a follower are forwarded to the leader.
 	if code, body := n2.do(t, "POST", "/v1/admin/orgs", testAdmin, `{"id":"acme","name":"Acme","settings":{"brand_color":"#112233"}}`); code != 201 {
 		t.Fatalf("create org via a follower: %d %s", code, body)

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/certnode/certnode/internal/egress"
+	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/tenants"
 )
 
@@ -86,7 +87,7 @@ func NewServer(cfg Config) (*Server, error) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route")
 	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
+	s.srv = &http.Server{Handler: httpsec.Handler(mux), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
 	return s, nil
 }
 

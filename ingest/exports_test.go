@@ -275,3 +275,25 @@ func TestExportAudit(t *testing.T) {
 	ts.do("GET", "/v1/exports/audit_events?status=x"+rng, keyA, "").expect(t, "a filter", 400, "invalid_export")
 	ts.do("GET", "/v1/exports/audit_events?cursor=seven"+rng, keyA, "").expect(t, "a bad cursor", 400, "invalid_export")
 }
+
+// Every answer carries the security headers; the dashboard keeps its own
+// content policy.
+func TestSecurityHeaders(t *testing.T) {
+	page := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Security-Policy", "default-src 'self'")
+		w.Write([]byte("<html></html>"))
+	})
+	ts := startServer(t, func(_ *Config, d *Deps) { d.Console = page })
+	for path, csp := range map[string]string{
+		"/healthz": "default-src 'none'; frame-ancestors 'none'", "/v1/nothing": "default-src 'none'; frame-ancestors 'none'",
+		"/v1/exports/results": "default-src 'none'; frame-ancestors 'none'", ConsolePrefix: "default-src 'self'",
+	} {
+		a := ts.do("GET", path, keyA, "")
+		if a.header.Get("X-Content-Type-Options") != "nosniff" || a.header.Get("X-Frame-Options") != "DENY" || a.header.Get("Referrer-Policy") != "no-referrer" {
+			t.Errorf("%s: %d %v", path, a.status, a.header)
+		}
+		if v := a.header.Values("Content-Security-Policy"); len(v) != 1 || v[0] != csp {
+			t.Errorf("%s: CSP %q, want %q", path, v, csp)
+		}
+	}
+}

@@ -26,6 +26,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"golang.org/x/time/rate"
 
+	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
@@ -333,6 +334,8 @@ func (s *Server) Close() {
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	name := s.dispatch(ctx)
+	h := &ctx.Response.Header
+	httpsec.Add(func(n string) bool { return h.Peek(n) != nil }, h.Set, ctx.IsTLS())
 	s.m.requests.WithLabelValues(name, strconv.Itoa(ctx.Response.StatusCode())).Inc()
 	s.m.latency.WithLabelValues(name).Observe(time.Since(start).Seconds())
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/deliveries"
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
@@ -126,7 +127,7 @@ func serveHTTP(addr string, h http.Handler) func(context.Context) error {
 // serveOn serves h on ln until ctx ends.
 func serveOn(ln net.Listener, h http.Handler) func(context.Context) error {
 	return func(ctx context.Context) error {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: httpsec.Handler(h), ReadHeaderTimeout: 5 * time.Second}
 		go func() { <-ctx.Done(); srv.Shutdown(context.WithoutCancel(ctx)) }()
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
