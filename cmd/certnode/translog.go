@@ -84,6 +84,26 @@ func (s *noteSigner) Sign(msg []byte) ([]byte, error) {
 	return s.key.Sign(ctx, msg)
 }
 
+// noteSigner opens the selected lone key as the log's checkpoint signer
+// under origin; the caller calls release.
+func (k *keyFlags) noteSigner(origin string) (*noteSigner, string, error) {
+	k.needsKey = true
+	k.preferExplicit(false)
+	if err := k.validate(); err != nil {
+		return nil, "", err
+	}
+	key, err := k.open()
+	if err != nil {
+		return nil, "", err
+	}
+	s, vkey, err := newNoteSigner(origin, key)
+	if err != nil {
+		k.release()
+		return nil, "", usageErr("%v", err)
+	}
+	return s, vkey, nil
+}
+
 func newLogCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "log", Short: "The transparency log of receipts: run it, print its key, monitor it"}
 	cmd.AddCommand(newLogServeCmd(), newLogKeyCmd(), newLogMonitorCmd())
@@ -109,20 +129,11 @@ func newLogServeCmd() *cobra.Command {
 			"(/index/ID) that ingest (--log URL) builds proofs from, with /metrics. Run one per --dir.\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			keys.needsKey = true
-			keys.preferExplicit(false)
-			if err := keys.validate(); err != nil {
-				return err
-			}
-			key, err := keys.open()
+			s, vkey, err := keys.noteSigner(origin)
 			if err != nil {
 				return err
 			}
 			defer keys.release()
-			s, vkey, err := newNoteSigner(origin, key)
-			if err != nil {
-				return usageErr("%v", err)
-			}
 			cfg.Kafka, cfg.Group, cfg.Signer, cfg.VerifierKey = kf.config(), kf.prefix+"-translog", s, vkey
 			reg := newRegistry()
 			cfg.Registerer = reg
@@ -167,20 +178,11 @@ func newLogKeyCmd() *cobra.Command {
 			"--token and --label) under --origin: what certnode verify --proof and certnode log monitor take.\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			keys.needsKey = true
-			keys.preferExplicit(false)
-			if err := keys.validate(); err != nil {
-				return err
-			}
-			key, err := keys.open()
+			_, vkey, err := keys.noteSigner(origin)
 			if err != nil {
 				return err
 			}
 			defer keys.release()
-			_, vkey, err := newNoteSigner(origin, key)
-			if err != nil {
-				return usageErr("%v", err)
-			}
 			fmt.Fprintln(cmd.OutOrStdout(), vkey)
 			return nil
 		},

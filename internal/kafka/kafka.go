@@ -189,6 +189,50 @@ func Retry(stop context.Context, log *slog.Logger, what string, f func() error) 
 	}
 }
 
+// EachBatch polls up to max records at a time until ctx ends, and hands
+// each batch to handle, which the group does not rebalance under: the
+// loop of a sink that commits what it handled. handle runs on a context
+// that outlives ctx, so that the batch in hand finishes; its error ends
+// the loop.
+func EachBatch(ctx context.Context, cl *kgo.Client, max int, log *slog.Logger, handle func(work context.Context, recs []*kgo.Record) error) error {
+	work := context.WithoutCancel(ctx)
+	for ctx.Err() == nil {
+		fetches := cl.PollRecords(ctx, max)
+		if fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			}
+		})
+		if recs := fetches.Records(); len(recs) > 0 {
+			if err := handle(work, recs); err != nil {
+				cl.AllowRebalance()
+				return err
+			}
+		}
+		cl.AllowRebalance()
+	}
+	return nil
+}
+
+// Commit commits recs, each attempt bounded by timeout, retrying until it
+// succeeds or stop ends. Partitions that moved to another member meanwhile
+// are not an error: the new owner handles those records again.
+func Commit(ctx, stop context.Context, cl *kgo.Client, log *slog.Logger, timeout time.Duration, recs []*kgo.Record) error {
+	return Retry(stop, log, "commit", func() error {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		err := cl.CommitRecords(cctx, recs...)
+		if LostMembership(err) {
+			log.Warn("partitions moved to another member before the commit", "records", len(recs), "err", err)
+			return nil
+		}
+		return err
+	})
+}
+
 // ProduceAcked produces *recs and waits for the broker's acknowledgement,
 // calling acked for each record acknowledged and leaving in *recs only
 // those that failed, for the next attempt.

@@ -181,26 +181,9 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 // Run appends until ctx ends; the batch in hand is appended and committed
 // first.
 func (s *Sink) Run(ctx context.Context) error {
-	work := context.WithoutCancel(ctx)
-	for ctx.Err() == nil {
-		fetches := s.cl.PollRecords(ctx, s.cfg.BatchRecords)
-		if fetches.IsClientClosed() {
-			return nil
-		}
-		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-			}
-		})
-		if recs := fetches.Records(); len(recs) > 0 {
-			if err := s.append(work, ctx, recs); err != nil {
-				s.cl.AllowRebalance()
-				return err
-			}
-		}
-		s.cl.AllowRebalance()
-	}
-	return nil
+	return kafka.EachBatch(ctx, s.cl, s.cfg.BatchRecords, s.log, func(work context.Context, recs []*kgo.Record) error {
+		return s.append(work, ctx, recs)
+	})
 }
 
 // entry is a receipt to log.
@@ -293,16 +276,7 @@ func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
 		s.size = max(s.size, idx[i]+1)
 	}
 	s.m.size.Set(float64(s.size))
-	return kafka.Retry(stop, s.log, "commit", func() error {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
-		defer cancel()
-		err := s.cl.CommitRecords(cctx, recs...)
-		if kafka.LostMembership(err) {
-			s.log.Warn("partitions moved to another member before the commit", "records", len(recs), "err", err)
-			return nil // the next owner finds them in the index
-		}
-		return err
-	})
+	return kafka.Commit(ctx, stop, s.cl, s.log, s.cfg.AttemptTimeout, recs) // a new owner finds them in the index
 }
 
 // await waits for an entry's leaf until ctx ends: a future has no

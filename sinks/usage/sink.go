@@ -147,26 +147,9 @@ func New(cfg Config, opts ...kgo.Opt) (*Sink, error) {
 // Run consumes and publishes until ctx ends; the batch in hand is
 // published and committed first.
 func (s *Sink) Run(ctx context.Context) error {
-	work := context.WithoutCancel(ctx)
-	for ctx.Err() == nil {
-		fetches := s.cl.PollRecords(ctx, s.cfg.BatchRecords)
-		if fetches.IsClientClosed() {
-			return nil
-		}
-		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-			}
-		})
-		if recs := fetches.Records(); len(recs) > 0 {
-			if err := s.publish(work, ctx, recs); err != nil {
-				s.cl.AllowRebalance()
-				return err
-			}
-		}
-		s.cl.AllowRebalance()
-	}
-	return nil
+	return kafka.EachBatch(ctx, s.cl, s.cfg.BatchRecords, s.log, func(work context.Context, recs []*kgo.Record) error {
+		return s.publish(work, ctx, recs)
+	})
 }
 
 // events maps result records to usage event records.
@@ -217,18 +200,9 @@ func (s *Sink) publish(ctx, stop context.Context, recs []*kgo.Record) error {
 	}); err != nil {
 		return err
 	}
-	return kafka.Retry(stop, s.log, "commit", func() error {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
-		defer cancel()
-		err := s.cl.CommitRecords(cctx, recs...)
-		if kafka.LostMembership(err) {
-			// The events are published; the new owner publishes them
-			// again, and consumers keep one of each id.
-			s.log.Warn("partitions moved to another member before the commit", "records", len(recs), "err", err)
-			return nil
-		}
-		return err
-	})
+	// Published events the next owner publishes again are kept once by
+	// consumers (their ids).
+	return kafka.Commit(ctx, stop, s.cl, s.log, s.cfg.AttemptTimeout, recs)
 }
 
 // Close leaves the group and closes the client.
