@@ -155,17 +155,15 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	// integrate; Close stops them.
 	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
 	drv, err := posix.New(ctx, posix.Config{Path: filepath.Join(cfg.Dir, "log")})
-	if err != nil {
-		s.db.Close()
-		return nil, fmt.Errorf("translog: %w", err)
+	if err == nil {
+		s.app, s.shutdown, _, err = tessera.NewAppender(ctx, drv, tessera.NewAppendOptions().
+			WithCheckpointSigner(cfg.Signer).
+			WithCheckpointInterval(cfg.CheckpointInterval).
+			WithBatching(1024, 50*time.Millisecond).
+			WithAntispam(tessera.DefaultAntispamInMemorySize, nil))
 	}
-	s.app, s.shutdown, _, err = tessera.NewAppender(ctx, drv, tessera.NewAppendOptions().
-		WithCheckpointSigner(cfg.Signer).
-		WithCheckpointInterval(cfg.CheckpointInterval).
-		WithBatching(1024, 50*time.Millisecond).
-		WithAntispam(tessera.DefaultAntispamInMemorySize, nil))
 	if err != nil {
-		s.db.Close()
+		s.Close()
 		return nil, fmt.Errorf("translog: %w", err)
 	}
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts), opts...)...); err != nil {
