@@ -2,7 +2,6 @@ package transparency
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -79,8 +78,11 @@ func (c *Client) VerifierKey(ctx context.Context) (string, error) {
 		return c.vkey, nil
 	}
 	b, code, err := c.get(ctx, "key")
-	if err != nil || code != http.StatusOK {
-		return "", fmt.Errorf("transparency: the log's key: %d %v", code, err)
+	if err == nil && code != http.StatusOK {
+		err = fmt.Errorf("answered %d", code)
+	}
+	if err != nil {
+		return "", fmt.Errorf("transparency: the log's key: %w", err)
 	}
 	c.vkey = strings.TrimSpace(string(b))
 	return c.vkey, nil
@@ -123,23 +125,6 @@ func (c *Client) checkpoint(ctx context.Context) ([]byte, *log.Checkpoint, error
 	return raw, cp, nil
 }
 
-// readTile reads a tile as of a tree size: a partial tile the log has
-// since completed (and deleted) is the completed tile's first hashes.
-func (c *Client) readTile(ctx context.Context, level, index uint64, p uint8) ([]byte, error) {
-	t, err := c.fetch.ReadTile(ctx, level, index, p)
-	if p == 0 || !errors.Is(err, os.ErrNotExist) {
-		return t, err
-	}
-	full, err := c.fetch.ReadTile(ctx, level, index, 0)
-	if err != nil {
-		return nil, err
-	}
-	if n := int(p) * sha256.Size; len(full) >= n { // a tile is its hashes, one after another
-		return full[:n], nil
-	}
-	return nil, fmt.Errorf("transparency: tile %d/%d holds %d bytes, fewer than the %d hashes asked", level, index, len(full), p)
-}
-
 // Proof proves receiptID is in the log's latest checkpoint; ErrNotLogged
 // when it is not (yet).
 func (c *Client) Proof(ctx context.Context, receiptID string) (*schemas.InclusionProof, error) {
@@ -165,7 +150,7 @@ func (c *Client) Proof(ctx context.Context, receiptID string) (*schemas.Inclusio
 	if at.Index >= cp.Size {
 		return nil, fmt.Errorf("%w: leaf %d is past the checkpoint's %d leaves; it is in the next one", schemas.ErrNotLogged, at.Index, cp.Size)
 	}
-	pb, err := client.NewProofBuilder(ctx, cp.Size, c.readTile)
+	pb, err := client.NewProofBuilder(ctx, cp.Size, c.fetch.ReadTile)
 	if err != nil {
 		return nil, fmt.Errorf("transparency: %w", err)
 	}
@@ -197,7 +182,7 @@ func (c *Client) Consistency(ctx context.Context, from, to uint64) (*schemas.Con
 	if from > out.To || out.To > cp.Size || from == 0 {
 		return nil, fmt.Errorf("%w: from %d and to %d must be 1 <= from <= to <= %d, the log's size", schemas.ErrBadTreeSize, from, out.To, cp.Size)
 	}
-	pb, err := client.NewProofBuilder(ctx, out.To, c.readTile)
+	pb, err := client.NewProofBuilder(ctx, out.To, c.fetch.ReadTile)
 	if err != nil {
 		return nil, fmt.Errorf("transparency: %w", err)
 	}

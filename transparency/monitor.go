@@ -120,8 +120,9 @@ type Observation struct {
 }
 
 // Check polls once: the latest checkpoint, checked against the key and
-// the last one seen. ErrFork and ErrRewound are the log's misbehaviour;
-// other errors are the monitor's trouble reaching it.
+// the last one seen. ErrFork and ErrRewound are the log's misbehaviour,
+// proved by checkpoints its key signed; other errors (unreachable, an
+// answer that is no signed checkpoint or no proof) prove nothing.
 func (m *Monitor) Check(ctx context.Context) (Observation, error) {
 	raw, err := m.get(ctx, "v1/log/checkpoint", nil)
 	if err != nil {
@@ -129,7 +130,9 @@ func (m *Monitor) Check(ctx context.Context) (Observation, error) {
 	}
 	cp, err := OpenCheckpoint(raw, m.cfg.VerifierKey)
 	if err != nil {
-		return Observation{}, err // a checkpoint the key does not sign proves nothing either way
+		// Not the log's checkpoint (a proxy's page, another log): it
+		// proves nothing either way.
+		return Observation{}, fmt.Errorf("transparency: the answer is no checkpoint of this log: %v", err)
 	}
 	obs := Observation{Size: cp.Size}
 	if m.last != nil {
@@ -150,6 +153,9 @@ func (m *Monitor) Check(ctx context.Context) (Observation, error) {
 			}
 			if p.From != m.last.Size || p.To != cp.Size {
 				return obs, fmt.Errorf("transparency: asked a proof of %d..%d, got %d..%d", m.last.Size, cp.Size, p.From, p.To)
+			}
+			if _, err := decodeHashes(p.Hashes); err != nil {
+				return obs, fmt.Errorf("transparency: a malformed consistency proof: %v", err) // not a proof at all
 			}
 			if err := VerifyConsistency(m.last, cp, p.Hashes); err != nil {
 				return obs, fmt.Errorf("%w: %v\nbefore:\n%s\nnow:\n%s", ErrFork, err, m.lastRaw, raw)
@@ -174,7 +180,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	for {
 		obs, err := m.Check(ctx)
 		switch {
-		case errors.Is(err, ErrFork) || errors.Is(err, ErrRewound) || errors.Is(err, ErrBadProof):
+		case errors.Is(err, ErrFork) || errors.Is(err, ErrRewound):
 			return err
 		case err != nil:
 			m.cfg.Logger.Warn("log monitor: cannot check the log", "err", err)

@@ -280,6 +280,13 @@ func TestMonitor(t *testing.T) {
 			t.Fatalf("%s: %v, want %v", c.name, err, c.want)
 		}
 	}
+	// An answer that is no checkpoint of the log proves nothing.
+	a.mu.Lock()
+	a.forced = []byte("<html>a proxy's error page</html>")
+	a.mu.Unlock()
+	if _, err := m2.Check(ctx); err == nil || errors.Is(err, ErrFork) || errors.Is(err, ErrRewound) {
+		t.Fatalf("a page that is no checkpoint: %v", err)
+	}
 	// Run stops at once on a fork.
 	a.mu.Lock()
 	a.forced = l.sign(cp.Size, other)

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,12 +64,16 @@ func newNoteSigner(name string, key signer.Key) (*noteSigner, string, error) {
 		return nil, "", errors.New("the log's key must be Ed25519 (keys generate --alg EdDSA): its checkpoints are C2SP notes every verifier checks")
 	}
 	vkey, err := note.NewEd25519VerifierKey(name, pub)
-	if err != nil {
-		return nil, "", fmt.Errorf("the log's origin %q: %w", name, err)
+	var v note.Verifier
+	if err == nil {
+		// The key is made whatever the name; a name with a space or a +
+		// gives one no verifier parses, and checkpoints no one can sign.
+		v, err = note.NewVerifier(vkey)
 	}
-	// C2SP signed-note: the key ID of an Ed25519 key.
-	sum := sha256.Sum256(append([]byte(name+"\n\x01"), pub...))
-	return &noteSigner{name: name, hash: binary.BigEndian.Uint32(sum[:4]), key: key}, vkey, nil
+	if err != nil {
+		return nil, "", fmt.Errorf("the log's origin %q (a host and path, without spaces or +): %w", name, err)
+	}
+	return &noteSigner{name: name, hash: v.KeyHash(), key: key}, vkey, nil
 }
 
 func (s *noteSigner) Name() string    { return s.name }
@@ -218,8 +220,9 @@ func newLogMonitorCmd() *cobra.Command {
 		Long: "Polls GET /v1/log/checkpoint of --url every --interval, checks each checkpoint's signature with\n" +
 			"--log-key (obtained out of band, never from the log watched), and checks each new one extends the\n" +
 			"last: a larger tree by a consistency proof (GET /v1/log/consistency), the same size by the same\n" +
-			"root. A fork or a smaller tree exits 1 with both checkpoints printed; --state keeps the last one\n" +
-			"seen across restarts.",
+			"root. A fork or a smaller tree, both signed by the log's key, exits 1 with both checkpoints\n" +
+			"printed; an answer that is no signed checkpoint is logged and asked again. --state keeps the last\n" +
+			"one seen across restarts.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -231,7 +234,7 @@ func newLogMonitorCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			err = m.Run(cmd.Context())
-			if errors.Is(err, transparency.ErrFork) || errors.Is(err, transparency.ErrRewound) || errors.Is(err, transparency.ErrBadProof) {
+			if errors.Is(err, transparency.ErrFork) || errors.Is(err, transparency.ErrRewound) {
 				return &exitError{code: exitInvalid, err: err}
 			}
 			return err

@@ -155,8 +155,9 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	// integrate; Close stops them.
 	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
 	drv, err := posix.New(ctx, posix.Config{Path: filepath.Join(cfg.Dir, "log")})
+	var reader tessera.LogReader
 	if err == nil {
-		s.app, s.shutdown, _, err = tessera.NewAppender(ctx, drv, tessera.NewAppendOptions().
+		s.app, s.shutdown, reader, err = tessera.NewAppender(ctx, drv, tessera.NewAppendOptions().
 			WithCheckpointSigner(cfg.Signer).
 			WithCheckpointInterval(cfg.CheckpointInterval).
 			WithBatching(1024, 50*time.Millisecond).
@@ -169,6 +170,10 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts), opts...)...); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if n, err := reader.IntegratedSize(ctx); err == nil {
+		s.size = n
+		s.m.size.Set(float64(n))
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.m.appended, s.m.skipped, s.m.integrate, s.m.size)
@@ -225,7 +230,7 @@ func (s *Sink) entries(recs []*kgo.Record) ([]entry, error) {
 // when stop ends and a step keeps failing, leaving the offsets
 // uncommitted: the next run appends what was not indexed (a crash between
 // the tree and the index appends a receipt twice, harmlessly: its proof
-// names the first leaf).
+// names the second leaf).
 func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
 	es, err := s.entries(recs)
 	if err != nil {
@@ -327,24 +332,35 @@ func (s *Sink) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.MarshalWrite(w, map[string]uint64{"index": at})
 	})
-	serve := func(w http.ResponseWriter, r *http.Request) {
-		switch p := r.URL.Path; {
-		case strings.Contains(p, "/.") || strings.HasPrefix(p, "/."): // the driver's private state
+	root := filepath.Join(s.cfg.Dir, "log")
+	// The checkpoint changes within a second: read whole, never answered
+	// 304 by a modification time of second precision.
+	checkpoint := func(w http.ResponseWriter, r *http.Request) {
+		b, err := os.ReadFile(filepath.Join(root, "checkpoint"))
+		if err != nil {
 			http.NotFound(w, r)
 			return
-		case p == "/checkpoint" || strings.Contains(p, ".p/"):
-			w.Header().Set("Cache-Control", "no-cache")
-		default:
+		}
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(b)
+	}
+	tiles := func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if st, err := os.Stat(filepath.Join(root, filepath.FromSlash(p))); err != nil || st.IsDir() || strings.Contains(p, "/.") {
+			http.NotFound(w, r) // no listings, and not the driver's private state
+			return
+		}
+		if strings.Contains(p, ".p/") {
+			w.Header().Set("Cache-Control", "no-cache") // a partial tile is completed later
+		} else {
 			w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		if r.URL.Path == "/checkpoint" {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		}
 		files.ServeHTTP(w, r)
 	}
-	mux.HandleFunc("GET /checkpoint", serve)
-	mux.HandleFunc("GET /tile/", serve)
+	mux.HandleFunc("GET /checkpoint", checkpoint)
+	mux.HandleFunc("GET /tile/", tiles)
 	return mux
 }
 

@@ -189,6 +189,8 @@ func TestLogsSignedReceipts(t *testing.T) {
 		"/index/rcpt-nope":  "404",
 		"/.state/treeState": "404",
 		"/tile/../index.db": "404",
+		"/tile/":            "404",
+		"/tile/0":           "404",
 	} {
 		resp, err := http.Get(srv.URL + path)
 		if err != nil {
