@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -317,22 +318,23 @@ func (s *Sink) Index(receiptID string) (uint64, bool) {
 // /index/{receipt_id} ({"index": n}) for ingest. Full tiles never change;
 // the checkpoint and partial tiles do.
 func (s *Sink) Handler() http.Handler {
-	files := http.FileServer(http.Dir(filepath.Join(s.cfg.Dir, "log")))
+	root := filepath.Join(s.cfg.Dir, "log")
+	files := http.FileServer(http.Dir(root))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /key", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, s.cfg.VerifierKey)
 	})
 	mux.HandleFunc("GET /index/{receipt_id}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
 		at, ok := s.Index(r.PathValue("receipt_id"))
 		if !ok {
-			http.Error(w, `{"error":{"code":"not_found","message":"no such receipt in the log"}}`, http.StatusNotFound)
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"error":{"code":"not_found","message":"no such receipt in the log"}}`+"\n")
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
 		json.MarshalWrite(w, map[string]uint64{"index": at})
 	})
-	root := filepath.Join(s.cfg.Dir, "log")
 	// The checkpoint changes within a second: read whole, never answered
 	// 304 by a modification time of second precision.
 	checkpoint := func(w http.ResponseWriter, r *http.Request) {
