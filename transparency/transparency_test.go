@@ -25,7 +25,7 @@ import (
 // testLog is a log written by tessera in a directory, served as the log
 // process serves it: its files, /key and /index/{receipt_id}.
 type testLog struct {
-	t       *testing.T
+	t       testing.TB
 	app     *tessera.Appender
 	signer  note.Signer
 	vkey    string
@@ -34,7 +34,7 @@ type testLog struct {
 	indexes map[string]uint64
 }
 
-func newTestLog(t *testing.T) *testLog {
+func newTestLog(t testing.TB) *testLog {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "test.certnode/log")
 	if err != nil {
@@ -99,7 +99,7 @@ func (l *testLog) add(n int) []string {
 }
 
 // proofOf waits for the receipt's checkpoint and returns its proof.
-func proofOf(t *testing.T, c *Client, id string) *schemas.InclusionProof {
+func proofOf(t testing.TB, c *Client, id string) *schemas.InclusionProof {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -50,7 +50,7 @@ func TestComplianceReport(t *testing.T) {
 			t.Fatalf("sign: %d %s", code, body)
 		}
 	}
-	keyA, _, _ := strings.Cut(e.key, ".")
+	keyA := e.keyID()
 	from, to := time.Now().UTC().Truncate(time.Hour), time.Now().UTC().Truncate(time.Hour).Add(time.Hour)
 	period := `{"from":"` + from.Format(time.RFC3339) + `","to":"` + to.Format(time.RFC3339) + `"}`
 

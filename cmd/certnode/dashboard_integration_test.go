@@ -314,7 +314,7 @@ func TestDashboard(t *testing.T) {
 	} else {
 		t.Fatalf("create B: %d %s", code, body)
 	}
-	keyA, _, _ := strings.Cut(e.key, ".")
+	keyA := e.keyID()
 	b2 := newBrowser(t, 1280, 900)
 	b2.signIn(e.base, "dash-b@example.com", "correct horse battery staple")
 	if orgs := eval[[]string](b2, `[...document.querySelectorAll('#org-select option')].map(o => o.value)`); len(orgs) != 1 || orgs[0] != "other" {

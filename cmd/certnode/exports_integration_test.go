@@ -4,8 +4,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/csv"
 	"io"
 	"net/http"
@@ -29,10 +27,8 @@ import (
 func TestOpenAPIExportsClickHouse(t *testing.T) {
 	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
 	c := newContract(t, e)
-	raw := make([]byte, 8)
-	rand.Read(raw)
-	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw)}
-	keyA, _, _ := strings.Cut(e.key, ".")
+	a := newCrossTenant()
+	keyA := e.keyID()
 	start := time.Now().UTC()
 	rng := "from=" + start.Add(-time.Minute).Format(time.RFC3339) + "&to=" + start.Add(time.Hour).Format(time.RFC3339)
 	const n = 3

@@ -24,7 +24,7 @@ func TestOpenAPIReceiptsClickHouse(t *testing.T) {
 	c := newContract(t, e)
 	raw := make([]byte, 32)
 	rand.Read(raw)
-	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw[:8])}
+	a := newCrossTenant()
 	unknown := base64.RawURLEncoding.EncodeToString(raw) // a well-formed id no receipt has
 
 	receipt := strings.TrimSpace(c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key,
@@ -83,9 +83,7 @@ func (a *crossTenant) traffic(t *testing.T, c *contract, e *devEnv, n int) {
 func TestOpenAPIUsageClickHouse(t *testing.T) {
 	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
 	c := newContract(t, e)
-	raw := make([]byte, 8)
-	rand.Read(raw)
-	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw)}
+	a := newCrossTenant()
 	const n = 3
 	a.traffic(t, c, e, n)
 	// Every test run signs again on the shared ClickHouse: count from now on.
@@ -149,10 +147,8 @@ func TestOpenAPIUsageClickHouse(t *testing.T) {
 func TestOpenAPIAnalyticsClickHouse(t *testing.T) {
 	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
 	c := newContract(t, e)
-	raw := make([]byte, 8)
-	rand.Read(raw)
-	a := &crossTenant{secret: "a-secret-" + base64.RawURLEncoding.EncodeToString(raw)}
-	keyA, _, _ := strings.Cut(e.key, ".")
+	a := newCrossTenant()
+	keyA := e.keyID()
 	start := time.Now().UTC()
 	rng := "from=" + start.Add(-time.Minute).Format(time.RFC3339) + "&to=" + start.Add(2*time.Hour).Format(time.RFC3339)
 	bPaths := []string{

@@ -38,6 +38,21 @@ func (a *crossTenant) leaks(t *testing.T, body string) {
 	}
 }
 
+// newCrossTenant is tenant A's side of a cross-tenant test, with a secret
+// of its own that no answer to B may hold.
+func newCrossTenant() *crossTenant {
+	raw := make([]byte, 8)
+	rand.Read(raw)
+	return &crossTenant{secret: "a-secret-" + hex.EncodeToString(raw)}
+}
+
+// keyID is the id of the demo organization's API key (the part before the
+// dot), as results and analytics name it.
+func (e *devEnv) keyID() string {
+	id, _, _ := strings.Cut(e.key, ".")
+	return id
+}
+
 // notFound checks B's answer for A's id: the same 404 B gets for an id
 // that does not exist, so it tells nothing, not even that the id exists.
 func (a *crossTenant) notFound(t *testing.T, c *contract, e *devEnv, path, unknownPath string) {
@@ -108,9 +123,7 @@ func TestCrossTenant(t *testing.T) {
 	pc := newContract(t, polled)
 	const js = "application/json"
 
-	raw := make([]byte, 8)
-	rand.Read(raw)
-	a := &crossTenant{secret: "a-secret-" + hex.EncodeToString(raw)}
+	a := newCrossTenant()
 	a.receipt = strings.TrimSpace(c.expect(t, e, exchange{name: "A signs", method: "POST", path: "/v1/sign", key: e.key, ctype: js,
 		body: `{"payload":{"s":"` + a.secret + `"}}`, status: 200}).body)
 	var rc struct {
