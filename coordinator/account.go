@@ -181,6 +181,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, body []byte) {
 			s.fail(w, err)
 			return
 		}
+		s.recordRefusal(r, "", "invalid_credentials")
 		writeError(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
 		return
 	}
@@ -224,7 +225,7 @@ func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, userID, p
 	now := time.Now().UTC()
 	if now.Before(u.LockedUntil) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(u.LockedUntil.Sub(now)/time.Second)+1))
-		s.refuse(w, http.StatusTooManyRequests, "account_locked",
+		s.refuse(w, r, http.StatusTooManyRequests, "account_locked",
 			fmt.Sprintf("too many failed sign-ins: the account is locked until %s", u.LockedUntil.Format(time.RFC3339)))
 		return u, false
 	}
@@ -234,7 +235,7 @@ func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, userID, p
 		return u, false
 	}
 	if !ok && s.commit(w, r, &Login{Meta: Meta{At: now}, User: u.ID}) {
-		s.refuse(w, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
+		s.refuse(w, r, http.StatusUnauthorized, "invalid_credentials", "wrong email or password")
 	}
 	return u, ok
 }

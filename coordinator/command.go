@@ -74,6 +74,7 @@ var registry = map[cmdType]func() Command{
 	cmdAnnounceReport:    func() Command { return new(AnnounceReport) },
 	cmdSetKeysUsed:       func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:       func() Command { return new(SetAdmitted) },
+	cmdRelayAudit:        func() Command { return new(RelayAudit) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -103,6 +103,9 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.announce(ctx)
+	if s.node.cfg.Audit != nil {
+		go s.relayAudit(ctx)
+	}
 	if s.node.cfg.Join != "" {
 		go s.join(ctx)
 	}
@@ -260,9 +263,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 	io.Copy(w, resp.Body)
 }
 
-// refuse answers a refusal and counts it.
-func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
+// refuse answers a refusal, counts it and sends it to the audit log (a
+// wrong password is there already: the failed Login it commits).
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
 	s.refused.WithLabelValues(code).Inc()
+	if code != "invalid_credentials" {
+		s.recordRefusal(r, "", code)
+	}
 	writeError(w, status, code, msg)
 }
 
@@ -505,7 +512,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, bod
 		return
 	}
 	if slices.Contains(b.Scopes, tenants.ScopeAdmin) && sc.role != RoleOwner && sc.role != RoleAdmin {
-		s.refuse(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can create a key with the admin scope")
+		s.refuse(w, r, http.StatusForbidden, "forbidden_role", "only an owner or admin can create a key with the admin scope")
 		return
 	}
 	k := APIKey{ID: id, Org: sc.org, Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
@@ -529,7 +536,7 @@ func (s *Server) listKeys(w http.ResponseWriter, _ *http.Request, sc scope, _ []
 func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
 	k, _ := owned(s, sc, keysOf, r.PathValue("key"))
 	if slices.Contains(k.Scopes, tenants.ScopeAdmin) && sc.role != RoleOwner && sc.role != RoleAdmin {
-		s.refuse(w, http.StatusForbidden, "forbidden_role", "only an owner or admin can revoke a key with the admin scope")
+		s.refuse(w, r, http.StatusForbidden, "forbidden_role", "only an owner or admin can revoke a key with the admin scope")
 		return
 	}
 	s.write(w, r, body, &RevokeKey{ID: r.PathValue("key"), Org: sc.org, At: time.Now().UTC()}, http.StatusNoContent, nil)

@@ -35,6 +35,9 @@ type Config struct {
 	// WebhookAllow lists the non-public networks a webhook endpoint's test
 	// delivery may reach (none by default: only public addresses).
 	WebhookAllow []netip.Prefix
+	// Audit sends the audit events (applied changes, relayed by the leader,
+	// and refused requests) to the audit log; nil: they stay in the state.
+	Audit AuditPublisher
 	// SnapshotThreshold is how many log entries trigger a snapshot (and
 	// log compaction); tests lower it.
 	SnapshotThreshold uint64

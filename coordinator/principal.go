@@ -237,13 +237,13 @@ func (s *Server) authed(kinds ...string) func(handler) http.Handler {
 			}
 			switch {
 			case p == nil || !slices.Contains(kinds, p.actor.Kind):
-				s.refuse(w, http.StatusUnauthorized, "unauthorized", "missing or wrong credentials")
+				s.refuse(w, r, http.StatusUnauthorized, "unauthorized", "missing or wrong credentials")
 				return
 			case p.refused != "":
-				s.refuse(w, http.StatusForbidden, p.refused, "this key may not be used from "+p.actor.Addr)
+				s.refuse(w, r, http.StatusForbidden, p.refused, "this key may not be used from "+p.actor.Addr)
 				return
 			case !csrfOK(r, p):
-				s.refuse(w, http.StatusForbidden, "csrf", "a state-changing request with a session needs the "+CSRFHeader+" header of that session, from this origin")
+				s.refuse(w, r, http.StatusForbidden, "csrf", "a state-changing request with a session needs the "+CSRFHeader+" header of that session, from this origin")
 				return
 			}
 			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
@@ -279,11 +279,11 @@ func (s *Server) inOrg(perm string, h orgHandler) handler {
 			return
 		}
 		if suspended && !p.operator() && !safeMethod(r.Method) {
-			s.refuse(w, http.StatusForbidden, "org_suspended", "the organization is suspended: only the operator changes it")
+			s.refuse(w, r, http.StatusForbidden, "org_suspended", "the organization is suspended: only the operator changes it")
 			return
 		}
 		if !slices.Contains(permissions[perm], role) {
-			s.refuse(w, http.StatusForbidden, "forbidden_role", "the role "+role+" does not allow "+perm)
+			s.refuse(w, r, http.StatusForbidden, "forbidden_role", "the role "+role+" does not allow "+perm)
 			return
 		}
 		h(w, r, scope{org: org, role: role}, body)

@@ -42,8 +42,11 @@ type State struct {
 	Invitations map[string]*Invitation `json:"invitations"`  // by id
 	ResetTokens map[string]*ResetToken `json:"reset_tokens"` // by token hash
 	Audit       []AuditEvent           `json:"audit"`
-	Idempotency map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
-	KeyUse      map[string]int64       `json:"key_use"`     // API key id -> last used, Unix seconds
+	// AuditRelayed is the seq of the last audit event the audit log
+	// acknowledged (RelayAudit).
+	AuditRelayed uint64                 `json:"audit_relayed,omitzero"`
+	Idempotency  map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
+	KeyUse       map[string]int64       `json:"key_use"`     // API key id -> last used, Unix seconds
 	// Admitted counts each organization's admitted requests by month
 	// ("2006-01", UTC), for monthly quotas (SetAdmitted).
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`

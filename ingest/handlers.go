@@ -459,7 +459,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_type", "query parameter type must be sign or verify")
 		return
 	}
-	if forbidden(ctx, t, string(kind)) != "" { // a job signs or verifies: it needs that scope too
+	if s.forbidden(ctx, t, string(kind)) != "" { // a job signs or verifies: it needs that scope too
 		return
 	}
 	switch mediaType(ctx) {

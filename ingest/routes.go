@@ -165,7 +165,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		if !ok {
 			return "unauthorized"
 		}
-		if refused := forbidden(ctx, t, r.Scope); refused != "" {
+		if refused := s.forbidden(ctx, t, r.Scope); refused != "" {
 			return refused
 		}
 		r.tenant(ctx, t, params)
@@ -182,16 +182,21 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 }
 
 // forbidden answers 403 when the key may not be used from the client's
-// address or lacks scope, and names the refusal for the request metrics.
-func forbidden(ctx *fasthttp.RequestCtx, t *tenants.Tenant, scope string) string {
+// address or lacks scope, records it in the audit log, and names the
+// refusal for the request metrics.
+func (s *Server) forbidden(ctx *fasthttp.RequestCtx, t *tenants.Tenant, scope string) string {
 	addr, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	code := ""
 	switch {
 	case !t.AllowsAddr(addr):
-		apiError(ctx, fasthttp.StatusForbidden, "forbidden_address", "this API key may not be used from "+addr.Unmap().String())
-		return "forbidden_address"
+		code = "forbidden_address"
+		apiError(ctx, fasthttp.StatusForbidden, code, "this API key may not be used from "+addr.Unmap().String())
 	case scope != "" && !t.Allows(scope):
-		apiError(ctx, fasthttp.StatusForbidden, "forbidden_scope", "this API key lacks the "+scope+" scope")
-		return "forbidden_scope"
+		code = "forbidden_scope"
+		apiError(ctx, fasthttp.StatusForbidden, code, "this API key lacks the "+scope+" scope")
+	default:
+		return ""
 	}
-	return ""
+	s.recordRefusal(ctx, t, code)
+	return code
 }

@@ -6,6 +6,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -14,7 +15,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,6 +68,12 @@ type RecordMAC interface {
 	Derive(kid string, label []byte) ([]byte, bool)
 }
 
+// AuditRecorder sends access events to the audit log (internal/audit's
+// Publisher); it never blocks.
+type AuditRecorder interface {
+	Record(ev schemas.AuditEvent)
+}
+
 // ErrNotFound is what a ReceiptStore returns for an unknown receipt.
 var ErrNotFound = errors.New("not found")
 
@@ -108,6 +117,9 @@ type Deps struct {
 	// the signer, or an embedded worker's health).
 	Ready []Check
 	Live  []Check
+	// Audit receives the refused requests (401 and 403) as access events
+	// (nil: not recorded).
+	Audit AuditRecorder
 	// Accounts serves the account routes (/v1/auth/*, /v1/me, /v1/orgs/*):
 	// the coordinator's, through a proxy. Nil: they answer 404.
 	Accounts http.Handler
@@ -407,7 +419,56 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) 
 	}
 	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="certnode"`)
 	apiError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "a valid API key is required: Authorization: Bearer <key> (or a signed-in session)")
+	s.recordRefusal(ctx, nil, "unauthorized")
 	return nil, false
+}
+
+// keyPrefix is the public id of an API key ("cnk_" and 12 letters or
+// digits, before the dot); "" for anything else, which may be a secret.
+func keyPrefix(h []byte) string {
+	key, ok := bytes.CutPrefix(h, []byte("Bearer "))
+	id, _, _ := bytes.Cut(key, []byte("."))
+	if !ok || len(id) != 16 || !bytes.HasPrefix(id, []byte("cnk_")) {
+		return ""
+	}
+	for _, c := range id[4:] {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return ""
+		}
+	}
+	return string(id)
+}
+
+// recordRefusal sends a refused request to the audit log: who as far as
+// known (t, the caller when it authenticated; else an API key's public
+// id, never the key), from which address, what, and the refusal's code.
+func (s *Server) recordRefusal(ctx *fasthttp.RequestCtx, t *tenants.Tenant, code string) {
+	if s.deps.Audit == nil {
+		return
+	}
+	actor := schemas.AuditActor{Kind: schemas.ActorAnonymous, Addr: clientIP(ctx)}
+	var org string
+	h := ctx.Request.Header.Peek("Authorization")
+	switch {
+	case t != nil && len(h) == 0:
+		actor.Kind, actor.ID, org = schemas.ActorUser, t.KeyID, t.ID
+	case t != nil:
+		actor.Kind, actor.ID, org = schemas.ActorKey, t.KeyID, t.ID
+	case len(h) > 0:
+		actor.Kind, actor.ID = schemas.ActorKey, keyPrefix(h)
+	}
+	target := string(ctx.Method()) + " " + string(ctx.Path())
+	if len(target) > 200 {
+		target = strings.ToValidUTF8(target[:200], "")
+	}
+	s.deps.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: org, Actor: actor, Action: "access.refused",
+		Target: target, Result: schemas.AuditDenied, Reason: code})
+}
+
+// clientIP is the connection's address, without an IPv4 mapping.
+func clientIP(ctx *fasthttp.RequestCtx) string {
+	addr, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	return addr.Unmap().String()
 }
 
 func newID(prefix string) string {

@@ -200,6 +200,7 @@ func (s *Server) sessionTenant(ctx *fasthttp.RequestCtx, sess *session) (*tenant
 	if m := string(ctx.Method()); m != "GET" && m != "HEAD" && m != "OPTIONS" {
 		if !sameOrigin(ctx) || subtle.ConstantTimeCompare(ctx.Request.Header.Peek(CSRFHeader), []byte(sess.csrf)) != 1 || sess.csrf == "" {
 			apiError(ctx, fasthttp.StatusForbidden, "csrf", "a signed-in user's "+m+" needs the session's CSRF token in "+CSRFHeader+", from this site")
+			s.recordRefusal(ctx, &tenants.Tenant{ID: org, KeyID: sess.user}, "csrf")
 			return nil, false
 		}
 	}
@@ -208,6 +209,7 @@ func (s *Server) sessionTenant(ctx *fasthttp.RequestCtx, sess *session) (*tenant
 	scopes, known := roleScopes[role]
 	if !known {
 		apiError(ctx, fasthttp.StatusForbidden, "forbidden_role", "the role "+role+" gives no access here")
+		s.recordRefusal(ctx, &tenants.Tenant{ID: org, KeyID: sess.user}, "forbidden_role")
 		return nil, false
 	}
 	return &tenants.Tenant{ID: org, Limits: limits, Scopes: slices.Clone(scopes), KeyID: sess.user}, true

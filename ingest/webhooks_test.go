@@ -164,7 +164,7 @@ func startServer(t *testing.T, opts ...serverOpt) *testServer {
 	nobody.Body = nil
 	deliv.by["a"] = append(deliv.by["a"], nobody)
 	deps := Deps{
-		Auth: fakeAuth{keyA: {ID: "a"}, keyB: {ID: "b"}, keyRead: {ID: "a", Scopes: []string{tenants.ScopeRead}},
+		Auth: fakeAuth{keyA: {ID: "a"}, keyB: {ID: "b"}, keyRead: {ID: "a", KeyID: "key_read", Scopes: []string{tenants.ScopeRead}},
 			keyAdmin: {ID: "a", Scopes: []string{tenants.ScopeAdmin}}},
 		Limiter: noLimit{}, Keys: noKeys{}, MAC: mac, Deliveries: deliv,
 		Endpoints: fakeEndpoints{"a": {{ID: "ep_one", Enabled: true}, {ID: "ep_off"}}, "b": {{ID: "ep_bee", Enabled: true}}},

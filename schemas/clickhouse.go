@@ -59,6 +59,14 @@ package schemas
 // key_id, the API key or producer key of the request, was added to
 // certnode.results after its first release (ClickHouseAddedColumns).
 //
+// certnode.audit_events holds the audit events of certnode.audit, one
+// row per id once merged (copies share the sort key and partition);
+// queries collapse copies not merged yet (LIMIT 1 BY id). event is the
+// event's canonical JSON, which the audit log's leaf commits to: what
+// queries and exports show comes from it, and the other columns only
+// select rows, so editing them or the event is found by an export's
+// check against the log.
+//
 // The rollups (schemas.Rollups) follow: tables and views over
 // certnode.results and certnode.webhook_attempts that keep analytics fast.
 //
@@ -161,6 +169,21 @@ var ClickHouseDDL = []string{
 	) ENGINE = ReplacingMergeTree()
 	PARTITION BY toYYYYMM(message_created_at)
 	ORDER BY (org, message_id, id)`,
+	`CREATE TABLE IF NOT EXISTS certnode.audit_events (
+		org String,
+		id String,
+		at DateTime,
+		at_nanos UInt32,
+		action String,
+		actor_kind String,
+		actor_id String,
+		addr String,
+		result String,
+		source String,
+		event String
+	) ENGINE = ReplacingMergeTree()
+	PARTITION BY toYYYYMM(at)
+	ORDER BY (org, at, at_nanos, id)`,
 	`CREATE TABLE IF NOT EXISTS certnode.webhook_messages (
 		org String,
 		created_at DateTime,
@@ -217,6 +240,13 @@ const ClickHouseWebhookAttemptsTable = "certnode.webhook_attempts"
 // certnode.webhook_attempts, in order.
 const ClickHouseWebhookAttemptColumns = "org, message_id, id, endpoint_id, event_type, event_id, message_created_at, attempt, redelivery, round, held, " +
 	"at, at_nanos, url, status, latency_ms, response_headers, response_body, error, outcome, next_attempt_at, body"
+
+// ClickHouseAuditTable is the table audit events are written to.
+const ClickHouseAuditTable = "certnode.audit_events"
+
+// ClickHouseAuditColumns lists the columns of an insert into
+// certnode.audit_events, in order.
+const ClickHouseAuditColumns = "org, id, at, at_nanos, action, actor_kind, actor_id, addr, result, source, event"
 
 // ClickHouseWebhookMessagesTable is the per-message table the view fills
 // from certnode.webhook_attempts (never inserted into directly).

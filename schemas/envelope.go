@@ -33,6 +33,9 @@ type Topics struct {
 	WebhookDelays   []string
 	WebhookDLQ      string
 	WebhookAttempts string
+	// Audit carries every role's audit events (AuditEvent), keyed by
+	// organization (empty: the deployment's).
+	Audit string
 }
 
 // DefaultTopicPrefix gives certnode.requests, certnode.receipts,
@@ -44,7 +47,7 @@ const DefaultTopicPrefix = "certnode"
 func TopicsFor(prefix string) Topics {
 	t := Topics{Requests: prefix + ".requests", Receipts: prefix + ".receipts", DLQ: prefix + ".dlq", Jobs: prefix + ".jobs",
 		Usage: prefix + ".usage", Events: prefix + ".events", Webhooks: prefix + ".webhooks",
-		WebhookDLQ: prefix + ".webhooks.dlq", WebhookAttempts: prefix + ".webhooks.attempts"}
+		WebhookDLQ: prefix + ".webhooks.dlq", WebhookAttempts: prefix + ".webhooks.attempts", Audit: prefix + ".audit"}
 	for _, d := range WebhookDelayTiers {
 		t.WebhookDelays = append(t.WebhookDelays, prefix+".webhooks.delay."+d.String())
 	}
@@ -54,7 +57,7 @@ func TopicsFor(prefix string) Topics {
 // All lists the topics.
 func (t Topics) All() []string {
 	return append([]string{t.Requests, t.Receipts, t.DLQ, t.Jobs, t.Usage, t.Events, t.Webhooks, t.WebhookDLQ,
-		t.WebhookAttempts}, t.WebhookDelays...)
+		t.WebhookAttempts, t.Audit}, t.WebhookDelays...)
 }
 
 // Record size limits. A request may be as large as MaxRequestBytes; its

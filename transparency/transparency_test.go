@@ -32,6 +32,7 @@ type testLog struct {
 	srv     *httptest.Server
 	mu      sync.Mutex
 	indexes map[string]uint64
+	since   *uint64 // what /since/{t} answers (nil: 404, nothing appended since)
 }
 
 func newTestLog(t testing.TB) *testLog {
@@ -70,6 +71,15 @@ func newTestLog(t testing.TB) *testLog {
 		}
 		json.MarshalWrite(w, map[string]uint64{"index": at})
 	})
+	mux.HandleFunc("GET /since/{unix}", func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.since == nil {
+			http.NotFound(w, r)
+			return
+		}
+		json.MarshalWrite(w, map[string]uint64{"index": *l.since})
+	})
 	l.srv = httptest.NewServer(mux)
 	t.Cleanup(l.srv.Close)
 	return l
@@ -79,23 +89,37 @@ func newTestLog(t testing.TB) *testLog {
 func (l *testLog) add(n int) []string {
 	l.t.Helper()
 	ids := make([]string, n)
-	futures := make([]tessera.IndexFuture, n)
+	leaves := make([][]byte, n)
 	for i := range n {
 		b := make([]byte, 8)
 		rand.Read(b)
 		ids[i] = fmt.Sprintf("rcpt-%x", b)
-		futures[i] = l.app.Add(context.Background(), tessera.NewEntry(schemas.ReceiptLeaf(ids[i])))
+		leaves[i] = schemas.ReceiptLeaf(ids[i])
 	}
+	for i, at := range l.appendLeaves(leaves) {
+		l.mu.Lock()
+		l.indexes[ids[i]] = at
+		l.mu.Unlock()
+	}
+	return ids
+}
+
+// appendLeaves appends leaves and returns their indexes.
+func (l *testLog) appendLeaves(leaves [][]byte) []uint64 {
+	l.t.Helper()
+	futures := make([]tessera.IndexFuture, len(leaves))
+	for i, leaf := range leaves {
+		futures[i] = l.app.Add(context.Background(), tessera.NewEntry(leaf))
+	}
+	out := make([]uint64, len(leaves))
 	for i, f := range futures {
 		at, err := f()
 		if err != nil {
 			l.t.Fatal(err)
 		}
-		l.mu.Lock()
-		l.indexes[ids[i]] = at.Index
-		l.mu.Unlock()
+		out[i] = at.Index
 	}
-	return ids
+	return out
 }
 
 // proofOf waits for the receipt's checkpoint and returns its proof.

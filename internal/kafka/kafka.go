@@ -124,6 +124,7 @@ func topicConfigs(t schemas.Topics) map[string]map[string]*string {
 		t.DLQ:      {"max.message.bytes": size(schemas.MaxResultBytes)},
 		t.Jobs:     {"max.message.bytes": size(schemas.MaxResultBytes), "cleanup.policy": &compact},
 		t.Usage:    {"max.message.bytes": size(schemas.MaxUsageEventBytes)},
+		t.Audit:    {"max.message.bytes": size(schemas.MaxAuditEventBytes)},
 	}
 	for _, topic := range append([]string{t.Events, t.Webhooks, t.WebhookDLQ, t.WebhookAttempts}, t.WebhookDelays...) {
 		cfgs[topic] = map[string]*string{"max.message.bytes": size(2 * schemas.MaxWebhookBody)}

@@ -92,7 +92,7 @@ func TestSinkWritesWebhookAttempts(t *testing.T) {
 		{Topic: e.topics.WebhookAttempts, Key: []byte("t1"), Value: []byte(`{"v":1,"id":`)}}
 	produce(t, e.cl, recs...)
 	tries := &fakeTable[AttemptRow]{}
-	s, err := newSink(e.cfg, &fakeInserter{}, &fakeTable[UsageRow]{}, tries)
+	s, err := newSink(e.cfg, &fakeInserter{}, &fakeTable[UsageRow]{}, tries, &fakeTable[AuditRow]{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,6 +60,12 @@ func NewAttemptInserter(conn driver.Conn, table string) *ClickHouseInserter[Atte
 	return &ClickHouseInserter[AttemptRow]{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseWebhookAttemptColumns + ")", values: AttemptRow.values}
 }
 
+// NewAuditInserter inserts into table (schemas.ClickHouseAuditTable in
+// production), which has the columns of certnode.audit_events.
+func NewAuditInserter(conn driver.Conn, table string) *ClickHouseInserter[AuditRow] {
+	return &ClickHouseInserter[AuditRow]{conn: conn, insert: "INSERT INTO " + table + " (" + schemas.ClickHouseAuditColumns + ")", values: AuditRow.values}
+}
+
 // Insert sends rows as one block. Failures before the block reaches the
 // server (no connection, unknown table, a column of another type) are
 // never the rows' fault: every row would fail the same way.

@@ -208,3 +208,43 @@ func attemptRowFor(a *schemas.WebhookAttempt) (AttemptRow, error) {
 		LatencyMS: uint32(a.LatencyMillis), ResponseHeaders: headers, ResponseBody: a.ResponseBody, Error: a.Error,
 		Outcome: a.Outcome, NextAttemptAt: next.UTC(), Body: body}, nil
 }
+
+// AuditRow is a row of certnode.audit_events.
+type AuditRow struct {
+	Org, ID   string
+	At        time.Time // whole seconds; AtNanos holds the rest
+	AtNanos   uint32
+	Action    string
+	ActorKind string
+	ActorID   string
+	Addr      string
+	Result    string
+	Source    string
+	Event     string // the canonical JSON the audit log's leaf commits to
+}
+
+func (r AuditRow) values() []any {
+	return []any{r.Org, r.ID, r.At, r.AtNanos, r.Action, r.ActorKind, r.ActorID, r.Addr, r.Result, r.Source, r.Event}
+}
+
+// auditEvent is a decoded audit event with its canonical form.
+type auditEvent struct {
+	*schemas.AuditEvent
+	canon []byte
+}
+
+func decodeAuditEvent(b []byte) (auditEvent, error) {
+	ev, canon, err := schemas.DecodeAuditEvent(b)
+	return auditEvent{ev, canon}, err
+}
+
+// auditRowFor turns a decoded audit event into a row, its time as the
+// event states it: its leaf commits to it.
+func auditRowFor(e auditEvent) (AuditRow, error) {
+	if err := storable(e.At); err != nil {
+		return AuditRow{}, err
+	}
+	at := e.At.UTC()
+	return AuditRow{Org: e.Org, ID: e.ID, At: at.Truncate(time.Second), AtNanos: uint32(at.Nanosecond()), Action: e.Action,
+		ActorKind: e.Actor.Kind, ActorID: e.Actor.ID, Addr: e.Actor.Addr, Result: e.Result, Source: e.Source, Event: string(e.canon)}, nil
+}

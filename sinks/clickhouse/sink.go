@@ -2,7 +2,8 @@
 // certnode.receipts into the ClickHouse table certnode.results, every
 // usage event from certnode.usage into certnode.usage_events, and every
 // webhook attempt record from certnode.webhooks.attempts into
-// certnode.webhook_attempts (which feeds certnode.webhook_messages), in batches
+// certnode.webhook_attempts (which feeds certnode.webhook_messages), and
+// every audit event from certnode.audit into certnode.audit_events, in batches
 // by rows and time, committing Kafka offsets only after every record of a
 // batch was inserted or sent to the DLQ. Usage rows are the events as
 // published (what an external biller reading the topic sees), and the
@@ -44,6 +45,9 @@ const (
 	// ReasonBadWebhookAttempt: the record is not a valid webhook attempt
 	// of the organization that keys it, or holds values no row can store.
 	ReasonBadWebhookAttempt = "bad_webhook_attempt"
+	// ReasonBadAuditEvent: the record is not a valid audit event of the
+	// organization that keys it, or holds values no row can store.
+	ReasonBadAuditEvent = "bad_audit_event"
 )
 
 // Config configures the sink.
@@ -100,6 +104,7 @@ type metrics struct {
 	inserted        prometheus.Counter
 	usageInserted   prometheus.Counter
 	attemptInserted prometheus.Counter
+	auditInserted   prometheus.Counter
 	dlq             *prometheus.CounterVec
 	unauthenticated prometheus.Counter
 	replaced        *prometheus.CounterVec
@@ -115,6 +120,8 @@ func newMetrics() metrics {
 			Help: "Rows inserted into certnode.usage_events."}),
 		attemptInserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_webhook_attempt_rows_total",
 			Help: "Rows inserted into certnode.webhook_attempts."}),
+		auditInserted: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_audit_rows_total",
+			Help: "Rows inserted into certnode.audit_events."}),
 		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_dlq_total",
 			Help: "Records sent to the DLQ, by reason."}, []string{"reason"}),
 		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_sink_clickhouse_unauthenticated_total",
@@ -127,7 +134,7 @@ func newMetrics() metrics {
 			Help: "Time to insert, DLQ and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
 	// Every label value is shown from the start, at zero.
-	for _, r := range []string{ReasonBadResult, ReasonRefused, ReasonBadUsageEvent, ReasonBadWebhookAttempt} {
+	for _, r := range []string{ReasonBadResult, ReasonRefused, ReasonBadUsageEvent, ReasonBadWebhookAttempt, ReasonBadAuditEvent} {
 		m.dlq.WithLabelValues(r)
 	}
 	for _, c := range []string{colReceivedAt, colProcessedAt} {
@@ -145,6 +152,7 @@ type Sink struct {
 	ins      Inserter[Row]
 	usage    Inserter[UsageRow]
 	attempts Inserter[AttemptRow]
+	audit    Inserter[AuditRow]
 	log      *slog.Logger
 	m        metrics
 }
@@ -159,7 +167,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 		return nil, err
 	}
 	s, err := newSink(cfg, NewClickHouseInserter(conn, schemas.ClickHouseResultsTable), NewUsageInserter(conn, schemas.ClickHouseUsageTable),
-		NewAttemptInserter(conn, schemas.ClickHouseWebhookAttemptsTable), opts...)
+		NewAttemptInserter(conn, schemas.ClickHouseWebhookAttemptsTable), NewAuditInserter(conn, schemas.ClickHouseAuditTable), opts...)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -169,17 +177,18 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 }
 
 // newSink builds a sink that writes results through ins, usage events
-// through usage and webhook attempts through attempts, and joins the group.
-func newSink(cfg Config, ins Inserter[Row], usage Inserter[UsageRow], attempts Inserter[AttemptRow], opts ...kgo.Opt) (*Sink, error) {
-	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, usage: usage, attempts: attempts, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
+// through usage, webhook attempts through attempts and audit events
+// through audit, and joins the group.
+func newSink(cfg Config, ins Inserter[Row], usage Inserter[UsageRow], attempts Inserter[AttemptRow], audit Inserter[AuditRow], opts ...kgo.Opt) (*Sink, error) {
+	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), ins: ins, usage: usage, attempts: attempts, audit: audit, log: slog.With("role", "sink-clickhouse"), m: newMetrics()}
 	// Results are the largest records, so ResultBatches fits DLQ copies of any.
-	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts, s.topics.Usage, s.topics.WebhookAttempts), kafka.ResultBatches())
+	base := append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts, s.topics.Usage, s.topics.WebhookAttempts, s.topics.Audit), kafka.ResultBatches())
 	var err error
 	if s.cl, err = kafka.NewClient(cfg.Kafka, append(base, opts...)...); err != nil {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.m.inserted, s.m.usageInserted, s.m.attemptInserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
+		cfg.Registerer.MustRegister(s.m.inserted, s.m.usageInserted, s.m.attemptInserted, s.m.auditInserted, s.m.dlq, s.m.unauthenticated, s.m.replaced, s.m.pending, s.m.flush)
 	}
 	return s, nil
 }
@@ -258,6 +267,7 @@ type batch struct {
 	results  part[Row]
 	usage    part[UsageRow]
 	attempts part[AttemptRow]
+	audit    part[AuditRow]
 	dlq      []*kgo.Record
 }
 
@@ -276,6 +286,10 @@ func (s *Sink) triage(recs []*kgo.Record) *batch {
 		case s.topics.WebhookAttempts:
 			triageKeyed(s, b, &b.attempts, rec, ReasonBadWebhookAttempt, schemas.DecodeWebhookAttempt,
 				func(a *schemas.WebhookAttempt) string { return a.Org }, attemptRowFor)
+			continue
+		case s.topics.Audit:
+			triageKeyed(s, b, &b.audit, rec, ReasonBadAuditEvent, decodeAuditEvent,
+				func(e auditEvent) string { return e.Org }, auditRowFor)
 			continue
 		}
 		res, err := schemas.DecodeResult(rec.Value)
@@ -345,6 +359,7 @@ func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 		func() ([]*kgo.Record, error) {
 			return insertPart(s, ctx, stop, s.attempts, b.attempts, s.m.attemptInserted)
 		},
+		func() ([]*kgo.Record, error) { return insertPart(s, ctx, stop, s.audit, b.audit, s.m.auditInserted) },
 	} {
 		refused, err := insert()
 		if err != nil {

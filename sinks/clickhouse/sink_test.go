@@ -33,7 +33,7 @@ type fakeEnv struct {
 func newFakeEnv(t *testing.T) *fakeEnv {
 	t.Helper()
 	topics := schemas.TopicsFor(schemas.DefaultTopicPrefix)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics.Receipts, topics.DLQ, topics.Usage, topics.WebhookAttempts))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics.Receipts, topics.DLQ, topics.Usage, topics.WebhookAttempts, topics.Audit))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 
 func (e *fakeEnv) start(t *testing.T, ins Inserter[Row]) *Sink {
 	t.Helper()
-	s, err := newSink(e.cfg, ins, &fakeTable[UsageRow]{}, &fakeTable[AttemptRow]{})
+	s, err := newSink(e.cfg, ins, &fakeTable[UsageRow]{}, &fakeTable[AttemptRow]{}, &fakeTable[AuditRow]{})
 	if err != nil {
 		t.Fatal(err)
 	}

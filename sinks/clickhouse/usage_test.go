@@ -43,7 +43,7 @@ func TestSinkWritesUsageEvents(t *testing.T) {
 	}
 	produce(t, e.cl, recs...)
 	u := &fakeTable[UsageRow]{}
-	s, err := newSink(e.cfg, &fakeInserter{}, u, &fakeTable[AttemptRow]{})
+	s, err := newSink(e.cfg, &fakeInserter{}, u, &fakeTable[AttemptRow]{}, &fakeTable[AuditRow]{})
 	if err != nil {
 		t.Fatal(err)
 	}

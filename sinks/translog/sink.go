@@ -1,14 +1,19 @@
-// Package translog keeps the transparency log of receipts: every receipt
-// the service signed, read from certnode.receipts, is appended to an
-// append-only Merkle tree (RFC 6962 hashing) by transparency-dev/tessera,
-// whose POSIX driver writes it as C2SP tlog-tiles with a checkpoint signed
-// as a C2SP note every second. The files are static: Handler serves them,
-// with an index from receipt_id to leaf that ingest asks to build proofs.
+// Package translog keeps the service's append-only Merkle logs (RFC 6962
+// hashing), appended by transparency-dev/tessera, whose POSIX driver
+// writes them as C2SP tlog-tiles with a checkpoint signed as a C2SP note
+// every second. The files are static: Handler serves them, with an index
+// from each leaf's id to its index.
 //
-// One log serves the whole deployment: a leaf is schemas.ReceiptLeaf, a
-// hash of the receipt, so the log holds no organization's data, one HSM
-// signature a second covers every organization, and a monitor follows one
-// tree. Run exactly one log process per directory.
+// Two logs share the code, one process and directory each (Kind):
+//   - the transparency log of receipts: every receipt the service signed,
+//     read from certnode.receipts, as schemas.ReceiptLeaf, a hash of the
+//     receipt. One log serves the deployment: it holds no organization's
+//     data, one HSM signature a second covers every organization, and a
+//     monitor follows one tree.
+//   - the audit log: every audit event of every role, read from
+//     certnode.audit, as schemas.AuditLeaf (the event's hash, its
+//     organization's tag and its time), with an index of append times that
+//     tells an organization's export where its window starts.
 package translog
 
 import (
@@ -18,9 +23,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,12 +43,22 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
+// Kind is what a log holds.
+type Kind string
+
+// The logs.
+const (
+	Receipts Kind = "receipts"
+	Audit    Kind = "audit"
+)
+
 // Config configures the log.
 type Config struct {
+	Kind  Kind
 	Kafka kafka.Config
 	Group string
 	// Dir holds the tree (tiles, entry bundles, checkpoint) under log/ and
-	// the receipt index in index.db.
+	// the index in index.db.
 	Dir string
 	// Signer signs the checkpoints; its name is the log's origin. VerifierKey
 	// is its note verifier key, served at /key.
@@ -62,7 +79,7 @@ type Config struct {
 // DefaultConfig returns a config with every field but the brokers, the
 // directory and the signer set.
 func DefaultConfig() Config {
-	return Config{Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1}, Group: "certnode-translog",
+	return Config{Kind: Receipts, Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1}, Group: "certnode-translog",
 		CheckpointInterval: time.Second, BatchRecords: 5000, AttemptTimeout: time.Minute}
 }
 
@@ -71,6 +88,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Kind != Receipts && c.Kind != Audit {
+		errs = append(errs, fmt.Errorf("translog: kind %q: want receipts or audit", c.Kind))
 	}
 	if c.Group == "" || c.Dir == "" {
 		errs = append(errs, errors.New("translog: group and directory are required"))
@@ -87,11 +107,11 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Why a result is not appended (label of certnode_translog_skipped_total).
+// Why a record is not appended (label of certnode_translog_skipped_total).
 const (
 	SkipNotSigned = "not_signed" // a verification, or a failed sign
-	SkipLogged    = "logged"     // its receipt is in the log already
-	SkipBadResult = "bad_result" // not a result, or keyed by another tenant
+	SkipLogged    = "logged"     // its receipt or event is in the log already
+	SkipBadRecord = "bad_record" // not a result or event, or keyed by another organization
 )
 
 type metrics struct {
@@ -104,27 +124,32 @@ type metrics struct {
 func newMetrics() metrics {
 	m := metrics{
 		appended: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_translog_appended_total",
-			Help: "Receipts appended to the transparency log."}),
+			Help: "Leaves appended to the log."}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_translog_skipped_total",
-			Help: "Results not appended, by reason."}, []string{"reason"}),
+			Help: "Records not appended, by reason."}, []string{"reason"}),
 		integrate: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "certnode_translog_integrate_seconds",
-			Help:    "From a receipt's signing to its leaf in the tree (a checkpoint follows within the interval).",
+			Help:    "From a receipt's signing, or an event, to its leaf in the tree (a checkpoint follows within the interval).",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
 		size: prometheus.NewGauge(prometheus.GaugeOpts{Name: "certnode_translog_tree_size",
 			Help: "Leaves in the tree."}),
 	}
-	for _, r := range []string{SkipNotSigned, SkipLogged, SkipBadResult} {
+	for _, r := range []string{SkipNotSigned, SkipLogged, SkipBadRecord} {
 		m.skipped.WithLabelValues(r)
 	}
 	return m
 }
 
-var indexBucket = []byte("receipts")
+// The index's buckets: leaf ids (receipt ids, or audit event ids) to leaf
+// indexes, and (audit log) the first leaf appended in each minute.
+var (
+	indexBucket    = []byte("receipts")
+	appendedBucket = []byte("appended")
+)
 
-// Sink appends receipts to the log.
+// Sink appends receipts or audit events to the log.
 type Sink struct {
 	cfg      Config
-	topics   schemas.Topics
+	topic    string
 	cl       *kgo.Client
 	app      *tessera.Appender
 	shutdown func(context.Context) error
@@ -143,12 +168,22 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.Dir, "log"), 0o755); err != nil {
 		return nil, fmt.Errorf("translog: %w", err)
 	}
-	s := &Sink{cfg: cfg, topics: cfg.Kafka.Topics(), log: slog.With("role", "translog"), m: newMetrics()}
+	topic := cfg.Kafka.Topics().Receipts
+	if cfg.Kind == Audit {
+		topic = cfg.Kafka.Topics().Audit
+	}
+	s := &Sink{cfg: cfg, topic: topic, log: slog.With("role", "translog", "log", cfg.Kind), m: newMetrics()}
 	var err error
 	if s.db, err = bolt.Open(filepath.Join(cfg.Dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
 		return nil, fmt.Errorf("translog: index (is another log running on %s?): %w", cfg.Dir, err)
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(indexBucket); return err }); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(indexBucket)
+		if err == nil {
+			_, err = tx.CreateBucketIfNotExists(appendedBucket)
+		}
+		return err
+	}); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("translog: index: %w", err)
 	}
@@ -168,7 +203,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 		s.Close()
 		return nil, fmt.Errorf("translog: %w", err)
 	}
-	if s.cl, err = kafka.NewClient(cfg.Kafka, append(kafka.GroupConsumer(cfg.Group, s.topics.Receipts), opts...)...); err != nil {
+	if s.cl, err = kafka.NewClient(cfg.Kafka, append(kafka.GroupConsumer(cfg.Group, topic), opts...)...); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -177,7 +212,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 		s.m.size.Set(float64(n))
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.m.appended, s.m.skipped, s.m.integrate, s.m.size)
+		prometheus.WrapRegistererWith(prometheus.Labels{"log": string(cfg.Kind)}, cfg.Registerer).MustRegister(s.m.appended, s.m.skipped, s.m.integrate, s.m.size)
 	}
 	return s, nil
 }
@@ -190,35 +225,32 @@ func (s *Sink) Run(ctx context.Context) error {
 	})
 }
 
-// entry is a receipt to log.
+// entry is a leaf to append: a receipt's or an event's.
 type entry struct {
-	receiptID, org string
-	signed         time.Time
+	id, org string
+	leaf    []byte
+	at      time.Time // the receipt's signing, the event's time
 }
 
-// entries picks the receipts of recs not logged yet, each once.
+// entries picks the leaves of recs not logged yet, each once.
 func (s *Sink) entries(recs []*kgo.Record) ([]entry, error) {
 	var out []entry
 	seen := map[string]bool{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(indexBucket)
 		for _, rec := range recs {
-			res, err := schemas.DecodeResult(rec.Value)
-			if err == nil && string(rec.Key) != res.Tenant {
-				err = fmt.Errorf("record key %q, result tenant %q", rec.Key, res.Tenant)
-			}
+			e, skip, err := s.entry(rec)
 			switch {
 			case err != nil:
-				s.m.skipped.WithLabelValues(SkipBadResult).Inc()
-				s.log.Warn("result skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
-			case res.Kind != schemas.KindSign || res.Status != schemas.StatusSigned || res.ReceiptID == "":
-				s.m.skipped.WithLabelValues(SkipNotSigned).Inc()
-			case seen[res.ReceiptID] || b.Get([]byte(res.ReceiptID)) != nil:
+				s.m.skipped.WithLabelValues(SkipBadRecord).Inc()
+				s.log.Warn("record skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			case skip != "":
+				s.m.skipped.WithLabelValues(skip).Inc()
+			case seen[e.id] || b.Get([]byte(e.id)) != nil:
 				s.m.skipped.WithLabelValues(SkipLogged).Inc()
 			default:
-				seen[res.ReceiptID] = true
-				signed, _ := schemas.TrustedTime(res.ProcessedAt, rec.Timestamp)
-				out = append(out, entry{receiptID: res.ReceiptID, org: res.Tenant, signed: signed})
+				seen[e.id] = true
+				out = append(out, e)
 			}
 		}
 		return nil
@@ -226,12 +258,39 @@ func (s *Sink) entries(recs []*kgo.Record) ([]entry, error) {
 	return out, err
 }
 
-// append logs the receipts of recs, records their leaves in the index and
-// commits recs, retrying each step until it succeeds. It gives up only
+// entry reads the leaf of rec, or why it has none.
+func (s *Sink) entry(rec *kgo.Record) (entry, string, error) {
+	if s.cfg.Kind == Audit {
+		ev, canon, err := schemas.DecodeAuditEvent(rec.Value)
+		if err == nil && string(rec.Key) != ev.Org {
+			err = fmt.Errorf("record key %q, event organization %q", rec.Key, ev.Org)
+		}
+		if err != nil {
+			return entry{}, "", err
+		}
+		return entry{id: ev.ID, org: ev.Org, leaf: schemas.AuditLeaf(ev.Org, ev.At, canon), at: ev.At}, "", nil
+	}
+	res, err := schemas.DecodeResult(rec.Value)
+	if err == nil && string(rec.Key) != res.Tenant {
+		err = fmt.Errorf("record key %q, result tenant %q", rec.Key, res.Tenant)
+	}
+	switch {
+	case err != nil:
+		return entry{}, "", err
+	case res.Kind != schemas.KindSign || res.Status != schemas.StatusSigned || res.ReceiptID == "":
+		return entry{}, SkipNotSigned, nil
+	}
+	signed, _ := schemas.TrustedTime(res.ProcessedAt, rec.Timestamp)
+	return entry{id: res.ReceiptID, org: res.Tenant, leaf: schemas.ReceiptLeaf(res.ReceiptID), at: signed}, "", nil
+}
+
+// append logs the leaves of recs, records them in the index and commits
+// recs, retrying each step until it succeeds. It gives up only
 // when stop ends and a step keeps failing, leaving the offsets
 // uncommitted: the next run appends what was not indexed (a crash between
-// the tree and the index appends a receipt twice, harmlessly: its proof
-// names the second leaf).
+// the tree and the index appends a leaf twice, harmlessly: a receipt's
+// proof names the second, and an export's check matches an event to
+// either).
 func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
 	es, err := s.entries(recs)
 	if err != nil {
@@ -244,7 +303,7 @@ func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
 		futures := make([]tessera.IndexFuture, len(es))
 		for i, e := range es {
 			// A retry adds the same leaves: the appender knows them.
-			futures[i] = s.app.Add(actx, tessera.NewEntry(schemas.ReceiptLeaf(e.receiptID)))
+			futures[i] = s.app.Add(actx, tessera.NewEntry(e.leaf))
 		}
 		for i, f := range futures {
 			at, err := await(actx, f)
@@ -261,13 +320,25 @@ func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
 	if err := kafka.Retry(stop, s.log, "index", func() error {
 		return s.db.Update(func(tx *bolt.Tx) error {
 			b := tx.Bucket(indexBucket)
+			first := uint64(math.MaxUint64)
 			for i, e := range es {
-				if b.Get([]byte(e.receiptID)) != nil {
+				first = min(first, idx[i])
+				if b.Get([]byte(e.id)) != nil {
 					continue
 				}
-				if err := b.Put([]byte(e.receiptID), binary.BigEndian.AppendUint64(nil, idx[i])); err != nil {
+				if err := b.Put([]byte(e.id), binary.BigEndian.AppendUint64(nil, idx[i])); err != nil {
 					return err
 				}
+			}
+			if len(es) == 0 {
+				return nil
+			}
+			// The minute's first leaf: leaves appended after it come
+			// later in the tree.
+			t := tx.Bucket(appendedBucket)
+			minute := binary.BigEndian.AppendUint64(nil, uint64(now.Unix()/60))
+			if t.Get(minute) == nil {
+				return t.Put(minute, binary.BigEndian.AppendUint64(nil, first))
 			}
 			return nil
 		})
@@ -276,7 +347,7 @@ func (s *Sink) append(ctx, stop context.Context, recs []*kgo.Record) error {
 	}
 	for i, e := range es {
 		s.m.appended.Inc()
-		s.m.integrate.Observe(now.Sub(e.signed).Seconds())
+		s.m.integrate.Observe(now.Sub(e.at).Seconds())
 		s.size = max(s.size, idx[i]+1)
 	}
 	s.m.size.Set(float64(s.size))
@@ -300,12 +371,27 @@ func await(ctx context.Context, f tessera.IndexFuture) (tessera.Index, error) {
 	}
 }
 
-// Index returns a logged receipt's leaf index.
-func (s *Sink) Index(receiptID string) (uint64, bool) {
+// Index returns a logged receipt's or event's leaf index.
+func (s *Sink) Index(id string) (uint64, bool) {
 	var at uint64
 	var ok bool
 	s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(indexBucket).Get([]byte(receiptID)); len(v) == 8 {
+		if v := tx.Bucket(indexBucket).Get([]byte(id)); len(v) == 8 {
+			at, ok = binary.BigEndian.Uint64(v), true
+		}
+		return nil
+	})
+	return at, ok
+}
+
+// Since returns the first leaf appended at or after t's minute; ok false
+// when none was (the leaves to come will be).
+func (s *Sink) Since(t time.Time) (uint64, bool) {
+	var at uint64
+	var ok bool
+	s.db.View(func(tx *bolt.Tx) error {
+		_, v := tx.Bucket(appendedBucket).Cursor().Seek(binary.BigEndian.AppendUint64(nil, uint64(max(t.Unix(), 0)/60)))
+		if len(v) == 8 {
 			at, ok = binary.BigEndian.Uint64(v), true
 		}
 		return nil
@@ -314,8 +400,10 @@ func (s *Sink) Index(receiptID string) (uint64, bool) {
 }
 
 // Handler serves the log: the tlog-tiles files (checkpoint, tile/...,
-// tile/entries/...), the checkpoint's verifier key at /key, and
-// /index/{receipt_id} ({"index": n}) for ingest. Full tiles never change;
+// tile/entries/...), the checkpoint's verifier key at /key, and for
+// ingest /index/{id} ({"index": n}, a receipt's or event's leaf) and
+// /since/{unix seconds} ({"index": n}, the first leaf appended then or
+// later; 404 when none was). Full tiles never change;
 // the checkpoint and partial tiles do.
 func (s *Sink) Handler() http.Handler {
 	root := filepath.Join(s.cfg.Dir, "log")
@@ -325,15 +413,29 @@ func (s *Sink) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, s.cfg.VerifierKey)
 	})
-	mux.HandleFunc("GET /index/{receipt_id}", func(w http.ResponseWriter, r *http.Request) {
+	index := func(w http.ResponseWriter, at uint64, ok bool, missing string) {
 		w.Header().Set("Content-Type", "application/json")
-		at, ok := s.Index(r.PathValue("receipt_id"))
 		if !ok {
 			w.WriteHeader(http.StatusNotFound)
-			io.WriteString(w, `{"error":{"code":"not_found","message":"no such receipt in the log"}}`+"\n")
+			json.MarshalWrite(w, map[string]map[string]string{"error": {"code": "not_found", "message": missing}})
 			return
 		}
 		json.MarshalWrite(w, map[string]uint64{"index": at})
+	}
+	mux.HandleFunc("GET /index/{id}", func(w http.ResponseWriter, r *http.Request) {
+		at, ok := s.Index(r.PathValue("id"))
+		index(w, at, ok, "no such leaf in the log")
+	})
+	mux.HandleFunc("GET /since/{unix}", func(w http.ResponseWriter, r *http.Request) {
+		t, err := strconv.ParseInt(r.PathValue("unix"), 10, 64)
+		if err != nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"error":{"code":"invalid_time","message":"want unix seconds"}}`+"\n")
+			return
+		}
+		at, ok := s.Since(time.Unix(t, 0))
+		index(w, at, ok, "no leaf appended since then")
 	})
 	// The checkpoint changes within a second: read whole, never answered
 	// 304 by a modification time of second precision.

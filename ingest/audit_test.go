@@ -1,0 +1,59 @@
+package ingest
+
+import (
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/schemas"
+)
+
+type fakeAudit struct {
+	mu  sync.Mutex
+	evs []schemas.AuditEvent
+}
+
+func (f *fakeAudit) Record(ev schemas.AuditEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.evs = append(f.evs, ev)
+}
+
+// Refused requests reach the audit log with who (a key's public id, never
+// the key), from where, what and why; admitted ones do not.
+func TestRefusalsAreAudited(t *testing.T) {
+	fa := &fakeAudit{}
+	ts := startServer(t, func(_ *Config, d *Deps) { d.Audit = fa })
+	ts.do("GET", "/v1/webhooks/deliveries", "", "").expect(t, "no key", 401, "unauthorized")
+	ts.do("GET", "/v1/webhooks/deliveries", "cnk_ABCDEFGHIJKL.wrong-secret-1", "").expect(t, "a wrong secret", 401, "unauthorized")
+	ts.do("GET", "/v1/webhooks/deliveries", "sk-live-not-ours-2", "").expect(t, "a foreign key", 401, "unauthorized")
+	ts.do("POST", "/v1/sign", keyRead, `{"payload":{"a":1}}`).expect(t, "a read key signing", 403, "forbidden_scope")
+	ts.do("GET", "/v1/webhooks/deliveries?endpoint_id=ep_one", keyA, "").expect(t, "an admitted request", 200, "")
+
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	type seen struct{ org, kind, id, reason, target string }
+	var got []seen
+	for _, e := range fa.evs {
+		if e.Action != "access.refused" || e.Result != schemas.AuditDenied || e.Actor.Addr != "127.0.0.1" {
+			t.Errorf("event %+v", e)
+		}
+		got = append(got, seen{e.Org, e.Actor.Kind, e.Actor.ID, e.Reason, e.Target})
+		b, _ := json.Marshal(e)
+		if strings.Contains(string(b), "wrong-secret-1") || strings.Contains(string(b), "not-ours-2") || strings.Contains(string(b), keyRead) {
+			t.Errorf("a secret in the audit event %s", b)
+		}
+	}
+	want := []seen{
+		{"", "anonymous", "", "unauthorized", "GET /v1/webhooks/deliveries"},
+		{"", "key", "cnk_ABCDEFGHIJKL", "unauthorized", "GET /v1/webhooks/deliveries"},
+		{"", "key", "", "unauthorized", "GET /v1/webhooks/deliveries"},
+		{"a", "key", "key_read", "forbidden_scope", "POST /v1/sign"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audited\n%v\nwant\n%v", got, want)
+	}
+}

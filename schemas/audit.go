@@ -1,0 +1,213 @@
+package schemas
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+)
+
+// The audit log holds every admin, security and access event of every
+// role (AuditEvent, on certnode.audit). Events are appended to a second
+// Merkle log (the receipts log's code, with AuditLeaf as the leaf) and
+// written to ClickHouse (certnode.audit_events) for queries. A leaf
+// commits to the event's canonical JSON by hash, with its organization
+// (hashed) and time in clear, so an organization's export can be checked
+// against a checkpoint: every leaf of its own in the window must be in
+// the export, and every exported event must be a leaf (AuditExport).
+
+// Results of an audited action.
+const (
+	AuditOK     = "ok"     // done
+	AuditDenied = "denied" // refused: no or bad credentials, no permission
+	AuditFailed = "failed" // tried and failed
+)
+
+// Actor kinds of audit events (the coordinator's, and "address" for a
+// caller that showed no credential at all).
+const (
+	ActorOperator  = "operator"
+	ActorUser      = "user"
+	ActorKey       = "key"
+	ActorNode      = "node"
+	ActorAnonymous = "anonymous"
+	ActorDetector  = "detector"
+)
+
+// AuditActor is who acted, and from which address.
+type AuditActor struct {
+	Kind string `json:"kind"`
+	// ID is the user, API key id, node id; for a refused key, the key's
+	// prefix (never the key).
+	ID   string `json:"id,omitempty"`
+	Addr string `json:"addr,omitempty"`
+}
+
+// AuditEvent is one event of the audit log: who did what to which target,
+// when, from where, with what result. Secrets and hashes never appear in it.
+type AuditEvent struct {
+	// ID is unique per event: "c-<raft index>-<unix nanos>" for the
+	// coordinator's applied changes (a relay may send one twice), random
+	// otherwise.
+	ID     string     `json:"id"`
+	At     time.Time  `json:"at"`
+	Org    string     `json:"org,omitempty"` // empty: the deployment's (operator, unknown key)
+	Actor  AuditActor `json:"actor"`
+	Action string     `json:"action"`
+	Target string     `json:"target,omitempty"`
+	Result string     `json:"result"`
+	// Reason is the refusal's or failure's code.
+	Reason string `json:"reason,omitempty"`
+	// Source is the role that saw it: coordinator, ingest, worker,
+	// detector.
+	Source string `json:"source"`
+}
+
+// Bounds of an audit event's fields.
+const (
+	maxAuditField      = 256
+	MaxAuditEventBytes = 4 << 10
+)
+
+// Validate checks an event's shape.
+func (e *AuditEvent) Validate() error {
+	var errs []error
+	errs = append(errs, checkToken("id", e.ID, MaxIDBytes))
+	if e.Org != "" {
+		errs = append(errs, checkToken("org", e.Org, MaxTenantBytes))
+	}
+	// The leaf keeps nanoseconds in an int64, ClickHouse seconds to 2106.
+	if e.At.Year() < 2000 || e.At.Year() > 2105 {
+		errs = append(errs, errors.New("at must be a time from the year 2000 to 2105"))
+	}
+	if e.Action == "" || e.Source == "" || e.Actor.Kind == "" {
+		errs = append(errs, errors.New("action, source and actor.kind are required"))
+	}
+	switch e.Result {
+	case AuditOK, AuditDenied, AuditFailed:
+	default:
+		errs = append(errs, fmt.Errorf("result %q: want ok, denied or failed", e.Result))
+	}
+	for name, v := range map[string]string{"action": e.Action, "target": e.Target, "reason": e.Reason, "source": e.Source,
+		"actor.kind": e.Actor.Kind, "actor.id": e.Actor.ID, "actor.addr": e.Actor.Addr} {
+		if len(v) > maxAuditField {
+			errs = append(errs, fmt.Errorf("%s is longer than %d bytes", name, maxAuditField))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DecodeAuditEvent parses and validates a certnode.audit value, and
+// returns it with its canonical form (RFC 8785), which its leaf commits to.
+func DecodeAuditEvent(b []byte) (*AuditEvent, []byte, error) {
+	if len(b) > MaxAuditEventBytes {
+		return nil, nil, fmt.Errorf("an audit event is at most %d bytes", MaxAuditEventBytes)
+	}
+	var e AuditEvent
+	if err := json.Unmarshal(b, &e, json.RejectUnknownMembers(true)); err != nil {
+		return nil, nil, err
+	}
+	if err := e.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("not an audit event: %w", err)
+	}
+	canon, err := CanonicalizeObject(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &e, canon, nil
+}
+
+// EncodeAuditEvent is the record value of e.
+func EncodeAuditEvent(e *AuditEvent) ([]byte, error) {
+	e.At = e.At.UTC()
+	return json.Marshal(e)
+}
+
+// auditLeafPrefix versions the leaf encoding.
+const auditLeafPrefix = "certnode-audit-v1\n"
+
+// AuditOrgTag stands for an organization in the audit log's leaves: other
+// organizations' leaves show in an export, by tag only.
+func AuditOrgTag(org string) string {
+	h := sha256.Sum256([]byte("certnode-audit-org\n" + org))
+	return hex.EncodeToString(h[:])
+}
+
+// AuditLeaf is the leaf of an event of org at at whose canonical JSON is
+// canon: "certnode-audit-v1\n<org tag>\n<at, unix nanoseconds>\n<hex
+// SHA-256 of canon>".
+func AuditLeaf(org string, at time.Time, canon []byte) []byte {
+	h := sha256.Sum256(canon)
+	return fmt.Appendf(nil, "%s%s\n%d\n%s", auditLeafPrefix, AuditOrgTag(org), at.UnixNano(), hex.EncodeToString(h[:]))
+}
+
+// AuditLeafFields are what a leaf of the audit log states.
+type AuditLeafFields struct {
+	OrgTag    string
+	At        time.Time
+	EventHash string // hex SHA-256 of the event's canonical JSON
+}
+
+// ErrBadAuditLeaf: not a leaf of the audit log.
+var ErrBadAuditLeaf = errors.New("not an audit log leaf")
+
+// ParseAuditLeaf reads a leaf of the audit log.
+func ParseAuditLeaf(leaf []byte) (AuditLeafFields, error) {
+	rest, ok := strings.CutPrefix(string(leaf), auditLeafPrefix)
+	parts := strings.Split(rest, "\n")
+	if !ok || len(parts) != 3 || !isHex64(parts[0]) || !isHex64(parts[2]) {
+		return AuditLeafFields{}, ErrBadAuditLeaf
+	}
+	ns, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || strconv.FormatInt(ns, 10) != parts[1] {
+		return AuditLeafFields{}, ErrBadAuditLeaf
+	}
+	return AuditLeafFields{OrgTag: parts[0], At: time.Unix(0, ns).UTC(), EventHash: parts[2]}, nil
+}
+
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// AuditExportFormat names the format of an AuditExport.
+const AuditExportFormat = "certnode-audit-export-v1"
+
+// AuditExport is an organization's audit events in [From, To) with what
+// proves them complete and unaltered against a signed checkpoint of the
+// audit log: Left, the compact range of the leaves before FirstLeaf (the
+// RFC 6962 subtree roots that cover them, left to right), and Leaves,
+// every leaf from FirstLeaf to the checkpoint's size, of every
+// organization. Left and Leaves rebuild the checkpoint's root; each of the
+// organization's leaves timed in the window must then be one of Events,
+// and each event one of its leaves. FirstLeaf is the first leaf appended
+// after From less AuditClockSkew: an event is appended after it happened.
+type AuditExport struct {
+	Format     string    `json:"format"`
+	Org        string    `json:"org"`
+	From       time.Time `json:"from"`
+	To         time.Time `json:"to"`
+	Checkpoint string    `json:"checkpoint"`
+	FirstLeaf  uint64    `json:"first_leaf"`
+	Left       []string  `json:"left"`   // base64 hashes
+	Leaves     []string  `json:"leaves"` // the leaves' text
+	// Events are the organization's events, as stored.
+	Events []jsontext.Value `json:"events"`
+}
+
+// AuditClockSkew is how far an event's time may run ahead of the log's
+// clock at its append.
+const AuditClockSkew = 5 * time.Minute
