@@ -128,7 +128,7 @@ func (s *Server) recordRefusal(r *http.Request, org, code string) {
 	}
 	s.node.cfg.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: org,
 		Actor: schemas.AuditActor{Kind: actor.Kind, ID: actor.ID, Addr: actor.Addr}, Action: action,
-		Target: truncate(r.Method+" "+r.URL.Path, 200), Result: schemas.AuditDenied, Reason: code})
+		Target: truncate(r.Method+" "+r.URL.Path, 200), Result: schemas.AuditDenied, Reason: code, Source: "coordinator"})
 }
 
 // truncate cuts s to at most n bytes (a client's path may be any length).

@@ -109,6 +109,9 @@ type Deps struct {
 	// Log proves receipts are in the transparency log (/v1/log/...,
 	// /v1/receipts/{id}/proof; nil: 503).
 	Log TransparencyLog
+	// AuditLog serves the audit log's checkpoints and verifiable exports
+	// (/v1/audit/...; nil: 503).
+	AuditLog AuditLog
 	// Compliance draws compliance reports as PDF (nil: JSON only).
 	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).
@@ -462,7 +465,7 @@ func (s *Server) recordRefusal(ctx *fasthttp.RequestCtx, t *tenants.Tenant, code
 		target = strings.ToValidUTF8(target[:200], "")
 	}
 	s.deps.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: org, Actor: actor, Action: "access.refused",
-		Target: target, Result: schemas.AuditDenied, Reason: code})
+		Target: target, Result: schemas.AuditDenied, Reason: code, Source: "ingest"})
 }
 
 // clientIP is the connection's address, without an IPv4 mapping.

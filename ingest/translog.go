@@ -25,6 +25,13 @@ type TransparencyLog interface {
 	Consistency(ctx context.Context, from, to uint64) (*schemas.ConsistencyProof, error)
 }
 
+// signedLog is a log's checkpoints and their key: the transparency log's
+// or the audit log's.
+type signedLog interface {
+	Checkpoint(ctx context.Context) ([]byte, error)
+	VerifierKey(ctx context.Context) (string, error)
+}
+
 // logReady answers 503 when no transparency log is configured.
 func (s *Server) logReady(ctx *fasthttp.RequestCtx) bool {
 	if s.deps.Log == nil {
@@ -37,16 +44,26 @@ func (s *Server) logReady(ctx *fasthttp.RequestCtx) bool {
 // logFailed answers the log's failure to serve.
 func (s *Server) logFailed(ctx *fasthttp.RequestCtx, err error) {
 	s.log.Warn("transparency log", "err", err)
-	apiError(ctx, fasthttp.StatusServiceUnavailable, "log_unavailable", "the transparency log is unavailable; retry later")
+	apiError(ctx, fasthttp.StatusServiceUnavailable, "log_unavailable", "the log is unavailable; retry later")
 }
 
 // logCheckpoint answers GET /v1/log/checkpoint: the latest signed
 // checkpoint, as monitors and witnesses read it.
 func (s *Server) logCheckpoint(ctx *fasthttp.RequestCtx) {
-	if !s.logReady(ctx) {
+	s.checkpoint(ctx, s.deps.Log, "transparency")
+}
+
+// logKey answers GET /v1/log/key: the checkpoints' verifier key. Monitors
+// should get it out of band too: a log that answers it checks itself.
+func (s *Server) logKey(ctx *fasthttp.RequestCtx) { s.verifierKey(ctx, s.deps.Log, "transparency") }
+
+// checkpoint answers l's latest signed checkpoint (l nil: 503).
+func (s *Server) checkpoint(ctx *fasthttp.RequestCtx, l signedLog, name string) {
+	if l == nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "log_unavailable", "this server has no "+name+" log configured")
 		return
 	}
-	raw, err := s.deps.Log.Checkpoint(ctx)
+	raw, err := l.Checkpoint(ctx)
 	switch {
 	case errors.Is(err, schemas.ErrNotLogged):
 		apiError(ctx, fasthttp.StatusNotFound, "not_logged", "the log has no checkpoint yet")
@@ -59,13 +76,13 @@ func (s *Server) logCheckpoint(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-// logKey answers GET /v1/log/key: the checkpoints' verifier key. Monitors
-// should get it out of band too: a log that answers it checks itself.
-func (s *Server) logKey(ctx *fasthttp.RequestCtx) {
-	if !s.logReady(ctx) {
+// verifierKey answers the key of l's checkpoints (l nil: 503).
+func (s *Server) verifierKey(ctx *fasthttp.RequestCtx, l signedLog, name string) {
+	if l == nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "log_unavailable", "this server has no "+name+" log configured")
 		return
 	}
-	vkey, err := s.deps.Log.VerifierKey(ctx)
+	vkey, err := l.VerifierKey(ctx)
 	if err != nil {
 		s.logFailed(ctx, err)
 		return

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	tiles "github.com/transparency-dev/tessera/api"
@@ -204,4 +206,55 @@ func VerifyAuditExport(x *schemas.AuditExport, vkey string) (*AuditReport, error
 		return nil, fmt.Errorf("%w: %d problem(s):\n  %s", ErrAuditExport, found, strings.Join(problems, "\n  "))
 	}
 	return &AuditReport{Org: x.Org, From: x.From, To: x.To, TreeSize: cp.Size, FirstLeaf: x.FirstLeaf, Events: len(x.Events)}, nil
+}
+
+// WriteAuditExport streams org's export of [from, to) to w, as a
+// schemas.AuditExport: the proof from the log, then each event events
+// yields (the organization's events in the window, as stored). It reads
+// the log first, so an event stored meanwhile is one the checkpoint does
+// not hold yet: the export then fails to verify until it is exported again.
+func (c *Client) WriteAuditExport(ctx context.Context, w io.Writer, org string, from, to time.Time,
+	events func(ctx context.Context, yield func(event []byte) error) error) error {
+	r, err := c.AuditRange(ctx, from)
+	if err != nil {
+		return err
+	}
+	enc := jsontext.NewEncoder(w)
+	if err := writeTokens(enc, jsontext.BeginObject,
+		jsontext.String("format"), jsontext.String(schemas.AuditExportFormat),
+		jsontext.String("org"), jsontext.String(org),
+		jsontext.String("from"), jsontext.String(from.UTC().Format(time.RFC3339Nano)),
+		jsontext.String("to"), jsontext.String(to.UTC().Format(time.RFC3339Nano)),
+		jsontext.String("checkpoint"), jsontext.String(string(r.Checkpoint)),
+		jsontext.String("first_leaf"), jsontext.Uint(r.FirstLeaf),
+		jsontext.String("left"), jsontext.BeginArray); err != nil {
+		return err
+	}
+	for _, h := range encodeHashes(r.Left) {
+		if err := enc.WriteToken(jsontext.String(h)); err != nil {
+			return err
+		}
+	}
+	if err := writeTokens(enc, jsontext.EndArray, jsontext.String("leaves"), jsontext.BeginArray); err != nil {
+		return err
+	}
+	if err := c.Leaves(ctx, r.FirstLeaf, r.Size, func(leaf []byte) error { return enc.WriteToken(jsontext.String(string(leaf))) }); err != nil {
+		return err
+	}
+	if err := writeTokens(enc, jsontext.EndArray, jsontext.String("events"), jsontext.BeginArray); err != nil {
+		return err
+	}
+	if err := events(ctx, func(ev []byte) error { return enc.WriteValue(jsontext.Value(ev)) }); err != nil {
+		return err
+	}
+	return writeTokens(enc, jsontext.EndArray, jsontext.EndObject)
+}
+
+func writeTokens(enc *jsontext.Encoder, toks ...jsontext.Token) error {
+	for _, t := range toks {
+		if err := enc.WriteToken(t); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package transparency
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-json-experiment/json/jsontext"
+	"github.com/go-json-experiment/json"
 
 	"github.com/certnode/certnode/schemas"
 )
@@ -32,20 +33,23 @@ func auditEvent(t testing.TB, org, id string, at time.Time) ([]byte, []byte) {
 // export builds org's export of [from, to) from the log, as ingest does.
 func export(t *testing.T, c *Client, org string, from, to time.Time, events [][]byte) *schemas.AuditExport {
 	t.Helper()
-	ctx := context.Background()
-	r, err := c.AuditRange(ctx, from)
+	var buf bytes.Buffer
+	err := c.WriteAuditExport(context.Background(), &buf, org, from, to, func(_ context.Context, yield func([]byte) error) error {
+		for _, e := range events {
+			if err := yield(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := &schemas.AuditExport{Format: schemas.AuditExportFormat, Org: org, From: from, To: to, Checkpoint: string(r.Checkpoint),
-		FirstLeaf: r.FirstLeaf, Left: encodeHashes(r.Left), Leaves: []string{}}
-	if err := c.Leaves(ctx, r.FirstLeaf, r.Size, func(l []byte) error { x.Leaves = append(x.Leaves, string(l)); return nil }); err != nil {
-		t.Fatal(err)
+	var x schemas.AuditExport
+	if err := json.Unmarshal(buf.Bytes(), &x); err != nil {
+		t.Fatalf("%v: %s", err, buf.Bytes())
 	}
-	for _, e := range events {
-		x.Events = append(x.Events, jsontext.Value(e))
-	}
-	return x
+	return &x
 }
 
 // An organization's export verifies against the checkpoint when it holds

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/envsecret"
 )
 
@@ -24,6 +25,7 @@ const coordinatorSecretHelp = "Required: $CERTNODE_ADMIN_TOKEN (the operator's, 
 func newCoordinatorCmd() *cobra.Command {
 	var cfg coordinator.Config
 	var webhookAllow []string
+	var kf kafkaFlags
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
@@ -42,6 +44,19 @@ func newCoordinatorCmd() *cobra.Command {
 			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
 			if err := errors.Join(err1, err2, err3, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
+			}
+			if kcfg := kf.config(); len(kcfg.Brokers) > 0 {
+				if err := ensureTopics(cmd.Context(), kcfg); err != nil {
+					return err
+				}
+				events, err := audit.NewPublisher(kcfg, "coordinator", nil)
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				defer events.Close()
+				cfg.Audit = events
+			} else {
+				slog.Warn("no --kafka: audit events stay in the coordinator's state, out of the audit log")
 			}
 			s, err := coordinator.NewServer(cfg)
 			if err != nil {
@@ -67,6 +82,9 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
 	fs.StringSliceVar(&webhookAllow, "webhook-allow", nil, "networks (CIDR) a webhook endpoint's test delivery may reach although they are not public, e.g. 127.0.0.0/8 for a local receiver")
 	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
+	kf.register(fs, true)
+	k := fs.Lookup("kafka")
+	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)
 	return cmd
 }
 

@@ -19,11 +19,13 @@ import (
 	"github.com/certnode/certnode/console"
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
+	"github.com/certnode/certnode/sinks/translog"
 	usagesink "github.com/certnode/certnode/sinks/usage"
 	"github.com/certnode/certnode/sinks/webhook"
 )
@@ -115,7 +117,13 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("%v", err)
 			}
-			coord, err := openDevCoordinator(dataDir, coordAddr, creds)
+			// One publisher sends every embedded role's audit events.
+			events, err := audit.NewPublisher(kcfg, "dev", nil)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer events.Close()
+			coord, err := openDevCoordinator(dataDir, coordAddr, creds, events)
 			if err != nil {
 				return usageErr("embedded coordinator (--coordinator-http): %v", err)
 			}
@@ -188,12 +196,18 @@ func newDevCmd() *cobra.Command {
 			}
 			defer disp.Close()
 			parts["dispatcher"] = afterReady(replica.Ready, disp.Run)
-			tlog, tlogClient, serveLog, err := devLog(ctx, kcfg, kf.prefix, dataDir, reg)
+			tlog, tlogClient, serveLog, err := devLog(ctx, kcfg, kf.prefix, dataDir, translog.Receipts, reg)
 			if err != nil {
 				return usageErr("%v", err)
 			}
 			defer tlog.Close()
 			parts["translog"], parts["translog-http"] = tlog.Run, serveLog
+			alog, alogClient, serveAudit, err := devLog(ctx, kcfg, kf.prefix, dataDir, translog.Audit, reg)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer alog.Close()
+			parts["auditlog"], parts["auditlog-http"] = alog.Run, serveAudit
 
 			var st *stores
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
@@ -235,7 +249,8 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient, Ready: []ingest.Check{signerCheck, replica.Ready},
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
+				AuditLog: auditLog{Client: alogClient}, Audit: events, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

@@ -366,19 +366,20 @@ func TestDevStopsWithOpenStreams(t *testing.T) {
 	}
 }
 
-// waitLogged waits until the transparency log's checkpoint holds n leaves.
-func (e *devEnv) waitLogged(n uint64) {
+// waitLogged waits until the checkpoint at path checkpoint (the
+// transparency log's or the audit log's) holds n leaves.
+func (e *devEnv) waitLogged(checkpoint string, n uint64) {
 	e.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		code, body := e.do("GET", "/v1/log/checkpoint", "", "", "")
+		code, body := e.do("GET", checkpoint, "", "", "")
 		if lines := strings.Split(body, "\n"); code == 200 && len(lines) > 2 {
 			if size, err := strconv.ParseUint(lines[1], 10, 64); err == nil && size >= n {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("the log never held %d leaves: %d %s", n, code, body)
+			e.t.Fatalf("%s never held %d leaves: %d %s", checkpoint, n, code, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

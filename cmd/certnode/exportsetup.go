@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/schemas"
+	"github.com/certnode/certnode/transparency"
 )
 
 // exportService is exports.Service as ingest calls it.
@@ -34,8 +36,28 @@ func (r pdfRenderer) Table(w io.Writer, title, subtitle string, at time.Time, co
 	return tw, nil
 }
 
-// openExports serves exports out of ClickHouse at addr and, with dir, runs
-// export jobs there (parts["exports"]) as node, which names this process
+// auditLog is the audit log as ingest serves it: the log's checkpoints and
+// key, and exports of the events ClickHouse holds (events; nil: exports
+// fail, as every export does without ClickHouse).
+type auditLog struct {
+	*transparency.Client
+	events *exports.Exporter
+}
+
+// errNoEventStore: no ClickHouse to read audit events from.
+var errNoEventStore = errors.New("no ClickHouse holds the audit events here")
+
+func (a auditLog) Export(ctx context.Context, w io.Writer, org string, from, to time.Time) error {
+	if a.events == nil {
+		return errNoEventStore
+	}
+	return a.WriteAuditExport(ctx, w, org, from, to, func(ctx context.Context, yield func([]byte) error) error {
+		return a.events.AuditEvents(ctx, org, from, to, yield)
+	})
+}
+
+// openExports serves exports out of ClickHouse at addr (and the audit log's
+// exports, when d has an audit log) and, with dir, runs export jobs there (parts["exports"]) as node, which names this process
 // among those sharing dir across its restarts. The cursor and link keys derive
 // from the internal secret, so that every ingest node holding it resumes
 // the others' cursors and serves their links (from a shared dir); a
@@ -50,6 +72,9 @@ func openExports(ctx context.Context, addr, password string, mac *recordauth.Key
 		return nil, err
 	}
 	d.Exports = exportService{exports.NewService(ex)}
+	if a, ok := d.AuditLog.(auditLog); ok {
+		a.events, d.AuditLog = ex, a
+	}
 	if dir == "" {
 		return func() { ex.Close() }, nil
 	}

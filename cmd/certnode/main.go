@@ -92,7 +92,7 @@ func newRoot() *cobra.Command {
 	// --version prints what the version command prints.
 	root.Version = versionText()
 	root.SetVersionTemplate("{{.Version}}")
-	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(),
+	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(), newAuditCmd(),
 		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newDispatcherCmd(), newCoordinatorCmd(), newAdminCmd(), newWebhooksCmd(), newLogCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }

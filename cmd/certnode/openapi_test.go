@@ -290,6 +290,7 @@ var needServices = map[string]string{
 	"GET /v1/reports/{report_id}/run":      "needs ClickHouse: TestOpenAPIAnalyticsClickHouse (integration)",
 	"POST /v1/compliance/reports":          "needs ClickHouse: TestComplianceReport (integration)",
 	"GET /v1/receipts/{receipt_id}/proof":  "needs ClickHouse (whose receipt it is): TestTransparencyLog (integration)",
+	"GET /v1/audit/export":                 "needs ClickHouse (the events): TestAuditLog (integration)",
 	"GET /v1/exports/{kind}":               exportStore,
 	"POST /v1/export-jobs":                 exportStore,
 	"GET /v1/export-jobs":                  exportStore,
@@ -366,7 +367,8 @@ func TestOpenAPIContract(t *testing.T) {
 	signResults := c.expect(t, e, exchange{name: "sign results", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results", key: e.key,
 		status: 200}).body
 	abandoned := e.injectAbandonedJob("demo")
-	e.waitLogged(1)
+	e.waitLogged("/v1/log/checkpoint", 1)
+	e.waitLogged("/v1/audit/checkpoint", 1) // the demo organization's set-up
 
 	cases := []exchange{
 		// Public routes.
@@ -382,6 +384,12 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "log consistency", method: "GET", path: "/v1/log/consistency?from=1", status: 200},
 		{name: "log consistency from 0", method: "GET", path: "/v1/log/consistency?from=0", offSpec: true, status: 400, code: "invalid_from"},
 		{name: "log consistency past the tree", method: "GET", path: "/v1/log/consistency?from=1&to=99999999", status: 400, code: "invalid_tree_size"},
+		{name: "audit log checkpoint", method: "GET", path: "/v1/audit/checkpoint", status: 200},
+		{name: "audit log key", method: "GET", path: "/v1/audit/key", status: 200},
+		{name: "audit export without storage", method: "GET", path: "/v1/audit/export?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z", key: e.key, status: 503, code: "exports_unavailable"},
+		{name: "audit export without a window", method: "GET", path: "/v1/audit/export", key: e.key, offSpec: true, status: 400, code: "invalid_range"},
+		{name: "audit export backwards", method: "GET", path: "/v1/audit/export?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", key: e.key, status: 400, code: "invalid_range"},
+		{name: "audit export bad time", method: "GET", path: "/v1/audit/export?from=yesterday&to=2026-01-01T00:00:00Z", key: e.key, offSpec: true, status: 400, code: "invalid_from"},
 		// The proof needs to know whose receipt it is: ClickHouse (off here).
 		{name: "proof without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: e.key, status: 503, code: "storage_unavailable"},
 		{name: "proof unknown key", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: "cn_nope", status: 401, code: "unauthorized"},

@@ -24,6 +24,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/deliveries"
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -167,7 +168,7 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey string
+	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -248,6 +249,24 @@ func newIngestCmd() *cobra.Command {
 					return usageErr("%v", err)
 				}
 			}
+			if auditURL != "" {
+				if auditKey != "" {
+					if auditKey, err = readVerifierKey(auditKey); err != nil {
+						return usageErr("%v", err)
+					}
+				}
+				c, err := transparency.NewClient(auditURL, auditKey, nil)
+				if err != nil {
+					return usageErr("--audit-log: %v", err)
+				}
+				deps.AuditLog = auditLog{Client: c}
+			}
+			events, err := audit.NewPublisher(cfg.Kafka, "ingest", reg)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer events.Close()
+			deps.Audit = events
 			if clickhouse != "" {
 				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
 				if err != nil {
@@ -288,6 +307,10 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "log", "CERTNODE_LOG_URL")
 	fs.StringVar(&logKey, "log-key", "", "the log's verifier key, or a file holding it (default: the one the log serves)")
 	bindEnv(fs, "log-key", "CERTNODE_LOG_KEY")
+	fs.StringVar(&auditURL, "audit-log", "", "the audit log's address (certnode log serve --kind audit --http), for /v1/audit/...")
+	bindEnv(fs, "audit-log", "CERTNODE_AUDIT_LOG_URL")
+	fs.StringVar(&auditKey, "audit-log-key", "", "the audit log's verifier key, or a file holding it (default: the one the log serves)")
+	bindEnv(fs, "audit-log-key", "CERTNODE_AUDIT_LOG_KEY")
 	fs.StringVar(&exportsDir, "exports-dir", "", "folder for the files of background exports (POST /v1/export-jobs; with --clickhouse); share it between ingest nodes so that any serves any link")
 	bindEnv(fs, "exports-dir", "CERTNODE_EXPORTS_DIR")
 	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")

@@ -158,6 +158,12 @@ func TestCrossTenant(t *testing.T) {
 		"GET /v1/exports/{kind}": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/exports/results?format=ndjson&receipt=true", 503, "exports_unavailable")
 		},
+		// The audit export reads the events from ClickHouse: here both get
+		// the same 503. B never sees A's events in its own export:
+		// TestAuditLog (integration).
+		"GET /v1/audit/export": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/audit/export?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z", 503, "exports_unavailable")
+		},
 		"GET /v1/export-jobs": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/export-jobs", 503, "exports_unavailable")
 		},

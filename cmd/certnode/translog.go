@@ -112,31 +112,49 @@ func newLogCmd() *cobra.Command {
 	return cmd
 }
 
-// defaultOrigin names the log in its checkpoints; a deployment names its own.
-const defaultOrigin = "certnode.local/receipts"
+// defaultOrigin names the log in its checkpoints; a deployment names its
+// own. The audit log's is defaultAuditOrigin.
+const (
+	defaultOrigin      = "certnode.local/receipts"
+	defaultAuditOrigin = "certnode.local/audit"
+)
 
 func newLogServeCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
-	var addr, origin string
+	var addr, origin, kind string
 	cfg := translog.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Append every signed receipt to the transparency log and serve its tiles",
+		Short: "Append every signed receipt (or, --kind audit, every audit event) to its log and serve its tiles",
 		Long: "Consumes certnode.receipts and appends each signed receipt (a hash of it, never its payload) to an\n" +
 			"append-only Merkle log (RFC 6962 hashing; C2SP tlog-tiles written by transparency-dev/tessera in\n" +
 			"--dir), with a checkpoint signed every --checkpoint-interval by an Ed25519 key: a lone software key\n" +
 			"(--key) or, in production, an HSM key (--pkcs11-module, --token, --label). --http serves the\n" +
 			"checkpoint, the tiles (static files: put them behind a CDN), the key (/key) and the receipt index\n" +
-			"(/index/ID) that ingest (--log URL) builds proofs from, with /metrics. Run one per --dir.\n\n" + pinHelp,
+			"(/index/ID) that ingest (--log URL) builds proofs from, with /metrics. Run one per --dir.\n" +
+			"With --kind audit it keeps the audit log instead: every role's audit events from certnode.audit\n" +
+			"(a leaf is the event's hash, its organization's tag and time), which ingest (--audit-log URL)\n" +
+			"exports verifiably; give it its own --dir, key and --http (default origin certnode.local/audit).\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Kind = translog.Kind(kind)
+			group := kf.prefix + "-translog"
+			if cfg.Kind == translog.Audit {
+				group = kf.prefix + "-auditlog"
+				if !cmd.Flags().Changed("origin") {
+					origin = defaultAuditOrigin
+				}
+				if !cmd.Flags().Changed("http") {
+					addr = "127.0.0.1:9107"
+				}
+			}
 			s, vkey, err := keys.noteSigner(origin)
 			if err != nil {
 				return err
 			}
 			defer keys.release()
-			cfg.Kafka, cfg.Group, cfg.Signer, cfg.VerifierKey = kf.config(), kf.prefix+"-translog", s, vkey
+			cfg.Kafka, cfg.Group, cfg.Signer, cfg.VerifierKey = kf.config(), group, s, vkey
 			reg := newRegistry()
 			cfg.Registerer = reg
 			if err := cfg.Validate(); err != nil {
@@ -152,14 +170,16 @@ func newLogServeCmd() *cobra.Command {
 			defer sink.Close()
 			mux := metricsMux(reg, func() error { return nil })
 			mux.Handle("/", sink.Handler())
-			slog.Info("transparency log started", "dir", cfg.Dir, "http", addr, "origin", origin, "verifier_key", vkey)
+			slog.Info("log started", "kind", cfg.Kind, "dir", cfg.Dir, "http", addr, "origin", origin, "verifier_key", vkey)
 			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"log": sink.Run, "http": serveHTTP(addr, mux)}))
 		},
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&cfg.Dir, "dir", "", "the log's directory: tiles, checkpoint and receipt index (required)")
 	bindEnv(fs, "dir", "CERTNODE_LOG_DIR")
-	fs.StringVar(&addr, "http", "127.0.0.1:9106", "address serving the log's files, key, index and /metrics")
+	fs.StringVar(&kind, "kind", string(translog.Receipts), "what the log holds: receipts (the transparency log) or audit (the audit log)")
+	bindEnv(fs, "kind", "CERTNODE_LOG_KIND")
+	fs.StringVar(&addr, "http", "127.0.0.1:9106", "address serving the log's files, key, index and /metrics (audit: 127.0.0.1:9107)")
 	bindEnv(fs, "http", "CERTNODE_LOG_HTTP")
 	fs.StringVar(&origin, "origin", defaultOrigin, "the log's name in its checkpoints (a host and path, like example.com/receipts)")
 	bindEnv(fs, "origin", "CERTNODE_LOG_ORIGIN")
@@ -252,11 +272,15 @@ func newLogMonitorCmd() *cobra.Command {
 	return cmd
 }
 
-// devLog is the transparency log of certnode dev: a software Ed25519 key
-// kept in dir (log-key.pem), the log in dir/translog, served on a loopback
-// port of its own, and the client ingest builds proofs with.
-func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, reg prometheus.Registerer) (*translog.Sink, *transparency.Client, func(context.Context) error, error) {
-	keyFile := filepath.Join(dir, "log-key.pem")
+// devLog is a log of certnode dev, the transparency log (receipts) or the
+// audit log: a software Ed25519 key kept in dir (log-key.pem,
+// audit-log-key.pem), the log in dir/translog or dir/auditlog, served on a
+// loopback port of its own, and the client ingest reads it with.
+func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, kind translog.Kind, reg prometheus.Registerer) (*translog.Sink, *transparency.Client, func(context.Context) error, error) {
+	keyFile, origin, group, sub := filepath.Join(dir, "log-key.pem"), defaultOrigin, prefix+"-translog", "translog"
+	if kind == translog.Audit {
+		keyFile, origin, group, sub = filepath.Join(dir, "audit-log-key.pem"), defaultAuditOrigin, prefix+"-auditlog", "auditlog"
+	}
 	key, err := signer.LoadSoftware(keyFile)
 	if errors.Is(err, os.ErrNotExist) {
 		if key, err = signer.GenerateSoftware("EdDSA"); err == nil {
@@ -266,12 +290,12 @@ func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, reg prom
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("the log's key: %w", err)
 	}
-	s, vkey, err := newNoteSigner(defaultOrigin, key)
+	s, vkey, err := newNoteSigner(origin, key)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	cfg := translog.DefaultConfig()
-	cfg.Kafka, cfg.Group, cfg.Dir, cfg.Signer, cfg.VerifierKey, cfg.Registerer = kcfg, prefix+"-translog", filepath.Join(dir, "translog"), s, vkey, reg
+	cfg.Kind, cfg.Kafka, cfg.Group, cfg.Dir, cfg.Signer, cfg.VerifierKey, cfg.Registerer = kind, kcfg, group, filepath.Join(dir, sub), s, vkey, reg
 	sink, err := translog.New(ctx, cfg)
 	if err != nil {
 		return nil, nil, nil, err
