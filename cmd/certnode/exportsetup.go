@@ -57,7 +57,8 @@ func (a auditLog) Export(ctx context.Context, w io.Writer, org string, from, to 
 }
 
 // openExports serves exports out of ClickHouse at addr (and the audit log's
-// exports, when d has an audit log) and, with dir, runs export jobs there (parts["exports"]) as node, which names this process
+// exports, when d has an audit log) and, with dir, runs export jobs there
+// (parts["exports"]) as node, which names this process
 // among those sharing dir across its restarts. The cursor and link keys derive
 // from the internal secret, so that every ingest node holding it resumes
 // the others' cursors and serves their links (from a shared dir); a
@@ -73,7 +74,8 @@ func openExports(ctx context.Context, addr, password string, mac *recordauth.Key
 	}
 	d.Exports = exportService{exports.NewService(ex)}
 	if a, ok := d.AuditLog.(auditLog); ok {
-		a.events, d.AuditLog = ex, a
+		a.events = ex
+		d.AuditLog = a
 	}
 	if dir == "" {
 		return func() { ex.Close() }, nil

@@ -2,7 +2,8 @@
 # The full system on one machine, each part its own process: real Kafka,
 # ClickHouse and SoftHSM2, plus `certnode worker` (signing in the HSM),
 # `certnode sink clickhouse`, `certnode sink usage`, `certnode log serve` (the
-# transparency log, its checkpoints signed by an Ed25519 key in the HSM) and
+# transparency log, its checkpoints signed by an Ed25519 key in the HSM),
+# `certnode log serve --kind audit` (the audit log, likewise) and
 # `certnode ingest` on 127.0.0.1:8080.
 # usage: up.sh [down|status]   (state and logs in $CERTNODE_LOCAL/up)
 source "$(dirname "$0")/lib.sh"
@@ -12,11 +13,11 @@ UP="$CERTNODE_LOCAL/up"
 HTTP="${CERTNODE_HTTP:-127.0.0.1:8080}"
 RING="$UP/keyring"
 
-roles=(worker sink usage log ingest)
+roles=(worker sink usage log auditlog ingest)
 
 down() {
   local r
-  for r in ingest log usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
+  for r in ingest auditlog log usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
 }
 
 status() {
@@ -62,14 +63,19 @@ up() {
   local loghsm=(--pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label certnode-log)
   "$bin" log key "${loghsm[@]}" >"$UP/log.vkey" 2>/dev/null ||
     { "$bin" keys generate --alg EdDSA "${loghsm[@]}" >/dev/null && "$bin" log key "${loghsm[@]}" >"$UP/log.vkey"; }
+  local audithsm=(--pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --label certnode-audit)
+  "$bin" log key --origin certnode.local/audit "${audithsm[@]}" >"$UP/audit.vkey" 2>/dev/null ||
+    { "$bin" keys generate --alg EdDSA "${audithsm[@]}" >/dev/null &&
+      "$bin" log key --origin certnode.local/audit "${audithsm[@]}" >"$UP/audit.vkey"; }
 
   export CERTNODE_KAFKA=127.0.0.1:9092 CERTNODE_TENANTS_FILE="$UP/tenants.json" CERTNODE_INTERNAL_SECRET_FILE="$UP/internal.secret"
   start_role worker worker --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9101
   start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
   start_role usage sink usage --metrics 127.0.0.1:9103
   start_role log log serve --dir "$UP/translog" --http 127.0.0.1:9106 "${loghsm[@]}"
+  start_role auditlog log serve --kind audit --dir "$UP/auditlog" --http 127.0.0.1:9107 "${audithsm[@]}"
   start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 --exports-dir "$UP/exports" \
-    --log http://127.0.0.1:9106 --log-key "$UP/log.vkey"
+    --log http://127.0.0.1:9106 --log-key "$UP/log.vkey" --audit-log http://127.0.0.1:9107 --audit-log-key "$UP/audit.vkey"
   local i
   for ((i = 0; i < 120; i++)); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break
@@ -77,7 +83,7 @@ up() {
     sleep 0.25
   done
   status
-  log "API on http://$HTTP; API key in $UP/credentials.json; the log's verifier key in $UP/log.vkey; logs in $UP/*.log; stop with: $0 down"
+  log "API on http://$HTTP; API key in $UP/credentials.json; the logs' verifier keys in $UP/log.vkey and $UP/audit.vkey; logs in $UP/*.log; stop with: $0 down"
 }
 
 case "${1:-up}" in
