@@ -71,6 +71,15 @@ type Config struct {
 	// MaxHeldBytes bounds the records held back per partition; past it the
 	// partition's fetching pauses until some are released.
 	MaxHeldBytes int
+	// Audit receives the records refused as unauthenticated, as security
+	// events (nil: not recorded).
+	Audit AuditRecorder
+}
+
+// AuditRecorder sends security events to the audit log (internal/audit's
+// Publisher); it never blocks.
+type AuditRecorder interface {
+	Record(ev schemas.AuditEvent)
 }
 
 // Validate reports every problem at once.
@@ -477,11 +486,31 @@ func (w *Worker) process(ctx context.Context, j *job) ([]*kgo.Record, error) {
 	return append([]*kgo.Record{result}, out...), nil
 }
 
-// authenticate says who wrote the record: the ingest tier (its MAC over the
+// authenticate says who wrote the record (identify), and sends a refused
+// one to the audit log: the organization and producer key it claimed (when
+// they are well-formed ids) and where it lies.
+func (w *Worker) authenticate(rec *kgo.Record) (schemas.Auth, string, error) {
+	auth, keyID, err := w.identify(rec)
+	if err != nil && w.cfg.Audit != nil {
+		ev := schemas.AuditEvent{At: time.Now().UTC(), Actor: schemas.AuditActor{Kind: schemas.ActorKey},
+			Action: "record.refused", Target: fmt.Sprintf("%s/%d/%d", rec.Topic, rec.Partition, rec.Offset),
+			Result: schemas.AuditDenied, Reason: ReasonUnauthenticated, Source: "worker"}
+		if schemas.CheckTenantID(string(rec.Key)) == nil {
+			ev.Org = string(rec.Key)
+		}
+		if id := kafka.Header(rec, schemas.HeaderProducerKeyID); schemas.CheckTenantID(id) == nil {
+			ev.Actor.ID = id
+		}
+		w.cfg.Audit.Record(ev)
+	}
+	return auth, keyID, err
+}
+
+// identify says who wrote the record: the ingest tier (its MAC over the
 // whole value), a customer producer (a producer key's HMAC over the value,
 // the tenant being the record key), or nobody provable; for a producer, the
 // id of the key that signed.
-func (w *Worker) authenticate(rec *kgo.Record) (schemas.Auth, string, error) {
+func (w *Worker) identify(rec *kgo.Record) (schemas.Auth, string, error) {
 	var keyID, sig string
 	for _, h := range rec.Headers {
 		switch h.Key {

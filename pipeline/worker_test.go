@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -236,6 +237,17 @@ func TestWorkerSignsAndVerifies(t *testing.T) {
 	}
 }
 
+type fakeAudit struct {
+	mu  sync.Mutex
+	evs []schemas.AuditEvent
+}
+
+func (f *fakeAudit) Record(ev schemas.AuditEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.evs = append(f.evs, ev)
+}
+
 func jsonHas(b []byte, s string) bool { return len(b) > 0 && contains(string(b), s) }
 
 func contains(s, sub string) bool {
@@ -267,7 +279,8 @@ func TestWorkerRefusalsGetResultsAndDLQ(t *testing.T) {
 		h.request("acme", "not-object", schemas.KindSign, `[1,2]`, ""),
 		h.request("acme", "after", schemas.KindSign, `{"ok":true}`, ""),
 	)
-	_, stop := h.worker(context.Background())
+	audit := &fakeAudit{}
+	_, stop := h.workerWith(context.Background(), h.ring, func(c *Config) { c.Audit = audit })
 	defer stop()
 
 	dlq := h.consume(topics.DLQ, 11)
@@ -287,6 +300,24 @@ func TestWorkerRefusalsGetResultsAndDLQ(t *testing.T) {
 		if reasons[k] != v {
 			t.Fatalf("DLQ reasons %v, want %v", reasons, want)
 		}
+	}
+	// Each unauthenticated record is a security event: the organization
+	// and producer key it claimed, never a secret.
+	audit.mu.Lock()
+	var claimed []string
+	for _, ev := range audit.evs {
+		if ev.Action != "record.refused" || ev.Result != schemas.AuditDenied || ev.Source != "worker" || ev.Target == "" {
+			t.Errorf("event %+v", ev)
+		}
+		claimed = append(claimed, ev.Org+"/"+ev.Actor.ID)
+		if b, _ := json.Marshal(ev); contains(string(b), "cn_secret_api_key") || contains(string(b), "wrong") {
+			t.Errorf("a secret in %s", b)
+		}
+	}
+	audit.mu.Unlock()
+	slices.Sort(claimed)
+	if want := []string{"acme/", "acme/", "acme/", "acme/pk1", "globex/pk1"}; !slices.Equal(claimed, want) {
+		t.Errorf("security events claim %v, want %v", claimed, want)
 	}
 	// Every record that names a request gets exactly one result, so no job
 	// waits on a poison line; only "not json" names nothing.

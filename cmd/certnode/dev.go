@@ -169,7 +169,7 @@ func newDevCmd() *cobra.Command {
 			}
 			defer limiter.Close()
 			parts["limiter"] = limiter.Run
-			wcfg.Limiter = limiter
+			wcfg.Limiter, wcfg.Audit = limiter, events
 			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {

@@ -414,7 +414,12 @@ func newWorkerCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			cfg.Registerer, cfg.Limiter = reg, limiter
+			events, err := audit.NewPublisher(cfg.Kafka, "worker", reg)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer events.Close()
+			cfg.Registerer, cfg.Limiter, cfg.Audit = reg, limiter, events
 			keys.registerPoolMetrics(reg)
 			w, err := pipeline.New(cfg, ring, producers, mac)
 			if err != nil {
