@@ -27,6 +27,8 @@ const (
 	AuditOK     = "ok"     // done
 	AuditDenied = "denied" // refused: no or bad credentials, no permission
 	AuditFailed = "failed" // tried and failed
+	// AuditFlagged is a threat detector's finding (action security.alert).
+	AuditFlagged = "flagged"
 )
 
 // Actor kinds of audit events (the coordinator's, and "address" for a
@@ -67,6 +69,8 @@ type AuditEvent struct {
 	// Source is the role that saw it: coordinator, ingest, worker,
 	// detector.
 	Source string `json:"source"`
+	// Detail says more, in words (a detector's finding).
+	Detail string `json:"detail,omitempty"`
 }
 
 // Bounds of an audit event's fields.
@@ -90,9 +94,12 @@ func (e *AuditEvent) Validate() error {
 		errs = append(errs, errors.New("action, source and actor.kind are required"))
 	}
 	switch e.Result {
-	case AuditOK, AuditDenied, AuditFailed:
+	case AuditOK, AuditDenied, AuditFailed, AuditFlagged:
 	default:
-		errs = append(errs, fmt.Errorf("result %q: want ok, denied or failed", e.Result))
+		errs = append(errs, fmt.Errorf("result %q: want ok, denied, failed or flagged", e.Result))
+	}
+	if len(e.Detail) > 1024 {
+		errs = append(errs, errors.New("detail is longer than 1024 bytes"))
 	}
 	for name, v := range map[string]string{"action": e.Action, "target": e.Target, "reason": e.Reason, "source": e.Source,
 		"actor.kind": e.Actor.Kind, "actor.id": e.Actor.ID, "actor.addr": e.Actor.Addr} {
