@@ -75,6 +75,8 @@ var registry = map[cmdType]func() Command{
 	cmdSetKeysUsed:       func() Command { return new(SetKeysUsed) },
 	cmdSetAdmitted:       func() Command { return new(SetAdmitted) },
 	cmdRelayAudit:        func() Command { return new(RelayAudit) },
+	cmdBlockAddress:      func() Command { return new(BlockAddress) },
+	cmdUnblockAddress:    func() Command { return new(UnblockAddress) },
 }
 
 func encode(c Command) ([]byte, error) {

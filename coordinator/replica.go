@@ -81,12 +81,13 @@ type Replica struct {
 // replicaState is a copy of the state with the keys requests may use
 // indexed once, so a request does no parsing or allocation.
 type replicaState struct {
-	index uint64
-	keys  map[string]usableKey   // by key id: unrevoked keys of active organizations
-	orgs  map[string]*replicaOrg // active organizations
-	hooks map[string]*orgHooks   // webhook settings of every organization
-	quota []QuotaAlert           // alerts not announced yet
-	reps  map[string]*Report     // saved reports of active organizations, by id
+	index  uint64
+	keys   map[string]usableKey   // by key id: unrevoked keys of active organizations
+	orgs   map[string]*replicaOrg // active organizations
+	hooks  map[string]*orgHooks   // webhook settings of every organization
+	quota  []QuotaAlert           // alerts not announced yet
+	reps   map[string]*Report     // saved reports of active organizations, by id
+	blocks map[string]Block       // addresses kept out of ingest
 }
 
 // orgHooks is what the dispatcher needs of an organization.
@@ -114,7 +115,10 @@ type keyUse struct{ last, sent atomic.Int64 }
 
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
-		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}}
+		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}, blocks: map[string]Block{}}
+	for addr, b := range st.State.Blocks {
+		rs.blocks[addr] = *b
+	}
 	for id, o := range st.State.Orgs {
 		h := &orgHooks{}
 		for _, d := range o.Settings.WebhookRetrySchedule {

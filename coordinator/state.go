@@ -33,6 +33,7 @@ type State struct {
 	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`     // webhook endpoints by id
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`  // by organization
 	Reports      map[string]*Report          `json:"reports"`       // saved analytics reports by id
+	Blocks       map[string]*Block           `json:"blocks"`        // addresses kept out of ingest, by address
 	Users        map[string]*User            `json:"users"`
 	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
 	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
@@ -65,11 +66,12 @@ type SharedState struct {
 	Endpoints    map[string]*WebhookEndpoint `json:"endpoints"`
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`
 	Reports      map[string]*Report          `json:"reports"`
+	Blocks       map[string]*Block           `json:"blocks"`
 }
 
 func (s *State) shared() SharedState {
 	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports}
+		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks}
 }
 
 func newState() *State {
@@ -106,6 +108,9 @@ func (s *State) fill() {
 	}
 	if s.Users == nil {
 		s.Users = map[string]*User{}
+	}
+	if s.Blocks == nil {
+		s.Blocks = map[string]*Block{}
 	}
 	if s.Memberships == nil {
 		s.Memberships = map[string]*Membership{}

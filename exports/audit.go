@@ -9,16 +9,32 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
-// auditEventsSQL reads an organization's audit events in a window of whole
-// seconds, oldest first, one copy per id, as stored: the canonical JSON the
-// audit log's leaves commit to.
-const auditEventsSQL = "SELECT event FROM " + schemas.ClickHouseAuditTable +
-	" WHERE org = ? AND at >= toDateTime(?) AND at < toDateTime(?) ORDER BY at, at_nanos, id LIMIT 1 BY id"
+// AuditQuery selects an organization's audit events: those of [From, To)
+// (whole seconds), of Action when set, at most Limit (0: all) newest
+// first, else all oldest first.
+type AuditQuery struct {
+	Org      string
+	From, To time.Time
+	Action   string
+	Limit    int
+}
 
-// AuditEvents calls yield with each of org's audit events in [from, to)
-// (whole seconds), in time order.
-func (e *Exporter) AuditEvents(ctx context.Context, org string, from, to time.Time, yield func(event []byte) error) error {
-	return e.each(ctx, auditEventsSQL, []any{org, seconds(from), seconds(to)}, func(rows driver.Rows) error {
+// AuditEvents calls yield with each event q selects, one copy per id, as
+// stored: the canonical JSON the audit log's leaves commit to.
+func (e *Exporter) AuditEvents(ctx context.Context, q AuditQuery, yield func(event []byte) error) error {
+	sql := "SELECT event FROM " + schemas.ClickHouseAuditTable + " WHERE org = ? AND at >= toDateTime(?) AND at < toDateTime(?)"
+	args := []any{q.Org, seconds(q.From), seconds(q.To)}
+	if q.Action != "" {
+		sql += " AND action = ?"
+		args = append(args, q.Action)
+	}
+	if q.Limit > 0 {
+		sql += " ORDER BY at DESC, at_nanos DESC, id LIMIT 1 BY id LIMIT ?"
+		args = append(args, q.Limit)
+	} else {
+		sql += " ORDER BY at, at_nanos, id LIMIT 1 BY id"
+	}
+	return e.each(ctx, sql, args, func(rows driver.Rows) error {
 		var ev string
 		if err := rows.Scan(&ev); err != nil {
 			return err

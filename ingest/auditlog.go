@@ -3,7 +3,10 @@ package ingest
 import (
 	"context"
 	"io"
+	"strconv"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/valyala/fasthttp"
 
@@ -54,4 +57,45 @@ func (s *Server) auditExport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []st
 	s.streamFile(ctx, name, "application/json", func(c context.Context, w io.Writer) error {
 		return s.deps.AuditLog.Export(c, w, t.ID, from, to)
 	})
+}
+
+// AlertStore lists an organization's security alerts (the threat
+// detector's findings, stored with the audit events), newest first.
+type AlertStore interface {
+	Alerts(ctx context.Context, org string, from, to time.Time, limit int) ([]jsontext.Value, error)
+}
+
+// securityAlerts answers GET /v1/security/alerts?from=&to=&limit=: the
+// organization's alerts of [from, to) (default: the last 7 days), newest
+// first, at most limit (default 100, at most 1000).
+func (s *Server) securityAlerts(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
+	to := time.Now().UTC().Truncate(time.Second).Add(time.Second)
+	from := to.Add(-7 * 24 * time.Hour)
+	if !timeParam(ctx, "from", &from) || !timeParam(ctx, "to", &to) {
+		return
+	}
+	if !to.After(from) {
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_range", "from must be before to")
+		return
+	}
+	limit := 100
+	if v := ctx.QueryArgs().Peek("limit"); v != nil {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > 1000 {
+			apiError(ctx, fasthttp.StatusBadRequest, "invalid_limit", "limit must be 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	if s.deps.Alerts == nil {
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "alert storage (ClickHouse) is not configured")
+		return
+	}
+	alerts, err := s.deps.Alerts.Alerts(ctx, t.ID, from, to, limit)
+	if err != nil {
+		s.log.Warn("alert store", "err", err)
+		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "alert storage is unavailable; retry later")
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"alerts": alerts, "from": from, "to": to})
 }

@@ -74,6 +74,12 @@ type AuditRecorder interface {
 	Record(ev schemas.AuditEvent)
 }
 
+// Blocklist names the addresses kept out (the coordinator's blocks, set
+// by the threat detector or the operator).
+type Blocklist interface {
+	Blocked(addr netip.Addr) (until time.Time, ok bool)
+}
+
 // ErrNotFound is what a ReceiptStore returns for an unknown receipt.
 var ErrNotFound = errors.New("not found")
 
@@ -112,6 +118,8 @@ type Deps struct {
 	// AuditLog serves the audit log's checkpoints and verifiable exports
 	// (/v1/audit/...; nil: 503).
 	AuditLog AuditLog
+	// Alerts lists security alerts (GET /v1/security/alerts; nil: 503).
+	Alerts AlertStore
 	// Compliance draws compliance reports as PDF (nil: JSON only).
 	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).
@@ -120,9 +128,12 @@ type Deps struct {
 	// the signer, or an embedded worker's health).
 	Ready []Check
 	Live  []Check
-	// Audit receives the refused requests (401 and 403) as access events
-	// (nil: not recorded).
+	// Audit receives the refused requests (401 and 403), and each key's
+	// first use from an address, as access events (nil: not recorded).
 	Audit AuditRecorder
+	// Blocks keeps blocked addresses out: every request but the probes
+	// answers 403 address_blocked (nil: none).
+	Blocks Blocklist
 	// Accounts serves the account routes (/v1/auth/*, /v1/me, /v1/orgs/*):
 	// the coordinator's, through a proxy. Nil: they answer 404.
 	Accounts http.Handler
@@ -241,6 +252,9 @@ type Server struct {
 	streamsMu sync.Mutex
 	streams   map[string]int // open results streams per tenant
 
+	keyAddrMu sync.Mutex
+	keyAddrs  map[string]struct{} // org/key/address pairs announced (noteKeyAddress)
+
 	// hub serves GET /v1/webhooks/listen; listenHeartbeat is its SSE
 	// heartbeat interval (tests shorten it).
 	hub             *listenHub
@@ -258,7 +272,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.New("ingest: authenticator, limiter, keys and record MAC are required")
 	}
 	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
-		streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
+		streams: map[string]int{}, keyAddrs: map[string]struct{}{}, m: newMetrics(cfg.Registerer)}
 	s.routes = s.table()
 	s.listenHeartbeat = listenHeartbeat
 	var err error
@@ -348,11 +362,62 @@ func (s *Server) Close() {
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	name := s.dispatch(ctx)
+	name := "blocked"
+	if !s.blocked(ctx) {
+		name = s.dispatch(ctx)
+	}
 	h := &ctx.Response.Header
 	httpsec.Add(func(n string) bool { return h.Peek(n) != nil }, h.Set, ctx.IsTLS())
 	s.m.requests.WithLabelValues(name, strconv.Itoa(ctx.Response.StatusCode())).Inc()
 	s.m.latency.WithLabelValues(name).Observe(time.Since(start).Seconds())
+}
+
+// blocked answers 403 address_blocked, with Retry-After, to a blocked
+// address; the probes answer whoever asks.
+func (s *Server) blocked(ctx *fasthttp.RequestCtx) bool {
+	if s.deps.Blocks == nil {
+		return false
+	}
+	switch string(ctx.Path()) {
+	case "/healthz", "/readyz", "/metrics":
+		return false
+	}
+	addr, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	until, ok := s.deps.Blocks.Blocked(addr.Unmap())
+	if !ok {
+		return false
+	}
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(time.Until(until)/time.Second)+1))
+	apiError(ctx, fasthttp.StatusForbidden, "address_blocked", "this address is blocked until "+until.UTC().Format(time.RFC3339)+" after a security alert")
+	return true
+}
+
+// maxKeyAddrs bounds the key and address pairs remembered: past it the
+// memory starts over, and pairs are announced again (the detector knows
+// them).
+const maxKeyAddrs = 100_000
+
+// noteKeyAddress sends the audit log a key's first use from an address
+// this process saw, for the detector of keys used from new addresses.
+func (s *Server) noteKeyAddress(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
+	if s.deps.Audit == nil || t.KeyID == "" {
+		return
+	}
+	addr := clientIP(ctx)
+	pair := t.ID + "/" + t.KeyID + "/" + addr
+	s.keyAddrMu.Lock()
+	_, seen := s.keyAddrs[pair]
+	if !seen {
+		if len(s.keyAddrs) >= maxKeyAddrs {
+			clear(s.keyAddrs)
+		}
+		s.keyAddrs[pair] = struct{}{}
+	}
+	s.keyAddrMu.Unlock()
+	if !seen {
+		s.deps.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: t.ID, Actor: schemas.AuditActor{Kind: schemas.ActorKey, ID: t.KeyID, Addr: addr},
+			Action: "api_key.address", Target: t.KeyID, Result: schemas.AuditOK, Source: "ingest"})
+	}
 }
 
 func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
@@ -417,6 +482,7 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) 
 				apiError(ctx, fasthttp.StatusBadRequest, "org_mismatch", "this API key acts in its own organization only; leave out "+OrgHeader+" and org, or name its organization")
 				return nil, false
 			}
+			s.noteKeyAddress(ctx, t)
 			return t, true
 		}
 	}

@@ -20,11 +20,25 @@ const (
 	EventEndpointDisabled          = "endpoint.disabled"
 	EventWebhookTest               = "webhook.test"
 	EventReportReady               = "report.ready"
+	EventSecurityAlert             = "security.alert"
 )
 
 // EventTypes lists every webhook event type.
 var EventTypes = []string{EventReceiptSigned, EventReceiptVerified, EventReceiptVerificationFailed,
-	EventJobCompleted, EventQuotaWarning, EventEndpointDisabled, EventWebhookTest, EventReportReady}
+	EventJobCompleted, EventQuotaWarning, EventEndpointDisabled, EventWebhookTest, EventReportReady, EventSecurityAlert}
+
+// SecurityAlertData is the data of a security.alert event.
+type SecurityAlertData struct {
+	AlertID       string `json:"alert_id"`
+	Detector      string `json:"detector"`
+	Subject       string `json:"subject"`
+	Address       string `json:"address,omitempty"`
+	KeyID         string `json:"key_id,omitempty"`
+	Count         int64  `json:"count"`
+	WindowSeconds int64  `json:"window_seconds,omitzero"`
+	Summary       string `json:"summary"`
+	Response      string `json:"response,omitempty"`
+}
 
 // EventVersion is the version of every event's schema; a change that
 // breaks receivers gets a new version beside the old one.

@@ -25,6 +25,7 @@ import (
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
+	"github.com/certnode/certnode/sinks/detect"
 	"github.com/certnode/certnode/sinks/translog"
 	usagesink "github.com/certnode/certnode/sinks/usage"
 	"github.com/certnode/certnode/sinks/webhook"
@@ -208,6 +209,16 @@ func newDevCmd() *cobra.Command {
 			}
 			defer alog.Close()
 			parts["auditlog"], parts["auditlog-http"] = alog.Run, serveAudit
+			// The detectors alert; they block no address here, where every
+			// client is this machine.
+			dtcfg := detect.DefaultConfig()
+			dtcfg.Kafka, dtcfg.Group, dtcfg.Registerer = kcfg, kf.prefix+"-detect", reg
+			detector, err := detect.New(dtcfg, events, nil, mac)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer detector.Close()
+			parts["detect"] = detector.Run
 
 			var st *stores
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
@@ -250,7 +261,7 @@ func newDevCmd() *cobra.Command {
 			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
-				AuditLog: auditLog{Client: alogClient}, Audit: events, Ready: []ingest.Check{signerCheck, replica.Ready},
+				AuditLog: auditLog{Client: alogClient}, Audit: events, Blocks: blocklist{replica}, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

@@ -6,11 +6,14 @@ import (
 	"io"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/exports"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/schemas"
+	"github.com/certnode/certnode/sinks/detect"
 	"github.com/certnode/certnode/transparency"
 )
 
@@ -52,8 +55,20 @@ func (a auditLog) Export(ctx context.Context, w io.Writer, org string, from, to 
 		return errNoEventStore
 	}
 	return a.WriteAuditExport(ctx, w, org, from, to, func(ctx context.Context, yield func([]byte) error) error {
-		return a.events.AuditEvents(ctx, org, from, to, yield)
+		return a.events.AuditEvents(ctx, exports.AuditQuery{Org: org, From: from, To: to}, yield)
 	})
+}
+
+// securityAlerts are the threat detector's findings as ingest lists them.
+type securityAlerts struct{ *exports.Exporter }
+
+func (s securityAlerts) Alerts(ctx context.Context, org string, from, to time.Time, limit int) ([]jsontext.Value, error) {
+	out := []jsontext.Value{}
+	err := s.AuditEvents(ctx, exports.AuditQuery{Org: org, From: from, To: to, Action: detect.ActionAlert, Limit: limit}, func(ev []byte) error {
+		out = append(out, jsontext.Value(ev))
+		return nil
+	})
+	return out, err
 }
 
 // openExports serves exports out of ClickHouse at addr (and the audit log's
@@ -77,6 +92,7 @@ func openExports(ctx context.Context, addr, password string, mac *recordauth.Key
 		a.events = ex
 		d.AuditLog = a
 	}
+	d.Alerts = securityAlerts{ex}
 	if dir == "" {
 		return func() { ex.Close() }, nil
 	}

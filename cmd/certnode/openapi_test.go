@@ -291,6 +291,7 @@ var needServices = map[string]string{
 	"POST /v1/compliance/reports":          "needs ClickHouse: TestComplianceReport (integration)",
 	"GET /v1/receipts/{receipt_id}/proof":  "needs ClickHouse (whose receipt it is): TestTransparencyLog (integration)",
 	"GET /v1/audit/export":                 "needs ClickHouse (the events): TestAuditLog (integration)",
+	"GET /v1/security/alerts":              "needs ClickHouse (the alerts): TestThreatDetection (integration)",
 	"GET /v1/exports/{kind}":               exportStore,
 	"POST /v1/export-jobs":                 exportStore,
 	"GET /v1/export-jobs":                  exportStore,
@@ -389,6 +390,9 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "audit export without storage", method: "GET", path: "/v1/audit/export?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z", key: e.key, status: 503, code: "exports_unavailable"},
 		{name: "audit export without a window", method: "GET", path: "/v1/audit/export", key: e.key, offSpec: true, status: 400, code: "invalid_range"},
 		{name: "audit export backwards", method: "GET", path: "/v1/audit/export?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", key: e.key, status: 400, code: "invalid_range"},
+		{name: "alerts without storage", method: "GET", path: "/v1/security/alerts", key: e.key, status: 503, code: "storage_unavailable"},
+		{name: "alerts bad limit", method: "GET", path: "/v1/security/alerts?limit=0", key: e.key, offSpec: true, status: 400, code: "invalid_limit"},
+		{name: "alerts backwards", method: "GET", path: "/v1/security/alerts?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", key: e.key, status: 400, code: "invalid_range"},
 		{name: "audit export bad time", method: "GET", path: "/v1/audit/export?from=yesterday&to=2026-01-01T00:00:00Z", key: e.key, offSpec: true, status: 400, code: "invalid_from"},
 		// The proof needs to know whose receipt it is: ClickHouse (off here).
 		{name: "proof without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: e.key, status: 503, code: "storage_unavailable"},

@@ -164,6 +164,11 @@ func TestCrossTenant(t *testing.T) {
 		"GET /v1/audit/export": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/audit/export?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z", 503, "exports_unavailable")
 		},
+		// Alerts come from ClickHouse: both get the same 503 here; B never
+		// lists A's: TestThreatDetection (integration).
+		"GET /v1/security/alerts": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/security/alerts", 503, "storage_unavailable")
+		},
 		"GET /v1/export-jobs": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/export-jobs", 503, "exports_unavailable")
 		},

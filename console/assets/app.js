@@ -60,6 +60,7 @@ const PAGES = [
   { id: 'invoices', title: 'Invoices', roles: ['owner', 'billing'], render: invoices },
   { id: 'keys', title: 'API keys', roles: ['owner', 'admin'], render: keys },
   { id: 'audit', title: 'Audit', roles: ['owner', 'admin'], render: audit },
+  { id: 'security', title: 'Security', roles: ['owner', 'admin'], render: security },
 ];
 
 function stopTimers() {
@@ -559,6 +560,21 @@ async function audit(sec) {
   const list = await api('/v1/orgs/' + encodeURIComponent(S.org) + '/audit?limit=200');
   sec.append(table([{ label: 'When', value: (e) => when(e.at) }, { label: 'Action', value: (e) => e.action }, { label: 'Who', value: (e) => e.actor.kind + (e.actor.id ? ' ' + e.actor.id : '') },
     { label: 'From', value: (e) => e.actor.addr || '' }, { label: 'Target', value: (e) => e.target || '' }], list.events, 'No events.'));
+}
+
+// security lists the threat detectors' findings of the last 30 days.
+async function security(sec) {
+  const list = el('div', { id: 'alerts', 'aria-live': 'polite' });
+  sec.append(el('p', { text: 'What the threat detectors flagged: bursts of refused credentials, credential stuffing, keys used from new addresses or far above their usual volume, spikes of failed verifications, webhook endpoints changed and then flooded. Each alert is also a security.alert webhook and an event in the audit log.' }), list);
+  const load = async () => {
+    const now = new Date();
+    const ans = await api('/v1/security/alerts?' + qs({ from: iso(new Date(now.getTime() - 30 * 86400e3)), to: iso(new Date(now.getTime() + 1000)), limit: 200 }));
+    list.replaceChildren(table([{ label: 'When', value: (a) => when(a.at) }, { label: 'Detector', value: (a) => a.reason }, { label: 'About', value: (a) => a.target },
+      { label: 'Finding', value: (a) => a.detail || '' }], ans.alerts, 'No alerts in the last 30 days.'));
+    list.querySelectorAll('tbody tr').forEach((tr) => tr.setAttribute('data-testid', 'alert-row'));
+  };
+  await load();
+  every(load);
 }
 
 document.addEventListener('DOMContentLoaded', () => {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 )
 
@@ -63,10 +64,10 @@ type Alert struct {
 	Summary string
 }
 
-// Config holds the detectors' thresholds. Bursts count events in a
+// Thresholds are the detectors' thresholds. Bursts count events in a
 // sliding window; spikes compare a minute with the subject's baseline (an
 // average of its earlier minutes, from WarmupMinutes of history on).
-type Config struct {
+type Thresholds struct {
 	AuthFailures       int64 // per address, and per key id, in AuthWindow
 	AuthWindow         time.Duration
 	LoginFailures      int64 // per address in LoginWindow
@@ -82,15 +83,15 @@ type Config struct {
 	MaxAddressesPerKey int           // addresses remembered per key
 }
 
-// DefaultConfig returns the thresholds the detectors ship with.
-func DefaultConfig() Config {
-	return Config{AuthFailures: 20, AuthWindow: time.Minute, LoginFailures: 10, LoginWindow: 5 * time.Minute,
+// DefaultThresholds returns the thresholds the detectors ship with.
+func DefaultThresholds() Thresholds {
+	return Thresholds{AuthFailures: 20, AuthWindow: time.Minute, LoginFailures: 10, LoginWindow: 5 * time.Minute,
 		SpikeMin: 600, SpikeFactor: 10, VerifyFailuresMin: 50, VerifyFactor: 10, WarmupMinutes: 5,
 		FloodDeliveries: 100, FloodAfter: 5 * time.Minute, MaxSubjects: 100_000, MaxAddressesPerKey: 256}
 }
 
 // Validate reports every problem at once.
-func (c *Config) Validate() error {
+func (c *Thresholds) Validate() error {
 	var errs []error
 	if c.AuthFailures < 1 || c.LoginFailures < 1 || c.SpikeMin < 1 || c.VerifyFailuresMin < 1 || c.FloodDeliveries < 1 {
 		errs = append(errs, errors.New("detect: every threshold must be at least 1"))
@@ -187,7 +188,7 @@ type keyAddrs struct {
 // Engine runs the detectors over signals, in event time. It is not safe
 // for concurrent use.
 type Engine struct {
-	cfg       Config
+	cfg       Thresholds
 	authAddr  map[string]*window
 	authKey   map[string]*window
 	logins    map[string]*window
@@ -196,11 +197,11 @@ type Engine struct {
 	keys      map[string]*keyAddrs // org/key
 	changed   map[string]time.Time // org/endpoint: when it last changed
 	floods    map[string]*window   // org/endpoint
-	untracked int64                // signals of subjects past MaxSubjects
+	untracked atomic.Int64         // signals of subjects past MaxSubjects
 }
 
 // NewEngine returns an engine with no history.
-func NewEngine(cfg Config) (*Engine, error) {
+func NewEngine(cfg Thresholds) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -209,8 +210,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 		changed: map[string]time.Time{}, floods: map[string]*window{}}, nil
 }
 
-// Untracked counts the signals whose subject the state had no room for.
-func (e *Engine) Untracked() int64 { return e.untracked }
+// Untracked counts the signals whose subject the state had no room for;
+// it may be read while the engine runs.
+func (e *Engine) Untracked() int64 { return e.untracked.Load() }
 
 // entry returns m[k], made when there is room.
 func entry[V any](e *Engine, m map[string]*V, k string) *V {
@@ -218,7 +220,7 @@ func entry[V any](e *Engine, m map[string]*V, k string) *V {
 		return v
 	}
 	if len(m) >= e.cfg.MaxSubjects {
-		e.untracked++
+		e.untracked.Add(1)
 		return nil
 	}
 	v := new(V)
@@ -243,8 +245,11 @@ func (e *Engine) Observe(s Signal) []Alert {
 	}
 	switch s.Kind {
 	case AuthFailure:
+		// Refusals in an organization (a key of its used from a wrong
+		// address, or beyond its scopes) are its own to hear of; refusals
+		// of credentials nobody holds are the deployment's.
 		if s.Addr != "" {
-			burst(e.authAddr, s.Addr, e.cfg.AuthWindow, e.cfg.AuthFailures, Alert{At: s.At, Detector: FailedAuthAddress,
+			burst(e.authAddr, s.Org+"/"+s.Addr, e.cfg.AuthWindow, e.cfg.AuthFailures, Alert{At: s.At, Org: s.Org, Detector: FailedAuthAddress,
 				Subject: "addr:" + s.Addr, Addr: s.Addr, Summary: "requests with refused credentials from " + s.Addr})
 		}
 		if s.Key != "" {

@@ -22,7 +22,7 @@ func concat(parts ...[]Signal) []Signal { return slices.Concat(parts...) }
 
 func run(t *testing.T, sigs []Signal) []Alert {
 	t.Helper()
-	e, err := NewEngine(DefaultConfig())
+	e, err := NewEngine(DefaultThresholds())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestOneAlertPerWindow(t *testing.T) {
 // The state is bounded: subjects past MaxSubjects are counted, not kept,
 // and idle ones are swept.
 func TestStateIsBounded(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := DefaultThresholds()
 	cfg.MaxSubjects = 100
 	e, err := NewEngine(cfg)
 	if err != nil {
@@ -155,7 +155,7 @@ func TestStateIsBounded(t *testing.T) {
 	if len(e.authAddr) != 0 {
 		t.Fatalf("%d subjects after a sweep an hour later", len(e.authAddr))
 	}
-	if err := (&Config{}).Validate(); err == nil {
+	if err := (&Thresholds{}).Validate(); err == nil {
 		t.Fatal("a zero config validated")
 	}
 }
