@@ -73,7 +73,9 @@ func TestRefusalsAreAudited(t *testing.T) {
 
 type blockAll struct{ until time.Time }
 
-func (b blockAll) Blocked(addr netip.Addr) (time.Time, bool) { return b.until, addr.String() == "127.0.0.1" }
+func (b blockAll) Blocked(addr netip.Addr) (time.Time, bool) {
+	return b.until, addr.String() == "127.0.0.1"
+}
 
 // A blocked address gets 403 address_blocked with Retry-After on every
 // route, the probes excepted.
