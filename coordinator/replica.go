@@ -286,6 +286,21 @@ func (r *Replica) Ready(context.Context) error {
 	return nil
 }
 
+// KeyOrg names the organization of an unrevoked API key's id, so that a
+// refusal naming the id (a wrong secret) reaches the audit log of the
+// organization under attack.
+func (r *Replica) KeyOrg(id string) (string, bool) {
+	st := r.current()
+	if st == nil {
+		return "", false
+	}
+	k, ok := st.keys[id]
+	if !ok {
+		return "", false
+	}
+	return k.tenant.ID, true
+}
+
 // Authenticate resolves an API key from the local copy: a known key of an
 // active organization, not revoked or expired. A copy older than MaxStale
 // admits nothing, and an unknown key is never admitted.

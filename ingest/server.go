@@ -40,6 +40,13 @@ type Authenticator interface {
 	Authenticate(apiKey string) (*tenants.Tenant, bool)
 }
 
+// KeyOwner names the organization of an API key's public id; an
+// Authenticator that knows it implements it, so that refusals naming the
+// id reach that organization's audit log.
+type KeyOwner interface {
+	KeyOrg(keyID string) (string, bool)
+}
+
 // Limiter holds tenants to their request rate and monthly allowance:
 // tenants.LocalLimiter within this process (tenants files), or the
 // coordinator's Limiter across the cluster.
@@ -525,6 +532,9 @@ func (s *Server) recordRefusal(ctx *fasthttp.RequestCtx, t *tenants.Tenant, code
 		actor.Kind, actor.ID, org = schemas.ActorKey, t.KeyID, t.ID
 	case len(h) > 0:
 		actor.Kind, actor.ID = schemas.ActorKey, keyPrefix(h)
+		if owner, ok := s.deps.Auth.(KeyOwner); ok && actor.ID != "" {
+			org, _ = owner.KeyOrg(actor.ID)
+		}
 	}
 	target := string(ctx.Method()) + " " + string(ctx.Path())
 	if len(target) > 200 {
