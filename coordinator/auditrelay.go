@@ -59,12 +59,15 @@ func (s *Server) relayAudit(ctx context.Context) {
 		}
 		for s.node.IsLeader() && ctx.Err() == nil {
 			evs, last := s.unrelayed()
-			if len(evs) == 0 {
+			if last == 0 {
 				break
 			}
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := s.node.cfg.Audit.Publish(pctx, evs)
-			cancel()
+			var err error
+			if len(evs) > 0 {
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err = s.node.cfg.Audit.Publish(pctx, evs)
+				cancel()
+			}
 			if err == nil {
 				_, err = s.node.Propose(&RelayAudit{Seq: last})
 			}
@@ -87,8 +90,14 @@ func (s *Server) unrelayed() ([]schemas.AuditEvent, uint64) {
 			s.log.Error("audit events were trimmed from the state before they were relayed", "relayed", st.AuditRelayed, "oldest", st.Audit[0].Seq)
 		}
 		for ; i < len(st.Audit) && len(out) < relayBatch; i++ {
-			out = append(out, st.Audit[i].logged())
 			last = st.Audit[i].Seq
+			ev := st.Audit[i].logged()
+			if err := ev.Validate(); err != nil {
+				// Never sendable: skipped, or it would hold up the rest.
+				s.log.Error("audit event not relayable", "seq", last, "err", err)
+				continue
+			}
+			out = append(out, ev)
 		}
 	})
 	return out, last
@@ -116,7 +125,10 @@ func (s *Server) recordRefusal(r *http.Request, org, code string) {
 	if p := principalOf(r); p != nil {
 		actor = p.actor
 	}
-	if org == "" {
+	// A caller who proved who they are was refused in the organization
+	// of the path; an unauthenticated one names it at will, and may not
+	// write into its log.
+	if org == "" && actor.Kind != ActorAnonymous {
 		org = r.PathValue("org")
 		if !idPattern.MatchString(org) {
 			org = ""
@@ -128,13 +140,5 @@ func (s *Server) recordRefusal(r *http.Request, org, code string) {
 	}
 	s.node.cfg.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: org,
 		Actor: schemas.AuditActor{Kind: actor.Kind, ID: actor.ID, Addr: actor.Addr}, Action: action,
-		Target: truncate(r.Method+" "+r.URL.Path, 200), Result: schemas.AuditDenied, Reason: code, Source: "coordinator"})
-}
-
-// truncate cuts s to at most n bytes (a client's path may be any length).
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "")
+		Target: schemas.AuditRequestTarget(r.Method, r.URL.Path), Result: schemas.AuditDenied, Reason: code, Source: "coordinator"})
 }

@@ -49,10 +49,22 @@ func (c *BlockAddress) validate(s *State) error {
 		return invalid("until must be in the next 30 days")
 	case len(c.Reason) > 200:
 		return invalid("reason is at most 200 bytes")
-	case s.Blocks[c.Addr] == nil && len(s.Blocks) >= maxBlocks:
+	case s.Blocks[c.Addr] == nil && s.blocksInForce(c.Meta.At) >= maxBlocks:
 		return invalid("%d addresses are blocked already", maxBlocks)
 	}
 	return nil
+}
+
+// blocksInForce counts the blocks not expired at at (apply drops the
+// others).
+func (s *State) blocksInForce(at time.Time) int {
+	n := 0
+	for _, b := range s.Blocks {
+		if b.Until.After(at) {
+			n++
+		}
+	}
+	return n
 }
 func (c *BlockAddress) apply(s *State) {
 	for addr, b := range s.Blocks {

@@ -33,6 +33,7 @@ func TestRefusalsAreAudited(t *testing.T) {
 	ts.do("GET", "/v1/webhooks/deliveries", "", "").expect(t, "no key", 401, "unauthorized")
 	ts.do("GET", "/v1/webhooks/deliveries", "cnk_ABCDEFGHIJKL.wrong-secret-1", "").expect(t, "a wrong secret", 401, "unauthorized")
 	ts.do("GET", "/v1/webhooks/deliveries", "sk-live-not-ours-2", "").expect(t, "a foreign key", 401, "unauthorized")
+	ts.do("GET", "/v1/webhooks/deliveries", "cnk_SECRETSECRET", "").expect(t, "a key of the id's shape without a dot", 401, "unauthorized")
 	ts.do("POST", "/v1/sign", keyRead, `{"payload":{"a":1}}`).expect(t, "a read key signing", 403, "forbidden_scope")
 	ts.do("GET", "/v1/webhooks/deliveries?endpoint_id=ep_one", keyRead, "").expect(t, "the read key again", 200, "")
 	ts.do("GET", "/v1/webhooks/deliveries?endpoint_id=ep_one", keyA, "").expect(t, "an admitted request", 200, "")
@@ -52,13 +53,14 @@ func TestRefusalsAreAudited(t *testing.T) {
 		}
 		got = append(got, seen{e.Org, e.Actor.Kind, e.Actor.ID, e.Reason, e.Target})
 		b, _ := json.Marshal(e)
-		if strings.Contains(string(b), "wrong-secret-1") || strings.Contains(string(b), "not-ours-2") || strings.Contains(string(b), keyRead) {
+		if strings.Contains(string(b), "wrong-secret-1") || strings.Contains(string(b), "not-ours-2") || strings.Contains(string(b), "SECRETSECRET") || strings.Contains(string(b), keyRead) {
 			t.Errorf("a secret in the audit event %s", b)
 		}
 	}
 	want := []seen{
 		{"", "anonymous", "", "unauthorized", "GET /v1/webhooks/deliveries"},
 		{"", "key", "cnk_ABCDEFGHIJKL", "unauthorized", "GET /v1/webhooks/deliveries"},
+		{"", "key", "", "unauthorized", "GET /v1/webhooks/deliveries"},
 		{"", "key", "", "unauthorized", "GET /v1/webhooks/deliveries"},
 		{"a", "key", "key_read", "forbidden_scope", "POST /v1/sign"},
 	}

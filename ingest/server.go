@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -500,11 +499,12 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) 
 }
 
 // keyPrefix is the public id of an API key ("cnk_" and 12 letters or
-// digits, before the dot); "" for anything else, which may be a secret.
+// digits, before the dot); "" for anything else, which may be a secret
+// (a key with no dot is all secret).
 func keyPrefix(h []byte) string {
 	key, ok := bytes.CutPrefix(h, []byte("Bearer "))
-	id, _, _ := bytes.Cut(key, []byte("."))
-	if !ok || len(id) != 16 || !bytes.HasPrefix(id, []byte("cnk_")) {
+	id, _, dot := bytes.Cut(key, []byte("."))
+	if !ok || !dot || len(id) != 16 || !bytes.HasPrefix(id, []byte("cnk_")) {
 		return ""
 	}
 	for _, c := range id[4:] {
@@ -536,12 +536,8 @@ func (s *Server) recordRefusal(ctx *fasthttp.RequestCtx, t *tenants.Tenant, code
 			org, _ = owner.KeyOrg(actor.ID)
 		}
 	}
-	target := string(ctx.Method()) + " " + string(ctx.Path())
-	if len(target) > 200 {
-		target = strings.ToValidUTF8(target[:200], "")
-	}
 	s.deps.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: org, Actor: actor, Action: "access.refused",
-		Target: target, Result: schemas.AuditDenied, Reason: code, Source: "ingest"})
+		Target: schemas.AuditRequestTarget(string(ctx.Method()), string(ctx.Path())), Result: schemas.AuditDenied, Reason: code, Source: "ingest"})
 }
 
 // clientIP is the connection's address, without an IPv4 mapping.

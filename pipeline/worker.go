@@ -487,19 +487,20 @@ func (w *Worker) process(ctx context.Context, j *job) ([]*kgo.Record, error) {
 }
 
 // authenticate says who wrote the record (identify), and sends a refused
-// one to the audit log: the organization and producer key it claimed (when
-// they are well-formed ids) and where it lies.
+// one to the audit log: the producer key it named, and, when that key is
+// the organization's it claimed, that organization (a record naming
+// another's key, or none, may not write into its log), and where it lies.
 func (w *Worker) authenticate(rec *kgo.Record) (schemas.Auth, string, error) {
 	auth, keyID, err := w.identify(rec)
 	if err != nil && w.cfg.Audit != nil {
 		ev := schemas.AuditEvent{At: time.Now().UTC(), Actor: schemas.AuditActor{Kind: schemas.ActorKey},
 			Action: "record.refused", Target: fmt.Sprintf("%s/%d/%d", rec.Topic, rec.Partition, rec.Offset),
 			Result: schemas.AuditDenied, Reason: ReasonUnauthenticated, Source: "worker"}
-		if schemas.CheckTenantID(string(rec.Key)) == nil {
-			ev.Org = string(rec.Key)
-		}
 		if id := kafka.Header(rec, schemas.HeaderProducerKeyID); schemas.CheckTenantID(id) == nil {
 			ev.Actor.ID = id
+			if _, ok := w.producer.ProducerSecret(string(rec.Key), id); ok {
+				ev.Org = string(rec.Key)
+			}
 		}
 		w.cfg.Audit.Record(ev)
 	}

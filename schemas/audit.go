@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,13 +15,16 @@ import (
 )
 
 // The audit log holds every admin, security and access event of every
-// role (AuditEvent, on certnode.audit). Events are appended to a second
-// Merkle log (the receipts log's code, with AuditLeaf as the leaf) and
-// written to ClickHouse (certnode.audit_events) for queries. A leaf
-// commits to the event's canonical JSON by hash, with its organization
-// (hashed) and time in clear, so an organization's export can be checked
-// against a checkpoint: every leaf of its own in the window must be in
-// the export, and every exported event must be a leaf (AuditExport).
+// role (AuditEvent, on certnode.audit, each record authenticated by the
+// internal secret's MAC). Events are appended to a second Merkle log (the
+// receipts log's code, with AuditLeaf as the leaf) and written to
+// ClickHouse (certnode.audit_events) for queries. A leaf commits to the
+// event's canonical JSON by hash, with its organization's tag (keyed by
+// the internal secret, so that no one else can tell an organization's
+// leaves), the event's time and the leaf's append time in clear. An
+// organization's export can so be checked against a checkpoint: every
+// leaf of its own in the window must be in the export, and every exported
+// event must be a leaf (AuditExport).
 
 // Results of an audited action.
 const (
@@ -110,6 +114,16 @@ func (e *AuditEvent) Validate() error {
 	return errors.Join(errs...)
 }
 
+// AuditRequestTarget names a request in an audit event: its method and
+// path, cut to fit (a client's path may be of any length).
+func AuditRequestTarget(method, path string) string {
+	t := method + " " + path
+	if len(t) > maxAuditField {
+		t = strings.ToValidUTF8(t[:maxAuditField], "")
+	}
+	return t
+}
+
 // DecodeAuditEvent parses and validates a certnode.audit value, and
 // returns it with its canonical form (RFC 8785), which its leaf commits to.
 func DecodeAuditEvent(b []byte) (*AuditEvent, []byte, error) {
@@ -139,26 +153,35 @@ func EncodeAuditEvent(e *AuditEvent) ([]byte, error) {
 // auditLeafPrefix versions the leaf encoding.
 const auditLeafPrefix = "certnode-audit-v1\n"
 
-// AuditOrgTag stands for an organization in the audit log's leaves: other
-// organizations' leaves show in an export, by tag only.
-func AuditOrgTag(org string) string {
-	h := sha256.Sum256([]byte("certnode-audit-org\n" + org))
-	return hex.EncodeToString(h[:])
+// AuditTagLabel derives, from an internal secret, the key of the
+// organizations' tags in the audit log's leaves.
+const AuditTagLabel = "certnode-audit-org-tag"
+
+// AuditOrgTag is org's tag under the tag key of the internal secret kid
+// (key, derived with AuditTagLabel): "kid:" and the hex HMAC-SHA256 of the
+// organization id. Without the key, leaves cannot be told apart by
+// organization; an export names its organization's tags.
+func AuditOrgTag(kid string, key []byte, org string) string {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(org))
+	return kid + ":" + hex.EncodeToString(h.Sum(nil))
 }
 
-// AuditLeaf is the leaf of an event of org at at whose canonical JSON is
-// canon: "certnode-audit-v1\n<org tag>\n<at, unix nanoseconds>\n<hex
-// SHA-256 of canon>".
-func AuditLeaf(org string, at time.Time, canon []byte) []byte {
+// AuditLeaf is the leaf of an event whose organization's tag is tag, of
+// time at, appended at appended, whose canonical JSON is canon:
+// "certnode-audit-v1\n<tag>\n<at>\n<appended>\n<hex SHA-256 of canon>",
+// times in Unix nanoseconds.
+func AuditLeaf(tag string, at, appended time.Time, canon []byte) []byte {
 	h := sha256.Sum256(canon)
-	return fmt.Appendf(nil, "%s%s\n%d\n%s", auditLeafPrefix, AuditOrgTag(org), at.UnixNano(), hex.EncodeToString(h[:]))
+	return fmt.Appendf(nil, "%s%s\n%d\n%d\n%s", auditLeafPrefix, tag, at.UnixNano(), appended.UnixNano(), hex.EncodeToString(h[:]))
 }
 
 // AuditLeafFields are what a leaf of the audit log states.
 type AuditLeafFields struct {
 	OrgTag    string
-	At        time.Time
-	EventHash string // hex SHA-256 of the event's canonical JSON
+	At        time.Time // the event's
+	Appended  time.Time // the leaf's, by the log's clock: never before an earlier leaf's
+	EventHash string    // hex SHA-256 of the event's canonical JSON
 }
 
 // ErrBadAuditLeaf: not a leaf of the audit log.
@@ -168,18 +191,28 @@ var ErrBadAuditLeaf = errors.New("not an audit log leaf")
 func ParseAuditLeaf(leaf []byte) (AuditLeafFields, error) {
 	rest, ok := strings.CutPrefix(string(leaf), auditLeafPrefix)
 	parts := strings.Split(rest, "\n")
-	if !ok || len(parts) != 3 || !isHex64(parts[0]) || !isHex64(parts[2]) {
+	if !ok || len(parts) != 4 || !isAuditTag(parts[0]) || !isHex(parts[3], 64) {
 		return AuditLeafFields{}, ErrBadAuditLeaf
 	}
-	ns, err := strconv.ParseInt(parts[1], 10, 64)
-	if err != nil || strconv.FormatInt(ns, 10) != parts[1] {
-		return AuditLeafFields{}, ErrBadAuditLeaf
+	var times [2]time.Time
+	for i, p := range parts[1:3] {
+		ns, err := strconv.ParseInt(p, 10, 64)
+		if err != nil || strconv.FormatInt(ns, 10) != p {
+			return AuditLeafFields{}, ErrBadAuditLeaf
+		}
+		times[i] = time.Unix(0, ns).UTC()
 	}
-	return AuditLeafFields{OrgTag: parts[0], At: time.Unix(0, ns).UTC(), EventHash: parts[2]}, nil
+	return AuditLeafFields{OrgTag: parts[0], At: times[0], Appended: times[1], EventHash: parts[3]}, nil
 }
 
-func isHex64(s string) bool {
-	if len(s) != 64 {
+// isAuditTag reports whether s is "kid:tag", 8 and 64 lower-case hex digits.
+func isAuditTag(s string) bool {
+	kid, tag, ok := strings.Cut(s, ":")
+	return ok && isHex(kid, 8) && isHex(tag, 64)
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
 		return false
 	}
 	for _, c := range []byte(s) {
@@ -198,13 +231,17 @@ const AuditExportFormat = "certnode-audit-export-v1"
 // audit log: Left, the compact range of the leaves before FirstLeaf (the
 // RFC 6962 subtree roots that cover them, left to right), and Leaves,
 // every leaf from FirstLeaf to the checkpoint's size, of every
-// organization. Left and Leaves rebuild the checkpoint's root; each of the
-// organization's leaves timed in the window must then be one of Events,
-// and each event one of its leaves. FirstLeaf is the first leaf appended
-// after From less AuditClockSkew: an event is appended after it happened.
+// organization. Left and Leaves rebuild the checkpoint's root. The first
+// leaf was appended before From less AuditClockSkew (unless it is leaf 0),
+// so no leaf before it holds an event of the window: the log appends
+// leaves in time order, and refuses events timed more than AuditClockSkew
+// after they reached Kafka. Each leaf of the organization (its tags are
+// OrgTags) timed in the window must then be one of Events, and each event
+// one of its leaves.
 type AuditExport struct {
 	Format     string    `json:"format"`
 	Org        string    `json:"org"`
+	OrgTags    []string  `json:"org_tags"`
 	From       time.Time `json:"from"`
 	To         time.Time `json:"to"`
 	Checkpoint string    `json:"checkpoint"`
@@ -215,6 +252,16 @@ type AuditExport struct {
 	Events []jsontext.Value `json:"events"`
 }
 
-// AuditClockSkew is how far an event's time may run ahead of the log's
-// clock at its append.
+// AuditClockSkew is how far an event's time may run ahead of its record's
+// timestamp: the audit log, ClickHouse and the detectors refuse events
+// timed later.
 const AuditClockSkew = 5 * time.Minute
+
+// CheckAuditTime refuses an event timed more than AuditClockSkew after its
+// record's timestamp (when the role produced it).
+func CheckAuditTime(at, record time.Time) error {
+	if at.After(record.Add(AuditClockSkew)) {
+		return fmt.Errorf("event time %s is more than %s after its record's %s", at.UTC().Format(time.RFC3339), AuditClockSkew, record.UTC().Format(time.RFC3339))
+	}
+	return nil
+}

@@ -21,20 +21,23 @@ func FuzzAuditEventAndLeaf(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(raw, AuditLeaf("acme", at, canon))
-	f.Add([]byte(`{"id":"x","at":"0001-01-01T00:00:00Z"}`), []byte("certnode-audit-v1\n\n\n"))
+	tag := AuditOrgTag("0a1b2c3d", []byte("key"), "acme")
+	f.Add(raw, AuditLeaf(tag, at, at.Add(time.Second), canon))
+	f.Add([]byte(`{"id":"x","at":"0001-01-01T00:00:00Z"}`), []byte("certnode-audit-v1\n\n\n\n"))
 	f.Fuzz(func(t *testing.T, value, leaf []byte) {
 		if e, canon, err := DecodeAuditEvent(value); err == nil {
 			if e.Validate() != nil {
 				t.Fatalf("decoded an invalid event %+v", e)
 			}
-			l, err := ParseAuditLeaf(AuditLeaf(e.Org, e.At, canon))
-			if err != nil || l.OrgTag != AuditOrgTag(e.Org) || !l.At.Equal(time.Unix(0, e.At.UnixNano())) {
+			tag := AuditOrgTag("0a1b2c3d", []byte("key"), e.Org)
+			l, err := ParseAuditLeaf(AuditLeaf(tag, e.At, e.At, canon))
+			if err != nil || l.OrgTag != tag || !l.At.Equal(time.Unix(0, e.At.UnixNano())) || !l.Appended.Equal(l.At) {
 				t.Fatalf("the leaf of %+v does not read back: %+v %v", e, l, err)
 			}
 		}
 		if l, err := ParseAuditLeaf(leaf); err == nil {
-			back := []byte(auditLeafPrefix + l.OrgTag + "\n" + strconv.FormatInt(l.At.UnixNano(), 10) + "\n" + l.EventHash)
+			back := []byte(auditLeafPrefix + l.OrgTag + "\n" + strconv.FormatInt(l.At.UnixNano(), 10) + "\n" +
+				strconv.FormatInt(l.Appended.UnixNano(), 10) + "\n" + l.EventHash)
 			if !bytes.Equal(back, leaf) {
 				t.Fatalf("leaf %q reads as %+v", leaf, l)
 			}

@@ -34,9 +34,14 @@ type AuditRange struct {
 	Left       [][]byte
 }
 
+// MaxAuditExportLeaves bounds the leaves an export carries: a window
+// further back than that many leaves is refused (schemas.ErrBadExport).
+const MaxAuditExportLeaves = 2_000_000
+
 // AuditRange finds the leaves an export of events from from on must
-// carry: those from the first appended at or after from less
-// schemas.AuditClockSkew, up to the latest checkpoint.
+// carry: from the last one appended before from less
+// schemas.AuditClockSkew (which the export's check needs to see), up to
+// the latest checkpoint.
 func (c *Client) AuditRange(ctx context.Context, from time.Time) (*AuditRange, error) {
 	raw, cp, err := c.checkpoint(ctx)
 	if err != nil {
@@ -57,6 +62,13 @@ func (c *Client) AuditRange(ctx context.Context, from time.Time) (*AuditRange, e
 		first = min(first, at.Index)
 	case code != http.StatusNotFound:
 		return nil, fmt.Errorf("transparency: the log's time index answered %d", code)
+	}
+	if first > 0 {
+		first-- // the leaf before: appended before the window's reach
+	}
+	if cp.Size-first > MaxAuditExportLeaves {
+		return nil, fmt.Errorf("%w: the log holds %d leaves since that window began, more than an export carries (%d): export a more recent window",
+			schemas.ErrBadExport, cp.Size-first, MaxAuditExportLeaves)
 	}
 	left, err := client.FetchRangeNodes(ctx, first, c.fetch.ReadTile)
 	if err != nil {
@@ -106,6 +118,9 @@ type AuditReport struct {
 	FirstLeaf uint64
 	// Events is the organization's events in the window, all in the log.
 	Events int
+	// OrgTags are the organization's tags the export named: pin them
+	// (certnode audit verify --org-tag) to check later exports by them.
+	OrgTags []string
 }
 
 // MaxAuditProblems bounds the problems a failed check lists.
@@ -113,13 +128,25 @@ const MaxAuditProblems = 20
 
 // VerifyAuditExport checks an audit export against the audit log's key:
 // the checkpoint's signature; that Left and Leaves rebuild its root; that
-// every leaf of the organization timed in the window is an exported
-// event; and that every event is the organization's, timed in the window,
-// and a leaf. A failure wraps ErrAuditExport (or ErrBadProof for the
-// checkpoint) and names the first problems found.
-func VerifyAuditExport(x *schemas.AuditExport, vkey string) (*AuditReport, error) {
+// the leaves reach back before the window (their append times never go
+// back, and the first was appended before From less the clock skew, so no
+// leaf before it holds an event of the window); that every leaf of the
+// organization (a tag of OrgTags, each of which pinned must be) timed in
+// the window is an exported event; and that every event is the
+// organization's, timed in the window, and a leaf. A failure wraps
+// ErrAuditExport (or ErrBadProof for the checkpoint) and names the first
+// problems found.
+func VerifyAuditExport(x *schemas.AuditExport, vkey string, pinned ...string) (*AuditReport, error) {
 	if x.Format != schemas.AuditExportFormat {
 		return nil, fmt.Errorf("%w: format %q, want %s", ErrAuditExport, x.Format, schemas.AuditExportFormat)
+	}
+	if len(x.OrgTags) == 0 {
+		return nil, fmt.Errorf("%w: it names no tag of %s", ErrAuditExport, x.Org)
+	}
+	for _, tag := range pinned {
+		if !slices.Contains(x.OrgTags, tag) {
+			return nil, fmt.Errorf("%w: it does not name the tag %s as %s's: its tags are %v", ErrAuditExport, tag, x.Org, x.OrgTags)
+		}
 	}
 	cp, err := OpenCheckpoint([]byte(x.Checkpoint), vkey)
 	if err != nil {
@@ -157,19 +184,33 @@ func VerifyAuditExport(x *schemas.AuditExport, vkey string) (*AuditReport, error
 			problems = append(problems, fmt.Sprintf(format, args...))
 		}
 	}
+	reach := x.From.Add(-schemas.AuditClockSkew)
 	// The organization's leaves in the window, by event hash (a leaf
 	// appended twice matches one event).
-	tag := schemas.AuditOrgTag(x.Org)
 	own := map[string][]uint64{}
+	var last time.Time
 	for i, l := range x.Leaves {
+		at := x.FirstLeaf + uint64(i)
 		f, err := schemas.ParseAuditLeaf([]byte(l))
 		if err != nil {
-			problem("leaf %d is not an audit log leaf", x.FirstLeaf+uint64(i))
+			problem("leaf %d is not an audit log leaf", at)
 			continue
 		}
-		if f.OrgTag == tag && !f.At.Before(x.From) && f.At.Before(x.To) {
-			own[f.EventHash] = append(own[f.EventHash], x.FirstLeaf+uint64(i))
+		switch {
+		case f.Appended.Before(last):
+			problem("leaf %d was appended at %s, before the leaf ahead of it", at, f.Appended.Format(time.RFC3339Nano))
+		case i == 0 && at > 0 && !f.Appended.Before(reach):
+			problem("the export does not reach back far enough: its first leaf, %d, was appended at %s, not before %s (the window's start less %s)",
+				at, f.Appended.Format(time.RFC3339Nano), reach.Format(time.RFC3339Nano), schemas.AuditClockSkew)
 		}
+		last = f.Appended
+		if !slices.Contains(x.OrgTags, f.OrgTag) || f.At.Before(x.From) || !f.At.Before(x.To) {
+			continue
+		}
+		if f.At.After(f.Appended.Add(schemas.AuditClockSkew)) {
+			problem("leaf %d: its event's time %s is after its append time %s and the clock skew", at, f.At.Format(time.RFC3339Nano), f.Appended.Format(time.RFC3339Nano))
+		}
+		own[f.EventHash] = append(own[f.EventHash], at)
 	}
 	matched := map[string]bool{}
 	for i, raw := range x.Events {
@@ -205,26 +246,52 @@ func VerifyAuditExport(x *schemas.AuditExport, vkey string) (*AuditReport, error
 	if found > 0 {
 		return nil, fmt.Errorf("%w: %d problem(s):\n  %s", ErrAuditExport, found, strings.Join(problems, "\n  "))
 	}
-	return &AuditReport{Org: x.Org, From: x.From, To: x.To, TreeSize: cp.Size, FirstLeaf: x.FirstLeaf, Events: len(x.Events)}, nil
+	return &AuditReport{Org: x.Org, From: x.From, To: x.To, TreeSize: cp.Size, FirstLeaf: x.FirstLeaf, Events: len(x.Events), OrgTags: x.OrgTags}, nil
 }
 
-// WriteAuditExport streams org's export of [from, to) to w, as a
-// schemas.AuditExport: the proof from the log, then each event events
-// yields (the organization's events in the window, as stored). It reads
-// the log first, so an event stored meanwhile is one the checkpoint does
-// not hold yet: the export then fails to verify until it is exported again.
-func (c *Client) WriteAuditExport(ctx context.Context, w io.Writer, org string, from, to time.Time,
-	events func(ctx context.Context, yield func(event []byte) error) error) error {
-	r, err := c.AuditRange(ctx, from)
+// AuditSource is where an export's events come from.
+type AuditSource struct {
+	Org string
+	// Tags are the organization's tags under each internal secret.
+	Tags     []string
+	From, To time.Time
+	// Each calls yield with each of the organization's events in the
+	// window, as stored.
+	Each func(ctx context.Context, yield func(event []byte) error) error
+	// Count is how many events of the window the store holds; the export
+	// waits a while (MaxStoreLag) for it to hold as many as the log, so
+	// that a store a moment behind the log does not look tampered with.
+	Count func(ctx context.Context) (int, error)
+}
+
+// MaxStoreLag bounds the wait for the event store to catch up with the
+// log; past it the export goes on, and its check says what is missing.
+const MaxStoreLag = 10 * time.Second
+
+// WriteAuditExport streams src's export to w, as a schemas.AuditExport:
+// the proof from the log, then the events. It reads the log first, and
+// waits (MaxStoreLag at most) for the store to hold as many events of the
+// window as the log has leaves.
+func (c *Client) WriteAuditExport(ctx context.Context, w io.Writer, src AuditSource) error {
+	r, err := c.AuditRange(ctx, src.From)
 	if err != nil {
 		return err
 	}
 	enc := jsontext.NewEncoder(w)
 	if err := writeTokens(enc, jsontext.BeginObject,
 		jsontext.String("format"), jsontext.String(schemas.AuditExportFormat),
-		jsontext.String("org"), jsontext.String(org),
-		jsontext.String("from"), jsontext.String(from.UTC().Format(time.RFC3339Nano)),
-		jsontext.String("to"), jsontext.String(to.UTC().Format(time.RFC3339Nano)),
+		jsontext.String("org"), jsontext.String(src.Org),
+		jsontext.String("org_tags"), jsontext.BeginArray); err != nil {
+		return err
+	}
+	for _, tag := range src.Tags {
+		if err := enc.WriteToken(jsontext.String(tag)); err != nil {
+			return err
+		}
+	}
+	if err := writeTokens(enc, jsontext.EndArray,
+		jsontext.String("from"), jsontext.String(src.From.UTC().Format(time.RFC3339Nano)),
+		jsontext.String("to"), jsontext.String(src.To.UTC().Format(time.RFC3339Nano)),
 		jsontext.String("checkpoint"), jsontext.String(string(r.Checkpoint)),
 		jsontext.String("first_leaf"), jsontext.Uint(r.FirstLeaf),
 		jsontext.String("left"), jsontext.BeginArray); err != nil {
@@ -238,13 +305,31 @@ func (c *Client) WriteAuditExport(ctx context.Context, w io.Writer, org string, 
 	if err := writeTokens(enc, jsontext.EndArray, jsontext.String("leaves"), jsontext.BeginArray); err != nil {
 		return err
 	}
-	if err := c.Leaves(ctx, r.FirstLeaf, r.Size, func(leaf []byte) error { return enc.WriteToken(jsontext.String(string(leaf))) }); err != nil {
+	own := map[string]bool{}
+	if err := c.Leaves(ctx, r.FirstLeaf, r.Size, func(leaf []byte) error {
+		if f, err := schemas.ParseAuditLeaf(leaf); err == nil && slices.Contains(src.Tags, f.OrgTag) && !f.At.Before(src.From) && f.At.Before(src.To) {
+			own[f.EventHash] = true
+		}
+		return enc.WriteToken(jsontext.String(string(leaf)))
+	}); err != nil {
 		return err
+	}
+	if src.Count != nil {
+		for deadline := time.Now().Add(MaxStoreLag); time.Now().Before(deadline); {
+			if n, err := src.Count(ctx); err != nil || n >= len(own) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
 	}
 	if err := writeTokens(enc, jsontext.EndArray, jsontext.String("events"), jsontext.BeginArray); err != nil {
 		return err
 	}
-	if err := events(ctx, func(ev []byte) error { return enc.WriteValue(jsontext.Value(ev)) }); err != nil {
+	if err := src.Each(ctx, func(ev []byte) error { return enc.WriteValue(jsontext.Value(ev)) }); err != nil {
 		return err
 	}
 	return writeTokens(enc, jsontext.EndArray, jsontext.EndObject)

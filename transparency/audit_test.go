@@ -5,16 +5,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
 
 	"github.com/certnode/certnode/schemas"
 )
 
-// auditEvent is an event of org at at and its canonical form.
+// testTag is org's tag under a test key.
+func testTag(org string) string { return schemas.AuditOrgTag("0a1b2c3d", []byte("test tag key"), org) }
+
+// auditEvent is an event of org at at and its leaf, appended a second
+// later.
 func auditEvent(t testing.TB, org, id string, at time.Time) ([]byte, []byte) {
 	t.Helper()
 	ev := &schemas.AuditEvent{ID: id, At: at, Org: org, Actor: schemas.AuditActor{Kind: "user", ID: "usr_1", Addr: "127.0.0.7"},
@@ -27,21 +34,23 @@ func auditEvent(t testing.TB, org, id string, at time.Time) ([]byte, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return raw, schemas.AuditLeaf(org, at, canon)
+	return raw, schemas.AuditLeaf(testTag(org), at, at.Add(time.Second), canon)
 }
 
 // export builds org's export of [from, to) from the log, as ingest does.
 func export(t *testing.T, c *Client, org string, from, to time.Time, events [][]byte) *schemas.AuditExport {
 	t.Helper()
 	var buf bytes.Buffer
-	err := c.WriteAuditExport(context.Background(), &buf, org, from, to, func(_ context.Context, yield func([]byte) error) error {
-		for _, e := range events {
-			if err := yield(e); err != nil {
-				return err
+	err := c.WriteAuditExport(context.Background(), &buf, AuditSource{Org: org, Tags: []string{testTag(org)}, From: from, To: to,
+		Each: func(_ context.Context, yield func([]byte) error) error {
+			for _, e := range events {
+				if err := yield(e); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		},
+		Count: func(context.Context) (int, error) { return len(events), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +80,7 @@ func TestAuditExports(t *testing.T) {
 		early = append(early, leaf)
 	}
 	l.appendLeaves(early)
-	first := uint64(300)
+	first := uint64(300) // the first leaf appended since the window's reach
 	l.since = &first
 	var acme [][]byte
 	var leaves [][]byte
@@ -89,7 +98,7 @@ func TestAuditExports(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		x = export(t, c, "acme", from, to, acme)
-		if len(x.Leaves) == 300 || time.Now().After(deadline) {
+		if len(x.Leaves) == 301 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -98,8 +107,16 @@ func TestAuditExports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Events != 90 || rep.TreeSize != 600 || rep.FirstLeaf != 300 {
+	// From the leaf before the first appended since: leaf 299, appended
+	// an hour before the window.
+	if rep.Events != 90 || rep.TreeSize != 600 || rep.FirstLeaf != 299 || !slices.Equal(rep.OrgTags, []string{testTag("acme")}) {
 		t.Fatalf("report %+v", rep)
+	}
+	if _, err := VerifyAuditExport(x, l.vkey, testTag("acme")); err != nil {
+		t.Fatalf("with its tag pinned: %v", err)
+	}
+	if _, err := VerifyAuditExport(x, l.vkey, testTag("other")); err == nil || !strings.Contains(err.Error(), "does not name the tag") {
+		t.Fatalf("with another tag pinned: %v", err)
 	}
 	// The whole log, from leaf 0, proves the same.
 	zero := uint64(0)
@@ -129,7 +146,24 @@ func TestAuditExports(t *testing.T) {
 		{"an event added twice", func(x *schemas.AuditExport) { x.Events = append(x.Events, x.Events[3]) }, "event ev-9 is in the export twice"},
 		{"another organization's event", func(x *schemas.AuditExport) { x.Events = append(x.Events, otherRaw) }, `event ev-1 is of organization "other"`},
 		{"a leaf changed", func(x *schemas.AuditExport) { x.Leaves[4] = strings.Replace(x.Leaves[4], "\n1", "\n2", 1) }, "the leaves are not the log's"},
-		{"a leaf dropped", func(x *schemas.AuditExport) { x.Leaves = x.Leaves[1:]; x.FirstLeaf++ }, "left is not the tree before leaf 301"},
+		{"a leaf dropped", func(x *schemas.AuditExport) { x.Leaves = x.Leaves[1:]; x.FirstLeaf++ }, "left is not the tree before leaf 300"},
+		// Leaves folded into the left range, with the events they held:
+		// the root still matches, but the export no longer reaches back
+		// before the window.
+		{"leaves folded into the left range", func(x *schemas.AuditExport) {
+			rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+			left, _ := decodeHashes(x.Left)
+			r, err := rf.NewRange(0, x.FirstLeaf, left)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range x.Leaves[:8] { // leaf 299 and ev-0 to ev-6: acme's ev-0, ev-3, ev-6
+				r.Append(schemas.LeafHash([]byte(l)), nil)
+			}
+			x.Left, x.Leaves, x.FirstLeaf, x.Events = encodeHashes(r.Hashes()), x.Leaves[8:], x.FirstLeaf+8, x.Events[3:]
+		}, "the export does not reach back far enough: its first leaf, 307"},
+		{"no tag", func(x *schemas.AuditExport) { x.OrgTags = nil }, "names no tag"},
+		{"another organization's tag", func(x *schemas.AuditExport) { x.OrgTags = []string{testTag("other")} }, "is not in the log"},
 		{"the first leaf dropped", func(x *schemas.AuditExport) { x.Leaves = x.Leaves[1:] }, "do not end at the checkpoint"},
 		{"the left range changed", func(x *schemas.AuditExport) { x.Left[0] = x.Left[1] }, "the leaves are not the log's"},
 		{"another key's checkpoint", func(x *schemas.AuditExport) { x.Checkpoint = strings.Replace(x.Checkpoint, "600", "601", 1) }, "checkpoint"},

@@ -119,8 +119,18 @@ func TestAuditLog(t *testing.T) {
 		return v.code == 0 && slices.Equal(actionsOf(evsA), want), fmt.Sprint(actionsOf(evsA), v)
 	})
 	t.Logf("first event to a verified export: %v", time.Since(start))
-	if v := verify(fileA); !strings.Contains(v.stdout, "verified: 6 events of "+orgA) {
+	v := verify(fileA)
+	if !strings.Contains(v.stdout, "verified: 6 events of "+orgA) || !strings.Contains(v.stdout, "organization tags: ") {
 		t.Fatalf("verify: %+v", v)
+	}
+	// Pinned, A's tags check the later exports; B's export does not carry
+	// them.
+	tagsA := strings.Fields(strings.TrimPrefix(strings.TrimSpace(v.stdout[strings.Index(v.stdout, "organization tags: "):]), "organization tags: "))
+	if len(tagsA) != 1 {
+		t.Fatalf("A's tags %v", tagsA)
+	}
+	if r := certnode(t, "", "audit", "verify", "--export", fileA, "--audit-log-key", vkeyFile, "--org-tag", tagsA[0]); r.code != 0 {
+		t.Fatalf("with A's tag pinned: %+v", r)
 	}
 	for _, ev := range evsA {
 		if ev.Org != orgA || (ev.Action == "access.refused" && (ev.Actor.Addr != "127.0.0.5" || ev.Source != "ingest")) {
@@ -130,8 +140,11 @@ func TestAuditLog(t *testing.T) {
 			t.Errorf("org.create %+v", ev)
 		}
 	}
-	// B's export holds B's events only.
-	_, evsB := exportOf(adminB)
+	// B's export holds B's events only, under another tag.
+	fileB, evsB := exportOf(adminB)
+	if r := certnode(t, "", "audit", "verify", "--export", fileB, "--audit-log-key", vkeyFile, "--org-tag", tagsA[0]); r.code != 1 || !strings.Contains(r.stderr, "does not name the tag") {
+		t.Fatalf("B's export with A's tag pinned: %+v", r)
+	}
 	for _, ev := range evsB {
 		if ev.Org != orgB {
 			t.Errorf("B's export holds %+v", ev)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -21,6 +22,7 @@ func newAuditCmd() *cobra.Command {
 
 func newAuditVerifyCmd() *cobra.Command {
 	var file, logKey string
+	var pinned []string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Prove an audit export (GET /v1/audit/export) complete and unaltered against the audit log",
@@ -28,8 +30,10 @@ func newAuditVerifyCmd() *cobra.Command {
 			"key (--audit-log-key: the key, or a file holding it; take it from a source other than the export), that\n" +
 			"the export's leaves rebuild the checkpoint's root, that each of the organization's leaves timed in\n" +
 			"the window is an exported event, and that each event is one of its leaves. An event deleted or\n" +
-			"edited where the events are stored (ClickHouse) fails the check, which names it; exit 1.\n" +
-			"  certnode audit verify --export audit.json --audit-log-key audit.vkey",
+			"edited where the events are stored (ClickHouse) fails the check, which names it; exit 1. The\n" +
+			"organization's leaves are told apart by its tags, which the export names: note them the first\n" +
+			"time and pin them (--org-tag), so that an export naming other tags fails.\n" +
+			"  certnode audit verify --export audit.json --audit-log-key audit.vkey --org-tag 1a2b3c4d:9f...",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" || logKey == "" {
@@ -47,7 +51,7 @@ func newAuditVerifyCmd() *cobra.Command {
 			if err := json.Unmarshal(b, &x, json.RejectUnknownMembers(true)); err != nil {
 				return &exitError{code: exitInvalid, err: fmt.Errorf("%s is not an audit export: %w", file, err)}
 			}
-			rep, err := transparency.VerifyAuditExport(&x, vkey)
+			rep, err := transparency.VerifyAuditExport(&x, vkey, pinned...)
 			if err != nil {
 				if errors.Is(err, transparency.ErrAuditExport) || errors.Is(err, transparency.ErrBadProof) {
 					return &exitError{code: exitInvalid, err: fmt.Errorf("%s: %w", file, err)}
@@ -56,6 +60,7 @@ func newAuditVerifyCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "verified: %d events of %s from %s to %s, complete and unaltered against the audit log's checkpoint of %d leaves (leaves %d on checked)\n",
 				rep.Events, rep.Org, rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339), rep.TreeSize, rep.FirstLeaf)
+			fmt.Fprintf(cmd.OutOrStdout(), "organization tags: %s\n", strings.Join(rep.OrgTags, " "))
 			return nil
 		},
 	}
@@ -64,5 +69,7 @@ func newAuditVerifyCmd() *cobra.Command {
 	bindEnv(fs, "export", "CERTNODE_AUDIT_EXPORT_FILE")
 	fs.StringVar(&logKey, "audit-log-key", "", "the audit log's verifier key (certnode log key --origin certnode.local/audit ...), or a file holding it")
 	bindEnv(fs, "audit-log-key", "CERTNODE_AUDIT_LOG_KEY")
+	fs.StringSliceVar(&pinned, "org-tag", nil, "a tag of the organization's the export must name (from an earlier export you trust); repeatable")
+	bindEnv(fs, "org-tag", "CERTNODE_AUDIT_ORG_TAGS")
 	return cmd
 }

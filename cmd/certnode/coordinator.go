@@ -15,12 +15,14 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/envsecret"
+	"github.com/certnode/certnode/internal/recordauth"
 )
 
 // coordinatorSecretHelp names the coordinator's tokens in its help.
 const coordinatorSecretHelp = "Required: $CERTNODE_ADMIN_TOKEN (the operator's, for /v1/admin) and $CERTNODE_NODE_TOKEN\n" +
 	"(other tiers', for /v1/node/state), or the files named by $CERTNODE_ADMIN_TOKEN_FILE and\n" +
-	"$CERTNODE_NODE_TOKEN_FILE; at least 16 bytes each, the same on every node."
+	"$CERTNODE_NODE_TOKEN_FILE; at least 16 bytes each, the same on every node. With --kafka, the internal\n" +
+	"secret too ($CERTNODE_INTERNAL_SECRET or $CERTNODE_INTERNAL_SECRET_FILE), which authenticates audit events."
 
 func newCoordinatorCmd() *cobra.Command {
 	var cfg coordinator.Config
@@ -46,10 +48,14 @@ func newCoordinatorCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			if kcfg := kf.config(); len(kcfg.Brokers) > 0 {
+				mac, err := recordauth.SecretsFromEnv()
+				if err != nil {
+					return usageErr("with --kafka: %v", err)
+				}
 				if err := ensureTopics(cmd.Context(), kcfg); err != nil {
 					return err
 				}
-				events, err := audit.NewPublisher(kcfg, "coordinator", nil)
+				events, err := audit.NewPublisher(kcfg, "coordinator", mac, nil)
 				if err != nil {
 					return usageErr("%v", err)
 				}

@@ -59,7 +59,7 @@ func newDetectCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			events, err := audit.NewPublisher(cfg.Kafka, "detector", reg)
+			events, err := audit.NewPublisher(cfg.Kafka, "detector", mac, reg)
 			if err != nil {
 				return usageErr("%v", err)
 			}

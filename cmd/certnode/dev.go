@@ -119,7 +119,7 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			// One publisher sends every embedded role's audit events.
-			events, err := audit.NewPublisher(kcfg, "dev", nil)
+			events, err := audit.NewPublisher(kcfg, "dev", mac, nil)
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -197,13 +197,13 @@ func newDevCmd() *cobra.Command {
 			}
 			defer disp.Close()
 			parts["dispatcher"] = afterReady(replica.Ready, disp.Run)
-			tlog, tlogClient, serveLog, err := devLog(ctx, kcfg, kf.prefix, dataDir, translog.Receipts, reg)
+			tlog, tlogClient, serveLog, err := devLog(ctx, kcfg, kf.prefix, dataDir, translog.Receipts, mac, reg)
 			if err != nil {
 				return usageErr("%v", err)
 			}
 			defer tlog.Close()
 			parts["translog"], parts["translog-http"] = tlog.Run, serveLog
-			alog, alogClient, serveAudit, err := devLog(ctx, kcfg, kf.prefix, dataDir, translog.Audit, reg)
+			alog, alogClient, serveAudit, err := devLog(ctx, kcfg, kf.prefix, dataDir, translog.Audit, mac, reg)
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -261,7 +261,7 @@ func newDevCmd() *cobra.Command {
 			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
-				AuditLog: auditLog{Client: alogClient}, Audit: events, Blocks: blocklist{replica}, Ready: []ingest.Check{signerCheck, replica.Ready},
+				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

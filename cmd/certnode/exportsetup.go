@@ -41,9 +41,11 @@ func (r pdfRenderer) Table(w io.Writer, title, subtitle string, at time.Time, co
 
 // auditLog is the audit log as ingest serves it: the log's checkpoints and
 // key, and exports of the events ClickHouse holds (events; nil: exports
-// fail, as every export does without ClickHouse).
+// fail, as every export does without ClickHouse), naming the
+// organization's tags under each internal secret of mac.
 type auditLog struct {
 	*transparency.Client
+	mac    *recordauth.Keyring
 	events *exports.Exporter
 }
 
@@ -54,9 +56,15 @@ func (a auditLog) Export(ctx context.Context, w io.Writer, org string, from, to 
 	if a.events == nil {
 		return errNoEventStore
 	}
-	return a.WriteAuditExport(ctx, w, org, from, to, func(ctx context.Context, yield func([]byte) error) error {
-		return a.events.AuditEvents(ctx, exports.AuditQuery{Org: org, From: from, To: to}, yield)
-	})
+	q := exports.AuditQuery{Org: org, From: from, To: to}
+	var tags []string
+	for _, kid := range a.mac.KeyIDs() {
+		key, _ := a.mac.Derive(kid, []byte(schemas.AuditTagLabel))
+		tags = append(tags, schemas.AuditOrgTag(kid, key, org))
+	}
+	return a.WriteAuditExport(ctx, w, transparency.AuditSource{Org: org, Tags: tags, From: from, To: to,
+		Each:  func(ctx context.Context, yield func([]byte) error) error { return a.events.AuditEvents(ctx, q, yield) },
+		Count: func(ctx context.Context) (int, error) { return a.events.AuditCount(ctx, q) }})
 }
 
 // securityAlerts are the threat detector's findings as ingest lists them.

@@ -100,7 +100,8 @@ func newRoot() *cobra.Command {
 // internalSecretHelp names the secret ingest, the workers and the
 // dispatchers share.
 const internalSecretHelp = "Required: $CERTNODE_INTERNAL_SECRET, or the file named by $CERTNODE_INTERNAL_SECRET_FILE:\n" +
-	"at least 32 bytes shared by ingest, the workers and the dispatchers (it authenticates the records they write for each other)."
+	"at least 32 bytes shared by ingest, the workers, the dispatchers, the detector, the audit log and the coordinator\n" +
+	"(with --kafka): it authenticates the records they write for each other."
 
 // envAnnotation names the CERTNODE_* variable that fills a flag left unset.
 const envAnnotation = "certnode_env"

@@ -260,9 +260,9 @@ func newIngestCmd() *cobra.Command {
 				if err != nil {
 					return usageErr("--audit-log: %v", err)
 				}
-				deps.AuditLog = auditLog{Client: c}
+				deps.AuditLog = auditLog{Client: c, mac: mac}
 			}
-			events, err := audit.NewPublisher(cfg.Kafka, "ingest", reg)
+			events, err := audit.NewPublisher(cfg.Kafka, "ingest", mac, reg)
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -415,7 +415,7 @@ func newWorkerCmd() *cobra.Command {
 			if err := ensureTopics(cmd.Context(), cfg.Kafka); err != nil {
 				return err
 			}
-			events, err := audit.NewPublisher(cfg.Kafka, "worker", reg)
+			events, err := audit.NewPublisher(cfg.Kafka, "worker", mac, reg)
 			if err != nil {
 				return usageErr("%v", err)
 			}

@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/signer"
 	"github.com/certnode/certnode/sinks/translog"
 	"github.com/certnode/certnode/transparency"
@@ -135,12 +136,19 @@ func newLogServeCmd() *cobra.Command {
 			"(/index/ID) that ingest (--log URL) builds proofs from, with /metrics. Run one per --dir.\n" +
 			"With --kind audit it keeps the audit log instead: every role's audit events from certnode.audit\n" +
 			"(a leaf is the event's hash, its organization's tag and time), which ingest (--audit-log URL)\n" +
-			"exports verifiably; give it its own --dir, key and --http (default origin certnode.local/audit).\n\n" + pinHelp,
+			"exports verifiably; give it its own --dir, key and --http (default origin certnode.local/audit), and\n" +
+			"the internal secret, which authenticates the events and keys the organizations' tags\n" +
+			"($CERTNODE_INTERNAL_SECRET or $CERTNODE_INTERNAL_SECRET_FILE, as ingest's).\n\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Kind = translog.Kind(kind)
 			group := kf.prefix + "-translog"
 			if cfg.Kind == translog.Audit {
+				mac, err := recordauth.SecretsFromEnv()
+				if err != nil {
+					return usageErr("--kind audit: %v", err)
+				}
+				cfg.MAC = mac
 				group = kf.prefix + "-auditlog"
 				if !cmd.Flags().Changed("origin") {
 					origin = defaultAuditOrigin
@@ -276,7 +284,7 @@ func newLogMonitorCmd() *cobra.Command {
 // audit log: a software Ed25519 key kept in dir (log-key.pem,
 // audit-log-key.pem), the log in dir/translog or dir/auditlog, served on a
 // loopback port of its own, and the client ingest reads it with.
-func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, kind translog.Kind, reg prometheus.Registerer) (*translog.Sink, *transparency.Client, func(context.Context) error, error) {
+func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, kind translog.Kind, mac *recordauth.Keyring, reg prometheus.Registerer) (*translog.Sink, *transparency.Client, func(context.Context) error, error) {
 	keyFile, origin, group, sub := filepath.Join(dir, "log-key.pem"), defaultOrigin, prefix+"-translog", "translog"
 	if kind == translog.Audit {
 		keyFile, origin, group, sub = filepath.Join(dir, "audit-log-key.pem"), defaultAuditOrigin, prefix+"-auditlog", "auditlog"
@@ -296,6 +304,9 @@ func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, kind tra
 	}
 	cfg := translog.DefaultConfig()
 	cfg.Kind, cfg.Kafka, cfg.Group, cfg.Dir, cfg.Signer, cfg.VerifierKey, cfg.Registerer = kind, kcfg, group, filepath.Join(dir, sub), s, vkey, reg
+	if kind == translog.Audit {
+		cfg.MAC = mac
+	}
 	sink, err := translog.New(ctx, cfg)
 	if err != nil {
 		return nil, nil, nil, err

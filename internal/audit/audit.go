@@ -1,6 +1,7 @@
 // Package audit publishes audit events (schemas.AuditEvent) to
-// certnode.audit, from which the audit log appends them to its Merkle tree
-// and the ClickHouse sink stores them for queries.
+// certnode.audit, each record authenticated by the internal secret's MAC,
+// from which the audit log appends them to its Merkle tree, the ClickHouse
+// sink stores them for queries and the threat detectors read them.
 package audit
 
 import (
@@ -24,9 +25,15 @@ import (
 // events, counted, rather than growing memory or slowing the requests.
 const MaxBuffered = 20000
 
+// MAC authenticates the records (recordauth.Keyring).
+type MAC interface {
+	Header(value []byte) []byte
+}
+
 // Publisher sends one role's audit events.
 type Publisher struct {
 	cl      *kgo.Client
+	mac     MAC
 	topic   string
 	source  string
 	sent    prometheus.Counter
@@ -35,16 +42,16 @@ type Publisher struct {
 }
 
 // NewPublisher connects to the brokers of cfg; source names the role
-// (coordinator, ingest, worker, detector). reg receives its metrics (nil:
-// not registered).
-func NewPublisher(cfg kafka.Config, source string, reg prometheus.Registerer, opts ...kgo.Opt) (*Publisher, error) {
+// (coordinator, ingest, worker, detector); mac authenticates the records.
+// reg receives its metrics (nil: not registered).
+func NewPublisher(cfg kafka.Config, source string, mac MAC, reg prometheus.Registerer, opts ...kgo.Opt) (*Publisher, error) {
 	// A batch must fit the audit topic's record limit.
 	base := []kgo.Opt{kgo.MaxBufferedRecords(MaxBuffered), kgo.ProducerBatchMaxBytes(schemas.MaxAuditEventBytes + 64<<10)}
 	cl, err := kafka.NewClient(cfg, append(base, opts...)...)
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{cl: cl, topic: cfg.Topics().Audit, source: source, log: slog.With("role", source),
+	p := &Publisher{cl: cl, mac: mac, topic: cfg.Topics().Audit, source: source, log: slog.With("role", source),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_audit_events_sent_total",
 			Help: "Audit events the broker acknowledged."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_audit_events_dropped_total",
@@ -85,7 +92,8 @@ func (p *Publisher) record(ev *schemas.AuditEvent) (*kgo.Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kgo.Record{Topic: p.topic, Key: []byte(ev.Org), Value: b}, nil
+	return &kgo.Record{Topic: p.topic, Key: []byte(ev.Org), Value: b,
+		Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: p.mac.Header(b)}}}, nil
 }
 
 // Record sends ev without waiting: for access events on a request's path.

@@ -12,6 +12,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/certnode/certnode/internal/envsecret"
@@ -69,6 +71,17 @@ func NewKeyring(secrets ...[]byte) (*Keyring, error) {
 
 // SignKeyID names the secret that signs.
 func (k *Keyring) SignKeyID() string { return k.signKid }
+
+// KeyIDs names every secret, the signing one first.
+func (k *Keyring) KeyIDs() []string {
+	out := []string{k.signKid}
+	for _, id := range slices.Sorted(maps.Keys(k.secrets)) {
+		if id != k.signKid {
+			out = append(out, id)
+		}
+	}
+	return out
+}
 
 // Derive returns HMAC-SHA256(secret kid, label): a key for one purpose that
 // only holders of the internal secret can compute.

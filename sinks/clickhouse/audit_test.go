@@ -27,7 +27,9 @@ func TestSinkWritesAuditEvents(t *testing.T) {
 	operator := auditEventOf("", "ev-2", at)
 	noResult := auditEventOf("t1", "ev-3", at)
 	noResult.Result = ""
+	future := auditEventOf("t1", "ev-4", time.Now().Add(time.Hour)) // ahead of its record by more than the skew
 	recs := []*kgo.Record{
+		keyedRecord(t, e.topics.Audit, "t1", future),
 		keyedRecord(t, e.topics.Audit, "t1", good),
 		keyedRecord(t, e.topics.Audit, "", operator),
 		keyedRecord(t, e.topics.Audit, "t2", auditEventOf("t1", "other-key", at)),
@@ -59,7 +61,7 @@ func TestSinkWritesAuditEvents(t *testing.T) {
 	if row != want {
 		t.Errorf("row %+v, want %+v", row, want)
 	}
-	for _, d := range readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 3) {
+	for _, d := range readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 4) {
 		if r := kafka.Header(d, schemas.HeaderDLQReason); r != ReasonBadAuditEvent {
 			t.Errorf("DLQ reason %q for %s", r, d.Value)
 		}

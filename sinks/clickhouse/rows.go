@@ -239,9 +239,10 @@ func decodeAuditEvent(b []byte) (auditEvent, error) {
 }
 
 // auditRowFor turns a decoded audit event into a row, its time as the
-// event states it: its leaf commits to it.
-func auditRowFor(e auditEvent) (AuditRow, error) {
-	if err := storable(e.At); err != nil {
+// event states it (its leaf commits to it), unless it runs ahead of its
+// record's timestamp by more than the clock skew the audit log allows.
+func auditRowFor(e auditEvent, record time.Time) (AuditRow, error) {
+	if err := errors.Join(storable(e.At), schemas.CheckAuditTime(e.At, record)); err != nil {
 		return AuditRow{}, err
 	}
 	at := e.At.UTC()

@@ -288,8 +288,10 @@ func (s *Sink) triage(recs []*kgo.Record) *batch {
 				func(a *schemas.WebhookAttempt) string { return a.Org }, attemptRowFor)
 			continue
 		case s.topics.Audit:
+			// The audit log refuses the same events (a forged one it
+			// never holds: an export's check finds the row).
 			triageKeyed(s, b, &b.audit, rec, ReasonBadAuditEvent, decodeAuditEvent,
-				func(e auditEvent) string { return e.Org }, auditRowFor)
+				func(e auditEvent) string { return e.Org }, func(e auditEvent) (AuditRow, error) { return auditRowFor(e, rec.Timestamp) })
 			continue
 		}
 		res, err := schemas.DecodeResult(rec.Value)

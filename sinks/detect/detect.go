@@ -39,8 +39,11 @@ type Blocker interface {
 	Block(ctx context.Context, addr string, until time.Time, reason string) error
 }
 
-// RecordMAC authenticates the event records the dispatcher reads.
+// RecordMAC checks the audit records the detectors read, and
+// authenticates the event records the dispatcher reads
+// (recordauth.Keyring).
 type RecordMAC interface {
+	Check(value []byte, header string) error
 	Header(value []byte) []byte
 }
 
@@ -66,8 +69,11 @@ func DefaultConfig() Config {
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
 	errs := []error{c.Kafka.Validate(), c.Thresholds.Validate()}
-	if c.Group == "" || c.BatchRecords < 1 || c.AttemptTimeout <= 0 || c.BlockFor < 0 {
-		errs = append(errs, errors.New("detect: a group, positive batch and attempt timeout, and a block time of 0 or more are required"))
+	if c.Group == "" || c.BatchRecords < 1 || c.AttemptTimeout <= 0 {
+		errs = append(errs, errors.New("detect: a group, a positive batch and attempt timeout are required"))
+	}
+	if c.BlockFor < 0 || c.BlockFor > 7*24*time.Hour {
+		errs = append(errs, errors.New("detect: a block lasts 0 (none) to 7 days"))
 	}
 	return errors.Join(errs...)
 }
@@ -84,6 +90,7 @@ type Detector struct {
 	log     *slog.Logger
 	alerts  *prometheus.CounterVec
 	blocked prometheus.Counter
+	refused prometheus.Counter
 	swept   time.Time
 }
 
@@ -101,6 +108,8 @@ func New(cfg Config, audit AuditPublisher, blocker Blocker, mac RecordMAC, opts 
 			Help: "Security alerts raised, by detector."}, []string{"detector"}),
 		blocked: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_security_blocks_total",
 			Help: "Addresses blocked at ingest after an alert."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_security_records_refused_total",
+			Help: "Audit records the detectors ignored: no valid MAC, or timed too far ahead of their record."}),
 	}
 	for _, name := range Detectors {
 		d.alerts.WithLabelValues(name)
@@ -112,7 +121,7 @@ func New(cfg Config, audit AuditPublisher, blocker Blocker, mac RecordMAC, opts 
 		return nil, err
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(d.alerts, d.blocked, untracked)
+		cfg.Registerer.MustRegister(d.alerts, d.blocked, d.refused, untracked)
 	}
 	return d, nil
 }
@@ -121,18 +130,14 @@ func New(cfg Config, audit AuditPublisher, blocker Blocker, mac RecordMAC, opts 
 func (d *Detector) Run(ctx context.Context) error {
 	return kafka.EachBatch(ctx, d.cl, d.cfg.BatchRecords, d.log, func(work context.Context, recs []*kgo.Record) error {
 		var alerts []Alert
-		var last time.Time
 		for _, rec := range recs {
 			for _, s := range d.signals(rec) {
 				alerts = append(alerts, d.engine.Observe(s)...)
-				if s.At.After(last) {
-					last = s.At
-				}
 			}
 		}
-		if last.Sub(d.swept) > time.Minute {
-			d.engine.Sweep(last)
-			d.swept = last
+		if now := time.Now(); now.Sub(d.swept) > time.Minute {
+			d.engine.Sweep(now)
+			d.swept = now
 		}
 		if err := d.act(work, ctx, alerts); err != nil {
 			return err
@@ -146,14 +151,24 @@ func (d *Detector) Run(ctx context.Context) error {
 func (d *Detector) signals(rec *kgo.Record) []Signal {
 	switch rec.Topic {
 	case d.topics.Audit:
+		// Only the roles' own events count: a forged one could block any
+		// address.
+		if err := d.mac.Check(rec.Value, kafka.Header(rec, schemas.HeaderIngestMAC)); err != nil {
+			d.refused.Inc()
+			return nil
+		}
 		ev, _, err := schemas.DecodeAuditEvent(rec.Value)
 		if err != nil {
+			return nil
+		}
+		if err := schemas.CheckAuditTime(ev.At, rec.Timestamp); err != nil {
+			d.refused.Inc()
 			return nil
 		}
 		return auditSignals(ev)
 	case d.topics.WebhookAttempts:
 		a, err := schemas.DecodeWebhookAttempt(rec.Value)
-		if err != nil {
+		if err != nil || schemas.CheckAuditTime(a.At, rec.Timestamp) != nil {
 			return nil
 		}
 		return []Signal{{At: a.At, Kind: Delivery, Org: a.Org, Target: a.EndpointID}}
@@ -173,21 +188,29 @@ func (d *Detector) signals(rec *kgo.Record) []Signal {
 	return out
 }
 
+// maxSubject bounds a key id or endpoint id a signal carries, so that an
+// alert's subject fits an audit event.
+const maxSubject = 128
+
 // auditSignals reads an audit event. The detector's own alerts are
 // events too, and signal nothing.
 func auditSignals(ev *schemas.AuditEvent) []Signal {
-	s := Signal{At: ev.At, Org: ev.Org, Addr: ev.Actor.Addr}
+	s := Signal{At: ev.At, Org: ev.Org}
+	if a, err := netip.ParseAddr(ev.Actor.Addr); err == nil {
+		s.Addr = a.Unmap().String()
+	}
+	key := ev.Actor.ID
+	if ev.Actor.Kind != schemas.ActorKey || len(key) > maxSubject {
+		key = ""
+	}
 	switch {
-	case ev.Action == "user.login_failed":
+	case ev.Action == "user.login_failed" && s.Addr != "":
 		s.Kind = LoginFailure
 	case ev.Action == "access.refused" && ev.Result == schemas.AuditDenied, ev.Action == "record.refused":
-		s.Kind = AuthFailure
-		if ev.Actor.Kind == schemas.ActorKey {
-			s.Key = ev.Actor.ID
-		}
-	case ev.Action == ActionKeyAddress:
-		s.Kind, s.Key = KeyAddress, ev.Actor.ID
-	case ev.Action == "webhook_endpoint.create" || ev.Action == "webhook_endpoint.update":
+		s.Kind, s.Key = AuthFailure, key
+	case ev.Action == ActionKeyAddress && key != "" && s.Addr != "":
+		s.Kind, s.Key = KeyAddress, key
+	case (ev.Action == "webhook_endpoint.create" || ev.Action == "webhook_endpoint.update") && len(ev.Target) <= maxSubject:
 		s.Kind, s.Target = EndpointChanged, ev.Target
 	default:
 		return nil
@@ -215,19 +238,8 @@ func (d *Detector) act(ctx, stop context.Context, alerts []Alert) error {
 	var hooks []*kgo.Record
 	for _, a := range alerts {
 		response := ""
-		if addr, err := netip.ParseAddr(a.Addr); err == nil && blocking[a.Detector] && d.blocker != nil && d.cfg.BlockFor > 0 {
-			until := a.At.Add(d.cfg.BlockFor)
-			if until.After(time.Now()) {
-				if err := kafka.Retry(stop, d.log, "block "+addr.String(), func() error {
-					bctx, cancel := context.WithTimeout(ctx, d.cfg.AttemptTimeout)
-					defer cancel()
-					return d.blocker.Block(bctx, addr.String(), until, a.Detector+" "+a.ID)
-				}); err != nil {
-					return err
-				}
-				d.blocked.Inc()
-				response = "address " + addr.String() + " blocked at ingest until " + until.UTC().Format(time.RFC3339)
-			}
+		if blocking[a.Detector] && d.blocker != nil && d.cfg.BlockFor > 0 && a.Addr != "" {
+			response = d.block(ctx, stop, a)
 		}
 		d.alerts.WithLabelValues(a.Detector).Inc()
 		d.log.Warn("security alert", "detector", a.Detector, "org", a.Org, "subject", a.Subject, "count", a.Count, "response", response)
@@ -235,8 +247,13 @@ func (d *Detector) act(ctx, stop context.Context, alerts []Alert) error {
 		if response != "" {
 			detail += "; " + response
 		}
-		evs = append(evs, schemas.AuditEvent{ID: a.ID, At: a.At.UTC(), Org: a.Org, Actor: schemas.AuditActor{Kind: schemas.ActorDetector, ID: a.Detector, Addr: a.Addr},
-			Action: ActionAlert, Target: a.Subject, Result: schemas.AuditFlagged, Reason: a.Detector, Source: "detector", Detail: detail})
+		ev := schemas.AuditEvent{ID: a.ID, At: a.At.UTC(), Org: a.Org, Actor: schemas.AuditActor{Kind: schemas.ActorDetector, ID: a.Detector, Addr: a.Addr},
+			Action: ActionAlert, Target: a.Subject, Result: schemas.AuditFlagged, Reason: a.Detector, Source: "detector", Detail: detail}
+		if err := ev.Validate(); err != nil {
+			d.log.Error("alert not recorded", "alert", a.ID, "err", err) // signals are bounded: not expected
+			continue
+		}
+		evs = append(evs, ev)
 		if a.Org == "" {
 			continue // the deployment's: the operator's audit log and metrics
 		}
@@ -266,6 +283,32 @@ func (d *Detector) act(ctx, stop context.Context, alerts []Alert) error {
 		defer cancel()
 		return kafka.ProduceAcked(pctx, d.cl, &hooks, func(*kgo.Record) {})
 	})
+}
+
+// blockAttempts bounds the tries to block an address: an alert is not held
+// up for long by a coordinator that is away or refuses.
+const blockAttempts = 3
+
+// block blocks a's address for BlockFor from now, and says so, or that it
+// could not.
+func (d *Detector) block(ctx, stop context.Context, a Alert) string {
+	until := time.Now().Add(d.cfg.BlockFor).Truncate(time.Second)
+	var err error
+	for i := 1; ; i++ {
+		bctx, cancel := context.WithTimeout(ctx, d.cfg.AttemptTimeout)
+		err = d.blocker.Block(bctx, a.Addr, until, a.Detector+" "+a.ID)
+		cancel()
+		if err == nil {
+			d.blocked.Inc()
+			return "address " + a.Addr + " blocked at ingest until " + until.UTC().Format(time.RFC3339)
+		}
+		if i == blockAttempts || stop.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(i) * time.Second)
+	}
+	d.log.Error("address not blocked", "addr", a.Addr, "alert", a.ID, "err", err)
+	return "address " + a.Addr + " not blocked (the coordinator did not take it)"
 }
 
 // Close leaves the group.

@@ -2,6 +2,7 @@ package detect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -43,9 +45,16 @@ func (f *fakeBlocker) Block(_ context.Context, addr string, until time.Time, _ s
 	return nil
 }
 
+// mac takes records whose MAC header is "good".
 type mac struct{}
 
-func (mac) Header([]byte) []byte { return []byte("k1:00") }
+func (mac) Header([]byte) []byte { return []byte("good") }
+func (mac) Check(_ []byte, header string) error {
+	if header != "good" {
+		return errors.New("bad MAC")
+	}
+	return nil
+}
 
 // From the topics to the security events: a burst of refused credentials
 // from one address and a spike of failed verifications make one alert each,
@@ -70,7 +79,24 @@ func TestDetectorActs(t *testing.T) {
 			Actor: schemas.AuditActor{Kind: schemas.ActorKey, ID: "key_1", Addr: "127.0.0.5"}, Action: "access.refused",
 			Result: schemas.AuditDenied, Reason: "forbidden_scope", Source: "ingest"}
 		b, _ := schemas.EncodeAuditEvent(&ev)
-		recs = append(recs, &kgo.Record{Topic: topics.Audit, Key: []byte("acme"), Value: b})
+		recs = append(recs, &kgo.Record{Topic: topics.Audit, Key: []byte("acme"), Value: b,
+			Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte("good")}}})
+	}
+	// Forged events (no valid MAC) and events timed ahead of their record
+	// count for nothing: 25 of each from another address.
+	for i := range 50 {
+		at := now
+		if i%2 == 1 {
+			at = now.Add(time.Hour)
+		}
+		ev := schemas.AuditEvent{ID: fmt.Sprintf("forged_%d", i), At: at, Actor: schemas.AuditActor{Kind: schemas.ActorAnonymous, Addr: "127.0.0.66"},
+			Action: "access.refused", Result: schemas.AuditDenied, Reason: "unauthorized", Source: "ingest"}
+		b, _ := schemas.EncodeAuditEvent(&ev)
+		header := "forged"
+		if i%2 == 1 {
+			header = "good"
+		}
+		recs = append(recs, &kgo.Record{Topic: topics.Audit, Value: b, Headers: []kgo.RecordHeader{{Key: schemas.HeaderIngestMAC, Value: []byte(header)}}})
 	}
 	for i := range 60 { // failed verifications, all in one minute, no history
 		res := schemas.Result{V: 1, ID: fmt.Sprintf("req_%d", i), Tenant: "acme", Kind: schemas.KindVerify, Status: schemas.StatusInvalid,
@@ -96,7 +122,7 @@ func TestDetectorActs(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- d.Run(runCtx) }()
 	defer func() { stop(); <-done; d.Close() }()
-	kafkatest.WaitCommitted(t, kadm.NewClient(cl), cfg.Group, topics.Audit, 25, 30*time.Second)
+	kafkatest.WaitCommitted(t, kadm.NewClient(cl), cfg.Group, topics.Audit, 75, 30*time.Second)
 	kafkatest.WaitCommitted(t, kadm.NewClient(cl), cfg.Group, topics.Receipts, 60, 30*time.Second)
 
 	audit.mu.Lock()
@@ -114,6 +140,12 @@ func TestDetectorActs(t *testing.T) {
 	want := []string{"failed_auth_address addr:127.0.0.5", "failed_auth_key key:key_1"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("alerts %v, want %v", got, want)
+	}
+	if n := testutil.ToFloat64(d.refused); n != 50 {
+		t.Errorf("refused audit records %v, want 50", n)
+	}
+	if _, ok := blocker.blocked["127.0.0.66"]; ok {
+		t.Error("forged events blocked an address")
 	}
 	if until, ok := blocker.blocked["127.0.0.5"]; !ok || until.Sub(now) < 14*time.Minute {
 		t.Fatalf("blocks %v", blocker.blocked)

@@ -147,8 +147,8 @@ type baseline struct {
 }
 
 // add counts n at at and reports whether the current minute is a spike:
-// at least min, and at least factor times the baseline once warm.
-func (b *baseline) add(at time.Time, n int64, min int64, factor float64, warmup int) (int64, bool) {
+// at least least, and at least factor times the baseline once warm.
+func (b *baseline) add(at time.Time, n int64, least int64, factor float64, warmup int) (int64, bool) {
 	m := at.Unix() / 60
 	switch {
 	case b.minutes == 0 && b.count == 0:
@@ -158,31 +158,25 @@ func (b *baseline) add(at time.Time, n int64, min int64, factor float64, warmup 
 		// (exponentially weighted: recent minutes count most).
 		const alpha = 0.2
 		b.avg = alpha*float64(b.count) + (1-alpha)*b.avg
-		for gap := min64(m-b.minute-1, 60); gap > 0; gap-- {
+		for gap := min(m-b.minute-1, 60); gap > 0; gap-- {
 			b.avg *= 1 - alpha
 		}
 		b.minutes += int(m - b.minute)
 		b.minute, b.count = m, 0
 	}
 	b.count += n
-	spike := b.minutes >= warmup && b.count >= min && float64(b.count) >= factor*max(b.avg, 1) && b.quiet < m
+	spike := b.minutes >= warmup && b.count >= least && float64(b.count) >= factor*max(b.avg, 1) && b.quiet < m
 	if spike {
 		b.quiet = m
 	}
 	return b.count, spike
 }
 
-func min64(a, b int64) int64 {
-	if a < b {
-		return a
-	}
-	return b
-}
-
 // keyAddrs is what the engine knows of a key's addresses.
 type keyAddrs struct {
 	seen map[string]bool
-	full bool // MaxAddressesPerKey reached: no more alerts for it
+	full bool      // MaxAddressesPerKey reached: no more alerts for it
+	last time.Time // its latest use
 }
 
 // Engine runs the detectors over signals, in event time. It is not safe
@@ -261,7 +255,13 @@ func (e *Engine) Observe(s Signal) []Alert {
 			Subject: "addr:" + s.Addr, Addr: s.Addr, Summary: "failed dashboard sign-ins from " + s.Addr})
 	case KeyAddress:
 		k := entry(e, e.keys, s.Org+"/"+s.Key)
-		if k == nil || k.seen[s.Addr] {
+		if k == nil {
+			return nil
+		}
+		if s.At.After(k.last) {
+			k.last = s.At
+		}
+		if k.full || k.seen[s.Addr] {
 			return nil
 		}
 		if k.seen == nil {
@@ -269,8 +269,10 @@ func (e *Engine) Observe(s Signal) []Alert {
 		}
 		first := len(k.seen) == 0
 		k.seen[s.Addr] = true
-		if len(k.seen) > e.cfg.MaxAddressesPerKey {
-			k.full = true
+		if len(k.seen) >= e.cfg.MaxAddressesPerKey {
+			// A key used from this many addresses (a fleet behind NAT
+			// pools): no more alerts, and no more memory.
+			k.full, k.seen = true, nil
 		}
 		if !first && !k.full {
 			out = append(out, e.finish(Alert{At: s.At, Org: s.Org, Detector: NewKeyAddress, Subject: "key:" + s.Key, Addr: s.Addr, Key: s.Key,
@@ -332,8 +334,9 @@ func (e *Engine) finish(a Alert, epoch time.Time) Alert {
 	return a
 }
 
-// Sweep forgets subjects idle for longer than their windows, as of now (in
-// event time): call it now and then to bound the state.
+// Sweep forgets subjects idle for longer than their windows as of now
+// (the wall clock, which a hostile event time cannot move): call it now and
+// then to bound the state.
 func (e *Engine) Sweep(now time.Time) {
 	for _, m := range []struct {
 		m    map[string]*window
@@ -348,6 +351,20 @@ func (e *Engine) Sweep(now time.Time) {
 	for k, at := range e.changed {
 		if now.Sub(at) > e.cfg.FloodAfter {
 			delete(e.changed, k)
+		}
+	}
+	// Baselines of subjects idle for a day start over; so do the
+	// addresses of keys unused for a month.
+	for _, m := range []map[string]*baseline{e.requests, e.verifies} {
+		for k, b := range m {
+			if now.Unix()/60-b.minute > 24*60 {
+				delete(m, k)
+			}
+		}
+	}
+	for k, a := range e.keys {
+		if now.Sub(a.last) > 30*24*time.Hour {
+			delete(e.keys, k)
 		}
 	}
 }

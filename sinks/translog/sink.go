@@ -67,6 +67,9 @@ type Config struct {
 	// CheckpointInterval is how often a grown tree gets a new checkpoint
 	// (default 1s; at least 100ms).
 	CheckpointInterval time.Duration
+	// MAC authenticates audit records and keys the organizations' tags
+	// (recordauth.Keyring); the audit log needs it.
+	MAC AuditMAC
 	// BatchRecords bounds the results appended, and committed, at once.
 	BatchRecords int
 	// AttemptTimeout bounds each append and offset commit; a failed one
@@ -74,6 +77,14 @@ type Config struct {
 	AttemptTimeout time.Duration
 	// Registerer receives the log's metrics (nil: not registered).
 	Registerer prometheus.Registerer
+}
+
+// AuditMAC checks the records of certnode.audit and derives the key of
+// the organizations' tags.
+type AuditMAC interface {
+	Check(value []byte, header string) error
+	SignKeyID() string
+	Derive(kid string, label []byte) ([]byte, bool)
 }
 
 // DefaultConfig returns a config with every field but the brokers, the
@@ -91,6 +102,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kind != Receipts && c.Kind != Audit {
 		errs = append(errs, fmt.Errorf("translog: kind %q: want receipts or audit", c.Kind))
+	}
+	if c.Kind == Audit && c.MAC == nil {
+		errs = append(errs, errors.New("translog: the audit log needs the internal secret"))
 	}
 	if c.Group == "" || c.Dir == "" {
 		errs = append(errs, errors.New("translog: group and directory are required"))
@@ -156,6 +170,10 @@ type Sink struct {
 	stop     context.CancelFunc // the appender's context
 	db       *bolt.DB
 	size     uint64 // the largest leaf index appended here, plus one
+	// The audit log's organization tags are keyed under tagKID.
+	tagKID   string
+	tagKey   []byte
+	appended time.Time // the latest append time a leaf states
 	log      *slog.Logger
 	m        metrics
 }
@@ -173,6 +191,10 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 		topic = cfg.Kafka.Topics().Audit
 	}
 	s := &Sink{cfg: cfg, topic: topic, log: slog.With("role", "translog", "log", cfg.Kind), m: newMetrics()}
+	if cfg.Kind == Audit {
+		s.tagKID = cfg.MAC.SignKeyID()
+		s.tagKey, _ = cfg.MAC.Derive(s.tagKID, []byte(schemas.AuditTagLabel))
+	}
 	var err error
 	if s.db, err = bolt.Open(filepath.Join(cfg.Dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second}); err != nil {
 		return nil, fmt.Errorf("translog: index (is another log running on %s?): %w", cfg.Dir, err)
@@ -261,14 +283,26 @@ func (s *Sink) entries(recs []*kgo.Record) ([]entry, error) {
 // entry reads the leaf of rec, or why it has none.
 func (s *Sink) entry(rec *kgo.Record) (entry, string, error) {
 	if s.cfg.Kind == Audit {
+		if err := s.cfg.MAC.Check(rec.Value, kafka.Header(rec, schemas.HeaderIngestMAC)); err != nil {
+			return entry{}, "", err
+		}
 		ev, canon, err := schemas.DecodeAuditEvent(rec.Value)
 		if err == nil && string(rec.Key) != ev.Org {
 			err = fmt.Errorf("record key %q, event organization %q", rec.Key, ev.Org)
 		}
+		if err == nil {
+			err = schemas.CheckAuditTime(ev.At, rec.Timestamp)
+		}
 		if err != nil {
 			return entry{}, "", err
 		}
-		return entry{id: ev.ID, org: ev.Org, leaf: schemas.AuditLeaf(ev.Org, ev.At, canon), at: ev.At}, "", nil
+		// Leaves state their append times in index order: the time never
+		// goes back, whatever the clock does.
+		if now := time.Now(); now.After(s.appended) {
+			s.appended = now
+		}
+		tag := schemas.AuditOrgTag(s.tagKID, s.tagKey, ev.Org)
+		return entry{id: ev.ID, org: ev.Org, leaf: schemas.AuditLeaf(tag, ev.At, s.appended, canon), at: ev.At}, "", nil
 	}
 	res, err := schemas.DecodeResult(rec.Value)
 	if err == nil && string(rec.Key) != res.Tenant {
