@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,15 +31,28 @@ type MAC interface {
 	Header(value []byte) []byte
 }
 
+// MaxRefusalsPerMinute bounds the refusals Record sends per address (or,
+// without one, per actor) and minute: a flood of bad requests is not a
+// flood of leaves in the audit log. The detectors alert well below it.
+const MaxRefusalsPerMinute = 60
+
+// maxRefusers bounds the addresses counted at once.
+const maxRefusers = 100_000
+
 // Publisher sends one role's audit events.
 type Publisher struct {
-	cl      *kgo.Client
-	mac     MAC
-	topic   string
-	source  string
-	sent    prometheus.Counter
-	dropped prometheus.Counter
-	log     *slog.Logger
+	cl         *kgo.Client
+	mac        MAC
+	topic      string
+	source     string
+	sent       prometheus.Counter
+	dropped    prometheus.Counter
+	suppressed prometheus.Counter
+	log        *slog.Logger
+
+	mu       sync.Mutex
+	minute   int64
+	refusals map[string]int // this minute's, by address or actor
 }
 
 // NewPublisher connects to the brokers of cfg; source names the role
@@ -56,9 +70,12 @@ func NewPublisher(cfg kafka.Config, source string, mac MAC, reg prometheus.Regis
 			Help: "Audit events the broker acknowledged."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_audit_events_dropped_total",
 			Help: "Access events dropped because too many were waiting for the broker, or it refused them."}),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "certnode_audit_refusals_suppressed_total",
+			Help: "Refusals not sent: past MaxRefusalsPerMinute from one address or actor."}),
+		refusals: map[string]int{},
 	}
 	if reg != nil {
-		reg.MustRegister(p.sent, p.dropped)
+		reg.MustRegister(p.sent, p.dropped, p.suppressed)
 	}
 	return p, nil
 }
@@ -98,8 +115,12 @@ func (p *Publisher) record(ev *schemas.AuditEvent) (*kgo.Record, error) {
 
 // Record sends ev without waiting: for access events on a request's path.
 // It never blocks; an event the buffer has no room for is dropped and
-// counted.
+// counted, and so is a refusal past MaxRefusalsPerMinute from its address.
 func (p *Publisher) Record(ev schemas.AuditEvent) {
+	if ev.Result == schemas.AuditDenied && !p.admit(ev) {
+		p.suppressed.Inc()
+		return
+	}
 	rec, err := p.record(&ev)
 	if err != nil {
 		p.dropped.Inc()
@@ -116,6 +137,23 @@ func (p *Publisher) Record(ev schemas.AuditEvent) {
 		}
 		p.sent.Inc()
 	})
+}
+
+// admit counts a refusal against its address's (or actor's) minute.
+func (p *Publisher) admit(ev schemas.AuditEvent) bool {
+	who := ev.Actor.Addr
+	if who == "" {
+		who = ev.Org + "/" + ev.Actor.Kind + "/" + ev.Actor.ID
+	}
+	m := time.Now().Unix() / 60
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m != p.minute || len(p.refusals) >= maxRefusers {
+		p.minute = m
+		clear(p.refusals)
+	}
+	p.refusals[who]++
+	return p.refusals[who] <= MaxRefusalsPerMinute
 }
 
 // Publish sends evs and waits for the broker's acknowledgement: for
