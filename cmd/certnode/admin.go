@@ -106,7 +106,7 @@ func newAdminCmd() *cobra.Command {
 
 	cluster := &cobra.Command{Use: "cluster", Short: "Show the coordinator cluster: leader, members, indexes", Args: cobra.NoArgs,
 		RunE: call("GET", "/v1/admin/cluster", nil)}
-	cmd.AddCommand(orgs, keys, cluster, c.plansCmd(), c.usersCmd(), c.membersCmd(), c.invitationsCmd(), c.producerKeysCmd(), c.auditCmd())
+	cmd.AddCommand(orgs, keys, cluster, c.plansCmd(), c.usersCmd(), c.membersCmd(), c.invitationsCmd(), c.producerKeysCmd(), c.auditCmd(), c.blocksCmd())
 	orgs.AddCommand(c.orgSetCmd())
 	eachCommand(cmd, func(sub *cobra.Command) { bindEnvAll(sub.Flags(), "ADMIN") })
 	return cmd
@@ -264,6 +264,27 @@ func (c *adminClient) auditCmd() *cobra.Command {
 	cmd.Flags().StringVar(&org, "org", "", "only this organization's events")
 	cmd.Flags().Uint64Var(&after, "after", 0, "events after this sequence number")
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many events (1-1000)")
+	return cmd
+}
+
+func (c *adminClient) blocksCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "blocks", Short: "Addresses kept out of ingest (after security alerts, or by hand)"}
+	var forDur time.Duration
+	var reason string
+	add := &cobra.Command{Use: "add ADDR", Short: "Block an address at ingest for a while", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.do(cmd, "POST", "/v1/admin/blocks", map[string]any{"addr": args[0], "until": time.Now().Add(forDur).UTC(), "reason": reason})
+		}}
+	add.Flags().DurationVar(&forDur, "for", time.Hour, "how long (at most 30 days)")
+	add.Flags().StringVar(&reason, "reason", "blocked by the operator", "why, for the record")
+	cmd.AddCommand(
+		&cobra.Command{Use: "list", Short: "The blocks in force", Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error { return c.do(cmd, "GET", "/v1/admin/blocks", nil) }},
+		&cobra.Command{Use: "lift ADDR", Short: "Lift an address's block", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return c.do(cmd, "DELETE", "/v1/admin/blocks/"+url.PathEscape(args[0]), nil)
+			}},
+		add)
 	return cmd
 }
 

@@ -73,6 +73,22 @@ func TestAdminCLI(t *testing.T) {
 	if r := adm("cluster"); r.code != 0 || !strings.Contains(r.stdout, `"leader":"c1"`) {
 		t.Fatalf("cluster: %+v", r)
 	}
+	// Blocks: added, listed, lifted; a bad address refused.
+	if r := adm("blocks", "add", "127.0.0.5", "--for", "10m", "--reason", "a test"); r.code != 0 {
+		t.Fatalf("blocks add: %+v", r)
+	}
+	if r := adm("blocks", "add", "not-an-address"); r.code != 1 || !strings.Contains(r.stderr, "an IP address") {
+		t.Fatalf("blocks add a bad address: %+v", r)
+	}
+	if r := adm("blocks", "list"); r.code != 0 || !strings.Contains(r.stdout, `"addr":"127.0.0.5"`) || !strings.Contains(r.stdout, "a test") {
+		t.Fatalf("blocks list: %+v", r)
+	}
+	if r := adm("blocks", "lift", "127.0.0.5"); r.code != 0 {
+		t.Fatalf("blocks lift: %+v", r)
+	}
+	if r := adm("blocks", "list"); r.code != 0 || strings.Contains(r.stdout, "127.0.0.5") {
+		t.Fatalf("blocks list after the lift: %+v", r)
+	}
 
 	// Plans, limits, users, members, invitations, producer keys, audit.
 	if r := adm("plans", "put", "gold", "--name", "Gold", "--base-price", "9900", "--included-receipts", "100000", "--price-per-1000", "30", "--rate-limit", "200"); r.code != 0 {
