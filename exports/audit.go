@@ -9,25 +9,43 @@ import (
 	"github.com/certnode/certnode/schemas"
 )
 
-// AuditQuery selects an organization's audit events: those of [From, To)
-// (whole seconds), of Action when set, at most Limit (0: all) newest
-// first, else all oldest first.
+// AuditQuery selects an organization's audit events (every
+// organization's, and the deployment's, with AllOrgs): those of [From, To)
+// (whole seconds), of Action, actions starting with ActionPrefix and
+// Source when set, at most Limit (0: all) newest first, else all oldest
+// first.
 type AuditQuery struct {
-	Org      string
-	From, To time.Time
-	Action   string
-	Limit    int
+	Org          string
+	AllOrgs      bool
+	From, To     time.Time
+	Action       string
+	ActionPrefix string
+	Source       string
+	Limit        int
+}
+
+// where is q's condition and its arguments.
+func (q AuditQuery) where() (string, []any) {
+	sql := "at >= toDateTime(?) AND at < toDateTime(?)"
+	args := []any{seconds(q.From), seconds(q.To)}
+	if !q.AllOrgs {
+		sql += " AND org = ?"
+		args = append(args, q.Org)
+	}
+	for _, c := range []struct{ cond, v string }{{" AND action = ?", q.Action}, {" AND startsWith(action, ?)", q.ActionPrefix}, {" AND source = ?", q.Source}} {
+		if c.v != "" {
+			sql += c.cond
+			args = append(args, c.v)
+		}
+	}
+	return sql, args
 }
 
 // AuditEvents calls yield with each event q selects, one copy per id, as
 // stored: the canonical JSON the audit log's leaves commit to.
 func (e *Exporter) AuditEvents(ctx context.Context, q AuditQuery, yield func(event []byte) error) error {
-	sql := "SELECT event FROM " + schemas.ClickHouseAuditTable + " WHERE org = ? AND at >= toDateTime(?) AND at < toDateTime(?)"
-	args := []any{q.Org, seconds(q.From), seconds(q.To)}
-	if q.Action != "" {
-		sql += " AND action = ?"
-		args = append(args, q.Action)
-	}
+	where, args := q.where()
+	sql := "SELECT event FROM " + schemas.ClickHouseAuditTable + " WHERE " + where
 	if q.Limit > 0 {
 		sql += " ORDER BY at DESC, at_nanos DESC, id LIMIT 1 BY id LIMIT ?"
 		args = append(args, q.Limit)
@@ -43,11 +61,11 @@ func (e *Exporter) AuditEvents(ctx context.Context, q AuditQuery, yield func(eve
 	})
 }
 
-// AuditCount is how many distinct events q selects (Action and Limit
-// aside).
+// AuditCount is how many distinct events q selects (Limit aside).
 func (e *Exporter) AuditCount(ctx context.Context, q AuditQuery) (int, error) {
 	var n uint64
-	err := e.each(ctx, "SELECT uniqExact(id) FROM "+schemas.ClickHouseAuditTable+" WHERE org = ? AND at >= toDateTime(?) AND at < toDateTime(?)",
-		[]any{q.Org, seconds(q.From), seconds(q.To)}, func(rows driver.Rows) error { return rows.Scan(&n) })
+	where, args := q.where()
+	err := e.each(ctx, "SELECT uniqExact(id) FROM "+schemas.ClickHouseAuditTable+" WHERE "+where, args,
+		func(rows driver.Rows) error { return rows.Scan(&n) })
 	return int(n), err
 }

@@ -47,3 +47,70 @@ type ComplianceCount struct {
 
 // MaxComplianceEvents bounds the audit events one report lists.
 const MaxComplianceEvents = 1000
+
+// EvidenceBundleType names a SOC 2 evidence bundle's payload.
+const EvidenceBundleType = "certnode.soc2-evidence"
+
+// EvidenceBundle is the evidence of a deployment's controls over a period,
+// signed as a CertNode receipt whose payload it is (certnode compliance
+// evidence). Lists hold what the coordinator and ClickHouse answered,
+// whole; a list cut short says so in Omitted, a source not reached is in
+// Missing. Software supplies controls and evidence, not certification.
+type EvidenceBundle struct {
+	Type        string    `json:"type"`
+	Version     int       `json:"version"`
+	Period      string    `json:"period"`
+	From        time.Time `json:"from"`
+	To          time.Time `json:"to"`
+	GeneratedAt time.Time `json:"generated_at"`
+	// AccessReview: every organization, user (with roles) and API and
+	// producer key (scopes, expiry, revocation, last use) as of now.
+	AccessReview EvidenceAccess `json:"access_review"`
+	// ChangeHistory: the coordinator's applied changes of the period
+	// (audit events), oldest first.
+	ChangeHistory []jsonObject `json:"change_history"`
+	// KeyRotations: the signing keys of the key ring, with when each was
+	// created and retired.
+	KeyRotations []EvidenceKey `json:"key_rotations"`
+	// Erasures: the erasures of the period (audit events erasure.*).
+	Erasures []jsonObject `json:"erasures"`
+	// SecurityEvents: the threat detectors' alerts of the period, and the
+	// addresses blocked now.
+	SecurityEvents []jsonObject `json:"security_events"`
+	Blocks         []jsonObject `json:"blocks"`
+	// Availability: each organization's requests, failures, success ratio
+	// and latency over the period.
+	Availability []EvidenceAvailability `json:"availability"`
+	// Checkpoints: the latest signed checkpoints of the transparency log
+	// and of the audit log, which later evidence must be consistent with.
+	Checkpoints map[string]string `json:"checkpoints"`
+	Omitted     map[string]int    `json:"omitted"`
+	Missing     []string          `json:"missing"`
+}
+
+// EvidenceAccess is the access review.
+type EvidenceAccess struct {
+	Organizations []jsonObject `json:"organizations"`
+	Users         []jsonObject `json:"users"`
+	APIKeys       []jsonObject `json:"api_keys"`
+	ProducerKeys  []jsonObject `json:"producer_keys"`
+}
+
+// EvidenceKey is a signing key of the ring.
+type EvidenceKey struct {
+	Kid       string    `json:"kid"`
+	Alg       string    `json:"alg"`
+	State     string    `json:"state"`
+	Source    string    `json:"source"`
+	CreatedAt time.Time `json:"created_at"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+}
+
+// EvidenceAvailability is one organization's service over the period.
+type EvidenceAvailability struct {
+	Org           string      `json:"org"`
+	Requests      uint64      `json:"requests"`
+	Failed        uint64      `json:"failed"`
+	SuccessRatio  float64     `json:"success_ratio"`
+	LatencyMillis Percentiles `json:"latency_ms"`
+}

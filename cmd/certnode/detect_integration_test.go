@@ -5,6 +5,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -152,6 +154,44 @@ func TestThreatDetection(t *testing.T) {
 		slices.Sort(hooks)
 		return slices.Equal(hooks, []string{"failed_auth_key", "new_key_address"}), fmt.Sprint(hooks)
 	})
+
+	// The month's evidence bundle holds them, the access review and the
+	// organization's availability, signed.
+	out := filepath.Join(t.TempDir(), "evidence.json")
+	r := certnode(t, "", "compliance", "evidence", "--period", time.Now().UTC().Format("2006-01"), "--coordinator", caddr, "--clickhouse", e.ch,
+		"--workers-keyring", e.keyring, "--keyring", e.keyring, "--out", out)
+	if r.code != 0 {
+		t.Fatalf("evidence: %+v", r)
+	}
+	if v := certnode(t, "", "verify", "--jwks", e.jwksFile, "--receipt", out); v.code != 0 {
+		t.Fatalf("the bundle does not verify: %+v", v)
+	}
+	raw, _ := os.ReadFile(out)
+	var rc struct {
+		Payload schemas.EvidenceBundle `json:"payload"`
+	}
+	if err := json.Unmarshal(raw, &rc, json.RejectUnknownMembers(false)); err != nil {
+		t.Fatal(err)
+	}
+	b := rc.Payload
+	var ours []string
+	for _, ev := range b.SecurityEvents {
+		if ev["org"] == org {
+			ours = append(ours, fmt.Sprint(ev["reason"]))
+		}
+	}
+	slices.Sort(ours)
+	if !slices.Equal(ours, []string{"failed_auth_key", "new_key_address"}) {
+		t.Errorf("the bundle's alerts of %s: %v", org, ours)
+	}
+	created := false
+	for _, ev := range b.ChangeHistory {
+		created = created || (ev["org"] == org && ev["action"] == "org.create")
+	}
+	avail := slices.IndexFunc(b.Availability, func(a schemas.EvidenceAvailability) bool { return a.Org == org })
+	if !created || avail < 0 || len(b.KeyRotations) == 0 || !strings.Contains(strings.Join(b.Missing, " "), "audit_log") {
+		t.Errorf("bundle: org.create %v, availability %v, keys %v, missing %v", created, avail, b.KeyRotations, b.Missing)
+	}
 }
 
 // adminKeyID is the public id of an API key.
