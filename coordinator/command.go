@@ -77,6 +77,7 @@ var registry = map[cmdType]func() Command{
 	cmdRelayAudit:        func() Command { return new(RelayAudit) },
 	cmdBlockAddress:      func() Command { return new(BlockAddress) },
 	cmdUnblockAddress:    func() Command { return new(UnblockAddress) },
+	cmdSuspendKey:        func() Command { return new(SuspendKey) },
 }
 
 func encode(c Command) ([]byte, error) {

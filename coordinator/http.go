@@ -460,6 +460,9 @@ type keyView struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// SuspendedAt and SuspendedFor: see APIKey.
+	SuspendedAt  time.Time `json:"suspended_at,omitzero"`
+	SuspendedFor string    `json:"suspended_for,omitempty"`
 	// LastUsedAt is when an ingest node last admitted the key, to within
 	// about a minute.
 	LastUsedAt time.Time `json:"last_used_at,omitzero"`
@@ -469,7 +472,7 @@ type keyView struct {
 
 func viewOf(k *APIKey) keyView {
 	return keyView{ID: k.ID, Org: k.Org, Name: k.Name, Scopes: k.Scopes, CIDRs: k.CIDRs,
-		CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt}
+		CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt, SuspendedAt: k.SuspendedAt, SuspendedFor: k.SuspendedFor}
 }
 
 // NewAPIKey makes a key: a public id (cnk_ and 12 letters or digits) and

@@ -151,7 +151,7 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	}
 	for id, k := range st.State.Keys {
 		org := rs.orgs[k.Org]
-		if org == nil || !k.RevokedAt.IsZero() {
+		if org == nil || !k.RevokedAt.IsZero() || !k.SuspendedAt.IsZero() {
 			continue
 		}
 		t := &tenants.Tenant{ID: k.Org, Scopes: k.Scopes, KeyID: id, Limits: org.limits}

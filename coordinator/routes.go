@@ -70,6 +70,8 @@ func (s *Server) routes() []route {
 		{"POST", "/keys", s.leader(s.inOrg(permKeysWrite, s.createKey)), true},
 		{"GET", "/keys", s.consistent(s.inOrg(permKeysRead, s.listKeys)), true},
 		{"DELETE", "/keys/{key}", s.leader(s.inOrg(permKeysWrite, s.revokeKey)), true},
+		{"POST", "/keys/{key}/suspend", s.leader(s.inOrg(permKeysWrite, s.suspendKey(false))), true},
+		{"POST", "/keys/{key}/resume", s.leader(s.inOrg(permKeysWrite, s.suspendKey(true))), true},
 		{"POST", "/producer-keys", s.leader(s.inOrg(permProducerKeysWrite, s.createProducerKey)), true},
 		{"GET", "/producer-keys", s.consistent(s.inOrg(permProducerKeysRead, s.listProducerKeys)), true},
 		{"POST", "/producer-keys/{key}/rotate", s.leader(s.inOrg(permProducerKeysWrite, s.rotateProducerKey)), true},

@@ -250,6 +250,10 @@ type APIKey struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// SuspendedAt is when it was suspended (SuspendKey; zero: it is not),
+	// SuspendedFor why.
+	SuspendedAt  time.Time `json:"suspended_at,omitzero"`
+	SuspendedFor string    `json:"suspended_for,omitempty"`
 }
 
 var (

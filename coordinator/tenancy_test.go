@@ -63,6 +63,8 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"POST /v1/orgs/{org}/keys":                                  {body: `{"scopes":["sign"]}`},
 		"GET /v1/orgs/{org}/keys":                                   {},
 		"DELETE /v1/orgs/{org}/keys/{key}":                          {ids: map[string]string{"key": gk.ID}},
+		"POST /v1/orgs/{org}/keys/{key}/suspend":                    {body: `{"reason":"pwned"}`, ids: map[string]string{"key": gk.ID}},
+		"POST /v1/orgs/{org}/keys/{key}/resume":                     {ids: map[string]string{"key": gk.ID}},
 		"POST /v1/orgs/{org}/producer-keys":                         {},
 		"GET /v1/orgs/{org}/producer-keys":                          {},
 		"POST /v1/orgs/{org}/producer-keys/{key}/rotate":            {ids: map[string]string{"key": gpk.ID}},

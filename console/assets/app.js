@@ -449,7 +449,7 @@ async function keys(sec) {
   const list = await api('/v1/orgs/' + encodeURIComponent(S.org) + '/keys');
   sec.append(table([{ label: 'Key', value: (k) => k.id }, { label: 'Name', value: (k) => k.name || '' }, { label: 'Scopes', value: (k) => k.scopes.join(', ') },
     { label: 'Created', value: (k) => when(k.created_at) }, { label: 'Last used', value: (k) => when(k.last_used_at) || 'never' },
-    { label: 'State', value: (k) => (k.revoked_at ? 'revoked' : k.expires_at && Date.parse(k.expires_at) < Date.now() ? 'expired' : 'active') }],
+    { label: 'State', value: (k) => (k.revoked_at ? 'revoked' : k.suspended_at ? 'suspended' : k.expires_at && Date.parse(k.expires_at) < Date.now() ? 'expired' : 'active') }],
   list.keys, 'No API keys.'));
 }
 
@@ -562,16 +562,31 @@ async function audit(sec) {
     { label: 'From', value: (e) => e.actor.addr || '' }, { label: 'Target', value: (e) => e.target || '' }], list.events, 'No events.'));
 }
 
-// security lists the threat detectors' findings of the last 30 days.
+// security lists the threat detectors' findings of the last 30 days; an
+// alert about a key offers to suspend it, on the admin's confirmation.
 async function security(sec) {
   const list = el('div', { id: 'alerts', 'aria-live': 'polite' });
-  sec.append(el('p', { text: 'What the threat detectors flagged: bursts of refused credentials, credential stuffing, keys used from new addresses or far above their usual volume, spikes of failed verifications, webhook endpoints changed and then flooded. Each alert is also a security.alert webhook and an event in the audit log.' }), list);
+  const msg = el('p', { role: 'status', id: 'alerts-status' });
+  sec.append(el('p', { text: 'What the threat detectors flagged: bursts of refused credentials, credential stuffing, keys used from new addresses or far above their usual volume, spikes of failed verifications, webhook endpoints changed and then flooded. Each alert is also a security.alert webhook and an event in the audit log.' }), msg, list);
   const load = async () => {
     const now = new Date();
     const ans = await api('/v1/security/alerts?' + qs({ from: iso(new Date(now.getTime() - 30 * 86400e3)), to: iso(new Date(now.getTime() + 1000)), limit: 200 }));
     list.replaceChildren(table([{ label: 'When', value: (a) => when(a.at) }, { label: 'Detector', value: (a) => a.reason }, { label: 'About', value: (a) => a.target },
-      { label: 'Finding', value: (a) => a.detail || '' }], ans.alerts, 'No alerts in the last 30 days.'));
-    list.querySelectorAll('tbody tr').forEach((tr) => tr.setAttribute('data-testid', 'alert-row'));
+      { label: 'Finding', value: (a) => a.detail || '' }, { label: 'Response', value: () => '' }], ans.alerts, 'No alerts in the last 30 days.'));
+    list.querySelectorAll('tbody tr').forEach((tr, i) => {
+      tr.setAttribute('data-testid', 'alert-row');
+      const a = ans.alerts[i];
+      const key = (a.target || '').startsWith('key:') ? a.target.slice(4) : '';
+      if (!key.startsWith('cnk_')) return;
+      tr.lastChild.append(el('button', { type: 'button', 'data-testid': 'suspend-key', text: 'Suspend ' + key, onclick: async (ev) => {
+        if (!window.confirm('Suspend the API key ' + key + '? Requests with it are refused until it is resumed.')) return;
+        try {
+          await api('/v1/orgs/' + encodeURIComponent(S.org) + '/keys/' + encodeURIComponent(key) + '/suspend', { method: 'POST', body: { reason: 'security.alert ' + a.id } });
+          msg.textContent = 'Key ' + key + ' suspended.';
+          ev.target.disabled = true;
+        } catch (e) { msg.textContent = e.message; }
+      } }));
+    });
   };
   await load();
   every(load);
