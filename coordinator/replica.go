@@ -88,6 +88,8 @@ type replicaState struct {
 	quota  []QuotaAlert           // alerts not announced yet
 	reps   map[string]*Report     // saved reports of active organizations, by id
 	blocks map[string]Block       // addresses kept out of ingest
+	// retention is each organization's retention in days (absent: none).
+	retention map[string]int
 }
 
 // orgHooks is what the dispatcher needs of an organization.
@@ -115,11 +117,15 @@ type keyUse struct{ last, sent atomic.Int64 }
 
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
-		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}, blocks: map[string]Block{}}
+		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}, blocks: map[string]Block{},
+		retention: map[string]int{}}
 	for addr, b := range st.State.Blocks {
 		rs.blocks[addr] = *b
 	}
 	for id, o := range st.State.Orgs {
+		if o.Settings.RetentionDays > 0 {
+			rs.retention[id] = o.Settings.RetentionDays
+		}
 		h := &orgHooks{}
 		for _, d := range o.Settings.WebhookRetrySchedule {
 			if v, err := time.ParseDuration(d); err == nil { // checked when set
@@ -398,6 +404,16 @@ func (r *Replica) Limits(org string) (tenants.Limits, bool) {
 		return tenants.Limits{}, false
 	}
 	return st.orgs[org].limits, true
+}
+
+// Retentions are the organizations' data retention settings, in days (an
+// organization without one keeps its data).
+func (r *Replica) Retentions() map[string]int {
+	st := r.current()
+	if st == nil {
+		return nil
+	}
+	return st.retention
 }
 
 // Plans are the plans an active organization has been on, oldest first.

@@ -20,6 +20,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/audit"
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
@@ -234,6 +235,12 @@ func newDevCmd() *cobra.Command {
 				}
 				defer sink.Close()
 				parts["sink"] = sink.Run
+				rconn, err := chconn.Open(ctx, []string{chAddr}, "default", "")
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				defer rconn.Close()
+				parts["retention"] = chsink.NewRetention(rconn, replica, events, time.Hour, reg).Run
 				sealCfg := analytics.DefaultSealerConfig()
 				sealCfg.Addr, sealCfg.Registerer = []string{chAddr}, reg
 				sealer, err := analytics.NewSealer(ctx, sealCfg)

@@ -25,6 +25,7 @@ import (
 	"github.com/certnode/certnode/deliveries"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/audit"
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -473,13 +474,18 @@ func afterReady(ready func(context.Context) error, run func(context.Context) err
 func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
-	var addr, metricsAddr string
+	var addr, metricsAddr, coordinators string
 	seal := true
+	retentionEvery := time.Hour
 	cfg := chsink.DefaultConfig()
 	ch := &cobra.Command{
 		Use:   "clickhouse",
 		Short: "Write every result into ClickHouse (batched, idempotent)",
-		Args:  cobra.NoArgs,
+		Long: "Writes results, usage events, webhook attempts and audit events into ClickHouse. With --coordinator\n" +
+			"it also erases, every --retention-every, each organization's rows older than its retention\n" +
+			"(the organization's retention_days setting), recording each erasure in the audit log.\n\n" +
+			"With --coordinator: $CERTNODE_NODE_TOKEN and the internal secret ($CERTNODE_INTERNAL_SECRET).",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
 			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
@@ -507,7 +513,15 @@ func newSinkCmd() *cobra.Command {
 				defer sealer.Close()
 				parts["sealer"] = sealer.Run
 			}
-			slog.Info("clickhouse sink started", "clickhouse", addr, "sealer", seal)
+			if coordinators != "" {
+				retention, closeAll, err := openRetention(cmd.Context(), cfg, coordinators, retentionEvery, reg, parts)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer closeAll()
+				parts["retention"] = retention.Run
+			}
+			slog.Info("clickhouse sink started", "clickhouse", addr, "sealer", seal, "retention", coordinators != "")
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
@@ -522,9 +536,43 @@ func newSinkCmd() *cobra.Command {
 	bindEnv(fs, "batch-wait", "CERTNODE_SINK_BATCH_WAIT")
 	fs.BoolVar(&seal, "seal", seal, "also seal the analytics rollups' hours (any number of sinks may; queries stay exact without, only slower)")
 	bindEnv(fs, "seal", "CERTNODE_SINK_SEAL")
+	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated), whose organizations' retention settings this sink enforces")
+	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	fs.DurationVar(&retentionEvery, "retention-every", retentionEvery, "how often retention runs")
+	bindEnv(fs, "retention-every", "CERTNODE_RETENTION_EVERY")
 	kf.register(fs, true)
 	cmd.AddCommand(ch, newUsageSinkCmd())
 	return cmd
+}
+
+// openRetention follows the coordinator's organizations (parts gets the
+// copy's loop) and returns their retention, erasing through its own
+// ClickHouse connection and recording erasures in the audit log.
+func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, every time.Duration, reg prometheus.Registerer,
+	parts map[string]func(context.Context) error) (*chsink.Retention, func(), error) {
+	if every < time.Minute {
+		return nil, nil, errors.New("--retention-every: at least a minute")
+	}
+	mac, err := recordauth.SecretsFromEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	replica, err := coordinatorReplica(coordinators, coordinator.DefaultMaxStale, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := chconn.Open(ctx, cfg.Addr, cfg.Username, cfg.Password)
+	if err != nil {
+		return nil, nil, err
+	}
+	events, err := audit.NewPublisher(cfg.Kafka, "retention", mac, reg)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	parts["coordinator"] = replica.Run
+	r := chsink.NewRetention(conn, replica, events, every, reg)
+	return r, func() { events.Close(); conn.Close() }, nil
 }
 
 func newUsageSinkCmd() *cobra.Command {
