@@ -25,7 +25,7 @@ import (
 
 func newComplianceCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "compliance", Short: "Evidence of the deployment's controls, for auditors"}
-	cmd.AddCommand(newEvidenceCmd())
+	cmd.AddCommand(newEvidenceCmd(), newProcessingCmd())
 	return cmd
 }
 

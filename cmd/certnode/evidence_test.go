@@ -4,13 +4,16 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/certnode/certnode/coordinator"
+	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -89,5 +92,45 @@ func TestComplianceEvidence(t *testing.T) {
 	}
 	if r := certnode(t, "", "compliance", "evidence", "--period", "2026-Q9", "--coordinator", s.Addr(), "--key", key); r.code != 2 || !strings.Contains(r.stderr, "--period") {
 		t.Fatalf("a bad period: %+v", r)
+	}
+
+	// The record of processing: the topics with their retention, the
+	// organization's retention and webhook recipients.
+	if code, body := request("PATCH", "http://"+s.Addr()+"/v1/orgs/acme", admin, "application/json", `{"settings":{"retention_days":90}}`); code != 200 {
+		t.Fatalf("retention: %d %s", code, body)
+	}
+	if code, body := request("POST", "http://"+s.Addr()+"/v1/orgs/acme/webhooks/endpoints", admin, "application/json", `{"url":"https://hooks.acme.example/in"}`); code != 201 {
+		t.Fatalf("endpoint: %d %s", code, body)
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	if err := ensureTopics(context.Background(), kafka.Config{Brokers: cluster.ListenAddrs(), Partitions: 1, ReplicationFactor: 1, TopicPrefix: "certnode"}); err != nil {
+		t.Fatal(err)
+	}
+	r = certnode(t, "", "compliance", "processing", "--kafka", cluster.ListenAddrs()[0], "--coordinator", s.Addr())
+	var rec ProcessingRecord
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &rec) != nil {
+		t.Fatalf("processing: %+v", r)
+	}
+	if len(rec.Organizations) != 1 || rec.Organizations[0].RetentionDays != 90 || !slices.Equal(rec.Organizations[0].Recipients, []string{"hooks.acme.example"}) {
+		t.Fatalf("organizations %+v", rec.Organizations)
+	}
+	var topics, personal int
+	for _, st := range rec.Stores {
+		if strings.HasPrefix(st.Name, "Kafka topic certnode.") {
+			topics++
+			if st.Retention == "" || strings.HasPrefix(st.Retention, "absent") {
+				t.Errorf("topic %+v", st)
+			}
+		}
+		if st.Personal {
+			personal++
+		}
+	}
+	if topics != 10+len(schemas.WebhookDelayTiers) || personal < 8 || !strings.Contains(strings.Join(rec.Missing, " "), "clickhouse") {
+		t.Fatalf("%d topics, %d stores with personal data, missing %v: %+v", topics, personal, rec.Missing, rec.Stores)
 	}
 }
