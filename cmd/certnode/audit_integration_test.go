@@ -204,11 +204,14 @@ func TestAuditLog(t *testing.T) {
 	}
 }
 
+// The tokens of the coordinator coordinated starts.
+const e2eAdminToken, e2eNodeToken = "admin-token-e2e-0123456789", "node-token-e2e-0123456789"
+
 // coordinated starts a coordinator for e, relaying its audit events to
 // e's Kafka ($CERTNODE_KAFKA), and returns its address and its admin API.
 func (e *e2e) coordinated() (string, func(method, path, body string) (int, string)) {
 	e.t.Helper()
-	const admin, node = "admin-token-e2e-0123456789", "node-token-e2e-0123456789"
+	const admin, node = e2eAdminToken, e2eNodeToken
 	e.env = append(e.env, "CERTNODE_ADMIN_TOKEN="+admin, "CERTNODE_NODE_TOKEN="+node, "CERTNODE_TENANTS_FILE=")
 	caddr := freeAddr(e.t)
 	e.start("coordinator", "coordinator", "--id", "c1", "--raft", freeAddr(e.t), "--http", caddr, "--data", e.t.TempDir(), "--bootstrap")

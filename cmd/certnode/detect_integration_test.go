@@ -158,6 +158,7 @@ func TestThreatDetection(t *testing.T) {
 	// The month's evidence bundle holds them, the access review and the
 	// organization's availability, signed.
 	out := filepath.Join(t.TempDir(), "evidence.json")
+	t.Setenv("CERTNODE_ADMIN_TOKEN", e2eAdminToken)
 	r := certnode(t, "", "compliance", "evidence", "--period", time.Now().UTC().Format("2006-01"), "--coordinator", caddr, "--clickhouse", e.ch,
 		"--workers-keyring", e.keyring, "--keyring", e.keyring, "--out", out)
 	if r.code != 0 {
