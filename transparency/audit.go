@@ -265,8 +265,13 @@ type AuditSource struct {
 }
 
 // MaxStoreLag bounds the wait for the event store to catch up with the
-// log; past it the export goes on, and its check says what is missing.
-const MaxStoreLag = 10 * time.Second
+// log, and storeStill ends it when the store stops growing (rows deleted
+// never come back); then the export goes on, and its check says what is
+// missing.
+const (
+	MaxStoreLag = 10 * time.Second
+	storeStill  = 2 * time.Second
+)
 
 // WriteAuditExport streams src's export to w, as a schemas.AuditExport:
 // the proof from the log, then the events. It reads the log first, and
@@ -315,9 +320,15 @@ func (c *Client) WriteAuditExport(ctx context.Context, w io.Writer, src AuditSou
 		return err
 	}
 	if src.Count != nil {
-		for deadline := time.Now().Add(MaxStoreLag); time.Now().Before(deadline); {
-			if n, err := src.Count(ctx); err != nil || n >= len(own) {
+		// Wait while the store catches up: it grows, or it is ahead.
+		last, still := -1, time.Now()
+		for deadline := time.Now().Add(MaxStoreLag); time.Now().Before(deadline) && time.Since(still) < storeStill; {
+			n, err := src.Count(ctx)
+			if err != nil || n >= len(own) {
 				break
+			}
+			if n != last {
+				last, still = n, time.Now()
 			}
 			select {
 			case <-ctx.Done():
