@@ -99,6 +99,7 @@ type orgHooks struct {
 }
 
 type replicaOrg struct {
+	subject  string // the subject pointer
 	limits   tenants.Limits
 	plans    []tenants.PlanPeriod
 	producer map[string]*ProducerKey // unrevoked producer keys, by id
@@ -134,7 +135,7 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 		}
 		rs.hooks[id] = h
 		if o.Status == OrgActive {
-			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}}
+			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}, subject: o.Settings.SubjectPointer}
 		}
 	}
 	for id, r := range st.State.Reports {
@@ -404,6 +405,16 @@ func (r *Replica) Limits(org string) (tenants.Limits, bool) {
 		return tenants.Limits{}, false
 	}
 	return st.orgs[org].limits, true
+}
+
+// SubjectPointer is where an active organization's payloads hold a data
+// subject's identifier ("": not set).
+func (r *Replica) SubjectPointer(org string) string {
+	st := r.current()
+	if st == nil || st.orgs[org] == nil {
+		return ""
+	}
+	return st.orgs[org].subject
 }
 
 // Retentions are the organizations' data retention settings, in days (an

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/schemas"
 )
 
 // State is what the cluster agrees on. It changes only through commands
@@ -200,6 +201,9 @@ type OrgSettings struct {
 	BrandColor    string `json:"brand_color,omitempty"`
 	SupportEmail  string `json:"support_email,omitempty"`
 	RetentionDays int    `json:"retention_days,omitzero"`
+	// SubjectPointer is where payloads hold a data subject's identifier (a
+	// JSON pointer), for subject access and erasure.
+	SubjectPointer string `json:"subject_pointer,omitempty"`
 	// WebhookRetrySchedule is the organization's default retry schedule
 	// for webhook deliveries (Go durations, e.g. "5s"); empty: the
 	// service's default.
@@ -300,6 +304,9 @@ func (o *Org) check() error {
 	}
 	if o.Settings.RetentionDays < 0 || o.Settings.RetentionDays > 3650 {
 		errs = append(errs, invalid("retention_days must be 0-3650"))
+	}
+	if err := schemas.CheckJSONPointer(o.Settings.SubjectPointer); err != nil {
+		errs = append(errs, invalid("subject_pointer %q: %v", o.Settings.SubjectPointer, err))
 	}
 	if u := o.Settings.LogoURL; u != "" {
 		if p, err := url.Parse(u); err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" || len(u) > 2048 {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"strings"
@@ -90,4 +91,53 @@ func TestBlockedAddress(t *testing.T) {
 		}
 	}
 	ts.do("GET", "/healthz", "", "").expect(t, "healthz", 200, "")
+}
+
+type fakePrivacy struct{ erased []schemas.ErasureRequest }
+
+func (f *fakePrivacy) Subject(_ context.Context, _, pointer, value string) (*schemas.SubjectData, error) {
+	return &schemas.SubjectData{SubjectPointer: pointer, Subject: value, Receipts: []schemas.SubjectReceipt{}}, nil
+}
+
+func (f *fakePrivacy) Erase(_ context.Context, _ string, r schemas.ErasureRequest, _ string) (*schemas.Erasure, error) {
+	f.erased = append(f.erased, r)
+	mode, _ := r.Mode()
+	return &schemas.Erasure{Mode: mode, Rows: map[string]uint64{"certnode.results": 2}}, nil
+}
+
+type pointers map[string]string
+
+func (p pointers) SubjectPointer(org string) string { return p[org] }
+
+// Privacy requests: a subject needs the organization's pointer, a request
+// asks for one kind of erasure, and both are audited with the subject
+// hashed.
+func TestPrivacyRequests(t *testing.T) {
+	fa, fp := &fakeAudit{}, &fakePrivacy{}
+	ts := startServer(t, func(_ *Config, d *Deps) { d.Audit, d.Privacy, d.SubjectPointers = fa, fp, pointers{"a": "/customer/email"} })
+	ts.do("GET", "/v1/privacy/subjects?subject=ada%40example.com", keyAdmin, "").expect(t, "subject access", 200, "")
+	ts.do("GET", "/v1/privacy/subjects", keyAdmin, "").expect(t, "no subject", 400, "invalid_subject")
+	ts.do("GET", "/v1/privacy/subjects?subject=x", keyRead, "").expect(t, "a read key", 403, "forbidden_scope")
+	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"subject":"ada@example.com"}`).expect(t, "erasure", 202, "")
+	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"subject":"x","all":true}`).expect(t, "two kinds", 400, "invalid_erasure")
+	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"from":"2026-02-01T00:00:00Z","to":"2026-01-01T00:00:00Z"}`).expect(t, "backwards", 400, "invalid_erasure")
+	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"everything":true}`).expect(t, "an unknown member", 400, "malformed_json")
+	if len(fp.erased) != 1 || fp.erased[0].Subject != "ada@example.com" {
+		t.Fatalf("erasures %+v", fp.erased)
+	}
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	var actions []string
+	for _, ev := range fa.evs {
+		if ev.Action == "api_key.address" || ev.Action == "access.refused" {
+			continue
+		}
+		actions = append(actions, ev.Action)
+		if b, _ := json.Marshal(ev); strings.Contains(string(b), "ada@") || !strings.HasPrefix(ev.Target, "sha256:") {
+			t.Errorf("audit event %s", b)
+		}
+	}
+	if want := []string{"privacy.subject_access", "erasure.subject"}; !slices.Equal(actions, want) {
+		t.Fatalf("audited %v, want %v", actions, want)
+	}
 }

@@ -720,6 +720,8 @@ func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 	switch {
 	case errors.Is(err, ErrNotFound):
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchReceipt)
+	case errors.Is(err, ErrErased):
+		apiError(ctx, fasthttp.StatusGone, "erased", "the receipt's payload was erased at the organization's request; its proof in the transparency log stays valid")
 	case err != nil:
 		s.log.Warn("receipt store", "err", err)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage is unavailable; retry later")

@@ -86,8 +86,12 @@ type Blocklist interface {
 	Blocked(addr netip.Addr) (until time.Time, ok bool)
 }
 
-// ErrNotFound is what a ReceiptStore returns for an unknown receipt.
-var ErrNotFound = errors.New("not found")
+// ErrNotFound is what a ReceiptStore returns for an unknown receipt, and
+// ErrErased for one whose payload was erased (its proof stays valid).
+var (
+	ErrNotFound = errors.New("not found")
+	ErrErased   = errors.New("erased")
+)
 
 // Check is a probe; /readyz (readiness) or /healthz (liveness) fails while
 // any of its checks returns an error.
@@ -126,6 +130,10 @@ type Deps struct {
 	AuditLog AuditLog
 	// Alerts lists security alerts (GET /v1/security/alerts; nil: 503).
 	Alerts AlertStore
+	// Privacy answers data subject access and erasures (/v1/privacy/...;
+	// nil: 503), by each organization's subject pointer (SubjectPointers).
+	Privacy         Privacy
+	SubjectPointers SubjectPointers
 	// Compliance draws compliance reports as PDF (nil: JSON only).
 	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).

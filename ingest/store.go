@@ -34,6 +34,9 @@ func (s *ClickHouseStore) Receipt(ctx context.Context, tenant, receiptID string)
 	if err != nil {
 		return nil, err
 	}
+	if receipt == "" {
+		return nil, ErrErased
+	}
 	return []byte(receipt), nil
 }
 

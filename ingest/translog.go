@@ -135,7 +135,7 @@ func (s *Server) receiptProof(ctx *fasthttp.RequestCtx, t *tenants.Tenant, param
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage (ClickHouse), which knows whose receipt it is, is not configured")
 		return
 	}
-	if _, err := s.deps.Store.Receipt(ctx, t.ID, params[0]); err != nil {
+	if _, err := s.deps.Store.Receipt(ctx, t.ID, params[0]); err != nil && !errors.Is(err, ErrErased) {
 		if errors.Is(err, ErrNotFound) {
 			apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchReceipt)
 		} else {

@@ -268,7 +268,7 @@ func newDevCmd() *cobra.Command {
 			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
-				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, Ready: []ingest.Check{signerCheck, replica.Ready},
+				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)

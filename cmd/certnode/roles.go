@@ -31,6 +31,7 @@ import (
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
+	"github.com/certnode/certnode/privacy"
 	"github.com/certnode/certnode/schemas"
 	"github.com/certnode/certnode/signer"
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
@@ -201,6 +202,7 @@ func newIngestCmd() *cobra.Command {
 			var orgs ingest.OrgLimits
 			var reports ingest.ReportSource
 			var blocks ingest.Blocklist
+			var pointers ingest.SubjectPointers
 			switch {
 			case coordinators != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -212,7 +214,7 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer l.Close()
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
-				endpoints, orgs, reports, blocks = endpointInfos{r}, r, r, blocklist{r}
+				endpoints, orgs, reports, blocks, pointers = endpointInfos{r}, r, r, blocklist{r}, r
 				parts["coordinator"] = r.Run
 			default:
 				store, err := loadTenants(tenantsFile)
@@ -235,7 +237,7 @@ func newIngestCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
-			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: pdfRenderer{}, Blocks: blocks}
+			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: pdfRenderer{}, Blocks: blocks, SubjectPointers: pointers}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}
@@ -621,11 +623,12 @@ type stores struct {
 	usage      *billing.Reader
 	deliveries *deliveries.Reader
 	analytics  *analytics.Reader
+	privacy    *privacy.Store
 }
 
 // fill makes the stores d's readers.
 func (s *stores) fill(d *ingest.Deps) {
-	d.Store, d.Usage, d.Deliveries, d.Analytics = s.receipts, s.usage, s.deliveries, s.analytics
+	d.Store, d.Usage, d.Deliveries, d.Analytics, d.Privacy = s.receipts, s.usage, s.deliveries, s.analytics, s.privacy
 }
 
 func openStores(ctx context.Context, addr, password string) (*stores, error) {
@@ -647,6 +650,10 @@ func openStores(ctx context.Context, addr, password string) (*stores, error) {
 		s.Close()
 		return nil, err
 	}
+	if s.privacy, err = privacy.Open(ctx, []string{addr}, "default", password); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return &s, nil
 }
 
@@ -657,6 +664,9 @@ func (s *stores) Close() {
 	s.deliveries.Close()
 	if s.analytics != nil {
 		s.analytics.Close()
+	}
+	if s.privacy != nil {
+		s.privacy.Close()
 	}
 }
 

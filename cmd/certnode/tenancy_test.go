@@ -169,6 +169,16 @@ func TestCrossTenant(t *testing.T) {
 		"GET /v1/security/alerts": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/security/alerts", 503, "storage_unavailable")
 		},
+		// Privacy reads and rewrites ClickHouse: both get the same 503
+		// here; B neither sees nor erases A's: TestPrivacy (integration).
+		"GET /v1/privacy/subjects": func(t *testing.T) {
+			sameAnswer(t, c, e, a, "/v1/privacy/subjects?subject=ada%40example.com", 503, "storage_unavailable")
+		},
+		"POST /v1/privacy/erasures": func(t *testing.T) {
+			for _, key := range []string{e.other, e.key} {
+				a.leaks(t, c.expect(t, e, exchange{name: "an erasure", method: "POST", path: "/v1/privacy/erasures", key: key, ctype: js, body: `{"all":true}`, status: 503, code: "storage_unavailable"}).body)
+			}
+		},
 		"GET /v1/export-jobs": func(t *testing.T) {
 			sameAnswer(t, c, e, a, "/v1/export-jobs", 503, "exports_unavailable")
 		},

@@ -1,0 +1,136 @@
+//go:build integration
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/certnode/certnode/internal/testenv"
+	"github.com/certnode/certnode/schemas"
+)
+
+// TestPrivacy: on real Kafka and ClickHouse, a data subject's receipts are
+// found by the organization's subject pointer (and not by another
+// organization), erasure rewrites them in ClickHouse so their payload is
+// gone while the receipts handed out still verify, and each request is in
+// the audit log with the subject hashed; erasing the organization deletes
+// its rows.
+func TestPrivacy(t *testing.T) {
+	e := newE2E(t, "")
+	caddr, call := e.coordinated()
+	e.start("worker", "worker", "--metrics", freeAddr(t), "--concurrency", "4", "--coordinator", caddr)
+	e.sink()
+	e.ingest("--coordinator", caddr)
+	org, key := e.newOrgKey(call, "acme", `["admin","read","sign"]`)
+	_, other := e.newOrgKey(call, "globex", `["admin","read","sign"]`)
+	if code, body := call("PATCH", "/v1/orgs/"+org, `{"settings":{"subject_pointer":"/customer/email"}}`); code != 200 {
+		t.Fatalf("subject pointer: %d %s", code, body)
+	}
+	if code, body := call("PATCH", "/v1/orgs/"+org, `{"settings":{"subject_pointer":"customer"}}`); code != 400 {
+		t.Fatalf("a bad subject pointer: %d %s", code, body)
+	}
+	as := func(k, method, path, body string) (int, string) {
+		return request(method, "http://"+e.http+path, k, "application/json", body)
+	}
+	sign := func(k, email string, n int) (id string, receipt []byte) {
+		t.Helper()
+		var code int
+		var body string
+		testenv.WaitFor(t, "signed", 30*time.Second, func() (bool, string) {
+			code, body = as(k, "POST", "/v1/sign", fmt.Sprintf(`{"payload":{"customer":{"email":%q},"n":%d}}`, email, n))
+			return code == 200, fmt.Sprint(code, body)
+		})
+		var rc struct {
+			ReceiptID string `json:"receipt_id"`
+		}
+		json.Unmarshal([]byte(body), &rc, json.RejectUnknownMembers(false))
+		return rc.ReceiptID, []byte(body)
+	}
+	ada1, ada1Receipt := sign(key, "ada@example.com", 1)
+	ada2, _ := sign(key, "ada@example.com", 2)
+	bob, _ := sign(key, "bob@example.com", 3)
+	sign(other, "ada@example.com", 4) // another organization's
+	for _, id := range []string{ada1, ada2, bob} {
+		testenv.WaitFor(t, "the receipt stored", 30*time.Second, func() (bool, string) {
+			code, body := as(key, "GET", "/v1/receipts/"+id, "")
+			return code == 200, fmt.Sprint(code, body)
+		})
+	}
+
+	// Subject access: ada's two receipts, only the organization's.
+	code, body := as(key, "GET", "/v1/privacy/subjects?subject=ada%40example.com", "")
+	var data schemas.SubjectData
+	if code != 200 || json.Unmarshal([]byte(body), &data) != nil || len(data.Receipts) != 2 || data.SubjectPointer != "/customer/email" {
+		t.Fatalf("subject access: %d %s", code, body)
+	}
+	if code, body := as(other, "GET", "/v1/privacy/subjects?subject=ada%40example.com", ""); code != 400 || !strings.Contains(body, "no_subject_pointer") {
+		t.Fatalf("globex, with no subject pointer: %d %s", code, body)
+	}
+
+	// Erasure of ada: her receipts answer 410, bob's stays, and the rows
+	// hold no trace of her; the receipt she was handed still verifies.
+	code, body = as(key, "POST", "/v1/privacy/erasures", `{"subject":"ada@example.com"}`)
+	var done schemas.Erasure
+	if code != 202 || json.Unmarshal([]byte(body), &done) != nil || len(done.Requests) != 2 || done.Rows[schemas.ClickHouseResultsTable] < 2 {
+		t.Fatalf("erasure: %d %s", code, body)
+	}
+	for _, id := range []string{ada1, ada2} {
+		testenv.WaitFor(t, "the receipt erased", 60*time.Second, func() (bool, string) {
+			code, body := as(key, "GET", "/v1/receipts/"+id, "")
+			return code == 410 && strings.Contains(body, `"erased"`), fmt.Sprint(code, body)
+		})
+	}
+	if code, _ := as(key, "GET", "/v1/receipts/"+bob, ""); code != 200 {
+		t.Fatalf("bob's receipt: %d", code)
+	}
+	conn := e.clickhouse()
+	var left uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND position(receipt, 'ada@example.com') > 0", org).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("rows still naming ada: %d %v", left, err)
+	}
+	f := filepath.Join(t.TempDir(), "ada1.json")
+	os.WriteFile(f, ada1Receipt, 0o600)
+	if v := certnode(t, "", "verify", "--jwks", e.jwksFile, "--receipt", f); v.code != 0 {
+		t.Fatalf("the receipt handed out no longer verifies: %+v", v)
+	}
+
+	// Both requests are in the audit log, ada only by a hash.
+	testenv.WaitFor(t, "the privacy requests audited", 30*time.Second, func() (bool, string) {
+		rows, err := conn.Query(context.Background(), "SELECT event FROM certnode.audit_events WHERE org = ? AND action IN ('privacy.subject_access', 'erasure.subject')", org)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer rows.Close()
+		n := 0
+		for rows.Next() {
+			var ev string
+			rows.Scan(&ev)
+			if strings.Contains(ev, "ada@") {
+				t.Fatalf("the subject in clear in %s", ev)
+			}
+			n++
+		}
+		return n == 2, fmt.Sprint(n)
+	})
+
+	// Erasing the organization deletes its rows.
+	if code, body := as(key, "POST", "/v1/privacy/erasures", `{"all":true}`); code != 202 {
+		t.Fatalf("erasure of the organization: %d %s", code, body)
+	}
+	testenv.WaitFor(t, "the organization's rows deleted", 60*time.Second, func() (bool, string) {
+		var n uint64
+		err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ?", org).Scan(&n)
+		return err == nil && n == 0, fmt.Sprint(n, err)
+	})
+	if code, _ := as(key, "GET", "/v1/receipts/"+bob, ""); code != 404 {
+		t.Fatalf("bob's receipt after the organization's erasure: %d", code)
+	}
+}

@@ -1,0 +1,195 @@
+// Package privacy finds and erases what the service holds about data
+// subjects, in ClickHouse: the receipts whose payload names a subject at
+// the organization's subject pointer, and the webhook attempts that
+// carried them. Erasure rewrites the rows (payloads and bodies blanked) or
+// deletes them by mutation, which replaces the parts that held them, so
+// the plaintext is gone from ClickHouse once it is applied; receipts
+// handed out, and every log proof, stay valid (the logs hold hashes).
+// Kafka topics keep what they hold for their retention.
+package privacy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/schemas"
+)
+
+// Store reads and erases in ClickHouse.
+type Store struct{ conn driver.Conn }
+
+// Open connects to ClickHouse.
+func Open(ctx context.Context, addr []string, user, password string) (*Store, error) {
+	conn, err := chconn.Open(ctx, addr, user, password)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{conn: conn}, nil
+}
+
+// Close closes the connection.
+func (s *Store) Close() error { return s.conn.Close() }
+
+// find calls yield with each of org's receipts whose payload holds value
+// at pointer, once per receipt. It reads every receipt the organization
+// has: subject requests are rare, and the pointer is the organization's to
+// change.
+func (s *Store) find(ctx context.Context, org, pointer, value string, yield func(schemas.SubjectReceipt) error) error {
+	rows, err := s.conn.Query(ctx, "SELECT id, receipt_id, received_at, receipt FROM "+schemas.ClickHouseResultsTable+
+		" WHERE tenant = ? AND receipt != '' ORDER BY received_at, id LIMIT 1 BY receipt_id", org)
+	if err != nil {
+		return fmt.Errorf("privacy: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var m schemas.SubjectReceipt
+		var receipt string
+		if err := rows.Scan(&m.RequestID, &m.ReceiptID, &m.ReceivedAt, &receipt); err != nil {
+			return fmt.Errorf("privacy: %w", err)
+		}
+		var rc struct {
+			Payload any `json:"payload"`
+		}
+		if json.Unmarshal([]byte(receipt), &rc, json.RejectUnknownMembers(false)) != nil {
+			continue
+		}
+		if v, ok := schemas.JSONPointerGet(rc.Payload, pointer); !ok || !equal(v, value) {
+			continue
+		}
+		m.Receipt = jsontext.Value(receipt)
+		if err := yield(m); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// equal reports whether a payload's value is the subject: a string equal
+// to it, or a number or boolean written as it.
+func equal(v any, subject string) bool {
+	switch x := v.(type) {
+	case string:
+		return x == subject
+	case float64, bool:
+		b, _ := json.Marshal(x)
+		return string(b) == subject
+	}
+	return false
+}
+
+// Subject answers a data subject access request: the receipts whose
+// payload holds value at pointer, and how many webhook attempts carried
+// them.
+func (s *Store) Subject(ctx context.Context, org, pointer, value string) (*schemas.SubjectData, error) {
+	out := &schemas.SubjectData{SubjectPointer: pointer, Subject: value, Receipts: []schemas.SubjectReceipt{}}
+	var events []string
+	err := s.find(ctx, org, pointer, value, func(m schemas.SubjectReceipt) error {
+		events = append(events, schemas.EventID(org, m.RequestID))
+		if len(out.Receipts) == schemas.MaxSubjectReceipts {
+			out.Truncated = true
+			return nil
+		}
+		out.Receipts = append(out.Receipts, m)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, chunk := range chunks(events) {
+		var n uint64
+		if err := s.conn.QueryRow(ctx, "SELECT count() FROM "+schemas.ClickHouseWebhookAttemptsTable+" WHERE org = ? AND event_id IN ("+placeholders(len(chunk))+")",
+			append([]any{org}, chunk...)...).Scan(&n); err != nil {
+			return nil, fmt.Errorf("privacy: %w", err)
+		}
+		out.WebhookAttempts += n
+	}
+	return out, nil
+}
+
+// Erase erases what r asks of org's data (pointer: the organization's
+// subject pointer, for a subject).
+func (s *Store) Erase(ctx context.Context, org string, r schemas.ErasureRequest, pointer string) (*schemas.Erasure, error) {
+	mode, err := r.Mode()
+	if err != nil {
+		return nil, err
+	}
+	out := &schemas.Erasure{Mode: mode, Rows: map[string]uint64{}}
+	switch mode {
+	case schemas.ErasureSubject:
+		var ids, events []string
+		if err := s.find(ctx, org, pointer, r.Subject, func(m schemas.SubjectReceipt) error {
+			ids, events = append(ids, m.RequestID), append(events, schemas.EventID(org, m.RequestID))
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		out.Requests = ids
+		for _, chunk := range chunks(ids) {
+			if err := s.mutate(ctx, out, schemas.ClickHouseResultsTable, "UPDATE receipt = ''", "tenant = ? AND id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
+				return nil, err
+			}
+		}
+		for _, chunk := range chunks(events) {
+			if err := s.mutate(ctx, out, schemas.ClickHouseWebhookAttemptsTable, "UPDATE body = ''", "org = ? AND event_id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
+				return nil, err
+			}
+		}
+	case schemas.ErasureRange:
+		args := []any{org, r.From.Unix(), r.To.Unix()}
+		if err := s.mutate(ctx, out, schemas.ClickHouseResultsTable, "UPDATE receipt = ''", "tenant = ? AND received_at >= toDateTime(?) AND received_at < toDateTime(?)", args); err != nil {
+			return nil, err
+		}
+		if err := s.mutate(ctx, out, schemas.ClickHouseWebhookAttemptsTable, "UPDATE body = ''", "org = ? AND message_created_at >= toDateTime(?) AND message_created_at < toDateTime(?)", args); err != nil {
+			return nil, err
+		}
+	case schemas.ErasureOrganization:
+		for _, t := range []struct{ table, org string }{{schemas.ClickHouseResultsTable, "tenant"}, {schemas.ClickHouseUsageTable, "org"},
+			{schemas.ClickHouseWebhookAttemptsTable, "org"}, {schemas.ClickHouseWebhookMessagesTable, "org"}} {
+			if err := s.mutate(ctx, out, t.table, "DELETE", t.org+" = ?", []any{org}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// mutate counts the rows where holds, and rewrites or deletes them (what)
+// when there are any.
+func (s *Store) mutate(ctx context.Context, out *schemas.Erasure, table, what, where string, args []any) error {
+	var n uint64
+	if err := s.conn.QueryRow(ctx, "SELECT count() FROM "+table+" WHERE "+where, args...).Scan(&n); err != nil {
+		return fmt.Errorf("privacy: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := s.conn.Exec(ctx, "ALTER TABLE "+table+" "+what+" WHERE "+where, args...); err != nil {
+		return fmt.Errorf("privacy: %w", err)
+	}
+	out.Rows[table] += n
+	return nil
+}
+
+// chunkSize bounds the ids of one mutation.
+const chunkSize = 500
+
+func chunks(ids []string) [][]any {
+	var out [][]any
+	for len(ids) > 0 {
+		n := min(len(ids), chunkSize)
+		c := make([]any, n)
+		for i, id := range ids[:n] {
+			c[i] = id
+		}
+		out, ids = append(out, c), ids[n:]
+	}
+	return out
+}
+
+func placeholders(n int) string { return strings.TrimSuffix(strings.Repeat("?, ", n), ", ") }
