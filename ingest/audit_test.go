@@ -114,7 +114,9 @@ func (p pointers) SubjectPointer(org string) string { return p[org] }
 // hashed.
 func TestPrivacyRequests(t *testing.T) {
 	fa, fp := &fakeAudit{}, &fakePrivacy{}
-	ts := startServer(t, func(_ *Config, d *Deps) { d.Audit, d.Privacy, d.SubjectPointers = fa, fp, pointers{"a": "/customer/email"} })
+	ts := startServer(t, func(_ *Config, d *Deps) {
+		d.Audit, d.Privacy, d.SubjectPointers = fa, fp, pointers{"a": "/customer/email"}
+	})
 	ts.do("GET", "/v1/privacy/subjects?subject=ada%40example.com", keyAdmin, "").expect(t, "subject access", 200, "")
 	ts.do("GET", "/v1/privacy/subjects", keyAdmin, "").expect(t, "no subject", 400, "invalid_subject")
 	ts.do("GET", "/v1/privacy/subjects?subject=x", keyRead, "").expect(t, "a read key", 403, "forbidden_scope")
