@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -158,7 +159,9 @@ type Deps struct {
 
 // Config configures the HTTP tier.
 type Config struct {
-	Addr  string
+	Addr string
+	// TLS serves HTTPS (internal/tlsconf: TLS 1.2 and later); nil: HTTP.
+	TLS   *tls.Config
 	Kafka kafka.Config
 	// MaxBodyBytes bounds /v1/sign and /v1/verify bodies; MaxLineBytes
 	// bounds one line of a bulk job; MaxJobLines bounds the input lines of
@@ -332,6 +335,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	if cfg.TLS != nil {
+		s.ln = tls.NewListener(s.ln, cfg.TLS)
 	}
 	return s, nil
 }

@@ -72,6 +72,7 @@ func newDevCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
 	var addr, dataDir, clickhouse, coordAddr string
+	var tf tlsFlags
 	icfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -89,6 +90,15 @@ func newDevCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			tlsCfg, err := tf.config()
+			if err != nil {
+				return err
+			}
+			icfg.TLS = tlsCfg
+			scheme := "http://"
+			if tlsCfg != nil {
+				scheme = "https://"
+			}
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return usageErr("--data: %v", err)
 			}
@@ -138,7 +148,7 @@ func newDevCmd() *cobra.Command {
 			if err := provisionDev(ctx, coord, dataDir, creds, cmd.ErrOrStderr()); err != nil {
 				return usageErr("%v", err)
 			}
-			creds.HTTP, creds.Kafka, creds.Coordinator, creds.Dashboard = "http://"+addr, kcfg.Brokers[0], coord.Addr(), "http://"+addr+"/dashboard"
+			creds.HTTP, creds.Kafka, creds.Coordinator, creds.Dashboard = scheme+addr, kcfg.Brokers[0], coord.Addr(), scheme+addr+"/dashboard"
 			credFile := filepath.Join(dataDir, "credentials.json")
 			if err := writeJSONFile(credFile, creds); err != nil {
 				return usageErr("%v", err)
@@ -285,7 +295,7 @@ func newDevCmd() *cobra.Command {
 			defer srv.Close()
 			parts["ingest"] = srv.Run
 
-			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on http://%s  (Kafka %s, %s kid %s)\n", srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
+			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on %s%s  (Kafka %s, %s kid %s)\n", scheme, srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo organization %q; API key in %s\n", creds.Tenant, credFile)
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: dashboard on %s (sign in as %s, user_password in %s)\n", creds.Dashboard, creds.UserEmail, credFile)
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: coordinator on http://%s (data in %s; admin_token in %s)\n",
@@ -303,6 +313,7 @@ func newDevCmd() *cobra.Command {
 	fs.StringVar(&coordAddr, "coordinator-http", "127.0.0.1:8081", "address of the embedded coordinator's API (certnode admin --coordinator ADDR)")
 	bindEnv(fs, "coordinator-http", "CERTNODE_DEV_COORDINATOR_HTTP")
 	ingestLimitFlags(fs, &icfg)
+	tf.register(fs)
 	kf.register(fs, false)
 	keys.register(fs, true)
 	return cmd

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/internal/tlsconf"
 	"github.com/certnode/certnode/pipeline"
 	"github.com/certnode/certnode/privacy"
 	"github.com/certnode/certnode/schemas"
@@ -117,14 +119,39 @@ func metricsMux(g prometheus.Gatherer, health func() error, ready ...func(contex
 }
 
 // serveHTTP serves h on addr until ctx ends.
-func serveHTTP(addr string, h http.Handler) func(context.Context) error {
+func serveHTTP(addr string, h http.Handler) func(context.Context) error { return serveTLS(addr, h, nil) }
+
+// serveTLS is serveHTTP over TLS with cfg (nil: plain HTTP).
+func serveTLS(addr string, h http.Handler, cfg *tls.Config) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
 		}
+		if cfg != nil {
+			ln = tls.NewListener(ln, cfg)
+		}
 		return serveOn(ln, h)(ctx)
 	}
+}
+
+// tlsFlags name a listener's certificate files.
+type tlsFlags struct{ files tlsconf.Files }
+
+func (f *tlsFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.files.Cert, "tls-cert", "", "serve HTTPS (TLS 1.2+) with this PEM certificate chain, read again when it changes")
+	bindEnv(fs, "tls-cert", "CERTNODE_TLS_CERT")
+	fs.StringVar(&f.files.Key, "tls-key", "", "the private key of --tls-cert (PEM)")
+	bindEnv(fs, "tls-key", "CERTNODE_TLS_KEY")
+}
+
+// config is the listener's TLS configuration (nil: none named).
+func (f *tlsFlags) config() (*tls.Config, error) {
+	cfg, err := f.files.Server()
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	return cfg, nil
 }
 
 // serveOn serves h on ln until ctx ends.
@@ -171,6 +198,7 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
 	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
+	var tf tlsFlags
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -189,6 +217,10 @@ func newIngestCmd() *cobra.Command {
 			var errs []error
 			cfg.Addr, cfg.Kafka, cfg.ShutdownTimeout = addr, kf.config(), drainTimeout()
 			if err := cfg.Validate(); err != nil {
+				errs = append(errs, err)
+			}
+			var err error
+			if cfg.TLS, err = tf.config(); err != nil {
 				errs = append(errs, err)
 			}
 			reg := newRegistry()
@@ -322,6 +354,7 @@ func newIngestCmd() *cobra.Command {
 	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep serving known keys while the coordinator is unreachable; then every key is refused")
 	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	ingestLimitFlags(fs, &cfg)
+	tf.register(fs)
 	kf.register(fs, true)
 	return cmd
 }

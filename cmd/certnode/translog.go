@@ -124,6 +124,7 @@ func newLogServeCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
 	var addr, origin, kind string
+	var tf tlsFlags
 	cfg := translog.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -142,6 +143,10 @@ func newLogServeCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Kind = translog.Kind(kind)
+			tlsCfg, err := tf.config()
+			if err != nil {
+				return err
+			}
 			group := kf.prefix + "-translog"
 			if cfg.Kind == translog.Audit {
 				mac, err := recordauth.SecretsFromEnv()
@@ -179,7 +184,7 @@ func newLogServeCmd() *cobra.Command {
 			mux := metricsMux(reg, func() error { return nil })
 			mux.Handle("/", sink.Handler())
 			slog.Info("log started", "kind", cfg.Kind, "dir", cfg.Dir, "http", addr, "origin", origin, "verifier_key", vkey)
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"log": sink.Run, "http": serveHTTP(addr, mux)}))
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"log": sink.Run, "http": serveTLS(addr, mux, tlsCfg)}))
 		},
 	}
 	fs := cmd.Flags()
@@ -194,6 +199,7 @@ func newLogServeCmd() *cobra.Command {
 	fs.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", cfg.CheckpointInterval, "how often a grown tree gets a signed checkpoint (at least 100ms)")
 	bindEnv(fs, "checkpoint-interval", "CERTNODE_LOG_CHECKPOINT_INTERVAL")
 	keys.register(fs, true)
+	tf.register(fs)
 	kf.register(fs, true)
 	return cmd
 }

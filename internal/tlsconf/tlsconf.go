@@ -1,0 +1,78 @@
+// Package tlsconf makes the TLS configuration of the service's listeners
+// from certificate files: TLS 1.2 or later, the files read again when they
+// change (a renewal by certbot or an ACME client needs no restart).
+package tlsconf
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// Files names a PEM certificate chain and its private key.
+type Files struct {
+	Cert, Key string
+}
+
+// Enabled reports whether both files are named.
+func (f Files) Enabled() bool { return f.Cert != "" || f.Key != "" }
+
+// Validate reports a half-named pair.
+func (f Files) Validate() error {
+	if (f.Cert == "") != (f.Key == "") {
+		return errors.New("tls: --tls-cert and --tls-key go together")
+	}
+	return nil
+}
+
+// Server returns the listeners' configuration, or nil when no files are
+// named. The files are read now (an unusable pair is an error at start)
+// and again on a handshake after either file changed.
+func (f Files) Server() (*tls.Config, error) {
+	if err := f.Validate(); err != nil || !f.Enabled() {
+		return nil, err
+	}
+	r := &reloader{files: f}
+	if _, err := r.load(); err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.get}, nil
+}
+
+// reloader holds the certificate as of the files' modification times.
+type reloader struct {
+	files Files
+	mu    sync.Mutex
+	cert  *tls.Certificate
+	mods  [2]time.Time
+}
+
+func (r *reloader) load() (*tls.Certificate, error) {
+	var mods [2]time.Time
+	for i, name := range []string{r.files.Cert, r.files.Key} {
+		st, err := os.Stat(name)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		mods[i] = st.ModTime()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cert != nil && mods == r.mods {
+		return r.cert, nil
+	}
+	c, err := tls.LoadX509KeyPair(r.files.Cert, r.files.Key)
+	if err != nil {
+		if r.cert != nil {
+			return r.cert, nil // a renewal half written: keep serving the last good pair
+		}
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	r.cert, r.mods = &c, mods
+	return r.cert, nil
+}
+
+func (r *reloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.load() }

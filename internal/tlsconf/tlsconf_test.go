@@ -1,0 +1,87 @@
+package tlsconf
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// SelfSigned writes a certificate for 127.0.0.1 named cn, and its key, to
+// dir, and returns the files.
+func selfSigned(t *testing.T, dir, cn string) Files {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	f := Files{Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
+	os.WriteFile(f.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(f.Key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return f
+}
+
+// A listener serves TLS 1.2 and later only, and a renewed certificate
+// without a restart.
+func TestServer(t *testing.T) {
+	dir := t.TempDir()
+	f := selfSigned(t, dir, "first")
+	cfg, err := f.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	name := func(max uint16) (string, error) {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, MaxVersion: max})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName, nil
+	}
+	if _, err := name(tls.VersionTLS11); err == nil {
+		t.Fatal("TLS 1.1 accepted")
+	}
+	if cn, err := name(tls.VersionTLS12); err != nil || cn != "first" {
+		t.Fatalf("TLS 1.2: %q %v", cn, err)
+	}
+	time.Sleep(10 * time.Millisecond) // a later modification time
+	selfSigned(t, dir, "renewed")
+	now := time.Now().Add(time.Second)
+	os.Chtimes(f.Cert, now, now)
+	if cn, err := name(0); err != nil || cn != "renewed" {
+		t.Fatalf("after the renewal: %q %v", cn, err)
+	}
+	if _, err := (Files{Cert: f.Cert}).Server(); err == nil {
+		t.Fatal("a certificate without its key accepted")
+	}
+	if cfg, err := (Files{}).Server(); cfg != nil || err != nil {
+		t.Fatalf("no files: %v %v", cfg, err)
+	}
+}
