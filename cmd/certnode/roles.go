@@ -119,7 +119,9 @@ func metricsMux(g prometheus.Gatherer, health func() error, ready ...func(contex
 }
 
 // serveHTTP serves h on addr until ctx ends.
-func serveHTTP(addr string, h http.Handler) func(context.Context) error { return serveTLS(addr, h, nil) }
+func serveHTTP(addr string, h http.Handler) func(context.Context) error {
+	return serveTLS(addr, h, nil)
+}
 
 // serveTLS is serveHTTP over TLS with cfg (nil: plain HTTP).
 func serveTLS(addr string, h http.Handler, cfg *tls.Config) func(context.Context) error {
