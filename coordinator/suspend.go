@@ -75,11 +75,13 @@ func (s *Server) suspendKey(resume bool) orgHandler {
 			return
 		}
 		c := &SuspendKey{ID: r.PathValue("key"), Org: sc.org, At: time.Now().UTC(), Reason: b.Reason, Resume: resume}
-		if !s.commit(w, r, c) {
-			return
+		// The key as the command leaves it, kept for a retry with the
+		// same Idempotency-Key.
+		v := viewOf(&k)
+		v.SuspendedAt, v.SuspendedFor = c.At, c.Reason
+		if resume {
+			v.SuspendedAt, v.SuspendedFor = time.Time{}, ""
 		}
-		var v keyView
-		s.node.fsm.View(func(st *State) { v = viewOf(st.Keys[c.ID]) })
-		writeJSON(w, http.StatusOK, v)
+		s.write(w, r, body, c, http.StatusOK, v)
 	}
 }

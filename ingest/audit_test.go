@@ -117,9 +117,9 @@ func TestPrivacyRequests(t *testing.T) {
 	ts := startServer(t, func(_ *Config, d *Deps) {
 		d.Audit, d.Privacy, d.SubjectPointers = fa, fp, pointers{"a": "/customer/email"}
 	})
-	ts.do("GET", "/v1/privacy/subjects?subject=ada%40example.com", keyAdmin, "").expect(t, "subject access", 200, "")
-	ts.do("GET", "/v1/privacy/subjects", keyAdmin, "").expect(t, "no subject", 400, "invalid_subject")
-	ts.do("GET", "/v1/privacy/subjects?subject=x", keyRead, "").expect(t, "a read key", 403, "forbidden_scope")
+	ts.do("POST", "/v1/privacy/subjects", keyAdmin, `{"subject":"ada@example.com"}`).expect(t, "subject access", 200, "")
+	ts.do("POST", "/v1/privacy/subjects", keyAdmin, `{}`).expect(t, "no subject", 400, "invalid_subject")
+	ts.do("POST", "/v1/privacy/subjects", keyRead, `{"subject":"x"}`).expect(t, "a read key", 403, "forbidden_scope")
 	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"subject":"ada@example.com"}`).expect(t, "erasure", 202, "")
 	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"subject":"x","all":true}`).expect(t, "two kinds", 400, "invalid_erasure")
 	ts.do("POST", "/v1/privacy/erasures", keyAdmin, `{"from":"2026-02-01T00:00:00Z","to":"2026-01-01T00:00:00Z"}`).expect(t, "backwards", 400, "invalid_erasure")
@@ -135,7 +135,7 @@ func TestPrivacyRequests(t *testing.T) {
 			continue
 		}
 		actions = append(actions, ev.Action)
-		if b, _ := json.Marshal(ev); strings.Contains(string(b), "ada@") || !strings.HasPrefix(ev.Target, "sha256:") {
+		if b, _ := json.Marshal(ev); strings.Contains(string(b), "ada@") || !strings.HasPrefix(ev.Target, "hmac:") {
 			t.Errorf("audit event %s", b)
 		}
 	}

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -51,16 +52,36 @@ func (s *Server) privacyReady(ctx *fasthttp.RequestCtx, t *tenants.Tenant, needP
 }
 
 // subjectTag stands for a subject in the audit log, which must not hold
-// the identifier itself.
-func subjectTag(org, subject string) string {
-	h := sha256.Sum256([]byte("certnode-subject\n" + org + "\n" + subject))
-	return "sha256:" + hex.EncodeToString(h[:8])
+// the identifier itself: an HMAC under a key derived from the internal
+// secret, so that no dictionary of addresses finds it.
+func (s *Server) subjectTag(org, subject string) string {
+	kid := s.deps.MAC.SignKeyID()
+	key, _ := s.deps.MAC.Derive(kid, []byte("certnode-subject-tag"))
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(org + "\n" + subject))
+	return "hmac:" + kid + ":" + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
-// subjectAccess answers GET /v1/privacy/subjects?subject=: everything held
-// about a data subject, as JSON.
+// privacyTimeout bounds a subject access or erasure: it reads every
+// receipt of the organization that holds the subject's text.
+const privacyTimeout = 2 * time.Minute
+
+// subjectAccess answers POST /v1/privacy/subjects {"subject"}: everything
+// held about a data subject, as JSON. The subject travels in the body,
+// out of the logs of proxies.
 func (s *Server) subjectAccess(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
-	subject := string(ctx.QueryArgs().Peek("subject"))
+	raw, ok := s.readBody(ctx, 4096)
+	if !ok {
+		return
+	}
+	var body struct {
+		Subject string `json:"subject"`
+	}
+	if err := json.Unmarshal(raw, &body, json.RejectUnknownMembers(true)); err != nil {
+		apiError(ctx, fasthttp.StatusBadRequest, "malformed_json", `body must be {"subject":...}: `+err.Error())
+		return
+	}
+	subject := body.Subject
 	if subject == "" || len(subject) > 1024 {
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_subject", "subject is required: the identifier, up to 1024 bytes")
 		return
@@ -69,13 +90,15 @@ func (s *Server) subjectAccess(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []
 	if !ok {
 		return
 	}
-	data, err := s.deps.Privacy.Subject(ctx, t.ID, pointer, subject)
+	c, cancel := context.WithTimeout(ctx, privacyTimeout)
+	defer cancel()
+	data, err := s.deps.Privacy.Subject(c, t.ID, pointer, subject)
 	if err != nil {
 		s.log.Warn("privacy store", "err", err)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage is unavailable; retry later")
 		return
 	}
-	s.recordPrivacy(ctx, t, "privacy.subject_access", subjectTag(t.ID, subject), fmt.Sprintf("%d receipts", len(data.Receipts)))
+	s.recordPrivacy(ctx, t, "privacy.subject_access", s.subjectTag(t.ID, subject), fmt.Sprintf("%d receipts", len(data.Receipts)))
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	writeJSON(ctx, fasthttp.StatusOK, data)
 }
@@ -102,7 +125,9 @@ func (s *Server) erase(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) 
 	if !ok {
 		return
 	}
-	done, err := s.deps.Privacy.Erase(ctx, t.ID, r, pointer)
+	c, cancel := context.WithTimeout(ctx, privacyTimeout)
+	defer cancel()
+	done, err := s.deps.Privacy.Erase(c, t.ID, r, pointer)
 	if err != nil {
 		s.log.Warn("privacy store", "err", err)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage is unavailable; retry later")
@@ -111,7 +136,7 @@ func (s *Server) erase(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) 
 	target := "all"
 	switch mode {
 	case schemas.ErasureSubject:
-		target = subjectTag(t.ID, r.Subject)
+		target = s.subjectTag(t.ID, r.Subject)
 	case schemas.ErasureRange:
 		target = r.From.UTC().Format(time.RFC3339) + " to " + r.To.UTC().Format(time.RFC3339)
 	}

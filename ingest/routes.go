@@ -92,7 +92,7 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/exports/{kind}", "export", tenants.ScopeRead, s.export),
 		ten("GET", "/v1/audit/export", "audit_export", tenants.ScopeAdmin, s.auditExport),
 		ten("GET", "/v1/security/alerts", "security_alerts", tenants.ScopeAdmin, s.securityAlerts),
-		ten("GET", "/v1/privacy/subjects", "privacy_subject", tenants.ScopeAdmin, s.subjectAccess),
+		ten("POST", "/v1/privacy/subjects", "privacy_subject", tenants.ScopeAdmin, s.subjectAccess),
 		ten("POST", "/v1/privacy/erasures", "privacy_erasure", tenants.ScopeAdmin, s.erase),
 		ten("GET", "/v1/export-jobs", "export_jobs_list", tenants.ScopeRead, s.listExportJobs),
 		ten("POST", "/v1/export-jobs", "export_jobs_create", tenants.ScopeRead, s.createExportJob),

@@ -30,8 +30,11 @@ func TestServesTLS(t *testing.T) {
 		c.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	})
 	addr := strings.TrimPrefix(ts.base, "http://")
+	// The client offers TLS 1.0 and up (Go's default floor is 1.2): the
+	// server is the one to refuse older versions.
 	client := func(max uint16) *http.Client {
-		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MaxVersion: max}}}
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true,
+			MinVersion: tls.VersionTLS10, MaxVersion: max}}}
 	}
 	resp, err := client(0).Get("https://" + addr + "/v1/jwks")
 	if err != nil {
@@ -41,8 +44,8 @@ func TestServesTLS(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Strict-Transport-Security"), "max-age=") {
 		t.Fatalf("over TLS: %d %v", resp.StatusCode, resp.Header)
 	}
-	if _, err := client(tls.VersionTLS11).Get("https://" + addr + "/v1/jwks"); err == nil {
-		t.Fatal("TLS 1.1 accepted")
+	if _, err := client(tls.VersionTLS11).Get("https://" + addr + "/v1/jwks"); err == nil || !strings.Contains(err.Error(), "protocol version") {
+		t.Fatalf("TLS 1.1: %v, want the server's refusal", err)
 	}
 	if resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/v1/jwks"); err == nil {
 		resp.Body.Close()

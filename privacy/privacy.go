@@ -11,6 +11,8 @@ package privacy
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -36,13 +38,18 @@ func Open(ctx context.Context, addr []string, user, password string) (*Store, er
 // Close closes the connection.
 func (s *Store) Close() error { return s.conn.Close() }
 
-// find calls yield with each of org's receipts whose payload holds value
-// at pointer, once per receipt. It reads every receipt the organization
-// has: subject requests are rare, and the pointer is the organization's to
-// change.
+// find calls yield with each of org's rows whose receipt's payload holds
+// value at pointer: every row of such a receipt (a verification stores the
+// receipt it checked, and an EdDSA receipt signed twice is one receipt).
+// The receipts are narrowed in ClickHouse to those holding value's JSON
+// text, then read.
 func (s *Store) find(ctx context.Context, org, pointer, value string, yield func(schemas.SubjectReceipt) error) error {
+	needle, err := json.Marshal(value)
+	if err != nil {
+		return err
+	}
 	rows, err := s.conn.Query(ctx, "SELECT id, receipt_id, received_at, receipt FROM "+schemas.ClickHouseResultsTable+
-		" WHERE tenant = ? AND receipt != '' ORDER BY received_at, id LIMIT 1 BY receipt_id", org)
+		" WHERE tenant = ? AND receipt != '' AND position(receipt, ?) > 0", org, strings.Trim(string(needle), `"`))
 	if err != nil {
 		return fmt.Errorf("privacy: %w", err)
 	}
@@ -71,7 +78,7 @@ func (s *Store) find(ctx context.Context, org, pointer, value string, yield func
 }
 
 // equal reports whether a payload's value is the subject: a string equal
-// to it, or a number or boolean written as it.
+// to it, or a number (exact to 2^53) or boolean written as it.
 func equal(v any, subject string) bool {
 	switch x := v.(type) {
 	case string:
@@ -83,18 +90,28 @@ func equal(v any, subject string) bool {
 	return false
 }
 
+// maxSubjectBytes bounds the receipts a subject access answer carries.
+const maxSubjectBytes = 64 << 20
+
 // Subject answers a data subject access request: the receipts whose
-// payload holds value at pointer, and how many webhook attempts carried
-// them.
+// payload holds value at pointer (each once), and how many webhook
+// attempts carried them.
 func (s *Store) Subject(ctx context.Context, org, pointer, value string) (*schemas.SubjectData, error) {
 	out := &schemas.SubjectData{SubjectPointer: pointer, Subject: value, Receipts: []schemas.SubjectReceipt{}}
 	var events []string
+	seen := map[string]bool{}
+	size := 0
 	err := s.find(ctx, org, pointer, value, func(m schemas.SubjectReceipt) error {
 		events = append(events, schemas.EventID(org, m.RequestID))
-		if len(out.Receipts) == schemas.MaxSubjectReceipts {
+		if seen[m.ReceiptID] {
+			return nil
+		}
+		seen[m.ReceiptID] = true
+		if len(out.Receipts) == schemas.MaxSubjectReceipts || size+len(m.Receipt) > maxSubjectBytes {
 			out.Truncated = true
 			return nil
 		}
+		size += len(m.Receipt)
 		out.Receipts = append(out.Receipts, m)
 		return nil
 	})
@@ -112,46 +129,58 @@ func (s *Store) Subject(ctx context.Context, org, pointer, value string) (*schem
 	return out, nil
 }
 
+// blank sets a table's payload columns to ”.
+func blank(t schemas.ClickHouseOrgTable) string {
+	sets := make([]string, len(t.Payloads))
+	for i, c := range t.Payloads {
+		sets[i] = c + " = ''"
+	}
+	return "UPDATE " + strings.Join(sets, ", ")
+}
+
 // Erase erases what r asks of org's data (pointer: the organization's
-// subject pointer, for a subject).
+// subject pointer, for a subject): the payloads of a subject's receipts
+// (every row of each) and of the webhook attempts that carried them, the
+// payloads of a window, or every row of the organization.
 func (s *Store) Erase(ctx context.Context, org string, r schemas.ErasureRequest, pointer string) (*schemas.Erasure, error) {
 	mode, err := r.Mode()
 	if err != nil {
 		return nil, err
 	}
 	out := &schemas.Erasure{Mode: mode, Rows: map[string]uint64{}}
+	results, attempts := schemas.ClickHouseErasable[0], schemas.ClickHouseErasable[1]
 	switch mode {
 	case schemas.ErasureSubject:
+		receipts := map[string]bool{}
 		var ids, events []string
 		if err := s.find(ctx, org, pointer, r.Subject, func(m schemas.SubjectReceipt) error {
+			receipts[m.ReceiptID] = true
 			ids, events = append(ids, m.RequestID), append(events, schemas.EventID(org, m.RequestID))
 			return nil
 		}); err != nil {
 			return nil, err
 		}
 		out.Requests = ids
-		for _, chunk := range chunks(ids) {
-			if err := s.mutate(ctx, out, schemas.ClickHouseResultsTable, "UPDATE receipt = ''", "tenant = ? AND id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
+		for _, chunk := range chunks(slices.Sorted(maps.Keys(receipts))) {
+			if err := s.mutate(ctx, out, results.Table, blank(results), "tenant = ? AND receipt_id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
 				return nil, err
 			}
 		}
 		for _, chunk := range chunks(events) {
-			if err := s.mutate(ctx, out, schemas.ClickHouseWebhookAttemptsTable, "UPDATE body = ''", "org = ? AND event_id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
+			if err := s.mutate(ctx, out, attempts.Table, blank(attempts), "org = ? AND event_id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
 				return nil, err
 			}
 		}
 	case schemas.ErasureRange:
-		args := []any{org, r.From.Unix(), r.To.Unix()}
-		if err := s.mutate(ctx, out, schemas.ClickHouseResultsTable, "UPDATE receipt = ''", "tenant = ? AND received_at >= toDateTime(?) AND received_at < toDateTime(?)", args); err != nil {
-			return nil, err
-		}
-		if err := s.mutate(ctx, out, schemas.ClickHouseWebhookAttemptsTable, "UPDATE body = ''", "org = ? AND message_created_at >= toDateTime(?) AND message_created_at < toDateTime(?)", args); err != nil {
-			return nil, err
+		for _, t := range []schemas.ClickHouseOrgTable{results, attempts} {
+			where := t.Org + " = ? AND " + t.Time + " >= toDateTime(?) AND " + t.Time + " < toDateTime(?)"
+			if err := s.mutate(ctx, out, t.Table, blank(t), where, []any{org, r.From.Unix(), r.To.Unix()}); err != nil {
+				return nil, err
+			}
 		}
 	case schemas.ErasureOrganization:
-		for _, t := range []struct{ table, org string }{{schemas.ClickHouseResultsTable, "tenant"}, {schemas.ClickHouseUsageTable, "org"},
-			{schemas.ClickHouseWebhookAttemptsTable, "org"}, {schemas.ClickHouseWebhookMessagesTable, "org"}} {
-			if err := s.mutate(ctx, out, t.table, "DELETE", t.org+" = ?", []any{org}); err != nil {
+		for _, t := range schemas.ClickHouseErasable {
+			if err := s.mutate(ctx, out, t.Table, "DELETE", t.Org+" = ?", []any{org}); err != nil {
 				return nil, err
 			}
 		}

@@ -96,6 +96,9 @@ func (r *ErasureRequest) Mode() (string, error) {
 		if r.From.IsZero() || r.To.IsZero() || !r.From.Before(r.To) {
 			return "", errors.New("a range needs from before to")
 		}
+		if r.From.Year() < 1970 || r.To.Year() > 2105 {
+			return "", errors.New("a range lies between 1970 and 2105")
+		}
 	}
 	if r.All {
 		modes, mode = modes+1, ErasureOrganization
@@ -140,3 +143,20 @@ type SubjectData struct {
 
 // MaxSubjectReceipts bounds the receipts a subject access answer holds.
 const MaxSubjectReceipts = 10_000
+
+// ClickHouseOrgTable is a table of an organization's data: which column
+// names the organization, which one times a row, and which ones hold
+// payloads (receipts, bodies) that erasure blanks.
+type ClickHouseOrgTable struct {
+	Table, Org, Time string
+	Payloads         []string
+}
+
+// ClickHouseErasable are the tables erasure and retention reach. The
+// usage events stay: they hold no payload, and invoices are built from
+// them. The audit events stay: they are the record the audit log proves.
+var ClickHouseErasable = []ClickHouseOrgTable{
+	{Table: ClickHouseResultsTable, Org: "tenant", Time: "received_at", Payloads: []string{"receipt"}},
+	{Table: ClickHouseWebhookAttemptsTable, Org: "org", Time: "message_created_at", Payloads: []string{"body", "response_body"}},
+	{Table: ClickHouseWebhookMessagesTable, Org: "org", Time: "created_at"},
+}

@@ -265,9 +265,9 @@ type AuditSource struct {
 }
 
 // MaxStoreLag bounds the wait for the event store to catch up with the
-// log, and storeStill ends it when the store stops growing (rows deleted
-// never come back); then the export goes on, and its check says what is
-// missing.
+// log, and storeStill ends it when the store stops growing (a row deleted
+// by someone never comes back); then the export goes on, and its check
+// says what is missing.
 const (
 	MaxStoreLag = 10 * time.Second
 	storeStill  = 2 * time.Second

@@ -37,8 +37,8 @@ func TestParsePeriod(t *testing.T) {
 }
 
 // The evidence bundle is a receipt that verifies, whose payload holds the
-// access review as the coordinator has it (keys with their last use), the
-// ring's keys, and names the sources it was not given.
+// access review as the coordinator has it (keys without their secret or
+// hash), the ring's keys, and names the sources it was not given.
 func TestComplianceEvidence(t *testing.T) {
 	dir, key, jwks := setup(t)
 	const admin = "admin-token-evidence-0123456789"

@@ -30,7 +30,7 @@ func TestPrivacy(t *testing.T) {
 	e.sink()
 	e.ingest("--coordinator", caddr)
 	org, key := e.newOrgKey(call, "acme", `["admin","read","sign"]`)
-	_, other := e.newOrgKey(call, "globex", `["admin","read","sign"]`)
+	globex, other := e.newOrgKey(call, "globex", `["admin","read","sign"]`)
 	if code, body := call("PATCH", "/v1/orgs/"+org, `{"settings":{"subject_pointer":"/customer/email"}}`); code != 200 {
 		t.Fatalf("subject pointer: %d %s", code, body)
 	}
@@ -65,13 +65,24 @@ func TestPrivacy(t *testing.T) {
 		})
 	}
 
+	// A verification of ada's first receipt stores it again, under
+	// another request: the erasure must reach it too.
+	if code, body := as(key, "POST", "/v1/verify", `{"receipt":`+strings.TrimSpace(string(ada1Receipt))+`}`); code != 200 {
+		t.Fatalf("verify: %d %s", code, body)
+	}
+	testenv.WaitFor(t, "the verification stored", 30*time.Second, func() (bool, string) {
+		var n uint64
+		err := e.clickhouse().QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND receipt_id = ? AND kind = 'verify'", org, ada1).Scan(&n)
+		return err == nil && n > 0, fmt.Sprint(n, err)
+	})
+
 	// Subject access: ada's two receipts, only the organization's.
-	code, body := as(key, "GET", "/v1/privacy/subjects?subject=ada%40example.com", "")
+	code, body := as(key, "POST", "/v1/privacy/subjects", `{"subject":"ada@example.com"}`)
 	var data schemas.SubjectData
 	if code != 200 || json.Unmarshal([]byte(body), &data) != nil || len(data.Receipts) != 2 || data.SubjectPointer != "/customer/email" {
 		t.Fatalf("subject access: %d %s", code, body)
 	}
-	if code, body := as(other, "GET", "/v1/privacy/subjects?subject=ada%40example.com", ""); code != 400 || !strings.Contains(body, "no_subject_pointer") {
+	if code, body := as(other, "POST", "/v1/privacy/subjects", `{"subject":"ada@example.com"}`); code != 400 || !strings.Contains(body, "no_subject_pointer") {
 		t.Fatalf("globex, with no subject pointer: %d %s", code, body)
 	}
 
@@ -93,8 +104,13 @@ func TestPrivacy(t *testing.T) {
 	}
 	conn := e.clickhouse()
 	var left uint64
-	if err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND position(receipt, 'ada@example.com') > 0", org).Scan(&left); err != nil || left != 0 {
-		t.Fatalf("rows still naming ada: %d %v", left, err)
+	testenv.WaitFor(t, "no row names ada, the verification's included", 60*time.Second, func() (bool, string) {
+		err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND position(receipt, 'ada@example.com') > 0", org).Scan(&left)
+		return err == nil && left == 0, fmt.Sprint(left, err)
+	})
+	var theirs uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND position(receipt, 'ada@example.com') > 0", globex).Scan(&theirs); err != nil || theirs == 0 {
+		t.Fatalf("globex's receipt naming ada was erased too: %d %v", theirs, err)
 	}
 	f := filepath.Join(t.TempDir(), "ada1.json")
 	os.WriteFile(f, ada1Receipt, 0o600)

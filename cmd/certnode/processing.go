@@ -74,10 +74,10 @@ func topicHolds(t schemas.Topics) map[string]ProcessingStore {
 var tableHolds = []ProcessingStore{
 	{Name: schemas.ClickHouseResultsTable, Holds: "every result with its receipt (the payload)", Personal: true,
 		Retention: "each organization's retention_days (below); kept otherwise"},
-	{Name: schemas.ClickHouseWebhookAttemptsTable, Holds: "webhook attempts: URLs, response bodies, message bodies (receipts)", Personal: true,
+	{Name: schemas.ClickHouseWebhookAttemptsTable, Holds: "webhook attempts: URLs, receivers' response bodies, message bodies (receipts)", Personal: true,
 		Retention: "each organization's retention_days (below); kept otherwise"},
 	{Name: schemas.ClickHouseWebhookMessagesTable, Holds: "webhook messages' outcomes (no body)", Retention: "each organization's retention_days"},
-	{Name: schemas.ClickHouseUsageTable, Holds: "usage events: request ids, key ids, sizes", Retention: "each organization's retention_days"},
+	{Name: schemas.ClickHouseUsageTable, Holds: "usage events: request ids, key ids, sizes", Retention: "kept: invoices are built from them"},
 	{Name: schemas.ClickHouseAuditTable, Holds: "audit events: user and key ids, actions, IP addresses", Personal: true,
 		Retention: "kept: the record the audit log proves"},
 }

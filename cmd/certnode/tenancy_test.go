@@ -171,8 +171,10 @@ func TestCrossTenant(t *testing.T) {
 		},
 		// Privacy reads and rewrites ClickHouse: both get the same 503
 		// here; B neither sees nor erases A's: TestPrivacy (integration).
-		"GET /v1/privacy/subjects": func(t *testing.T) {
-			sameAnswer(t, c, e, a, "/v1/privacy/subjects?subject=ada%40example.com", 503, "storage_unavailable")
+		"POST /v1/privacy/subjects": func(t *testing.T) {
+			for _, key := range []string{e.other, e.key} {
+				a.leaks(t, c.expect(t, e, exchange{name: "a subject access", method: "POST", path: "/v1/privacy/subjects", key: key, ctype: js, body: `{"subject":"ada@example.com"}`, status: 503, code: "storage_unavailable"}).body)
+			}
 		},
 		"POST /v1/privacy/erasures": func(t *testing.T) {
 			for _, key := range []string{e.other, e.key} {

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -17,7 +18,7 @@ type Files struct {
 	Cert, Key string
 }
 
-// Enabled reports whether both files are named.
+// Enabled reports whether a file is named (Validate: then both are).
 func (f Files) Enabled() bool { return f.Cert != "" || f.Key != "" }
 
 // Validate reports a half-named pair.
@@ -44,10 +45,11 @@ func (f Files) Server() (*tls.Config, error) {
 
 // reloader holds the certificate as of the files' modification times.
 type reloader struct {
-	files Files
-	mu    sync.Mutex
-	cert  *tls.Certificate
-	mods  [2]time.Time
+	files  Files
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	mods   [2]time.Time
+	failed [2]time.Time // the modification times of a pair that did not load
 }
 
 func (r *reloader) load() (*tls.Certificate, error) {
@@ -61,13 +63,17 @@ func (r *reloader) load() (*tls.Certificate, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cert != nil && mods == r.mods {
+	if r.cert != nil && (mods == r.mods || mods == r.failed) {
 		return r.cert, nil
 	}
 	c, err := tls.LoadX509KeyPair(r.files.Cert, r.files.Key)
 	if err != nil {
 		if r.cert != nil {
-			return r.cert, nil // a renewal half written: keep serving the last good pair
+			// A renewal half written, or broken: keep serving the last good
+			// pair, and read these files again only once they change.
+			r.failed = mods
+			slog.Warn("tls: the certificate files do not load; the last good pair goes on", "cert", r.files.Cert, "err", err)
+			return r.cert, nil
 		}
 		return nil, fmt.Errorf("tls: %w", err)
 	}

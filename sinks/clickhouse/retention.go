@@ -2,7 +2,6 @@ package clickhouse
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -26,18 +25,6 @@ type Retentions interface {
 // (internal/audit's Publisher).
 type AuditPublisher interface {
 	Publish(ctx context.Context, evs []schemas.AuditEvent) error
-}
-
-// retained are the tables whose rows an organization's retention erases,
-// with their organization and time columns. ClickHouse 18.16 has no TTL,
-// and the monthly partitions hold every organization, so rows go by
-// mutation. The rollups keep counts, no personal data; the audit events
-// stay, as the record the audit log proves (an erasure is one of them).
-var retained = []struct{ table, org, time string }{
-	{schemas.ClickHouseResultsTable, "tenant", "received_at"},
-	{schemas.ClickHouseUsageTable, "org", "time"},
-	{schemas.ClickHouseWebhookAttemptsTable, "org", "message_created_at"},
-	{schemas.ClickHouseWebhookMessagesTable, "org", "created_at"},
 }
 
 // Retention erases, on a schedule, each organization's rows older than its
@@ -80,50 +67,73 @@ func (r *Retention) Run(ctx context.Context) error {
 }
 
 // Once erases, for each organization with a retention, the rows older than
-// now less it (whole days), in every retained table; an organization with
-// rows to erase gets an erasure.retention audit event naming the tables
-// and the row counts. It goes on past an organization it fails on.
+// now less it (whole days), in every erasable table: one mutation per
+// table for every organization at once (each rewrites the table's parts),
+// none while an earlier one on the table is still running. An
+// organization whose rows it erased gets an erasure.retention audit event
+// naming the tables and the row counts.
 func (r *Retention) Once(ctx context.Context, now time.Time) error {
 	settings := r.orgs.Retentions()
-	var errs []error
-	for _, org := range slices.Sorted(maps.Keys(settings)) {
-		days := settings[org]
-		before := now.UTC().Truncate(24*time.Hour).AddDate(0, 0, -days)
-		if err := r.erase(ctx, org, days, before); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", org, err))
-		}
+	if len(settings) == 0 {
+		return nil
 	}
-	if len(errs) == 0 {
-		r.lastRuns.SetToCurrentTime()
+	orgs := slices.Sorted(maps.Keys(settings))
+	cutoffs := make([]int64, len(orgs))
+	for i, org := range orgs {
+		cutoffs[i] = now.UTC().Truncate(24*time.Hour).AddDate(0, 0, -settings[org]).Unix()
 	}
-	return errors.Join(errs...)
-}
-
-func (r *Retention) erase(ctx context.Context, org string, days int, before time.Time) error {
-	var erased []string
-	for _, t := range retained {
-		var n uint64
-		if err := r.conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s WHERE %s = ? AND %s < toDateTime(?)", t.table, t.org, t.time),
-			org, before.Unix()).Scan(&n); err != nil {
+	erased := map[string][]string{}
+	for _, t := range schemas.ClickHouseErasable {
+		var running uint64
+		if err := r.conn.QueryRow(ctx, "SELECT count() FROM system.mutations WHERE database = ? AND table = ? AND is_done = 0",
+			dbOf(t.Table), tableOf(t.Table)).Scan(&running); err != nil {
 			return err
 		}
-		if n == 0 {
+		if running > 0 {
+			continue // the last run's is still being applied
+		}
+		// transform maps each organization to its cutoff, the others to 0.
+		where := fmt.Sprintf("%s < toDateTime(transform(%s, ?, ?, toInt64(0)))", t.Time, t.Org)
+		rows, err := r.conn.Query(ctx, fmt.Sprintf("SELECT %s, count() FROM %s WHERE %s GROUP BY %s", t.Org, t.Table, where, t.Org), orgs, cutoffs)
+		if err != nil {
+			return err
+		}
+		var total uint64
+		for rows.Next() {
+			var org string
+			var n uint64
+			if err := rows.Scan(&org, &n); err != nil {
+				rows.Close()
+				return err
+			}
+			total += n
+			erased[org] = append(erased[org], fmt.Sprintf("%s: %d", t.Table, n))
+		}
+		rows.Close()
+		if total == 0 {
 			continue
 		}
 		// A mutation rewrites the parts that hold the rows: once it is
 		// done, the old parts, and the data, are gone.
-		if err := r.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DELETE WHERE %s = ? AND %s < toDateTime(?)", t.table, t.org, t.time),
-			org, before.Unix()); err != nil {
+		if err := r.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DELETE WHERE %s", t.Table, where), orgs, cutoffs); err != nil {
 			return err
 		}
-		r.erased.WithLabelValues(t.table).Add(float64(n))
-		erased = append(erased, fmt.Sprintf("%s: %d", t.table, n))
+		r.erased.WithLabelValues(t.Table).Add(float64(total))
 	}
-	if len(erased) == 0 {
-		return nil
+	var evs []schemas.AuditEvent
+	for _, org := range slices.Sorted(maps.Keys(erased)) {
+		evs = append(evs, schemas.AuditEvent{At: time.Now().UTC(), Org: org, Actor: schemas.AuditActor{Kind: schemas.ActorNode, ID: "retention"},
+			Action: "erasure.retention", Target: "before " + time.Unix(cutoffs[slices.Index(orgs, org)], 0).UTC().Format(time.RFC3339), Result: schemas.AuditOK,
+			Source: "retention", Detail: fmt.Sprintf("rows older than %d days erased: %s", settings[org], strings.Join(erased[org], ", "))})
 	}
-	ev := schemas.AuditEvent{At: time.Now().UTC(), Org: org, Actor: schemas.AuditActor{Kind: schemas.ActorNode, ID: "retention"},
-		Action: "erasure.retention", Target: "before " + before.Format(time.RFC3339), Result: schemas.AuditOK, Source: "retention",
-		Detail: fmt.Sprintf("rows older than %d days erased: %s", days, strings.Join(erased, ", "))}
-	return r.audit.Publish(ctx, []schemas.AuditEvent{ev})
+	if len(evs) > 0 {
+		if err := r.audit.Publish(ctx, evs); err != nil {
+			return err
+		}
+	}
+	r.lastRuns.SetToCurrentTime()
+	return nil
 }
+
+func dbOf(table string) string    { db, _, _ := strings.Cut(table, "."); return db }
+func tableOf(table string) string { _, t, _ := strings.Cut(table, "."); return t }
