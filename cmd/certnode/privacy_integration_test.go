@@ -29,7 +29,7 @@ func TestPrivacy(t *testing.T) {
 	e.start("worker", "worker", "--metrics", freeAddr(t), "--concurrency", "4", "--coordinator", caddr)
 	e.sink()
 	e.ingest("--coordinator", caddr)
-	org, key := e.newOrgKey(call, "acme", `["admin","read","sign"]`)
+	org, key := e.newOrgKey(call, "acme", `["admin","read","sign","verify"]`)
 	globex, other := e.newOrgKey(call, "globex", `["admin","read","sign"]`)
 	if code, body := call("PATCH", "/v1/orgs/"+org, `{"settings":{"subject_pointer":"/customer/email"}}`); code != 200 {
 		t.Fatalf("subject pointer: %d %s", code, body)
@@ -90,7 +90,7 @@ func TestPrivacy(t *testing.T) {
 	// hold no trace of her; the receipt she was handed still verifies.
 	code, body = as(key, "POST", "/v1/privacy/erasures", `{"subject":"ada@example.com"}`)
 	var done schemas.Erasure
-	if code != 202 || json.Unmarshal([]byte(body), &done) != nil || len(done.Requests) != 2 || done.Rows[schemas.ClickHouseResultsTable] < 2 {
+	if code != 202 || json.Unmarshal([]byte(body), &done) != nil || len(done.Requests) != 3 || done.Rows[schemas.ClickHouseResultsTable] < 3 { // two signs and the verification
 		t.Fatalf("erasure: %d %s", code, body)
 	}
 	for _, id := range []string{ada1, ada2} {
