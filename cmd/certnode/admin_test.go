@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,10 @@ import (
 // The admin CLI drives a coordinator: organizations, keys (printed once,
 // listed without secrets), suspension, the cluster view; refusals exit 1
 // with the coordinator's code, usage errors 2.
-func TestAdminCLI(t *testing.T) {
+// soloCoordinator runs a coordinator of one node until the test ends, with
+// $CERTNODE_ADMIN_TOKEN its admin token.
+func soloCoordinator(t *testing.T) *coordinator.Server {
+	t.Helper()
 	const admin = "admin-token-cli-0123456789"
 	s, err := coordinator.NewServer(coordinator.Config{ID: "c1", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
 		Bootstrap: true, AdminToken: admin, NodeToken: "node-token-cli-0123456789"})
@@ -27,8 +31,13 @@ func TestAdminCLI(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; s.Close() })
 	testenv.WaitFor(t, "leader", 10*time.Second, func() (bool, string) { return s.Node().IsLeader(), "" })
-
 	t.Setenv("CERTNODE_ADMIN_TOKEN", admin)
+	return s
+}
+
+func TestAdminCLI(t *testing.T) {
+	s := soloCoordinator(t)
+	admin := os.Getenv("CERTNODE_ADMIN_TOKEN")
 	adm := func(args ...string) result {
 		return certnode(t, "", append([]string{"admin", "--coordinator", s.Addr()}, args...)...)
 	}

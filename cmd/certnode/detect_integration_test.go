@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -167,14 +166,7 @@ func TestThreatDetection(t *testing.T) {
 	if v := certnode(t, "", "verify", "--jwks", e.jwksFile, "--receipt", out); v.code != 0 {
 		t.Fatalf("the bundle does not verify: %+v", v)
 	}
-	raw, _ := os.ReadFile(out)
-	var rc struct {
-		Payload schemas.EvidenceBundle `json:"payload"`
-	}
-	if err := json.Unmarshal(raw, &rc, json.RejectUnknownMembers(false)); err != nil {
-		t.Fatal(err)
-	}
-	b := rc.Payload
+	b := readEvidence(t, out)
 	var ours []string
 	for _, ev := range b.SecurityEvents {
 		if ev["org"] == org {

@@ -12,9 +12,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/internal/kafka"
-	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -41,18 +39,8 @@ func TestParsePeriod(t *testing.T) {
 // hash), the ring's keys, and names the sources it was not given.
 func TestComplianceEvidence(t *testing.T) {
 	dir, key, jwks := setup(t)
-	const admin = "admin-token-evidence-0123456789"
-	s, err := coordinator.NewServer(coordinator.Config{ID: "c1", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
-		Bootstrap: true, AdminToken: admin, NodeToken: "node-token-evidence-0123456789"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
-	testenv.WaitFor(t, "leader", 10*time.Second, func() (bool, string) { return s.Node().IsLeader(), "" })
-	t.Setenv("CERTNODE_ADMIN_TOKEN", admin)
+	s := soloCoordinator(t)
+	admin := os.Getenv("CERTNODE_ADMIN_TOKEN")
 	if r := certnode(t, "", "admin", "--coordinator", s.Addr(), "orgs", "create", "acme", "--name", "Acme"); r.code != 0 {
 		t.Fatalf("orgs create: %+v", r)
 	}
@@ -72,14 +60,7 @@ func TestComplianceEvidence(t *testing.T) {
 	if v := certnode(t, "", "verify", "--jwks", jwks, "--receipt", out); v.code != 0 {
 		t.Fatalf("the bundle does not verify: %+v", v)
 	}
-	raw, _ := os.ReadFile(out)
-	var rc struct {
-		Payload schemas.EvidenceBundle `json:"payload"`
-	}
-	if err := json.Unmarshal(raw, &rc, json.RejectUnknownMembers(false)); err != nil {
-		t.Fatal(err)
-	}
-	b := rc.Payload
+	b := readEvidence(t, out)
 	if b.Type != schemas.EvidenceBundleType || b.Period != period || len(b.AccessReview.Organizations) != 1 || len(b.AccessReview.APIKeys) != 1 ||
 		len(b.KeyRotations) != 1 || b.KeyRotations[0].State != "active" {
 		t.Fatalf("bundle %+v", b)
@@ -133,4 +114,17 @@ func TestComplianceEvidence(t *testing.T) {
 	if topics != 10+len(schemas.WebhookDelayTiers) || personal < 8 || !strings.Contains(strings.Join(rec.Missing, " "), "clickhouse") {
 		t.Fatalf("%d topics, %d stores with personal data, missing %v: %+v", topics, personal, rec.Missing, rec.Stores)
 	}
+}
+
+// readEvidence reads the payload of a signed evidence bundle.
+func readEvidence(t *testing.T, path string) schemas.EvidenceBundle {
+	t.Helper()
+	raw, _ := os.ReadFile(path)
+	var rc struct {
+		Payload schemas.EvidenceBundle `json:"payload"`
+	}
+	if err := json.Unmarshal(raw, &rc, json.RejectUnknownMembers(false)); err != nil {
+		t.Fatal(err)
+	}
+	return rc.Payload
 }
