@@ -47,6 +47,10 @@ type kafkaFlags struct {
 	partitions int32
 	rf         int16
 	prefix     string
+	tls        bool
+	ca         string
+	mechanism  string
+	user       string
 }
 
 func (k *kafkaFlags) register(fs *pflag.FlagSet, required bool) {
@@ -62,6 +66,14 @@ func (k *kafkaFlags) register(fs *pflag.FlagSet, required bool) {
 	bindEnv(fs, "replication-factor", "CERTNODE_KAFKA_REPLICATION_FACTOR")
 	fs.StringVar(&k.prefix, "topic-prefix", schemas.DefaultTopicPrefix, "topic names PREFIX.requests, PREFIX.receipts, PREFIX.dlq, PREFIX.jobs, PREFIX.usage; consumer groups PREFIX-workers, PREFIX-sink-clickhouse, PREFIX-sink-usage")
 	bindEnv(fs, "topic-prefix", "CERTNODE_TOPIC_PREFIX")
+	fs.BoolVar(&k.tls, "kafka-tls", false, "connect to the brokers over TLS 1.2+")
+	bindEnv(fs, "kafka-tls", "CERTNODE_KAFKA_TLS")
+	fs.StringVar(&k.ca, "kafka-ca", "", "the CA certificates (PEM) the brokers' certificates are checked against (default: the system's)")
+	bindEnv(fs, "kafka-ca", "CERTNODE_KAFKA_CA")
+	fs.StringVar(&k.mechanism, "kafka-sasl-mechanism", "", "authenticate to the brokers: SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (password from $CERTNODE_KAFKA_SASL_PASSWORD or its _FILE)")
+	bindEnv(fs, "kafka-sasl-mechanism", "CERTNODE_KAFKA_SASL_MECHANISM")
+	fs.StringVar(&k.user, "kafka-sasl-user", "", "the SASL user: one per role, each granted only its topics by the brokers' ACLs")
+	bindEnv(fs, "kafka-sasl-user", "CERTNODE_KAFKA_SASL_USER")
 }
 
 func (k *kafkaFlags) config() kafka.Config {
@@ -71,7 +83,8 @@ func (k *kafkaFlags) config() kafka.Config {
 			brokers = append(brokers, b)
 		}
 	}
-	return kafka.Config{Brokers: brokers, Partitions: k.partitions, ReplicationFactor: k.rf, TopicPrefix: k.prefix}
+	return kafka.Config{Brokers: brokers, Partitions: k.partitions, ReplicationFactor: k.rf, TopicPrefix: k.prefix,
+		TLS: k.tls || k.ca != "", CAFile: k.ca, SASLMechanism: k.mechanism, SASLUser: k.user}
 }
 
 // newRegistry is the process's metrics registry, with Go and process metrics.

@@ -4,9 +4,12 @@ package kafka
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +17,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/certnode/certnode/internal/envsecret"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -27,7 +33,20 @@ type Config struct {
 	ReplicationFactor int16
 	// TopicPrefix names the topics (default "certnode": certnode.requests...).
 	TopicPrefix string
+	// TLS connects to the brokers over TLS 1.2 or later, trusting CAFile's
+	// certificates (PEM; empty: the system's roots).
+	TLS    bool
+	CAFile string
+	// SASLMechanism authenticates the client as SASLUser: SCRAM-SHA-256,
+	// SCRAM-SHA-512 or PLAIN (empty: no authentication). The password is
+	// never a flag: $CERTNODE_KAFKA_SASL_PASSWORD, or the file named by
+	// $CERTNODE_KAFKA_SASL_PASSWORD_FILE.
+	SASLMechanism string
+	SASLUser      string
 }
+
+// SASLPasswordEnv names the variable holding the SASL password.
+const SASLPasswordEnv = "CERTNODE_KAFKA_SASL_PASSWORD"
 
 // Topics returns the topic names for this config.
 func (c *Config) Topics() schemas.Topics {
@@ -54,7 +73,58 @@ func (c *Config) Validate() error {
 	if c.ReplicationFactor < 1 {
 		errs = append(errs, errors.New("kafka: replication factor must be at least 1"))
 	}
+	switch c.SASLMechanism {
+	case "":
+	case "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN":
+		if c.SASLUser == "" {
+			errs = append(errs, errors.New("kafka: a SASL mechanism needs a user"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("kafka: SASL mechanism %q: want SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN", c.SASLMechanism))
+	}
+	if c.CAFile != "" && !c.TLS {
+		errs = append(errs, errors.New("kafka: a CA file is for TLS: set TLS too"))
+	}
 	return errors.Join(errs...)
+}
+
+// security returns the options that connect over TLS and authenticate.
+func (c *Config) security() ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	if c.TLS {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.CAFile != "" {
+			pem, err := os.ReadFile(c.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("kafka: CA file: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("kafka: CA file %s holds no PEM certificate", c.CAFile)
+			}
+		}
+		opts = append(opts, kgo.DialTLSConfig(cfg))
+	}
+	if c.SASLMechanism == "" {
+		return opts, nil
+	}
+	password, ok, err := envsecret.Read(SASLPasswordEnv)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	if !ok || password == "" {
+		return nil, fmt.Errorf("kafka: SASL needs $%s (or $%s_FILE)", SASLPasswordEnv, SASLPasswordEnv)
+	}
+	password = strings.TrimRight(password, "\r\n")
+	switch c.SASLMechanism {
+	case "SCRAM-SHA-256":
+		opts = append(opts, kgo.SASL(scram.Auth{User: c.SASLUser, Pass: password}.AsSha256Mechanism()))
+	case "SCRAM-SHA-512":
+		opts = append(opts, kgo.SASL(scram.Auth{User: c.SASLUser, Pass: password}.AsSha512Mechanism()))
+	case "PLAIN":
+		opts = append(opts, kgo.SASL(plain.Auth{User: c.SASLUser, Pass: password}.AsMechanism()))
+	}
+	return opts, nil
 }
 
 // NewClient returns a client with CertNode's producer defaults: idempotent,
@@ -62,6 +132,10 @@ func (c *Config) Validate() error {
 // (franz-go's default partitioner hashes keys exactly like the Java client),
 // so every client that uses murmur2 puts a tenant on the same partition.
 func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
+	sec, err := c.security()
+	if err != nil {
+		return nil, err
+	}
 	base := []kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -72,7 +146,7 @@ func NewClient(c Config, opts ...kgo.Opt) (*kgo.Client, error) {
 		kgo.ProducerBatchMaxBytes(schemas.MaxRequestBytes + 64<<10),
 		kgo.WithLogger(kgoLogger{}),
 	}
-	return kgo.NewClient(append(base, opts...)...)
+	return kgo.NewClient(append(append(base, sec...), opts...)...)
 }
 
 // LostMembership reports whether a commit failed because the group is

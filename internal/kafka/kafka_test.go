@@ -1,0 +1,79 @@
+package kafka
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// A broker reached over TLS, its certificate checked against the CA file,
+// with SCRAM credentials: the right password produces, a wrong one or no
+// TLS does not.
+func TestTLSAndSASL(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:  x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "certnode.requests"),
+		kfake.TLS(&tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}),
+		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "ingest", "right-password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	produce := func(cfg Config, password string) error {
+		t.Setenv(SASLPasswordEnv, password)
+		cl, err := NewClient(cfg, kgo.RequestRetries(0), kgo.RetryTimeout(2*time.Second))
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return cl.ProduceSync(ctx, &kgo.Record{Topic: "certnode.requests", Value: []byte("x")}).FirstErr()
+	}
+	cfg := Config{Brokers: c.ListenAddrs(), Partitions: 1, ReplicationFactor: 1, TLS: true, CAFile: ca, SASLMechanism: "SCRAM-SHA-256", SASLUser: "ingest"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := produce(cfg, "right-password"); err != nil {
+		t.Fatalf("with the right credentials: %v", err)
+	}
+	if err := produce(cfg, "wrong-password"); err == nil {
+		t.Fatal("a wrong password produced")
+	}
+	plain := cfg
+	plain.TLS, plain.CAFile = false, ""
+	if err := produce(plain, "right-password"); err == nil {
+		t.Fatal("produced without TLS")
+	}
+	t.Setenv(SASLPasswordEnv, "")
+	if _, err := NewClient(cfg); err == nil || !strings.Contains(err.Error(), SASLPasswordEnv) {
+		t.Fatalf("no password: %v", err)
+	}
+	bad := Config{Brokers: []string{"b:9092"}, Partitions: 1, ReplicationFactor: 1, SASLMechanism: "SCRAM-SHA-1", CAFile: ca}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "SCRAM-SHA-1") || !strings.Contains(err.Error(), "CA file is for TLS") {
+		t.Fatalf("a bad config: %v", err)
+	}
+}
