@@ -78,8 +78,9 @@ func newDevCmd() *cobra.Command {
 		Use:   "dev",
 		Short: "Run every role in one process (embedded Kafka and a software key unless told otherwise)",
 		Long: "Runs ingest, a worker, a coordinator node, the usage sink, the webhook dispatcher (which may\n" +
-			"deliver to this machine's loopback addresses) and (when ClickHouse is configured\n" +
-			"or found on 127.0.0.1:9000) the ClickHouse sink in one process. Kafka is embedded (franz-go's\n" +
+			"deliver to this machine's loopback addresses), the transparency and audit logs (software keys in\n" +
+			"DIR), the threat detectors (alerting, blocking nothing) and (when ClickHouse is configured\n" +
+			"or found on 127.0.0.1:9000) the ClickHouse sink, with retention, in one process. Kafka is embedded (franz-go's\n" +
 			"kfake, persisted in DIR/kafka) unless --kafka names a cluster. Receipts are signed with the key\n" +
 			"ring DIR/keyring (made on first start; rotate with certnode keys rotate --keyring DIR/keyring,\n" +
 			"picked up live) unless --keyring, --key or --pkcs11-* name other keys. Organizations and keys\n" +
