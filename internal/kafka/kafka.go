@@ -207,6 +207,8 @@ func topicConfigs(t schemas.Topics) map[string]map[string]*string {
 }
 
 // EnsureTopics creates the CertNode topics that do not exist yet.
+// A role whose ACLs do not let it create topics goes on when the topic
+// exists (an administrator made them).
 func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
 	adm := kadm.NewClient(cl)
 	for topic, cfg := range topicConfigs(c.Topics()) {
@@ -214,11 +216,27 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, c Config) error {
 		if err == nil {
 			err = res.Err
 		}
+		if errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) {
+			err = topicExists(ctx, adm, topic, err)
+		}
 		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 			return fmt.Errorf("create topic %s: %w", topic, err)
 		}
 	}
 	return nil
+}
+
+// topicExists answers nil when topic exists, else refused (the refusal to
+// create it).
+func topicExists(ctx context.Context, adm *kadm.Client, topic string, refused error) error {
+	md, err := adm.Metadata(ctx, topic)
+	if err != nil {
+		return refused
+	}
+	if t, ok := md.Topics[topic]; ok && t.Err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w (and it does not exist: an administrator must create it)", refused)
 }
 
 // Header returns a record header's value ("" when absent).

@@ -19,6 +19,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // A broker reached over TLS, its certificate checked against the CA file,
@@ -75,5 +76,41 @@ func TestTLSAndSASL(t *testing.T) {
 	bad := Config{Brokers: []string{"b:9092"}, Partitions: 1, ReplicationFactor: 1, SASLMechanism: "SCRAM-SHA-1", CAFile: ca}
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "SCRAM-SHA-1") || !strings.Contains(err.Error(), "CA file is for TLS") {
 		t.Fatalf("a bad config: %v", err)
+	}
+}
+
+// A role allowed to use the topics but not to create them starts when an
+// administrator made them, and says what is missing when one was not.
+func TestEnsureTopicsUnderACLs(t *testing.T) {
+	all := (&Config{TopicPrefix: "certnode"}).Topics().All()
+	var acls []kfake.ACL
+	for _, topic := range all {
+		for _, op := range []kmsg.ACLOperation{kmsg.ACLOperationDescribe, kmsg.ACLOperationWrite} {
+			acls = append(acls, kfake.ACL{Resource: kmsg.ACLResourceTypeTopic, Name: topic, Pattern: kmsg.ACLResourcePatternTypeLiteral, Operation: op, Allow: true})
+		}
+	}
+	t.Setenv(SASLPasswordEnv, "ingest-password")
+	ensure := func(seeded []string) error {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, seeded...), kfake.EnableSASL(), kfake.EnableACLs(),
+			kfake.Superuser("SCRAM-SHA-256", "admin", "admin-password"), kfake.User("SCRAM-SHA-256", "ingest", "ingest-password", acls...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cfg := Config{Brokers: c.ListenAddrs(), Partitions: 1, ReplicationFactor: 1, TopicPrefix: "certnode", SASLMechanism: "SCRAM-SHA-256", SASLUser: "ingest"}
+		cl, err := NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return EnsureTopics(ctx, cl, cfg)
+	}
+	if err := ensure(all); err != nil {
+		t.Fatalf("every topic made by an administrator: %v", err)
+	}
+	if err := ensure(all[1:]); err == nil || !strings.Contains(err.Error(), all[0]) || !strings.Contains(err.Error(), "administrator") {
+		t.Fatalf("with %s missing: %v", all[0], err)
 	}
 }
