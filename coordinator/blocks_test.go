@@ -30,14 +30,7 @@ func TestBlocks(t *testing.T) {
 	if code != 200 || !strings.Contains(body, `"addr":"127.0.0.5"`) || !strings.Contains(body, "credential_stuffing") {
 		t.Fatalf("blocks: %d %s", code, body)
 	}
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r := runReplica(t, n)
 	testenv.WaitFor(t, "the replica sees the block", 10*time.Second, func() (bool, string) {
 		_, ok := r.Blocked(netip.MustParseAddr("127.0.0.5"))
 		return ok, ""
@@ -52,4 +45,18 @@ func TestBlocks(t *testing.T) {
 		_, ok := r.Blocked(netip.MustParseAddr("127.0.0.5"))
 		return !ok, ""
 	})
+}
+
+// runReplica follows n's state until the test ends.
+func runReplica(t *testing.T, n *testServer) *Replica {
+	t.Helper()
+	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
 }

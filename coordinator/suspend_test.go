@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -19,14 +18,7 @@ func TestSuspendKey(t *testing.T) {
 	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
 	var k keyView
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/acme/keys", `{"scopes":["sign"]}`)), &k)
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r := runReplica(t, n)
 	admitted := func(want bool, what string) {
 		t.Helper()
 		testenv.WaitFor(t, what, 5*time.Second, func() (bool, string) {

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -120,7 +121,7 @@ func (m messagesQuery) toSQL() (string, []any, error) {
 		if s.not {
 			not = "NOT "
 		}
-		having.WriteString(fmt.Sprintf(" HAVING m_outcome %sIN (%s)", not, strings.TrimSuffix(strings.Repeat("?, ", len(s.outcomes)), ", ")))
+		having.WriteString(fmt.Sprintf(" HAVING m_outcome %sIN (%s)", not, chconn.Placeholders(len(s.outcomes))))
 		for _, o := range s.outcomes {
 			statusArgs = append(statusArgs, o)
 		}

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -269,8 +270,11 @@ type Server struct {
 	streamsMu sync.Mutex
 	streams   map[string]int // open results streams per tenant
 
-	keyAddrMu sync.Mutex
-	keyAddrs  map[string]struct{} // org/key/address pairs announced (noteKeyAddress)
+	// keyAddrs holds the org/key/address pairs announced
+	// (noteKeyAddress): read on every authenticated request, without a
+	// lock.
+	keyAddrs  sync.Map
+	keyAddrsN atomic.Int64
 
 	// hub serves GET /v1/webhooks/listen; listenHeartbeat is its SSE
 	// heartbeat interval (tests shorten it).
@@ -289,7 +293,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.New("ingest: authenticator, limiter, keys and record MAC are required")
 	}
 	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
-		streams: map[string]int{}, keyAddrs: map[string]struct{}{}, m: newMetrics(cfg.Registerer)}
+		streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
 	s.routes = s.table()
 	s.listenHeartbeat = listenHeartbeat
 	var err error
@@ -425,16 +429,14 @@ func (s *Server) noteKeyAddress(ctx *fasthttp.RequestCtx, t *tenants.Tenant) {
 	}
 	addr := clientIP(ctx)
 	pair := t.ID + "/" + t.KeyID + "/" + addr
-	s.keyAddrMu.Lock()
-	_, seen := s.keyAddrs[pair]
-	if !seen {
-		if len(s.keyAddrs) >= maxKeyAddrs {
-			clear(s.keyAddrs)
-		}
-		s.keyAddrs[pair] = struct{}{}
+	if _, seen := s.keyAddrs.Load(pair); seen {
+		return
 	}
-	s.keyAddrMu.Unlock()
-	if !seen {
+	if _, seen := s.keyAddrs.LoadOrStore(pair, struct{}{}); !seen {
+		if s.keyAddrsN.Add(1) > maxKeyAddrs {
+			s.keyAddrs.Clear()
+			s.keyAddrsN.Store(0)
+		}
 		s.deps.Audit.Record(schemas.AuditEvent{At: time.Now().UTC(), Org: t.ID, Actor: schemas.AuditActor{Kind: schemas.ActorKey, ID: t.KeyID, Addr: addr},
 			Action: "api_key.address", Target: t.KeyID, Result: schemas.AuditOK, Source: "ingest"})
 	}

@@ -120,7 +120,7 @@ func (s *Store) Subject(ctx context.Context, org, pointer, value string) (*schem
 	}
 	for _, chunk := range chunks(events) {
 		var n uint64
-		if err := s.conn.QueryRow(ctx, "SELECT count() FROM "+schemas.ClickHouseWebhookAttemptsTable+" WHERE org = ? AND event_id IN ("+placeholders(len(chunk))+")",
+		if err := s.conn.QueryRow(ctx, "SELECT count() FROM "+schemas.ClickHouseWebhookAttemptsTable+" WHERE org = ? AND event_id IN ("+chconn.Placeholders(len(chunk))+")",
 			append([]any{org}, chunk...)...).Scan(&n); err != nil {
 			return nil, fmt.Errorf("privacy: %w", err)
 		}
@@ -162,12 +162,12 @@ func (s *Store) Erase(ctx context.Context, org string, r schemas.ErasureRequest,
 		}
 		out.Requests = ids
 		for _, chunk := range chunks(slices.Sorted(maps.Keys(receipts))) {
-			if err := s.mutate(ctx, out, results.Table, blank(results), "tenant = ? AND receipt_id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
+			if err := s.mutate(ctx, out, results.Table, blank(results), "tenant = ? AND receipt_id IN ("+chconn.Placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
 				return nil, err
 			}
 		}
 		for _, chunk := range chunks(events) {
-			if err := s.mutate(ctx, out, attempts.Table, blank(attempts), "org = ? AND event_id IN ("+placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
+			if err := s.mutate(ctx, out, attempts.Table, blank(attempts), "org = ? AND event_id IN ("+chconn.Placeholders(len(chunk))+")", append([]any{org}, chunk...)); err != nil {
 				return nil, err
 			}
 		}
@@ -220,5 +220,3 @@ func chunks(ids []string) [][]any {
 	}
 	return out
 }
-
-func placeholders(n int) string { return strings.TrimSuffix(strings.Repeat("?, ", n), ", ") }

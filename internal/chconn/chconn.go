@@ -4,6 +4,7 @@ package chconn
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
@@ -40,3 +41,6 @@ func Each(ctx context.Context, conn driver.Conn, what, sql string, args []any, s
 	}
 	return nil
 }
+
+// Placeholders is n bound parameters, "?, ?, ...", for an IN list.
+func Placeholders(n int) string { return strings.TrimSuffix(strings.Repeat("?, ", n), ", ") }
