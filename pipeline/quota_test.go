@@ -305,6 +305,9 @@ func TestWorkerMonthlyQuota(t *testing.T) {
 	if v := metric(t, reg, "certnode_worker_held_total"); v != 0 {
 		t.Fatalf("%v records held", v)
 	}
+	// The DLQ record and the failed result are produced independently:
+	// wait for the first before counting.
+	h.consume(h.topics.DLQ, 1)
 	if dlq := h.consumeAll(h.topics.DLQ); len(dlq) != 1 || kafka.Header(dlq[0], schemas.HeaderDLQReason) != ReasonBadEnvelope {
 		t.Fatalf("DLQ holds %d records; want only the bad envelope", len(dlq))
 	}
