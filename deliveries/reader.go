@@ -2,6 +2,7 @@ package deliveries
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/go-json-experiment/json"
 
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -18,15 +20,34 @@ import (
 type Reader struct {
 	conn driver.Conn
 	t    tables
+	open Opener
 }
 
-// Open connects to ClickHouse.
-func Open(ctx context.Context, addr []string, user, password string) (*Reader, error) {
+// Opener decrypts a payload of org's stored sealed (internal/envelope).
+type Opener interface {
+	Open(ctx context.Context, org, v string) ([]byte, error)
+}
+
+// Open connects to ClickHouse; bodies are opened with open.
+func Open(ctx context.Context, addr []string, user, password string, open Opener) (*Reader, error) {
 	conn, err := chconn.Open(ctx, addr, user, password)
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{conn: conn, t: productionTables}, nil
+	return &Reader{conn: conn, t: productionTables, open: open}, nil
+}
+
+// body opens a stored body; none when it was erased (blanked, or sealed
+// under a destroyed key).
+func (r *Reader) body(ctx context.Context, org, v string) ([]byte, error) {
+	if v == "" {
+		return nil, nil
+	}
+	b, err := r.open.Open(ctx, org, v)
+	if errors.Is(err, envelope.ErrDestroyed) {
+		return nil, nil
+	}
+	return b, err
 }
 
 // Close closes the connection.
@@ -77,13 +98,16 @@ func (r *Reader) Failed(ctx context.Context, org, endpointID string, since, unti
 		if err := chconn.Each(ctx, r.conn, "bodies", fmt.Sprintf(bodiesSelect, r.t.attempts), []any{org, clickhouse.GroupSet{Value: chunk}},
 			func(rows driver.Rows) error {
 				var id, body string
-				if err := rows.Scan(&id, &body); err != nil {
+				err := rows.Scan(&id, &body)
+				if err != nil {
 					return err
 				}
-				if i, ok := at[id]; ok {
-					ds[i].Body = []byte(body)
+				i, ok := at[id]
+				if !ok {
+					return nil
 				}
-				return nil
+				ds[i].Body, err = r.body(ctx, org, body)
+				return err
 			}); err != nil {
 			return nil, err
 		}
@@ -147,8 +171,9 @@ func (r *Reader) Get(ctx context.Context, org, messageID string) (*schemas.Webho
 		}
 		a.Attempt, a.Redelivery, a.Held, a.Status, a.LatencyMillis = int(attempt), redelivery == 1, held == 1, int(status), int64(latency)
 		a.MessageCreatedAt, a.At, a.NextAttemptAt = a.MessageCreatedAt.UTC(), a.At.Add(time.Duration(nanos)).UTC(), stored(next)
-		if body != "" {
-			a.Body = []byte(body)
+		var err error
+		if a.Body, err = r.body(ctx, org, body); err != nil {
+			return err
 		}
 		list = append(list, a)
 		return nil

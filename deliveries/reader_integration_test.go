@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/internal/testenv"
@@ -34,6 +35,18 @@ type sinkEnv struct {
 	cl       *kgo.Client
 	adm      *kadm.Client
 	produced int64
+	// keks is the folder of the sink's KEKs: bodies are stored sealed.
+	keks string
+}
+
+// opener opens what the sink sealed, as ingest does.
+func (e *sinkEnv) opener(t *testing.T) *envelope.Envelope {
+	t.Helper()
+	keks, err := envelope.NewDirKEKs(e.keks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envelope.New(keks)
 }
 
 func newSinkEnv(t *testing.T) *sinkEnv {
@@ -44,7 +57,7 @@ func newSinkEnv(t *testing.T) *sinkEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &sinkEnv{topics: cfg.Topics(), group: prefix + "-sink-clickhouse", cl: cl, adm: kadm.NewClient(cl)}
+	e := &sinkEnv{topics: cfg.Topics(), group: prefix + "-sink-clickhouse", cl: cl, adm: kadm.NewClient(cl), keks: t.TempDir()}
 	t.Cleanup(func() { // after the sink stopped (cleanups run last in, first out)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -60,7 +73,7 @@ func newSinkEnv(t *testing.T) *sinkEnv {
 	// The sink runs as its own process, as in production: this read-side
 	// package may not import it (DESIGN.md section 3).
 	cmd := exec.Command(testenv.CertnodeBinary(t, "../cmd/certnode", false), "sink", "clickhouse", "--clickhouse", testenv.ClickHouseAddr(t),
-		"--metrics", "127.0.0.1:0", "--batch-wait", "200ms")
+		"--metrics", "127.0.0.1:0", "--batch-wait", "200ms", "--kek-dir", e.keks)
 	cmd.Env = append(os.Environ(), "CERTNODE_KAFKA="+cfg.Brokers[0], "CERTNODE_TOPIC_PREFIX="+prefix, "CERTNODE_KAFKA_PARTITIONS=2")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -223,7 +236,7 @@ func TestReaderOnClickHouse(t *testing.T) {
 	e := newSinkEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	r, err := Open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "")
+	r, err := Open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "", e.opener(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,6 +330,14 @@ func TestReaderOnClickHouse(t *testing.T) {
 		}
 		if _, err := r.List(ctx, orgA, schemas.DeliveryQuery{Cursor: "bm9wZQ"}); !errors.Is(err, ErrBadCursor) {
 			t.Errorf("a bad cursor: %v, want ErrBadCursor", err)
+		}
+	})
+
+	t.Run("bodies stored sealed", func(t *testing.T) {
+		var sealed, clear uint64
+		if err := r.conn.QueryRow(ctx, "SELECT countIf(substring(body, 1, 5) = 'cne1:'), countIf(body != '' AND substring(body, 1, 5) != 'cne1:') FROM certnode.webhook_attempts WHERE org IN (?, ?)",
+			orgA, orgB).Scan(&sealed, &clear); err != nil || sealed == 0 || clear != 0 {
+			t.Errorf("%d bodies sealed, %d in the clear (%v)", sealed, clear, err)
 		}
 	})
 
@@ -436,7 +457,7 @@ func TestReaderOnClickHouse(t *testing.T) {
 		if attempts != uint64(2*distinct) || messages != uint64(2*len(c[orgA])) {
 			t.Fatalf("%d attempt rows, %d message rows; want every one twice (%d, %d)", attempts, messages, 2*distinct, 2*len(c[orgA]))
 		}
-		ir := &Reader{conn: r.conn, t: iso}
+		ir := &Reader{conn: r.conn, t: iso, open: r.open}
 		for _, q := range []schemas.DeliveryQuery{{}, {Status: schemas.DeliveryFailed}, {Limit: 5}} {
 			got, err := ir.List(ctx, orgA, q)
 			if err != nil {

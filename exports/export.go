@@ -13,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/internal/envelope"
 )
 
 // Config tunes an Exporter; zero values take the defaults.
@@ -36,6 +37,18 @@ type Config struct {
 	BlockRows int
 	// Logger gets a line per export (default slog.Default()).
 	Logger *slog.Logger
+	// Opener decrypts the payloads stored sealed (internal/envelope):
+	// without it, an export of receipts or bodies fails (ErrNoOpener).
+	Opener Opener
+}
+
+// ErrNoOpener refuses an export of payloads by an Exporter that cannot
+// decrypt them.
+var ErrNoOpener = errors.New("exports: payloads are stored encrypted, and this exporter has no opener")
+
+// Opener decrypts a payload of org's stored sealed.
+type Opener interface {
+	Open(ctx context.Context, org, v string) ([]byte, error)
 }
 
 // Validate reports every problem at once.
@@ -173,6 +186,9 @@ func (e *Exporter) export(ctx context.Context, w io.Writer, q Query, f Format, o
 		return Result{}, err
 	}
 	cols := src.columns(q)
+	if e.cfg.Opener == nil && slices.ContainsFunc(cols, func(c column) bool { return c.sealed }) {
+		return Result{}, ErrNoOpener
+	}
 	keyAt := src.keyIn(cols)
 	cw := &countingWriter{w: w}
 	rw, err := NewWriter(cw, f, schemaOf(cols), WriterOptions{NoHeader: q.Cursor != ""})
@@ -197,6 +213,7 @@ func (e *Exporter) export(ctx context.Context, w io.Writer, q Query, f Format, o
 		return ctx.Err()
 	}
 	sc := newScanner(cols)
+	sc.open = func(v string) ([]byte, error) { return e.cfg.Opener.Open(ctx, q.Org, v) }
 	// One block read ahead is enough to keep the writer busy.
 	qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": e.cfg.BlockRows}),
 		clickhouse.WithBlockBufferSize(1))
@@ -377,6 +394,8 @@ type scanner struct {
 	cols []column
 	dest []any
 	row  []any
+	// open decrypts the sealed columns.
+	open func(string) ([]byte, error)
 }
 
 func newScanner(cols []column) *scanner {
@@ -398,7 +417,8 @@ func newScanner(cols []column) *scanner {
 	return s
 }
 
-// scan returns the next row, reusing its slice: JSON text that is empty
+// scan returns the next row, reusing its slice, its sealed columns
+// opened: JSON text that is empty
 // and zero times of zeroNull columns are null.
 func (s *scanner) scan(r driver.Rows) ([]any, error) {
 	if err := r.Scan(s.dest...); err != nil {
@@ -407,8 +427,16 @@ func (s *scanner) scan(r driver.Rows) ([]any, error) {
 	for i, c := range s.cols {
 		switch d := s.dest[i].(type) {
 		case *string:
-			s.row[i] = *d
-			if c.Type == JSONText && *d == "" {
+			v := *d
+			if c.sealed && v != "" {
+				plain, err := s.open(v)
+				if err != nil && !errors.Is(err, envelope.ErrDestroyed) {
+					return nil, err
+				}
+				v = string(plain) // erased with its key: as if blanked
+			}
+			s.row[i] = v
+			if c.Type == JSONText && v == "" {
 				s.row[i] = nil
 			}
 		case *int64:

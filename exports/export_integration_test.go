@@ -30,7 +30,7 @@ import (
 // openClickHouse connects to the test ClickHouse and migrates it.
 func openClickHouse(t *testing.T, ctx context.Context, cfg Config) *Exporter {
 	t.Helper()
-	cfg.CursorKey = testKey
+	cfg.CursorKey, cfg.Opener = testKey, testOpener()
 	e, err := Open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "", cfg)
 	if err != nil {
 		t.Fatal(err)

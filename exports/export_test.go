@@ -7,12 +7,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/certnode/certnode/internal/envelope"
 )
 
 // fakeDB answers the queries of an export of Results (without receipts)
@@ -123,8 +128,21 @@ func fakeResults(n int) *fakeDB {
 
 var testKey = []byte("a cursor key of thirty-two bytes!")
 
+// testOpener opens with KEKs in a folder of the test process.
+var testOpener = sync.OnceValue(func() *envelope.Envelope {
+	dir, err := os.MkdirTemp("", "certnode-exports-keks-")
+	if err != nil {
+		panic(err)
+	}
+	keks, err := envelope.NewDirKEKs(dir)
+	if err != nil {
+		panic(err)
+	}
+	return envelope.New(keks)
+})
+
 func newTestExporter(db querier) *Exporter {
-	return &Exporter{conn: db, cfg: Config{CursorKey: testKey, PageRows: 300, BatchRows: 128}.withDefaults(), sources: sources}
+	return &Exporter{conn: db, cfg: Config{CursorKey: testKey, PageRows: 300, BatchRows: 128, Opener: testOpener()}.withDefaults(), sources: sources}
 }
 
 var resultsQuery = Query{Org: "acme", Kind: Results, From: from, To: to}
@@ -258,7 +276,7 @@ func TestExportRefusesOtherCursors(t *testing.T) {
 	if err != nil || !res.More {
 		t.Fatal(res, err)
 	}
-	other := &Exporter{conn: db, cfg: Config{CursorKey: []byte("another cursor key of 32 bytes..")}.withDefaults(), sources: sources}
+	other := &Exporter{conn: db, cfg: Config{CursorKey: []byte("another cursor key of 32 bytes.."), Opener: testOpener()}.withDefaults(), sources: sources}
 	for _, tc := range []struct {
 		name string
 		e    *Exporter
@@ -366,8 +384,22 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%v does not say %q", err, want)
 		}
 	}
-	if err := (Config{CursorKey: testKey}).Validate(); err != nil {
+	if err := (Config{CursorKey: testKey, Opener: testOpener()}).Validate(); err != nil {
 		t.Error(err)
+	}
+}
+
+// Without an opener, payloads are refused rather than exported sealed.
+func TestExportWithoutOpener(t *testing.T) {
+	e := newTestExporter(fakeResults(10))
+	e.cfg.Opener = nil
+	q := resultsQuery
+	if _, err := e.Export(t.Context(), io.Discard, q, NDJSON, Options{}); err != nil {
+		t.Fatalf("results without receipts: %v", err)
+	}
+	q.Receipt = true
+	if _, err := e.Export(t.Context(), io.Discard, q, NDJSON, Options{}); !errors.Is(err, ErrNoOpener) {
+		t.Fatalf("results with receipts: %v", err)
 	}
 }
 

@@ -144,7 +144,7 @@ func TestMemoryHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	e, err := Open(ctx, []string{s.Addr}, "default", "", Config{CursorKey: testKey})
+	e, err := Open(ctx, []string{s.Addr}, "default", "", Config{CursorKey: testKey, Opener: testOpener()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,6 +54,8 @@ type column struct {
 	opt bool
 	// zeroNull: a zero DateTime stands for no time.
 	zeroNull bool
+	// sealed columns are stored encrypted (Config.Opener opens them).
+	sealed bool
 }
 
 // source is where a kind's rows come from. The sort key (key, after the
@@ -89,7 +91,7 @@ var resultCols = []column{
 	{Column: Column{"received_at", Timestamp}, expr: "received_at"},
 	{Column: Column{"processed_at", Timestamp}, expr: "processed_at"},
 	{Column: Column{"latency_ms", Int64}, expr: "toInt64(latency_ms)"},
-	{Column: Column{"receipt", JSONText}, expr: "receipt", opt: true},
+	{Column: Column{"receipt", JSONText}, expr: "receipt", opt: true, sealed: true},
 }
 
 // Usage collapses copies of an event to the row as first processed, as
@@ -121,7 +123,7 @@ var sources = map[Kind]*source{
 			{Column: Column{"key_id", String}, expr: "key_id"},
 			{Column: Column{"job_id", String}, expr: "job_id"},
 			{Column: Column{"received_at", Timestamp}, expr: "received_at"},
-			{Column: Column{"receipt", JSONText}, expr: "receipt"},
+			{Column: Column{"receipt", JSONText}, expr: "receipt", sealed: true},
 		},
 		filters: map[string]string{"key_id": "key_id", "job_id": "job_id"}},
 	Usage: {table: schemas.ClickHouseUsageTable, org: "org", time: "time", key: []string{"id"}, grouped: true,
@@ -149,7 +151,7 @@ var sources = map[Kind]*source{
 			{Column: Column{"outcome", String}, expr: "outcome"},
 			{Column: Column{"next_attempt_at", Timestamp}, expr: "next_attempt_at", zeroNull: true},
 			// Bodies are whatever the message and the endpoint sent: text.
-			{Column: Column{"body", String}, expr: "body", opt: true},
+			{Column: Column{"body", String}, expr: "body", opt: true, sealed: true},
 			{Column: Column{"response_body", String}, expr: "response_body", opt: true},
 		},
 		filters: map[string]string{"endpoint_id": "endpoint_id", "event_type": "event_type", "outcome": "outcome"}},

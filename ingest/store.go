@@ -8,19 +8,28 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/schemas"
 )
 
 // ClickHouseStore reads receipts the ClickHouse sink wrote.
-type ClickHouseStore struct{ conn driver.Conn }
+type ClickHouseStore struct {
+	conn driver.Conn
+	open Opener
+}
+
+// Opener decrypts a payload stored sealed (internal/envelope).
+type Opener interface {
+	Open(ctx context.Context, org, v string) ([]byte, error)
+}
 
 // OpenClickHouseStore connects to ClickHouse (the sink creates the tables).
-func OpenClickHouseStore(ctx context.Context, addr []string, user, password string) (*ClickHouseStore, error) {
+func OpenClickHouseStore(ctx context.Context, addr []string, user, password string, open Opener) (*ClickHouseStore, error) {
 	conn, err := chconn.Open(ctx, addr, user, password)
 	if err != nil {
 		return nil, err
 	}
-	return &ClickHouseStore{conn: conn}, nil
+	return &ClickHouseStore{conn: conn, open: open}, nil
 }
 
 // Receipt returns the receipt with receiptID that the service signed for
@@ -37,7 +46,11 @@ func (s *ClickHouseStore) Receipt(ctx context.Context, tenant, receiptID string)
 	if receipt == "" {
 		return nil, ErrErased
 	}
-	return []byte(receipt), nil
+	plain, err := s.open.Open(ctx, tenant, receipt)
+	if errors.Is(err, envelope.ErrDestroyed) {
+		return nil, ErrErased
+	}
+	return plain, err
 }
 
 // Close closes the connection.

@@ -3,13 +3,16 @@
 // the organization's subject pointer, and the webhook attempts that
 // carried them. Erasure rewrites the rows (payloads and bodies blanked) or
 // deletes them by mutation, which replaces the parts that held them, so
-// the plaintext is gone from ClickHouse once it is applied; receipts
-// handed out, and every log proof, stay valid (the logs hold hashes).
+// the ciphertext is gone from ClickHouse once it is applied; erasing an
+// organization also destroys its key, so no copy of its payloads can be
+// read again. Receipts handed out, and every log proof, stay valid (the
+// logs hold hashes).
 // Kafka topics keep what they hold for their retention.
 package privacy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -20,19 +23,30 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/schemas"
 )
 
 // Store reads and erases in ClickHouse.
-type Store struct{ conn driver.Conn }
+type Store struct {
+	conn driver.Conn
+	keys Keys
+}
+
+// Keys open the payloads stored sealed, and destroy an organization's key
+// (internal/envelope).
+type Keys interface {
+	Open(ctx context.Context, org, v string) ([]byte, error)
+	Destroy(ctx context.Context, org string) error
+}
 
 // Open connects to ClickHouse.
-func Open(ctx context.Context, addr []string, user, password string) (*Store, error) {
+func Open(ctx context.Context, addr []string, user, password string, keys Keys) (*Store, error) {
 	conn, err := chconn.Open(ctx, addr, user, password)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{conn: conn}, nil
+	return &Store{conn: conn, keys: keys}, nil
 }
 
 // Close closes the connection.
@@ -41,29 +55,31 @@ func (s *Store) Close() error { return s.conn.Close() }
 // find calls yield with each of org's rows whose receipt's payload holds
 // value at pointer: every row of such a receipt (a verification stores the
 // receipt it checked, and an EdDSA receipt signed twice is one receipt).
-// The receipts are narrowed in ClickHouse to those holding value's JSON
-// text, then read.
+// Receipts are stored sealed, so each of org's is opened and read here.
 func (s *Store) find(ctx context.Context, org, pointer, value string, yield func(schemas.SubjectReceipt) error) error {
-	needle, err := json.Marshal(value)
-	if err != nil {
-		return err
-	}
 	rows, err := s.conn.Query(ctx, "SELECT id, receipt_id, received_at, receipt FROM "+schemas.ClickHouseResultsTable+
-		" WHERE tenant = ? AND receipt != '' AND position(receipt, ?) > 0", org, strings.Trim(string(needle), `"`))
+		" WHERE tenant = ? AND receipt != ''", org)
 	if err != nil {
 		return fmt.Errorf("privacy: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var m schemas.SubjectReceipt
-		var receipt string
-		if err := rows.Scan(&m.RequestID, &m.ReceiptID, &m.ReceivedAt, &receipt); err != nil {
+		var stored string
+		if err := rows.Scan(&m.RequestID, &m.ReceiptID, &m.ReceivedAt, &stored); err != nil {
 			return fmt.Errorf("privacy: %w", err)
+		}
+		receipt, err := s.keys.Open(ctx, org, stored)
+		if errors.Is(err, envelope.ErrDestroyed) {
+			continue // erased with its key
+		}
+		if err != nil {
+			return fmt.Errorf("privacy: receipt %s: %w", m.ReceiptID, err)
 		}
 		var rc struct {
 			Payload any `json:"payload"`
 		}
-		if json.Unmarshal([]byte(receipt), &rc, json.RejectUnknownMembers(false)) != nil {
+		if json.Unmarshal(receipt, &rc, json.RejectUnknownMembers(false)) != nil {
 			continue
 		}
 		if v, ok := schemas.JSONPointerGet(rc.Payload, pointer); !ok || !equal(v, value) {
@@ -184,6 +200,12 @@ func (s *Store) Erase(ctx context.Context, org string, r schemas.ErasureRequest,
 				return nil, err
 			}
 		}
+		// Destroying the key also erases the copies the mutation cannot
+		// reach: backups, detached parts, exported dumps of the tables.
+		if err := s.keys.Destroy(ctx, org); err != nil {
+			return nil, fmt.Errorf("privacy: destroy the organization's key: %w", err)
+		}
+		out.KeyDestroyed = true
 	}
 	return out, nil
 }

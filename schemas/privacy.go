@@ -119,6 +119,9 @@ type Erasure struct {
 	// Requests are the erased requests' ids (subject mode).
 	Requests []string          `json:"requests,omitempty"`
 	Rows     map[string]uint64 `json:"rows"`
+	// KeyDestroyed: the organization's key-encryption key was destroyed
+	// (organization mode), so no copy of its payloads can be read again.
+	KeyDestroyed bool `json:"key_destroyed,omitempty"`
 }
 
 // SubjectReceipt is a receipt whose payload names a data subject.

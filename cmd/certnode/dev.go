@@ -21,6 +21,7 @@ import (
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
@@ -233,13 +234,21 @@ func newDevCmd() *cobra.Command {
 			parts["detect"] = detector.Run
 
 			var st *stores
+			var env *envelope.Envelope
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
 			}
 			if chFound {
+				// Payloads are stored sealed, under software KEKs here: a
+				// deployment keeps them in the HSM (--kek-token).
+				keks, err := envelope.NewDirKEKs(filepath.Join(dataDir, "keks"))
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				env = envelope.New(keks)
 				scfg := chsink.DefaultConfig()
-				scfg.Kafka, scfg.Addr, scfg.Group, scfg.Registerer = kcfg, []string{chAddr}, kf.prefix+"-sink-clickhouse", reg
+				scfg.Kafka, scfg.Addr, scfg.Group, scfg.Registerer, scfg.Sealer = kcfg, []string{chAddr}, kf.prefix+"-sink-clickhouse", reg, env
 				sink, err := chsink.New(ctx, scfg)
 				if err != nil {
 					return usageErr("%v", err)
@@ -260,7 +269,7 @@ func newDevCmd() *cobra.Command {
 				}
 				defer sealer.Close()
 				parts["sealer"] = sealer.Run
-				if st, err = openStores(ctx, chAddr, ""); err != nil {
+				if st, err = openStores(ctx, chAddr, "", env); err != nil {
 					return usageErr("%v", err)
 				}
 				defer st.Close()
@@ -283,7 +292,7 @@ func newDevCmd() *cobra.Command {
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)
-				closeExports, err := openExports(ctx, chAddr, "", mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
+				closeExports, err := openExports(ctx, chAddr, "", env, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
 				if err != nil {
 					return usageErr("%v", err)
 				}

@@ -61,8 +61,10 @@ type e2e struct {
 	http           string
 	env            []string
 	jwksFile       string
-	keyring        string
-	bin            string // the certnode binary the roles run; empty: certnodeBinary
+	// kekModule and kekToken hold the organizations' KEKs (SoftHSM2).
+	kekModule, kekToken string
+	keyring             string
+	bin                 string // the certnode binary the roles run; empty: certnodeBinary
 }
 
 // newE2E sets up a deployment on the Kafka at kafkaAddr (empty: the shared
@@ -96,6 +98,9 @@ func newE2E(t *testing.T, kafkaAddr string, keygen ...string) *e2e {
 		t.Fatal(err)
 	}
 	e.keyring, e.jwksFile = filepath.Join(e.dir, "keyring"), filepath.Join(e.dir, "jwks.json")
+	// Payloads are sealed under KEKs on the SoftHSM2 token; the signing
+	// keys are a software ring.
+	e.kekModule, e.kekToken = testenv.PKCS11(t)
 	t.Setenv("CERTNODE_PKCS11_MODULE", "") // a software ring, whatever make test exports
 	t.Setenv("CERTNODE_PKCS11_TOKEN", "")
 	if r := certnode(t, "", append([]string{"keys", "generate", "--keyring", e.keyring}, keygen...)...); r.code != 0 {
@@ -106,7 +111,8 @@ func newE2E(t *testing.T, kafkaAddr string, keygen ...string) *e2e {
 	e.env = append(os.Environ(),
 		"CERTNODE_KAFKA="+e.kafka, "CERTNODE_TOPIC_PREFIX="+e.prefix, "CERTNODE_KAFKA_PARTITIONS=4",
 		"CERTNODE_TENANTS_FILE="+tenFile, "CERTNODE_INTERNAL_SECRET="+secret,
-		"CERTNODE_PKCS11_MODULE=", "CERTNODE_PKCS11_TOKEN=", "CERTNODE_KEYRING="+e.keyring)
+		"CERTNODE_PKCS11_MODULE=", "CERTNODE_PKCS11_TOKEN=", "CERTNODE_KEYRING="+e.keyring,
+		"CERTNODE_KEK_PKCS11_MODULE="+e.kekModule, "CERTNODE_KEK_TOKEN="+e.kekToken)
 	return e
 }
 

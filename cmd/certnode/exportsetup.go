@@ -11,6 +11,7 @@ import (
 	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/exports"
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/schemas"
 	"github.com/certnode/certnode/sinks/detect"
@@ -86,12 +87,12 @@ func (s securityAlerts) Alerts(ctx context.Context, org string, from, to time.Ti
 // from the internal secret, so that every ingest node holding it resumes
 // the others' cursors and serves their links (from a shared dir); a
 // rotated secret voids cursors and links made before, which live minutes.
-func openExports(ctx context.Context, addr, password string, mac *recordauth.Keyring, dir, node string,
+func openExports(ctx context.Context, addr, password string, env *envelope.Envelope, mac *recordauth.Keyring, dir, node string,
 	parts map[string]func(context.Context) error, d *ingest.Deps) (closeAll func(), err error) {
 	kid := mac.SignKeyID()
 	cursorKey, _ := mac.Derive(kid, []byte("certnode-export-cursor"))
 	linkKey, _ := mac.Derive(kid, []byte("certnode-export-link"))
-	ex, err := exports.Open(ctx, []string{addr}, "default", password, exports.Config{CursorKey: cursorKey})
+	ex, err := exports.Open(ctx, []string{addr}, "default", password, exports.Config{CursorKey: cursorKey, Opener: env})
 	if err != nil {
 		return nil, err
 	}

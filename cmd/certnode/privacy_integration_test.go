@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,8 +14,10 @@ import (
 
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
+	"github.com/certnode/certnode/signer"
 )
 
 // TestPrivacy: on real Kafka and ClickHouse, a data subject's receipts are
@@ -22,7 +25,24 @@ import (
 // organization), erasure rewrites them in ClickHouse so their payload is
 // gone while the receipts handed out still verify, and each request is in
 // the audit log with the subject hashed; erasing the organization deletes
-// its rows.
+// its rows and its key, so no copy of its payloads can be read; payloads
+// are stored sealed under KEKs in SoftHSM2 throughout.
+// hsmKEKs opens the token's KEKs as another process of the deployment
+// would (a fresh cache).
+func (e *e2e) hsmKEKs(t *testing.T) *envelope.Envelope {
+	t.Helper()
+	pin, err := signer.PINFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := signer.OpenHSM(signer.PKCS11Config{Module: e.kekModule, TokenLabel: e.kekToken, PIN: pin, Signers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return envelope.New(h.KEKs())
+}
+
 func TestPrivacy(t *testing.T) {
 	e := newE2E(t, "")
 	caddr, call := e.coordinated()
@@ -65,6 +85,20 @@ func TestPrivacy(t *testing.T) {
 		})
 	}
 
+	// Stored sealed: no row of either organization holds a payload in
+	// the clear.
+	conn := e.clickhouse()
+	var clear, sealed uint64
+	if err := conn.QueryRow(context.Background(), "SELECT countIf(receipt != '' AND substring(receipt, 1, 5) != 'cne1:'), countIf(substring(receipt, 1, 5) = 'cne1:') FROM certnode.results WHERE tenant IN (?, ?)",
+		org, globex).Scan(&clear, &sealed); err != nil || clear != 0 || sealed < 4 {
+		t.Fatalf("%d receipts stored in the clear, %d sealed (%v)", clear, sealed, err)
+	}
+	// A copy of bob's row, as a backup would keep it.
+	var backup string
+	if err := conn.QueryRow(context.Background(), schemas.ClickHouseSelectReceipt, org, bob).Scan(&backup); err != nil {
+		t.Fatal(err)
+	}
+
 	// A verification of ada's first receipt stores it again, under
 	// another request: the erasure must reach it too.
 	if code, body := as(key, "POST", "/v1/verify", `{"receipt":`+strings.TrimSpace(string(ada1Receipt))+`}`); code != 200 {
@@ -102,14 +136,13 @@ func TestPrivacy(t *testing.T) {
 	if code, _ := as(key, "GET", "/v1/receipts/"+bob, ""); code != 200 {
 		t.Fatalf("bob's receipt: %d", code)
 	}
-	conn := e.clickhouse()
 	var left uint64
-	testenv.WaitFor(t, "no row names ada, the verification's included", 60*time.Second, func() (bool, string) {
-		err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND position(receipt, 'ada@example.com') > 0", org).Scan(&left)
+	testenv.WaitFor(t, "ada's rows blanked, the verification's included", 60*time.Second, func() (bool, string) {
+		err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND receipt_id IN (?, ?) AND receipt != ''", org, ada1, ada2).Scan(&left)
 		return err == nil && left == 0, fmt.Sprint(left, err)
 	})
 	var theirs uint64
-	if err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND position(receipt, 'ada@example.com') > 0", globex).Scan(&theirs); err != nil || theirs == 0 {
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM certnode.results WHERE tenant = ? AND receipt != ''", globex).Scan(&theirs); err != nil || theirs == 0 {
 		t.Fatalf("globex's receipt naming ada was erased too: %d %v", theirs, err)
 	}
 	f := filepath.Join(t.TempDir(), "ada1.json")
@@ -137,9 +170,18 @@ func TestPrivacy(t *testing.T) {
 		return n == 2, fmt.Sprint(n)
 	})
 
-	// Erasing the organization deletes its rows.
-	if code, body := as(key, "POST", "/v1/privacy/erasures", `{"all":true}`); code != 202 {
+	// Erasing the organization deletes its rows and destroys its KEK in
+	// the HSM: the backup copy of bob's receipt can never be read again.
+	keks := e.hsmKEKs(t)
+	if plain, err := keks.Open(context.Background(), org, backup); err != nil || !strings.Contains(string(plain), "bob@example.com") {
+		t.Fatalf("the backup before the erasure: %q, %v", plain, err)
+	}
+	code, body = as(key, "POST", "/v1/privacy/erasures", `{"all":true}`)
+	if code != 202 || json.Unmarshal([]byte(body), &done) != nil || !done.KeyDestroyed {
 		t.Fatalf("erasure of the organization: %d %s", code, body)
+	}
+	if _, err := e.hsmKEKs(t).Open(context.Background(), org, backup); !errors.Is(err, envelope.ErrDestroyed) {
+		t.Fatalf("the backup after the erasure: %v", err)
 	}
 	testenv.WaitFor(t, "the organization's rows deleted", 60*time.Second, func() (bool, string) {
 		var n uint64

@@ -72,9 +72,9 @@ func topicHolds(t schemas.Topics) map[string]ProcessingStore {
 
 // tableHolds says what each ClickHouse table holds, and for how long.
 var tableHolds = []ProcessingStore{
-	{Name: schemas.ClickHouseResultsTable, Holds: "every result with its receipt (the payload)", Personal: true,
+	{Name: schemas.ClickHouseResultsTable, Holds: "every result with its receipt (the payload, encrypted per organization: AES-256-GCM, keys wrapped in the HSM)", Personal: true,
 		Retention: "each organization's retention_days (below); kept otherwise"},
-	{Name: schemas.ClickHouseWebhookAttemptsTable, Holds: "webhook attempts: URLs, receivers' response bodies, message bodies (receipts)", Personal: true,
+	{Name: schemas.ClickHouseWebhookAttemptsTable, Holds: "webhook attempts: URLs, receivers' response bodies, message bodies (receipts, encrypted per organization)", Personal: true,
 		Retention: "each organization's retention_days (below); kept otherwise"},
 	{Name: schemas.ClickHouseWebhookMessagesTable, Holds: "webhook messages' outcomes (no body)", Retention: "each organization's retention_days"},
 	{Name: schemas.ClickHouseUsageTable, Holds: "usage events: request ids, key ids, sizes", Retention: "kept: invoices are built from them"},

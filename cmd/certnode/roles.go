@@ -27,6 +27,7 @@ import (
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/chconn"
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
@@ -214,6 +215,7 @@ func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
 	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
 	var tf tlsFlags
+	var kek kekFlags
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -319,14 +321,19 @@ func newIngestCmd() *cobra.Command {
 			defer events.Close()
 			deps.Audit = events
 			if clickhouse != "" {
-				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
+				env, closeKEKs, err := kek.open()
+				if err != nil {
+					return err
+				}
+				defer closeKEKs()
+				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), env)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer st.Close()
 				st.fill(&deps)
 				host, _ := os.Hostname()
-				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), mac, exportsDir, host+"/"+addr, parts, &deps)
+				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), env, mac, exportsDir, host+"/"+addr, parts, &deps)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
@@ -354,6 +361,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
 	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	kek.register(fs)
 	fs.StringVar(&logURL, "log", "", "the transparency log's address (certnode log serve --http), for /v1/log/... and /v1/receipts/{id}/proof")
 	bindEnv(fs, "log", "CERTNODE_LOG_URL")
 	fs.StringVar(&logKey, "log-key", "", "the log's verifier key, or a file holding it (default: the one the log serves)")
@@ -525,6 +533,7 @@ func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
 	var addr, metricsAddr, coordinators string
+	var kek kekFlags
 	seal := true
 	retentionEvery := time.Hour
 	cfg := chsink.DefaultConfig()
@@ -539,6 +548,12 @@ func newSinkCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
 			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+			env, closeKEKs, err := kek.open()
+			if err != nil {
+				return err
+			}
+			defer closeKEKs()
+			cfg.Sealer = env
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -578,6 +593,7 @@ func newSinkCmd() *cobra.Command {
 	fs := ch.Flags()
 	fs.StringVar(&addr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	kek.register(fs)
 	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
 	bindEnv(fs, "metrics", "CERTNODE_METRICS")
 	fs.IntVar(&cfg.BatchRows, "batch-rows", cfg.BatchRows, "rows per insert at most")
@@ -679,17 +695,17 @@ func (s *stores) fill(d *ingest.Deps) {
 	d.Store, d.Usage, d.Deliveries, d.Analytics, d.Privacy = s.receipts, s.usage, s.deliveries, s.analytics, s.privacy
 }
 
-func openStores(ctx context.Context, addr, password string) (*stores, error) {
+func openStores(ctx context.Context, addr, password string, env *envelope.Envelope) (*stores, error) {
 	var s stores
 	var err error
-	if s.receipts, err = ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password); err != nil {
+	if s.receipts, err = ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password, env); err != nil {
 		return nil, err
 	}
 	if s.usage, err = billing.Open(ctx, []string{addr}, "default", password); err != nil {
 		s.receipts.Close()
 		return nil, err
 	}
-	if s.deliveries, err = deliveries.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.deliveries, err = deliveries.Open(ctx, []string{addr}, "default", password, env); err != nil {
 		s.receipts.Close()
 		s.usage.Close()
 		return nil, err
@@ -698,7 +714,7 @@ func openStores(ctx context.Context, addr, password string) (*stores, error) {
 		s.Close()
 		return nil, err
 	}
-	if s.privacy, err = privacy.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.privacy, err = privacy.Open(ctx, []string{addr}, "default", password, env); err != nil {
 		s.Close()
 		return nil, err
 	}

@@ -70,11 +70,13 @@ up() {
 
   export CERTNODE_KAFKA=127.0.0.1:9092 CERTNODE_TENANTS_FILE="$UP/tenants.json" CERTNODE_INTERNAL_SECRET_FILE="$UP/internal.secret"
   start_role worker worker --keyring "$RING" --pkcs11-module "$CERTNODE_PKCS11_MODULE" --token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9101
-  start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102
+  # Payloads are stored sealed under each organization's KEK in the HSM.
+  local kek=(--kek-pkcs11-module "$CERTNODE_PKCS11_MODULE" --kek-token "$CERTNODE_PKCS11_TOKEN")
+  start_role sink sink clickhouse --clickhouse 127.0.0.1:9000 --metrics 127.0.0.1:9102 "${kek[@]}"
   start_role usage sink usage --metrics 127.0.0.1:9103
   start_role log log serve --dir "$UP/translog" --http 127.0.0.1:9106 "${loghsm[@]}"
   start_role auditlog log serve --kind audit --dir "$UP/auditlog" --http 127.0.0.1:9107 "${audithsm[@]}"
-  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 --exports-dir "$UP/exports" \
+  start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 "${kek[@]}" --exports-dir "$UP/exports" \
     --log http://127.0.0.1:9106 --log-key "$UP/log.vkey" --audit-log http://127.0.0.1:9107 --audit-log-key "$UP/audit.vkey"
   local i
   for ((i = 0; i < 120; i++)); do

@@ -102,7 +102,7 @@ func TestSinkWritesWebhookAttempts(t *testing.T) {
 	if got, want := tries.ids(func(r AttemptRow) string { return r.ID }), []string{first.ID, second.ID, second.ID}; !slices.Equal(got, want) {
 		t.Fatalf("attempt rows %v, want %v", got, want)
 	}
-	if r := tries.stored()[0]; r.Body != string(first.Body) || r.Outcome != "retrying" || !r.MessageCreatedAt.Equal(now.Truncate(0)) {
+	if r := tries.stored()[0]; opened(t, e.cfg.Sealer, r.Org, r.Body) != string(first.Body) || r.Outcome != "retrying" || !r.MessageCreatedAt.Equal(now.Truncate(0)) {
 		t.Errorf("first attempt row %+v", r)
 	}
 	dlq := readTopic(t, e.cfg.Kafka.Brokers, e.topics.DLQ, 4)

@@ -11,9 +11,33 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
+
+// testSealer seals with KEKs in a temporary folder.
+func testSealer(t testing.TB) *envelope.Envelope {
+	t.Helper()
+	keks, err := envelope.NewDirKEKs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envelope.New(keks)
+}
+
+// opened is a stored payload of org's, decrypted.
+func opened(t testing.TB, s Sealer, org, v string) string {
+	t.Helper()
+	if v != "" && !envelope.Sealed(v) {
+		t.Fatalf("stored in the clear: %q", v)
+	}
+	plain, err := s.(*envelope.Envelope).Open(context.Background(), org, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(plain)
+}
 
 // signedResult is a signed result received a second before at and
 // processed at at.

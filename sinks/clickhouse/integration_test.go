@@ -189,6 +189,7 @@ func newKafkaEnv(t *testing.T) *kafkaEnv {
 	cfg := DefaultConfig()
 	cfg.Kafka = kafka.Config{Brokers: testenv.KafkaBrokers(t), Partitions: 2, ReplicationFactor: 1, TopicPrefix: prefix}
 	cfg.Addr, cfg.Group = []string{testenv.ClickHouseAddr(t)}, prefix+"-sink"
+	cfg.Sealer = testSealer(t)
 	cfg.BatchWait, cfg.AttemptTimeout = 300*time.Millisecond, 30*time.Second
 	cl, err := kafka.NewClient(cfg.Kafka)
 	if err != nil {
@@ -281,9 +282,10 @@ func TestIntegrationSinkWritesResults(t *testing.T) {
 	if r := got["ok-0"]; !slices.Contains(r, "ok-0-receipt") || !slices.Contains(r, "ok-0-resigned") {
 		t.Errorf("ok-0 receipts %v: both must be kept", r)
 	}
+	// Stored sealed: the row holds no plaintext, and opens to the receipt.
 	for _, rid := range []string{"ok-0-receipt", "ok-0-resigned"} {
-		if lookup(t, conn, tenant, rid) == "" {
-			t.Errorf("receipt %s not retrievable", rid)
+		if got := opened(t, e.cfg.Sealer, tenant, lookup(t, conn, tenant, rid)); got != `{"receipt_id":"`+rid+`"}` {
+			t.Errorf("receipt %s: %q", rid, got)
 		}
 	}
 	view := requests(t, conn, tenant)

@@ -69,6 +69,13 @@ func TestIntegrationRetention(t *testing.T) {
 	}
 	testenv.WaitFor(t, "the old rows erased", 60*time.Second, func() (bool, string) {
 		n := count(schemas.ClickHouseResultsTable, "tenant", org)
+		if n != 1 {
+			// A run skips while other tests' mutations are pending, as
+			// the hourly one would until its next hour.
+			if err := r.Once(ctxT(t), now); err != nil {
+				t.Fatal(err)
+			}
+		}
 		return n == 1, fmt.Sprint(n)
 	})
 	if n := count(schemas.ClickHouseUsageTable, "org", org); n != 1 {

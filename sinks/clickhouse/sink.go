@@ -65,8 +65,16 @@ type Config struct {
 	// AttemptTimeout bounds each insert, DLQ produce and offset commit; a
 	// failed attempt is retried with backoff.
 	AttemptTimeout time.Duration
+	// Sealer encrypts the payloads (results' receipts, webhook bodies)
+	// before they are stored: internal/envelope.
+	Sealer Sealer
 	// Registerer receives the sink's metrics (nil: not registered).
 	Registerer prometheus.Registerer
+}
+
+// Sealer encrypts a payload of org's, from time at, for storage.
+type Sealer interface {
+	Seal(ctx context.Context, org string, at time.Time, plain []byte) (string, error)
 }
 
 // DefaultConfig returns a config with every field but the addresses set.
@@ -95,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AttemptTimeout <= 0 {
 		errs = append(errs, errors.New("clickhouse sink: attempt timeout must be positive"))
+	}
+	if c.Sealer == nil {
+		errs = append(errs, errors.New("clickhouse sink: a sealer is required: payloads are stored encrypted"))
 	}
 	return errors.Join(errs...)
 }
@@ -269,6 +280,9 @@ type batch struct {
 	attempts part[AttemptRow]
 	audit    part[AuditRow]
 	dlq      []*kgo.Record
+	// sealed counts the rows of results and attempts whose payloads are
+	// sealed: a retry goes on from there.
+	sealed [2]int
 }
 
 // triage decodes recs into rows. Records that do not decode, or hold
@@ -355,6 +369,9 @@ func (s *Sink) dlqRecord(rec *kgo.Record, reason string, err error) *kgo.Record 
 func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	start := time.Now()
 	b := s.triage(recs)
+	if err := s.retry(stop, "seal", func() error { return s.seal(ctx, b) }); err != nil {
+		return err
+	}
 	for _, insert := range []func() ([]*kgo.Record, error){
 		func() ([]*kgo.Record, error) { return insertPart(s, ctx, stop, s.ins, b.results, s.m.inserted) },
 		func() ([]*kgo.Record, error) { return insertPart(s, ctx, stop, s.usage, b.usage, s.m.usageInserted) },
@@ -388,6 +405,36 @@ func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	}
 	s.m.pending.Set(0)
 	s.m.flush.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// seal encrypts the payloads of b's rows in place.
+func (s *Sink) seal(ctx context.Context, b *batch) error {
+	for ; b.sealed[0] < len(b.results.rows); b.sealed[0]++ {
+		r := &b.results.rows[b.sealed[0]]
+		if err := sealField(ctx, s.cfg.Sealer, r.Tenant, r.ReceivedAt, &r.Receipt); err != nil {
+			return err
+		}
+	}
+	for ; b.sealed[1] < len(b.attempts.rows); b.sealed[1]++ {
+		r := &b.attempts.rows[b.sealed[1]]
+		if err := sealField(ctx, s.cfg.Sealer, r.Org, r.At, &r.Body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sealField seals *v unless it is empty (nothing to keep).
+func sealField(ctx context.Context, sl Sealer, org string, at time.Time, v *string) error {
+	if *v == "" {
+		return nil
+	}
+	sealed, err := sl.Seal(ctx, org, at, []byte(*v))
+	if err != nil {
+		return err
+	}
+	*v = sealed
 	return nil
 }
 
