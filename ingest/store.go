@@ -15,8 +15,8 @@ import (
 type ClickHouseStore struct{ conn driver.Conn }
 
 // OpenClickHouseStore connects to ClickHouse (the sink creates the tables).
-func OpenClickHouseStore(ctx context.Context, addr []string, user, password string) (*ClickHouseStore, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func OpenClickHouseStore(ctx context.Context, o chconn.Options) (*ClickHouseStore, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

@@ -27,8 +27,8 @@ import (
 type Store struct{ conn driver.Conn }
 
 // Open connects to ClickHouse.
-func Open(ctx context.Context, addr []string, user, password string) (*Store, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func Open(ctx context.Context, o chconn.Options) (*Store, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

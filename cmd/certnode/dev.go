@@ -237,30 +237,31 @@ func newDevCmd() *cobra.Command {
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
 			}
+			cho := chconn.Options{Addr: []string{chAddr}}
 			if chFound {
 				scfg := chsink.DefaultConfig()
-				scfg.Kafka, scfg.Addr, scfg.Group, scfg.Registerer = kcfg, []string{chAddr}, kf.prefix+"-sink-clickhouse", reg
+				scfg.Kafka, scfg.ClickHouse, scfg.Group, scfg.Registerer = kcfg, cho, kf.prefix+"-sink-clickhouse", reg
 				sink, err := chsink.New(ctx, scfg)
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer sink.Close()
 				parts["sink"] = sink.Run
-				rconn, err := chconn.Open(ctx, []string{chAddr}, "default", "")
+				rconn, err := chconn.Open(ctx, cho)
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer rconn.Close()
 				parts["retention"] = chsink.NewRetention(rconn, replica, events, time.Hour, reg).Run
 				sealCfg := analytics.DefaultSealerConfig()
-				sealCfg.Addr, sealCfg.Registerer = []string{chAddr}, reg
+				sealCfg.ClickHouse, sealCfg.Registerer = cho, reg
 				sealer, err := analytics.NewSealer(ctx, sealCfg)
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer sealer.Close()
 				parts["sealer"] = sealer.Run
-				if st, err = openStores(ctx, chAddr, ""); err != nil {
+				if st, err = openStores(ctx, cho); err != nil {
 					return usageErr("%v", err)
 				}
 				defer st.Close()
@@ -283,7 +284,7 @@ func newDevCmd() *cobra.Command {
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)
-				closeExports, err := openExports(ctx, chAddr, "", mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
+				closeExports, err := openExports(ctx, cho, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
 				if err != nil {
 					return usageErr("%v", err)
 				}

@@ -34,7 +34,8 @@ const maxEvidenceEvents = 100_000
 
 func newEvidenceCmd() *cobra.Command {
 	var kf keyFlags
-	var period, coordAddr, clickhouse, keyring, logURL, auditURL, out string
+	var period, coordAddr, keyring, logURL, auditURL, out string
+	var chf clickhouseFlags
 	cmd := &cobra.Command{
 		Use:   "evidence",
 		Short: "Write a signed SOC 2 evidence bundle for a period",
@@ -70,9 +71,9 @@ func newEvidenceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if clickhouse == "" {
+			if chf.addr == "" {
 				b.Missing = append(b.Missing, "clickhouse: change history, erasures, security alerts, availability")
-			} else if err := storeEvidence(ctx, clickhouse, orgs, b); err != nil {
+			} else if err := storeEvidence(ctx, chf, orgs, b); err != nil {
 				return err
 			}
 			if keyring == "" {
@@ -125,8 +126,7 @@ func newEvidenceCmd() *cobra.Command {
 	bindEnv(fs, "period", "CERTNODE_EVIDENCE_PERIOD")
 	fs.StringVar(&coordAddr, "coordinator", "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
 	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	chf.register(fs, "", "ClickHouse native address")
 	fs.StringVar(&keyring, "workers-keyring", "", "the workers' key ring directory, whose ring.json records the signing keys' rotations")
 	bindEnv(fs, "workers-keyring", "CERTNODE_EVIDENCE_KEYRING")
 	fs.StringVar(&logURL, "log", "", "the transparency log's address, for its latest checkpoint")
@@ -219,11 +219,14 @@ func accessReview(ctx context.Context, c *adminClient, b *schemas.EvidenceBundle
 
 // storeEvidence fills what ClickHouse holds: the change history, erasures
 // and alerts of the period, and each organization's availability.
-func storeEvidence(ctx context.Context, addr string, orgs []string, b *schemas.EvidenceBundle) error {
-	password := os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+func storeEvidence(ctx context.Context, chf clickhouseFlags, orgs []string, b *schemas.EvidenceBundle) error {
+	o, err := chf.options()
+	if err != nil {
+		return err
+	}
 	key := make([]byte, exports.MinCursorKeyBytes) // no cursor leaves this process
 	rand.Read(key)
-	ex, err := exports.Open(ctx, []string{addr}, "default", password, exports.Config{CursorKey: key})
+	ex, err := exports.Open(ctx, o, exports.Config{CursorKey: key})
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
@@ -253,7 +256,7 @@ func storeEvidence(ctx context.Context, addr string, orgs []string, b *schemas.E
 			return fmt.Errorf("%s: %w", part.name, err)
 		}
 	}
-	r, err := analytics.Open(ctx, []string{addr}, "default", password)
+	r, err := analytics.Open(ctx, o)
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}

@@ -87,6 +87,39 @@ func (k *kafkaFlags) config() kafka.Config {
 		TLS: k.tls || k.ca != "", CAFile: k.ca, SASLMechanism: k.mechanism, SASLUser: k.user}
 }
 
+// clickhouseFlags are the ClickHouse connection of the roles that use it.
+type clickhouseFlags struct {
+	addr, user, ca string
+	tls            bool
+}
+
+// register adds --clickhouse (default def, for what usage says) and the
+// flags of its connection.
+func (c *clickhouseFlags) register(fs *pflag.FlagSet, def, usage string) {
+	fs.StringVar(&c.addr, "clickhouse", def, usage+" (password from $"+chconn.PasswordEnv+" or $"+chconn.PasswordEnv+"_FILE)")
+	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&c.user, "clickhouse-user", "default", "the ClickHouse user")
+	bindEnv(fs, "clickhouse-user", "CERTNODE_CLICKHOUSE_USER")
+	fs.BoolVar(&c.tls, "clickhouse-tls", false, "connect to ClickHouse over TLS 1.2+ (its secure native port, tcp_port_secure)")
+	bindEnv(fs, "clickhouse-tls", "CERTNODE_CLICKHOUSE_TLS")
+	fs.StringVar(&c.ca, "clickhouse-ca", "", "the CA certificates (PEM) ClickHouse's certificate is checked against (default: the system's); implies --clickhouse-tls")
+	bindEnv(fs, "clickhouse-ca", "CERTNODE_CLICKHOUSE_CA")
+}
+
+// options are the connection settings, the password read from the
+// environment.
+func (c *clickhouseFlags) options() (chconn.Options, error) {
+	password, err := chconn.PasswordFromEnv()
+	if err != nil {
+		return chconn.Options{}, usageErr("%v", err)
+	}
+	o := chconn.Options{Addr: []string{c.addr}, User: c.user, Password: password, TLS: c.tls || c.ca != "", CAFile: c.ca}
+	if err := o.Validate(); err != nil {
+		return chconn.Options{}, usageErr("%v", err)
+	}
+	return o, nil
+}
+
 // newRegistry is the process's metrics registry, with Go and process metrics.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
@@ -212,8 +245,9 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
+	var addr, tenantsFile, keyringDir, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
 	var tf tlsFlags
+	var chf clickhouseFlags
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -318,15 +352,19 @@ func newIngestCmd() *cobra.Command {
 			}
 			defer events.Close()
 			deps.Audit = events
-			if clickhouse != "" {
-				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
+			if chf.addr != "" {
+				cho, err := chf.options()
+				if err != nil {
+					return err
+				}
+				st, err := openStores(cmd.Context(), cho)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer st.Close()
 				st.fill(&deps)
 				host, _ := os.Hostname()
-				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), mac, exportsDir, host+"/"+addr, parts, &deps)
+				closeExports, err := openExports(cmd.Context(), cho, mac, exportsDir, host+"/"+addr, parts, &deps)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
@@ -352,8 +390,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
 	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	chf.register(fs, "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports")
 	fs.StringVar(&logURL, "log", "", "the transparency log's address (certnode log serve --http), for /v1/log/... and /v1/receipts/{id}/proof")
 	bindEnv(fs, "log", "CERTNODE_LOG_URL")
 	fs.StringVar(&logKey, "log-key", "", "the log's verifier key, or a file holding it (default: the one the log serves)")
@@ -524,7 +561,8 @@ func afterReady(ready func(context.Context) error, run func(context.Context) err
 func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
-	var addr, metricsAddr, coordinators string
+	var chf clickhouseFlags
+	var metricsAddr, coordinators string
 	seal := true
 	retentionEvery := time.Hour
 	cfg := chsink.DefaultConfig()
@@ -537,8 +575,11 @@ func newSinkCmd() *cobra.Command {
 			"With --coordinator: $CERTNODE_NODE_TOKEN and the internal secret ($CERTNODE_INTERNAL_SECRET).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
-			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+			var err error
+			if cfg.ClickHouse, err = chf.options(); err != nil {
+				return err
+			}
+			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-sink-clickhouse"
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -555,7 +596,7 @@ func newSinkCmd() *cobra.Command {
 			parts := map[string]func(context.Context) error{"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}
 			if seal {
 				scfg := analytics.DefaultSealerConfig()
-				scfg.Addr, scfg.Password, scfg.Registerer = cfg.Addr, cfg.Password, reg
+				scfg.ClickHouse, scfg.Registerer = cfg.ClickHouse, reg
 				sealer, err := analytics.NewSealer(cmd.Context(), scfg)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
@@ -571,13 +612,12 @@ func newSinkCmd() *cobra.Command {
 				defer closeAll()
 				parts["retention"] = retention.Run
 			}
-			slog.Info("clickhouse sink started", "clickhouse", addr, "sealer", seal, "retention", coordinators != "")
+			slog.Info("clickhouse sink started", "clickhouse", chf.addr, "tls", cfg.ClickHouse.TLS, "user", chf.user, "sealer", seal, "retention", coordinators != "")
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := ch.Flags()
-	fs.StringVar(&addr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	chf.register(fs, "127.0.0.1:9000", "ClickHouse native address")
 	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
 	bindEnv(fs, "metrics", "CERTNODE_METRICS")
 	fs.IntVar(&cfg.BatchRows, "batch-rows", cfg.BatchRows, "rows per insert at most")
@@ -611,7 +651,7 @@ func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, 
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := chconn.Open(ctx, cfg.Addr, cfg.Username, cfg.Password)
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -679,26 +719,26 @@ func (s *stores) fill(d *ingest.Deps) {
 	d.Store, d.Usage, d.Deliveries, d.Analytics, d.Privacy = s.receipts, s.usage, s.deliveries, s.analytics, s.privacy
 }
 
-func openStores(ctx context.Context, addr, password string) (*stores, error) {
+func openStores(ctx context.Context, o chconn.Options) (*stores, error) {
 	var s stores
 	var err error
-	if s.receipts, err = ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password); err != nil {
+	if s.receipts, err = ingest.OpenClickHouseStore(ctx, o); err != nil {
 		return nil, err
 	}
-	if s.usage, err = billing.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.usage, err = billing.Open(ctx, o); err != nil {
 		s.receipts.Close()
 		return nil, err
 	}
-	if s.deliveries, err = deliveries.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.deliveries, err = deliveries.Open(ctx, o); err != nil {
 		s.receipts.Close()
 		s.usage.Close()
 		return nil, err
 	}
-	if s.analytics, err = analytics.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.analytics, err = analytics.Open(ctx, o); err != nil {
 		s.Close()
 		return nil, err
 	}
-	if s.privacy, err = privacy.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.privacy, err = privacy.Open(ctx, o); err != nil {
 		s.Close()
 		return nil, err
 	}
