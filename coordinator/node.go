@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +22,13 @@ type Config struct {
 	ID       string // raft server id, stable across restarts
 	RaftAddr string // host:port for raft traffic
 	HTTPAddr string // host:port of the API
-	DataDir  string
+	// TLS serves the API over TLS (tlsconf.Files.Server); the node then
+	// announces https://HTTPAddr to its peers. PeerTLS checks the peers'
+	// certificates when this node joins through or forwards to one
+	// (tlsconf.Client; nil: the system's roots).
+	TLS     *tls.Config
+	PeerTLS *tls.Config
+	DataDir string
 	// Bootstrap makes a new cluster of this one node; Join is the HTTP
 	// address of a member to join through. Neither: restart from DataDir.
 	Bootstrap bool
@@ -56,7 +63,7 @@ const (
 
 // LogValue keeps the tokens out of logs.
 func (c Config) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("id", c.ID), slog.String("raft", c.RaftAddr), slog.String("http", c.HTTPAddr),
+	return slog.GroupValue(slog.String("id", c.ID), slog.String("raft", c.RaftAddr), slog.String("http", c.HTTPAddr), slog.Bool("tls", c.TLS != nil),
 		slog.String("data", c.DataDir), slog.Bool("bootstrap", c.Bootstrap), slog.String("join", c.Join))
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"os"
 	"regexp"
@@ -34,7 +33,8 @@ const maxEvidenceEvents = 100_000
 
 func newEvidenceCmd() *cobra.Command {
 	var kf keyFlags
-	var period, coordAddr, keyring, logURL, auditURL, out string
+	var period, keyring, logURL, auditURL, out string
+	var cf coordinatorFlags
 	var chf clickhouseFlags
 	cmd := &cobra.Command{
 		Use:   "evidence",
@@ -54,7 +54,7 @@ func newEvidenceCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("--period: %v", err)
 			}
-			if coordAddr == "" {
+			if cf.addrs == "" {
 				return usageErr("--coordinator is required: the access review comes from there")
 			}
 			ring, release, err := kf.ring()
@@ -67,7 +67,11 @@ func newEvidenceCmd() *cobra.Command {
 				GeneratedAt: time.Now().UTC(), ChangeHistory: []map[string]any{}, KeyRotations: []schemas.EvidenceKey{},
 				Erasures: []map[string]any{}, SecurityEvents: []map[string]any{}, Blocks: []map[string]any{},
 				Availability: []schemas.EvidenceAvailability{}, Checkpoints: map[string]string{}, Omitted: map[string]int{}, Missing: []string{}}
-			orgs, err := accessReview(ctx, &adminClient{addr: coordAddr, http: &http.Client{Timeout: 30 * time.Second}}, b)
+			c, err := cf.admin()
+			if err != nil {
+				return err
+			}
+			orgs, err := accessReview(ctx, c, b)
 			if err != nil {
 				return err
 			}
@@ -124,8 +128,7 @@ func newEvidenceCmd() *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&period, "period", "", "the period: a quarter (2026-Q3), a month (2026-11) or a year (2026), UTC")
 	bindEnv(fs, "period", "CERTNODE_EVIDENCE_PERIOD")
-	fs.StringVar(&coordAddr, "coordinator", "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
 	chf.register(fs, "", "ClickHouse native address")
 	fs.StringVar(&keyring, "workers-keyring", "", "the workers' key ring directory, whose ring.json records the signing keys' rotations")
 	bindEnv(fs, "workers-keyring", "CERTNODE_EVIDENCE_KEYRING")

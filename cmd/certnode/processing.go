@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -93,7 +92,7 @@ var fixedStores = []ProcessingStore{
 
 func newProcessingCmd() *cobra.Command {
 	var kf kafkaFlags
-	var coordAddr string
+	var cf coordinatorFlags
 	var chf clickhouseFlags
 	cmd := &cobra.Command{
 		Use:   "processing",
@@ -122,9 +121,11 @@ func newProcessingCmd() *cobra.Command {
 				return usageErr("--clickhouse: %v", err)
 			}
 			rec.Stores = append(rec.Stores, fixedStores...)
-			if coordAddr == "" {
+			if cf.addrs == "" {
 				rec.Missing = append(rec.Missing, "coordinator: organizations' retention and webhook recipients")
-			} else if err := processingOrgs(ctx, &adminClient{addr: coordAddr, http: &http.Client{Timeout: 30 * time.Second}}, &rec); err != nil {
+			} else if c, err := cf.admin(); err != nil {
+				return err
+			} else if err := processingOrgs(ctx, c, &rec); err != nil {
 				return err
 			}
 			b, err := json.Marshal(rec, json.Deterministic(true))
@@ -136,8 +137,7 @@ func newProcessingCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&coordAddr, "coordinator", "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
 	chf.register(fs, "", "ClickHouse native address")
 	kf.register(fs, true)
 	return cmd

@@ -127,11 +127,27 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// metricsServer serves /metrics, /healthz (503 while health fails) and
-// /readyz (503 while health or a ready check fails) for roles without an
-// HTTP API.
-func metricsServer(addr string, g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) func(context.Context) error {
-	return serveHTTP(addr, metricsMux(g, health, ready...))
+// metricsFlags name the listener of a role without an HTTP API, and its
+// certificate.
+type metricsFlags struct {
+	addr string
+	tls  tlsFlags
+}
+
+func (m *metricsFlags) register(fs *pflag.FlagSet, def string) {
+	fs.StringVar(&m.addr, "metrics", def, "address for /metrics, /healthz and /readyz (HTTPS with --tls-cert)")
+	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	m.tls.register(fs)
+}
+
+// server serves /metrics, /healthz (503 while health fails) and /readyz
+// (503 while health or a ready check fails).
+func (m *metricsFlags) server(g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) (func(context.Context) error, error) {
+	cfg, err := m.tls.config()
+	if err != nil {
+		return nil, err
+	}
+	return serveTLS(m.addr, metricsMux(g, health, ready...), cfg), nil
 }
 
 // metricsMux serves /metrics, /healthz and /readyz.
@@ -164,12 +180,8 @@ func metricsMux(g prometheus.Gatherer, health func() error, ready ...func(contex
 	return mux
 }
 
-// serveHTTP serves h on addr until ctx ends.
-func serveHTTP(addr string, h http.Handler) func(context.Context) error {
-	return serveTLS(addr, h, nil)
-}
-
-// serveTLS is serveHTTP over TLS with cfg (nil: plain HTTP).
+// serveTLS serves h on addr over TLS with cfg (nil: plain HTTP) until ctx
+// ends.
 func serveTLS(addr string, h http.Handler, cfg *tls.Config) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ln, err := net.Listen("tcp", addr)
@@ -245,7 +257,8 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
+	var addr, tenantsFile, keyringDir, exportsDir, logURL, logKey, auditURL, auditKey string
+	var cf coordinatorFlags
 	var tf tlsFlags
 	var chf clickhouseFlags
 	maxStale := coordinator.DefaultMaxStale
@@ -285,10 +298,10 @@ func newIngestCmd() *cobra.Command {
 			var blocks ingest.Blocklist
 			var pointers ingest.SubjectPointers
 			switch {
-			case coordinators != "" && tenantsFile != "":
+			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
-			case coordinators != "":
-				r, l, err := followCoordinator(coordinators, maxStale, reg, parts)
+			case cf.addrs != "":
+				r, l, err := followCoordinator(cf, maxStale, reg, parts)
 				if err != nil {
 					errs = append(errs, err)
 					break
@@ -401,8 +414,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "audit-log-key", "CERTNODE_AUDIT_LOG_KEY")
 	fs.StringVar(&exportsDir, "exports-dir", "", "folder for the files of background exports (POST /v1/export-jobs; with --clickhouse); share it between ingest nodes so that any serves any link")
 	bindEnv(fs, "exports-dir", "CERTNODE_EXPORTS_DIR")
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
 	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep serving known keys while the coordinator is unreachable; then every key is refused")
 	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	ingestLimitFlags(fs, &cfg)
@@ -432,7 +444,9 @@ func ingestLimitFlags(fs *pflag.FlagSet, cfg *ingest.Config) {
 func newWorkerCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
-	var tenantsFile, metricsAddr, coordinators string
+	var tenantsFile string
+	var cf coordinatorFlags
+	var mf metricsFlags
 	var concurrency int
 	maxStale := coordinator.DefaultMaxStale
 	maxHeld := pipeline.DefaultConfig().MaxHeldBytes
@@ -467,12 +481,12 @@ func newWorkerCmd() *cobra.Command {
 			var replica *coordinator.Replica
 			parts := map[string]func(context.Context) error{}
 			switch {
-			case coordinators != "" && tenantsFile != "":
+			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
-			case coordinators != "":
+			case cf.addrs != "":
 				// Producers' records draw on the same cluster-wide
 				// shares as the organization's HTTP requests.
-				r, l, err := followCoordinator(coordinators, maxStale, reg, parts)
+				r, l, err := followCoordinator(cf, maxStale, reg, parts)
 				if err != nil {
 					errs = append(errs, err)
 					break
@@ -521,23 +535,23 @@ func newWorkerCmd() *cobra.Command {
 			if replica != nil {
 				parts["worker"], parts["coordinator"], ready = afterReady(replica.Ready, w.Run), replica.Run, append(ready, replica.Ready)
 			}
-			parts["metrics"] = metricsServer(metricsAddr, reg, w.Healthy, ready...)
+			if parts["metrics"], err = mf.server(reg, w.Healthy, ready...); err != nil {
+				return err
+			}
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&tenantsFile, "tenants", "", "tenants file (JSON with hashed API keys)")
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take producer keys from, instead of --tenants")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated) to take producer keys from, instead of --tenants")
 	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep using known producer keys while the coordinator is unreachable; then every producer record is refused")
 	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	fs.IntVar(&concurrency, "concurrency", 0, "requests processed at once (default 2 x cores)")
 	bindEnv(fs, "concurrency", "CERTNODE_WORKER_CONCURRENCY")
 	fs.IntVar(&maxHeld, "max-held-bytes", maxHeld, "bytes of records held for quota per partition before its fetching pauses")
 	bindEnv(fs, "max-held-bytes", "CERTNODE_WORKER_MAX_HELD_BYTES")
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9101", "address for /metrics, /healthz and /readyz")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9101")
 	kf.register(fs, true)
 	keys.register(fs, true)
 	return cmd
@@ -562,7 +576,8 @@ func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
 	var chf clickhouseFlags
-	var metricsAddr, coordinators string
+	var cf coordinatorFlags
+	var mf metricsFlags
 	seal := true
 	retentionEvery := time.Hour
 	cfg := chsink.DefaultConfig()
@@ -593,7 +608,10 @@ func newSinkCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer s.Close()
-			parts := map[string]func(context.Context) error{"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}
+			parts := map[string]func(context.Context) error{"sink": s.Run}
+			if parts["metrics"], err = mf.server(reg, func() error { return nil }); err != nil {
+				return err
+			}
 			if seal {
 				scfg := analytics.DefaultSealerConfig()
 				scfg.ClickHouse, scfg.Registerer = cfg.ClickHouse, reg
@@ -604,30 +622,28 @@ func newSinkCmd() *cobra.Command {
 				defer sealer.Close()
 				parts["sealer"] = sealer.Run
 			}
-			if coordinators != "" {
-				retention, closeAll, err := openRetention(cmd.Context(), cfg, coordinators, retentionEvery, reg, parts)
+			if cf.addrs != "" {
+				retention, closeAll, err := openRetention(cmd.Context(), cfg, cf, retentionEvery, reg, parts)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer closeAll()
 				parts["retention"] = retention.Run
 			}
-			slog.Info("clickhouse sink started", "clickhouse", chf.addr, "tls", cfg.ClickHouse.TLS, "user", chf.user, "sealer", seal, "retention", coordinators != "")
+			slog.Info("clickhouse sink started", "clickhouse", chf.addr, "tls", cfg.ClickHouse.TLS, "user", chf.user, "sealer", seal, "retention", cf.addrs != "")
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := ch.Flags()
 	chf.register(fs, "127.0.0.1:9000", "ClickHouse native address")
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9102")
 	fs.IntVar(&cfg.BatchRows, "batch-rows", cfg.BatchRows, "rows per insert at most")
 	bindEnv(fs, "batch-rows", "CERTNODE_SINK_BATCH_ROWS")
 	fs.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest wait before a partial batch is inserted")
 	bindEnv(fs, "batch-wait", "CERTNODE_SINK_BATCH_WAIT")
 	fs.BoolVar(&seal, "seal", seal, "also seal the analytics rollups' hours (any number of sinks may; queries stay exact without, only slower)")
 	bindEnv(fs, "seal", "CERTNODE_SINK_SEAL")
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated), whose organizations' retention settings this sink enforces")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated), whose organizations' retention settings this sink enforces")
 	fs.DurationVar(&retentionEvery, "retention-every", retentionEvery, "how often retention runs")
 	bindEnv(fs, "retention-every", "CERTNODE_RETENTION_EVERY")
 	kf.register(fs, true)
@@ -638,7 +654,7 @@ func newSinkCmd() *cobra.Command {
 // openRetention follows the coordinator's organizations (parts gets the
 // copy's loop) and returns their retention, erasing through its own
 // ClickHouse connection and recording erasures in the audit log.
-func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, every time.Duration, reg prometheus.Registerer,
+func openRetention(ctx context.Context, cfg chsink.Config, cf coordinatorFlags, every time.Duration, reg prometheus.Registerer,
 	parts map[string]func(context.Context) error) (*chsink.Retention, func(), error) {
 	if every < time.Minute {
 		return nil, nil, errors.New("--retention-every: at least a minute")
@@ -647,7 +663,7 @@ func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, 
 	if err != nil {
 		return nil, nil, err
 	}
-	replica, err := coordinatorReplica(coordinators, coordinator.DefaultMaxStale, nil)
+	replica, err := coordinatorReplica(cf, coordinator.DefaultMaxStale, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -667,7 +683,7 @@ func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, 
 
 func newUsageSinkCmd() *cobra.Command {
 	var kf kafkaFlags
-	var metricsAddr string
+	var mf metricsFlags
 	cfg := usagesink.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "usage",
@@ -688,14 +704,16 @@ func newUsageSinkCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer s.Close()
+			metrics, err := mf.server(reg, func() error { return nil })
+			if err != nil {
+				return err
+			}
 			slog.Info("usage sink started", "source", cfg.Source)
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}))
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"sink": s.Run, "metrics": metrics}))
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9103", "address for /metrics")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9103")
 	fs.StringVar(&cfg.Source, "source", cfg.Source, "base of the events' source: SOURCE/orgs/ORG")
 	bindEnv(fs, "source", "CERTNODE_USAGE_SOURCE")
 	fs.IntVar(&cfg.BatchRecords, "batch-records", cfg.BatchRecords, "results handled at once at most")
