@@ -149,3 +149,51 @@ func TestBaseURL(t *testing.T) {
 		}
 	}
 }
+
+// With RaftTLS the log replicates between members over TLS, each checking
+// the other's certificate: a client without one, or with one of another
+// CA, is refused.
+func TestRaftTLS(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	start := func(id string, bootstrap bool, join string) *testServer {
+		return startNodeCfg(t, Config{ID: id, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
+			Bootstrap: bootstrap, Join: join, TLS: serverTLS, PeerTLS: clientTLS, RaftTLS: true})
+	}
+	n1 := start("n1", true, "")
+	testenv.WaitFor(t, "n1 leads", 10*time.Second, func() (bool, string) { return n1.node.IsLeader(), n1.cluster(t).State })
+	n2 := start("n2", false, n1.URL())
+	if _, err := n1.node.Propose(&PutOrg{Org: Org{ID: "acme", Name: "Acme", Status: OrgActive, Plan: DefaultPlan, CreatedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC()}, Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "the organization replicated to n2", 15*time.Second, func() (bool, string) {
+		var ok bool
+		n2.node.fsm.View(func(st *State) { _, ok = st.Orgs["acme"] })
+		return ok, fmt.Sprintf("%+v", n2.cluster(t))
+	})
+
+	_, otherCert, otherKey := testenv.SelfSigned(t, "not a member")
+	stranger, err := tls.X509KeyPair(otherCert, otherKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, cert := range map[string]*tls.Certificate{"no certificate": {}, "another CA's": &stranger} {
+		c, err := tls.Dial("tcp", n1.node.RaftAddr(), &tls.Config{RootCAs: clientTLS.RootCAs,
+			// sent whatever CAs the member asks for
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }})
+		if err == nil {
+			// TLS 1.3: the server's verdict on the client comes with the
+			// first read.
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("%s: %v, want the member's refusal", name, err)
+		}
+	}
+
+	cfg := Config{ID: "n3", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), AdminToken: testAdmin, NodeToken: testNode, RaftTLS: true}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "Raft over TLS") {
+		t.Errorf("RaftTLS without a certificate: %v", err)
+	}
+}

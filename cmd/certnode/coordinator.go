@@ -42,7 +42,8 @@ func newCoordinatorCmd() *cobra.Command {
 			"  certnode coordinator --id c1 --raft 127.0.0.1:7001 --http 127.0.0.1:7101 --data c1 --bootstrap\n" +
 			"  certnode coordinator --id c2 --raft 127.0.0.1:7002 --http 127.0.0.1:7102 --data c2 --join 127.0.0.1:7101\n" +
 			"With --tls-cert and --tls-key the API serves TLS 1.2+ and the node announces https://; the other\n" +
-			"members' certificates (--join https://..., forwarding to the leader) are checked against --coordinator-ca.\n\n" +
+			"members' certificates (--join https://..., forwarding to the leader) are checked against --coordinator-ca;\n" +
+			"with --raft-tls too, Raft between members runs over TLS, each member's certificate checked by the other.\n\n" +
 			coordinatorSecretHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -99,6 +100,8 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
 	tf.register(fs)
 	registerCoordinatorCA(fs, &peerCA)
+	fs.BoolVar(&cfg.RaftTLS, "raft-tls", false, "Raft between members over TLS with --tls-cert, both ways: every member sets it, and its certificate must allow client authentication too")
+	bindEnv(fs, "raft-tls", "CERTNODE_COORDINATOR_RAFT_TLS")
 	kf.register(fs, true)
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)

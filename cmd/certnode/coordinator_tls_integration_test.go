@@ -21,8 +21,9 @@ import (
 	"github.com/certnode/certnode/internal/tlsconf"
 )
 
-// Coordinators serving their API over TLS with a test CA: a second member
-// joins through https:// and announces its own https:// URL; the admin
+// Coordinators serving their API and Raft over TLS with a test CA: a
+// second member joins through https:// and announces its own https:// URL
+// (and replicates the writes that follow over Raft TLS); the admin
 // CLI, an ingest node (its copy of the state, quota leases and accounts
 // proxy) and a worker reach them with the CA, the worker's metrics
 // listener serves TLS with the same flags, and a client without the CA is
@@ -34,6 +35,7 @@ func TestCoordinatorTLS(t *testing.T) {
 	os.WriteFile(cert, certPEM, 0o600)
 	os.WriteFile(key, keyPEM, 0o600)
 	tlsFlags := []string{"--tls-cert", cert, "--tls-key", key}
+	raftTLS := append([]string{"--raft-tls"}, tlsFlags...)
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +48,7 @@ func TestCoordinatorTLS(t *testing.T) {
 
 	c1, c2 := freeAddr(t), freeAddr(t)
 	url1, url2 := "https://"+c1, "https://"+c2
-	e.start("c1", append([]string{"coordinator", "--id", "c1", "--raft", freeAddr(t), "--http", c1, "--data", t.TempDir(), "--bootstrap"}, tlsFlags...)...)
+	e.start("c1", append([]string{"coordinator", "--id", "c1", "--raft", freeAddr(t), "--http", c1, "--data", t.TempDir(), "--bootstrap"}, raftTLS...)...)
 	adminCLI := func(args ...string) result {
 		return certnode(t, "", append([]string{"admin", "--coordinator-ca", cert}, args...)...)
 	}
@@ -54,7 +56,7 @@ func TestCoordinatorTLS(t *testing.T) {
 		r := adminCLI("--coordinator", url1, "cluster")
 		return r.code == 0 && strings.Contains(r.stdout, `"state":"Leader"`), fmt.Sprint(r)
 	})
-	e.start("c2", append([]string{"coordinator", "--id", "c2", "--raft", freeAddr(t), "--http", c2, "--data", t.TempDir(), "--join", url1}, tlsFlags...)...)
+	e.start("c2", append([]string{"coordinator", "--id", "c2", "--raft", freeAddr(t), "--http", c2, "--data", t.TempDir(), "--join", url1}, raftTLS...)...)
 	testenv.WaitFor(t, "c2 a member, both known by their https URLs", 30*time.Second, func() (bool, string) {
 		r := adminCLI("--coordinator", url2, "cluster")
 		var cl coordinator.Cluster
