@@ -129,7 +129,7 @@ type coordinatorFlags struct{ addrs, ca string }
 // register adds --coordinator (default def, for what usage says) and
 // --coordinator-ca.
 func (c *coordinatorFlags) register(fs *pflag.FlagSet, def, usage string) {
-	fs.StringVar(&c.addrs, "coordinator", def, usage+" (https://host:port for a coordinator serving TLS)")
+	fs.StringVar(&c.addrs, "coordinator", def, usage+"; https://host:port for a coordinator serving TLS")
 	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
 	registerCoordinatorCA(fs, &c.ca)
 }

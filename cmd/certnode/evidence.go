@@ -128,7 +128,7 @@ func newEvidenceCmd() *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&period, "period", "", "the period: a quarter (2026-Q3), a month (2026-11) or a year (2026), UTC")
 	bindEnv(fs, "period", "CERTNODE_EVIDENCE_PERIOD")
-	cf.register(fs, "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
+	cf.register(fs, "", "a coordinator's HTTP address, read with $CERTNODE_ADMIN_TOKEN")
 	chf.register(fs, "", "ClickHouse native address")
 	fs.StringVar(&keyring, "workers-keyring", "", "the workers' key ring directory, whose ring.json records the signing keys' rotations")
 	bindEnv(fs, "workers-keyring", "CERTNODE_EVIDENCE_KEYRING")

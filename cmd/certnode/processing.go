@@ -137,7 +137,7 @@ func newProcessingCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	cf.register(fs, "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
+	cf.register(fs, "", "a coordinator's HTTP address, read with $CERTNODE_ADMIN_TOKEN")
 	chf.register(fs, "", "ClickHouse native address")
 	kf.register(fs, true)
 	return cmd

@@ -630,7 +630,7 @@ func newSinkCmd() *cobra.Command {
 				defer closeAll()
 				parts["retention"] = retention.Run
 			}
-			slog.Info("clickhouse sink started", "clickhouse", chf.addr, "tls", cfg.ClickHouse.TLS, "user", chf.user, "sealer", seal, "retention", cf.addrs != "")
+			slog.Info("clickhouse sink started", "clickhouse", cfg.ClickHouse, "sealer", seal, "retention", cf.addrs != "")
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -35,6 +36,11 @@ type Options struct {
 	// against CAFile's (PEM; empty: the system's roots).
 	TLS    bool
 	CAFile string
+}
+
+// LogValue keeps the password out of logs.
+func (o Options) LogValue() slog.Value {
+	return slog.GroupValue(slog.Any("addr", o.Addr), slog.String("user", o.User), slog.Bool("tls", o.TLS), slog.String("ca", o.CAFile))
 }
 
 // Validate reports every problem at once.

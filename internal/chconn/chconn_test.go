@@ -2,6 +2,7 @@ package chconn
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,15 @@ func TestOpenRefusesBadOptions(t *testing.T) {
 	if _, err := Open(ctx, Options{Addr: []string{"127.0.0.1:1"}, TLS: true, CAFile: filepath.Join(t.TempDir(), "missing.pem")}); err == nil ||
 		!strings.Contains(err.Error(), "CA file") {
 		t.Errorf("missing CA file: %v", err)
+	}
+}
+
+func TestOptionsLogValue(t *testing.T) {
+	var b strings.Builder
+	o := Options{Addr: []string{"ch:9440"}, User: "certnode", Password: "s3cret-pw", TLS: true}
+	slog.New(slog.NewTextHandler(&b, nil)).Info("connect", "clickhouse", o)
+	if strings.Contains(b.String(), "s3cret-pw") || !strings.Contains(b.String(), "certnode") {
+		t.Fatalf("logged %q", b.String())
 	}
 }
 
