@@ -115,6 +115,8 @@ start() {
   nohup clickhouse-server --config-file="$CDIR/config.xml" >"$CDIR/log/stdout.log" 2>&1 &
   echo $! >"$PIDF"
   wait_ready
+  # A certificate 18.16 cannot load leaves the server up without its TLS port.
+  port_open 127.0.0.1 "$SECURE_PORT" || { tail -n 20 "$CDIR/log/error.log" >&2; die "no TLS port on 127.0.0.1:$SECURE_PORT"; }
 }
 
 ping_ok() {
