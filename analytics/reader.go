@@ -33,8 +33,8 @@ type Reader struct {
 }
 
 // Open connects to ClickHouse.
-func Open(ctx context.Context, addr []string, user, password string) (*Reader, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func Open(ctx context.Context, o chconn.Options) (*Reader, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

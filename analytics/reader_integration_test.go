@@ -66,7 +66,7 @@ func TestReaderOnClickHouse(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	addr := testenv.ClickHouseAddr(t)
-	r, err := Open(ctx, []string{addr}, "default", "")
+	r, err := Open(ctx, chconn.Options{Addr: []string{addr}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestReaderOnClickHouse(t *testing.T) {
 		t.Fatalf("%d of A's hours are live before sealing, want 2", n)
 	}
 	cfg := DefaultSealerConfig()
-	cfg.Addr = []string{addr}
+	cfg.ClickHouse.Addr = []string{addr}
 	sealer, err := NewSealer(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

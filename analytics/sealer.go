@@ -21,9 +21,7 @@ import (
 
 // SealerConfig configures a Sealer.
 type SealerConfig struct {
-	Addr     []string
-	User     string
-	Password string
+	ClickHouse chconn.Options
 	// Interval between passes over the hours changed in the last Lookback;
 	// every FullEvery (and on start) a pass looks at every hour, for rows
 	// a sink wrote long after their time (a backlog, a backfill).
@@ -36,14 +34,14 @@ type SealerConfig struct {
 
 // DefaultSealerConfig seals an hour within seconds of its last change.
 func DefaultSealerConfig() SealerConfig {
-	return SealerConfig{Addr: []string{"127.0.0.1:9000"}, User: "default", Interval: 5 * time.Second, Lookback: 48 * time.Hour, FullEvery: 30 * time.Minute}
+	return SealerConfig{ClickHouse: chconn.Options{Addr: []string{"127.0.0.1:9000"}}, Interval: 5 * time.Second, Lookback: 48 * time.Hour, FullEvery: 30 * time.Minute}
 }
 
 // Validate reports every problem of the configuration at once.
 func (c SealerConfig) Validate() error {
 	var errs []error
-	if len(c.Addr) == 0 {
-		errs = append(errs, errors.New("sealer: a ClickHouse address is required"))
+	if err := c.ClickHouse.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Interval <= 0 || c.Lookback < time.Hour || c.FullEvery < c.Interval {
 		errs = append(errs, fmt.Errorf("sealer: interval %v must be positive, lookback %v at least an hour, full pass every %v at least the interval",
@@ -70,7 +68,7 @@ func NewSealer(ctx context.Context, cfg SealerConfig) (*Sealer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	conn, err := chconn.Open(ctx, cfg.Addr, cfg.User, cfg.Password)
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
 	}

@@ -18,8 +18,7 @@ import (
 
 // AnalyticsConfig drives the analytics benchmark.
 type AnalyticsConfig struct {
-	ClickHouse []string
-	Password   string
+	ClickHouse chconn.Options
 	Rows       int  // results of the benchmark's organization
 	Days       int  // the rows spread over this many days before the last hour
 	Repeat     int  // times each query runs
@@ -106,7 +105,7 @@ var analyticsQueries = []analyticsQuery{
 // tables (the certnode.requests view, which 18.16 cannot filter before it
 // groups) would read them too.
 func Analytics(ctx context.Context, cfg AnalyticsConfig) (*AnalyticsReport, error) {
-	conn, err := chconn.Open(ctx, cfg.ClickHouse, "default", cfg.Password)
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +133,7 @@ func Analytics(ctx context.Context, cfg AnalyticsConfig) (*AnalyticsReport, erro
 		return nil, err
 	}
 
-	r, err := analytics.Open(ctx, cfg.ClickHouse, "default", cfg.Password)
+	r, err := analytics.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +161,7 @@ func Analytics(ctx context.Context, cfg AnalyticsConfig) (*AnalyticsReport, erro
 	// The sealer leaves hours that changed within SealMargin for later.
 	time.Sleep(time.Until(start.Add(rep.Generated + analytics.SealMargin + time.Second)))
 	scfg := analytics.DefaultSealerConfig()
-	scfg.Addr, scfg.Password = cfg.ClickHouse, cfg.Password
+	scfg.ClickHouse = cfg.ClickHouse
 	sealer, err := analytics.NewSealer(ctx, scfg)
 	if err != nil {
 		return nil, err

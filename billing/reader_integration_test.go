@@ -22,7 +22,7 @@ import (
 func TestReaderOnClickHouse(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r, err := Open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "")
+	r, err := Open(ctx, chconn.Options{Addr: []string{testenv.ClickHouseAddr(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -40,6 +41,7 @@ type Server struct {
 	hooks   *http.Client           // test deliveries to customers' endpoints (SSRF-guarded)
 	srv     *http.Server
 	ln      net.Listener
+	url     string // the API's base URL as peers reach it
 	client  *http.Client
 	log     *slog.Logger
 }
@@ -65,8 +67,10 @@ func NewServer(cfg Config) (*Server, error) {
 	// Peers learn this node's address as it is reachable: the bound
 	// port when the configured one was 0.
 	n.cfg.HTTPAddr = ln.Addr().String()
-	s := &Server{node: n, ln: ln, client: &http.Client{Timeout: 2 * n.cfg.ApplyTimeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, log: n.log}
+	s := &Server{node: n, ln: ln, url: n.cfg.HTTPAddr, client: HTTPClient(cfg.PeerTLS, 2*n.cfg.ApplyTimeout), log: n.log}
+	if cfg.TLS != nil {
+		s.ln, s.url = tls.NewListener(ln, cfg.TLS), "https://"+n.cfg.HTTPAddr
+	}
 	ecfg := egress.DefaultConfig()
 	ecfg.Allow = cfg.WebhookAllow
 	if s.hooks, err = egress.NewClient(ecfg); err != nil {
@@ -96,6 +100,9 @@ func (s *Server) Node() *Node { return s.node }
 
 // Addr is the API's address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// URL is the API's base URL: https:// when it serves TLS.
+func (s *Server) URL() string { return s.url }
 
 // Run serves until ctx ends: the API, the announcement of this node's
 // HTTP address and, for a node started with Join, its request to join.
@@ -147,8 +154,8 @@ func (s *Server) join(ctx context.Context) {
 
 // addSelf asks the member at addr to add this node with its addresses.
 func (s *Server) addSelf(ctx context.Context, addr string) error {
-	body, _ := json.Marshal(map[string]string{"id": s.node.cfg.ID, "raft": s.node.RaftAddr(), "http": s.node.cfg.HTTPAddr})
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/v1/admin/cluster/members", bytes.NewReader(body))
+	body, _ := json.Marshal(map[string]string{"id": s.node.cfg.ID, "raft": s.node.RaftAddr(), "http": s.url})
+	req, err := http.NewRequestWithContext(ctx, "POST", BaseURL(addr)+"/v1/admin/cluster/members", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -177,9 +184,9 @@ func (s *Server) announce(ctx context.Context) {
 		var present bool
 		s.node.fsm.View(func(st *State) { known, present = st.Members[s.node.cfg.ID] })
 		switch {
-		case known == s.node.cfg.HTTPAddr:
+		case known == s.url:
 		case s.node.IsLeader():
-			c := &SetMember{Meta: Meta{At: time.Now().UTC(), By: Actor{Kind: ActorNode, ID: s.node.cfg.ID}}, ID: s.node.cfg.ID, HTTP: s.node.cfg.HTTPAddr}
+			c := &SetMember{Meta: Meta{At: time.Now().UTC(), By: Actor{Kind: ActorNode, ID: s.node.cfg.ID}}, ID: s.node.cfg.ID, HTTP: s.url}
 			if _, err := s.node.Propose(c); err != nil {
 				s.log.Warn("could not record this node's HTTP address", "err", err)
 			}
@@ -237,7 +244,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 		writeError(w, http.StatusServiceUnavailable, "no_leader", "the cluster has no leader this node can reach; retry")
 		return
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, BaseURL(addr)+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -132,7 +132,7 @@ func NewLimiter(r *Replica, cfg LimiterConfig) (*Limiter, error) {
 		id = fmt.Sprintf("%.100s-%s", host, id)
 	}
 	now := time.Now()
-	l := &Limiter{replica: r, cfg: cfg, id: id, client: &http.Client{Timeout: 2 * time.Second}, now: time.Now,
+	l := &Limiter{replica: r, cfg: cfg, id: id, client: HTTPClient(r.cfg.TLS, 2*time.Second), now: time.Now,
 		log: slog.With("role", "coordinator-limiter"), kick: make(chan struct{}, 1), orgs: map[string]*orgQuota{},
 		reachable: true, marks: [2]time.Time{now, now}, done: make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "certnode_quota_requests_total",
@@ -385,7 +385,7 @@ func (l *Limiter) post(ctx context.Context, addr string, lr *LeaseRequest) (*Lea
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/v1/node/leases", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, "POST", BaseURL(addr)+"/v1/node/leases", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}

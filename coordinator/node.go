@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +22,18 @@ type Config struct {
 	ID       string // raft server id, stable across restarts
 	RaftAddr string // host:port for raft traffic
 	HTTPAddr string // host:port of the API
-	DataDir  string
+	// TLS serves the API over TLS (tlsconf.Files.Server); the node then
+	// announces https://HTTPAddr to its peers. PeerTLS checks the peers'
+	// certificates when this node joins through or forwards to one
+	// (tlsconf.Client; nil: the system's roots).
+	TLS     *tls.Config
+	PeerTLS *tls.Config
+	// RaftTLS carries Raft over TLS too, authenticated both ways: each
+	// member presents TLS's certificate and checks the other's with
+	// PeerTLS's roots, so only a member reaches the log. Every member
+	// must set it.
+	RaftTLS bool
+	DataDir string
 	// Bootstrap makes a new cluster of this one node; Join is the HTTP
 	// address of a member to join through. Neither: restart from DataDir.
 	Bootstrap bool
@@ -56,7 +68,7 @@ const (
 
 // LogValue keeps the tokens out of logs.
 func (c Config) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("id", c.ID), slog.String("raft", c.RaftAddr), slog.String("http", c.HTTPAddr),
+	return slog.GroupValue(slog.String("id", c.ID), slog.String("raft", c.RaftAddr), slog.String("http", c.HTTPAddr), slog.Bool("tls", c.TLS != nil), slog.Bool("raft_tls", c.RaftTLS),
 		slog.String("data", c.DataDir), slog.Bool("bootstrap", c.Bootstrap), slog.String("join", c.Join))
 }
 
@@ -73,6 +85,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("coordinator: --data DIR is required"))
+	}
+	if c.RaftTLS && c.TLS == nil {
+		errs = append(errs, errors.New("coordinator: Raft over TLS needs the API's certificate (--tls-cert, --tls-key)"))
 	}
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("coordinator: --bootstrap and --join exclude each other"))
@@ -146,7 +161,12 @@ func Open(cfg Config) (*Node, error) {
 	if addr.Port == 0 {
 		advertise = nil // the listener's real address
 	}
-	if n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 4, 10*time.Second, rc.Logger); err != nil {
+	if cfg.RaftTLS {
+		n.trans, err = newTLSTransport(cfg, advertise, rc.Logger)
+	} else {
+		n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 4, 10*time.Second, rc.Logger)
+	}
+	if err != nil {
 		n.logs.Close()
 		return nil, fmt.Errorf("coordinator: raft transport: %w", err)
 	}

@@ -680,7 +680,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 	// Ingest serves these routes through AccountsProxy: its answers, and
 	// its own when no coordinator answers, are the document's too.
 	t.Run("through the proxy ingest uses", func(t *testing.T) {
-		front := httptest.NewServer(NewAccountsProxy([]string{n.Addr()}, testNode))
+		front := httptest.NewServer(NewAccountsProxy([]string{n.Addr()}, testNode, nil))
 		defer front.Close()
 		pk := newConformance(t, front.URL)
 		jar, _ := cookiejar.New(nil)
@@ -701,7 +701,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		dead, _ := net.Listen("tcp", "127.0.0.1:0")
 		deadAddr := dead.Addr().String()
 		dead.Close()
-		nowhere := httptest.NewServer(NewAccountsProxy([]string{deadAddr}, testNode))
+		nowhere := httptest.NewServer(NewAccountsProxy([]string{deadAddr}, testNode, nil))
 		defer nowhere.Close()
 		nk := newConformance(t, nowhere.URL)
 		nk.expect(t, call{name: "login with no coordinator", as: &client{t: t, hc: &http.Client{}}, method: "POST", path: "/v1/auth/login",

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -24,10 +25,10 @@ type AccountsProxy struct {
 	client *http.Client
 }
 
-// NewAccountsProxy proxies to the coordinator nodes at addrs.
-func NewAccountsProxy(addrs []string, nodeToken string) *AccountsProxy {
-	return &AccountsProxy{addrs: addrs, token: nodeToken, client: &http.Client{Timeout: 30 * time.Second,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+// NewAccountsProxy proxies to the coordinator nodes at addrs, checking
+// https:// ones with tlsCfg (see HTTPClient).
+func NewAccountsProxy(addrs []string, nodeToken string, tlsCfg *tls.Config) *AccountsProxy {
+	return &AccountsProxy{addrs: addrs, token: nodeToken, client: HTTPClient(tlsCfg, 30*time.Second)}
 }
 
 // internalHeaders are the coordinator's own: a client never sets them.
@@ -50,7 +51,7 @@ func (p *AccountsProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	first := int(p.next.Load())
 	for i := range p.addrs {
 		n := (first + i) % len(p.addrs)
-		req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.addrs[n]+r.URL.RequestURI(), bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, BaseURL(p.addrs[n])+r.URL.RequestURI(), bytes.NewReader(body))
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "invalid", err.Error())
 			return

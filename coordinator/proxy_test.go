@@ -26,7 +26,7 @@ func TestAccountsProxy(t *testing.T) {
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	front := httptest.NewServer(NewAccountsProxy([]string{deadAddr, n.Addr()}, testNode))
+	front := httptest.NewServer(NewAccountsProxy([]string{deadAddr, n.Addr()}, testNode, nil))
 	defer front.Close()
 
 	// The browser connects from 127.0.0.2, and claims to be 10.9.9.9.
@@ -66,7 +66,7 @@ func TestAccountsProxy(t *testing.T) {
 	}
 
 	// No coordinator at all: 503 with Retry-After.
-	none := httptest.NewServer(NewAccountsProxy([]string{deadAddr}, testNode))
+	none := httptest.NewServer(NewAccountsProxy([]string{deadAddr}, testNode, nil))
 	defer none.Close()
 	resp, err := http.Get(none.URL + "/v1/me")
 	if err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -25,8 +26,11 @@ import (
 
 // ReplicaConfig configures the local copy of the state another tier keeps.
 type ReplicaConfig struct {
-	// Addrs are coordinator HTTP addresses; any member answers.
+	// Addrs are coordinator HTTP addresses (https://host:port for TLS);
+	// any member answers. TLS checks their certificates (tlsconf.Client;
+	// nil: the system's roots).
 	Addrs []string
+	TLS   *tls.Config
 	Token string // the node token
 	// MaxStale is how long the copy keeps serving without reaching the
 	// cluster; past it every key is refused (fail closed).
@@ -187,7 +191,7 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Replica{cfg: cfg, client: &http.Client{Timeout: cfg.Wait + 10*time.Second}, now: time.Now,
+	r := &Replica{cfg: cfg, client: HTTPClient(cfg.TLS, cfg.Wait+10*time.Second), now: time.Now,
 		log: slog.With("role", "coordinator-replica")}
 	r.age = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "certnode_coordinator_state_age_seconds",
 		Help: "Seconds since the coordinator last answered (the local copy's staleness)."}, func() float64 {
@@ -247,7 +251,7 @@ func (r *Replica) Run(ctx context.Context) error {
 }
 
 func (r *Replica) fetch(ctx context.Context, addr string, index uint64) (*NodeState, error) {
-	url := fmt.Sprintf("http://%s/v1/node/state?index=%d&wait=%s", addr, index, r.cfg.Wait)
+	url := fmt.Sprintf("%s/v1/node/state?index=%d&wait=%s", BaseURL(addr), index, r.cfg.Wait)
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return nil, err
@@ -490,7 +494,7 @@ func (r *Replica) postNode(ctx context.Context, path string, v any) error {
 	}
 	var errs []error
 	for _, addr := range r.cfg.Addrs {
-		req, err := http.NewRequestWithContext(ctx, "POST", "http://"+addr+path, bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, "POST", BaseURL(addr)+path, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -516,4 +520,6 @@ func (r *Replica) postNode(ctx context.Context, path string, v any) error {
 
 // Accounts proxies the account routes to the coordinators this replica
 // follows.
-func (r *Replica) Accounts() *AccountsProxy { return NewAccountsProxy(r.cfg.Addrs, r.cfg.Token) }
+func (r *Replica) Accounts() *AccountsProxy {
+	return NewAccountsProxy(r.cfg.Addrs, r.cfg.Token, r.cfg.TLS)
+}

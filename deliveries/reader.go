@@ -29,8 +29,8 @@ type Opener interface {
 }
 
 // Open connects to ClickHouse; bodies are opened with open.
-func Open(ctx context.Context, addr []string, user, password string, open Opener) (*Reader, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func Open(ctx context.Context, o chconn.Options, open Opener) (*Reader, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/kafkatest"
@@ -236,7 +237,7 @@ func TestReaderOnClickHouse(t *testing.T) {
 	e := newSinkEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	r, err := Open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "", e.opener(t))
+	r, err := Open(ctx, chconn.Options{Addr: []string{testenv.ClickHouseAddr(t)}}, e.opener(t))
 	if err != nil {
 		t.Fatal(err)
 	}

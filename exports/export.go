@@ -98,11 +98,11 @@ type Exporter struct {
 }
 
 // Open connects to ClickHouse.
-func Open(ctx context.Context, addr []string, user, password string, cfg Config) (*Exporter, error) {
+func Open(ctx context.Context, o chconn.Options, cfg Config) (*Exporter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	conn, err := chconn.Open(ctx, addr, user, password)
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ import (
 func openClickHouse(t *testing.T, ctx context.Context, cfg Config) *Exporter {
 	t.Helper()
 	cfg.CursorKey, cfg.Opener = testKey, testOpener()
-	e, err := Open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "", cfg)
+	e, err := Open(ctx, chconn.Options{Addr: []string{testenv.ClickHouseAddr(t)}}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

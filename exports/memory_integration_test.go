@@ -19,6 +19,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -144,7 +145,7 @@ func TestMemoryHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	e, err := Open(ctx, []string{s.Addr}, "default", "", Config{CursorKey: testKey, Opener: testOpener()})
+	e, err := Open(ctx, chconn.Options{Addr: []string{s.Addr}}, Config{CursorKey: testKey, Opener: testOpener()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,8 +24,8 @@ type Opener interface {
 }
 
 // OpenClickHouseStore connects to ClickHouse (the sink creates the tables).
-func OpenClickHouseStore(ctx context.Context, addr []string, user, password string, open Opener) (*ClickHouseStore, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func OpenClickHouseStore(ctx context.Context, o chconn.Options, open Opener) (*ClickHouseStore, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

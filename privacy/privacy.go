@@ -41,8 +41,8 @@ type Keys interface {
 }
 
 // Open connects to ClickHouse.
-func Open(ctx context.Context, addr []string, user, password string, keys Keys) (*Store, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func Open(ctx context.Context, o chconn.Options, keys Keys) (*Store, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

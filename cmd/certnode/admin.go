@@ -23,8 +23,22 @@ import (
 // adminClient calls a coordinator's admin API; any member answers (writes
 // are forwarded to the leader).
 type adminClient struct {
-	addr string
-	http *http.Client
+	addr, ca string
+	http     *http.Client
+}
+
+// connect makes the HTTP client, once: an https:// coordinator's
+// certificate is checked against ca (empty: the system's roots).
+func (c *adminClient) connect() error {
+	if c.http != nil {
+		return nil
+	}
+	cfg, err := coordinatorTLS(c.ca)
+	if err != nil {
+		return err
+	}
+	c.http = coordinator.HTTPClient(cfg, 30*time.Second)
+	return nil
 }
 
 func newAdminCmd() *cobra.Command {
@@ -39,9 +53,9 @@ func newAdminCmd() *cobra.Command {
 			"  certnode admin keys revoke acme cnk_...\n\n" +
 			"Required: $CERTNODE_ADMIN_TOKEN, or the file named by $CERTNODE_ADMIN_TOKEN_FILE.",
 	}
-	cmd.PersistentFlags().StringVar(&c.addr, "coordinator", "127.0.0.1:7101", "HTTP address of any coordinator node")
+	cmd.PersistentFlags().StringVar(&c.addr, "coordinator", "127.0.0.1:7101", "HTTP address of any coordinator node (https://host:port when it serves TLS)")
 	bindEnv(cmd.PersistentFlags(), "coordinator", "CERTNODE_COORDINATOR")
-	c.http = &http.Client{Timeout: 30 * time.Second}
+	registerCoordinatorCA(cmd.PersistentFlags(), &c.ca)
 
 	call := func(method, path string, body any) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, _ []string) error { return c.do(cmd, method, path, body) }
@@ -299,6 +313,9 @@ func (c *adminClient) do(cmd *cobra.Command, method, path string, body any) erro
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
+	if err := c.connect(); err != nil {
+		return err
+	}
 	out, err := c.call(cmd.Context(), token, method, path, body)
 	if err != nil {
 		return err
@@ -327,7 +344,7 @@ func (c *adminClient) call(ctx context.Context, token, method, path string, body
 	}
 	var resp *http.Response
 	for deadline := time.Now().Add(adminRetryFor); ; {
-		req, err := http.NewRequestWithContext(ctx, method, "http://"+c.addr+path, bytes.NewReader(payload))
+		req, err := http.NewRequestWithContext(ctx, method, coordinator.BaseURL(c.addr)+path, bytes.NewReader(payload))
 		if err != nil {
 			return nil, &exitError{code: exitUsage, err: err}
 		}

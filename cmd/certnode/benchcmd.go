@@ -56,8 +56,8 @@ func newBenchCmd() *cobra.Command {
 }
 
 func newBenchAnalyticsCmd() *cobra.Command {
-	cfg := bench.AnalyticsConfig{ClickHouse: []string{"127.0.0.1:9000"}, Rows: 10_000_000, Days: 30, Repeat: 50}
-	var addr string
+	cfg := bench.AnalyticsConfig{Rows: 10_000_000, Days: 30, Repeat: 50}
+	var chf clickhouseFlags
 	cmd := &cobra.Command{
 		Use:   "analytics",
 		Short: "Dashboard query latency (p50, p99) on an organization with --rows results in ClickHouse",
@@ -66,7 +66,10 @@ func newBenchAnalyticsCmd() *cobra.Command {
 			"queries once with no hour sealed, seals every hour, then runs each --repeat times and prints p50 and p99.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.ClickHouse, cfg.Password = []string{addr}, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+			var err error
+			if cfg.ClickHouse, err = chf.options(); err != nil {
+				return err
+			}
 			if cfg.Rows < 1 || cfg.Days < 1 || cfg.Repeat < 1 {
 				return usageErr("--rows, --days and --repeat must be positive")
 			}
@@ -79,8 +82,7 @@ func newBenchAnalyticsCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&addr, "clickhouse", cfg.ClickHouse[0], "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	chf.register(fs, "127.0.0.1:9000", "ClickHouse native address")
 	fs.IntVar(&cfg.Rows, "rows", cfg.Rows, "results of the benchmark's organization")
 	bindEnv(fs, "rows", "CERTNODE_BENCH_ANALYTICS_ROWS")
 	fs.IntVar(&cfg.Days, "days", cfg.Days, "days the rows spread over, ending an hour ago")

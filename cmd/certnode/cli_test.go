@@ -70,6 +70,9 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 		if c.Flags().Lookup("pkcs11-module") != nil {
 			want = append(want, pin...)
 		}
+		if c.Flags().Lookup("clickhouse-user") != nil {
+			want = append(want, "$CERTNODE_CLICKHOUSE_PASSWORD", "$CERTNODE_CLICKHOUSE_PASSWORD_FILE")
+		}
 		if c.Name() == "ingest" || c.Name() == "worker" {
 			want = append(want, internal...)
 			want = append(want, "$CERTNODE_NODE_TOKEN", "$CERTNODE_NODE_TOKEN_FILE")
@@ -92,7 +95,7 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 		}
 		checked[c.Name()] = true
 	})
-	for _, name := range []string{"ingest", "worker", "coordinator", "dev", "sign", "jwks", "generate", "rotate", "list"} {
+	for _, name := range []string{"ingest", "worker", "coordinator", "dev", "sign", "jwks", "generate", "rotate", "list", "clickhouse", "processing", "evidence", "analytics"} {
 		if !checked[name] {
 			t.Errorf("help of %s not checked", name)
 		}

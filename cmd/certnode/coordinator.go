@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,11 +12,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/envsecret"
 	"github.com/certnode/certnode/internal/recordauth"
+	"github.com/certnode/certnode/internal/tlsconf"
 )
 
 // coordinatorSecretHelp names the coordinator's tokens in its help.
@@ -28,6 +31,8 @@ func newCoordinatorCmd() *cobra.Command {
 	var cfg coordinator.Config
 	var webhookAllow []string
 	var kf kafkaFlags
+	var tf tlsFlags
+	var peerCA string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
@@ -35,16 +40,21 @@ func newCoordinatorCmd() *cobra.Command {
 			"starts with --bootstrap; the others with --join ADDR (the HTTP address of any member). A\n" +
 			"node restarted with its --data keeps its state and rejoins by itself.\n" +
 			"  certnode coordinator --id c1 --raft 127.0.0.1:7001 --http 127.0.0.1:7101 --data c1 --bootstrap\n" +
-			"  certnode coordinator --id c2 --raft 127.0.0.1:7002 --http 127.0.0.1:7102 --data c2 --join 127.0.0.1:7101\n\n" +
+			"  certnode coordinator --id c2 --raft 127.0.0.1:7002 --http 127.0.0.1:7102 --data c2 --join 127.0.0.1:7101\n" +
+			"With --tls-cert and --tls-key the API serves TLS 1.2+ and the node announces https://; the other\n" +
+			"members' certificates (--join https://..., forwarding to the leader) are checked against --coordinator-ca;\n" +
+			"with --raft-tls too, Raft between members runs over TLS, each member's certificate checked by the other.\n\n" +
 			coordinatorSecretHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err1, err2 error
 			cfg.AdminToken, err1 = requiredSecret("CERTNODE_ADMIN_TOKEN")
 			cfg.NodeToken, err2 = requiredSecret("CERTNODE_NODE_TOKEN")
-			var err3 error
+			var err3, err4, err5 error
 			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
-			if err := errors.Join(err1, err2, err3, cfg.Validate()); err != nil {
+			cfg.TLS, err4 = tf.config()
+			cfg.PeerTLS, err5 = coordinatorTLS(peerCA)
+			if err := errors.Join(err1, err2, err3, err4, err5, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			if kcfg := kf.config(); len(kcfg.Brokers) > 0 {
@@ -69,7 +79,7 @@ func newCoordinatorCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer s.Close()
-			slog.Info("coordinator started", "node", cfg, "api", s.Addr(), "raft", s.Node().RaftAddr())
+			slog.Info("coordinator started", "node", cfg, "api", s.URL(), "raft", s.Node().RaftAddr())
 			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"coordinator": s.Run}))
 		},
 	}
@@ -84,10 +94,14 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "data", "CERTNODE_COORDINATOR_DATA")
 	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "start a new cluster with this node (ignored when --data holds state)")
 	bindEnv(fs, "bootstrap", "CERTNODE_COORDINATOR_BOOTSTRAP")
-	fs.StringVar(&cfg.Join, "join", "", "join the cluster through this member's HTTP address")
+	fs.StringVar(&cfg.Join, "join", "", "join the cluster through this member's HTTP address (https://host:port when it serves TLS)")
 	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
 	fs.StringSliceVar(&webhookAllow, "webhook-allow", nil, "networks (CIDR) a webhook endpoint's test delivery may reach although they are not public, e.g. 127.0.0.0/8 for a local receiver")
 	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
+	tf.register(fs)
+	registerCoordinatorCA(fs, &peerCA)
+	fs.BoolVar(&cfg.RaftTLS, "raft-tls", false, "Raft between members over TLS with --tls-cert, both ways: every member sets it, and its certificate must allow client authentication too")
+	bindEnv(fs, "raft-tls", "CERTNODE_COORDINATOR_RAFT_TLS")
 	kf.register(fs, true)
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)
@@ -109,29 +123,66 @@ func parsePrefixes(flag string, list []string) ([]netip.Prefix, error) {
 	return out, errors.Join(errs...)
 }
 
+// coordinatorFlags name the coordinator cluster a role follows or calls.
+type coordinatorFlags struct{ addrs, ca string }
+
+// register adds --coordinator (default def, for what usage says) and
+// --coordinator-ca.
+func (c *coordinatorFlags) register(fs *pflag.FlagSet, def, usage string) {
+	fs.StringVar(&c.addrs, "coordinator", def, usage+"; https://host:port for a coordinator serving TLS")
+	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	registerCoordinatorCA(fs, &c.ca)
+}
+
+func registerCoordinatorCA(fs *pflag.FlagSet, ca *string) {
+	fs.StringVar(ca, "coordinator-ca", "", "the CA certificates (PEM) an https:// coordinator's certificate is checked against (default: the system's)")
+	bindEnv(fs, "coordinator-ca", "CERTNODE_COORDINATOR_CA")
+}
+
+// coordinatorTLS is the configuration https:// coordinators are checked
+// with: TLS 1.2+, their certificates against the CA file ca.
+func coordinatorTLS(ca string) (*tls.Config, error) {
+	cfg, err := tlsconf.Client(ca)
+	if err != nil {
+		return nil, usageErr("--coordinator-ca: %v", err)
+	}
+	return cfg, nil
+}
+
+// admin is a client of the admin API of the first coordinator named.
+func (c *coordinatorFlags) admin() (*adminClient, error) {
+	addr, _, _ := strings.Cut(c.addrs, ",")
+	a := &adminClient{addr: strings.TrimSpace(addr), ca: c.ca}
+	return a, a.connect()
+}
+
 // coordinatorReplica makes the local copy of the coordinator's state a
 // tier follows, with the node token from the environment.
-func coordinatorReplica(addrs string, maxStale time.Duration, reg prometheus.Registerer) (*coordinator.Replica, error) {
+func coordinatorReplica(c coordinatorFlags, maxStale time.Duration, reg prometheus.Registerer) (*coordinator.Replica, error) {
 	token, err := requiredSecret("CERTNODE_NODE_TOKEN")
 	if err != nil {
 		return nil, fmt.Errorf("--coordinator: %w", err)
 	}
+	tlsCfg, err := coordinatorTLS(c.ca)
+	if err != nil {
+		return nil, err
+	}
 	var list []string
-	for _, a := range strings.Split(addrs, ",") {
+	for _, a := range strings.Split(c.addrs, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			list = append(list, a)
 		}
 	}
-	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: list, Token: token, MaxStale: maxStale, Registerer: reg})
+	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: list, TLS: tlsCfg, Token: token, MaxStale: maxStale, Registerer: reg})
 }
 
 // followCoordinator makes the replica of the cluster's state and the
 // limiter that draws on its cluster-wide shares, which a role serving
 // organizations needs; it adds the limiter to parts (the caller runs the
 // replica, which some roles wait on first) and the caller closes it.
-func followCoordinator(addrs string, maxStale time.Duration, reg prometheus.Registerer,
+func followCoordinator(c coordinatorFlags, maxStale time.Duration, reg prometheus.Registerer,
 	parts map[string]func(context.Context) error) (*coordinator.Replica, *coordinator.Limiter, error) {
-	r, err := coordinatorReplica(addrs, maxStale, reg)
+	r, err := coordinatorReplica(c, maxStale, reg)
 	if err != nil {
 		return nil, nil, err
 	}

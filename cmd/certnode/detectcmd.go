@@ -25,7 +25,8 @@ func (b blocklist) Blocked(addr netip.Addr) (time.Time, bool) {
 
 func newDetectCmd() *cobra.Command {
 	var kf kafkaFlags
-	var coordinators, metricsAddr string
+	var cf coordinatorFlags
+	var mf metricsFlags
 	cfg := detect.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "detect",
@@ -46,8 +47,8 @@ func newDetectCmd() *cobra.Command {
 			errs = append(errs, err)
 			reg := newRegistry()
 			var blocker detect.Blocker
-			if coordinators != "" {
-				r, err := coordinatorReplica(coordinators, coordinator.DefaultMaxStale, nil)
+			if cf.addrs != "" {
+				r, err := coordinatorReplica(cf, coordinator.DefaultMaxStale, nil)
 				errs = append(errs, err)
 				blocker = r
 			} else if cfg.BlockFor > 0 {
@@ -70,14 +71,16 @@ func newDetectCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			defer d.Close()
+			metrics, err := mf.server(reg, func() error { return nil })
+			if err != nil {
+				return err
+			}
 			slog.Info("threat detection started", "block_for", cfg.BlockFor, "thresholds", cfg.Thresholds)
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"detect": d.Run,
-				"metrics": metricsServer(metricsAddr, reg, func() error { return nil })}))
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"detect": d.Run, "metrics": metrics}))
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated), which keep the blocks of --block-for")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated), which keep the blocks of --block-for")
 	fs.DurationVar(&cfg.BlockFor, "block-for", 0, "block an address flagged by a burst of refused credentials or sign-ins at ingest this long (0: never)")
 	bindEnv(fs, "block-for", "CERTNODE_DETECT_BLOCK_FOR")
 	t := &cfg.Thresholds
@@ -103,8 +106,7 @@ func newDetectCmd() *cobra.Command {
 	bindEnv(fs, "flood-deliveries", "CERTNODE_DETECT_FLOOD_DELIVERIES")
 	fs.DurationVar(&t.FloodAfter, "flood-after", t.FloodAfter, "window of --flood-deliveries")
 	bindEnv(fs, "flood-after", "CERTNODE_DETECT_FLOOD_AFTER")
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9108", "address for /metrics, /healthz and /readyz")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9108")
 	kf.register(fs, true)
 	return cmd
 }

@@ -239,6 +239,7 @@ func newDevCmd() *cobra.Command {
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
 			}
+			cho := chconn.Options{Addr: []string{chAddr}}
 			if chFound {
 				// Payloads are stored sealed, under software KEKs here: a
 				// deployment keeps them in the HSM (--kek-token).
@@ -248,28 +249,28 @@ func newDevCmd() *cobra.Command {
 				}
 				env = envelope.New(keks)
 				scfg := chsink.DefaultConfig()
-				scfg.Kafka, scfg.Addr, scfg.Group, scfg.Registerer, scfg.Sealer = kcfg, []string{chAddr}, kf.prefix+"-sink-clickhouse", reg, env
+				scfg.Kafka, scfg.ClickHouse, scfg.Group, scfg.Registerer, scfg.Sealer = kcfg, cho, kf.prefix+"-sink-clickhouse", reg, env
 				sink, err := chsink.New(ctx, scfg)
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer sink.Close()
 				parts["sink"] = sink.Run
-				rconn, err := chconn.Open(ctx, []string{chAddr}, "default", "")
+				rconn, err := chconn.Open(ctx, cho)
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer rconn.Close()
 				parts["retention"] = chsink.NewRetention(rconn, replica, events, time.Hour, reg).Run
 				sealCfg := analytics.DefaultSealerConfig()
-				sealCfg.Addr, sealCfg.Registerer = []string{chAddr}, reg
+				sealCfg.ClickHouse, sealCfg.Registerer = cho, reg
 				sealer, err := analytics.NewSealer(ctx, sealCfg)
 				if err != nil {
 					return usageErr("%v", err)
 				}
 				defer sealer.Close()
 				parts["sealer"] = sealer.Run
-				if st, err = openStores(ctx, chAddr, "", env); err != nil {
+				if st, err = openStores(ctx, cho, env); err != nil {
 					return usageErr("%v", err)
 				}
 				defer st.Close()
@@ -292,7 +293,7 @@ func newDevCmd() *cobra.Command {
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {
 				st.fill(&deps)
-				closeExports, err := openExports(ctx, chAddr, "", env, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
+				closeExports, err := openExports(ctx, cho, env, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
 				if err != nil {
 					return usageErr("%v", err)
 				}

@@ -124,7 +124,9 @@ func newDispatcher(cfg webhook.Config, r *coordinator.Replica, mac webhook.MAC, 
 
 func newDispatcherCmd() *cobra.Command {
 	var kf kafkaFlags
-	var coordinators, metricsAddr, schedule string
+	var schedule string
+	var cf coordinatorFlags
+	var mf metricsFlags
 	var allow []string
 	timeout := egress.DefaultConfig().Timeout
 	cfg := webhook.DefaultConfig()
@@ -150,14 +152,14 @@ func newDispatcherCmd() *cobra.Command {
 			errs = append(errs, err, cfg.Validate())
 			mac, err := recordauth.SecretsFromEnv()
 			errs = append(errs, err)
-			if coordinators == "" {
+			if cf.addrs == "" {
 				errs = append(errs, errors.New("--coordinator is required: the endpoints live there"))
 			}
 			reg := newRegistry()
 			parts := map[string]func(context.Context) error{}
 			var replica *coordinator.Replica
-			if coordinators != "" {
-				replica, err = coordinatorReplica(coordinators, coordinator.DefaultMaxStale, reg)
+			if cf.addrs != "" {
+				replica, err = coordinatorReplica(cf, coordinator.DefaultMaxStale, reg)
 				errs = append(errs, err)
 			}
 			if err := errors.Join(errs...); err != nil {
@@ -174,13 +176,14 @@ func newDispatcherCmd() *cobra.Command {
 			defer d.Close()
 			slog.Info("dispatcher started", "schedule", cfg.Schedule, "allow", prefixes)
 			parts["dispatcher"], parts["coordinator"] = afterReady(replica.Ready, d.Run), replica.Run
-			parts["metrics"] = metricsServer(metricsAddr, reg, func() error { return nil }, replica.Ready)
+			if parts["metrics"], err = mf.server(reg, func() error { return nil }, replica.Ready); err != nil {
+				return err
+			}
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated): endpoints and secrets come from there")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated): endpoints and secrets come from there")
 	fs.StringSliceVar(&allow, "webhook-allow", nil, "networks (CIDR) deliveries may reach although they are not public, e.g. 127.0.0.0/8 for a local receiver")
 	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
 	fs.DurationVar(&timeout, "timeout", timeout, "time allowed for one delivery attempt")
@@ -193,8 +196,7 @@ func newDispatcherCmd() *cobra.Command {
 	bindEnv(fs, "concurrency", "CERTNODE_WEBHOOK_CONCURRENCY")
 	fs.IntVar(&cfg.MaxReceiptBytes, "max-receipt-bytes", cfg.MaxReceiptBytes, "a larger receipt is linked (receipt_url), not carried in the event")
 	bindEnv(fs, "max-receipt-bytes", "CERTNODE_WEBHOOK_MAX_RECEIPT_BYTES")
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9104", "address for /metrics, /healthz and /readyz")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9104")
 	kf.register(fs, true)
 	return cmd
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"os"
 	"regexp"
@@ -34,7 +33,9 @@ const maxEvidenceEvents = 100_000
 
 func newEvidenceCmd() *cobra.Command {
 	var kf keyFlags
-	var period, coordAddr, clickhouse, keyring, logURL, auditURL, out string
+	var period, keyring, logURL, auditURL, out string
+	var cf coordinatorFlags
+	var chf clickhouseFlags
 	cmd := &cobra.Command{
 		Use:   "evidence",
 		Short: "Write a signed SOC 2 evidence bundle for a period",
@@ -53,7 +54,7 @@ func newEvidenceCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("--period: %v", err)
 			}
-			if coordAddr == "" {
+			if cf.addrs == "" {
 				return usageErr("--coordinator is required: the access review comes from there")
 			}
 			ring, release, err := kf.ring()
@@ -66,13 +67,17 @@ func newEvidenceCmd() *cobra.Command {
 				GeneratedAt: time.Now().UTC(), ChangeHistory: []map[string]any{}, KeyRotations: []schemas.EvidenceKey{},
 				Erasures: []map[string]any{}, SecurityEvents: []map[string]any{}, Blocks: []map[string]any{},
 				Availability: []schemas.EvidenceAvailability{}, Checkpoints: map[string]string{}, Omitted: map[string]int{}, Missing: []string{}}
-			orgs, err := accessReview(ctx, &adminClient{addr: coordAddr, http: &http.Client{Timeout: 30 * time.Second}}, b)
+			c, err := cf.admin()
 			if err != nil {
 				return err
 			}
-			if clickhouse == "" {
+			orgs, err := accessReview(ctx, c, b)
+			if err != nil {
+				return err
+			}
+			if chf.addr == "" {
 				b.Missing = append(b.Missing, "clickhouse: change history, erasures, security alerts, availability")
-			} else if err := storeEvidence(ctx, clickhouse, orgs, b); err != nil {
+			} else if err := storeEvidence(ctx, chf, orgs, b); err != nil {
 				return err
 			}
 			if keyring == "" {
@@ -123,10 +128,8 @@ func newEvidenceCmd() *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&period, "period", "", "the period: a quarter (2026-Q3), a month (2026-11) or a year (2026), UTC")
 	bindEnv(fs, "period", "CERTNODE_EVIDENCE_PERIOD")
-	fs.StringVar(&coordAddr, "coordinator", "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	cf.register(fs, "", "a coordinator's HTTP address, read with $CERTNODE_ADMIN_TOKEN")
+	chf.register(fs, "", "ClickHouse native address")
 	fs.StringVar(&keyring, "workers-keyring", "", "the workers' key ring directory, whose ring.json records the signing keys' rotations")
 	bindEnv(fs, "workers-keyring", "CERTNODE_EVIDENCE_KEYRING")
 	fs.StringVar(&logURL, "log", "", "the transparency log's address, for its latest checkpoint")
@@ -219,11 +222,14 @@ func accessReview(ctx context.Context, c *adminClient, b *schemas.EvidenceBundle
 
 // storeEvidence fills what ClickHouse holds: the change history, erasures
 // and alerts of the period, and each organization's availability.
-func storeEvidence(ctx context.Context, addr string, orgs []string, b *schemas.EvidenceBundle) error {
-	password := os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+func storeEvidence(ctx context.Context, chf clickhouseFlags, orgs []string, b *schemas.EvidenceBundle) error {
+	o, err := chf.options()
+	if err != nil {
+		return err
+	}
 	key := make([]byte, exports.MinCursorKeyBytes) // no cursor leaves this process
 	rand.Read(key)
-	ex, err := exports.Open(ctx, []string{addr}, "default", password, exports.Config{CursorKey: key})
+	ex, err := exports.Open(ctx, o, exports.Config{CursorKey: key})
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}
@@ -253,7 +259,7 @@ func storeEvidence(ctx context.Context, addr string, orgs []string, b *schemas.E
 			return fmt.Errorf("%s: %w", part.name, err)
 		}
 	}
-	r, err := analytics.Open(ctx, []string{addr}, "default", password)
+	r, err := analytics.Open(ctx, o)
 	if err != nil {
 		return &exitError{code: exitUsage, err: err}
 	}

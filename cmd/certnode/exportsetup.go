@@ -11,6 +11,7 @@ import (
 	"github.com/certnode/certnode/compliance"
 	"github.com/certnode/certnode/exports"
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/schemas"
@@ -80,19 +81,19 @@ func (s securityAlerts) Alerts(ctx context.Context, org string, from, to time.Ti
 	return out, err
 }
 
-// openExports serves exports out of ClickHouse at addr (and the audit log's
+// openExports serves exports out of ClickHouse at o (and the audit log's
 // exports, when d has an audit log) and, with dir, runs export jobs there
 // (parts["exports"]) as node, which names this process
 // among those sharing dir across its restarts. The cursor and link keys derive
 // from the internal secret, so that every ingest node holding it resumes
 // the others' cursors and serves their links (from a shared dir); a
 // rotated secret voids cursors and links made before, which live minutes.
-func openExports(ctx context.Context, addr, password string, env *envelope.Envelope, mac *recordauth.Keyring, dir, node string,
+func openExports(ctx context.Context, o chconn.Options, env *envelope.Envelope, mac *recordauth.Keyring, dir, node string,
 	parts map[string]func(context.Context) error, d *ingest.Deps) (closeAll func(), err error) {
 	kid := mac.SignKeyID()
 	cursorKey, _ := mac.Derive(kid, []byte("certnode-export-cursor"))
 	linkKey, _ := mac.Derive(kid, []byte("certnode-export-link"))
-	ex, err := exports.Open(ctx, []string{addr}, "default", password, exports.Config{CursorKey: cursorKey, Opener: env})
+	ex, err := exports.Open(ctx, o, exports.Config{CursorKey: cursorKey, Opener: env})
 	if err != nil {
 		return nil, err
 	}

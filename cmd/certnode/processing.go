@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,7 +92,8 @@ var fixedStores = []ProcessingStore{
 
 func newProcessingCmd() *cobra.Command {
 	var kf kafkaFlags
-	var coordAddr, clickhouse string
+	var cf coordinatorFlags
+	var chf clickhouseFlags
 	cmd := &cobra.Command{
 		Use:   "processing",
 		Short: "Print the record of processing (what is stored, where, how long) from the running deployment",
@@ -113,16 +112,20 @@ func newProcessingCmd() *cobra.Command {
 			} else if err := topicStores(ctx, kcfg, &rec); err != nil {
 				return usageErr("--kafka: %v", err)
 			}
-			if clickhouse == "" {
+			if chf.addr == "" {
 				rec.Missing = append(rec.Missing, "clickhouse: the tables' sizes")
 				rec.Stores = append(rec.Stores, tableHolds...)
-			} else if err := tableStores(ctx, clickhouse, &rec); err != nil {
+			} else if o, err := chf.options(); err != nil {
+				return err
+			} else if err := tableStores(ctx, o, &rec); err != nil {
 				return usageErr("--clickhouse: %v", err)
 			}
 			rec.Stores = append(rec.Stores, fixedStores...)
-			if coordAddr == "" {
+			if cf.addrs == "" {
 				rec.Missing = append(rec.Missing, "coordinator: organizations' retention and webhook recipients")
-			} else if err := processingOrgs(ctx, &adminClient{addr: coordAddr, http: &http.Client{Timeout: 30 * time.Second}}, &rec); err != nil {
+			} else if c, err := cf.admin(); err != nil {
+				return err
+			} else if err := processingOrgs(ctx, c, &rec); err != nil {
 				return err
 			}
 			b, err := json.Marshal(rec, json.Deterministic(true))
@@ -134,10 +137,8 @@ func newProcessingCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&coordAddr, "coordinator", "", "a coordinator's HTTP address (with $CERTNODE_ADMIN_TOKEN)")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	cf.register(fs, "", "a coordinator's HTTP address, read with $CERTNODE_ADMIN_TOKEN")
+	chf.register(fs, "", "ClickHouse native address")
 	kf.register(fs, true)
 	return cmd
 }
@@ -191,8 +192,8 @@ func retentionText(ms string) string {
 }
 
 // tableStores describes each table with its size.
-func tableStores(ctx context.Context, addr string, rec *ProcessingRecord) error {
-	conn, err := chconn.Open(ctx, []string{addr}, "default", os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"))
+func tableStores(ctx context.Context, o chconn.Options, rec *ProcessingRecord) error {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return err
 	}

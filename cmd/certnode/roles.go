@@ -88,6 +88,39 @@ func (k *kafkaFlags) config() kafka.Config {
 		TLS: k.tls || k.ca != "", CAFile: k.ca, SASLMechanism: k.mechanism, SASLUser: k.user}
 }
 
+// clickhouseFlags are the ClickHouse connection of the roles that use it.
+type clickhouseFlags struct {
+	addr, user, ca string
+	tls            bool
+}
+
+// register adds --clickhouse (default def, for what usage says) and the
+// flags of its connection.
+func (c *clickhouseFlags) register(fs *pflag.FlagSet, def, usage string) {
+	fs.StringVar(&c.addr, "clickhouse", def, usage+" (password from $"+chconn.PasswordEnv+" or $"+chconn.PasswordEnv+"_FILE)")
+	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	fs.StringVar(&c.user, "clickhouse-user", "default", "the ClickHouse user")
+	bindEnv(fs, "clickhouse-user", "CERTNODE_CLICKHOUSE_USER")
+	fs.BoolVar(&c.tls, "clickhouse-tls", false, "connect to ClickHouse over TLS 1.2+ (its secure native port, tcp_port_secure)")
+	bindEnv(fs, "clickhouse-tls", "CERTNODE_CLICKHOUSE_TLS")
+	fs.StringVar(&c.ca, "clickhouse-ca", "", "the CA certificates (PEM) ClickHouse's certificate is checked against (default: the system's); implies --clickhouse-tls")
+	bindEnv(fs, "clickhouse-ca", "CERTNODE_CLICKHOUSE_CA")
+}
+
+// options are the connection settings, the password read from the
+// environment.
+func (c *clickhouseFlags) options() (chconn.Options, error) {
+	password, err := chconn.PasswordFromEnv()
+	if err != nil {
+		return chconn.Options{}, usageErr("%v", err)
+	}
+	o := chconn.Options{Addr: []string{c.addr}, User: c.user, Password: password, TLS: c.tls || c.ca != "", CAFile: c.ca}
+	if err := o.Validate(); err != nil {
+		return chconn.Options{}, usageErr("%v", err)
+	}
+	return o, nil
+}
+
 // newRegistry is the process's metrics registry, with Go and process metrics.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
@@ -95,11 +128,27 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// metricsServer serves /metrics, /healthz (503 while health fails) and
-// /readyz (503 while health or a ready check fails) for roles without an
-// HTTP API.
-func metricsServer(addr string, g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) func(context.Context) error {
-	return serveHTTP(addr, metricsMux(g, health, ready...))
+// metricsFlags name the listener of a role without an HTTP API, and its
+// certificate.
+type metricsFlags struct {
+	addr string
+	tls  tlsFlags
+}
+
+func (m *metricsFlags) register(fs *pflag.FlagSet, def string) {
+	fs.StringVar(&m.addr, "metrics", def, "address for /metrics, /healthz and /readyz (HTTPS with --tls-cert)")
+	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	m.tls.register(fs)
+}
+
+// server serves /metrics, /healthz (503 while health fails) and /readyz
+// (503 while health or a ready check fails).
+func (m *metricsFlags) server(g prometheus.Gatherer, health func() error, ready ...func(context.Context) error) (func(context.Context) error, error) {
+	cfg, err := m.tls.config()
+	if err != nil {
+		return nil, err
+	}
+	return serveTLS(m.addr, metricsMux(g, health, ready...), cfg), nil
 }
 
 // metricsMux serves /metrics, /healthz and /readyz.
@@ -132,12 +181,8 @@ func metricsMux(g prometheus.Gatherer, health func() error, ready ...func(contex
 	return mux
 }
 
-// serveHTTP serves h on addr until ctx ends.
-func serveHTTP(addr string, h http.Handler) func(context.Context) error {
-	return serveTLS(addr, h, nil)
-}
-
-// serveTLS is serveHTTP over TLS with cfg (nil: plain HTTP).
+// serveTLS serves h on addr over TLS with cfg (nil: plain HTTP) until ctx
+// ends.
 func serveTLS(addr string, h http.Handler, cfg *tls.Config) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ln, err := net.Listen("tcp", addr)
@@ -213,8 +258,10 @@ func loadTenants(path string) (*tenants.FileStore, error) {
 
 func newIngestCmd() *cobra.Command {
 	var kf kafkaFlags
-	var addr, tenantsFile, keyringDir, clickhouse, coordinators, exportsDir, logURL, logKey, auditURL, auditKey string
+	var addr, tenantsFile, keyringDir, exportsDir, logURL, logKey, auditURL, auditKey string
+	var cf coordinatorFlags
 	var tf tlsFlags
+	var chf clickhouseFlags
 	var kek kekFlags
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
@@ -253,10 +300,10 @@ func newIngestCmd() *cobra.Command {
 			var blocks ingest.Blocklist
 			var pointers ingest.SubjectPointers
 			switch {
-			case coordinators != "" && tenantsFile != "":
+			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
-			case coordinators != "":
-				r, l, err := followCoordinator(coordinators, maxStale, reg, parts)
+			case cf.addrs != "":
+				r, l, err := followCoordinator(cf, maxStale, reg, parts)
 				if err != nil {
 					errs = append(errs, err)
 					break
@@ -320,20 +367,24 @@ func newIngestCmd() *cobra.Command {
 			}
 			defer events.Close()
 			deps.Audit = events
-			if clickhouse != "" {
+			if chf.addr != "" {
+				cho, err := chf.options()
+				if err != nil {
+					return err
+				}
 				env, closeKEKs, err := kek.open()
 				if err != nil {
 					return err
 				}
 				defer closeKEKs()
-				st, err := openStores(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), env)
+				st, err := openStores(cmd.Context(), cho, env)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer st.Close()
 				st.fill(&deps)
 				host, _ := os.Hostname()
-				closeExports, err := openExports(cmd.Context(), clickhouse, os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD"), env, mac, exportsDir, host+"/"+addr, parts, &deps)
+				closeExports, err := openExports(cmd.Context(), cho, env, mac, exportsDir, host+"/"+addr, parts, &deps)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
@@ -359,8 +410,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
 	fs.StringVar(&keyringDir, "keyring", "", "the workers' key ring directory: its ring.json is published as the JWKS and reloaded when it changes")
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
-	fs.StringVar(&clickhouse, "clickhouse", "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	chf.register(fs, "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports")
 	kek.register(fs)
 	fs.StringVar(&logURL, "log", "", "the transparency log's address (certnode log serve --http), for /v1/log/... and /v1/receipts/{id}/proof")
 	bindEnv(fs, "log", "CERTNODE_LOG_URL")
@@ -372,8 +422,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "audit-log-key", "CERTNODE_AUDIT_LOG_KEY")
 	fs.StringVar(&exportsDir, "exports-dir", "", "folder for the files of background exports (POST /v1/export-jobs; with --clickhouse); share it between ingest nodes so that any serves any link")
 	bindEnv(fs, "exports-dir", "CERTNODE_EXPORTS_DIR")
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated) to take organizations and API keys from, instead of --tenants")
 	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep serving known keys while the coordinator is unreachable; then every key is refused")
 	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	ingestLimitFlags(fs, &cfg)
@@ -403,7 +452,9 @@ func ingestLimitFlags(fs *pflag.FlagSet, cfg *ingest.Config) {
 func newWorkerCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
-	var tenantsFile, metricsAddr, coordinators string
+	var tenantsFile string
+	var cf coordinatorFlags
+	var mf metricsFlags
 	var concurrency int
 	maxStale := coordinator.DefaultMaxStale
 	maxHeld := pipeline.DefaultConfig().MaxHeldBytes
@@ -438,12 +489,12 @@ func newWorkerCmd() *cobra.Command {
 			var replica *coordinator.Replica
 			parts := map[string]func(context.Context) error{}
 			switch {
-			case coordinators != "" && tenantsFile != "":
+			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
-			case coordinators != "":
+			case cf.addrs != "":
 				// Producers' records draw on the same cluster-wide
 				// shares as the organization's HTTP requests.
-				r, l, err := followCoordinator(coordinators, maxStale, reg, parts)
+				r, l, err := followCoordinator(cf, maxStale, reg, parts)
 				if err != nil {
 					errs = append(errs, err)
 					break
@@ -492,23 +543,23 @@ func newWorkerCmd() *cobra.Command {
 			if replica != nil {
 				parts["worker"], parts["coordinator"], ready = afterReady(replica.Ready, w.Run), replica.Run, append(ready, replica.Ready)
 			}
-			parts["metrics"] = metricsServer(metricsAddr, reg, w.Healthy, ready...)
+			if parts["metrics"], err = mf.server(reg, w.Healthy, ready...); err != nil {
+				return err
+			}
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&tenantsFile, "tenants", "", "tenants file (JSON with hashed API keys)")
 	bindEnv(fs, "tenants", "CERTNODE_TENANTS_FILE")
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated) to take producer keys from, instead of --tenants")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated) to take producer keys from, instead of --tenants")
 	fs.DurationVar(&maxStale, "coordinator-max-stale", maxStale, "how long to keep using known producer keys while the coordinator is unreachable; then every producer record is refused")
 	bindEnv(fs, "coordinator-max-stale", "CERTNODE_COORDINATOR_MAX_STALE")
 	fs.IntVar(&concurrency, "concurrency", 0, "requests processed at once (default 2 x cores)")
 	bindEnv(fs, "concurrency", "CERTNODE_WORKER_CONCURRENCY")
 	fs.IntVar(&maxHeld, "max-held-bytes", maxHeld, "bytes of records held for quota per partition before its fetching pauses")
 	bindEnv(fs, "max-held-bytes", "CERTNODE_WORKER_MAX_HELD_BYTES")
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9101", "address for /metrics, /healthz and /readyz")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9101")
 	kf.register(fs, true)
 	keys.register(fs, true)
 	return cmd
@@ -532,7 +583,9 @@ func afterReady(ready func(context.Context) error, run func(context.Context) err
 func newSinkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sink", Short: "Run a sink"}
 	var kf kafkaFlags
-	var addr, metricsAddr, coordinators string
+	var chf clickhouseFlags
+	var cf coordinatorFlags
+	var mf metricsFlags
 	var kek kekFlags
 	seal := true
 	retentionEvery := time.Hour
@@ -546,8 +599,11 @@ func newSinkCmd() *cobra.Command {
 			"With --coordinator: $CERTNODE_NODE_TOKEN and the internal secret ($CERTNODE_INTERNAL_SECRET).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
-			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
+			var err error
+			if cfg.ClickHouse, err = chf.options(); err != nil {
+				return err
+			}
+			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-sink-clickhouse"
 			env, closeKEKs, err := kek.open()
 			if err != nil {
 				return err
@@ -567,10 +623,13 @@ func newSinkCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer s.Close()
-			parts := map[string]func(context.Context) error{"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}
+			parts := map[string]func(context.Context) error{"sink": s.Run}
+			if parts["metrics"], err = mf.server(reg, func() error { return nil }); err != nil {
+				return err
+			}
 			if seal {
 				scfg := analytics.DefaultSealerConfig()
-				scfg.Addr, scfg.Password, scfg.Registerer = cfg.Addr, cfg.Password, reg
+				scfg.ClickHouse, scfg.Registerer = cfg.ClickHouse, reg
 				sealer, err := analytics.NewSealer(cmd.Context(), scfg)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
@@ -578,32 +637,29 @@ func newSinkCmd() *cobra.Command {
 				defer sealer.Close()
 				parts["sealer"] = sealer.Run
 			}
-			if coordinators != "" {
-				retention, closeAll, err := openRetention(cmd.Context(), cfg, coordinators, retentionEvery, reg, parts)
+			if cf.addrs != "" {
+				retention, closeAll, err := openRetention(cmd.Context(), cfg, cf, retentionEvery, reg, parts)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
 				defer closeAll()
 				parts["retention"] = retention.Run
 			}
-			slog.Info("clickhouse sink started", "clickhouse", addr, "sealer", seal, "retention", coordinators != "")
+			slog.Info("clickhouse sink started", "clickhouse", cfg.ClickHouse, "sealer", seal, "retention", cf.addrs != "")
 			return runErr(runParts(cmd.Context(), parts))
 		},
 	}
 	fs := ch.Flags()
-	fs.StringVar(&addr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address (password from $CERTNODE_CLICKHOUSE_PASSWORD, user default)")
-	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
+	chf.register(fs, "127.0.0.1:9000", "ClickHouse native address")
 	kek.register(fs)
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9102", "address for /metrics")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9102")
 	fs.IntVar(&cfg.BatchRows, "batch-rows", cfg.BatchRows, "rows per insert at most")
 	bindEnv(fs, "batch-rows", "CERTNODE_SINK_BATCH_ROWS")
 	fs.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest wait before a partial batch is inserted")
 	bindEnv(fs, "batch-wait", "CERTNODE_SINK_BATCH_WAIT")
 	fs.BoolVar(&seal, "seal", seal, "also seal the analytics rollups' hours (any number of sinks may; queries stay exact without, only slower)")
 	bindEnv(fs, "seal", "CERTNODE_SINK_SEAL")
-	fs.StringVar(&coordinators, "coordinator", "", "coordinator HTTP addresses (comma-separated), whose organizations' retention settings this sink enforces")
-	bindEnv(fs, "coordinator", "CERTNODE_COORDINATOR")
+	cf.register(fs, "", "coordinator HTTP addresses (comma-separated), whose organizations' retention settings this sink enforces")
 	fs.DurationVar(&retentionEvery, "retention-every", retentionEvery, "how often retention runs")
 	bindEnv(fs, "retention-every", "CERTNODE_RETENTION_EVERY")
 	kf.register(fs, true)
@@ -614,7 +670,7 @@ func newSinkCmd() *cobra.Command {
 // openRetention follows the coordinator's organizations (parts gets the
 // copy's loop) and returns their retention, erasing through its own
 // ClickHouse connection and recording erasures in the audit log.
-func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, every time.Duration, reg prometheus.Registerer,
+func openRetention(ctx context.Context, cfg chsink.Config, cf coordinatorFlags, every time.Duration, reg prometheus.Registerer,
 	parts map[string]func(context.Context) error) (*chsink.Retention, func(), error) {
 	if every < time.Minute {
 		return nil, nil, errors.New("--retention-every: at least a minute")
@@ -623,11 +679,11 @@ func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, 
 	if err != nil {
 		return nil, nil, err
 	}
-	replica, err := coordinatorReplica(coordinators, coordinator.DefaultMaxStale, nil)
+	replica, err := coordinatorReplica(cf, coordinator.DefaultMaxStale, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := chconn.Open(ctx, cfg.Addr, cfg.Username, cfg.Password)
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -643,7 +699,7 @@ func openRetention(ctx context.Context, cfg chsink.Config, coordinators string, 
 
 func newUsageSinkCmd() *cobra.Command {
 	var kf kafkaFlags
-	var metricsAddr string
+	var mf metricsFlags
 	cfg := usagesink.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "usage",
@@ -664,14 +720,16 @@ func newUsageSinkCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer s.Close()
+			metrics, err := mf.server(reg, func() error { return nil })
+			if err != nil {
+				return err
+			}
 			slog.Info("usage sink started", "source", cfg.Source)
-			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{
-				"sink": s.Run, "metrics": metricsServer(metricsAddr, reg, func() error { return nil })}))
+			return runErr(runParts(cmd.Context(), map[string]func(context.Context) error{"sink": s.Run, "metrics": metrics}))
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&metricsAddr, "metrics", "127.0.0.1:9103", "address for /metrics")
-	bindEnv(fs, "metrics", "CERTNODE_METRICS")
+	mf.register(fs, "127.0.0.1:9103")
 	fs.StringVar(&cfg.Source, "source", cfg.Source, "base of the events' source: SOURCE/orgs/ORG")
 	bindEnv(fs, "source", "CERTNODE_USAGE_SOURCE")
 	fs.IntVar(&cfg.BatchRecords, "batch-records", cfg.BatchRecords, "results handled at once at most")
@@ -695,26 +753,26 @@ func (s *stores) fill(d *ingest.Deps) {
 	d.Store, d.Usage, d.Deliveries, d.Analytics, d.Privacy = s.receipts, s.usage, s.deliveries, s.analytics, s.privacy
 }
 
-func openStores(ctx context.Context, addr, password string, env *envelope.Envelope) (*stores, error) {
+func openStores(ctx context.Context, o chconn.Options, env *envelope.Envelope) (*stores, error) {
 	var s stores
 	var err error
-	if s.receipts, err = ingest.OpenClickHouseStore(ctx, []string{addr}, "default", password, env); err != nil {
+	if s.receipts, err = ingest.OpenClickHouseStore(ctx, o, env); err != nil {
 		return nil, err
 	}
-	if s.usage, err = billing.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.usage, err = billing.Open(ctx, o); err != nil {
 		s.receipts.Close()
 		return nil, err
 	}
-	if s.deliveries, err = deliveries.Open(ctx, []string{addr}, "default", password, env); err != nil {
+	if s.deliveries, err = deliveries.Open(ctx, o, env); err != nil {
 		s.receipts.Close()
 		s.usage.Close()
 		return nil, err
 	}
-	if s.analytics, err = analytics.Open(ctx, []string{addr}, "default", password); err != nil {
+	if s.analytics, err = analytics.Open(ctx, o); err != nil {
 		s.Close()
 		return nil, err
 	}
-	if s.privacy, err = privacy.Open(ctx, []string{addr}, "default", password, env); err != nil {
+	if s.privacy, err = privacy.Open(ctx, o, env); err != nil {
 		s.Close()
 		return nil, err
 	}

@@ -4,12 +4,9 @@ package kafka
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/certnode/certnode/internal/envsecret"
+	"github.com/certnode/certnode/internal/tlsconf"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -92,16 +90,9 @@ func (c *Config) Validate() error {
 func (c *Config) security() ([]kgo.Opt, error) {
 	var opts []kgo.Opt
 	if c.TLS {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.CAFile != "" {
-			pem, err := os.ReadFile(c.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("kafka: CA file: %w", err)
-			}
-			cfg.RootCAs = x509.NewCertPool()
-			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("kafka: CA file %s holds no PEM certificate", c.CAFile)
-			}
+		cfg, err := tlsconf.Client(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("kafka: %w", err)
 		}
 		opts = append(opts, kgo.DialTLSConfig(cfg))
 	}

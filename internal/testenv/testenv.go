@@ -47,6 +47,46 @@ func ClickHouseAddr(t testing.TB) string {
 	return addr
 }
 
+// SecureClickHouse is the local ClickHouse's native port over TLS and the
+// user with a password that deploy/local/clickhouse.sh makes.
+type SecureClickHouse struct {
+	Addr         string
+	CAFile       string // the local CA that signed the server's certificate
+	User         string
+	Password     string
+	PasswordFile string
+}
+
+// ClickHouseSecure returns the local ClickHouse's TLS port, checked
+// reachable, with the CA and password files under $CERTNODE_LOCAL/clickhouse.
+func ClickHouseSecure(t testing.TB) SecureClickHouse {
+	t.Helper()
+	addr := env("CERTNODE_TEST_CLICKHOUSE_SECURE", "127.0.0.1:9440")
+	reachable(t, "ClickHouse (TLS)", addr, "deploy/local/clickhouse.sh start")
+	dir := filepath.Join(localDir(t), "clickhouse")
+	s := SecureClickHouse{Addr: addr, CAFile: filepath.Join(dir, "ca.pem"), User: "certnode", PasswordFile: filepath.Join(dir, "certnode.password")}
+	pw, err := os.ReadFile(s.PasswordFile)
+	if err != nil {
+		t.Fatalf("the certnode user's password: %v (deploy/local/clickhouse.sh start writes it)", err)
+	}
+	s.Password = string(pw)
+	return s
+}
+
+// localDir is where deploy/local keeps its state: $CERTNODE_LOCAL, or the
+// repository's .local.
+func localDir(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("CERTNODE_LOCAL"); d != "" {
+		return d
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || len(out) < 2 {
+		t.Fatalf("go env GOMOD: %v (or set $CERTNODE_LOCAL)", err)
+	}
+	return filepath.Join(filepath.Dir(string(out[:len(out)-1])), ".local")
+}
+
 // PKCS11 returns the module and token label of the local SoftHSM2 token.
 // The PIN comes from CERTNODE_PKCS11_PIN(_FILE), as in production.
 func PKCS11(t testing.TB) (module, token string) {

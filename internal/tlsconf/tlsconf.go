@@ -1,10 +1,12 @@
 // Package tlsconf makes the TLS configuration of the service's listeners
 // from certificate files: TLS 1.2 or later, the files read again when they
-// change (a renewal by certbot or an ACME client needs no restart).
+// change (a renewal by certbot or an ACME client needs no restart); and
+// that of its clients, which check a server against a CA file.
 package tlsconf
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,3 +84,22 @@ func (r *reloader) load() (*tls.Certificate, error) {
 }
 
 func (r *reloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.load() }
+
+// Client returns the configuration of a connection to a server: TLS 1.2 or
+// later, the server's certificate checked against the PEM certificates of
+// caFile (empty: the system's roots).
+func Client(caFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: CA file: %w", err)
+	}
+	cfg.RootCAs = x509.NewCertPool()
+	if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls: CA file %s holds no PEM certificate", caFile)
+	}
+	return cfg, nil
+}

@@ -72,3 +72,58 @@ func TestServer(t *testing.T) {
 		t.Fatalf("no files: %v %v", cfg, err)
 	}
 }
+
+// A client trusts the CA file's certificates only, and offers TLS 1.2 or
+// later.
+func TestClient(t *testing.T) {
+	dir := t.TempDir()
+	f := selfSigned(t, dir, "server")
+	cfg, err := f.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	other := selfSigned(t, t.TempDir(), "other")
+	for _, tc := range []struct {
+		ca      string
+		wantErr string
+	}{
+		{f.Cert, ""},
+		{other.Cert, "certificate signed by unknown authority"},
+		{"", "certificate signed by unknown authority"}, // the system's roots
+	} {
+		ccfg, err := Client(tc.ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ccfg.MinVersion != tls.VersionTLS12 {
+			t.Errorf("MinVersion %x", ccfg.MinVersion)
+		}
+		c, err := tls.Dial("tcp", ln.Addr().String(), ccfg)
+		if err == nil {
+			c.Close()
+		}
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("CA %q: %v, want %q", tc.ca, err, tc.wantErr)
+		}
+	}
+	if _, err := Client(filepath.Join(dir, "missing.pem")); err == nil {
+		t.Error("a missing CA file accepted")
+	}
+	if _, err := Client(f.Key); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Errorf("a key as CA file: %v", err)
+	}
+}

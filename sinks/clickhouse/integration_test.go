@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/kafkatest"
 	"github.com/certnode/certnode/internal/testenv"
@@ -27,7 +28,7 @@ func chConn(t *testing.T) driver.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := open(ctx, []string{testenv.ClickHouseAddr(t)}, "default", "")
+	conn, err := open(ctx, chconn.Options{Addr: []string{testenv.ClickHouseAddr(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +189,7 @@ func newKafkaEnv(t *testing.T) *kafkaEnv {
 	prefix := "sinktest-" + testenv.RandomSuffix()
 	cfg := DefaultConfig()
 	cfg.Kafka = kafka.Config{Brokers: testenv.KafkaBrokers(t), Partitions: 2, ReplicationFactor: 1, TopicPrefix: prefix}
-	cfg.Addr, cfg.Group = []string{testenv.ClickHouseAddr(t)}, prefix+"-sink"
+	cfg.ClickHouse.Addr, cfg.Group = []string{testenv.ClickHouseAddr(t)}, prefix+"-sink"
 	cfg.Sealer = testSealer(t)
 	cfg.BatchWait, cfg.AttemptTimeout = 300*time.Millisecond, 30*time.Second
 	cl, err := kafka.NewClient(cfg.Kafka)

@@ -54,10 +54,8 @@ const (
 type Config struct {
 	Kafka kafka.Config
 	Group string
-	// Addr is the ClickHouse native address(es), host:port.
-	Addr     []string
-	Username string
-	Password string
+	// ClickHouse is where the rows go.
+	ClickHouse chconn.Options
 	// BatchRows and BatchWait bound a batch: it is written when either is
 	// reached.
 	BatchRows int
@@ -80,8 +78,8 @@ type Sealer interface {
 // DefaultConfig returns a config with every field but the addresses set.
 func DefaultConfig() Config {
 	return Config{
-		Kafka: kafka.Config{Partitions: 8, ReplicationFactor: 1},
-		Group: "certnode-sink-clickhouse", Username: "default",
+		Kafka:     kafka.Config{Partitions: 8, ReplicationFactor: 1},
+		Group:     "certnode-sink-clickhouse",
 		BatchRows: 10000, BatchWait: time.Second, AttemptTimeout: time.Minute,
 	}
 }
@@ -95,8 +93,8 @@ func (c *Config) Validate() error {
 	if c.Group == "" {
 		errs = append(errs, errors.New("clickhouse sink: group is required"))
 	}
-	if len(c.Addr) == 0 {
-		errs = append(errs, errors.New("clickhouse sink: address is required"))
+	if err := c.ClickHouse.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.BatchRows < 1 || c.BatchWait <= 0 {
 		errs = append(errs, errors.New("clickhouse sink: batch rows and wait must be positive"))
@@ -173,7 +171,7 @@ func New(ctx context.Context, cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	conn, err := open(ctx, cfg.Addr, cfg.Username, cfg.Password)
+	conn, err := open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
 	}
@@ -205,8 +203,8 @@ func newSink(cfg Config, ins Inserter[Row], usage Inserter[UsageRow], attempts I
 }
 
 // open connects to ClickHouse and applies the DDL.
-func open(ctx context.Context, addr []string, user, password string) (driver.Conn, error) {
-	conn, err := chconn.Open(ctx, addr, user, password)
+func open(ctx context.Context, o chconn.Options) (driver.Conn, error) {
+	conn, err := chconn.Open(ctx, o)
 	if err != nil {
 		return nil, err
 	}

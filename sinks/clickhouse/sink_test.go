@@ -40,7 +40,7 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 	t.Cleanup(c.Close)
 	cfg := DefaultConfig()
 	cfg.Kafka = kafka.Config{Brokers: c.ListenAddrs(), Partitions: 2, ReplicationFactor: 1}
-	cfg.Addr = []string{"unused:9000"}
+	cfg.ClickHouse.Addr = []string{"unused:9000"}
 	cfg.Sealer = testSealer(t)
 	cfg.BatchWait, cfg.AttemptTimeout = 100*time.Millisecond, 2*time.Second
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
