@@ -415,7 +415,7 @@ func newWorkerCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
 			cfg := pipeline.DefaultConfig()
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-workers"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleWorker)
 			cfg.DrainTimeout = drainTimeout()
 			if concurrency > 0 {
 				cfg.Concurrency = concurrency
@@ -537,7 +537,7 @@ func newSinkCmd() *cobra.Command {
 			"With --coordinator: $CERTNODE_NODE_TOKEN and the internal secret ($CERTNODE_INTERNAL_SECRET).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kf.prefix+"-sink-clickhouse"
+			cfg.Kafka, cfg.Addr, cfg.Group = kf.config(), []string{addr}, kafka.Group(kf.prefix, kafka.RoleSinkClickHouse)
 			cfg.Password = os.Getenv("CERTNODE_CLICKHOUSE_PASSWORD")
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}
@@ -634,7 +634,7 @@ func newUsageSinkCmd() *cobra.Command {
 		Short: "Publish a usage event (CloudEvents, as OpenMeter ingests them) for every authenticated result",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-sink-usage"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleSinkUsage)
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
