@@ -8,11 +8,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +37,8 @@ import (
 // process with only its user: a receipt is signed over HTTP and a bulk
 // job finished (ingest, worker), the receipt reaches ClickHouse, the usage
 // events and the transparency log (sinks, log), a webhook is delivered
-// (dispatcher), the coordinator's changes reach the audit log, and an
+// (dispatcher, retrying through the delay topics, giving up into the
+// webhook DLQ), the coordinator's changes reach the audit log, and an
 // attack on a key raises an alert delivered as a webhook (detect). A user
 // stepping outside its grant is refused by the broker, and so is a wrong
 // password.
@@ -149,15 +153,36 @@ func TestSecureKafkaRoles(t *testing.T) {
 	org, key := e.newOrgKey(call, "secure", `["admin","read","sign","jobs"]`)
 	e.apiKey, e.tenant = key, org
 	victimOrg, victim := e.newOrgKey(call, "victim", `["read"]`)
-	recv := newReceiver(t, 200)
-	body, _ := json.Marshal(map[string]any{"url": recv.srv.URL + "/hook", "event_types": []string{}, "secret": whsig.NewSecret().Encode()})
-	for _, o := range []string{org, victimOrg} {
-		if code, resp := call("POST", "/v1/orgs/"+o+"/webhooks/endpoints", string(body)); code != 201 {
-			t.Fatalf("endpoint of %s: %d %s", o, code, resp)
+	endpoint := func(org, url string, events ...string) string {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{"url": url, "event_types": append([]string{}, events...), "secret": whsig.NewSecret().Encode()})
+		code, resp := call("POST", "/v1/orgs/"+org+"/webhooks/endpoints", string(body))
+		var ep struct {
+			ID string `json:"id"`
 		}
+		if code != 201 || json.Unmarshal([]byte(resp), &ep, json.RejectUnknownMembers(false)) != nil {
+			t.Fatalf("endpoint of %s: %d %s", org, code, resp)
+		}
+		return ep.ID
 	}
+	recv := newReceiver(t, 200)
+	endpoint(org, recv.srv.URL+"/hook")
+	endpoint(victimOrg, recv.srv.URL+"/hook")
+	// Retries go through the delay topics and back onto webhooks; an
+	// endpoint that never answers 2xx ends in the webhook DLQ.
+	var flakyCalls atomic.Int32
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if flakyCalls.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(flaky.Close)
+	dead := newReceiver(t, http.StatusInternalServerError)
+	flakyID := endpoint(org, flaky.URL+"/hook", schemas.EventReceiptSigned)
+	deadID := endpoint(org, dead.srv.URL+"/hook", schemas.EventReceiptSigned)
 	start(kafka.RoleDispatcher, func() *proc {
-		return e.start("dispatcher", "dispatcher", "--coordinator", caddr, "--metrics", freeAddr(t), "--webhook-allow", "127.0.0.0/8")
+		return e.start("dispatcher", "dispatcher", "--coordinator", caddr, "--metrics", freeAddr(t), "--webhook-allow", "127.0.0.0/8",
+			"--retry-schedule", "0s,1s")
 	})
 	start(kafka.RoleIngest, func() *proc {
 		return e.ingest("--coordinator", caddr, "--log", "http://"+logAddr, "--log-key", strings.TrimSpace(vk.stdout))
@@ -195,6 +220,27 @@ func TestSecureKafkaRoles(t *testing.T) {
 		attempts := count("SELECT count() FROM certnode.webhook_attempts WHERE org = ? AND event_type = ? AND status = 200", org, schemas.EventReceiptSigned)
 		created := count("SELECT count() FROM certnode.audit_events WHERE org = ? AND action = 'org.create' AND source = 'coordinator'", org)
 		return usage >= 4 && attempts >= 1 && created == 1, fmt.Sprintf("usage %d, attempts %d, org.create %d", usage, attempts, created)
+	})
+	testenv.WaitFor(t, "a retry delivered, and a message given up", 60*time.Second, func() (bool, string) {
+		retried := count("SELECT count() FROM certnode.webhook_attempts WHERE endpoint_id = ? AND attempt = 2 AND status = 200", flakyID)
+		gaveUp := count("SELECT count() FROM certnode.webhook_attempts WHERE endpoint_id = ? AND attempt = 2 AND status = 500", deadID)
+		return retried >= 1 && gaveUp >= 1, fmt.Sprintf("delivered at the second attempt %d, failed twice %d", retried, gaveUp)
+	})
+	dlq, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(sk.Addr), kgo.ConsumeTopics(schemas.TopicsFor(e.prefix).WebhookDLQ),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, admin...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dlq.Close()
+	testenv.WaitFor(t, "the dead endpoint's message in the webhook DLQ", 30*time.Second, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		for _, r := range dlq.PollFetches(ctx).Records() {
+			if strings.Contains(string(r.Value), deadID) {
+				return true, ""
+			}
+		}
+		return false, "none yet"
 	})
 	// The audit log holds the coordinator's events.
 	testenv.WaitFor(t, "the audit log grows", 30*time.Second, func() (bool, string) {
