@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -130,13 +131,19 @@ func (g Grant) acls(principal, prefix string) []*kadm.ACLBuilder {
 	return out
 }
 
-// SCRAMUser is a Kafka user's SCRAM credential. Password stays out of
+// SCRAMUser is a Kafka user's SCRAM credential. Its password stays out of
 // logs and serialized forms.
 type SCRAMUser struct {
 	Name      string
 	Mechanism string // SCRAM-SHA-256 or SCRAM-SHA-512
 	Password  string `json:"-"`
 }
+
+// String names the user without its password, for fmt and slog alike.
+func (u SCRAMUser) String() string { return u.Name + " (" + u.Mechanism + ")" }
+
+// LogValue keeps slog from printing the fields.
+func (u SCRAMUser) LogValue() slog.Value { return slog.StringValue(u.String()) }
 
 // Applied is what ApplyGrant did, for the operator.
 type Applied struct {

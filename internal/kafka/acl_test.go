@@ -1,6 +1,9 @@
 package kafka
 
 import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -38,5 +41,18 @@ func TestGrants(t *testing.T) {
 	}
 	if _, err := GrantFor("admin", "p"); err == nil || !strings.Contains(err.Error(), "unknown role") {
 		t.Fatalf("an unknown role: %v", err)
+	}
+}
+
+// A user's password shows in no formatting of it.
+func TestSCRAMUserHidesPassword(t *testing.T) {
+	var b strings.Builder
+	u := SCRAMUser{Name: "ingest", Mechanism: "SCRAM-SHA-512", Password: "hunter2-secret"}
+	slog.New(slog.NewTextHandler(&b, nil)).Info("user", "user", u)
+	fmt.Fprintf(&b, "%v %+v %s", u, u, u)
+	j, _ := json.Marshal(u)
+	b.Write(j)
+	if strings.Contains(b.String(), "hunter2") || !strings.Contains(b.String(), "ingest") {
+		t.Fatalf("formatted: %s", b.String())
 	}
 }
