@@ -35,13 +35,13 @@ import (
 // authorizes by ACL (deploy/local/kafka-secure.sh), certnode kafka grant
 // gives each role a user of its own; then every role runs as its own
 // process with only its user: a receipt is signed over HTTP and a bulk
-// job finished (ingest, worker), the receipt reaches ClickHouse, the usage
-// events and the transparency log (sinks, log), a webhook is delivered
-// (dispatcher, retrying through the delay topics, giving up into the
-// webhook DLQ), the coordinator's changes reach the audit log, and an
-// attack on a key raises an alert delivered as a webhook (detect). A user
-// stepping outside its grant is refused by the broker, and so is a wrong
-// password.
+// job finished (ingest, worker); poison input goes to the DLQ (worker);
+// the receipt reaches ClickHouse, the usage events and the transparency
+// log (sinks, log); webhooks are delivered, retried through the delay
+// topics, given up into the webhook DLQ, triggered and redelivered through
+// ingest (dispatcher); the coordinator's changes reach the audit log; an
+// attack on a key raises an alert delivered as a webhook (detect). The
+// broker refuses a user what its grant leaves out, and a wrong password.
 func TestSecureKafkaRoles(t *testing.T) {
 	sk := testenv.SecureKafkaBroker(t)
 	e := newE2E(t, sk.Addr)
@@ -202,6 +202,14 @@ func TestSecureKafkaRoles(t *testing.T) {
 		return s.State == "done" && s.Valid == 3, fmt.Sprintf("%+v", s)
 	})
 	waitProof(t, e, rc.ReceiptID, 60*time.Second)
+	// Poison input: the worker puts it on the DLQ.
+	topics := schemas.TopicsFor(e.prefix)
+	pctx, pcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer pcancel()
+	if err := adminCl.ProduceSync(pctx, &kgo.Record{Topic: topics.Requests, Key: []byte(org), Value: []byte("poison-" + suffix)}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	holds(t, sk, admin, topics.DLQ, "poison-"+suffix)
 
 	// The results, their usage, the webhook attempts and the audit events
 	// in ClickHouse, each through its role's user.
@@ -226,22 +234,27 @@ func TestSecureKafkaRoles(t *testing.T) {
 		gaveUp := count("SELECT count() FROM certnode.webhook_attempts WHERE endpoint_id = ? AND attempt = 2 AND status = 500", deadID)
 		return retried >= 1 && gaveUp >= 1, fmt.Sprintf("delivered at the second attempt %d, failed twice %d", retried, gaveUp)
 	})
-	dlq, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(sk.Addr), kgo.ConsumeTopics(schemas.TopicsFor(e.prefix).WebhookDLQ),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, admin...)...)
-	if err != nil {
-		t.Fatal(err)
+	// Through ingest: a triggered event (on events) and a redelivery (on
+	// webhooks), each delivered.
+	if code, resp := e.do("POST", "/v1/webhooks/trigger", "application/json", `{"event_type":"`+schemas.EventWebhookTest+`"}`); code != 202 {
+		t.Fatalf("trigger: %d %s", code, resp)
 	}
-	defer dlq.Close()
-	testenv.WaitFor(t, "the dead endpoint's message in the webhook DLQ", 30*time.Second, func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		for _, r := range dlq.PollFetches(ctx).Records() {
-			if strings.Contains(string(r.Value), deadID) {
-				return true, ""
-			}
-		}
-		return false, "none yet"
+	code, resp := e.do("GET", "/v1/webhooks/deliveries?endpoint="+flakyID+"&status="+schemas.DeliveryDelivered, "", "")
+	var page schemas.DeliveryPage
+	if code != 200 || json.Unmarshal([]byte(resp), &page, json.RejectUnknownMembers(false)) != nil || len(page.Data) == 0 {
+		t.Fatalf("deliveries: %d %s", code, resp)
+	}
+	if code, resp := e.do("POST", "/v1/webhooks/deliveries/"+page.Data[0].ID+"/redeliver", "", ""); code != 202 {
+		t.Fatalf("redeliver: %d %s", code, resp)
+	}
+	testenv.WaitFor(t, "the triggered event and the redelivery delivered", 30*time.Second, func() (bool, string) {
+		recv.mu.Lock()
+		triggered := slices.ContainsFunc(recv.body, func(b string) bool { return strings.Contains(b, `"`+schemas.EventWebhookTest+`"`) })
+		recv.mu.Unlock()
+		redelivered := count("SELECT count() FROM certnode.webhook_attempts WHERE endpoint_id = ? AND redelivery = 1 AND status = 200", flakyID)
+		return triggered && redelivered == 1, fmt.Sprintf("triggered %v, redelivered %d", triggered, redelivered)
 	})
+	holds(t, sk, admin, topics.WebhookDLQ, deadID)
 	// The audit log holds the coordinator's events.
 	testenv.WaitFor(t, "the audit log grows", 30*time.Second, func() (bool, string) {
 		code, cp := request("GET", "http://"+auditAddr+"/checkpoint", "", "", "")
@@ -272,6 +285,27 @@ func TestSecureKafkaRoles(t *testing.T) {
 			t.Errorf("%s was refused by the broker:\n%s", p.name, out)
 		}
 	}
+}
+
+// holds waits until topic holds a record whose value contains want.
+func holds(t *testing.T, sk testenv.SecureKafka, admin []kgo.Opt, topic, want string) {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(sk.Addr), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, admin...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	testenv.WaitFor(t, want+" on "+topic, 30*time.Second, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		for _, r := range cl.PollFetches(ctx).Records() {
+			if strings.Contains(string(r.Value), want) {
+				return true, ""
+			}
+		}
+		return false, "not yet"
+	})
 }
 
 // refusals checks the broker refuses a role's user what its grant does

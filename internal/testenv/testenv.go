@@ -217,6 +217,7 @@ func SecureKafkaBroker(t testing.TB) SecureKafka {
 		dir = filepath.Join(root, ".local", "kafka-secure")
 	}
 	read := func(name string) string {
+		t.Helper()
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatalf("the secure Kafka is not set up: %v (start it with `%s`, or run `make test`)", err, how)
