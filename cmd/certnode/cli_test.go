@@ -77,6 +77,9 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 			want = append(want, internal...)
 			want = append(want, "$CERTNODE_NODE_TOKEN", "$CERTNODE_NODE_TOKEN_FILE")
 		}
+		if c.Name() == "grant" {
+			want = append(want, "$CERTNODE_KAFKA_GRANT_PASSWORD", "$CERTNODE_KAFKA_GRANT_PASSWORD_FILE", "$CERTNODE_KAFKA_SASL_PASSWORD")
+		}
 		if c.Name() == "coordinator" {
 			want = append(want, "$CERTNODE_ADMIN_TOKEN", "$CERTNODE_NODE_TOKEN", "$CERTNODE_ADMIN_TOKEN_FILE", "$CERTNODE_NODE_TOKEN_FILE")
 		}
@@ -95,7 +98,7 @@ func TestCLIHelpNamesSecrets(t *testing.T) {
 		}
 		checked[c.Name()] = true
 	})
-	for _, name := range []string{"ingest", "worker", "coordinator", "dev", "sign", "jwks", "generate", "rotate", "list", "clickhouse", "processing", "evidence", "analytics"} {
+	for _, name := range []string{"ingest", "worker", "coordinator", "dev", "sign", "jwks", "generate", "rotate", "list", "clickhouse", "processing", "evidence", "analytics", "grant"} {
 		if !checked[name] {
 			t.Errorf("help of %s not checked", name)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/internal/audit"
+	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/sinks/detect"
 )
@@ -41,7 +42,7 @@ func newDetectCmd() *cobra.Command {
 			"\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-detect"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleDetect)
 			errs := []error{cfg.Validate()}
 			mac, err := recordauth.SecretsFromEnv()
 			errs = append(errs, err)

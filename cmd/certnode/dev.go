@@ -22,6 +22,7 @@ import (
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/envelope"
+	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
@@ -174,7 +175,7 @@ func newDevCmd() *cobra.Command {
 				},
 			}
 			wcfg := pipeline.DefaultConfig()
-			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kf.prefix+"-workers", reg
+			wcfg.Kafka, wcfg.Group, wcfg.Registerer = kcfg, kafka.Group(kf.prefix, kafka.RoleWorker), reg
 			// Limits hold as in a cluster: the embedded node lends them, and
 			// producers' records share the budget of the HTTP requests.
 			limiter, err := coordinator.NewLimiter(replica, coordinator.LimiterConfig{Registerer: reg})
@@ -193,7 +194,7 @@ func newDevCmd() *cobra.Command {
 			parts["worker"] = afterReady(replica.Ready, w.Run)
 			parts["keyring"] = signer.NewRingWatcher(ring, ringPoll).Run
 			ucfg := usagesink.DefaultConfig()
-			ucfg.Kafka, ucfg.Group, ucfg.Registerer = kcfg, kf.prefix+"-sink-usage", reg
+			ucfg.Kafka, ucfg.Group, ucfg.Registerer = kcfg, kafka.Group(kf.prefix, kafka.RoleSinkUsage), reg
 			us, err := usagesink.New(ucfg)
 			if err != nil {
 				return usageErr("%v", err)
@@ -203,7 +204,7 @@ func newDevCmd() *cobra.Command {
 			// Webhooks reach public addresses and this machine (a
 			// developer's local receiver).
 			dcfg := webhook.DefaultConfig()
-			dcfg.Kafka, dcfg.Group, dcfg.Registerer = kcfg, kf.prefix+"-dispatcher", reg
+			dcfg.Kafka, dcfg.Group, dcfg.Registerer = kcfg, kafka.Group(kf.prefix, kafka.RoleDispatcher), reg
 			disp, err := newDispatcher(dcfg, replica, mac, 0, devWebhookAllow)
 			if err != nil {
 				return usageErr("%v", err)
@@ -225,7 +226,7 @@ func newDevCmd() *cobra.Command {
 			// The detectors alert; they block no address here, where every
 			// client is this machine.
 			dtcfg := detect.DefaultConfig()
-			dtcfg.Kafka, dtcfg.Group, dtcfg.Registerer = kcfg, kf.prefix+"-detect", reg
+			dtcfg.Kafka, dtcfg.Group, dtcfg.Registerer = kcfg, kafka.Group(kf.prefix, kafka.RoleDetect), reg
 			detector, err := detect.New(dtcfg, events, nil, mac)
 			if err != nil {
 				return usageErr("%v", err)
@@ -249,7 +250,7 @@ func newDevCmd() *cobra.Command {
 				}
 				env = envelope.New(keks)
 				scfg := chsink.DefaultConfig()
-				scfg.Kafka, scfg.ClickHouse, scfg.Group, scfg.Registerer, scfg.Sealer = kcfg, cho, kf.prefix+"-sink-clickhouse", reg, env
+				scfg.Kafka, scfg.ClickHouse, scfg.Group, scfg.Registerer, scfg.Sealer = kcfg, cho, kafka.Group(kf.prefix, kafka.RoleSinkClickHouse), reg, env
 				sink, err := chsink.New(ctx, scfg)
 				if err != nil {
 					return usageErr("%v", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/ingest"
 	"github.com/certnode/certnode/internal/egress"
+	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/sinks/webhook"
@@ -141,7 +142,7 @@ func newDispatcherCmd() *cobra.Command {
 			"\nRequired: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-dispatcher"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleDispatcher)
 			var errs []error
 			if schedule != "" {
 				s, err := parseSchedule(schedule)

@@ -65,6 +65,9 @@ type e2e struct {
 	kekModule, kekToken string
 	keyring             string
 	bin                 string // the certnode binary the roles run; empty: certnodeBinary
+	// admin are the options of the cleanup's client that deletes the
+	// topics (TLS and an administrator's credentials on a secure broker).
+	admin []kgo.Opt
 }
 
 // newE2E sets up a deployment on the Kafka at kafkaAddr (empty: the shared
@@ -81,7 +84,7 @@ func newE2E(t *testing.T, kafkaAddr string, keygen ...string) *e2e {
 		e.kafka = testenv.KafkaBrokers(t)[0]
 	}
 	t.Cleanup(func() { // after the processes stopped (cleanups run last-in, first-out)
-		cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.kafka, ",")...))
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(strings.Split(e.kafka, ",")...)}, e.admin...)...)
 		if err != nil {
 			return
 		}

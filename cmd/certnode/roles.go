@@ -474,7 +474,7 @@ func newWorkerCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
 			cfg := pipeline.DefaultConfig()
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-workers"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleWorker)
 			cfg.DrainTimeout = drainTimeout()
 			if concurrency > 0 {
 				cfg.Concurrency = concurrency
@@ -603,7 +603,7 @@ func newSinkCmd() *cobra.Command {
 			if cfg.ClickHouse, err = chf.options(); err != nil {
 				return err
 			}
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-sink-clickhouse"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleSinkClickHouse)
 			env, closeKEKs, err := kek.open()
 			if err != nil {
 				return err
@@ -706,7 +706,7 @@ func newUsageSinkCmd() *cobra.Command {
 		Short: "Publish a usage event (CloudEvents, as OpenMeter ingests them) for every authenticated result",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Kafka, cfg.Group = kf.config(), kf.prefix+"-sink-usage"
+			cfg.Kafka, cfg.Group = kf.config(), kafka.Group(kf.prefix, kafka.RoleSinkUsage)
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}

@@ -147,14 +147,14 @@ func newLogServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			group := kf.prefix + "-translog"
+			group := kafka.Group(kf.prefix, kafka.RoleLog)
 			if cfg.Kind == translog.Audit {
 				mac, err := recordauth.SecretsFromEnv()
 				if err != nil {
 					return usageErr("--kind audit: %v", err)
 				}
 				cfg.MAC = mac
-				group = kf.prefix + "-auditlog"
+				group = kafka.Group(kf.prefix, kafka.RoleAuditLog)
 				if !cmd.Flags().Changed("origin") {
 					origin = defaultAuditOrigin
 				}
@@ -291,9 +291,9 @@ func newLogMonitorCmd() *cobra.Command {
 // audit-log-key.pem), the log in dir/translog or dir/auditlog, served on a
 // loopback port of its own, and the client ingest reads it with.
 func devLog(ctx context.Context, kcfg kafka.Config, prefix, dir string, kind translog.Kind, mac *recordauth.Keyring, reg prometheus.Registerer) (*translog.Sink, *transparency.Client, func(context.Context) error, error) {
-	keyFile, origin, group, sub := filepath.Join(dir, "log-key.pem"), defaultOrigin, prefix+"-translog", "translog"
+	keyFile, origin, group, sub := filepath.Join(dir, "log-key.pem"), defaultOrigin, kafka.Group(prefix, kafka.RoleLog), "translog"
 	if kind == translog.Audit {
-		keyFile, origin, group, sub = filepath.Join(dir, "audit-log-key.pem"), defaultAuditOrigin, prefix+"-auditlog", "auditlog"
+		keyFile, origin, group, sub = filepath.Join(dir, "audit-log-key.pem"), defaultAuditOrigin, kafka.Group(prefix, kafka.RoleAuditLog), "auditlog"
 	}
 	key, err := signer.LoadSoftware(keyFile)
 	if errors.Is(err, os.ErrNotExist) {

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,4 +227,62 @@ func SelfSigned(t testing.TB, cn string) (cert tls.Certificate, certPEM, keyPEM 
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
+}
+
+// SecureKafka is the local broker that takes only TLS and SCRAM-SHA-512
+// and authorizes by ACL (deploy/local/kafka-secure.sh), with what an
+// administrator needs to reach it.
+type SecureKafka struct {
+	Addr          string
+	CAFile        string // the CA its certificate is checked against
+	AdminUser     string // a super user
+	AdminPassword string
+}
+
+// SecureKafkaBroker finds the secure broker's state under
+// $CERTNODE_TEST_KAFKA_SECURE_DIR, else $CERTNODE_LOCAL/kafka-secure, else
+// the module's .local/kafka-secure, and checks it is reachable.
+func SecureKafkaBroker(t testing.TB) SecureKafka {
+	t.Helper()
+	const how = "deploy/local/kafka-secure.sh start"
+	dir := os.Getenv("CERTNODE_TEST_KAFKA_SECURE_DIR")
+	if dir == "" && os.Getenv("CERTNODE_LOCAL") != "" {
+		dir = filepath.Join(os.Getenv("CERTNODE_LOCAL"), "kafka-secure")
+	}
+	if dir == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			t.Fatalf("the secure Kafka's state: %v (set $CERTNODE_LOCAL, or run `make test`)", err)
+		}
+		dir = filepath.Join(root, ".local", "kafka-secure")
+	}
+	read := func(name string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("the secure Kafka is not set up: %v (start it with `%s`, or run `make test`)", err, how)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	k := SecureKafka{Addr: read("bootstrap"), CAFile: filepath.Join(dir, "ca.pem"), AdminUser: "admin", AdminPassword: read("admin.password")}
+	reachable(t, "the secure Kafka", k.Addr, how)
+	return k
+}
+
+// moduleRoot is the nearest folder above the working directory holding go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = up
+	}
 }

@@ -37,7 +37,7 @@ func newDelayer(d *Dispatcher, opts ...kgo.Opt) (*delayer, error) {
 		dl.delay[t] = schemas.WebhookDelayTiers[i]
 	}
 	group := []kgo.Opt{
-		kgo.ConsumerGroup(d.cfg.Group + "-delay"),
+		kgo.ConsumerGroup(kafka.DelayGroup(d.cfg.Group)),
 		kgo.ConsumeTopics(d.topics.WebhookDelays...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
