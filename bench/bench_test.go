@@ -94,12 +94,7 @@ func BenchmarkJCS(b *testing.B) {
 			}
 		}
 	})
-	ops := float64(b.N) / b.Elapsed().Seconds()
-	b.ReportMetric(ops, "ops/s")
-	b.ReportMetric(ops/raw[schemas.AlgES256].Sign, "x_raw_sign")
-	for _, alg := range Algs {
-		summary.set("JCS", alg, fmt.Sprintf("%9.0f/s %6.3f x raw sign", ops, ops/raw[alg].Sign))
-	}
+	reportAlgFree(b, "JCS")
 }
 
 func BenchmarkSoftwareSignReceipt(b *testing.B) {

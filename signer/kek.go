@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/miekg/pkcs11"
 
@@ -18,10 +19,23 @@ const KEKLabelPrefix = "certnode-kek-"
 // KEKs are the organizations' key-encryption keys of envelope encryption
 // (internal/envelope): AES-256 keys made inside the token, sensitive and
 // never extractable, that wrap and unwrap data keys with CKM_AES_GCM.
-type KEKs struct{ h *HSM }
+type KEKs struct {
+	h *HSM
+	// handles caches each organization's key handles, found once per
+	// connection generation: a search walks every object on the token. A
+	// key destroyed by another process fails with an invalid handle,
+	// after which the client reconnects (a new generation) and searches.
+	mu      sync.Mutex
+	handles map[string]kekHandles
+}
+
+type kekHandles struct {
+	gen  uint64
+	keys []pkcs11.ObjectHandle
+}
 
 // KEKs returns the token's key-encryption keys.
-func (h *HSM) KEKs() *KEKs { return &KEKs{h: h} }
+func (h *HSM) KEKs() *KEKs { return &KEKs{h: h, handles: map[string]kekHandles{}} }
 
 var _ envelope.KEKs = (*KEKs)(nil)
 
@@ -34,11 +48,36 @@ func kekLabel(org string) *pkcs11.Attribute {
 // keys lists org's KEKs: one, unless two processes made one at once;
 // Wrap uses the first and Unwrap tries each, so neither is lost.
 func (k *KEKs) keys(s session, org string) ([]pkcs11.ObjectHandle, error) {
+	k.mu.Lock()
+	c, ok := k.handles[org]
+	k.mu.Unlock()
+	if ok && c.gen == s.gen {
+		return c.keys, nil
+	}
 	// Private objects are invisible, not refused, to a logged-out session.
 	if err := k.h.loggedIn(s); err != nil {
 		return nil, err
 	}
-	return k.h.find(s, pkcs11.CKO_SECRET_KEY, kekLabel(org))
+	keys, err := k.h.find(s, pkcs11.CKO_SECRET_KEY, kekLabel(org))
+	if err == nil && len(keys) > 0 {
+		k.cache(org, s.gen, keys)
+	}
+	return keys, err
+}
+
+func (k *KEKs) forget(org string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.handles, org)
+}
+
+func (k *KEKs) cache(org string, gen uint64, keys []pkcs11.ObjectHandle) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.handles) >= 4096 {
+		clear(k.handles)
+	}
+	k.handles[org] = kekHandles{gen: gen, keys: keys}
 }
 
 // Wrap encrypts dek under org's KEK, made first if org has none: a fresh
@@ -60,6 +99,7 @@ func (k *KEKs) Wrap(ctx context.Context, org string, dek, aad []byte) ([]byte, e
 				return fmt.Errorf("generate the KEK of %s: %w", org, err)
 			}
 			keys = append(keys, key)
+			k.cache(org, s.gen, keys)
 		}
 		params := pkcs11.NewGCMParams(nonce, aad, gcmTagBits)
 		defer params.Free()
@@ -100,22 +140,29 @@ func (k *KEKs) Unwrap(ctx context.Context, org string, wrapped, aad []byte) ([]b
 	}
 	var dek []byte
 	err := k.h.with(ctx, func(s session) error {
-		keys, err := k.keys(s, org)
-		if err != nil {
-			return err
-		}
-		if len(keys) == 0 {
-			return envelope.ErrNoKEK
-		}
-		for _, key := range keys {
-			if dek, err = k.decrypt(s, key, wrapped, aad); err == nil {
-				return nil
-			}
-			if !errors.Is(err, envelope.ErrCorrupt) {
+		tried := map[pkcs11.ObjectHandle]bool{}
+		// Twice: the cached handles may miss a KEK another process made
+		// at the same time as the first.
+		for range 2 {
+			keys, err := k.keys(s, org)
+			if err != nil {
 				return err
 			}
+			if len(keys) == 0 {
+				return envelope.ErrNoKEK
+			}
+			for _, key := range keys {
+				if tried[key] {
+					continue
+				}
+				tried[key] = true
+				if dek, err = k.decrypt(s, key, wrapped, aad); err == nil || !errors.Is(err, envelope.ErrCorrupt) {
+					return err
+				}
+			}
+			k.forget(org)
 		}
-		return err
+		return envelope.ErrCorrupt
 	})
 	if err != nil && !errors.Is(err, envelope.ErrNoKEK) && !errors.Is(err, envelope.ErrCorrupt) {
 		err = fmt.Errorf("pkcs11 unwrap: %w", err)
@@ -142,6 +189,7 @@ func (k *KEKs) decrypt(s session, key pkcs11.ObjectHandle, wrapped, aad []byte) 
 
 // Destroy deletes every KEK of org from the token (C_DestroyObject).
 func (k *KEKs) Destroy(ctx context.Context, org string) error {
+	k.forget(org) // search afresh: another process may have made one
 	return k.h.with(ctx, func(s session) error {
 		keys, err := k.keys(s, org)
 		if err != nil {
@@ -150,6 +198,7 @@ func (k *KEKs) Destroy(ctx context.Context, org string) error {
 		if len(keys) == 0 {
 			return envelope.ErrNoKEK
 		}
+		defer k.forget(org)
 		for _, key := range keys {
 			if err := k.h.mod.p.DestroyObject(s.h, key); err != nil {
 				return fmt.Errorf("pkcs11 destroy the KEK of %s: %w", org, err)

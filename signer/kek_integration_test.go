@@ -40,7 +40,8 @@ func TestHSMKEKs(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	reader := envelope.New(openTestHSM(t, 1).KEKs())
+	readerKEKs := openTestHSM(t, 1).KEKs()
+	reader := envelope.New(readerKEKs)
 	for _, v := range sealed {
 		if strings.Contains(v, "ada@") {
 			t.Fatalf("plaintext in %s", v)
@@ -97,8 +98,17 @@ func TestHSMKEKs(t *testing.T) {
 		t.Fatal("the token revealed the KEK's value")
 	}
 
+	// Another client holds the KEK's handle cached.
+	wrapped, err := readerKEKs.Wrap(ctx, org, make([]byte, 32), []byte("aad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	if err := e.Destroy(ctx, org); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := readerKEKs.Unwrap(ctx, org, wrapped, []byte("aad")); !errors.Is(err, envelope.ErrNoKEK) {
+		t.Fatalf("unwrap through a handle cached before the destruction: %v", err)
 	}
 	fresh := envelope.New(h.KEKs())
 	for _, v := range sealed {

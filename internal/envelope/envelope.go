@@ -180,8 +180,10 @@ func dataAAD(org string) []byte { return []byte("certnode-data-v1\x00" + org) }
 func dekAAD(org, month string) []byte { return []byte("certnode-dek-v1\x00" + org + "\x00" + month) }
 
 // sealKey returns this process's DEK for org's month, making and wrapping
-// one when it has none (or it is older than CacheTTL, so a destroyed KEK
-// stops new writes under old DEKs too).
+// one when it has none. Every CacheTTL it checks that the KEK still
+// unwraps it, so that after the KEK's destruction new values are sealed
+// under a new KEK within that time (and stay readable); one DEK serves
+// the whole month otherwise, so readers unwrap few.
 func (e *Envelope) sealKey(ctx context.Context, org, month string) (*dataKey, error) {
 	p := period{org, month}
 	e.mu.Lock()
@@ -189,6 +191,21 @@ func (e *Envelope) sealKey(ctx context.Context, org, month string) (*dataKey, er
 	e.mu.Unlock()
 	if ok && e.now().Sub(k.at) < CacheTTL {
 		return k, nil
+	}
+	if ok {
+		_, err := e.keks.Unwrap(ctx, org, k.wrapped, dekAAD(org, month))
+		switch {
+		case err == nil:
+			checked := *k
+			checked.at = e.now()
+			e.mu.Lock()
+			e.sealing[p] = &checked
+			e.mu.Unlock()
+			return &checked, nil
+		case !errors.Is(err, ErrNoKEK) && !errors.Is(err, ErrCorrupt):
+			return nil, fmt.Errorf("envelope: check the KEK of %s: %w", org, err)
+		}
+		// Destroyed (and perhaps made again by another writer): a new DEK.
 	}
 	dek := make([]byte, 32)
 	if _, err := rand.Read(dek); err != nil {

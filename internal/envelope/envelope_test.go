@@ -87,6 +87,16 @@ func TestSealOpen(t *testing.T) {
 	if n := keks.wraps.Load(); n != 3 {
 		t.Fatalf("%d DEKs wrapped; want one per organization and month", n)
 	}
+	// Past CacheTTL the writer checks its DEK with the KEK and keeps it.
+	later := time.Now().Add(CacheTTL)
+	e.now = func() time.Time { return later }
+	unwraps := keks.unwraps.Load()
+	if _, err := e.Seal(ctx, "acme", nov, []byte(plain)); err != nil {
+		t.Fatal(err)
+	}
+	if w, u := keks.wraps.Load(), keks.unwraps.Load(); w != 3 || u != unwraps+1 {
+		t.Fatalf("after CacheTTL: %d wraps, %d unwraps; want the DEK checked once and kept", w, u-unwraps)
+	}
 	// A value moved to another organization's row does not open there.
 	if _, err := e.Open(ctx, "globex", sealed[0]); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("acme's value opened as globex's: %v", err)
@@ -141,7 +151,24 @@ func TestDestroy(t *testing.T) {
 	if got, err := reader.Open(ctx, "globex", globex); err != nil || string(got) != "globex's" {
 		t.Fatalf("globex after acme's erasure: %q, %v", got, err)
 	}
-	// New data is sealed under a new KEK.
+	// New data is sealed under a new KEK, also by a writer that cached
+	// its DEK before the destruction, once CacheTTL passed.
+	writer := New(keks.KEKs)
+	writer.now = func() time.Time { return now }
+	if _, err := writer.Seal(ctx, "globex", nov, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Destroy(ctx, "globex"); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(CacheTTL)
+	late, err := writer.Seal(ctx, "globex", nov, []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := New(keks.KEKs).Open(ctx, "globex", late); err != nil || string(got) != "after" {
+		t.Fatalf("sealed after the destruction by a writer with a cached DEK: %q, %v", got, err)
+	}
 	again, err := e.Seal(ctx, "acme", nov, []byte("new"))
 	if err != nil {
 		t.Fatal(err)
