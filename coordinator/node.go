@@ -30,8 +30,9 @@ type Config struct {
 	PeerTLS *tls.Config
 	// RaftTLS carries Raft over TLS too, authenticated both ways: each
 	// member presents TLS's certificate and checks the other's with
-	// PeerTLS's roots, so only a member reaches the log. Every member
-	// must set it.
+	// PeerTLS's roots (required), so only a holder of a certificate of
+	// that CA reaches the log: give the members a CA of their own. Every
+	// member must set it.
 	RaftTLS bool
 	DataDir string
 	// Bootstrap makes a new cluster of this one node; Join is the HTTP
@@ -88,6 +89,11 @@ func (c *Config) Validate() error {
 	}
 	if c.RaftTLS && c.TLS == nil {
 		errs = append(errs, errors.New("coordinator: Raft over TLS needs the API's certificate (--tls-cert, --tls-key)"))
+	}
+	// Without a CA of its own, Raft would admit any certificate the
+	// system's roots vouch for: anyone could join the log.
+	if c.RaftTLS && (c.PeerTLS == nil || c.PeerTLS.RootCAs == nil) {
+		errs = append(errs, errors.New("coordinator: Raft over TLS needs the members' CA (--coordinator-ca): the system's roots would admit anyone's certificate"))
 	}
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("coordinator: --bootstrap and --join exclude each other"))

@@ -193,7 +193,7 @@ func TestRaftTLS(t *testing.T) {
 	}
 
 	cfg := Config{ID: "n3", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), AdminToken: testAdmin, NodeToken: testNode, RaftTLS: true}
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "Raft over TLS") {
-		t.Errorf("RaftTLS without a certificate: %v", err)
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "needs the API's certificate") || !strings.Contains(err.Error(), "needs the members' CA") {
+		t.Errorf("RaftTLS without a certificate or a CA: %v", err)
 	}
 }

@@ -37,8 +37,8 @@ func Open(ctx context.Context, o chconn.Options, open Opener) (*Reader, error) {
 	return &Reader{conn: conn, t: productionTables, open: open}, nil
 }
 
-// body opens a stored body; none when it was erased (blanked, or sealed
-// under a destroyed key).
+// body opens a stored body (or an endpoint's answer); none when it was
+// erased (blanked, or sealed under a destroyed key).
 func (r *Reader) body(ctx context.Context, org, v string) ([]byte, error) {
 	if v == "" {
 		return nil, nil
@@ -175,6 +175,11 @@ func (r *Reader) Get(ctx context.Context, org, messageID string) (*schemas.Webho
 		if a.Body, err = r.body(ctx, org, body); err != nil {
 			return err
 		}
+		answer, err := r.body(ctx, org, a.ResponseBody)
+		if err != nil {
+			return err
+		}
+		a.ResponseBody = string(answer)
 		list = append(list, a)
 		return nil
 	})

@@ -128,13 +128,24 @@ func fakeResults(n int) *fakeDB {
 
 var testKey = []byte("a cursor key of thirty-two bytes!")
 
+// testKEKs is the folder of testOpener's KEKs, removed by TestMain.
+var testKEKs string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testKEKs != "" {
+		os.RemoveAll(testKEKs)
+	}
+	os.Exit(code)
+}
+
 // testOpener opens with KEKs in a folder of the test process.
 var testOpener = sync.OnceValue(func() *envelope.Envelope {
-	dir, err := os.MkdirTemp("", "certnode-exports-keks-")
-	if err != nil {
+	var err error
+	if testKEKs, err = os.MkdirTemp("", "certnode-exports-keks-"); err != nil {
 		panic(err)
 	}
-	keks, err := envelope.NewDirKEKs(dir)
+	keks, err := envelope.NewDirKEKs(testKEKs)
 	if err != nil {
 		panic(err)
 	}
@@ -517,5 +528,54 @@ func TestEstimate(t *testing.T) {
 	e = newTestExporter(&fakeDB{err: errors.New("connection refused")})
 	if _, err := e.Estimate(t.Context(), resultsQuery); err == nil || errors.Is(err, ErrBadQuery) {
 		t.Errorf("query error: %v", err)
+	}
+}
+
+// Sealed receipts are exported opened; once the organization's KEK is
+// destroyed they are exported as erased (null), like blanked ones.
+func TestExportOpensSealedReceipts(t *testing.T) {
+	keks, err := envelope.NewDirKEKs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envelope.New(keks)
+	sealed, err := env.Seal(t.Context(), "acme", from, []byte(`{"r":"sealed"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := fakeResults(3)
+	for i, receipt := range []string{sealed, `{"r":"stored before encryption"}`, ""} {
+		db.rows[i] = append(db.rows[i], receipt)
+	}
+	e := newTestExporter(db)
+	e.cfg.Opener = env
+	q := resultsQuery
+	q.Receipt = true
+	receipts := func() []string {
+		t.Helper()
+		var out bytes.Buffer
+		if _, err := e.Export(t.Context(), &out, q, NDJSON, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for line := range strings.Lines(out.String()) {
+			var row struct {
+				Receipt json.RawMessage `json:"receipt"`
+			}
+			if err := json.Unmarshal([]byte(line), &row); err != nil {
+				t.Fatalf("%q: %v", line, err)
+			}
+			got = append(got, string(row.Receipt))
+		}
+		return got
+	}
+	if got := receipts(); !slices.Equal(got, []string{`{"r":"sealed"}`, `{"r":"stored before encryption"}`, "null"}) {
+		t.Fatalf("receipts exported: %q", got)
+	}
+	if err := env.Destroy(t.Context(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got := receipts(); !slices.Equal(got, []string{"null", `{"r":"stored before encryption"}`, "null"}) {
+		t.Fatalf("receipts exported after the KEK's destruction: %q", got)
 	}
 }

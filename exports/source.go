@@ -152,7 +152,7 @@ var sources = map[Kind]*source{
 			{Column: Column{"next_attempt_at", Timestamp}, expr: "next_attempt_at", zeroNull: true},
 			// Bodies are whatever the message and the endpoint sent: text.
 			{Column: Column{"body", String}, expr: "body", opt: true, sealed: true},
-			{Column: Column{"response_body", String}, expr: "response_body", opt: true},
+			{Column: Column{"response_body", String}, expr: "response_body", opt: true, sealed: true},
 		},
 		filters: map[string]string{"endpoint_id": "endpoint_id", "event_type": "event_type", "outcome": "outcome"}},
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -131,9 +132,10 @@ func (k *KEKs) generate(s session, org string) (pkcs11.ObjectHandle, error) {
 	})
 }
 
-// Unwrap decrypts what Wrap returned; envelope.ErrNoKEK when org has no
-// KEK on the token, envelope.ErrCorrupt when none of its KEKs
-// authenticates it.
+// Unwrap decrypts what Wrap returned: envelope.ErrDestroyed when none of
+// org's KEKs opens it and the token records one destroyed,
+// envelope.ErrNoKEK when org never had one here, envelope.ErrCorrupt when
+// none authenticates it.
 func (k *KEKs) Unwrap(ctx context.Context, org string, wrapped, aad []byte) ([]byte, error) {
 	if len(wrapped) < gcmNonce+gcmTagBits/8 {
 		return nil, envelope.ErrCorrupt
@@ -149,7 +151,7 @@ func (k *KEKs) Unwrap(ctx context.Context, org string, wrapped, aad []byte) ([]b
 				return err
 			}
 			if len(keys) == 0 {
-				return envelope.ErrNoKEK
+				return k.missing(s, org, envelope.ErrNoKEK)
 			}
 			for _, key := range keys {
 				if tried[key] {
@@ -162,12 +164,31 @@ func (k *KEKs) Unwrap(ctx context.Context, org string, wrapped, aad []byte) ([]b
 			}
 			k.forget(org)
 		}
-		return envelope.ErrCorrupt
+		return k.missing(s, org, envelope.ErrCorrupt)
 	})
-	if err != nil && !errors.Is(err, envelope.ErrNoKEK) && !errors.Is(err, envelope.ErrCorrupt) {
+	if err != nil && !errors.Is(err, envelope.ErrNoKEK) && !errors.Is(err, envelope.ErrCorrupt) && !errors.Is(err, envelope.ErrDestroyed) {
 		err = fmt.Errorf("pkcs11 unwrap: %w", err)
 	}
 	return dek, err
+}
+
+// tombstone labels the token object recording that org's KEK was
+// destroyed (a data object: no key search sees it).
+func tombstone(org string) *pkcs11.Attribute {
+	return pkcs11.NewAttribute(pkcs11.CKA_LABEL, KEKLabelPrefix+"destroyed-"+org)
+}
+
+// missing is why no KEK of org opened a value: ErrDestroyed when the token
+// records org's KEK destroyed, otherwise err.
+func (k *KEKs) missing(s session, org string, err error) error {
+	found, ferr := k.h.find(s, pkcs11.CKO_DATA, tombstone(org))
+	switch {
+	case ferr != nil:
+		return ferr
+	case len(found) > 0:
+		return envelope.ErrDestroyed
+	}
+	return err
 }
 
 // decrypt reports a tag that does not authenticate as ErrCorrupt rather
@@ -199,6 +220,23 @@ func (k *KEKs) Destroy(ctx context.Context, org string) error {
 			return envelope.ErrNoKEK
 		}
 		defer k.forget(org)
+		// The tombstone first: a crash between the two leaves the key,
+		// and a retry destroys it.
+		if err := k.missing(s, org, nil); err == nil {
+			_, err = k.h.mod.p.CreateObject(s.h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, "certnode"),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE, []byte(time.Now().UTC().Format(time.RFC3339))),
+				tombstone(org),
+			})
+			if err != nil {
+				return fmt.Errorf("pkcs11 record the KEK of %s destroyed: %w", org, err)
+			}
+		} else if !errors.Is(err, envelope.ErrDestroyed) {
+			return err
+		}
 		for _, key := range keys {
 			if err := k.h.mod.p.DestroyObject(s.h, key); err != nil {
 				return fmt.Errorf("pkcs11 destroy the KEK of %s: %w", org, err)

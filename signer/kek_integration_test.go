@@ -23,6 +23,11 @@ func TestHSMKEKs(t *testing.T) {
 	h := openTestHSM(t, 4)
 	org := testLabel(t)
 	e := envelope.New(h.KEKs())
+	t.Cleanup(func() { // the token keeps what tests make: remove the KEKs
+		for _, o := range []string{org, org + "-other"} {
+			h.KEKs().Destroy(context.Background(), o)
+		}
+	})
 	ctx := context.Background()
 	at := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
 
@@ -50,7 +55,7 @@ func TestHSMKEKs(t *testing.T) {
 			t.Fatalf("open through another client: %q, %v", got, err)
 		}
 	}
-	if _, err := reader.Open(ctx, org+"-other", sealed[0]); !errors.Is(err, envelope.ErrDestroyed) {
+	if _, err := reader.Open(ctx, org+"-never", sealed[0]); !errors.Is(err, envelope.ErrNoKEK) {
 		t.Fatalf("opened as an organization without a KEK: %v", err)
 	}
 	other, err := e.Seal(ctx, org+"-other", at, []byte("x"))
@@ -60,8 +65,8 @@ func TestHSMKEKs(t *testing.T) {
 	if _, err := reader.Open(ctx, org, other); !errors.Is(err, envelope.ErrCorrupt) {
 		t.Fatalf("another organization's value opened: %v", err)
 	}
-	// A bad tag is the value's fault, not the token's: the client keeps
-	// its sessions (no reopen) and signing goes on.
+	// A bad tag is the value's fault, not the token's: the client does
+	// not reconnect its pool (signing on it goes on).
 	generation := func() uint64 { h.mu.Lock(); defer h.mu.Unlock(); return h.gen }
 	gen := generation()
 	if _, err := h.KEKs().Unwrap(ctx, org, make([]byte, 60), []byte("aad")); !errors.Is(err, envelope.ErrCorrupt) {
@@ -107,7 +112,7 @@ func TestHSMKEKs(t *testing.T) {
 	if err := e.Destroy(ctx, org); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readerKEKs.Unwrap(ctx, org, wrapped, []byte("aad")); !errors.Is(err, envelope.ErrNoKEK) {
+	if _, err := readerKEKs.Unwrap(ctx, org, wrapped, []byte("aad")); !errors.Is(err, envelope.ErrDestroyed) {
 		t.Fatalf("unwrap through a handle cached before the destruction: %v", err)
 	}
 	fresh := envelope.New(h.KEKs())
@@ -119,5 +124,15 @@ func TestHSMKEKs(t *testing.T) {
 	if err := h.KEKs().Destroy(ctx, org); !errors.Is(err, envelope.ErrNoKEK) {
 		t.Fatalf("second destroy: %v", err)
 	}
-	_ = h.KEKs().Destroy(ctx, org+"-other")
+	// The organization goes on: a new KEK, and its old values stay erased.
+	again, err := envelope.New(h.KEKs()).Seal(ctx, org, at, []byte("new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := envelope.New(h.KEKs()).Open(ctx, org, again); err != nil || string(got) != "new" {
+		t.Fatalf("after a new KEK: %q, %v", got, err)
+	}
+	if _, err := envelope.New(h.KEKs()).Open(ctx, org, sealed[0]); !errors.Is(err, envelope.ErrDestroyed) {
+		t.Fatalf("an old value beside the new KEK: %v", err)
+	}
 }

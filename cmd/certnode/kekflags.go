@@ -12,10 +12,7 @@ import (
 // kekFlags select where the organizations' key-encryption keys live, for
 // the roles that store payloads sealed (the ClickHouse sink) or read them
 // (ingest with --clickhouse): a PKCS#11 token, or a folder of files.
-type kekFlags struct {
-	dir, module, token string
-	hsm                *signer.HSM
-}
+type kekFlags struct{ dir, module, token string }
 
 func (k *kekFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&k.token, "kek-token", "", "PKCS#11 token holding the organizations' key-encryption keys (payloads are stored encrypted; the PIN as for signing keys)")

@@ -106,10 +106,13 @@ start() {
   kafka_fetch; credentials; configure
   if [ ! -f "$KDIR/data/meta.properties" ]; then
     # The super user exists from the start: SCRAM users live in the
-    # cluster's metadata, which only a running broker could change.
-    "${java_cmd[@]}" kafka.tools.StorageTool format --standalone -t "$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid)" \
-      -c "$KDIR/server.properties" --add-scram "SCRAM-SHA-512=[name=admin,password=$(cat "$KDIR/admin.password")]" \
-      >"$KDIR/format.log" 2>&1 || { cat "$KDIR/format.log" >&2; die "storage format failed"; }
+    # cluster's metadata, which only a running broker could change. The
+    # tool takes the password only as an argument, visible to this
+    # machine's other users for the second it runs: fine for a test broker.
+    (umask 077
+      "${java_cmd[@]}" kafka.tools.StorageTool format --standalone -t "$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid)" \
+        -c "$KDIR/server.properties" --add-scram "SCRAM-SHA-512=[name=admin,password=$(cat "$KDIR/admin.password")]" \
+        >"$KDIR/format.log" 2>&1) || { cat "$KDIR/format.log" >&2; die "storage format failed"; }
   fi
   log "starting on 127.0.0.1:$PORT (SASL_SSL, SCRAM-SHA-512, ACLs)"
   nohup "${java_cmd[@]}" kafka.Kafka "$KDIR/server.properties" >"$KDIR/stdout.log" 2>&1 &

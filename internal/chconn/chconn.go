@@ -43,6 +43,12 @@ func (o Options) LogValue() slog.Value {
 	return slog.GroupValue(slog.Any("addr", o.Addr), slog.String("user", o.User), slog.Bool("tls", o.TLS), slog.String("ca", o.CAFile))
 }
 
+// String and GoString keep the password out of fmt output too.
+func (o Options) String() string {
+	return fmt.Sprintf("{Addr:%v User:%s Password:<redacted> TLS:%t CAFile:%s}", o.Addr, o.User, o.TLS, o.CAFile)
+}
+func (o Options) GoString() string { return "chconn.Options" + o.String() }
+
 // Validate reports every problem at once.
 func (o Options) Validate() error {
 	var errs []error
@@ -57,7 +63,21 @@ func (o Options) Validate() error {
 	if o.CAFile != "" && !o.TLS {
 		errs = append(errs, errors.New("clickhouse: a CA file is for TLS: set TLS too"))
 	}
+	if o.Password != "" && !o.TLS && !loopback(o.Addr) {
+		errs = append(errs, errors.New("clickhouse: a password is sent in the clear without TLS: set TLS to reach a server off this machine"))
+	}
 	return errors.Join(errs...)
+}
+
+// loopback reports whether every address is this machine's.
+func loopback(addrs []string) bool {
+	for _, a := range addrs {
+		host, _, _ := net.SplitHostPort(a)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return false
+		}
+	}
+	return true
 }
 
 // PasswordFromEnv reads $CERTNODE_CLICKHOUSE_PASSWORD, or the file named by

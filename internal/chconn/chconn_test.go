@@ -2,6 +2,7 @@ package chconn
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,6 +19,8 @@ func TestOptionsValidate(t *testing.T) {
 		{"plain", Options{Addr: []string{"127.0.0.1:9000"}}, nil},
 		{"tls with a CA and a user", Options{Addr: []string{"ch1:9440", "ch2:9440"}, User: "certnode", Password: "p", TLS: true, CAFile: "ca.pem"}, nil},
 		{"tls, the system's roots", Options{Addr: []string{"[::1]:9440"}, TLS: true}, nil},
+		{"a password on loopback without TLS", Options{Addr: []string{"127.0.0.1:9000", "localhost:9000"}, Password: "p"}, nil},
+		{"a password off this machine without TLS", Options{Addr: []string{"127.0.0.1:9000", "ch1:9000"}, Password: "p"}, []string{"sent in the clear"}},
 		{"no address", Options{}, []string{"an address is required"}},
 		{"no port", Options{Addr: []string{"127.0.0.1"}}, []string{`"127.0.0.1" must be host:port`}},
 		{"a CA without TLS, and a bad address", Options{Addr: []string{"ok:1", "bad"}, CAFile: "ca.pem"},
@@ -61,6 +64,11 @@ func TestOptionsLogValue(t *testing.T) {
 	slog.New(slog.NewTextHandler(&b, nil)).Info("connect", "clickhouse", o)
 	if strings.Contains(b.String(), "s3cret-pw") || !strings.Contains(b.String(), "certnode") {
 		t.Fatalf("logged %q", b.String())
+	}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		if out := fmt.Sprintf(f, o); strings.Contains(out, "s3cret-pw") || !strings.Contains(out, "certnode") {
+			t.Fatalf("%s printed %q", f, out)
+		}
 	}
 }
 

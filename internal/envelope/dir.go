@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 // DirKEKs keeps each organization's KEK in a file of a folder, for
@@ -24,6 +26,9 @@ type DirKEKs struct {
 // NewDirKEKs keeps KEKs in dir, made with mode 0700 if missing.
 func NewDirKEKs(dir string) (*DirKEKs, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil { // an existing folder too
 		return nil, fmt.Errorf("envelope: %w", err)
 	}
 	return &DirKEKs{dir: dir}, nil
@@ -95,25 +100,36 @@ func (d *DirKEKs) Wrap(_ context.Context, org string, dek, aad []byte) ([]byte, 
 // Unwrap decrypts what Wrap returned.
 func (d *DirKEKs) Unwrap(_ context.Context, org string, wrapped, aad []byte) ([]byte, error) {
 	k, err := d.key(org, false)
-	if err != nil {
+	if err == nil {
+		var aead cipher.AEAD
+		if aead, err = gcm(k); err != nil {
+			return nil, err
+		}
+		n := aead.NonceSize()
+		if len(wrapped) < n {
+			return nil, ErrCorrupt
+		}
+		var dek []byte
+		if dek, err = aead.Open(nil, wrapped[:n], wrapped[n:], aad); err == nil {
+			return dek, nil
+		}
+		err = ErrCorrupt
+	}
+	if !errors.Is(err, ErrNoKEK) && !errors.Is(err, ErrCorrupt) {
 		return nil, err
 	}
-	aead, err := gcm(k)
-	if err != nil {
-		return nil, err
+	if _, serr := os.Stat(d.tombstone(org)); serr == nil {
+		return nil, ErrDestroyed
 	}
-	n := aead.NonceSize()
-	if len(wrapped) < n {
-		return nil, ErrCorrupt
-	}
-	dek, err := aead.Open(nil, wrapped[:n], wrapped[n:], aad)
-	if err != nil {
-		return nil, ErrCorrupt
-	}
-	return dek, nil
+	return nil, err
 }
 
-// Destroy removes org's KEK file.
+// tombstone records that org's KEK was destroyed.
+func (d *DirKEKs) tombstone(org string) string {
+	return filepath.Join(d.dir, hex.EncodeToString([]byte(org))+".destroyed")
+}
+
+// Destroy removes org's KEK file, leaving a tombstone.
 func (d *DirKEKs) Destroy(_ context.Context, org string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -121,5 +137,8 @@ func (d *DirKEKs) Destroy(_ context.Context, org string) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return ErrNoKEK
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("envelope: %w", err)
+	}
+	return os.WriteFile(d.tombstone(org), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
 }

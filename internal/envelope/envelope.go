@@ -9,8 +9,11 @@
 // Destroying an organization's KEK makes everything sealed for it
 // unreadable at once, in ClickHouse, its backups and any copy, while the
 // receipts handed out and the logs' proofs stay valid (the logs commit to
-// hashes). A reader keeps unwrapped DEKs for CacheTTL, so a destruction
-// takes effect everywhere within that time.
+// hashes). The store records the destruction, so readers tell an erased
+// value (ErrDestroyed) from one they hold no key for (ErrNoKEK: the wrong
+// store). Readers keep unwrapped DEKs, and writers use theirs, for
+// CacheTTL before asking the KEK again, so a destruction takes effect
+// everywhere within that time: what a writer sealed in it is erased too.
 package envelope
 
 import (
@@ -32,16 +35,20 @@ import (
 type KEKs interface {
 	// Wrap encrypts dek under org's KEK, making the KEK if org has none.
 	Wrap(ctx context.Context, org string, dek, aad []byte) ([]byte, error)
-	// Unwrap decrypts a wrapped DEK; ErrNoKEK when org has no KEK.
+	// Unwrap decrypts a wrapped DEK: ErrDestroyed when no KEK of org
+	// opens it and org's KEK was destroyed, ErrNoKEK when org never had
+	// one in this store, ErrCorrupt when none authenticates it.
 	Unwrap(ctx context.Context, org string, wrapped, aad []byte) ([]byte, error)
-	// Destroy deletes org's KEK; what it wrapped can never be read again.
+	// Destroy deletes org's KEK, leaving a record that it did; what it
+	// wrapped can never be read again.
 	Destroy(ctx context.Context, org string) error
 }
 
 // Errors of sealing and opening.
 var (
-	// ErrNoKEK means the organization has no KEK: destroyed, or never made.
-	ErrNoKEK = errors.New("the organization has no key-encryption key")
+	// ErrNoKEK means the organization never had a key-encryption key in
+	// this store: a reader pointed at another store than the writers'.
+	ErrNoKEK = errors.New("the organization has no key-encryption key in this key store")
 	// ErrDestroyed is returned by Open for a value whose KEK was destroyed:
 	// its plaintext is gone for good.
 	ErrDestroyed = errors.New("sealed with a destroyed key: the data was erased")
@@ -53,8 +60,9 @@ var (
 // encryption was turned on and are returned as they are.
 const prefix = "cne1:"
 
-// CacheTTL bounds how long an unwrapped DEK is kept in memory.
-const CacheTTL = 5 * time.Minute
+// CacheTTL bounds how long an unwrapped DEK is used without asking the
+// KEK again: a destroyed KEK stops every reader and writer within it.
+const CacheTTL = time.Minute
 
 // maxCached bounds the DEKs kept: past it the cache starts afresh.
 const maxCached = 4096
@@ -69,6 +77,9 @@ type Envelope struct {
 	sealing map[period]*dataKey
 	// opened holds unwrapped DEKs by their wrapped form.
 	opened map[string]*dataKey
+	// destroys counts Destroy calls: a DEK wrapped while one ran may be
+	// under the destroyed KEK, and is not used.
+	destroys uint64
 }
 
 type period struct{ org, month string }
@@ -148,6 +159,7 @@ func (e *Envelope) Destroy(ctx context.Context, org string) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.destroys++
 	for p := range e.sealing {
 		if p.org == org {
 			delete(e.sealing, p)
@@ -188,6 +200,7 @@ func (e *Envelope) sealKey(ctx context.Context, org, month string) (*dataKey, er
 	p := period{org, month}
 	e.mu.Lock()
 	k, ok := e.sealing[p]
+	destroys := e.destroys
 	e.mu.Unlock()
 	if ok && e.now().Sub(k.at) < CacheTTL {
 		return k, nil
@@ -199,10 +212,13 @@ func (e *Envelope) sealKey(ctx context.Context, org, month string) (*dataKey, er
 			checked := *k
 			checked.at = e.now()
 			e.mu.Lock()
+			defer e.mu.Unlock()
+			if e.destroys != destroys {
+				return nil, fmt.Errorf("envelope: a KEK was destroyed while the data key of %s was checked: try again", org)
+			}
 			e.sealing[p] = &checked
-			e.mu.Unlock()
 			return &checked, nil
-		case !errors.Is(err, ErrNoKEK) && !errors.Is(err, ErrCorrupt):
+		case !errors.Is(err, ErrDestroyed) && !errors.Is(err, ErrNoKEK) && !errors.Is(err, ErrCorrupt):
 			return nil, fmt.Errorf("envelope: check the KEK of %s: %w", org, err)
 		}
 		// Destroyed (and perhaps made again by another writer): a new DEK.
@@ -223,11 +239,14 @@ func (e *Envelope) sealKey(ctx context.Context, org, month string) (*dataKey, er
 		return nil, err
 	}
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.destroys != destroys {
+		return nil, fmt.Errorf("envelope: a KEK was destroyed while a data key of %s was wrapped: try again", org)
+	}
 	if len(e.sealing) >= maxCached {
 		clear(e.sealing)
 	}
 	e.sealing[p] = k
-	e.mu.Unlock()
 	return k, nil
 }
 
@@ -244,7 +263,7 @@ func (e *Envelope) openKey(ctx context.Context, org, month string, wrapped []byt
 	}
 	dek, err := e.keks.Unwrap(ctx, org, wrapped, dekAAD(org, month))
 	switch {
-	case errors.Is(err, ErrNoKEK):
+	case errors.Is(err, ErrDestroyed):
 		return nil, ErrDestroyed
 	case err != nil:
 		return nil, fmt.Errorf("envelope: unwrap a data key of %s: %w", org, err)

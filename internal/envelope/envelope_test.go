@@ -179,6 +179,15 @@ func TestDestroy(t *testing.T) {
 	if err := keks.Destroy(ctx, "initech"); !errors.Is(err, ErrNoKEK) {
 		t.Fatalf("destroying a KEK never made: %v", err)
 	}
+	// A reader pointed at another key store fails loudly: its values
+	// were not erased.
+	elsewhere, err := NewDirKEKs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(elsewhere).Open(ctx, "globex", globex); !errors.Is(err, ErrNoKEK) || errors.Is(err, ErrDestroyed) {
+		t.Fatalf("another key store: %v", err)
+	}
 }
 
 // FuzzOpen: no stored value makes Open panic, and whatever opens under

@@ -240,21 +240,14 @@ type SecureKafka struct {
 }
 
 // SecureKafkaBroker finds the secure broker's state under
-// $CERTNODE_TEST_KAFKA_SECURE_DIR, else $CERTNODE_LOCAL/kafka-secure, else
-// the module's .local/kafka-secure, and checks it is reachable.
+// $CERTNODE_TEST_KAFKA_SECURE_DIR, else kafka-secure in the local state
+// folder (localDir), and checks it is reachable.
 func SecureKafkaBroker(t testing.TB) SecureKafka {
 	t.Helper()
 	const how = "deploy/local/kafka-secure.sh start"
 	dir := os.Getenv("CERTNODE_TEST_KAFKA_SECURE_DIR")
-	if dir == "" && os.Getenv("CERTNODE_LOCAL") != "" {
-		dir = filepath.Join(os.Getenv("CERTNODE_LOCAL"), "kafka-secure")
-	}
 	if dir == "" {
-		root, err := moduleRoot()
-		if err != nil {
-			t.Fatalf("the secure Kafka's state: %v (set $CERTNODE_LOCAL, or run `make test`)", err)
-		}
-		dir = filepath.Join(root, ".local", "kafka-secure")
+		dir = filepath.Join(localDir(t), "kafka-secure")
 	}
 	read := func(name string) string {
 		t.Helper()
@@ -267,22 +260,4 @@ func SecureKafkaBroker(t testing.TB) SecureKafka {
 	k := SecureKafka{Addr: read("bootstrap"), CAFile: filepath.Join(dir, "ca.pem"), AdminUser: "admin", AdminPassword: read("admin.password")}
 	reachable(t, "the secure Kafka", k.Addr, how)
 	return k
-}
-
-// moduleRoot is the nearest folder above the working directory holding go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		up := filepath.Dir(dir)
-		if up == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = up
-	}
 }

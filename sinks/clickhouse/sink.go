@@ -367,7 +367,14 @@ func (s *Sink) dlqRecord(rec *kgo.Record, reason string, err error) *kgo.Record 
 func (s *Sink) flush(ctx, stop context.Context, recs []*kgo.Record) error {
 	start := time.Now()
 	b := s.triage(recs)
-	if err := s.retry(stop, "seal", func() error { return s.seal(ctx, b) }); err != nil {
+	// A payload is never stored in the clear, nor dropped: while a KEK
+	// cannot be had (the HSM unreachable) the batch waits, and the retry
+	// log names the organization.
+	if err := s.retry(stop, "seal", func() error {
+		sctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+		defer cancel()
+		return s.seal(sctx, b)
+	}); err != nil {
 		return err
 	}
 	for _, insert := range []func() ([]*kgo.Record, error){
@@ -416,8 +423,11 @@ func (s *Sink) seal(ctx context.Context, b *batch) error {
 	}
 	for ; b.sealed[1] < len(b.attempts.rows); b.sealed[1]++ {
 		r := &b.attempts.rows[b.sealed[1]]
-		if err := sealField(ctx, s.cfg.Sealer, r.Org, r.At, &r.Body); err != nil {
-			return err
+		// The endpoint's answer may echo the body: it is sealed too.
+		for _, v := range []*string{&r.Body, &r.ResponseBody} {
+			if err := sealField(ctx, s.cfg.Sealer, r.Org, r.At, v); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
