@@ -72,7 +72,7 @@ func topicHolds(t schemas.Topics) map[string]ProcessingStore {
 var tableHolds = []ProcessingStore{
 	{Name: schemas.ClickHouseResultsTable, Holds: "every result with its receipt (the payload, encrypted per organization: AES-256-GCM, keys wrapped in the HSM)", Personal: true,
 		Retention: "each organization's retention_days (below); kept otherwise"},
-	{Name: schemas.ClickHouseWebhookAttemptsTable, Holds: "webhook attempts: URLs, receivers' response bodies, message bodies (receipts, encrypted per organization)", Personal: true,
+	{Name: schemas.ClickHouseWebhookAttemptsTable, Holds: "webhook attempts: URLs, receivers' response bodies and message bodies (receipts), both encrypted per organization", Personal: true,
 		Retention: "each organization's retention_days (below); kept otherwise"},
 	{Name: schemas.ClickHouseWebhookMessagesTable, Holds: "webhook messages' outcomes (no body)", Retention: "each organization's retention_days"},
 	{Name: schemas.ClickHouseUsageTable, Holds: "usage events: request ids, key ids, sizes", Retention: "kept: invoices are built from them"},
