@@ -24,7 +24,11 @@ func BaseURL(addr string) string {
 // timeout.
 func HTTPClient(tlsCfg *tls.Config, timeout time.Duration) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = tlsCfg
+	if tlsCfg != nil {
+		// Each transport its own copy: a transport sets up HTTP/2 by
+		// writing to its config on first use.
+		tr.TLSClientConfig = tlsCfg.Clone()
+	}
 	return &http.Client{Transport: tr, Timeout: timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,7 @@ func (e *e2e) coordinated() (string, func(method, path, body string) (int, strin
 	const admin, node = e2eAdminToken, e2eNodeToken
 	e.env = append(e.env, "CERTNODE_ADMIN_TOKEN="+admin, "CERTNODE_NODE_TOKEN="+node, "CERTNODE_TENANTS_FILE=")
 	caddr := freeAddr(e.t)
+	e.coordinator = caddr
 	e.start("coordinator", "coordinator", "--id", "c1", "--raft", freeAddr(e.t), "--http", caddr, "--data", e.t.TempDir(), "--bootstrap")
 	call := func(method, path, body string) (int, string) {
 		return request(method, "http://"+caddr+path, admin, "application/json", body)
@@ -240,7 +242,34 @@ func (e *e2e) newOrgKey(call func(method, path, body string) (int, string), name
 	if code != 201 || json.Unmarshal([]byte(body), &k, json.RejectUnknownMembers(false)) != nil {
 		e.t.Fatalf("key of %s: %d %s", org, code, body)
 	}
+	e.synced()
 	return org, k.Key
+}
+
+// synced waits until a running ingest's copy of the coordinator's state
+// holds every change made so far: a key just made is known there.
+func (e *e2e) synced() {
+	e.t.Helper()
+	if e.coordinator == "" || !e.ingestUp {
+		return
+	}
+	code, body := request("GET", "http://"+e.coordinator+"/v1/node/state", e2eNodeToken, "", "")
+	var st struct {
+		Index uint64 `json:"index"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &st, json.RejectUnknownMembers(false)) != nil {
+		e.t.Fatalf("the coordinator's state: %d", code)
+	}
+	testenv.WaitFor(e.t, "ingest's copy of the coordinator's state", 30*time.Second, func() (bool, string) {
+		_, metrics := request("GET", "http://"+e.http+"/metrics", "", "", "")
+		for line := range strings.Lines(metrics) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "certnode_coordinator_state_index "); ok {
+				index, err := strconv.ParseFloat(v, 64)
+				return err == nil && uint64(index) >= st.Index, v
+			}
+		}
+		return false, "no certnode_coordinator_state_index"
+	})
 }
 
 // from sends a request to e's ingest from the loopback address ip

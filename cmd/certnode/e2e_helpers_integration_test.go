@@ -63,6 +63,10 @@ type e2e struct {
 	jwksFile       string
 	// kekModule and kekToken hold the organizations' KEKs (SoftHSM2).
 	kekModule, kekToken string
+	// coordinator is the coordinated() cluster's address; ingestUp says
+	// an ingest process follows it (newOrgKey then waits for its copy).
+	coordinator string
+	ingestUp    bool
 	keyring             string
 	bin                 string // the certnode binary the roles run; empty: certnodeBinary
 	// admin are the options of the cleanup's client that deletes the
@@ -188,6 +192,7 @@ func (p *proc) kill() {
 func (e *e2e) ingest(extra ...string) *proc {
 	p := e.start("ingest", append([]string{"ingest", "--http", e.http, "--clickhouse", e.ch}, extra...)...)
 	e.waitReady(p)
+	e.ingestUp = true
 	return p
 }
 
