@@ -67,8 +67,8 @@ type e2e struct {
 	// an ingest process follows it (newOrgKey then waits for its copy).
 	coordinator string
 	ingestUp    bool
-	keyring             string
-	bin                 string // the certnode binary the roles run; empty: certnodeBinary
+	keyring     string
+	bin         string // the certnode binary the roles run; empty: certnodeBinary
 	// admin are the options of the cleanup's client that deletes the
 	// topics (TLS and an administrator's credentials on a secure broker).
 	admin []kgo.Opt
