@@ -106,11 +106,11 @@ func (s *Server) analyticsReady(ctx *fasthttp.RequestCtx) bool {
 }
 
 func (s *Server) analyticsSeries(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
-	s.analyticsMetrics(ctx, func(q schemas.AnalyticsQuery) (any, error) { return s.deps.Analytics.Series(ctx, t.ID, q) })
+	s.analyticsMetrics(ctx, func(q schemas.AnalyticsQuery) (any, error) { return s.deps.Analytics.Series(s.life, t.ID, q) })
 }
 
 func (s *Server) analyticsTop(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
-	s.analyticsMetrics(ctx, func(q schemas.AnalyticsQuery) (any, error) { return s.deps.Analytics.Top(ctx, t.ID, q) })
+	s.analyticsMetrics(ctx, func(q schemas.AnalyticsQuery) (any, error) { return s.deps.Analytics.Top(s.life, t.ID, q) })
 }
 
 // analyticsMetrics answers a route of metrics (default: requests) with ask.
@@ -133,7 +133,7 @@ func (s *Server) analyticsRequests(ctx *fasthttp.RequestCtx, t *tenants.Tenant, 
 	if !ok || !s.analyticsReady(ctx) {
 		return
 	}
-	out, err := s.deps.Analytics.Requests(ctx, t.ID, q, string(ctx.QueryArgs().Peek("cursor")))
+	out, err := s.deps.Analytics.Requests(s.life, t.ID, q, string(ctx.QueryArgs().Peek("cursor")))
 	s.analyticsAnswer(ctx, out, err)
 }
 
@@ -149,7 +149,7 @@ func (s *Server) analyticsSummary(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _
 	if !s.analyticsReady(ctx) {
 		return
 	}
-	out, err := s.deps.Analytics.Summary(ctx, t.ID, q.From, q.To)
+	out, err := s.deps.Analytics.Summary(s.life, t.ID, q.From, q.To)
 	s.analyticsAnswer(ctx, out, err)
 }
 
@@ -203,7 +203,7 @@ func (s *Server) runReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params [
 			return
 		}
 	}
-	series, err := s.deps.Analytics.Series(ctx, t.ID, q.Analytics(now))
+	series, err := s.deps.Analytics.Series(s.life, t.ID, q.Analytics(now))
 	if format == "" || err != nil {
 		s.analyticsAnswer(ctx, &schemas.ReportRun{Report: rep, RanAt: now, Series: series}, err)
 		return

@@ -91,7 +91,7 @@ func (s *Server) securityAlerts(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ [
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "alert storage (ClickHouse) is not configured")
 		return
 	}
-	alerts, err := s.deps.Alerts.Alerts(ctx, t.ID, from, to, limit)
+	alerts, err := s.deps.Alerts.Alerts(s.life, t.ID, from, to, limit)
 	if err != nil {
 		s.log.Warn("alert store", "err", err)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "alert storage is unavailable; retry later")

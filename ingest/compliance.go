@@ -99,7 +99,7 @@ func (s *Server) complianceReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _
 		return at.Before(from) || !at.Before(to)
 	})
 	// The analytics of the period.
-	sum, err := s.deps.Analytics.Summary(ctx, t.ID, from, to)
+	sum, err := s.deps.Analytics.Summary(s.life, t.ID, from, to)
 	if err != nil {
 		s.analyticsAnswer(ctx, nil, err)
 		return
@@ -109,7 +109,7 @@ func (s *Server) complianceReport(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _
 		rep.SuccessRatio = float64(sum.Requests-sum.Failed) / float64(sum.Requests)
 	}
 	counts := func(dim string, filters ...schemas.AnalyticsFilter) ([]schemas.ComplianceCount, error) {
-		top, err := s.deps.Analytics.Top(ctx, t.ID, schemas.AnalyticsQuery{Metrics: []string{"requests"}, GroupBy: dim, Filters: filters,
+		top, err := s.deps.Analytics.Top(s.life, t.ID, schemas.AnalyticsQuery{Metrics: []string{"requests"}, GroupBy: dim, Filters: filters,
 			From: from, To: to, Limit: 100})
 		if err != nil {
 			return nil, err

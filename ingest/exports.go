@@ -178,8 +178,8 @@ func (s *Server) export(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 		var err error
 		// The next page is named only when rows follow this one.
 		var more string
-		if until, err = s.deps.Exports.PageEnd(ctx, t.ID, r, cursor, limit); err == nil && until != "" {
-			more, err = s.deps.Exports.PageEnd(ctx, t.ID, r, until, 1)
+		if until, err = s.deps.Exports.PageEnd(s.life, t.ID, r, cursor, limit); err == nil && until != "" {
+			more, err = s.deps.Exports.PageEnd(s.life, t.ID, r, until, 1)
 		}
 		if err != nil {
 			s.exportFailed(ctx, err)

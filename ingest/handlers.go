@@ -326,7 +326,7 @@ func (s *Server) process(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schem
 	}
 	start := s.jobs.positions() // before producing: the result comes after
 	ch := s.jobs.wait(t.ID, id)
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProduceTimeout)
+	pctx, cancel := context.WithTimeout(s.life, s.cfg.ProduceTimeout)
 	err = s.prod.ProduceSync(pctx, rec).FirstErr()
 	cancel()
 	if err != nil {
@@ -716,7 +716,7 @@ func (s *Server) getReceipt(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage (ClickHouse) is not configured")
 		return
 	}
-	rc, err := s.deps.Store.Receipt(ctx, t.ID, receiptID)
+	rc, err := s.deps.Store.Receipt(s.life, t.ID, receiptID)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchReceipt)

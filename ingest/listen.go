@@ -425,7 +425,7 @@ func (s *Server) listen(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string)
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "stopping", "this server is stopping; reconnect")
 		return
 	}
-	ls, err := s.hub.join(ctx, t.ID, types)
+	ls, err := s.hub.join(s.life, t.ID, types)
 	switch {
 	case errors.Is(err, errTooManyListeners):
 		ctx.Response.Header.Set("Retry-After", "5")

@@ -90,7 +90,7 @@ func (s *Server) subjectAccess(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []
 	if !ok {
 		return
 	}
-	c, cancel := context.WithTimeout(ctx, privacyTimeout)
+	c, cancel := context.WithTimeout(s.life, privacyTimeout)
 	defer cancel()
 	data, err := s.deps.Privacy.Subject(c, t.ID, pointer, subject)
 	if err != nil {
@@ -125,7 +125,7 @@ func (s *Server) erase(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) 
 	if !ok {
 		return
 	}
-	c, cancel := context.WithTimeout(ctx, privacyTimeout)
+	c, cancel := context.WithTimeout(s.life, privacyTimeout)
 	defer cancel()
 	done, err := s.deps.Privacy.Erase(c, t.ID, r, pointer)
 	if err != nil {

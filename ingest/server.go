@@ -266,6 +266,12 @@ type Server struct {
 	routes   []route
 	// stopping is closed when Run's context ends: results streams end.
 	stopping chan struct{}
+	// life ends with Run's context too. Handlers derive their contexts
+	// from it rather than from the *fasthttp.RequestCtx: context's
+	// cancellation goroutine would read a RequestCtx's values after the
+	// server recycled it (fasthttp pools them).
+	life    context.Context
+	endLife context.CancelFunc
 
 	streamsMu sync.Mutex
 	streams   map[string]int // open results streams per tenant
@@ -294,6 +300,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, deps: deps, log: slog.With("role", "ingest"), stopping: make(chan struct{}),
 		streams: map[string]int{}, m: newMetrics(cfg.Registerer)}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	s.routes = s.table()
 	s.listenHeartbeat = listenHeartbeat
 	var err error
@@ -359,6 +366,7 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		close(s.stopping)
+		s.endLife()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 		defer cancel()
 		if err := s.srv.ShutdownWithContext(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -372,6 +380,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Close releases the Kafka clients.
 func (s *Server) Close() {
+	s.endLife()
 	if s.ln != nil {
 		s.ln.Close()
 	}
@@ -471,7 +480,7 @@ func (s *Server) eventTypes(ctx *fasthttp.RequestCtx) {
 
 // probe runs checks and answers 200, or 503 with every problem.
 func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check) {
-	c, cancel := context.WithTimeout(ctx, 3*time.Second)
+	c, cancel := context.WithTimeout(s.life, 3*time.Second)
 	defer cancel()
 	var problems []string
 	for _, check := range checks {

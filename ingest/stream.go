@@ -93,7 +93,7 @@ func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 		return
 	}
 	if !j.Single {
-		expired, err := s.expired(ctx, part, start)
+		expired, err := s.expired(s.life, part, start)
 		if err != nil {
 			apiError(ctx, fasthttp.StatusServiceUnavailable, "kafka_unavailable", "the results cannot be read now; retry later")
 			return

@@ -111,7 +111,7 @@ func (s *Server) logConsistency(ctx *fasthttp.RequestCtx) {
 	if !s.logReady(ctx) {
 		return
 	}
-	p, err := s.deps.Log.Consistency(ctx, sizes[0], sizes[1])
+	p, err := s.deps.Log.Consistency(s.life, sizes[0], sizes[1])
 	switch {
 	case errors.Is(err, schemas.ErrBadTreeSize):
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_tree_size", err.Error())
@@ -135,7 +135,7 @@ func (s *Server) receiptProof(ctx *fasthttp.RequestCtx, t *tenants.Tenant, param
 		apiError(ctx, fasthttp.StatusServiceUnavailable, "storage_unavailable", "receipt storage (ClickHouse), which knows whose receipt it is, is not configured")
 		return
 	}
-	if _, err := s.deps.Store.Receipt(ctx, t.ID, params[0]); err != nil && !errors.Is(err, ErrErased) {
+	if _, err := s.deps.Store.Receipt(s.life, t.ID, params[0]); err != nil && !errors.Is(err, ErrErased) {
 		if errors.Is(err, ErrNotFound) {
 			apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchReceipt)
 		} else {
@@ -144,7 +144,7 @@ func (s *Server) receiptProof(ctx *fasthttp.RequestCtx, t *tenants.Tenant, param
 		}
 		return
 	}
-	p, err := s.deps.Log.Proof(ctx, params[0])
+	p, err := s.deps.Log.Proof(s.life, params[0])
 	switch {
 	case errors.Is(err, schemas.ErrNotLogged):
 		ctx.Response.Header.Set("Retry-After", "1")

@@ -98,7 +98,7 @@ func (s *Server) usage(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) 
 	if !ok || !s.usageReady(ctx, false) {
 		return
 	}
-	rep, err := s.deps.Usage.Usage(ctx, t.ID, q)
+	rep, err := s.deps.Usage.Usage(s.life, t.ID, q)
 	if err != nil {
 		s.usageFailed(ctx, err)
 		return
@@ -110,7 +110,7 @@ func (s *Server) invoices(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []strin
 	if !s.usageReady(ctx, true) {
 		return
 	}
-	list, err := s.deps.Usage.Invoices(ctx, t.ID, s.deps.Plans.Plans(t.ID), time.Now())
+	list, err := s.deps.Usage.Invoices(s.life, t.ID, s.deps.Plans.Plans(t.ID), time.Now())
 	if err != nil {
 		s.usageFailed(ctx, err)
 		return
@@ -140,7 +140,7 @@ func (s *Server) invoice(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []s
 	if !s.usageReady(ctx, true) {
 		return
 	}
-	inv, ok, err := s.deps.Usage.Invoice(ctx, t.ID, s.deps.Plans.Plans(t.ID), month, time.Now())
+	inv, ok, err := s.deps.Usage.Invoice(s.life, t.ID, s.deps.Plans.Plans(t.ID), month, time.Now())
 	switch {
 	case err != nil:
 		s.usageFailed(ctx, err)

@@ -199,7 +199,7 @@ func (s *Server) listDeliveries(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ [
 	if !ok || !s.deliveriesReady(ctx, false) {
 		return
 	}
-	page, err := s.deps.Deliveries.List(ctx, t.ID, q)
+	page, err := s.deps.Deliveries.List(s.life, t.ID, q)
 	switch {
 	case errors.Is(err, schemas.ErrBadCursor):
 		apiError(ctx, fasthttp.StatusBadRequest, "invalid_cursor", "cursor must be the next_cursor of a previous page of the same query")
@@ -224,7 +224,7 @@ func (s *Server) delivery(ctx *fasthttp.RequestCtx, org, id string) (*schemas.We
 		apiError(ctx, fasthttp.StatusNotFound, "not_found", noSuchDelivery)
 		return nil, false
 	}
-	d, found, err := s.deps.Deliveries.Get(ctx, org, id)
+	d, found, err := s.deps.Deliveries.Get(s.life, org, id)
 	switch {
 	case err != nil:
 		s.deliveriesFailed(ctx, err)
@@ -284,7 +284,7 @@ func (s *Server) webhookRecord(m *schemas.WebhookMessage) (*kgo.Record, error) {
 // produceAll writes records with acks=all, answering 503 itself when the
 // broker did not acknowledge them all.
 func (s *Server) produceAll(ctx *fasthttp.RequestCtx, org string, recs []*kgo.Record) bool {
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProduceTimeout)
+	pctx, cancel := context.WithTimeout(s.life, s.cfg.ProduceTimeout)
 	defer cancel()
 	if err := s.prod.ProduceSync(pctx, recs...).FirstErr(); err != nil {
 		s.m.produced.WithLabelValues("failed").Inc()
@@ -382,7 +382,7 @@ func (s *Server) replay(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params []st
 	if !usableEndpoint(ctx, e) || !s.writeAllowed(ctx, t.ID, replayCost) {
 		return
 	}
-	ds, err := s.deps.Deliveries.Failed(ctx, t.ID, id, since, until, all, maxReplay+1)
+	ds, err := s.deps.Deliveries.Failed(s.life, t.ID, id, since, until, all, maxReplay+1)
 	if err != nil {
 		s.deliveriesFailed(ctx, err)
 		return
