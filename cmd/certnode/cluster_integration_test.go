@@ -294,10 +294,20 @@ func checkReplication(t *testing.T, adm *kadm.Client, topics schemas.Topics) {
 			}
 		}
 	}
-	cfgs, err := adm.DescribeTopicConfigs(ctx, topics.Requests, topics.Receipts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The broker asked may not host the topics yet either.
+	var cfgs kadm.ResourceConfigs
+	testenv.WaitFor(t, "the topics' configs", 30*time.Second, func() (bool, string) {
+		var err error
+		if cfgs, err = adm.DescribeTopicConfigs(ctx, topics.Requests, topics.Receipts); err != nil {
+			return false, err.Error()
+		}
+		for _, rc := range cfgs {
+			if rc.Err != nil {
+				return false, fmt.Sprintf("%s: %v", rc.Name, rc.Err)
+			}
+		}
+		return true, ""
+	})
 	for _, rc := range cfgs {
 		minISR := "unset"
 		for _, c := range rc.Configs {
