@@ -25,7 +25,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 	"github.com/certnode/certnode/signer"
 )
@@ -164,16 +163,7 @@ var hsmLabels = map[string]string{schemas.AlgES256: "bench-p256", schemas.AlgEdD
 // signers) with a key of each algorithm, from 1, 2, 8 and 32 concurrent
 // callers, checking every signature.
 func BenchmarkPKCS11Sign(b *testing.B) {
-	module, token := testenv.PKCS11(b)
-	pin, err := signer.PINFromEnv()
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := signer.OpenHSM(signer.PKCS11Config{Module: module, TokenLabel: token, PIN: pin, Signers: 8})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
+	h := openHSM(b)
 	forEachAlg(b, func(b *testing.B, alg string) {
 		key, err := h.Key(hsmLabels[alg])
 		if errors.Is(err, signer.ErrKeyNotFound) {

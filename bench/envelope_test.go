@@ -12,9 +12,9 @@ import (
 	"github.com/certnode/certnode/signer"
 )
 
-// hsmEnvelope seals under a KEK on the SoftHSM2 token, as the ClickHouse
-// sink does.
-func hsmEnvelope(b *testing.B) (*envelope.Envelope, *signer.KEKs) {
+// openHSM opens the SoftHSM2 token with a pool of 8 sessions until the
+// benchmark ends.
+func openHSM(b *testing.B) *signer.HSM {
 	b.Helper()
 	module, token := testenv.PKCS11(b)
 	pin, err := signer.PINFromEnv()
@@ -26,6 +26,14 @@ func hsmEnvelope(b *testing.B) (*envelope.Envelope, *signer.KEKs) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { h.Close() })
+	return h
+}
+
+// hsmEnvelope seals under a KEK on the SoftHSM2 token, as the ClickHouse
+// sink does.
+func hsmEnvelope(b *testing.B) (*envelope.Envelope, *signer.KEKs) {
+	b.Helper()
+	h := openHSM(b)
 	return envelope.New(h.KEKs()), h.KEKs()
 }
 

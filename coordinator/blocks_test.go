@@ -50,7 +50,13 @@ func TestBlocks(t *testing.T) {
 // runReplica follows n's state until the test ends.
 func runReplica(t *testing.T, n *testServer) *Replica {
 	t.Helper()
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
+	return runReplicaWith(t, ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
+}
+
+// runReplicaWith runs a replica of cfg until the test ends.
+func runReplicaWith(t *testing.T, cfg ReplicaConfig) *Replica {
+	t.Helper()
+	r, err := NewReplica(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

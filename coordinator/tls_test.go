@@ -79,14 +79,8 @@ func TestClusterTLS(t *testing.T) {
 
 	// Another tier: its copy of the state, its quota leases and the
 	// account routes it proxies.
-	r, err := NewReplica(ReplicaConfig{Addrs: []string{n2.URL()}, TLS: clientTLS, Token: testNode, Wait: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	r := runReplicaWith(t, ReplicaConfig{Addrs: []string{n2.URL()}, TLS: clientTLS, Token: testNode, Wait: time.Second})
+	ctx := context.Background()
 	testenv.WaitFor(t, "the replica holds acme", 10*time.Second, func() (bool, string) {
 		_, ok := r.Limits("acme")
 		return ok, fmt.Sprint(r.Ready(ctx))

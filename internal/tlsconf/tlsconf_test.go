@@ -2,6 +2,7 @@ package tlsconf
 
 import (
 	"crypto/tls"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,11 +22,10 @@ func selfSigned(t *testing.T, dir, cn string) Files {
 	return f
 }
 
-// A listener serves TLS 1.2 and later only, and a renewed certificate
-// without a restart.
-func TestServer(t *testing.T) {
-	dir := t.TempDir()
-	f := selfSigned(t, dir, "first")
+// serve answers TLS handshakes with f's certificate on a loopback port
+// until the test ends.
+func serve(t *testing.T, f Files) net.Listener {
+	t.Helper()
 	cfg, err := f.Server()
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +34,7 @@ func TestServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -44,6 +44,15 @@ func TestServer(t *testing.T) {
 			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
 		}
 	}()
+	return ln
+}
+
+// A listener serves TLS 1.2 and later only, and a renewed certificate
+// without a restart.
+func TestServer(t *testing.T) {
+	dir := t.TempDir()
+	f := selfSigned(t, dir, "first")
+	ln := serve(t, f)
 	name := func(max uint16) (string, error) {
 		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: max})
 		if err != nil {
@@ -78,24 +87,7 @@ func TestServer(t *testing.T) {
 func TestClient(t *testing.T) {
 	dir := t.TempDir()
 	f := selfSigned(t, dir, "server")
-	cfg, err := f.Server()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
-		}
-	}()
+	ln := serve(t, f)
 	other := selfSigned(t, t.TempDir(), "other")
 	for _, tc := range []struct {
 		ca      string
