@@ -39,6 +39,9 @@ func startNode(t *testing.T, id, dir string, bootstrap bool, join string) *testS
 func startNodeCfg(t *testing.T, cfg Config) *testServer {
 	t.Helper()
 	cfg.AdminToken, cfg.NodeToken = testAdmin, testNode
+	if cfg.Resolver == nil {
+		cfg.Resolver = testDNS
+	}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout = 200*time.Millisecond, 200*time.Millisecond
 	s, err := NewServer(cfg)
 	if err != nil {

@@ -78,6 +78,13 @@ var registry = map[cmdType]func() Command{
 	cmdBlockAddress:      func() Command { return new(BlockAddress) },
 	cmdUnblockAddress:    func() Command { return new(UnblockAddress) },
 	cmdSuspendKey:        func() Command { return new(SuspendKey) },
+	cmdAddDomain:         func() Command { return new(AddDomain) },
+	cmdDeleteDomain:      func() Command { return new(DeleteDomain) },
+	cmdSetDomainState:    func() Command { return new(SetDomainState) },
+	cmdPutCertObject:     func() Command { return new(PutCertObject) },
+	cmdDeleteCertObjects: func() Command { return new(DeleteCertObjects) },
+	cmdLockCert:          func() Command { return new(LockCert) },
+	cmdUnlockCert:        func() Command { return new(UnlockCert) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -51,6 +51,9 @@ type Config struct {
 	// Audit sends the audit events (applied changes, relayed by the leader,
 	// and refused requests) to the audit log; nil: they stay in the state.
 	Audit AuditPublisher
+	// Resolver looks up the TXT records proving custom domains (nil: the
+	// system's resolver; DNSResolver aims one at a server).
+	Resolver Resolver
 	// SnapshotThreshold is how many log entries trigger a snapshot (and
 	// log compaction); tests lower it.
 	SnapshotThreshold uint64

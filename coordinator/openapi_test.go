@@ -263,6 +263,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          `{}`,
 		"POST /v1/orgs/{org}/reports":                               `{"name":"r","query":{"metrics":["requests"],"range":"last_7d"}}`,
 		"PATCH /v1/orgs/{org}/reports/{id}":                         `{"name":"r2"}`,
+		"POST /v1/orgs/{org}/domains":                               `{"name":"samples.acme.example"}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -630,6 +631,32 @@ func TestOpenAPIAccounts(t *testing.T) {
 		}
 		k.expect(t, call{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 204})
 		k.expect(t, call{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 404, code: "not_found"})
+	})
+
+	t.Run("domains", func(t *testing.T) {
+		var d domainView
+		json.Unmarshal([]byte(k.expect(t, call{name: "add", as: ada, method: "POST", path: "/v1/orgs/acme/domains", body: `{"name":"API.Conformance.Example"}`, status: 201}).Body), &d)
+		for _, x := range []call{
+			{name: "add a wildcard", as: ada, method: "POST", path: "/v1/orgs/acme/domains", body: `{"name":"*.conformance.example"}`, status: 400, code: "invalid"},
+			{name: "add an unknown verification", as: ada, method: "POST", path: "/v1/orgs/acme/domains", body: `{"name":"x.conformance.example","verification":"email"}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "add it again", as: ada, method: "POST", path: "/v1/orgs/acme/domains", body: `{"name":"api.conformance.example"}`, status: 409, code: "conflict"},
+			{name: "add as a developer", as: dev, method: "POST", path: "/v1/orgs/acme/domains", body: `{"name":"dev.conformance.example"}`, status: 403, code: "forbidden_role"},
+			{name: "list as billing", as: bill, method: "GET", path: "/v1/orgs/acme/domains", status: 200},
+			{name: "get", as: bill, method: "GET", path: "/v1/orgs/acme/domains/api.conformance.example", status: 200},
+			{name: "get an unknown one", as: ada, method: "GET", path: "/v1/orgs/acme/domains/nothing.example", status: 404, code: "not_found"},
+			{name: "verify without the record", as: key, method: "POST", path: "/v1/orgs/acme/domains/api.conformance.example/verify", status: 422, code: "verification_failed"},
+			{name: "verify as a developer", as: dev, method: "POST", path: "/v1/orgs/acme/domains/api.conformance.example/verify", status: 403, code: "forbidden_role"},
+		} {
+			k.expect(t, x)
+		}
+		testDNS.set("_certnode-challenge.api.conformance.example", "certnode-verify="+d.Token)
+		r := k.expect(t, call{name: "verify", as: ada, method: "POST", path: "/v1/orgs/acme/domains/api.conformance.example/verify", status: 200})
+		if !strings.Contains(r.Body, `"state":"verified"`) {
+			t.Fatalf("verify: %s", r.Body)
+		}
+		k.expect(t, call{name: "delete as billing", as: bill, method: "DELETE", path: "/v1/orgs/acme/domains/api.conformance.example", status: 403, code: "forbidden_role"})
+		k.expect(t, call{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/domains/api.conformance.example", status: 204})
+		k.expect(t, call{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/domains/api.conformance.example", status: 404, code: "not_found"})
 	})
 
 	t.Run("idempotency", func(t *testing.T) {

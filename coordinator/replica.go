@@ -92,6 +92,8 @@ type replicaState struct {
 	quota  []QuotaAlert           // alerts not announced yet
 	reps   map[string]*Report     // saved reports of active organizations, by id
 	blocks map[string]Block       // addresses kept out of ingest
+	// domains are the custom domains of active organizations, by name.
+	domains map[string]*Domain
 	// retention is each organization's retention in days (absent: none).
 	retention map[string]int
 }
@@ -123,7 +125,7 @@ type keyUse struct{ last, sent atomic.Int64 }
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
 		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}, blocks: map[string]Block{},
-		retention: map[string]int{}}
+		retention: map[string]int{}, domains: map[string]*Domain{}}
 	for addr, b := range st.State.Blocks {
 		rs.blocks[addr] = *b
 	}
@@ -140,6 +142,11 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 		rs.hooks[id] = h
 		if o.Status == OrgActive {
 			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}, subject: o.Settings.SubjectPointer}
+		}
+	}
+	for n, d := range st.State.Domains {
+		if rs.orgs[d.Org] != nil {
+			rs.domains[n] = d
 		}
 	}
 	for id, r := range st.State.Reports {

@@ -47,6 +47,11 @@ func (s *Server) routes() []route {
 		{pattern: "POST /v1/node/webhooks/endpoints/{id}/health", h: node(s.leader(s.endpointHealth))},
 		{pattern: "POST /v1/node/quota-alerts/{org}", h: node(s.leader(s.announceQuota))},
 		{pattern: "POST /v1/node/reports/{id}/announce", h: node(s.leader(s.announceReport))},
+		{pattern: "POST /v1/node/domains/{name}/state", h: node(s.leader(s.reportDomain))},
+		{pattern: "GET /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
+		{pattern: "PUT /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
+		{pattern: "POST /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
+		{pattern: "DELETE /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},
@@ -89,6 +94,11 @@ func (s *Server) routes() []route {
 		{"GET", "/reports/{id}", s.inOrg(permReportsRead, s.getReport), false},
 		{"PATCH", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.updateReport)), false},
 		{"DELETE", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.deleteReport)), false},
+		{"POST", "/domains", s.leader(s.inOrg(permDomainsWrite, s.addDomain)), false},
+		{"GET", "/domains", s.inOrg(permDomainsRead, s.listDomains), false},
+		{"GET", "/domains/{name}", s.inOrg(permDomainsRead, s.getDomain), false},
+		{"DELETE", "/domains/{name}", s.leader(s.inOrg(permDomainsWrite, s.deleteDomain)), false},
+		{"POST", "/domains/{name}/verify", s.leader(s.inOrg(permDomainsWrite, s.verifyDomain)), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

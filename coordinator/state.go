@@ -35,6 +35,7 @@ type State struct {
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`  // by organization
 	Reports      map[string]*Report          `json:"reports"`       // saved analytics reports by id
 	Blocks       map[string]*Block           `json:"blocks"`        // addresses kept out of ingest, by address
+	Domains      map[string]*Domain          `json:"domains"`       // custom domains by name
 	Users        map[string]*User            `json:"users"`
 	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
 	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
@@ -49,6 +50,9 @@ type State struct {
 	AuditRelayed uint64                 `json:"audit_relayed,omitzero"`
 	Idempotency  map[string]*IdemRecord `json:"idempotency"` // kept answers, by key
 	KeyUse       map[string]int64       `json:"key_use"`     // API key id -> last used, Unix seconds
+	// The certificate store ingest nodes share (certstore.go).
+	CertObjects map[string]*CertObject `json:"cert_objects,omitempty"`
+	CertLocks   map[string]*CertLock   `json:"cert_locks,omitempty"`
 	// Admitted counts each organization's admitted requests by month
 	// ("2006-01", UTC), for monthly quotas (SetAdmitted).
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
@@ -68,11 +72,12 @@ type SharedState struct {
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`
 	Reports      map[string]*Report          `json:"reports"`
 	Blocks       map[string]*Block           `json:"blocks"`
+	Domains      map[string]*Domain          `json:"domains"`
 }
 
 func (s *State) shared() SharedState {
 	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks}
+		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks, Domains: s.Domains}
 }
 
 func newState() *State {
@@ -106,6 +111,15 @@ func (s *State) fill() {
 	}
 	if s.Reports == nil {
 		s.Reports = map[string]*Report{}
+	}
+	if s.Domains == nil {
+		s.Domains = map[string]*Domain{}
+	}
+	if s.CertObjects == nil {
+		s.CertObjects = map[string]*CertObject{}
+	}
+	if s.CertLocks == nil {
+		s.CertLocks = map[string]*CertLock{}
 	}
 	if s.Users == nil {
 		s.Users = map[string]*User{}

@@ -35,6 +35,7 @@ func TestCrossTenantRoutes(t *testing.T) {
 		ID string `json:"id"`
 	}
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/reports", report)), &grep, json.RejectUnknownMembers(false))
+	op.must(201, "POST", "/v1/orgs/globex/domains", `{"name":"api.globex.example"}`)
 	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
 
 	// Both of acme's kinds of callers: its owner's session and its
@@ -82,6 +83,11 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"GET /v1/orgs/{org}/reports/{id}":                           {ids: map[string]string{"id": grep.ID}},
 		"PATCH /v1/orgs/{org}/reports/{id}":                         {body: `{"name":"mine now"}`, ids: map[string]string{"id": grep.ID}},
 		"DELETE /v1/orgs/{org}/reports/{id}":                        {ids: map[string]string{"id": grep.ID}},
+		"POST /v1/orgs/{org}/domains":                               {body: `{"name":"api.acme.example"}`},
+		"GET /v1/orgs/{org}/domains":                                {},
+		"GET /v1/orgs/{org}/domains/{name}":                         {ids: map[string]string{"name": "api.globex.example"}},
+		"DELETE /v1/orgs/{org}/domains/{name}":                      {ids: map[string]string{"name": "api.globex.example"}},
+		"POST /v1/orgs/{org}/domains/{name}/verify":                 {ids: map[string]string{"name": "api.globex.example"}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

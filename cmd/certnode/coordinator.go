@@ -32,7 +32,7 @@ func newCoordinatorCmd() *cobra.Command {
 	var webhookAllow []string
 	var kf kafkaFlags
 	var tf tlsFlags
-	var peerCA string
+	var peerCA, resolver string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
@@ -50,11 +50,12 @@ func newCoordinatorCmd() *cobra.Command {
 			var err1, err2 error
 			cfg.AdminToken, err1 = requiredSecret("CERTNODE_ADMIN_TOKEN")
 			cfg.NodeToken, err2 = requiredSecret("CERTNODE_NODE_TOKEN")
-			var err3, err4, err5 error
+			var err3, err4, err5, err6 error
 			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
 			cfg.TLS, err4 = tf.config()
 			cfg.PeerTLS, err5 = coordinatorTLS(peerCA)
-			if err := errors.Join(err1, err2, err3, err4, err5, cfg.Validate()); err != nil {
+			cfg.Resolver, err6 = coordinator.DNSResolver(resolver)
+			if err := errors.Join(err1, err2, err3, err4, err5, err6, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			if kcfg := kf.config(); len(kcfg.Brokers) > 0 {
@@ -98,6 +99,8 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
 	fs.StringSliceVar(&webhookAllow, "webhook-allow", nil, "networks (CIDR) a webhook endpoint's test delivery may reach although they are not public, e.g. 127.0.0.0/8 for a local receiver")
 	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
+	fs.StringVar(&resolver, "dns-resolver", "", "DNS server (host:port) asked for the TXT records proving custom domains (default: the system's resolver)")
+	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
 	tf.register(fs)
 	registerCoordinatorCA(fs, &peerCA)
 	fs.BoolVar(&cfg.RaftTLS, "raft-tls", false, "Raft between members over TLS with --tls-cert, both ways: every member sets it, and its certificate must allow client authentication too")
