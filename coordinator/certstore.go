@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"slices"
@@ -292,8 +293,9 @@ type CertStore struct{ r *Replica }
 // CertStore returns the store of the cluster this replica follows.
 func (r *Replica) CertStore() *CertStore { return &CertStore{r: r} }
 
-// ErrCertNotFound is a key that is not in the store.
-var ErrCertNotFound = errors.New("not in the certificate store")
+// ErrCertNotFound is a key that is not in the store (fs.ErrNotExist, as
+// certmagic's Storage wants it).
+var ErrCertNotFound = fmt.Errorf("not in the certificate store: %w", fs.ErrNotExist)
 
 // Load reads a value.
 func (c *CertStore) Load(ctx context.Context, key string) ([]byte, error) {
@@ -314,11 +316,11 @@ func (c *CertStore) Delete(ctx context.Context, key string) error {
 	return c.r.nodeCall(ctx, "DELETE", "object", url.Values{"key": {key}}, nil, nil)
 }
 
-// Stat describes a key.
-func (c *CertStore) Stat(ctx context.Context, key string) (CertKeyInfo, error) {
+// Stat describes a key: a value (terminal) or a "directory".
+func (c *CertStore) Stat(ctx context.Context, key string) (modified time.Time, size int64, terminal bool, err error) {
 	var ki CertKeyInfo
-	err := c.r.nodeCall(ctx, "GET", "stat", url.Values{"key": {key}}, nil, &ki)
-	return ki, err
+	err = c.r.nodeCall(ctx, "GET", "stat", url.Values{"key": {key}}, nil, &ki)
+	return ki.Modified, ki.Size, ki.Terminal, err
 }
 
 // List names the keys under prefix.
@@ -330,11 +332,15 @@ func (c *CertStore) List(ctx context.Context, prefix string, recursive bool) ([]
 	return b.Keys, err
 }
 
-// Lock takes (renew: extends) the lease on name for token; ErrLocked
-// while another holds it.
-func (c *CertStore) Lock(ctx context.Context, name, token string, ttl time.Duration, renew bool) error {
-	return c.r.nodeCall(ctx, "POST", "lock", url.Values{"key": {name}},
+// Lock takes (renew: extends) the lease on name for token; false while
+// another holds it.
+func (c *CertStore) Lock(ctx context.Context, name, token string, ttl time.Duration, renew bool) (bool, error) {
+	err := c.r.nodeCall(ctx, "POST", "lock", url.Values{"key": {name}},
 		map[string]any{"token": token, "ttl_ms": ttl.Milliseconds(), "renew": renew}, nil)
+	if errors.Is(err, ErrLocked) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Unlock releases the lease token holds on name.

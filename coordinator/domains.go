@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
 )
 
@@ -408,47 +409,88 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, sc scope, 
 // domainCheckTimeout bounds one TXT lookup.
 const domainCheckTimeout = 10 * time.Second
 
-// Resolver looks up TXT records: net.Resolver (the system's, or one aimed
-// at a given server: DNSResolver).
+// Resolver looks up TXT records: the system's resolver, or a DNS server
+// of the operator's choice (DNSResolver).
 type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
 }
 
-// DNSResolver is a resolver asking the DNS server at addr (host:port) only;
-// "" is the system's resolver.
+// ErrNoRecord is a name without the TXT record asked for.
+var ErrNoRecord = errors.New("no such record")
+
+// DNSResolver is a resolver asking the DNS server at addr (host:port),
+// over UDP and over TCP when the answer is truncated; "" is the system's
+// resolver.
 func DNSResolver(addr string) (Resolver, error) {
 	if addr == "" {
-		return net.DefaultResolver, nil
+		return systemResolver{}, nil
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, fmt.Errorf("--dns-resolver %q: want host:port", addr)
 	}
-	var d net.Dialer
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return d.DialContext(ctx, network, addr)
-	}}, nil
+	return serverResolver(addr), nil
+}
+
+type systemResolver struct{}
+
+func (systemResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	v, err := net.DefaultResolver.LookupTXT(ctx, name)
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return nil, ErrNoRecord
+	}
+	return v, err
+}
+
+// serverResolver asks one DNS server (miekg/dns: the answer's code and
+// flags as they are, where net.Resolver would judge them by its own rules
+// for recursive resolvers).
+type serverResolver string
+
+func (s serverResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeTXT)
+	in, _, err := (&dns.Client{Net: "udp"}).ExchangeContext(ctx, m, string(s))
+	if err == nil && in.Truncated {
+		in, _, err = (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, string(s))
+	}
+	switch {
+	case err != nil:
+		return nil, err
+	case in.Rcode == dns.RcodeNameError:
+		return nil, ErrNoRecord
+	case in.Rcode != dns.RcodeSuccess:
+		return nil, fmt.Errorf("the DNS server answered %s", dns.RcodeToString[in.Rcode])
+	}
+	var out []string
+	for _, rr := range in.Answer {
+		if t, ok := rr.(*dns.TXT); ok {
+			out = append(out, strings.Join(t.Txt, ""))
+		}
+	}
+	if len(out) == 0 {
+		return nil, ErrNoRecord
+	}
+	return out, nil
 }
 
 // checkTXT looks for the domain's token in its TXT record. The message of
 // its error is what the domain's owner reads.
 func checkTXT(ctx context.Context, res Resolver, d *Domain) error {
 	if res == nil {
-		res = net.DefaultResolver
+		res = systemResolver{}
 	}
 	name, want := d.TXTRecord()
 	got, err := res.LookupTXT(ctx, name+".")
-	var dnsErr *net.DNSError
 	switch {
-	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+	case errors.Is(err, ErrNoRecord):
 		return fmt.Errorf("no TXT record at %s: publish %q there", name, want)
 	case err != nil:
 		return fmt.Errorf("looking up the TXT record at %s: %v", name, err)
 	case slices.Contains(got, want):
 		return nil
-	case len(got) > 0:
-		return fmt.Errorf("the TXT record at %s holds %q, not %q", name, strings.Join(got, `", "`), want)
 	}
-	return fmt.Errorf("the TXT record at %s is empty: publish %q there", name, want)
+	return fmt.Errorf("the TXT record at %s holds %q, not %q", name, strings.Join(got, `", "`), want)
 }
 
 // reportDomain takes an ingest node's word on a domain's certificate
@@ -478,23 +520,24 @@ func (r *Replica) DomainOrg(host string) (string, bool) {
 		return "", false
 	}
 	d := st.domains[hostName(host)]
-	if d == nil || !d.Bound() {
+	if d == nil || !d.Bound() || st.orgs[d.Org] == nil {
 		return "", false
 	}
 	return d.Org, true
 }
 
-// Domains are the custom domains of active organizations, by name.
-func (r *Replica) Domains() map[string]Domain {
+// Domains are the custom domains of every organization, by name; false
+// until the replica first heard from the cluster.
+func (r *Replica) Domains() (map[string]Domain, bool) {
 	st := r.current()
 	if st == nil {
-		return nil
+		return nil, false
 	}
 	out := make(map[string]Domain, len(st.domains))
 	for n, d := range st.domains {
 		out[n] = *d
 	}
-	return out
+	return out, true
 }
 
 // ReportDomain tells the cluster how a domain's certificate is doing.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -92,7 +93,7 @@ type replicaState struct {
 	quota  []QuotaAlert           // alerts not announced yet
 	reps   map[string]*Report     // saved reports of active organizations, by id
 	blocks map[string]Block       // addresses kept out of ingest
-	// domains are the custom domains of active organizations, by name.
+	// domains are the custom domains, by name.
 	domains map[string]*Domain
 	// retention is each organization's retention in days (absent: none).
 	retention map[string]int
@@ -144,11 +145,7 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}, subject: o.Settings.SubjectPointer}
 		}
 	}
-	for n, d := range st.State.Domains {
-		if rs.orgs[d.Org] != nil {
-			rs.domains[n] = d
-		}
-	}
+	maps.Copy(rs.domains, st.State.Domains)
 	for id, r := range st.State.Reports {
 		if rs.orgs[r.Org] != nil {
 			rs.reps[id] = r

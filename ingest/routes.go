@@ -135,11 +135,20 @@ const ConsolePrefix = "/dashboard"
 
 // dispatch routes a request and returns the route name for metrics.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
+	bound, ok := s.boundOrg(ctx)
+	if !ok {
+		return "misdirected"
+	}
 	if p := string(ctx.Path()); s.console != nil && (p == ConsolePrefix || strings.HasPrefix(p, ConsolePrefix+"/")) {
 		s.console(ctx)
 		return "console"
 	}
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
+		if org := accountOrg(string(ctx.Path())); bound != "" && org != "" && org != bound {
+			apiError(ctx, fasthttp.StatusForbidden, "domain_bound", "this domain serves one organization only; use its own API address for others")
+			s.recordRefusal(ctx, nil, "domain_bound")
+			return "accounts"
+		}
 		// The adaptor would read a streamed body whole: read it here,
 		// bounded, and hand it on.
 		b, ok := s.readBody(ctx, maxAccountBody)
@@ -167,9 +176,12 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			r.public(ctx)
 			return r.Name
 		}
-		t, ok := s.authenticate(ctx)
+		t, ok := s.authenticate(ctx, bound)
 		if !ok {
 			return "unauthorized"
+		}
+		if s.outsideDomain(ctx, bound, t) {
+			return "domain_bound"
 		}
 		if refused := s.forbidden(ctx, t, r.Scope); refused != "" {
 			return refused

@@ -147,6 +147,10 @@ type Deps struct {
 	// Audit receives the refused requests (401 and 403), and each key's
 	// first use from an address, as access events (nil: not recorded).
 	Audit AuditRecorder
+	// Domains binds requests on an organization's custom domain to it:
+	// other organizations' keys and sessions are refused there (nil: no
+	// custom domains).
+	Domains DomainOrgs
 	// Blocks keeps blocked addresses out: every request but the probes
 	// answers 403 address_blocked (nil: none).
 	Blocks Blocklist
@@ -162,8 +166,13 @@ type Deps struct {
 type Config struct {
 	Addr string
 	// TLS serves HTTPS (internal/tlsconf: TLS 1.2 and later); nil: HTTP.
-	TLS   *tls.Config
-	Kafka kafka.Config
+	TLS *tls.Config
+	// DomainsAddr serves the same API over TLS with DomainsTLS too: the
+	// organizations' custom domains, their certificates picked by SNI
+	// (ingest/certs). Empty: no such listener.
+	DomainsAddr string
+	DomainsTLS  *tls.Config
+	Kafka       kafka.Config
 	// MaxBodyBytes bounds /v1/sign and /v1/verify bodies; MaxLineBytes
 	// bounds one line of a bulk job; MaxJobLines bounds the input lines of
 	// a job (blank and rejected ones included).
@@ -239,6 +248,9 @@ func (c *Config) Validate() error {
 	if c.SignWait <= 0 || c.ProduceTimeout <= 0 || c.UploadTimeout <= 0 || c.JobRetention <= 0 || c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("ingest: sign wait, produce, upload and shutdown timeouts and job retention must be positive"))
 	}
+	if c.DomainsAddr != "" && (c.DomainsTLS == nil || c.DomainsTLS.GetCertificate == nil) {
+		errs = append(errs, errors.New("ingest: the custom domains' listener needs their certificates (ingest/certs)"))
+	}
 	if c.MaxListeners < 1 {
 		errs = append(errs, errors.New("ingest: max listeners must be at least 1"))
 	}
@@ -261,6 +273,7 @@ type Server struct {
 	console  fasthttp.RequestHandler
 	sess     sessions
 	ln       net.Listener
+	dln      net.Listener // the custom domains' (Config.DomainsAddr)
 	log      *slog.Logger
 	m        *metrics
 	routes   []route
@@ -350,19 +363,39 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if cfg.TLS != nil {
 		s.ln = tls.NewListener(s.ln, cfg.TLS)
 	}
+	if cfg.DomainsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.DomainsAddr)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("ingest: the custom domains' listener: %w", err)
+		}
+		s.dln = tls.NewListener(ln, cfg.DomainsTLS)
+	}
 	return s, nil
 }
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
+// DomainsAddr is the address of the custom domains' TLS listener ("":
+// none).
+func (s *Server) DomainsAddr() string {
+	if s.dln == nil {
+		return ""
+	}
+	return s.dln.Addr().String()
+}
+
 // Run serves until ctx ends, then stops within the shutdown timeout.
 func (s *Server) Run(ctx context.Context) error {
 	tctx, stopTracker := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopTracker()
 	go s.jobs.run(tctx)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- s.srv.Serve(s.ln) }()
+	if s.dln != nil {
+		go func() { errc <- s.srv.Serve(s.dln) }()
+	}
 	select {
 	case <-ctx.Done():
 		close(s.stopping)
@@ -383,6 +416,9 @@ func (s *Server) Close() {
 	s.endLife()
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.dln != nil {
+		s.dln.Close()
 	}
 	if s.hub != nil {
 		s.hub.close()
@@ -496,15 +532,16 @@ func (s *Server) probe(ctx *fasthttp.RequestCtx, checks []Check) {
 }
 
 // authenticate finds the caller: an API key, or without one a signed-in
-// user's session (see sessionTenant). It answers 401 itself when neither
+// user's session (see sessionTenant; on a custom domain, bound, its
+// organization is the session's default). It answers 401 itself when neither
 // is valid; the message is the same for a missing and an unknown key, so
 // it reveals nothing about tenants. A key used with another organization
 // named is refused: the key's is the only one it acts in.
-func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenants.Tenant, bool) {
+func (s *Server) authenticate(ctx *fasthttp.RequestCtx, bound string) (*tenants.Tenant, bool) {
 	h := ctx.Request.Header.Peek("Authorization")
 	if len(h) == 0 {
 		if sess := s.sessionOf(ctx); sess != nil {
-			return s.sessionTenant(ctx, sess)
+			return s.sessionTenant(ctx, sess, bound)
 		}
 	}
 	if len(h) > 7 && string(h[:7]) == "Bearer " {

@@ -177,8 +177,11 @@ func requestedOrg(ctx *fasthttp.RequestCtx) string {
 // user has no role in (as for one that does not exist), 403 for a
 // state-changing request without the session's CSRF token or from another
 // site.
-func (s *Server) sessionTenant(ctx *fasthttp.RequestCtx, sess *session) (*tenants.Tenant, bool) {
+func (s *Server) sessionTenant(ctx *fasthttp.RequestCtx, sess *session, bound string) (*tenants.Tenant, bool) {
 	org := requestedOrg(ctx)
+	if org == "" {
+		org = bound
+	}
 	if org == "" && len(sess.roles) == 1 {
 		for o := range sess.roles {
 			org = o

@@ -209,14 +209,15 @@ func TestAuditLog(t *testing.T) {
 const e2eAdminToken, e2eNodeToken = "admin-token-e2e-0123456789", "node-token-e2e-0123456789"
 
 // coordinated starts a coordinator for e, relaying its audit events to
-// e's Kafka ($CERTNODE_KAFKA), and returns its address and its admin API.
-func (e *e2e) coordinated() (string, func(method, path, body string) (int, string)) {
+// e's Kafka ($CERTNODE_KAFKA), with extra flags, and returns its address
+// and its admin API.
+func (e *e2e) coordinated(extra ...string) (string, func(method, path, body string) (int, string)) {
 	e.t.Helper()
 	const admin, node = e2eAdminToken, e2eNodeToken
 	e.env = append(e.env, "CERTNODE_ADMIN_TOKEN="+admin, "CERTNODE_NODE_TOKEN="+node, "CERTNODE_TENANTS_FILE=")
 	caddr := freeAddr(e.t)
 	e.coordinator = caddr
-	e.start("coordinator", "coordinator", "--id", "c1", "--raft", freeAddr(e.t), "--http", caddr, "--data", e.t.TempDir(), "--bootstrap")
+	e.start("coordinator", append([]string{"coordinator", "--id", "c1", "--raft", freeAddr(e.t), "--http", caddr, "--data", e.t.TempDir(), "--bootstrap"}, extra...)...)
 	call := func(method, path, body string) (int, string) {
 		return request(method, "http://"+caddr+path, admin, "application/json", body)
 	}

@@ -5,12 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	mathrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -36,31 +33,9 @@ type devEnv struct {
 	stderr func() string
 }
 
-// freeAddr finds a free loopback port for a server a test starts. It is
-// taken below the kernel's ephemeral range: a port the kernel hands out
-// (for another test's outgoing connection or ":0" listener) between this
-// check and the server's bind would fail the server, as it did for a
-// Kafka broker once the test processes grew in number.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
-				low = n
-			}
-		}
-	}
-	for range 200 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mathrand.IntN(low-10000))
-		if ln, err := net.Listen("tcp", addr); err == nil {
-			ln.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return ""
-}
+// freeAddr finds a free loopback port for a server a test starts
+// (testenv.FreeAddr).
+func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 
 // startDev runs `certnode dev` in-process on an embedded Kafka, with a
 // second, rate-limited organization, a third, unlimited one, and a

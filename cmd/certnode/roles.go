@@ -263,6 +263,7 @@ func newIngestCmd() *cobra.Command {
 	var tf tlsFlags
 	var chf clickhouseFlags
 	var kek kekFlags
+	var df domainFlags
 	maxStale := coordinator.DefaultMaxStale
 	cfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -299,6 +300,7 @@ func newIngestCmd() *cobra.Command {
 			var reports ingest.ReportSource
 			var blocks ingest.Blocklist
 			var pointers ingest.SubjectPointers
+			var replica *coordinator.Replica
 			switch {
 			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -309,6 +311,7 @@ func newIngestCmd() *cobra.Command {
 					break
 				}
 				defer l.Close()
+				replica = r
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
 				endpoints, orgs, reports, blocks, pointers = endpointInfos{r}, r, r, blocklist{r}, r
 				parts["coordinator"] = r.Run
@@ -367,16 +370,28 @@ func newIngestCmd() *cobra.Command {
 			}
 			defer events.Close()
 			deps.Audit = events
+			var env *envelope.Envelope
+			if chf.addr != "" || df.enabled() {
+				var closeKEKs func()
+				if env, closeKEKs, err = kek.open(); err != nil {
+					return err
+				}
+				defer closeKEKs()
+			}
+			if df.enabled() {
+				m, err := df.open(replica, env, &cfg)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				deps.Domains = replica
+				parts["certificates"] = m.Run
+			}
 			if chf.addr != "" {
 				cho, err := chf.options()
 				if err != nil {
 					return err
 				}
-				env, closeKEKs, err := kek.open()
-				if err != nil {
-					return err
-				}
-				defer closeKEKs()
 				st, err := openStores(cmd.Context(), cho, env)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
@@ -398,7 +413,7 @@ func newIngestCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: err}
 			}
 			defer srv.Close()
-			slog.Info("ingest listening", "addr", srv.Addr())
+			slog.Info("ingest listening", "addr", srv.Addr(), "custom_domains", srv.DomainsAddr())
 			parts["ingest"], parts["keyring"] = srv.Run, signer.NewRingWatcher(keys, ringPoll).Run
 			return runErr(runParts(cmd.Context(), parts))
 		},
@@ -412,6 +427,7 @@ func newIngestCmd() *cobra.Command {
 	bindEnv(fs, "keyring", "CERTNODE_KEYRING")
 	chf.register(fs, "", "ClickHouse native address for GET /v1/receipts, /v1/usage, /v1/invoices, /v1/webhooks/deliveries, /v1/analytics and /v1/exports")
 	kek.register(fs)
+	df.register(fs)
 	fs.StringVar(&logURL, "log", "", "the transparency log's address (certnode log serve --http), for /v1/log/... and /v1/receipts/{id}/proof")
 	bindEnv(fs, "log", "CERTNODE_LOG_URL")
 	fs.StringVar(&logKey, "log-key", "", "the log's verifier key, or a file holding it (default: the one the log serves)")

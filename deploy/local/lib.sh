@@ -144,3 +144,15 @@ auto.create.topics.enable=true
 log.retention.hours=24
 PROPS
 }
+
+# go_tool installs the Go program pkg at version into $(go env GOPATH)/bin,
+# unless it is there at that version already.
+go_tool() {
+  local pkg="$1" version="$2" bin
+  bin="$(go env GOPATH)/bin/$(basename "$pkg")"
+  if [ -x "$bin" ] && go version -m "$bin" 2>/dev/null | awk '$1 == "mod" { print $3 }' | grep -qx "$version"; then
+    return
+  fi
+  log "installing $pkg@$version (Go module proxy)"
+  (cd / && GOFLAGS=-mod=mod go install "$pkg@$version") >&2
+}

@@ -46,6 +46,10 @@ case "${1:-}" in
     apt_install kcat openssl # the non-Go Kafka producer of the integration tests, and its HMAC
     apt_install chromium poppler-utils # the dashboard's tests drive Chromium headless; pdftotext reads the PDFs
     py_deps
+    # The ACME CA of the custom domains' tests, and its DNS server (the
+    # tests start both, bound to 127.0.0.1).
+    go_tool github.com/letsencrypt/pebble/v2/cmd/pebble v2.10.3
+    go_tool github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv v2.10.3
     bash "$here/softhsm.sh" init
     bash "$here/clickhouse.sh" start
     bash "$here/kafka.sh" start
