@@ -223,6 +223,9 @@ func (ts *testServer) send(method, path, body string, headers ...string) answer 
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
+	if h := req.Header.Get("Host"); h != "" {
+		req.Host = h // the client sends the request's Host, not the header
+	}
 	resp, err := testClient.Do(req)
 	if err != nil {
 		ts.t.Fatal(err)

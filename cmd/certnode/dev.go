@@ -73,7 +73,8 @@ func readCredentials(path string) (credentials, error) {
 func newDevCmd() *cobra.Command {
 	var kf kafkaFlags
 	var keys keyFlags
-	var addr, dataDir, clickhouse, coordAddr string
+	var addr, dataDir, clickhouse, coordAddr, resolver string
+	var df domainFlags
 	var tf tlsFlags
 	icfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
@@ -138,7 +139,11 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			defer events.Close()
-			coord, err := openDevCoordinator(dataDir, coordAddr, creds, events)
+			res, err := coordinator.DNSResolver(resolver)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			coord, err := openDevCoordinator(dataDir, coordAddr, creds, events, res)
 			if err != nil {
 				return usageErr("embedded coordinator (--coordinator-http): %v", err)
 			}
@@ -235,20 +240,20 @@ func newDevCmd() *cobra.Command {
 			parts["detect"] = detector.Run
 
 			var st *stores
-			var env *envelope.Envelope
+			// Payloads and the custom domains' private keys are stored
+			// sealed, under software KEKs here: a deployment keeps them in
+			// the HSM (--kek-token).
+			keks, err := envelope.NewDirKEKs(filepath.Join(dataDir, "keks"))
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			env := envelope.New(keks)
 			chAddr, chFound := clickhouse, clickhouse != "" && clickhouse != "none"
 			if clickhouse == "" {
 				chAddr, chFound = "127.0.0.1:9000", reachable("127.0.0.1:9000")
 			}
 			cho := chconn.Options{Addr: []string{chAddr}}
 			if chFound {
-				// Payloads are stored sealed, under software KEKs here: a
-				// deployment keeps them in the HSM (--kek-token).
-				keks, err := envelope.NewDirKEKs(filepath.Join(dataDir, "keks"))
-				if err != nil {
-					return usageErr("%v", err)
-				}
-				env = envelope.New(keks)
 				scfg := chsink.DefaultConfig()
 				scfg.Kafka, scfg.ClickHouse, scfg.Group, scfg.Registerer, scfg.Sealer = kcfg, cho, kafka.Group(kf.prefix, kafka.RoleSinkClickHouse), reg, env
 				sink, err := chsink.New(ctx, scfg)
@@ -292,6 +297,15 @@ func newDevCmd() *cobra.Command {
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
 				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
+			if df.enabled() {
+				m, err := df.open(replica, env, &icfg)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				deps.Domains = replica
+				parts["certificates"] = m.Run
+			}
 			if st != nil {
 				st.fill(&deps)
 				closeExports, err := openExports(ctx, cho, env, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)
@@ -324,6 +338,9 @@ func newDevCmd() *cobra.Command {
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	fs.StringVar(&coordAddr, "coordinator-http", "127.0.0.1:8081", "address of the embedded coordinator's API (certnode admin --coordinator ADDR)")
 	bindEnv(fs, "coordinator-http", "CERTNODE_DEV_COORDINATOR_HTTP")
+	fs.StringVar(&resolver, "dns-resolver", "", "DNS server (host:port) the embedded coordinator asks for the TXT records proving custom domains (default: the system's resolver)")
+	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
+	df.register(fs)
 	ingestLimitFlags(fs, &icfg)
 	tf.register(fs)
 	kf.register(fs, false)

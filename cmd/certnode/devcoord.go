@@ -26,10 +26,10 @@ import (
 // Webhook test deliveries may reach this machine (a developer's local
 // receiver), and nothing else that is not public. Its audit events go to
 // events.
-func openDevCoordinator(dir, httpAddr string, creds *credentials, events coordinator.AuditPublisher) (*coordinator.Server, error) {
+func openDevCoordinator(dir, httpAddr string, creds *credentials, events coordinator.AuditPublisher, res coordinator.Resolver) (*coordinator.Server, error) {
 	return coordinator.NewServer(coordinator.Config{ID: "dev", RaftAddr: "127.0.0.1:0", HTTPAddr: httpAddr,
 		DataDir: filepath.Join(dir, "coordinator"), Bootstrap: true, AdminToken: creds.AdminToken, NodeToken: creds.NodeToken,
-		WebhookAllow: devWebhookAllow, Audit: events})
+		WebhookAllow: devWebhookAllow, Audit: events, Resolver: res})
 }
 
 // devWebhookAllow is the loopback networks, which certnode dev lets
