@@ -59,6 +59,7 @@ const PAGES = [
   { id: 'usage', title: 'Usage', roles: ['owner', 'admin', 'billing'], render: usage },
   { id: 'invoices', title: 'Invoices', roles: ['owner', 'billing'], render: invoices },
   { id: 'keys', title: 'API keys', roles: ['owner', 'admin'], render: keys },
+  { id: 'domains', title: 'Domains', roles: ALL, render: domains },
   { id: 'audit', title: 'Audit', roles: ['owner', 'admin'], render: audit },
   { id: 'security', title: 'Security', roles: ['owner', 'admin'], render: security },
 ];
@@ -588,6 +589,66 @@ async function security(sec) {
       } }));
     });
   };
+  await load();
+  every(load);
+}
+
+// domains lists the organization's custom domains with their state and the
+// DNS record that proves each; owners and admins add, verify and remove
+// them. The list refreshes while a certificate is on its way.
+async function domains(sec) {
+  const orgPath = '/v1/orgs/' + encodeURIComponent(S.org) + '/domains';
+  const write = ['owner', 'admin'].includes(S.role);
+  const msg = el('p', { role: 'status', id: 'domains-status' });
+  const listBox = el('div', { id: 'domains-list', 'aria-live': 'polite' });
+  const load = async () => {
+    const list = await api(orgPath);
+    listBox.replaceChildren(table([{ label: 'Domain', value: (d) => d.name }, { label: 'State', value: (d) => d.state },
+      { label: 'Record to publish', value: (d) => (d.dns_record ? d.dns_record.type + ' ' + d.dns_record.name + ' "' + d.dns_record.value + '"' : 'none: the CA checks the name itself (HTTP-01)') },
+      { label: 'Details', value: (d) => d.reason || (d.cert_not_after ? 'certificate until ' + when(d.cert_not_after) : '') }, { label: '', value: () => '' }],
+    list.domains, 'No custom domains yet.'));
+    listBox.querySelectorAll('tbody tr').forEach((tr, i) => {
+      const d = list.domains[i];
+      tr.dataset.domain = d.name;
+      tr.dataset.state = d.state;
+      if (!write) return;
+      const path = orgPath + '/' + encodeURIComponent(d.name);
+      if (d.state === 'pending' || d.state === 'failed') {
+        tr.lastChild.append(el('button', { type: 'button', 'data-testid': 'verify-domain', text: 'Verify', onclick: async () => {
+          msg.textContent = 'Checking ' + d.name + '…';
+          try {
+            const v = await api(path + '/verify', { method: 'POST', body: {} });
+            msg.textContent = d.name + ' is ' + v.state + '.';
+          } catch (e) { msg.textContent = e.message; }
+          await load();
+        } }));
+      }
+      tr.lastChild.append(el('button', { type: 'button', 'data-testid': 'remove-domain', text: 'Remove', onclick: async () => {
+        if (!window.confirm('Remove ' + d.name + '? It stops being served and its certificate is revoked.')) return;
+        try { await api(path, { method: 'DELETE' }); msg.textContent = d.name + ' removed.'; } catch (e) { msg.textContent = e.message; }
+        await load();
+      } }));
+    });
+    return list.domains.some((d) => d.state === 'verified' || d.state === 'issuing');
+  };
+  sec.append(el('p', { text: 'Serve the API, the key set and the verification page on a name of your own. Add it, publish the TXT record shown (or, with HTTP verification, point the name at the service), then verify: a certificate follows, renewed on its own.' }));
+  if (write) {
+    const f = el('form', { class: 'filters', id: 'domain-form', 'aria-label': 'Add a domain' },
+      el('label', {}, 'Domain', el('input', { name: 'name', required: true, maxlength: 253, placeholder: 'api.example.com' })),
+      el('label', {}, 'Proof', el('select', { name: 'verification' }, el('option', { value: 'dns', text: 'DNS TXT record' }), el('option', { value: 'http', text: 'HTTP (the CA checks the name)' }))),
+      el('button', { type: 'submit', text: 'Add domain' }));
+    f.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        const d = await api(orgPath, { method: 'POST', body: { name: f.name.value, verification: f.verification.value } });
+        msg.textContent = d.name + ' added: ' + d.reason;
+        f.reset();
+      } catch (e) { msg.textContent = e.message; }
+      await load();
+    });
+    sec.append(f);
+  }
+  sec.append(msg, listBox);
   await load();
   every(load);
 }
