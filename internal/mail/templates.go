@@ -103,7 +103,12 @@ var parsed = mustParse()
 var funcs = map[string]any{
 	"field": func(d Data, k string) string { return d.Fields[k] },
 	"date":  func(t time.Time) string { return t.UTC().Format("2 January 2006 15:04 UTC") },
-	"btn":   func(d Data, label string) any { return struct{ Data; Label string }{d, label} },
+	"btn": func(d Data, label string) any {
+		return struct {
+			Data
+			Label string
+		}{d, label}
+	},
 }
 
 func mustParse() set {
