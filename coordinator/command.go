@@ -78,6 +78,12 @@ var registry = map[cmdType]func() Command{
 	cmdBlockAddress:      func() Command { return new(BlockAddress) },
 	cmdUnblockAddress:    func() Command { return new(UnblockAddress) },
 	cmdSuspendKey:        func() Command { return new(SuspendKey) },
+	// Email (email.go): 40-49.
+	cmdPutSendingDomain:    func() Command { return new(PutSendingDomain) },
+	cmdDeleteSendingDomain: func() Command { return new(DeleteSendingDomain) },
+	cmdQueueEmails:         func() Command { return new(QueueEmails) },
+	cmdClaimEmail:          func() Command { return new(ClaimEmail) },
+	cmdRecordEmail:         func() Command { return new(RecordEmail) },
 }
 
 func encode(c Command) ([]byte, error) {

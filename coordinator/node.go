@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+
+	"github.com/certnode/certnode/internal/mail"
 )
 
 // Config configures one coordinator node.
@@ -48,6 +50,12 @@ type Config struct {
 	// WebhookAllow lists the non-public networks a webhook endpoint's test
 	// delivery may reach (none by default: only public addresses).
 	WebhookAllow []netip.Prefix
+	// PublicURL is the service's public base URL, which links in email
+	// previews point under (the mailer's --public-url).
+	PublicURL string
+	// DNS checks the sending domains' DKIM records (nil: the first server
+	// of /etc/resolv.conf).
+	DNS *mail.Resolver
 	// Audit sends the audit events (applied changes, relayed by the leader,
 	// and refused requests) to the audit log; nil: they stay in the state.
 	Audit AuditPublisher
@@ -94,6 +102,11 @@ func (c *Config) Validate() error {
 	// system's roots vouch for: anyone could join the log.
 	if c.RaftTLS && (c.PeerTLS == nil || c.PeerTLS.RootCAs == nil) {
 		errs = append(errs, errors.New("coordinator: Raft over TLS needs the members' CA (--coordinator-ca): the system's roots would admit anyone's certificate"))
+	}
+	if c.PublicURL != "" {
+		if err := mail.CheckBaseURL(c.PublicURL); err != nil {
+			errs = append(errs, fmt.Errorf("coordinator: --public-url: %w", err))
+		}
 	}
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("coordinator: --bootstrap and --join exclude each other"))

@@ -135,7 +135,10 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeTXT)
 	m.RecursionDesired = true
-	in, _, err := (&dns.Client{Net: "udp", Timeout: timeout}).ExchangeContext(ctx, m, server)
+	// A 2048-bit key's record is over 400 bytes: ask for answers up to
+	// 4096 bytes over UDP, and over TCP when still too large.
+	m.SetEdns0(4096, false)
+	in, _, err := (&dns.Client{Net: "udp", UDPSize: 4096, Timeout: timeout}).ExchangeContext(ctx, m, server)
 	if err == nil && in.Truncated {
 		in, _, err = (&dns.Client{Net: "tcp", Timeout: timeout}).ExchangeContext(ctx, m, server)
 	}
