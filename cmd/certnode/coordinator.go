@@ -17,6 +17,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/envsecret"
+	"github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tlsconf"
 )
@@ -32,7 +33,7 @@ func newCoordinatorCmd() *cobra.Command {
 	var webhookAllow []string
 	var kf kafkaFlags
 	var tf tlsFlags
-	var peerCA string
+	var peerCA, dnsResolver string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
@@ -54,6 +55,9 @@ func newCoordinatorCmd() *cobra.Command {
 			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
 			cfg.TLS, err4 = tf.config()
 			cfg.PeerTLS, err5 = coordinatorTLS(peerCA)
+			if dnsResolver != "" {
+				cfg.DNS = &mail.Resolver{Addr: dnsResolver}
+			}
 			if err := errors.Join(err1, err2, err3, err4, err5, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -102,6 +106,10 @@ func newCoordinatorCmd() *cobra.Command {
 	registerCoordinatorCA(fs, &peerCA)
 	fs.BoolVar(&cfg.RaftTLS, "raft-tls", false, "Raft between members over TLS with --tls-cert, both ways: every member sets it, and its certificate must allow client authentication too")
 	bindEnv(fs, "raft-tls", "CERTNODE_COORDINATOR_RAFT_TLS")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "the service's public base URL, which links in email previews point under (the mailers' --public-url)")
+	bindEnv(fs, "public-url", "CERTNODE_PUBLIC_URL")
+	fs.StringVar(&dnsResolver, "dns-resolver", "", "the DNS server (host:port) sending domains' DKIM records are checked through (default: the first of /etc/resolv.conf)")
+	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
 	kf.register(fs, true)
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)
@@ -167,13 +175,7 @@ func coordinatorReplica(c coordinatorFlags, maxStale time.Duration, reg promethe
 	if err != nil {
 		return nil, err
 	}
-	var list []string
-	for _, a := range strings.Split(c.addrs, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			list = append(list, a)
-		}
-	}
-	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: list, TLS: tlsCfg, Token: token, MaxStale: maxStale, Registerer: reg})
+	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: splitList(c.addrs), TLS: tlsCfg, Token: token, MaxStale: maxStale, Registerer: reg})
 }
 
 // followCoordinator makes the replica of the cluster's state and the
