@@ -75,6 +75,7 @@ func newDevCmd() *cobra.Command {
 	var keys keyFlags
 	var addr, dataDir, clickhouse, coordAddr string
 	var tf tlsFlags
+	var mf mailFlags
 	icfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -138,7 +139,7 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			defer events.Close()
-			coord, err := openDevCoordinator(dataDir, coordAddr, creds, events)
+			coord, err := openDevCoordinator(dataDir, coordAddr, mf.publicURL, creds, events)
 			if err != nil {
 				return usageErr("embedded coordinator (--coordinator-http): %v", err)
 			}
@@ -306,6 +307,9 @@ func newDevCmd() *cobra.Command {
 			}
 			defer srv.Close()
 			parts["ingest"] = srv.Run
+			if err := devMail(&mf, dataDir, coord.Addr(), creds.NodeToken, kcfg, mac, reg, parts, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
 
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on %s%s  (Kafka %s, %s kid %s)\n", scheme, srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo organization %q; API key in %s\n", creds.Tenant, credFile)
@@ -328,6 +332,7 @@ func newDevCmd() *cobra.Command {
 	tf.register(fs)
 	kf.register(fs, false)
 	keys.register(fs, true)
+	mf.register(fs)
 	return cmd
 }
 

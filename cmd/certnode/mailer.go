@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/mail"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -246,4 +248,39 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// devMail runs certnode dev's mailer when --smtp names a relay (DKIM
+// keys in DIR/dkim unless a token is given), and says once that email is
+// off otherwise.
+func devMail(mf *mailFlags, dataDir, coordAddr, nodeToken string, kcfg kafka.Config, mac *recordauth.Keyring,
+	reg prometheus.Registerer, parts map[string]func(context.Context) error, out io.Writer) error {
+	if mf.smtp == "" {
+		fmt.Fprintln(out, "certnode dev: email is off (give --smtp HOST:PORT, e.g. a local mailpit, to send invitations, resets and notifications)")
+		return nil
+	}
+	if mf.dkimDir == "" && mf.dkimToken == "" {
+		mf.dkimDir = filepath.Join(dataDir, "dkim")
+	}
+	mc, err := coordinator.NewMailClient([]string{coordAddr}, nil, nodeToken)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	ml, closeKeys, err := mf.mailer(mc, "dev", reg)
+	if err != nil {
+		return err
+	}
+	ev, err := cnmail.NewEvents(cnmail.EventsConfig{Kafka: kcfg, Group: kafka.Group(kcfg.TopicPrefix, kafka.RoleMailer), MAC: mac, Queue: mc})
+	if err != nil {
+		closeKeys()
+		return usageErr("%v", err)
+	}
+	parts["mailer"] = func(ctx context.Context) error {
+		defer closeKeys()
+		defer ev.Close()
+		return ml.Run(ctx)
+	}
+	parts["mail-events"] = ev.Run
+	fmt.Fprintf(out, "certnode dev: email through %s, links under %s\n", mf.smtp, mf.publicURL)
+	return nil
 }
