@@ -30,6 +30,7 @@ import (
 // and certnode dev share them.
 type mailFlags struct {
 	smtp, user, ca, helo     string
+	requireTLS               bool
 	from, fromName           string
 	publicURL                string
 	dkimDir, dkimToken       string
@@ -46,6 +47,8 @@ func (m *mailFlags) register(fs *pflag.FlagSet) {
 	bindEnv(fs, "smtp-username", "CERTNODE_SMTP_USERNAME")
 	fs.StringVar(&m.ca, "smtp-ca", "", "the CA certificates (PEM) the relay's certificate is checked against (default: the system's)")
 	bindEnv(fs, "smtp-ca", "CERTNODE_SMTP_CA")
+	fs.BoolVar(&m.requireTLS, "smtp-require-starttls", false, "require STARTTLS from a relay on this machine too (it always is from one off it)")
+	bindEnv(fs, "smtp-require-starttls", "CERTNODE_SMTP_REQUIRE_STARTTLS")
 	fs.StringVar(&m.helo, "smtp-helo", "", "the name this client gives the relay (default: the host name)")
 	bindEnv(fs, "smtp-helo", "CERTNODE_SMTP_HELO")
 	fs.StringVar(&m.from, "mail-from", "no-reply@certnode.localhost", "the service's own sender, for organizations without a verified sending domain")
@@ -107,7 +110,7 @@ func (m *mailFlags) mailer(queue cnmail.Queue, name string, reg prometheus.Regis
 	if err != nil {
 		return nil, nil, usageErr("%v", err)
 	}
-	scfg := cnmail.SMTPConfig{Addr: m.smtp, Username: m.user, Password: password, HELO: m.helo}
+	scfg := cnmail.SMTPConfig{Addr: m.smtp, Username: m.user, Password: password, HELO: m.helo, RequireTLS: m.requireTLS}
 	var errs []error
 	if m.ca != "" {
 		pem, err := os.ReadFile(m.ca)

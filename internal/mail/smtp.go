@@ -26,6 +26,8 @@ type SMTPConfig struct {
 	RootCAs *x509.CertPool
 	HELO    string // the name this client gives (default: the host name)
 	Timeout time.Duration
+	// RequireTLS requires STARTTLS on loopback too (it always is off it).
+	RequireTLS bool
 }
 
 // PasswordEnv names the variable holding the SMTP password.
@@ -49,6 +51,9 @@ func (c SMTPConfig) GoString() string { return c.String() }
 // as for ClickHouse (internal/chconn): credentials and mail never cross a
 // network in the clear.
 func (c SMTPConfig) tlsRequired() bool {
+	if c.RequireTLS {
+		return true
+	}
 	host, _, _ := net.SplitHostPort(c.Addr)
 	ip := net.ParseIP(host)
 	return host != "localhost" && (ip == nil || !ip.IsLoopback())
@@ -109,10 +114,10 @@ func (s *SMTP) Send(ctx context.Context, from, to string, raw []byte) error {
 		return s.scrub(fmt.Errorf("smtp %s: %w", s.cfg.Addr, err))
 	}
 	defer c.CloseWithSMTPClient(sc)
-	if err := sc.Mail(from); err != nil {
+	if err := sc.Mail("<" + from + ">"); err != nil {
 		return s.scrub(fmt.Errorf("smtp MAIL FROM: %w", err))
 	}
-	if err := sc.Rcpt(to); err != nil {
+	if err := sc.Rcpt("<" + to + ">"); err != nil {
 		return s.scrub(fmt.Errorf("smtp RCPT TO: %w", err))
 	}
 	w, err := sc.Data()
