@@ -310,7 +310,7 @@ func (s *Server) inviteByEmail(w http.ResponseWriter, r *http.Request, body []by
 	}
 	in.Hash = placeholder
 	m := EmailMessage{ID: id, Org: in.Org, Template: cnmail.TemplateInvitation, To: in.Email, Ref: in.ID,
-		Fields: map[string]string{"role": in.Role, "invited_by": invitedBy}, Status: EmailQueued, CreatedAt: in.CreatedAt}
+		Fields: map[string]string{"role": in.Role, "invited_by": invitedBy}, Status: EmailQueued, CreatedAt: in.CreatedAt, UpdatedAt: in.CreatedAt}
 	v := struct {
 		invitationView `json:",inline"`
 		EmailMessage   emailView `json:"email_message"`
