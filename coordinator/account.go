@@ -397,6 +397,9 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request, sc scope, body [
 	var b struct {
 		Email string `json:"email"`
 		Role  string `json:"role"`
+		// SendEmail mails the invitation (its token only in the email)
+		// instead of answering the token.
+		SendEmail bool `json:"send_email"`
 	}
 	if err := decodeBody(body, &b); err != nil {
 		s.fail(w, err)
@@ -419,6 +422,10 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request, sc scope, body [
 	p, now := principalOf(r), time.Now().UTC()
 	in := Invitation{ID: id[:4+16], Org: sc.org, Email: email, Role: b.Role, Hash: HashKey(token), InvitedBy: p.actor.Kind + ":" + p.actor.ID,
 		CreatedAt: now, ExpiresAt: now.Add(InvitationTTL)}
+	if b.SendEmail {
+		s.inviteByEmail(w, r, body, in, s.inviterName(p))
+		return
+	}
 	v := invitationViewOf(&in)
 	v.Token = token
 	s.write(w, r, body, &PutInvitation{Invitation: in, Create: true}, http.StatusCreated, v)

@@ -85,6 +85,12 @@ var registry = map[cmdType]func() Command{
 	cmdDeleteCertObjects: func() Command { return new(DeleteCertObjects) },
 	cmdLockCert:          func() Command { return new(LockCert) },
 	cmdUnlockCert:        func() Command { return new(UnlockCert) },
+	// Email (email.go): 40-49.
+	cmdPutSendingDomain:    func() Command { return new(PutSendingDomain) },
+	cmdDeleteSendingDomain: func() Command { return new(DeleteSendingDomain) },
+	cmdQueueEmails:         func() Command { return new(QueueEmails) },
+	cmdClaimEmail:          func() Command { return new(ClaimEmail) },
+	cmdRecordEmail:         func() Command { return new(RecordEmail) },
 }
 
 func encode(c Command) ([]byte, error) {

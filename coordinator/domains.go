@@ -13,8 +13,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
+
+	"github.com/certnode/certnode/internal/mail"
 )
 
 // Custom domains: an organization serves its API, JWKS and pages on a
@@ -384,7 +385,7 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, sc scope, 
 		c.State = DomainVerified // proved before: a retry of a failed issuance
 	default:
 		ctx, cancel := context.WithTimeout(r.Context(), domainCheckTimeout)
-		failure = checkTXT(ctx, s.node.cfg.Resolver, &d)
+		failure = checkTXT(ctx, s.node.resolver(), &d)
 		cancel()
 		c.State, c.Verified = DomainVerified, true
 		if failure != nil {
@@ -409,81 +410,27 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, sc scope, 
 // domainCheckTimeout bounds one TXT lookup.
 const domainCheckTimeout = 10 * time.Second
 
-// Resolver looks up TXT records: the system's resolver, or a DNS server
-// of the operator's choice (DNSResolver).
+// Resolver looks up TXT records (internal/mail.Resolver): a name without
+// any has none, not an error.
 type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
 }
 
-// ErrNoRecord is a name without the TXT record asked for.
-var ErrNoRecord = errors.New("no such record")
-
-// DNSResolver is a resolver asking the DNS server at addr (host:port),
-// over UDP and over TCP when the answer is truncated; "" is the system's
-// resolver.
-func DNSResolver(addr string) (Resolver, error) {
-	if addr == "" {
-		return systemResolver{}, nil
+// resolver is the configured resolver, or the first of /etc/resolv.conf.
+func (n *Node) resolver() Resolver {
+	if n.cfg.Resolver != nil {
+		return n.cfg.Resolver
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, fmt.Errorf("--dns-resolver %q: want host:port", addr)
-	}
-	return serverResolver(addr), nil
-}
-
-type systemResolver struct{}
-
-func (systemResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	v, err := net.DefaultResolver.LookupTXT(ctx, name)
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-		return nil, ErrNoRecord
-	}
-	return v, err
-}
-
-// serverResolver asks one DNS server (miekg/dns: the answer's code and
-// flags as they are, where net.Resolver would judge them by its own rules
-// for recursive resolvers).
-type serverResolver string
-
-func (s serverResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), dns.TypeTXT)
-	in, _, err := (&dns.Client{Net: "udp"}).ExchangeContext(ctx, m, string(s))
-	if err == nil && in.Truncated {
-		in, _, err = (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, string(s))
-	}
-	switch {
-	case err != nil:
-		return nil, err
-	case in.Rcode == dns.RcodeNameError:
-		return nil, ErrNoRecord
-	case in.Rcode != dns.RcodeSuccess:
-		return nil, fmt.Errorf("the DNS server answered %s", dns.RcodeToString[in.Rcode])
-	}
-	var out []string
-	for _, rr := range in.Answer {
-		if t, ok := rr.(*dns.TXT); ok {
-			out = append(out, strings.Join(t.Txt, ""))
-		}
-	}
-	if len(out) == 0 {
-		return nil, ErrNoRecord
-	}
-	return out, nil
+	return &mail.Resolver{}
 }
 
 // checkTXT looks for the domain's token in its TXT record. The message of
 // its error is what the domain's owner reads.
 func checkTXT(ctx context.Context, res Resolver, d *Domain) error {
-	if res == nil {
-		res = systemResolver{}
-	}
 	name, want := d.TXTRecord()
-	got, err := res.LookupTXT(ctx, name+".")
+	got, err := res.LookupTXT(ctx, name)
 	switch {
-	case errors.Is(err, ErrNoRecord):
+	case err == nil && len(got) == 0:
 		return fmt.Errorf("no TXT record at %s: publish %q there", name, want)
 	case err != nil:
 		return fmt.Errorf("looking up the TXT record at %s: %v", name, err)

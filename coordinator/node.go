@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+
+	"github.com/certnode/certnode/internal/mail"
 )
 
 // Config configures one coordinator node.
@@ -48,11 +50,15 @@ type Config struct {
 	// WebhookAllow lists the non-public networks a webhook endpoint's test
 	// delivery may reach (none by default: only public addresses).
 	WebhookAllow []netip.Prefix
+	// PublicURL is the service's public base URL, which links in email
+	// previews point under (the mailer's --public-url).
+	PublicURL string
 	// Audit sends the audit events (applied changes, relayed by the leader,
 	// and refused requests) to the audit log; nil: they stay in the state.
 	Audit AuditPublisher
-	// Resolver looks up the TXT records proving custom domains (nil: the
-	// system's resolver; DNSResolver aims one at a server).
+	// Resolver looks up the TXT records proving custom domains and the
+	// sending domains' DKIM records (nil: the first server of
+	// /etc/resolv.conf).
 	Resolver Resolver
 	// SnapshotThreshold is how many log entries trigger a snapshot (and
 	// log compaction); tests lower it.
@@ -97,6 +103,11 @@ func (c *Config) Validate() error {
 	// system's roots vouch for: anyone could join the log.
 	if c.RaftTLS && (c.PeerTLS == nil || c.PeerTLS.RootCAs == nil) {
 		errs = append(errs, errors.New("coordinator: Raft over TLS needs the members' CA (--coordinator-ca): the system's roots would admit anyone's certificate"))
+	}
+	if c.PublicURL != "" {
+		if err := mail.CheckBaseURL(c.PublicURL); err != nil {
+			errs = append(errs, fmt.Errorf("coordinator: --public-url: %w", err))
+		}
 	}
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("coordinator: --bootstrap and --join exclude each other"))

@@ -18,6 +18,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/go-json-experiment/json"
 
+	cnmail "github.com/certnode/certnode/internal/mail"
+	"github.com/certnode/certnode/internal/mail/mailtest"
 	"github.com/certnode/certnode/internal/oastest"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
@@ -264,6 +266,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"POST /v1/orgs/{org}/reports":                               `{"name":"r","query":{"metrics":["requests"],"range":"last_7d"}}`,
 		"PATCH /v1/orgs/{org}/reports/{id}":                         `{"name":"r2"}`,
 		"POST /v1/orgs/{org}/domains":                               `{"name":"samples.acme.example"}`,
+		"POST /v1/orgs/{org}/email/domains":                         `{"domain":"mail.acme.test"}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -284,7 +287,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 	login(t, ada, "ada@acme.test", pw+"ada@acme.test")
 
 	t.Run("credentials are required exactly where the document says", func(t *testing.T) {
-		vals := map[string]string{"org": "acme", "user": ids["dev"], "id": "inv_x", "key": "cnk_x"}
+		vals := map[string]string{"org": "acme", "user": ids["dev"], "id": "inv_x", "key": "cnk_x", "template": "invitation", "domain": "mail.acme.test"}
 		for _, rt := range n.routes() {
 			if !userFacing(rt) {
 				continue
@@ -351,7 +354,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 	})
 
 	t.Run("a session's writes need its CSRF token", func(t *testing.T) {
-		vals := map[string]string{"org": "acme", "user": ids["tmp"], "id": "inv_x", "key": "cnk_x"}
+		vals := map[string]string{"org": "acme", "user": ids["tmp"], "id": "inv_x", "key": "cnk_x", "template": "invitation", "domain": "mail.acme.test"}
 		for _, rt := range n.routes() {
 			method, path := fill(rt.pattern, vals)
 			if !userFacing(rt) || safeMethod(method) || !k.secured(rt.pattern) {
@@ -657,6 +660,52 @@ func TestOpenAPIAccounts(t *testing.T) {
 		k.expect(t, call{name: "delete as billing", as: bill, method: "DELETE", path: "/v1/orgs/acme/domains/api.conformance.example", status: 403, code: "forbidden_role"})
 		k.expect(t, call{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/domains/api.conformance.example", status: 204})
 		k.expect(t, call{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/domains/api.conformance.example", status: 404, code: "not_found"})
+	})
+
+	t.Run("email", func(t *testing.T) {
+		n.node.cfg.Resolver = &cnmail.Resolver{Addr: mailtest.StartDNS(t).Addr}
+		nodeC := nodeClient(t, n)
+		for _, x := range []call{
+			{name: "preview", as: dev, method: "POST", path: "/v1/orgs/acme/email/templates/invitation/preview", status: 200},
+			{name: "preview unsaved settings", as: ada, method: "POST", path: "/v1/orgs/acme/email/templates/quota_warning/preview",
+				body: `{"settings":{"display_name":"Acme Rockets","brand_color":"#ff6600"}}`, status: 200},
+			{name: "preview a bad colour", as: ada, method: "POST", path: "/v1/orgs/acme/email/templates/quota_warning/preview",
+				body: `{"settings":{"brand_color":"red"}}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "preview an unknown template", as: ada, method: "POST", path: "/v1/orgs/acme/email/templates/nope/preview", offSpec: true, status: 404, code: "not_found"},
+			{name: "invite by email", as: ada, method: "POST", path: "/v1/orgs/acme/invitations", body: `{"email":"mailed@acme.test","role":"viewer","send_email":true}`, status: 201},
+			{name: "messages", as: ada, method: "GET", path: "/v1/orgs/acme/email/messages?status=queued", status: 200},
+			{name: "messages, limit 0", as: ada, method: "GET", path: "/v1/orgs/acme/email/messages?limit=0", offSpec: true, status: 400, code: "invalid"},
+			{name: "messages as a developer", as: dev, method: "GET", path: "/v1/orgs/acme/email/messages", status: 403, code: "forbidden_role"},
+			{name: "add a domain", as: ada, method: "POST", path: "/v1/orgs/acme/email/domains", body: `{"domain":"mail.acme.test","from_local":"hello"}`, status: 201},
+			{name: "add it again", as: key, method: "POST", path: "/v1/orgs/acme/email/domains", body: `{"domain":"mail.acme.test"}`, status: 409, code: "conflict"},
+			{name: "add a bad domain", as: ada, method: "POST", path: "/v1/orgs/acme/email/domains", body: `{"domain":"not a domain"}`, status: 400, code: "invalid"},
+			{name: "add as a developer", as: dev, method: "POST", path: "/v1/orgs/acme/email/domains", body: `{"domain":"x.acme.test"}`, status: 403, code: "forbidden_role"},
+			{name: "list domains", as: dev, method: "GET", path: "/v1/orgs/acme/email/domains", status: 200},
+			{name: "get a domain", as: key, method: "GET", path: "/v1/orgs/acme/email/domains/mail.acme.test", status: 200},
+			{name: "get an unknown domain", as: key, method: "GET", path: "/v1/orgs/acme/email/domains/nope.acme.test", status: 404, code: "not_found"},
+			{name: "verify before the key is made", as: ada, method: "POST", path: "/v1/orgs/acme/email/domains/mail.acme.test/verify", status: 409, code: "conflict"},
+		} {
+			k.expect(t, x)
+		}
+		var kr struct {
+			Domains []cnmail.KeyRequest `json:"domains"`
+		}
+		json.Unmarshal([]byte(nodeC.must(200, "GET", "/v1/node/email/keys", "")), &kr)
+		if len(kr.Domains) != 1 || kr.Domains[0].Domain != "mail.acme.test" {
+			t.Fatalf("key requests: %+v", kr)
+		}
+		nodeC.must(204, "PUT", "/v1/node/email/domains/acme/mail.acme.test/key", `{"selector":"`+kr.Domains[0].Selector+`","record":"v=DKIM1; k=rsa; p=MIIB"}`)
+		for _, x := range []call{
+			{name: "verify with no record published", as: ada, method: "POST", path: "/v1/orgs/acme/email/domains/mail.acme.test/verify", status: 200},
+			{name: "verify an unknown domain", as: ada, method: "POST", path: "/v1/orgs/acme/email/domains/nope.acme.test/verify", status: 404, code: "not_found"},
+			{name: "delete as a developer", as: dev, method: "DELETE", path: "/v1/orgs/acme/email/domains/mail.acme.test", status: 403, code: "forbidden_role"},
+			{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/email/domains/mail.acme.test", status: 204},
+			{name: "forgot password", as: anon, method: "POST", path: "/v1/auth/password-reset/request", body: `{"email":"dev@acme.test"}`, status: 202},
+			{name: "forgot password of nobody", as: anon, method: "POST", path: "/v1/auth/password-reset/request", body: `{"email":"nobody@acme.test"}`, status: 202},
+			{name: "forgot password, not an address", as: anon, method: "POST", path: "/v1/auth/password-reset/request", body: `{"email":"nope"}`, status: 400, code: "invalid"},
+		} {
+			k.expect(t, x)
+		}
 	})
 
 	t.Run("idempotency", func(t *testing.T) {

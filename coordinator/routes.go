@@ -52,12 +52,19 @@ func (s *Server) routes() []route {
 		{pattern: "PUT /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
 		{pattern: "POST /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
 		{pattern: "DELETE /v1/node/certs/{op}", h: node(s.leader(s.certStore))},
+		// The mailer's side of the outbox (emailhttp.go).
+		{pattern: "GET /v1/node/email/keys", h: node(s.keyRequests)},
+		{pattern: "PUT /v1/node/email/domains/{org}/{domain}/key", h: node(s.leader(s.putDomainKey))},
+		{pattern: "POST /v1/node/email/claim", h: node(s.leader(s.claimEmail))},
+		{pattern: "POST /v1/node/email/messages/{id}/outcome", h: node(s.leader(s.recordEmail))},
+		{pattern: "POST /v1/node/email/events", h: node(s.leader(s.queueEventEmail))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},
 		{pattern: "GET /v1/me", h: user(s.me)},
 		{pattern: "POST /v1/auth/invitations/accept", h: s.anonymous(s.leader(s.acceptInvitation))},
 		{pattern: "POST /v1/auth/password-reset", h: s.anonymous(s.leader(s.resetPassword))},
+		{pattern: "POST /v1/auth/password-reset/request", h: s.anonymous(s.leader(s.requestReset))},
 	}
 	orgRoutes := []struct {
 		method, path string
@@ -99,6 +106,14 @@ func (s *Server) routes() []route {
 		{"GET", "/domains/{name}", s.inOrg(permDomainsRead, s.getDomain), false},
 		{"DELETE", "/domains/{name}", s.leader(s.inOrg(permDomainsWrite, s.deleteDomain)), false},
 		{"POST", "/domains/{name}/verify", s.leader(s.inOrg(permDomainsWrite, s.verifyDomain)), false},
+		// Email (emailhttp.go).
+		{"POST", "/email/templates/{template}/preview", s.inOrg(permOrgRead, s.previewEmail), false},
+		{"GET", "/email/messages", s.inOrg(permAuditRead, s.listEmails), false},
+		{"POST", "/email/domains", s.leader(s.inOrg(permOrgWrite, s.createSendingDomain)), false},
+		{"GET", "/email/domains", s.inOrg(permOrgRead, s.listSendingDomains), false},
+		{"GET", "/email/domains/{domain}", s.inOrg(permOrgRead, s.getSendingDomain), false},
+		{"POST", "/email/domains/{domain}/verify", s.leader(s.inOrg(permOrgWrite, s.verifySendingDomain)), false},
+		{"DELETE", "/email/domains/{domain}", s.leader(s.inOrg(permOrgWrite, s.deleteSendingDomain)), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

@@ -56,6 +56,9 @@ type State struct {
 	// Admitted counts each organization's admitted requests by month
 	// ("2006-01", UTC), for monthly quotas (SetAdmitted).
 	Admitted map[string]map[string]int64 `json:"admitted,omitempty"`
+	// The outbox and the sending domains (email.go).
+	EmailMessages  map[string]*EmailMessage  `json:"email_messages"`  // by id
+	SendingDomains map[string]*SendingDomain `json:"sending_domains"` // by org/domain
 }
 
 // SharedState is what other tiers copy: what they need to admit and
@@ -142,6 +145,12 @@ func (s *State) fill() {
 	if s.ResetTokens == nil {
 		s.ResetTokens = map[string]*ResetToken{}
 	}
+	if s.EmailMessages == nil {
+		s.EmailMessages = map[string]*EmailMessage{}
+	}
+	if s.SendingDomains == nil {
+		s.SendingDomains = map[string]*SendingDomain{}
+	}
 	if s.Idempotency == nil {
 		s.Idempotency = map[string]*IdemRecord{}
 	}
@@ -222,6 +231,9 @@ type OrgSettings struct {
 	// for webhook deliveries (Go durations, e.g. "5s"); empty: the
 	// service's default.
 	WebhookRetrySchedule []string `json:"webhook_retry_schedule,omitempty"`
+	// NotificationEmails receive the organization's event mail (quota,
+	// security, endpoints, reports); empty: its owners and admins do.
+	NotificationEmails []string `json:"notification_emails,omitempty"`
 }
 
 // ProducerKey is a secret an organization's own Kafka producers sign
@@ -342,6 +354,9 @@ func (o *Org) check() error {
 		if v, err := time.ParseDuration(d); err != nil || v < 0 || v > 7*24*time.Hour {
 			errs = append(errs, invalid("webhook_retry_schedule: %q is not a duration of 0 to 168h", d))
 		}
+	}
+	if err := checkNotificationEmails(o.Settings.NotificationEmails); err != nil {
+		errs = append(errs, err)
 	}
 	if err := o.Limits.Check(); err != nil {
 		errs = append(errs, invalid("limits: %v", err))

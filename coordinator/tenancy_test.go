@@ -36,6 +36,7 @@ func TestCrossTenantRoutes(t *testing.T) {
 	}
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/reports", report)), &grep, json.RejectUnknownMembers(false))
 	op.must(201, "POST", "/v1/orgs/globex/domains", `{"name":"api.globex.example"}`)
+	op.must(201, "POST", "/v1/orgs/globex/email/domains", `{"domain":"mail.globex.test"}`)
 	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
 
 	// Both of acme's kinds of callers: its owner's session and its
@@ -88,6 +89,13 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"GET /v1/orgs/{org}/domains/{name}":                         {ids: map[string]string{"name": "api.globex.example"}},
 		"DELETE /v1/orgs/{org}/domains/{name}":                      {ids: map[string]string{"name": "api.globex.example"}},
 		"POST /v1/orgs/{org}/domains/{name}/verify":                 {ids: map[string]string{"name": "api.globex.example"}},
+		"POST /v1/orgs/{org}/email/templates/{template}/preview":    {body: `{"settings":{"display_name":"pwned"}}`},
+		"GET /v1/orgs/{org}/email/messages":                         {},
+		"POST /v1/orgs/{org}/email/domains":                         {body: `{"domain":"mail.acme.test"}`},
+		"GET /v1/orgs/{org}/email/domains":                          {},
+		"GET /v1/orgs/{org}/email/domains/{domain}":                 {ids: map[string]string{"domain": "mail.globex.test"}},
+		"POST /v1/orgs/{org}/email/domains/{domain}/verify":         {ids: map[string]string{"domain": "mail.globex.test"}},
+		"DELETE /v1/orgs/{org}/email/domains/{domain}":              {ids: map[string]string{"domain": "mail.globex.test"}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

@@ -17,6 +17,7 @@ import (
 	"github.com/certnode/certnode/coordinator"
 	"github.com/certnode/certnode/internal/audit"
 	"github.com/certnode/certnode/internal/envsecret"
+	"github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tlsconf"
 )
@@ -50,12 +51,14 @@ func newCoordinatorCmd() *cobra.Command {
 			var err1, err2 error
 			cfg.AdminToken, err1 = requiredSecret("CERTNODE_ADMIN_TOKEN")
 			cfg.NodeToken, err2 = requiredSecret("CERTNODE_NODE_TOKEN")
-			var err3, err4, err5, err6 error
+			var err3, err4, err5 error
 			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
 			cfg.TLS, err4 = tf.config()
 			cfg.PeerTLS, err5 = coordinatorTLS(peerCA)
-			cfg.Resolver, err6 = coordinator.DNSResolver(resolver)
-			if err := errors.Join(err1, err2, err3, err4, err5, err6, cfg.Validate()); err != nil {
+			if resolver != "" {
+				cfg.Resolver = &mail.Resolver{Addr: resolver}
+			}
+			if err := errors.Join(err1, err2, err3, err4, err5, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
 			if kcfg := kf.config(); len(kcfg.Brokers) > 0 {
@@ -99,12 +102,14 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "join", "CERTNODE_COORDINATOR_JOIN")
 	fs.StringSliceVar(&webhookAllow, "webhook-allow", nil, "networks (CIDR) a webhook endpoint's test delivery may reach although they are not public, e.g. 127.0.0.0/8 for a local receiver")
 	bindEnv(fs, "webhook-allow", "CERTNODE_WEBHOOK_ALLOW")
-	fs.StringVar(&resolver, "dns-resolver", "", "DNS server (host:port) asked for the TXT records proving custom domains (default: the system's resolver)")
-	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
 	tf.register(fs)
 	registerCoordinatorCA(fs, &peerCA)
 	fs.BoolVar(&cfg.RaftTLS, "raft-tls", false, "Raft between members over TLS with --tls-cert, both ways: every member sets it, and its certificate must allow client authentication too")
 	bindEnv(fs, "raft-tls", "CERTNODE_COORDINATOR_RAFT_TLS")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "the service's public base URL, which links in email previews point under (the mailers' --public-url)")
+	bindEnv(fs, "public-url", "CERTNODE_PUBLIC_URL")
+	fs.StringVar(&resolver, "dns-resolver", "", "the DNS server (host:port) asked for the TXT records proving custom domains and sending domains' DKIM keys (default: the first of /etc/resolv.conf)")
+	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
 	kf.register(fs, true)
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)
@@ -170,13 +175,7 @@ func coordinatorReplica(c coordinatorFlags, maxStale time.Duration, reg promethe
 	if err != nil {
 		return nil, err
 	}
-	var list []string
-	for _, a := range strings.Split(c.addrs, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			list = append(list, a)
-		}
-	}
-	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: list, TLS: tlsCfg, Token: token, MaxStale: maxStale, Registerer: reg})
+	return coordinator.NewReplica(coordinator.ReplicaConfig{Addrs: splitList(c.addrs), TLS: tlsCfg, Token: token, MaxStale: maxStale, Registerer: reg})
 }
 
 // followCoordinator makes the replica of the cluster's state and the

@@ -23,6 +23,7 @@ import (
 	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/kafka"
+	"github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
@@ -76,6 +77,7 @@ func newDevCmd() *cobra.Command {
 	var addr, dataDir, clickhouse, coordAddr, resolver string
 	var df domainFlags
 	var tf tlsFlags
+	var mf mailFlags
 	icfg := ingest.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -139,11 +141,11 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			defer events.Close()
-			res, err := coordinator.DNSResolver(resolver)
-			if err != nil {
-				return usageErr("%v", err)
+			var res coordinator.Resolver
+			if resolver != "" {
+				res = &mail.Resolver{Addr: resolver}
 			}
-			coord, err := openDevCoordinator(dataDir, coordAddr, creds, events, res)
+			coord, err := openDevCoordinator(dataDir, coordAddr, mf.publicURL, creds, events, res)
 			if err != nil {
 				return usageErr("embedded coordinator (--coordinator-http): %v", err)
 			}
@@ -320,6 +322,9 @@ func newDevCmd() *cobra.Command {
 			}
 			defer srv.Close()
 			parts["ingest"] = srv.Run
+			if err := devMail(&mf, dataDir, coord.Addr(), creds.NodeToken, kcfg, mac, reg, parts, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
 
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: API on %s%s  (Kafka %s, %s kid %s)\n", scheme, srv.Addr(), kcfg.Brokers[0], ring.ActiveAlg(), ring.ActiveKID())
 			fmt.Fprintf(cmd.ErrOrStderr(), "certnode dev: demo organization %q; API key in %s\n", creds.Tenant, credFile)
@@ -338,13 +343,14 @@ func newDevCmd() *cobra.Command {
 	bindEnv(fs, "clickhouse", "CERTNODE_CLICKHOUSE")
 	fs.StringVar(&coordAddr, "coordinator-http", "127.0.0.1:8081", "address of the embedded coordinator's API (certnode admin --coordinator ADDR)")
 	bindEnv(fs, "coordinator-http", "CERTNODE_DEV_COORDINATOR_HTTP")
-	fs.StringVar(&resolver, "dns-resolver", "", "DNS server (host:port) the embedded coordinator asks for the TXT records proving custom domains (default: the system's resolver)")
+	fs.StringVar(&resolver, "dns-resolver", "", "DNS server (host:port) the embedded coordinator asks for the TXT records proving custom domains and sending domains' DKIM keys (default: the first of /etc/resolv.conf)")
 	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
 	df.register(fs)
 	ingestLimitFlags(fs, &icfg)
 	tf.register(fs)
 	kf.register(fs, false)
 	keys.register(fs, true)
+	mf.register(fs)
 	return cmd
 }
 

@@ -25,11 +25,12 @@ import (
 // takes any free port: a cluster of one never dials its own address.
 // Webhook test deliveries may reach this machine (a developer's local
 // receiver), and nothing else that is not public. Its audit events go to
-// events.
-func openDevCoordinator(dir, httpAddr string, creds *credentials, events coordinator.AuditPublisher, res coordinator.Resolver) (*coordinator.Server, error) {
+// events. Links in email previews point under publicURL; res checks the
+// TXT records of custom and sending domains (nil: the system's).
+func openDevCoordinator(dir, httpAddr, publicURL string, creds *credentials, events coordinator.AuditPublisher, res coordinator.Resolver) (*coordinator.Server, error) {
 	return coordinator.NewServer(coordinator.Config{ID: "dev", RaftAddr: "127.0.0.1:0", HTTPAddr: httpAddr,
 		DataDir: filepath.Join(dir, "coordinator"), Bootstrap: true, AdminToken: creds.AdminToken, NodeToken: creds.NodeToken,
-		WebhookAllow: devWebhookAllow, Audit: events, Resolver: res})
+		WebhookAllow: devWebhookAllow, Audit: events, PublicURL: publicURL, Resolver: res})
 }
 
 // devWebhookAllow is the loopback networks, which certnode dev lets

@@ -93,7 +93,7 @@ func newRoot() *cobra.Command {
 	root.Version = versionText()
 	root.SetVersionTemplate("{{.Version}}")
 	root.AddCommand(newKeysCmd(), newSignCmd(), newJWKSCmd(), newVerifyCmd(), newAuditCmd(),
-		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newDispatcherCmd(), newCoordinatorCmd(), newAdminCmd(), newWebhooksCmd(), newLogCmd(), newDetectCmd(), newComplianceCmd(), newKafkaCmd(), newBenchCmd(), newVersionCmd())
+		newDevCmd(), newIngestCmd(), newWorkerCmd(), newSinkCmd(), newDispatcherCmd(), newMailerCmd(), newCoordinatorCmd(), newAdminCmd(), newWebhooksCmd(), newLogCmd(), newDetectCmd(), newComplianceCmd(), newKafkaCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts (or stops) everything the integration tests use: Kafka, the secure
-# Kafka (TLS, SCRAM, ACLs), ClickHouse, the SoftHSM2 token and the Node and
-# Python interop packages. Idempotent.
+# Kafka (TLS, SCRAM, ACLs), ClickHouse, the SoftHSM2 token, the SMTP server
+# (mailpit) and the Node and Python interop packages. Idempotent.
 # usage: services.sh up|down|status
 source "$(dirname "$0")/lib.sh"
 here="$(dirname "$0")"
@@ -54,18 +54,21 @@ case "${1:-}" in
     bash "$here/clickhouse.sh" start
     bash "$here/kafka.sh" start
     bash "$here/kafka-secure.sh" start
+    bash "$here/mailpit.sh" start
     node_deps
     ;;
   down)
     bash "$here/kafka.sh" stop
     bash "$here/kafka-secure.sh" stop
     bash "$here/clickhouse.sh" stop
+    bash "$here/mailpit.sh" stop
     ;;
   status)
     rc=0
     bash "$here/kafka.sh" status || rc=1
     bash "$here/kafka-secure.sh" status || rc=1
     bash "$here/clickhouse.sh" status || rc=1
+    bash "$here/mailpit.sh" status || rc=1
     exit $rc
     ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;

@@ -4,7 +4,9 @@
 # `certnode sink clickhouse`, `certnode sink usage`, `certnode log serve` (the
 # transparency log, its checkpoints signed by an Ed25519 key in the HSM),
 # `certnode log serve --kind audit` (the audit log, likewise) and
-# `certnode ingest` on 127.0.0.1:8080.
+# `certnode ingest` on 127.0.0.1:8080; with $CERTNODE_COORDINATOR (and
+# $CERTNODE_NODE_TOKEN), `certnode mailer` too, sending through the local
+# mailpit with its DKIM keys in the HSM.
 # usage: up.sh [down|status]   (state and logs in $CERTNODE_LOCAL/up)
 source "$(dirname "$0")/lib.sh"
 here="$(dirname "$0")"
@@ -14,10 +16,11 @@ HTTP="${CERTNODE_HTTP:-127.0.0.1:8080}"
 RING="$UP/keyring"
 
 roles=(worker sink usage log auditlog ingest)
+[ -n "${CERTNODE_COORDINATOR:-}" ] && roles+=(mailer)
 
 down() {
   local r
-  for r in ingest auditlog log usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
+  for r in mailer ingest auditlog log usage sink worker; do stop_pid "$UP/$r.pid" "$r"; done
 }
 
 status() {
@@ -78,6 +81,20 @@ up() {
   start_role auditlog log serve --kind audit --dir "$UP/auditlog" --http 127.0.0.1:9107 "${audithsm[@]}"
   start_role ingest ingest --http "$HTTP" --keyring "$RING" --clickhouse 127.0.0.1:9000 "${kek[@]}" --exports-dir "$UP/exports" \
     --log http://127.0.0.1:9106 --log-key "$UP/log.vkey" --audit-log http://127.0.0.1:9107 --audit-log-key "$UP/audit.vkey"
+  # Email: the outbox is the coordinator's, so the mailer runs with one.
+  # It sends through mailpit (STARTTLS, authentication; see its messages
+  # at http://127.0.0.1:8025), its DKIM keys made in the HSM; the SMTP
+  # password goes by file, never on the command line.
+  if [ -n "${CERTNODE_COORDINATOR:-}" ]; then
+    local mp; mp="$(bash "$here/mailpit.sh" env)"
+    (umask 077; sed -n 's/^CERTNODE_TEST_SMTP_PASSWORD=//p' <<<"$mp" >"$UP/smtp.password")
+    CERTNODE_SMTP_PASSWORD_FILE="$UP/smtp.password" start_role mailer mailer --coordinator "$CERTNODE_COORDINATOR" \
+      --smtp "$(sed -n 's/^CERTNODE_TEST_SMTP=//p' <<<"$mp")" --smtp-username "$(sed -n 's/^CERTNODE_TEST_SMTP_USERNAME=//p' <<<"$mp")" \
+      --smtp-ca "$(sed -n 's/^CERTNODE_TEST_SMTP_CA=//p' <<<"$mp")" --public-url "http://$HTTP" --mail-from no-reply@certnode.localhost \
+      --dkim-pkcs11-module "$CERTNODE_PKCS11_MODULE" --dkim-token "$CERTNODE_PKCS11_TOKEN" --metrics 127.0.0.1:9109
+  else
+    log "no \$CERTNODE_COORDINATOR: no mailer (email needs the coordinator's outbox)"
+  fi
   local i
   for ((i = 0; i < 120; i++)); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break

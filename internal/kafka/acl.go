@@ -27,11 +27,12 @@ const (
 	RoleAuditLog       Role = "audit-log" // certnode log serve --kind audit
 	RoleDetect         Role = "detect"
 	RoleCoordinator    Role = "coordinator" // with --kafka: relays audit events
+	RoleMailer         Role = "mailer"      // mails the events of certnode.events
 )
 
 // Roles lists every role.
 func Roles() []Role {
-	return []Role{RoleIngest, RoleWorker, RoleSinkClickHouse, RoleSinkUsage, RoleDispatcher, RoleLog, RoleAuditLog, RoleDetect, RoleCoordinator}
+	return []Role{RoleIngest, RoleWorker, RoleSinkClickHouse, RoleSinkUsage, RoleDispatcher, RoleLog, RoleAuditLog, RoleDetect, RoleCoordinator, RoleMailer}
 }
 
 // groupSuffix names each consuming role's consumer group after the topic
@@ -44,6 +45,7 @@ var groupSuffix = map[Role]string{
 	RoleLog:            "-translog",
 	RoleAuditLog:       "-auditlog",
 	RoleDetect:         "-detect",
+	RoleMailer:         "-mailer",
 }
 
 // Group is the consumer group role's processes share under prefix ("" for
@@ -97,6 +99,8 @@ func GrantFor(role Role, prefix string) (Grant, error) {
 		g = Grant{Read: []string{t.Audit, t.Receipts, t.WebhookAttempts}, Write: []string{t.Audit, t.Events}}
 	case RoleCoordinator:
 		g = Grant{Write: []string{t.Audit}}
+	case RoleMailer:
+		g = Grant{Read: []string{t.Events}}
 	default:
 		return Grant{}, fmt.Errorf("kafka: unknown role %q (want one of %v)", role, Roles())
 	}

@@ -261,3 +261,30 @@ func SecureKafkaBroker(t testing.TB) SecureKafka {
 	reachable(t, "the secure Kafka", k.Addr, how)
 	return k
 }
+
+// Mailpit is the local SMTP server (deploy/local/mailpit.sh): its SMTP
+// address (STARTTLS, authentication required), user, password, the CA of
+// its certificate, and its REST API.
+type Mailpit struct {
+	SMTP, Username, Password, CAFile, API string
+}
+
+// MailpitServer reads $CERTNODE_LOCAL/mailpit/env and checks the server
+// answers.
+func MailpitServer(t testing.TB) Mailpit {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(localDir(t), "mailpit", "env"))
+	if err != nil {
+		t.Fatalf("mailpit is not set up: %v (run `make services` or deploy/local/mailpit.sh start)", err)
+	}
+	vals := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			vals[k] = v
+		}
+	}
+	m := Mailpit{SMTP: vals["CERTNODE_TEST_SMTP"], Username: vals["CERTNODE_TEST_SMTP_USERNAME"], Password: vals["CERTNODE_TEST_SMTP_PASSWORD"],
+		CAFile: vals["CERTNODE_TEST_SMTP_CA"], API: vals["CERTNODE_TEST_MAILPIT_API"]}
+	reachable(t, "mailpit", m.SMTP, "deploy/local/mailpit.sh start")
+	return m
+}

@@ -1,0 +1,120 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/go-json-experiment/json"
+
+	cnmail "github.com/certnode/certnode/internal/mail"
+)
+
+// MailClient is the mailer's client of the coordinator's outbox (the
+// /v1/node/email routes): it implements mail.Queue and mail.Enqueuer.
+type MailClient struct {
+	addrs  []string
+	token  string
+	client *http.Client
+}
+
+// NewMailClient reaches the cluster at addrs (any member forwards writes
+// to the leader) with the node token.
+func NewMailClient(addrs []string, tlsCfg *tls.Config, token string) (*MailClient, error) {
+	if len(addrs) == 0 || len(token) < 16 {
+		return nil, errors.New("coordinator: the mailer needs the coordinator's addresses and the node token ($CERTNODE_NODE_TOKEN)")
+	}
+	return &MailClient{addrs: addrs, token: token, client: HTTPClient(tlsCfg, 30*time.Second)}, nil
+}
+
+var (
+	_ cnmail.Queue    = (*MailClient)(nil)
+	_ cnmail.Enqueuer = (*MailClient)(nil)
+)
+
+// call sends in (nil: no body) and decodes a 200 answer into out; it
+// reports whether there was one (204: none). Each address is tried until
+// one answers; a refusal (4xx) is final.
+func (c *MailClient) call(ctx context.Context, method, path string, in, out any) (bool, error) {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return false, err
+		}
+	}
+	var errs []error
+	for _, addr := range c.addrs {
+		req, err := http.NewRequestWithContext(ctx, method, BaseURL(addr)+path, bytes.NewReader(body))
+		if err != nil {
+			return false, err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.client.Do(req)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+			continue
+		case resp.StatusCode == http.StatusNoContent:
+			return false, nil
+		case resp.StatusCode == http.StatusOK && out != nil:
+			return true, json.Unmarshal(b, out, json.RejectUnknownMembers(false))
+		}
+		errs = append(errs, fmt.Errorf("%s: status %d: %.300s", addr, resp.StatusCode, b))
+		if resp.StatusCode < 500 {
+			break
+		}
+	}
+	return false, fmt.Errorf("%s %s: %w", method, path, errors.Join(errs...))
+}
+
+// Claim implements mail.Queue.
+func (c *MailClient) Claim(ctx context.Context, cl cnmail.Claim) (*cnmail.Job, error) {
+	var j cnmail.Job
+	ok, err := c.call(ctx, "POST", "/v1/node/email/claim", cl, &j)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &j, nil
+}
+
+// Report implements mail.Queue.
+func (c *MailClient) Report(ctx context.Context, id string, o cnmail.Outcome) error {
+	_, err := c.call(ctx, "POST", "/v1/node/email/messages/"+url.PathEscape(id)+"/outcome", o, nil)
+	return err
+}
+
+// KeyRequests implements mail.Queue.
+func (c *MailClient) KeyRequests(ctx context.Context) ([]cnmail.KeyRequest, error) {
+	var out struct {
+		Domains []cnmail.KeyRequest `json:"domains"`
+	}
+	_, err := c.call(ctx, "GET", "/v1/node/email/keys", nil, &out)
+	return out.Domains, err
+}
+
+// ReportKey implements mail.Queue.
+func (c *MailClient) ReportKey(ctx context.Context, k cnmail.KeyRequest, record string) error {
+	_, err := c.call(ctx, "PUT", "/v1/node/email/domains/"+url.PathEscape(k.Org)+"/"+url.PathEscape(k.Domain)+"/key",
+		cnmail.KeyReport{Selector: k.Selector, Record: record}, nil)
+	return err
+}
+
+// Enqueue implements mail.Enqueuer.
+func (c *MailClient) Enqueue(ctx context.Context, e cnmail.EventEmail) error {
+	_, err := c.call(ctx, "POST", "/v1/node/email/events", e, nil)
+	return err
+}
