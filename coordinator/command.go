@@ -78,6 +78,10 @@ var registry = map[cmdType]func() Command{
 	cmdBlockAddress:      func() Command { return new(BlockAddress) },
 	cmdUnblockAddress:    func() Command { return new(UnblockAddress) },
 	cmdSuspendKey:        func() Command { return new(SuspendKey) },
+	// 60-69: organizations' own signing keys (orgkeys.go).
+	cmdSetOrgKeySettings: func() Command { return new(SetOrgKeySettings) },
+	cmdRequestOrgKey:     func() Command { return new(RequestOrgKey) },
+	cmdInstallOrgKey:     func() Command { return new(InstallOrgKey) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -60,6 +60,8 @@ const (
 	permWebhooksWrite     = "webhooks.write"
 	permReportsRead       = "reports.read"
 	permReportsWrite      = "reports.write"
+	permSigningKeysRead   = "signing_keys.read"
+	permSigningKeysWrite  = "signing_keys.write"
 )
 
 var permissions = map[string][]string{
@@ -76,6 +78,8 @@ var permissions = map[string][]string{
 	permWebhooksWrite:     {RoleOwner, RoleAdmin, RoleDeveloper},
 	permReportsRead:       Roles,
 	permReportsWrite:      {RoleOwner, RoleAdmin, RoleDeveloper},
+	permSigningKeysRead:   Roles,
+	permSigningKeysWrite:  {RoleOwner, RoleAdmin},
 }
 
 // scope is what an organization route runs with: the organization the

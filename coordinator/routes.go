@@ -47,6 +47,7 @@ func (s *Server) routes() []route {
 		{pattern: "POST /v1/node/webhooks/endpoints/{id}/health", h: node(s.leader(s.endpointHealth))},
 		{pattern: "POST /v1/node/quota-alerts/{org}", h: node(s.leader(s.announceQuota))},
 		{pattern: "POST /v1/node/reports/{id}/announce", h: node(s.leader(s.announceReport))},
+		{pattern: "POST /v1/node/orgs/{org}/signing-keys", h: node(s.leader(s.installOrgKey))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},
@@ -89,6 +90,10 @@ func (s *Server) routes() []route {
 		{"GET", "/reports/{id}", s.inOrg(permReportsRead, s.getReport), false},
 		{"PATCH", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.updateReport)), false},
 		{"DELETE", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.deleteReport)), false},
+		{"GET", "/signing-keys", s.consistent(s.inOrg(permSigningKeysRead, s.getSigningKeys)), false},
+		{"PUT", "/signing-keys/settings", s.leader(s.inOrg(permSigningKeysWrite, s.putSigningKeySettings)), false},
+		{"POST", "/signing-keys/rotate", s.leader(s.inOrg(permSigningKeysWrite, s.rotateSigningKey)), false},
+		{"GET", "/jwks", s.consistent(s.inOrg(permSigningKeysRead, s.orgJWKS)), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

@@ -38,6 +38,9 @@ type State struct {
 	Users        map[string]*User            `json:"users"`
 	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
 	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
+	// SigningKeys are organizations' own signing keys (public data only),
+	// by organization.
+	SigningKeys map[string]*OrgSigningKeys `json:"signing_keys"`
 
 	// Kept by the coordinator only: never in the state other tiers copy.
 	Passwords   map[string]string      `json:"passwords"`    // argon2id PHC string by user id
@@ -68,11 +71,12 @@ type SharedState struct {
 	QuotaAlerts  map[string]*QuotaAlert      `json:"quota_alerts"`
 	Reports      map[string]*Report          `json:"reports"`
 	Blocks       map[string]*Block           `json:"blocks"`
+	SigningKeys  map[string]*OrgSigningKeys  `json:"signing_keys"`
 }
 
 func (s *State) shared() SharedState {
 	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks}
+		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks, SigningKeys: s.SigningKeys}
 }
 
 func newState() *State {
@@ -133,6 +137,9 @@ func (s *State) fill() {
 	}
 	if s.KeyUse == nil {
 		s.KeyUse = map[string]int64{}
+	}
+	if s.SigningKeys == nil {
+		s.SigningKeys = map[string]*OrgSigningKeys{}
 	}
 }
 

@@ -156,6 +156,13 @@ type Deps struct {
 
 	// Limiter holds tenants to their rate and monthly allowance.
 	Limiter Limiter
+
+	// OrgForHost names the organization whose proved custom domain a Host
+	// is (nil: no custom domains); OrgKeys publishes organizations' own
+	// keys (nil: none). On an organization's domain the JWKS routes serve
+	// its keys and the service's.
+	OrgForHost func(host string) (org string, ok bool)
+	OrgKeys    OrgKeySource
 }
 
 // Config configures the HTTP tier.

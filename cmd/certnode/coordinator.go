@@ -102,6 +102,9 @@ func newCoordinatorCmd() *cobra.Command {
 	registerCoordinatorCA(fs, &peerCA)
 	fs.BoolVar(&cfg.RaftTLS, "raft-tls", false, "Raft between members over TLS with --tls-cert, both ways: every member sets it, and its certificate must allow client authentication too")
 	bindEnv(fs, "raft-tls", "CERTNODE_COORDINATOR_RAFT_TLS")
+	fs.DurationVar(&cfg.OrgKeyActivationDelay, "org-key-activation-delay", coordinator.DefaultOrgKeyActivationDelay,
+		"how long an organization's new signing key is published before it signs (at least the JWKS's cache lifetime, 5m)")
+	bindEnv(fs, "org-key-activation-delay", "CERTNODE_ORG_KEY_ACTIVATION_DELAY")
 	kf.register(fs, true)
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)

@@ -185,6 +185,11 @@ func newDevCmd() *cobra.Command {
 			defer limiter.Close()
 			parts["limiter"] = limiter.Run
 			wcfg.Limiter, wcfg.Audit = limiter, events
+			orgKeys, err := workerOrgKeys(&keys, ring, replica, parts)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			wcfg.OrgKeys = orgKeys
 			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {
@@ -292,6 +297,7 @@ func newDevCmd() *cobra.Command {
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
 				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
+			deps.OrgKeys = orgKeys // the worker's publish them too: one process
 			if st != nil {
 				st.fill(&deps)
 				closeExports, err := openExports(ctx, cho, env, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)

@@ -299,6 +299,7 @@ func newIngestCmd() *cobra.Command {
 			var reports ingest.ReportSource
 			var blocks ingest.Blocklist
 			var pointers ingest.SubjectPointers
+			var replica *coordinator.Replica
 			switch {
 			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -309,7 +310,7 @@ func newIngestCmd() *cobra.Command {
 					break
 				}
 				defer l.Close()
-				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
+				auth, plans, limiter, ready, accounts, replica = r, r, l, append(ready, r.Ready), r.Accounts(), r
 				endpoints, orgs, reports, blocks, pointers = endpointInfos{r}, r, r, blocklist{r}, r
 				parts["coordinator"] = r.Run
 			default:
@@ -334,6 +335,11 @@ func newIngestCmd() *cobra.Command {
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: pdfRenderer{}, Blocks: blocks, SubjectPointers: pointers}
+			if replica != nil {
+				if deps.OrgKeys, err = publishedOrgKeys(keys, replica); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+			}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}
@@ -531,6 +537,11 @@ func newWorkerCmd() *cobra.Command {
 			}
 			defer events.Close()
 			cfg.Registerer, cfg.Limiter, cfg.Audit = reg, limiter, events
+			if replica != nil {
+				if cfg.OrgKeys, err = workerOrgKeys(&keys, ring, replica, parts); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+			}
 			keys.registerPoolMetrics(reg)
 			w, err := pipeline.New(cfg, ring, producers, mac)
 			if err != nil {
