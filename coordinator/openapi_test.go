@@ -263,6 +263,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          `{}`,
 		"POST /v1/orgs/{org}/reports":                               `{"name":"r","query":{"metrics":["requests"],"range":"last_7d"}}`,
 		"PATCH /v1/orgs/{org}/reports/{id}":                         `{"name":"r2"}`,
+		"PUT /v1/orgs/{org}/signing-keys/settings":                  `{"enabled":false}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -631,6 +632,8 @@ func TestOpenAPIAccounts(t *testing.T) {
 		k.expect(t, call{name: "delete", as: ada, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 204})
 		k.expect(t, call{name: "delete again", as: ada, method: "DELETE", path: "/v1/orgs/acme/reports/" + a.ID, status: 404, code: "not_found"})
 	})
+
+	t.Run("signing keys", func(t *testing.T) { signingKeysConformance(t, k, n, ada, key, dev) })
 
 	t.Run("idempotency", func(t *testing.T) {
 		idem := map[string]string{IdempotencyHeader: "create-ci-key-1"}

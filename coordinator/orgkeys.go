@@ -518,18 +518,27 @@ func (s *Server) installOrgKey(w http.ResponseWriter, r *http.Request, body []by
 }
 
 // installCommand decodes a worker's report into the command that installs
-// it at now, activating after the configured delay.
+// it at now, activating after the configured delay, checked against the
+// state.
 func (s *Server) installCommand(org string, body []byte, now time.Time) (*InstallOrgKey, error) {
+	c, err := reportCommand(org, body, now, s.node.cfg.OrgKeyActivationDelay)
+	if err != nil {
+		return nil, err
+	}
+	s.node.fsm.View(func(st *State) { _, err = c.next(st) })
+	return c, err
+}
+
+// reportCommand decodes a worker's report (untrusted bytes: every member
+// is checked by InstallOrgKey.next).
+func reportCommand(org string, body []byte, now time.Time, delay time.Duration) (*InstallOrgKey, error) {
 	var rep OrgKeyReport
 	if err := decodeBody(body, &rep); err != nil {
 		return nil, err
 	}
 	key := schemas.OrgKey{Kid: rep.Kid, JWK: rep.JWK, Source: rep.Source, Request: rep.Request,
-		CreatedAt: now, ActivatesAt: now.Add(s.node.cfg.OrgKeyActivationDelay)}
-	c := &InstallOrgKey{Org: org, Key: key}
-	var err error
-	s.node.fsm.View(func(st *State) { _, err = c.next(st) })
-	return c, err
+		CreatedAt: now, ActivatesAt: now.Add(delay)}
+	return &InstallOrgKey{Org: org, Key: key}, nil
 }
 
 // replicaOrgKeys is what the other tiers need of the organizations' keys,

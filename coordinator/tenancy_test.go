@@ -35,6 +35,8 @@ func TestCrossTenantRoutes(t *testing.T) {
 		ID string `json:"id"`
 	}
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/reports", report)), &grep, json.RejectUnknownMembers(false))
+	// globex's keys are on, so that a rotation or a change would apply.
+	op.must(200, "PUT", "/v1/orgs/globex/signing-keys/settings", `{"enabled":true}`)
 	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
 
 	// Both of acme's kinds of callers: its owner's session and its
@@ -82,6 +84,10 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"GET /v1/orgs/{org}/reports/{id}":                           {ids: map[string]string{"id": grep.ID}},
 		"PATCH /v1/orgs/{org}/reports/{id}":                         {body: `{"name":"mine now"}`, ids: map[string]string{"id": grep.ID}},
 		"DELETE /v1/orgs/{org}/reports/{id}":                        {ids: map[string]string{"id": grep.ID}},
+		"GET /v1/orgs/{org}/signing-keys":                           {},
+		"PUT /v1/orgs/{org}/signing-keys/settings":                  {body: `{"enabled":true}`},
+		"POST /v1/orgs/{org}/signing-keys/rotate":                   {},
+		"GET /v1/orgs/{org}/jwks":                                   {},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {
