@@ -269,8 +269,21 @@ func TestOrgKeyFirstReportWins(t *testing.T) {
 			t.Errorf("no %s in the audit trail: %s", action, audit)
 		}
 	}
-	// Rotation on demand: a second request, 409 while it is pending.
-	op.must(202, "POST", "/v1/orgs/acme/signing-keys/rotate", "")
+	// The schedule, as the leader runs it: nothing due before the period,
+	// a request a day after the key activated; then a rotation on demand
+	// waits for it (409).
+	op.must(200, "PUT", "/v1/orgs/acme/signing-keys/settings", `{"enabled":true,"rotation_days":1}`)
+	n.requestDueOrgKeys(time.Now().UTC())
+	v = signingKeysView{}
+	json.Unmarshal([]byte(op.must(200, "GET", "/v1/orgs/acme/signing-keys", "")), &v)
+	if v.Pending != nil {
+		t.Fatalf("a rotation asked for before its day: %+v", v.Pending)
+	}
+	n.requestDueOrgKeys(time.Now().UTC().Add(25 * time.Hour))
+	json.Unmarshal([]byte(op.must(200, "GET", "/v1/orgs/acme/signing-keys", "")), &v)
+	if v.Pending == nil || v.Pending.Reason != OrgKeyReasonScheduled {
+		t.Fatalf("no scheduled rotation a day later: %+v", v)
+	}
 	op.must(409, "POST", "/v1/orgs/acme/signing-keys/rotate", "")
 }
 

@@ -474,7 +474,10 @@ func newWorkerCmd() *cobra.Command {
 			"whose state the worker copies and follows; it consumes nothing until it has that state.\n" +
 			"Those records are held to their organization's rate, burst and monthly allowance (with\n" +
 			"--coordinator, across the cluster and together with its HTTP requests; with --tenants, per\n" +
-			"process): over the rate they wait, never dropped, while other tenants on the partition go on.\n\n" +
+			"process): over the rate they wait, never dropped, while other tenants on the partition go on.\n" +
+			"With --coordinator, organizations with signing keys of their own have their requests signed\n" +
+			"with their active key; the worker makes the keys the coordinator asks for, in the HSM\n" +
+			"(--pkcs11-module, --token) or else as files beside ring.json.\n\n" +
 			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
