@@ -91,6 +91,10 @@ var registry = map[cmdType]func() Command{
 	cmdQueueEmails:         func() Command { return new(QueueEmails) },
 	cmdClaimEmail:          func() Command { return new(ClaimEmail) },
 	cmdRecordEmail:         func() Command { return new(RecordEmail) },
+	// 60-69: organizations' own signing keys (orgkeys.go).
+	cmdSetOrgKeySettings: func() Command { return new(SetOrgKeySettings) },
+	cmdRequestOrgKey:     func() Command { return new(RequestOrgKey) },
+	cmdInstallOrgKey:     func() Command { return new(InstallOrgKey) },
 }
 
 func encode(c Command) ([]byte, error) {

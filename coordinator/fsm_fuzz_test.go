@@ -36,6 +36,10 @@ func FuzzApply(f *testing.F) {
 				Filters: []schemas.AnalyticsFilter{{Dim: "kind", Values: []string{"sign"}}}}}}, Create: true},
 		&AnnounceReport{ID: "rpt_abc", Org: "acme", Period: "2026-11-26"},
 		&DeleteReport{ID: "rpt_abc", Org: "acme"},
+		&SetOrgKeySettings{Org: "acme", Settings: OrgKeySettings{Enabled: true, Alg: schemas.AlgES256, RotationDays: 30}, At: t0,
+			Request: &schemas.OrgKeyRequest{Org: "acme", ID: "okr_fuzz", Alg: schemas.AlgES256, Reason: OrgKeyReasonEnable, RequestedAt: t0}},
+		&RequestOrgKey{Request: schemas.OrgKeyRequest{Org: "acme", ID: "okr_two", Alg: schemas.AlgEdDSA, Reason: OrgKeyReasonManual, RequestedAt: t0}},
+		installAt("acme", testOrgKey(f, schemas.AlgES256, "okr_fuzz"), t0),
 	} {
 		data, _ := encode(c)
 		f.Add(data)
@@ -78,6 +82,18 @@ func FuzzApply(f *testing.F) {
 			for k, m := range s.Memberships {
 				if k != membershipKey(m.Org, m.User) || s.Orgs[m.Org] == nil || s.Users[m.User] == nil || checkRole(m.Role) != nil {
 					t.Fatalf("membership %q applied invalid: %+v", k, m)
+				}
+			}
+			kids := map[string]bool{}
+			for org, k := range s.SigningKeys {
+				if k.Org != org || s.Orgs[org] == nil || k.Settings.check() != nil || (k.Pending != nil && checkRequest(k.Pending, org) != nil) {
+					t.Fatalf("signing keys of %q applied invalid: %+v", org, k)
+				}
+				for _, key := range k.Keys {
+					if key.Check() != nil || kids[key.Kid] {
+						t.Fatalf("signing key of %q applied invalid or twice: %+v", org, key)
+					}
+					kids[key.Kid] = true
 				}
 			}
 			for _, o := range s.Orgs {

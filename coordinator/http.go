@@ -110,6 +110,7 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.announce(ctx)
+	go s.rotateOrgKeys(ctx)
 	if s.node.cfg.Audit != nil {
 		go s.relayAudit(ctx)
 	}

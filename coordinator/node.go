@@ -60,6 +60,9 @@ type Config struct {
 	// sending domains' DKIM records (nil: the first server of
 	// /etc/resolv.conf).
 	Resolver Resolver
+	// OrgKeyActivationDelay is how long an organization's new signing key
+	// is published before it signs (0: DefaultOrgKeyActivationDelay).
+	OrgKeyActivationDelay time.Duration
 	// SnapshotThreshold is how many log entries trigger a snapshot (and
 	// log compaction); tests lower it.
 	SnapshotThreshold uint64
@@ -92,6 +95,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("coordinator: %s %q: want host:port", name, addr))
 		}
+	}
+	if c.OrgKeyActivationDelay < 0 {
+		errs = append(errs, errors.New("coordinator: the organization key activation delay must not be negative"))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("coordinator: --data DIR is required"))
@@ -133,6 +139,9 @@ type Node struct {
 func Open(cfg Config) (*Node, error) {
 	if cfg.ApplyTimeout == 0 {
 		cfg.ApplyTimeout = DefaultApplyTimeout
+	}
+	if cfg.OrgKeyActivationDelay == 0 {
+		cfg.OrgKeyActivationDelay = DefaultOrgKeyActivationDelay
 	}
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = DefaultSnapshotThreshold

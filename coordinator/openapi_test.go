@@ -267,6 +267,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"PATCH /v1/orgs/{org}/reports/{id}":                         `{"name":"r2"}`,
 		"POST /v1/orgs/{org}/domains":                               `{"name":"samples.acme.example"}`,
 		"POST /v1/orgs/{org}/email/domains":                         `{"domain":"mail.acme.test"}`,
+		"PUT /v1/orgs/{org}/signing-keys/settings":                  `{"enabled":false}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -707,6 +708,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 			k.expect(t, x)
 		}
 	})
+	t.Run("signing keys", func(t *testing.T) { signingKeysConformance(t, k, n, ada, key, dev) })
 
 	t.Run("idempotency", func(t *testing.T) {
 		idem := map[string]string{IdempotencyHeader: "create-ci-key-1"}

@@ -62,6 +62,8 @@ const (
 	permReportsWrite      = "reports.write"
 	permDomainsRead       = "domains.read"
 	permDomainsWrite      = "domains.write"
+	permSigningKeysRead   = "signing_keys.read"
+	permSigningKeysWrite  = "signing_keys.write"
 )
 
 var permissions = map[string][]string{
@@ -80,6 +82,8 @@ var permissions = map[string][]string{
 	permReportsWrite:      {RoleOwner, RoleAdmin, RoleDeveloper},
 	permDomainsRead:       Roles,
 	permDomainsWrite:      {RoleOwner, RoleAdmin},
+	permSigningKeysRead:   Roles,
+	permSigningKeysWrite:  {RoleOwner, RoleAdmin},
 }
 
 // scope is what an organization route runs with: the organization the

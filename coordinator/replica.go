@@ -97,6 +97,7 @@ type replicaState struct {
 	domains map[string]*Domain
 	// retention is each organization's retention in days (absent: none).
 	retention map[string]int
+	orgKeys   replicaOrgKeys // organizations' own signing keys
 }
 
 // orgHooks is what the dispatcher needs of an organization.
@@ -130,6 +131,11 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	for addr, b := range st.State.Blocks {
 		rs.blocks[addr] = *b
 	}
+	var prevKeys *replicaOrgKeys
+	if prev != nil {
+		prevKeys = &prev.orgKeys
+	}
+	rs.orgKeys = newReplicaOrgKeys(st.State.SigningKeys, prevKeys)
 	for id, o := range st.State.Orgs {
 		if o.Settings.RetentionDays > 0 {
 			rs.retention[id] = o.Settings.RetentionDays
@@ -492,15 +498,23 @@ func (r *Replica) AnnounceQuota(ctx context.Context, org, month string, level in
 // postNode sends a node's report to the cluster, trying each address
 // until one takes it (any member forwards to the leader).
 func (r *Replica) postNode(ctx context.Context, path string, v any) error {
+	_, err := r.postNodeStatus(ctx, path, v)
+	return err
+}
+
+// postNodeStatus is postNode, with the status of the last answer (0: no
+// node answered).
+func (r *Replica) postNodeStatus(ctx context.Context, path string, v any) (int, error) {
 	body, err := json.Marshal(v)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var errs []error
+	status := 0
 	for _, addr := range r.cfg.Addrs {
 		req, err := http.NewRequestWithContext(ctx, "POST", BaseURL(addr)+path, bytes.NewReader(body))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		req.Header.Set("Authorization", "Bearer "+r.cfg.Token)
 		req.Header.Set("Content-Type", "application/json")
@@ -511,15 +525,16 @@ func (r *Replica) postNode(ctx context.Context, path string, v any) error {
 		}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusNoContent {
-			return nil
+		status = resp.StatusCode
+		if status == http.StatusNoContent {
+			return status, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: status %d: %.200s", addr, resp.StatusCode, b))
-		if resp.StatusCode < 500 {
+		errs = append(errs, fmt.Errorf("%s: status %d: %.200s", addr, status, b))
+		if status < 500 {
 			break // the cluster refused it: another node would too
 		}
 	}
-	return fmt.Errorf("POST %s: %w", path, errors.Join(errs...))
+	return status, fmt.Errorf("POST %s: %w", path, errors.Join(errs...))
 }
 
 // Accounts proxies the account routes to the coordinators this replica

@@ -58,6 +58,7 @@ func (s *Server) routes() []route {
 		{pattern: "POST /v1/node/email/claim", h: node(s.leader(s.claimEmail))},
 		{pattern: "POST /v1/node/email/messages/{id}/outcome", h: node(s.leader(s.recordEmail))},
 		{pattern: "POST /v1/node/email/events", h: node(s.leader(s.queueEventEmail))},
+		{pattern: "POST /v1/node/orgs/{org}/signing-keys", h: node(s.leader(s.installOrgKey))},
 
 		{pattern: "POST /v1/auth/login", h: s.anonymous(s.leader(s.login))},
 		{pattern: "POST /v1/auth/logout", h: user(s.leader(s.logout))},
@@ -114,6 +115,10 @@ func (s *Server) routes() []route {
 		{"GET", "/email/domains/{domain}", s.inOrg(permOrgRead, s.getSendingDomain), false},
 		{"POST", "/email/domains/{domain}/verify", s.leader(s.inOrg(permOrgWrite, s.verifySendingDomain)), false},
 		{"DELETE", "/email/domains/{domain}", s.leader(s.inOrg(permOrgWrite, s.deleteSendingDomain)), false},
+		{"GET", "/signing-keys", s.consistent(s.inOrg(permSigningKeysRead, s.getSigningKeys)), false},
+		{"PUT", "/signing-keys/settings", s.leader(s.inOrg(permSigningKeysWrite, s.putSigningKeySettings)), false},
+		{"POST", "/signing-keys/rotate", s.leader(s.inOrg(permSigningKeysWrite, s.rotateSigningKey)), false},
+		{"GET", "/jwks", s.consistent(s.inOrg(permSigningKeysRead, s.orgJWKS)), false},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

@@ -39,6 +39,9 @@ type State struct {
 	Users        map[string]*User            `json:"users"`
 	Memberships  map[string]*Membership      `json:"memberships"` // by org/user
 	Sessions     map[string]*Session         `json:"sessions"`    // by token hash
+	// SigningKeys are organizations' own signing keys (public data only),
+	// by organization.
+	SigningKeys map[string]*OrgSigningKeys `json:"signing_keys"`
 
 	// Kept by the coordinator only: never in the state other tiers copy.
 	Passwords   map[string]string      `json:"passwords"`    // argon2id PHC string by user id
@@ -76,11 +79,12 @@ type SharedState struct {
 	Reports      map[string]*Report          `json:"reports"`
 	Blocks       map[string]*Block           `json:"blocks"`
 	Domains      map[string]*Domain          `json:"domains"`
+	SigningKeys  map[string]*OrgSigningKeys  `json:"signing_keys"`
 }
 
 func (s *State) shared() SharedState {
 	return SharedState{Orgs: s.Orgs, Keys: s.Keys, Members: s.Members, Plans: s.Plans, ProducerKeys: s.ProducerKeys,
-		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks, Domains: s.Domains}
+		Endpoints: s.Endpoints, QuotaAlerts: s.QuotaAlerts, Reports: s.Reports, Blocks: s.Blocks, Domains: s.Domains, SigningKeys: s.SigningKeys}
 }
 
 func newState() *State {
@@ -156,6 +160,9 @@ func (s *State) fill() {
 	}
 	if s.KeyUse == nil {
 		s.KeyUse = map[string]int64{}
+	}
+	if s.SigningKeys == nil {
+		s.SigningKeys = map[string]*OrgSigningKeys{}
 	}
 }
 

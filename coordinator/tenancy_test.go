@@ -37,6 +37,8 @@ func TestCrossTenantRoutes(t *testing.T) {
 	json.Unmarshal([]byte(op.must(201, "POST", "/v1/orgs/globex/reports", report)), &grep, json.RejectUnknownMembers(false))
 	op.must(201, "POST", "/v1/orgs/globex/domains", `{"name":"api.globex.example"}`)
 	op.must(201, "POST", "/v1/orgs/globex/email/domains", `{"domain":"mail.globex.test"}`)
+	// globex's keys are on, so that a rotation or a change would apply.
+	op.must(200, "PUT", "/v1/orgs/globex/signing-keys/settings", `{"enabled":true}`)
 	before := op.must(200, "GET", "/v1/admin/audit?org=globex&limit=1000", "")
 
 	// Both of acme's kinds of callers: its owner's session and its
@@ -96,6 +98,10 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"GET /v1/orgs/{org}/email/domains/{domain}":                 {ids: map[string]string{"domain": "mail.globex.test"}},
 		"POST /v1/orgs/{org}/email/domains/{domain}/verify":         {ids: map[string]string{"domain": "mail.globex.test"}},
 		"DELETE /v1/orgs/{org}/email/domains/{domain}":              {ids: map[string]string{"domain": "mail.globex.test"}},
+		"GET /v1/orgs/{org}/signing-keys":                           {},
+		"PUT /v1/orgs/{org}/signing-keys/settings":                  {body: `{"enabled":true}`},
+		"POST /v1/orgs/{org}/signing-keys/rotate":                   {},
+		"GET /v1/orgs/{org}/jwks":                                   {},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

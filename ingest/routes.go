@@ -49,16 +49,12 @@ func (s *Server) table() []route {
 	ten := func(method, path, name, scope string, h func(*fasthttp.RequestCtx, *tenants.Tenant, []string)) route {
 		return route{Route: Route{Method: method, Path: path, Tenant: true, Name: name, Scope: scope}, segs: strings.Split(path, "/"), tenant: h}
 	}
-	jwks := func(ctx *fasthttp.RequestCtx) {
-		writeJSON(ctx, fasthttp.StatusOK, s.deps.Keys.JWKS())
-		ctx.Response.Header.Set("Cache-Control", "public, max-age=300")
-	}
 	return []route{
 		pub("GET", "/healthz", "healthz", s.healthz),
 		pub("GET", "/readyz", "readyz", s.readyz),
 		pub("GET", "/metrics", "metrics", func(ctx *fasthttp.RequestCtx) { s.promh(ctx) }),
-		pub("GET", "/.well-known/jwks.json", "jwks", jwks),
-		pub("GET", "/v1/jwks", "jwks", jwks),
+		pub("GET", "/.well-known/jwks.json", "jwks", s.jwks),
+		pub("GET", "/v1/jwks", "jwks", s.jwks),
 		pub("GET", "/openapi.json", "openapi", s.openAPI),
 		pub("GET", "/v1/webhooks/event-types", "event_types", s.eventTypes),
 		pub("GET", "/v1/log/checkpoint", "log_checkpoint", s.logCheckpoint),

@@ -160,6 +160,11 @@ type Deps struct {
 
 	// Limiter holds tenants to their rate and monthly allowance.
 	Limiter Limiter
+
+	// OrgKeys publishes organizations' own keys (nil: none). On an
+	// organization's custom domain (Domains) the JWKS routes serve its
+	// keys and the service's.
+	OrgKeys OrgKeySource
 }
 
 // Config configures the HTTP tier.

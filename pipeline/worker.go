@@ -74,6 +74,9 @@ type Config struct {
 	// Audit receives the records refused as unauthenticated, as security
 	// events (nil: not recorded).
 	Audit AuditRecorder
+	// OrgKeys sign the requests of organizations with keys of their own
+	// and verify their receipts (nil: the service's keys only).
+	OrgKeys OrgKeys
 }
 
 // AuditRecorder sends security events to the audit log (internal/audit's
@@ -136,6 +139,7 @@ type metrics struct {
 	paused      prometheus.Gauge
 	monthly     prometheus.Counter
 	skipped     prometheus.Counter
+	orgKeyWaits prometheus.Counter
 }
 
 func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
@@ -181,6 +185,9 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certnode_worker_handover_skipped_total", Help: "Records skipped after a handover: the partition's previous owner had answered them.",
 		}),
+		orgKeyWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certnode_worker_org_key_unavailable_total", Help: "Sign requests retried because their organization's active key could not be used here.",
+		}),
 		stalled: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "certnode_worker_stalled", Help: "1 while the batch in hand has outlived the group's rebalance timeout.",
 		}, func() float64 {
@@ -192,7 +199,7 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.records, m.batch, m.retries, m.lag, m.batchAge, m.stalled, m.lost, m.dlq,
-			m.held, m.heldSeconds, m.heldNow, m.paused, m.monthly, m.skipped)
+			m.held, m.heldSeconds, m.heldNow, m.paused, m.monthly, m.skipped, m.orgKeyWaits)
 	}
 	return m
 }
@@ -588,9 +595,9 @@ func answerable(req *schemas.Request) bool {
 }
 
 func (w *Worker) sign(ctx context.Context, req *schemas.Request, res *schemas.Result) error {
-	rc, err := w.signer.Sign(ctx, req.Payload)
+	rc, err := w.signFor(ctx, req)
 	if err != nil {
-		if errors.Is(err, schemas.ErrInvalidJSON) || errors.Is(err, schemas.ErrNotObject) || errors.Is(err, schemas.ErrDuplicateKey) {
+		if invalidPayload(err) {
 			return refuse(ReasonInvalidPayload, err)
 		}
 		return err
@@ -614,7 +621,13 @@ func (w *Worker) verify(req *schemas.Request, res *schemas.Result) {
 		}
 	}
 	res.Keys = keys
-	rc, err := ks.Verify(req.Receipt)
+	var rc *schemas.Receipt
+	var err error
+	if keys == schemas.KeysService {
+		rc, err = w.verifyService(req.Tenant, req.Receipt)
+	} else {
+		rc, err = ks.Verify(req.Receipt)
+	}
 	if rc != nil {
 		res.Kid, res.ReceiptID, res.PayloadHash = rc.Kid, rc.ReceiptID, rc.PayloadJCSSHA256
 	}

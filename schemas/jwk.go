@@ -31,6 +31,10 @@ type JWK struct {
 	Kid string `json:"kid,omitempty"`
 	Alg string `json:"alg,omitempty"`
 	Use string `json:"use,omitempty"`
+	// Org names the organization whose own key this is (a CertNode
+	// member, absent on the service's keys): a verifier shows who signed.
+	// It is not part of the thumbprint.
+	Org string `json:"org,omitempty"`
 }
 
 // JWKS is a JSON Web Key Set, served at /.well-known/jwks.json.

@@ -554,25 +554,14 @@ func (h *HSM) loggedIn(s session) error {
 // object with the same CKA_ID, or the same label when there is none.
 func (h *HSM) pair(s session, priv pkcs11.ObjectHandle, label string) (*hsmObject, error) {
 	p := h.mod.p
-	attrs, err := p.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+	pubs, err := h.publicHalves(s, priv, label)
 	if err != nil {
 		return nil, err
-	}
-	var pubs []pkcs11.ObjectHandle
-	if id := attrs[0].Value; len(id) > 0 {
-		if pubs, err = h.find(s, pkcs11.CKO_PUBLIC_KEY, pkcs11.NewAttribute(pkcs11.CKA_ID, id)); err != nil {
-			return nil, err
-		}
-	}
-	if len(pubs) == 0 {
-		if pubs, err = h.find(s, pkcs11.CKO_PUBLIC_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)); err != nil {
-			return nil, err
-		}
 	}
 	if len(pubs) != 1 {
 		return nil, fmt.Errorf("%d public keys pair with it, want 1", len(pubs))
 	}
-	attrs, err = p.GetAttributeValue(s.h, pubs[0], []*pkcs11.Attribute{
+	attrs, err := p.GetAttributeValue(s.h, pubs[0], []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil), pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
 	if errors.Is(err, pkcs11.Error(pkcs11.CKR_ATTRIBUTE_TYPE_INVALID)) {
 		return nil, fmt.Errorf("%w: not an elliptic-curve key", ErrWrongKeyType)
@@ -585,6 +574,25 @@ func (h *HSM) pair(s session, priv pkcs11.ObjectHandle, label string) (*hsmObjec
 		return nil, err
 	}
 	return &hsmObject{priv: priv, pub: pub, alg: alg}, nil
+}
+
+// publicHalves finds the public key objects of the private key priv: the
+// ones with its CKA_ID, or its label when there are none.
+func (h *HSM) publicHalves(s session, priv pkcs11.ObjectHandle, label string) ([]pkcs11.ObjectHandle, error) {
+	attrs, err := h.mod.p.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+	if err != nil {
+		return nil, err
+	}
+	var pubs []pkcs11.ObjectHandle
+	if id := attrs[0].Value; len(id) > 0 {
+		if pubs, err = h.find(s, pkcs11.CKO_PUBLIC_KEY, pkcs11.NewAttribute(pkcs11.CKA_ID, id)); err != nil {
+			return nil, err
+		}
+	}
+	if len(pubs) == 0 {
+		pubs, err = h.find(s, pkcs11.CKO_PUBLIC_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+	}
+	return pubs, err
 }
 
 // decodePublic reads CKA_EC_PARAMS and CKA_EC_POINT. Tokens give the

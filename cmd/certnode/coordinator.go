@@ -110,6 +110,9 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "public-url", "CERTNODE_PUBLIC_URL")
 	fs.StringVar(&resolver, "dns-resolver", "", "the DNS server (host:port) asked for the TXT records proving custom domains and sending domains' DKIM keys (default: the first of /etc/resolv.conf)")
 	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
+	fs.DurationVar(&cfg.OrgKeyActivationDelay, "org-key-activation-delay", coordinator.DefaultOrgKeyActivationDelay,
+		"how long an organization's new signing key is published before it signs (at least the JWKS's cache lifetime, 5m)")
+	bindEnv(fs, "org-key-activation-delay", "CERTNODE_ORG_KEY_ACTIVATION_DELAY")
 	kf.register(fs, true)
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)

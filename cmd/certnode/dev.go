@@ -192,6 +192,11 @@ func newDevCmd() *cobra.Command {
 			defer limiter.Close()
 			parts["limiter"] = limiter.Run
 			wcfg.Limiter, wcfg.Audit = limiter, events
+			orgKeys, err := workerOrgKeys(&keys, ring, replica, parts)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			wcfg.OrgKeys = orgKeys
 			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {
@@ -295,7 +300,9 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("%v", err)
 			}
-			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
+			// Requests on a custom domain are bound to its organization,
+			// whoever terminates their TLS.
+			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica, Domains: replica,
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
 				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
@@ -305,9 +312,9 @@ func newDevCmd() *cobra.Command {
 					return err
 				}
 				defer m.Close()
-				deps.Domains = replica
 				parts["certificates"] = m.Run
 			}
+			deps.OrgKeys = orgKeys // the worker's publish them too: one process
 			if st != nil {
 				st.fill(&deps)
 				closeExports, err := openExports(ctx, cho, env, mac, filepath.Join(dataDir, "exports"), "dev", parts, &deps)

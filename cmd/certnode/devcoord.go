@@ -30,8 +30,12 @@ import (
 func openDevCoordinator(dir, httpAddr, publicURL string, creds *credentials, events coordinator.AuditPublisher, res coordinator.Resolver) (*coordinator.Server, error) {
 	return coordinator.NewServer(coordinator.Config{ID: "dev", RaftAddr: "127.0.0.1:0", HTTPAddr: httpAddr,
 		DataDir: filepath.Join(dir, "coordinator"), Bootstrap: true, AdminToken: creds.AdminToken, NodeToken: creds.NodeToken,
-		WebhookAllow: devWebhookAllow, Audit: events, PublicURL: publicURL, Resolver: res})
+		WebhookAllow: devWebhookAllow, Audit: events, PublicURL: publicURL, Resolver: res, OrgKeyActivationDelay: devOrgKeyActivationDelay})
 }
+
+// devOrgKeyActivationDelay is how long an organization's new key is
+// published before it signs, in certnode dev: short, for trying it out.
+const devOrgKeyActivationDelay = 5 * time.Second
 
 // devWebhookAllow is the loopback networks, which certnode dev lets
 // webhook deliveries reach.

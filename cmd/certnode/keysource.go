@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -22,6 +23,7 @@ type keyFlags struct {
 	signers  int
 	needsKey bool // false for `keys list`, which needs only the token
 	fs       *pflag.FlagSet
+	hsmMu    sync.Mutex
 	hsm      *signer.HSM // set once the token is open
 }
 
@@ -198,11 +200,19 @@ func (k *keyFlags) ring() (*signer.Ring, func(), error) {
 	return ring, k.release, nil
 }
 
-// hsmOpener lets a key ring open the token when one of its pkcs11: keys
-// must sign, so a ring of software keys never asks for the PIN.
+// hsmOpener lets a key ring (and organizations' keys) open the token when
+// one of its pkcs11: keys must sign, so a ring of software keys never asks
+// for the PIN. Every user shares one client of the token.
 func (k *keyFlags) hsmOpener() func() (*signer.HSM, error) {
 	if !k.usePKCS11() {
 		return nil
 	}
-	return k.openHSM
+	return func() (*signer.HSM, error) {
+		k.hsmMu.Lock()
+		defer k.hsmMu.Unlock()
+		if k.hsm != nil {
+			return k.hsm, nil
+		}
+		return k.openHSM()
+	}
 }

@@ -311,8 +311,7 @@ func newIngestCmd() *cobra.Command {
 					break
 				}
 				defer l.Close()
-				replica = r
-				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
+				auth, plans, limiter, ready, accounts, replica = r, r, l, append(ready, r.Ready), r.Accounts(), r
 				endpoints, orgs, reports, blocks, pointers = endpointInfos{r}, r, r, blocklist{r}, r
 				parts["coordinator"] = r.Run
 			default:
@@ -337,6 +336,16 @@ func newIngestCmd() *cobra.Command {
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: pdfRenderer{}, Blocks: blocks, SubjectPointers: pointers}
+			if replica != nil {
+				// Requests on a custom domain are bound to its organization,
+				// whoever terminates their TLS.
+				deps.Domains = replica
+			}
+			if replica != nil {
+				if deps.OrgKeys, err = publishedOrgKeys(keys, replica); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+			}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}
@@ -384,7 +393,6 @@ func newIngestCmd() *cobra.Command {
 					return err
 				}
 				defer m.Close()
-				deps.Domains = replica
 				parts["certificates"] = m.Run
 			}
 			if chf.addr != "" {
@@ -484,7 +492,10 @@ func newWorkerCmd() *cobra.Command {
 			"whose state the worker copies and follows; it consumes nothing until it has that state.\n" +
 			"Those records are held to their organization's rate, burst and monthly allowance (with\n" +
 			"--coordinator, across the cluster and together with its HTTP requests; with --tenants, per\n" +
-			"process): over the rate they wait, never dropped, while other tenants on the partition go on.\n\n" +
+			"process): over the rate they wait, never dropped, while other tenants on the partition go on.\n" +
+			"With --coordinator, organizations with signing keys of their own have their requests signed\n" +
+			"with their active key; the worker makes the keys the coordinator asks for, in the HSM\n" +
+			"(--pkcs11-module, --token) or else as files beside ring.json.\n\n" +
 			internalSecretHelp + "\nWith --coordinator: $CERTNODE_NODE_TOKEN (or $CERTNODE_NODE_TOKEN_FILE), the coordinator's node token.\n" + pinHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -547,6 +558,11 @@ func newWorkerCmd() *cobra.Command {
 			}
 			defer events.Close()
 			cfg.Registerer, cfg.Limiter, cfg.Audit = reg, limiter, events
+			if replica != nil {
+				if cfg.OrgKeys, err = workerOrgKeys(&keys, ring, replica, parts); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+			}
 			keys.registerPoolMetrics(reg)
 			w, err := pipeline.New(cfg, ring, producers, mac)
 			if err != nil {
