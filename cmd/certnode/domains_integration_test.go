@@ -29,7 +29,7 @@ import (
 func TestCustomDomains(t *testing.T) {
 	ca := testenv.StartACME(t)
 	e := newE2E(t, "")
-	caddr, call := e.coordinated("--dns-resolver", ca.DNS)
+	caddr, call := e.coordinated("--dns-resolver", ca.DNS, "--org-key-activation-delay", "1s")
 	e.start("worker", "worker", "--coordinator", caddr, "--metrics", freeAddr(t), "--concurrency", "4")
 	port := strconv.Itoa(ca.HTTPPort)
 	domA, domB, httpB := freeAddr(t), freeAddr(t), freeAddr(t)
@@ -153,6 +153,32 @@ func TestCustomDomains(t *testing.T) {
 	if code, _ := e.do("POST", "/v1/sign", "application/json", `{"payload":{"x":1}}`); code != 401 {
 		t.Fatalf("the service's own address: %d", code)
 	}
+	// The organization's own signing key: its JWKS on its domain (with
+	// the service's keys, which signed its earlier receipts), its kid on
+	// what it signs there.
+	if code, body := call("PUT", "/v1/orgs/"+acme+"/signing-keys/settings", `{"enabled":true}`); code != 200 {
+		t.Fatalf("signing keys on: %d %s", code, body)
+	}
+	var ring struct {
+		ActiveKid string `json:"active_kid"`
+	}
+	testenv.WaitFor(t, "acme's own key active", 60*time.Second, func() (bool, string) {
+		_, body := call("GET", "/v1/orgs/"+acme+"/signing-keys", "")
+		json.Unmarshal([]byte(body), &ring, json.RejectUnknownMembers(false))
+		return ring.ActiveKid != "", body
+	})
+	testenv.WaitFor(t, "acme's key signs on its domain", 60*time.Second, func() (bool, string) {
+		code, body := on(domA, "api.acme.test", "POST", "/v1/sign", acmeKey, "api.acme.test", `{"payload":{"signed":"by acme"}}`)
+		return code == 200 && strings.Contains(body, `"kid":"`+ring.ActiveKid+`"`), body
+	})
+	code, body = on(domB, "api.acme.test", "GET", "/.well-known/jwks.json", "", "api.acme.test", "")
+	if code != 200 || !strings.Contains(body, `"kid":"`+ring.ActiveKid+`"`) || !strings.Contains(body, `"org":"`+acme+`"`) {
+		t.Fatalf("acme's JWKS on its domain: %d %s", code, body)
+	}
+	if _, body := e.do("GET", "/.well-known/jwks.json", "", ""); strings.Contains(body, ring.ActiveKid) {
+		t.Fatalf("acme's key in the service's JWKS: %s", body)
+	}
+
 	// Plain HTTP on the name goes to HTTPS.
 	noRedirect := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	req, _ := http.NewRequest("GET", "http://127.0.0.1:"+port+"/v1/jobs?x=1", nil)
@@ -206,6 +232,13 @@ func TestCustomDomains(t *testing.T) {
 		t.Fatalf("verify http: %d %s", code, body)
 	}
 	waitState(globex, "verify.globex.test", "active")
+	h := domain(globex, "verify.globex.test")
+	for _, addr := range []string{domA, domB} {
+		testenv.WaitFor(t, "node "+addr+" serves the http-verified domain", 30*time.Second, func() (bool, string) {
+			s, err := served(addr, "verify.globex.test")
+			return err == nil && s == h.CertSerial, fmt.Sprint(s, err)
+		})
+	}
 	if code, body := on(domB, "verify.globex.test", "POST", "/v1/sign", globexKey, "verify.globex.test", `{"payload":{"on":"globex"}}`); code != 200 {
 		t.Fatalf("sign on the http-verified domain: %d %s", code, body)
 	}
