@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/mail/mailtest"
 	"github.com/certnode/certnode/internal/testenv"
 )
 
@@ -140,7 +141,8 @@ const tilesJS = `(() => { const o = {}; document.querySelectorAll('[data-testid]
 // every page of the owner's role opens without an error, at desktop and
 // phone width; the user of another organization sees only its own.
 func TestDashboard(t *testing.T) {
-	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t))
+	ns := mailtest.StartDNS(t) // the custom domains' TXT records
+	e := startDev(t, "--clickhouse", testenv.ClickHouseAddr(t), "--dns-resolver", ns.Addr)
 	c := e.creds()
 	for range 3 {
 		if code, body := e.do("POST", "/v1/sign", e.key, "application/json", `{"payload":{"dashboard":true}}`); code != 200 {
@@ -281,7 +283,28 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("the audit events CSV: %.300s", events)
 	}
 
-	pages := []string{"requests", "jobs", "webhooks", "reports", "exports", "usage", "invoices", "keys", "audit", "overview"}
+	// A custom domain added on its page shows the record to publish; the
+	// check says what is missing until it is published, then the domain is
+	// verified; removed, it is gone.
+	b.do("open domains", chromedp.Click(chromedp.CSS("#nav-domains")), chromedp.WaitVisible(chromedp.CSS(`section[data-page=domains][data-ready]`)))
+	b.do("add a domain", chromedp.SendKeys(chromedp.CSS(`#domain-form [name=name]`), "Shop.Dash.test"), chromedp.Click(chromedp.CSS(`#domain-form button[type=submit]`)))
+	row := `document.querySelector('tr[data-domain="shop.dash.test"]')`
+	b.waitFor("the domain listed with its record", `(() => { const r = `+row+`; return !!r && r.dataset.state === 'pending' && r.textContent.includes('TXT _certnode-challenge.shop.dash.test "certnode-verify='); })()`, 10*time.Second)
+	b.do("verify before publishing", chromedp.Click(chromedp.CSS(`tr[data-domain="shop.dash.test"] [data-testid=verify-domain]`)))
+	b.waitFor("the page says what is missing", `document.getElementById('domains-status').textContent.includes('no TXT record at _certnode-challenge.shop.dash.test')`, 10*time.Second)
+	_, body := e.admin("GET", "/v1/orgs/"+c.Tenant+"/domains/shop.dash.test", "")
+	var dom struct {
+		Token string `json:"token"`
+	}
+	json.Unmarshal([]byte(body), &dom, json.RejectUnknownMembers(false))
+	ns.Set("_certnode-challenge.shop.dash.test", "certnode-verify="+dom.Token)
+	b.do("verify", chromedp.Click(chromedp.CSS(`tr[data-domain="shop.dash.test"] [data-testid=verify-domain]`)))
+	b.waitFor("the domain verified", `(() => { const r = `+row+`; return !!r && r.dataset.state === 'verified'; })()`, 10*time.Second)
+	eval[bool](b, `(window.confirm = () => true, true)`)
+	b.do("remove the domain", chromedp.Click(chromedp.CSS(`tr[data-domain="shop.dash.test"] [data-testid=remove-domain]`)))
+	b.waitFor("the domain gone", `!`+row+` && document.getElementById('domains-status').textContent.includes('removed')`, 10*time.Second)
+
+	pages := []string{"requests", "jobs", "webhooks", "reports", "exports", "usage", "invoices", "keys", "domains", "audit", "overview"}
 	open := func(width string) {
 		for _, p := range pages {
 			b.do("open "+p+" at "+width, chromedp.Click(chromedp.CSS("#nav-"+p)), chromedp.WaitVisible(chromedp.CSS(`section[data-page=`+p+`]`)))
@@ -321,7 +344,7 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("B may pick %v", orgs)
 	}
 	tiles := eval[map[string]string](b2, tilesJS)
-	_, body := e.do("GET", "/v1/analytics/summary?from="+tiles["from"]+"&to="+tiles["to"], e.other, "", "")
+	_, body = e.do("GET", "/v1/analytics/summary?from="+tiles["from"]+"&to="+tiles["to"], e.other, "", "")
 	var s struct {
 		Requests int64 `json:"requests"`
 	}
