@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/internal/mail/mailtest"
 	"github.com/certnode/certnode/internal/testenv"
 )
@@ -358,5 +359,56 @@ func TestDashboard(t *testing.T) {
 		if text := eval[string](b2, `document.body.innerText`); strings.Contains(text, keyA) || strings.Contains(text, c.UserEmail) || strings.Contains(text, "Signed by status") {
 			t.Errorf("B's %s page shows A's key, owner or report: %s", p, text)
 		}
+	}
+
+	// The links invitation and reset emails carry (internal/mail's) open
+	// their forms: a new user joins, signs in, later forgets the password
+	// and sets another.
+	code, body := e.admin("POST", "/v1/orgs/"+c.Tenant+"/invitations", `{"email":"joiner@example.com","role":"viewer"}`)
+	var inv struct {
+		Token string `json:"token"`
+	}
+	if json.Unmarshal([]byte(body), &inv, json.RejectUnknownMembers(false)); code != 201 || inv.Token == "" {
+		t.Fatalf("invite: %d %s", code, body)
+	}
+	links := mail.Links{Base: e.base}
+	b3 := newBrowser(t, 1280, 900)
+	b3.do("follow the invitation link", chromedp.Navigate(links.For(mail.TemplateInvitation, inv.Token, nil)), chromedp.WaitVisible(chromedp.CSS("#account-form")))
+	b3.do("accept", chromedp.SendKeys(chromedp.CSS(`#account-form [name=name]`), "Joiner"),
+		chromedp.SendKeys(chromedp.CSS(`#account-form [name=password]`), "a long password for joiner"), chromedp.Click(chromedp.CSS(`#account-form button[type=submit]`)))
+	b3.waitFor("joined", `document.getElementById('account-done').textContent.includes('You joined `+c.Tenant+` as viewer')`, 10*time.Second)
+	b3.do("then sign in", chromedp.Click(chromedp.CSS("#to-sign-in")), chromedp.WaitVisible(chromedp.CSS("#email")),
+		chromedp.SendKeys(chromedp.CSS("#email"), "joiner@example.com"), chromedp.SendKeys(chromedp.CSS("#password"), "a long password for joiner"),
+		chromedp.Click(chromedp.CSS("#login button[type=submit]")), chromedp.WaitVisible(chromedp.CSS("[data-testid=requests-total]")))
+	b3.do("sign out", chromedp.Click(chromedp.CSS("#sign-out")), chromedp.WaitVisible(chromedp.CSS("#forgot")))
+	b3.do("forgot the password", chromedp.Click(chromedp.CSS("#forgot")), chromedp.WaitVisible(chromedp.CSS("#forgot-form")),
+		chromedp.SendKeys(chromedp.CSS(`#forgot-form [name=email]`), "joiner@example.com"), chromedp.Click(chromedp.CSS(`#forgot-form button[type=submit]`)))
+	b3.waitFor("the same answer for everyone", `document.getElementById('forgot-done').textContent.includes('If an account has this address')`, 10*time.Second)
+	var joiner struct {
+		Users []struct {
+			ID    string `json:"id"`
+			Email string `json:"email"`
+		} `json:"users"`
+	}
+	_, body = e.admin("GET", "/v1/admin/users", "")
+	json.Unmarshal([]byte(body), &joiner, json.RejectUnknownMembers(false))
+	var reset struct {
+		Token string `json:"token"`
+	}
+	for _, u := range joiner.Users {
+		if u.Email == "joiner@example.com" {
+			_, body = e.admin("POST", "/v1/admin/users/"+u.ID+"/password-reset", "")
+			json.Unmarshal([]byte(body), &reset, json.RejectUnknownMembers(false))
+		}
+	}
+	if reset.Token == "" {
+		t.Fatalf("no reset token for joiner: %s", body)
+	}
+	b3.do("follow the reset link", chromedp.Navigate("about:blank"), chromedp.Navigate(links.For(mail.TemplatePasswordReset, reset.Token, nil)),
+		chromedp.WaitVisible(chromedp.CSS("#account-form")), chromedp.SendKeys(chromedp.CSS(`#account-form [name=password]`), "another long password"),
+		chromedp.Click(chromedp.CSS(`#account-form button[type=submit]`)))
+	b3.waitFor("the password changed", `document.getElementById('account-done').textContent.includes('Your password is changed')`, 10*time.Second)
+	if code, _ := request("POST", e.base+"/v1/auth/login", "", "application/json", `{"email":"joiner@example.com","password":"another long password"}`); code != 200 {
+		t.Fatalf("sign in with the new password: %d", code)
 	}
 }

@@ -83,7 +83,19 @@ function showError(e) {
   box.textContent = e.message || String(e);
 }
 
+// hashRoute is the page a link names: #overview, or, as emailed links
+// write them, #/invitations/accept?token=...
+function hashRoute() {
+  const h = location.hash.slice(1).replace(/^\//, '');
+  const [path, query] = h.split('?');
+  return { path, params: new URLSearchParams(query || '') };
+}
+
 async function start() {
+  // The links of invitation and reset emails open their forms, signed in
+  // or not.
+  const { path, params } = hashRoute();
+  if (path === 'invitations/accept' || path === 'password-reset') { accountForm(path, params.get('token') || ''); return; }
   try {
     const me = await api('/v1/me');
     S.me = me.user;
@@ -109,7 +121,8 @@ function signedOut() {
     el('h1', { id: 'login-title', text: 'Sign in' }),
     el('label', {}, 'Email', el('input', { type: 'email', id: 'email', name: 'email', autocomplete: 'username', required: true })),
     el('label', {}, 'Password', el('input', { type: 'password', id: 'password', name: 'password', autocomplete: 'current-password', required: true })),
-    el('button', { type: 'submit', text: 'Sign in' }), msg);
+    el('button', { type: 'submit', text: 'Sign in' }), msg,
+    el('p', {}, el('a', { href: '#', id: 'forgot', text: 'Forgot your password?', onclick: (ev) => { ev.preventDefault(); forgotForm(); } })));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     msg.textContent = '';
@@ -150,7 +163,7 @@ function route() {
   if (!S.me) return;
   stopTimers();
   const allowed = PAGES.filter((p) => p.roles.includes(S.role));
-  const id = location.hash.slice(1).split('?')[0];
+  const id = hashRoute().path.split('/')[0];
   const page = allowed.find((p) => p.id === id) || allowed[0];
   document.querySelectorAll('#nav a').forEach((a) => {
     if (a.id === 'nav-' + page.id) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
@@ -651,6 +664,58 @@ async function domains(sec) {
   sec.append(msg, listBox);
   await load();
   every(load);
+}
+
+// accountForm takes an emailed link's token: it accepts an invitation (a
+// new user names themselves and picks a password; an existing one proves
+// it with theirs) or sets a new password, then offers to sign in. The
+// token is in the link's fragment, which the browser never sends.
+function accountForm(path, token) {
+  stopTimers();
+  document.getElementById('nav').hidden = true;
+  const invite = path === 'invitations/accept';
+  const msg = el('p', { class: 'error', role: 'alert', id: 'account-error' });
+  const done = el('p', { role: 'status', id: 'account-done' });
+  const form = el('form', { class: 'login', id: 'account-form', 'aria-labelledby': 'account-title' },
+    el('h1', { id: 'account-title', text: invite ? 'Join the organization' : 'Choose a new password' }),
+    invite ? el('p', { text: 'New here? Give your name and choose a password. Already a user? Enter your password.' }) : null,
+    invite ? el('label', {}, 'Name', el('input', { name: 'name', autocomplete: 'name', maxlength: 200 })) : null,
+    el('label', {}, 'Password', el('input', { type: 'password', name: 'password', autocomplete: invite ? 'current-password' : 'new-password', required: true, minlength: 12 })),
+    el('button', { type: 'submit', text: invite ? 'Accept the invitation' : 'Set the password' }), msg, done);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    msg.textContent = '';
+    try {
+      if (invite) {
+        const r = await api('/v1/auth/invitations/accept', { method: 'POST', body: { token, name: form.name.value, password: form.password.value } });
+        done.textContent = 'You joined ' + r.org + ' as ' + r.role + '. Sign in to continue.';
+      } else {
+        await api('/v1/auth/password-reset', { method: 'POST', body: { token, password: form.password.value } });
+        done.textContent = 'Your password is changed. Sign in with it.';
+      }
+      form.querySelector('button').disabled = true;
+      done.append(' ', el('a', { href: '#overview', id: 'to-sign-in', text: 'Sign in', onclick: () => { history.replaceState(null, '', '#overview'); start(); } }));
+    } catch (e) { msg.textContent = e.message; }
+  });
+  main().replaceChildren(form);
+}
+
+// forgotForm asks for a reset link; the answer is the same whether or not
+// the address has an account.
+function forgotForm() {
+  const done = el('p', { role: 'status', id: 'forgot-done' });
+  const form = el('form', { class: 'login', id: 'forgot-form', 'aria-labelledby': 'forgot-title' },
+    el('h1', { id: 'forgot-title', text: 'Reset your password' }),
+    el('label', {}, 'Email', el('input', { type: 'email', name: 'email', autocomplete: 'username', required: true })),
+    el('button', { type: 'submit', text: 'Email me a link' }), done);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try {
+      await api('/v1/auth/password-reset/request', { method: 'POST', body: { email: form.email.value } });
+      done.textContent = 'If an account has this address, a link to reset its password is on its way.';
+    } catch (e) { done.textContent = e.message; }
+  });
+  main().replaceChildren(form);
 }
 
 document.addEventListener('DOMContentLoaded', () => {

@@ -37,7 +37,7 @@ func (l Links) For(name, token string, fields map[string]string) string {
 	case TemplateQuotaWarning:
 		return base + "usage"
 	case TemplateSecurityAlert:
-		return base + "audit"
+		return base + "security"
 	case TemplateEndpointDisabled:
 		return base + "webhooks/" + url.PathEscape(fields["endpoint_id"])
 	case TemplateReportReady:
