@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -36,6 +37,9 @@ func FuzzApply(f *testing.F) {
 				Filters: []schemas.AnalyticsFilter{{Dim: "kind", Values: []string{"sign"}}}}}}, Create: true},
 		&AnnounceReport{ID: "rpt_abc", Org: "acme", Period: "2026-11-26"},
 		&DeleteReport{ID: "rpt_abc", Org: "acme"},
+		&SetBranding{Org: "acme", Branding: brand.Branding{DisplayName: "A", Colors: brand.Palette{Accent: "#010203"}, CustomCSS: "a{color:red}",
+			ErrorPages: map[string]string{brand.KindNotFound: "<h1>{{.Title}}</h1>"}}, At: t0.Add(time.Hour)},
+		&SetMaintenance{Org: "acme", Maintenance: &brand.Maintenance{Message: "m", Until: t0.Add(2 * time.Hour), Since: t0.Add(time.Hour)}, At: t0.Add(time.Hour)},
 	} {
 		data, _ := encode(c)
 		f.Add(data)

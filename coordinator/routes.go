@@ -89,6 +89,10 @@ func (s *Server) routes() []route {
 		{"GET", "/reports/{id}", s.inOrg(permReportsRead, s.getReport), false},
 		{"PATCH", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.updateReport)), false},
 		{"DELETE", "/reports/{id}", s.leader(s.inOrg(permReportsWrite, s.deleteReport)), false},
+		{"GET", "/branding", s.inOrg(permOrgRead, s.getBranding), false},
+		{"PUT", "/branding", s.leader(s.inOrg(permOrgWrite, s.putBranding)), false},
+		{"PUT", "/maintenance", s.leader(s.inOrg(permOrgWrite, s.putMaintenance)), true},
+		{"DELETE", "/maintenance", s.leader(s.inOrg(permOrgWrite, s.endMaintenance)), true},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

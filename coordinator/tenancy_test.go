@@ -82,6 +82,10 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"GET /v1/orgs/{org}/reports/{id}":                           {ids: map[string]string{"id": grep.ID}},
 		"PATCH /v1/orgs/{org}/reports/{id}":                         {body: `{"name":"mine now"}`, ids: map[string]string{"id": grep.ID}},
 		"DELETE /v1/orgs/{org}/reports/{id}":                        {ids: map[string]string{"id": grep.ID}},
+		"GET /v1/orgs/{org}/branding":                               {},
+		"PUT /v1/orgs/{org}/branding":                               {body: `{"display_name":"pwned"}`},
+		"PUT /v1/orgs/{org}/maintenance":                            {body: `{"message":"pwned"}`},
+		"DELETE /v1/orgs/{org}/maintenance":                         {},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

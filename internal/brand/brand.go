@@ -96,6 +96,9 @@ const (
 
 var colorPat = regexp.MustCompile(`^#[0-9a-fA-F]{6}$`)
 
+// ValidColor reports whether c is #rrggbb.
+func ValidColor(c string) bool { return colorPat.MatchString(c) }
+
 // Org is what the pages need of an organization.
 type Org struct {
 	ID          string
