@@ -64,6 +64,7 @@ func (s *Server) table() []route {
 		pub("GET", "/v1/log/checkpoint", "log_checkpoint", s.logCheckpoint),
 		pub("GET", "/v1/log/key", "log_key", s.logKey),
 		pub("GET", "/v1/log/consistency", "log_consistency", s.logConsistency),
+		pub("GET", "/v1/log/proof/{receipt_id}", "log_proof", s.logProof),
 		pub("GET", "/v1/audit/checkpoint", "audit_checkpoint", s.auditCheckpoint),
 		pub("GET", "/v1/audit/key", "audit_key", s.auditKey),
 		ten("POST", "/v1/sign", "sign", tenants.ScopeSign, s.sign),
@@ -99,6 +100,8 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/export-jobs/{export_id}", "export_job", tenants.ScopeRead, s.getExportJob),
 		ten("DELETE", "/v1/export-jobs/{export_id}", "export_job_cancel", tenants.ScopeRead, s.cancelExportJob),
 		pub("GET", "/v1/export-jobs/{export_id}/file", "export_download", s.downloadExport),
+		ten("POST", "/v1/branding/preview", "branding_preview", tenants.ScopeAdmin, s.brandingPreview),
+		ten("GET", "/v1/branding/style.css", "branding_style", tenants.ScopeRead, s.brandingStyle),
 	}
 }
 
@@ -139,6 +142,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		s.console(ctx)
 		return "console"
 	}
+	if p := string(ctx.Path()); s.verifyPage != nil && (p == VerifyPrefix || strings.HasPrefix(p, VerifyPrefix+"/")) {
+		s.verifyPage(ctx)
+		return "verify_page"
+	}
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
 		// The adaptor would read a streamed body whole: read it here,
 		// bounded, and hand it on.
@@ -170,6 +177,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		t, ok := s.authenticate(ctx)
 		if !ok {
 			return "unauthorized"
+		}
+		ctx.SetUserValue(orgValue, t.ID)
+		if s.inMaintenance(ctx, t.ID) {
+			return "maintenance"
 		}
 		if refused := s.forbidden(ctx, t, r.Scope); refused != "" {
 			return refused
