@@ -32,6 +32,7 @@ import (
 	"github.com/certnode/certnode/sinks/translog"
 	usagesink "github.com/certnode/certnode/sinks/usage"
 	"github.com/certnode/certnode/sinks/webhook"
+	"github.com/certnode/certnode/verifypage"
 )
 
 // credentials is what `certnode dev` writes for the developer (mode 0600).
@@ -288,8 +289,13 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("%v", err)
 			}
+			// OrgForHost stays nil until custom domains are wired.
+			vpage, err := verifypage.New(verifypage.Config{Brand: replica.Brand})
+			if err != nil {
+				return usageErr("%v", err)
+			}
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, VerifyPage: vpage, Brands: replica, Compliance: pdfRenderer{}, Log: tlogClient,
 				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if st != nil {

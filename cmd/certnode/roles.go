@@ -40,6 +40,7 @@ import (
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
 	usagesink "github.com/certnode/certnode/sinks/usage"
 	"github.com/certnode/certnode/transparency"
+	"github.com/certnode/certnode/verifypage"
 )
 
 // kafkaFlags are shared by every role.
@@ -299,6 +300,7 @@ func newIngestCmd() *cobra.Command {
 			var reports ingest.ReportSource
 			var blocks ingest.Blocklist
 			var pointers ingest.SubjectPointers
+			var brands *coordinator.Replica
 			switch {
 			case cf.addrs != "" && tenantsFile != "":
 				errs = append(errs, errors.New("use either --tenants or --coordinator, not both"))
@@ -310,7 +312,7 @@ func newIngestCmd() *cobra.Command {
 				}
 				defer l.Close()
 				auth, plans, limiter, ready, accounts = r, r, l, append(ready, r.Ready), r.Accounts()
-				endpoints, orgs, reports, blocks, pointers = endpointInfos{r}, r, r, blocklist{r}, r
+				endpoints, orgs, reports, blocks, pointers, brands = endpointInfos{r}, r, r, blocklist{r}, r, r
 				parts["coordinator"] = r.Run
 			default:
 				store, err := loadTenants(tenantsFile)
@@ -334,10 +336,17 @@ func newIngestCmd() *cobra.Command {
 			}
 			cfg.Registerer, cfg.Gatherer = reg, reg
 			deps := ingest.Deps{Auth: auth, Limiter: limiter, Keys: keys, Plans: plans, MAC: mac, Ready: ready, Accounts: accounts, Endpoints: endpoints, Orgs: orgs, Reports: reports, Compliance: pdfRenderer{}, Blocks: blocks, SubjectPointers: pointers}
+			// The verification page's OrgForHost stays nil until custom
+			// domains are wired.
+			vcfg := verifypage.Config{}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
+				deps.Brands, vcfg.Brand = brands, brands.Brand
+			}
+			if deps.VerifyPage, err = verifypage.New(vcfg); err != nil {
+				return &exitError{code: exitUsage, err: err}
 			}
 			if logURL != "" {
 				if logKey != "" {
