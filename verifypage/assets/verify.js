@@ -251,8 +251,10 @@
     const lines = body.split('\n');
     if (Number(lines[1]) !== p.tree_size || lines[2] !== p.root_hash) throw new Error('the checkpoint is of another tree');
     const out = { origin: lines[0], index: p.leaf_index, size: p.tree_size, signature: 'not checked' };
-    const [name, hash, key] = (vkey || '').trim().split('+');
-    if (!key) return out;
+    // name+hash+key, where the key (standard base64) may hold "+" too.
+    const m = /^([^+\s]+)\+([0-9a-f]{8})\+(\S+)$/.exec((vkey || '').trim());
+    if (!m) return out;
+    const [, name, hash, key] = m;
     const raw = unb64(key, false);
     const line = (sigs || '').split('\n').find((l) => l.startsWith('\u2014 ' + name + ' '));
     if (!line) throw new Error('the checkpoint is not signed by ' + name);
