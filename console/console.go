@@ -32,8 +32,10 @@ const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
 
 // Handler serves the dashboard's page and assets.
 type Handler struct {
-	page  []byte
-	files map[string][]byte // asset path (under assets/) -> content
+	page []byte
+	// preview is the branding preview's frame (assets/preview.js).
+	preview []byte
+	files   map[string][]byte // asset path (under assets/) -> content
 }
 
 // New builds the handler: the page names each script and style with its
@@ -62,11 +64,15 @@ func New() (*Handler, error) {
 	}
 	var page bytes.Buffer
 	if err := tmpl.Execute(&page, map[string]any{
-		"UPlotJS": asset(UPlotJS), "UPlotCSS": asset(UPlotCSS), "AppJS": asset("app.js"), "AppCSS": asset("app.css"),
+		"UPlotJS": asset(UPlotJS), "UPlotCSS": asset(UPlotCSS), "AppJS": asset("app.js"), "AppCSS": asset("app.css"), "BrandingJS": asset("branding.js"),
 	}); err != nil {
 		return nil, err
 	}
 	h.page = page.Bytes()
+	// No integrity on the frame's script: the sandboxed frame is an origin
+	// of its own, so its request for the script is cross-origin, where
+	// subresource integrity needs CORS.
+	h.preview = []byte(`<!doctype html><meta charset="utf-8"><title>Preview</title><script src="` + asset("preview.js")["URL"] + `"></script>`)
 	return h, nil
 }
 
@@ -93,6 +99,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		hdr.Set("Content-Type", "text/html; charset=utf-8")
 		hdr.Set("Cache-Control", "no-store")
 		w.Write(h.page)
+	case p == Prefix+"/preview":
+		// The frame shows a page drawn with proposed branding: its inline
+		// styles and https images, and its own script (the frame is
+		// sandboxed by the dashboard, an origin of its own).
+		hdr.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' https: data:; "+
+			"frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+		hdr.Set("Content-Type", "text/html; charset=utf-8")
+		hdr.Set("Cache-Control", "no-store")
+		w.Write(h.preview)
 	case strings.HasPrefix(p, Prefix+"/assets/"):
 		name := strings.TrimPrefix(p, Prefix+"/assets/")
 		b, ok := h.files[name]

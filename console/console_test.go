@@ -53,8 +53,8 @@ func TestPage(t *testing.T) {
 		t.Fatalf("page: %d %v", code, hdr)
 	}
 	refs := regexp.MustCompile(`(?:src|href)="(/dashboard/assets/[^"?]+)\?v=[^"]+" integrity="(sha256-[^"]+)"`).FindAllStringSubmatch(page, -1)
-	if len(refs) != 4 {
-		t.Fatalf("the page names %d assets, want 4: %s", len(refs), page)
+	if len(refs) != 5 {
+		t.Fatalf("the page names %d assets, want 5: %s", len(refs), page)
 	}
 	for _, r := range refs {
 		code, hdr, body := get(t, h, "GET", r[1])
@@ -65,6 +65,13 @@ func TestPage(t *testing.T) {
 		if ct := hdr["Content-Type"]; !(strings.HasSuffix(r[1], ".js") && strings.Contains(ct, "javascript")) && !(strings.HasSuffix(r[1], ".css") && strings.HasPrefix(ct, "text/css")) {
 			t.Errorf("%s: content type %q", r[1], ct)
 		}
+	}
+	// The branding preview's frame: its own script, inline styles, framed
+	// by the dashboard only.
+	code, hdr, frame := get(t, h, "GET", Prefix+"/preview")
+	if csp := hdr["Content-Security-Policy"]; code != 200 || !strings.Contains(csp, "style-src 'self' 'unsafe-inline'") || !strings.Contains(csp, "frame-ancestors 'self'") ||
+		!strings.Contains(frame, Prefix+"/assets/preview.js?v=") {
+		t.Errorf("preview frame: %d %v %s", code, hdr, frame)
 	}
 	for _, p := range []string{Prefix + "/assets/index.html", Prefix + "/assets/nope.js", Prefix + "/other", Prefix + "/assets/../console.go"} {
 		if code, _, _ := get(t, h, "GET", p); code != 404 {

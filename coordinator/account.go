@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/internal/tenants"
 )
 
@@ -265,20 +266,22 @@ func (s *Server) me(w http.ResponseWriter, r *http.Request, _ []byte) {
 
 // orgView is an organization as its own users see it: no plan history.
 type orgView struct {
-	ID        string         `json:"id"`
-	Name      string         `json:"name"`
-	Status    string         `json:"status"`
-	Plan      string         `json:"plan"`
-	Settings  OrgSettings    `json:"settings"`
-	Limits    tenants.Limits `json:"limits"` // in effect: the plan's with overrides
-	CreatedAt time.Time      `json:"created_at"`
-	UpdatedAt time.Time      `json:"updated_at"`
-	Role      string         `json:"role"` // the caller's
+	ID       string         `json:"id"`
+	Name     string         `json:"name"`
+	Status   string         `json:"status"`
+	Plan     string         `json:"plan"`
+	Settings OrgSettings    `json:"settings"`
+	Limits   tenants.Limits `json:"limits"` // in effect: the plan's with overrides
+	// Maintenance is set while maintenance mode is on.
+	Maintenance *brand.Maintenance `json:"maintenance,omitempty"`
+	CreatedAt   time.Time          `json:"created_at"`
+	UpdatedAt   time.Time          `json:"updated_at"`
+	Role        string             `json:"role"` // the caller's
 }
 
 func orgViewOf(o *Org, role string) orgView {
 	return orgView{ID: o.ID, Name: o.Name, Status: o.Status, Plan: o.Plan, Settings: o.Settings,
-		Limits: o.EffectiveLimits(), CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt, Role: role}
+		Limits: o.EffectiveLimits(), Maintenance: o.Maintenance, CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt, Role: role}
 }
 
 func (s *Server) orgView(w http.ResponseWriter, _ *http.Request, sc scope, _ []byte) {

@@ -37,6 +37,10 @@ const (
 	// 20 is SetEndpointHealth, which dispatchers send; 21 AnnounceQuota;
 	// 22 to 24 PutReport, DeleteReport and AnnounceReport.
 	cmdSetEndpointHealth cmdType = 20
+
+	// Branding and error pages (50-59).
+	cmdSetBranding    cmdType = 50
+	cmdSetMaintenance cmdType = 51
 )
 
 // Command is a change to the State. validate looks at the state it will
@@ -95,6 +99,8 @@ var registry = map[cmdType]func() Command{
 	cmdSetOrgKeySettings: func() Command { return new(SetOrgKeySettings) },
 	cmdRequestOrgKey:     func() Command { return new(RequestOrgKey) },
 	cmdInstallOrgKey:     func() Command { return new(InstallOrgKey) },
+	cmdSetBranding:       func() Command { return new(SetBranding) },
+	cmdSetMaintenance:    func() Command { return new(SetMaintenance) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -40,6 +41,9 @@ func FuzzApply(f *testing.F) {
 			Request: &schemas.OrgKeyRequest{Org: "acme", ID: "okr_fuzz", Alg: schemas.AlgES256, Reason: OrgKeyReasonEnable, RequestedAt: t0}},
 		&RequestOrgKey{Request: schemas.OrgKeyRequest{Org: "acme", ID: "okr_two", Alg: schemas.AlgEdDSA, Reason: OrgKeyReasonManual, RequestedAt: t0}},
 		installAt("acme", testOrgKey(f, schemas.AlgES256, "okr_fuzz"), t0),
+		&SetBranding{Org: "acme", Branding: brand.Branding{DisplayName: "A", Colors: brand.Palette{Accent: "#010203"}, CustomCSS: "a{color:red}",
+			ErrorPages: map[string]string{brand.KindNotFound: "<h1>{{.Title}}</h1>"}}, At: t0.Add(time.Hour)},
+		&SetMaintenance{Org: "acme", Maintenance: &brand.Maintenance{Message: "m", Until: t0.Add(2 * time.Hour), Since: t0.Add(time.Hour)}, At: t0.Add(time.Hour)},
 	} {
 		data, _ := encode(c)
 		f.Add(data)

@@ -264,6 +264,8 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/rotate-secret": `{"overlap":"1h"}`,
 		"POST /v1/orgs/{org}/webhooks/endpoints/{id}/test":          `{}`,
 		"POST /v1/orgs/{org}/reports":                               `{"name":"r","query":{"metrics":["requests"],"range":"last_7d"}}`,
+		"PUT /v1/orgs/{org}/branding":                               `{"display_name":"Acme"}`,
+		"PUT /v1/orgs/{org}/maintenance":                            `{"message":"Back soon"}`,
 		"PATCH /v1/orgs/{org}/reports/{id}":                         `{"name":"r2"}`,
 		"POST /v1/orgs/{org}/domains":                               `{"name":"samples.acme.example"}`,
 		"POST /v1/orgs/{org}/email/domains":                         `{"domain":"mail.acme.test"}`,
@@ -403,6 +405,58 @@ func TestOpenAPIAccounts(t *testing.T) {
 		var o orgView
 		if err := json.Unmarshal([]byte(r.Body), &o); err != nil || o.Name != "Acme" || o.Settings.RetentionDays != 30 || o.Role != RoleBilling {
 			t.Fatalf("org after the changes: %v %s", err, r.Body)
+		}
+	})
+
+	t.Run("branding", func(t *testing.T) {
+		full := `{"display_name":"Acme","logo_url":"https://acme.test/logo.png","favicon_url":"https://acme.test/favicon.ico",` +
+			`"colors":{"primary":"#112233","accent":"#445566","background":"#ffffff","text":"#000000"},"support_email":"help@acme.test",` +
+			`"support_url":"https://acme.test/help","support_message":"We answer within the hour.","custom_css":".cn-header { font-weight: 700 }",` +
+			`"error_pages":{"404":"<h1>{{.Title}}</h1>","maintenance":"<p>{{.Message}}</p>"}}`
+		r := k.expect(t, call{name: "replace", as: ada, method: "PUT", path: "/v1/orgs/acme/branding", body: full, status: 200})
+		if !strings.Contains(r.Body, `"custom_css":".cn-header { font-weight: 700 }"`) {
+			t.Fatalf("branding: %s", r.Body)
+		}
+		r = k.expect(t, call{name: "read as billing", as: bill, method: "GET", path: "/v1/orgs/acme/branding", status: 200})
+		if !strings.Contains(r.Body, `"accent":"#445566"`) {
+			t.Fatalf("branding: %s", r.Body)
+		}
+		// The organization's settings carry it, brand_color included; the
+		// rest of the settings are untouched.
+		r = k.expect(t, call{name: "the organization with its branding", as: ada, method: "GET", path: "/v1/orgs/acme", status: 200})
+		if !strings.Contains(r.Body, `"brand_color":"#112233"`) || !strings.Contains(r.Body, `"retention_days":30`) {
+			t.Fatalf("org: %s", r.Body)
+		}
+		for _, x := range []call{
+			{name: "CSS that loads a URL", as: ada, method: "PUT", path: "/v1/orgs/acme/branding", body: `{"custom_css":"a { background: url(https://evil.test/x) }"}`, status: 400, code: "invalid"},
+			{name: "a template that does not parse", as: ada, method: "PUT", path: "/v1/orgs/acme/branding", body: `{"error_pages":{"5xx":"{{.Title"}}`, status: 400, code: "invalid"},
+			{name: "a colour that is not #rrggbb", as: ada, method: "PUT", path: "/v1/orgs/acme/branding", body: `{"colors":{"primary":"red"}}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "replace as a developer", as: dev, method: "PUT", path: "/v1/orgs/acme/branding", body: `{}`, status: 403, code: "forbidden_role"},
+			{name: "another organization's", as: key, method: "GET", path: "/v1/orgs/globex/branding", status: 404, code: "not_found"},
+		} {
+			r := k.expect(t, x)
+			if x.name == "CSS that loads a URL" && !strings.Contains(r.Body, "url() is not allowed") {
+				t.Fatalf("the refusal does not say what: %s", r.Body)
+			}
+		}
+		r = k.expect(t, call{name: "maintenance on", as: key, method: "PUT", path: "/v1/orgs/acme/maintenance",
+			body: `{"message":"Upgrading the database","until":"` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + `"}`, status: 200})
+		if !strings.Contains(r.Body, `"since"`) {
+			t.Fatalf("maintenance: %s", r.Body)
+		}
+		if r := k.expect(t, call{name: "the organization in maintenance", as: bill, method: "GET", path: "/v1/orgs/acme", status: 200}); !strings.Contains(r.Body, `"maintenance":{"message":"Upgrading the database"`) {
+			t.Fatalf("org: %s", r.Body)
+		}
+		for _, x := range []call{
+			{name: "maintenance that ended already", as: ada, method: "PUT", path: "/v1/orgs/acme/maintenance", body: `{"message":"x","until":"2001-01-01T00:00:00Z"}`, status: 400, code: "invalid"},
+			{name: "maintenance without a message", as: ada, method: "PUT", path: "/v1/orgs/acme/maintenance", body: `{"message":""}`, offSpec: true, status: 400, code: "invalid"},
+			{name: "maintenance as a developer", as: dev, method: "DELETE", path: "/v1/orgs/acme/maintenance", status: 403, code: "forbidden_role"},
+			{name: "maintenance off", as: ada, method: "DELETE", path: "/v1/orgs/acme/maintenance", status: 204},
+		} {
+			k.expect(t, x)
+		}
+		if r := k.expect(t, call{name: "the organization after maintenance", as: bill, method: "GET", path: "/v1/orgs/acme", status: 200}); strings.Contains(r.Body, `"maintenance":{`) {
+			t.Fatalf("org: %s", r.Body)
 		}
 	})
 

@@ -21,6 +21,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
 )
@@ -111,6 +112,7 @@ type replicaOrg struct {
 	limits   tenants.Limits
 	plans    []tenants.PlanPeriod
 	producer map[string]*ProducerKey // unrevoked producer keys, by id
+	brand    brand.Org
 }
 
 type usableKey struct {
@@ -148,7 +150,8 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 		}
 		rs.hooks[id] = h
 		if o.Status == OrgActive {
-			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}, subject: o.Settings.SubjectPointer}
+			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}, subject: o.Settings.SubjectPointer,
+				brand: brand.Org{ID: id, Name: o.Name, Branding: o.Settings.Branding(), Maintenance: o.Maintenance}}
 		}
 	}
 	maps.Copy(rs.domains, st.State.Domains)

@@ -119,6 +119,10 @@ func (s *Server) routes() []route {
 		{"PUT", "/signing-keys/settings", s.leader(s.inOrg(permSigningKeysWrite, s.putSigningKeySettings)), false},
 		{"POST", "/signing-keys/rotate", s.leader(s.inOrg(permSigningKeysWrite, s.rotateSigningKey)), false},
 		{"GET", "/jwks", s.consistent(s.inOrg(permSigningKeysRead, s.orgJWKS)), false},
+		{"GET", "/branding", s.inOrg(permOrgRead, s.getBranding), false},
+		{"PUT", "/branding", s.leader(s.inOrg(permOrgWrite, s.putBranding)), false},
+		{"PUT", "/maintenance", s.leader(s.inOrg(permOrgWrite, s.putMaintenance)), true},
+		{"DELETE", "/maintenance", s.leader(s.inOrg(permOrgWrite, s.endMaintenance)), true},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

@@ -9,11 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"net/url"
 	"regexp"
 	"slices"
 	"time"
 
+	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
 )
@@ -207,6 +207,10 @@ type Org struct {
 	Settings OrgSettings `json:"settings"`
 	// Limits override the plan's limits field by field (zero: the plan's).
 	Limits tenants.Limits `json:"limits,omitzero"`
+	// Maintenance is on while set (SetMaintenance): the organization's
+	// requests answer 503. It is no setting, so a settings change never
+	// turns it on or off.
+	Maintenance *brand.Maintenance `json:"maintenance,omitempty"`
 	// PlanHistory holds each plan the organization was on and from when,
 	// with the plan's terms as they were, so a closed period is billed
 	// on the terms in effect then. The FSM appends to it.
@@ -241,6 +245,16 @@ type OrgSettings struct {
 	// NotificationEmails receive the organization's event mail (quota,
 	// security, endpoints, reports); empty: its owners and admins do.
 	NotificationEmails []string `json:"notification_emails,omitempty"`
+
+	// Branding beyond the fields above (brand.Branding; Branding()): a
+	// favicon, a palette (colors.primary is brand_color: setting either
+	// sets both), support details, custom CSS and error page templates.
+	FaviconURL     string            `json:"favicon_url,omitempty"`
+	Colors         brand.Palette     `json:"colors,omitzero"`
+	SupportURL     string            `json:"support_url,omitempty"`
+	SupportMessage string            `json:"support_message,omitempty"`
+	CustomCSS      string            `json:"custom_css,omitempty"`
+	ErrorPages     map[string]string `json:"error_pages,omitempty"`
 }
 
 // ProducerKey is a secret an organization's own Kafka producers sign
@@ -297,7 +311,6 @@ var (
 	idPattern     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	keyIDPat      = regexp.MustCompile(`^cnk_[A-Za-z0-9_-]{8,32}$`)
 	hashPattern   = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
-	colorPat      = regexp.MustCompile(`^#[0-9a-fA-F]{6}$`)
 	producerIDPat = regexp.MustCompile(`^pk_[A-Za-z0-9_-]{4,60}$`)
 	currencyPat   = regexp.MustCompile(`^[A-Z]{3}$`)
 )
@@ -332,8 +345,8 @@ func (o *Org) check() error {
 	if !idPattern.MatchString(o.Plan) {
 		errs = append(errs, invalid("plan %q", o.Plan))
 	}
-	if s := o.Settings; s.BrandColor != "" && !colorPat.MatchString(s.BrandColor) {
-		errs = append(errs, invalid("brand_color %q: want #rrggbb", s.BrandColor))
+	if err := o.Settings.checkBranding(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Settings.RetentionDays < 0 || o.Settings.RetentionDays > 3650 {
 		errs = append(errs, invalid("retention_days must be 0-3650"))
@@ -341,18 +354,10 @@ func (o *Org) check() error {
 	if err := schemas.CheckJSONPointer(o.Settings.SubjectPointer); err != nil {
 		errs = append(errs, invalid("subject_pointer %q: %v", o.Settings.SubjectPointer, err))
 	}
-	if u := o.Settings.LogoURL; u != "" {
-		if p, err := url.Parse(u); err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" || len(u) > 2048 {
-			errs = append(errs, invalid("logo_url %q: an http(s) URL up to 2048 bytes", u))
-		}
-	}
 	if e := o.Settings.SupportEmail; e != "" {
 		if n, err := NormalizeEmail(e); err != nil || n != e {
 			errs = append(errs, invalid("support_email %q: a lower-case address", e))
 		}
-	}
-	if len(o.Settings.DisplayName) > 200 {
-		errs = append(errs, invalid("display_name over 200 bytes"))
 	}
 	if len(o.Settings.WebhookRetrySchedule) > 20 {
 		errs = append(errs, invalid("webhook_retry_schedule: at most 20 steps"))

@@ -102,6 +102,10 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"PUT /v1/orgs/{org}/signing-keys/settings":                  {body: `{"enabled":true}`},
 		"POST /v1/orgs/{org}/signing-keys/rotate":                   {},
 		"GET /v1/orgs/{org}/jwks":                                   {},
+		"GET /v1/orgs/{org}/branding":                               {},
+		"PUT /v1/orgs/{org}/branding":                               {body: `{"display_name":"pwned"}`},
+		"PUT /v1/orgs/{org}/maintenance":                            {body: `{"message":"pwned"}`},
+		"DELETE /v1/orgs/{org}/maintenance":                         {},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

@@ -60,6 +60,7 @@ func (s *Server) table() []route {
 		pub("GET", "/v1/log/checkpoint", "log_checkpoint", s.logCheckpoint),
 		pub("GET", "/v1/log/key", "log_key", s.logKey),
 		pub("GET", "/v1/log/consistency", "log_consistency", s.logConsistency),
+		pub("GET", "/v1/log/proof/{receipt_id}", "log_proof", s.logProof),
 		pub("GET", "/v1/audit/checkpoint", "audit_checkpoint", s.auditCheckpoint),
 		pub("GET", "/v1/audit/key", "audit_key", s.auditKey),
 		ten("POST", "/v1/sign", "sign", tenants.ScopeSign, s.sign),
@@ -95,6 +96,8 @@ func (s *Server) table() []route {
 		ten("GET", "/v1/export-jobs/{export_id}", "export_job", tenants.ScopeRead, s.getExportJob),
 		ten("DELETE", "/v1/export-jobs/{export_id}", "export_job_cancel", tenants.ScopeRead, s.cancelExportJob),
 		pub("GET", "/v1/export-jobs/{export_id}/file", "export_download", s.downloadExport),
+		ten("POST", "/v1/branding/preview", "branding_preview", tenants.ScopeAdmin, s.brandingPreview),
+		ten("GET", "/v1/branding/style.css", "branding_style", tenants.ScopeRead, s.brandingStyle),
 	}
 }
 
@@ -129,15 +132,16 @@ func accountPath(p string) bool {
 // ConsolePrefix is where Deps.Console serves the dashboard.
 const ConsolePrefix = "/dashboard"
 
-// dispatch routes a request and returns the route name for metrics.
-func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
-	bound, ok := s.boundOrg(ctx)
-	if !ok {
-		return "misdirected"
-	}
+// dispatch routes a request bound to an organization's custom domain
+// ("": none) and returns the route name for metrics.
+func (s *Server) dispatch(ctx *fasthttp.RequestCtx, bound string) string {
 	if p := string(ctx.Path()); s.console != nil && (p == ConsolePrefix || strings.HasPrefix(p, ConsolePrefix+"/")) {
 		s.console(ctx)
 		return "console"
+	}
+	if p := string(ctx.Path()); s.verifyPage != nil && (p == VerifyPrefix || strings.HasPrefix(p, VerifyPrefix+"/")) {
+		s.verifyPage(ctx)
+		return "verify_page"
 	}
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
 		if org := accountOrg(string(ctx.Path())); bound != "" && org != "" && org != bound {
@@ -178,6 +182,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		}
 		if s.outsideDomain(ctx, bound, t) {
 			return "domain_bound"
+		}
+		ctx.SetUserValue(orgValue, t.ID)
+		if s.inMaintenance(ctx, t.ID) {
+			return "maintenance"
 		}
 		if refused := s.forbidden(ctx, t, r.Scope); refused != "" {
 			return refused

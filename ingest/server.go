@@ -140,6 +140,14 @@ type Deps struct {
 	Compliance ComplianceRenderer
 	// Console serves the dashboard's pages under ConsolePrefix (nil: 404).
 	Console http.Handler
+	// VerifyPage serves the hosted verification page under VerifyPrefix
+	// (nil: 404, and POST /v1/branding/preview draws error pages only).
+	VerifyPage VerifyPage
+	// Brands gives organizations' branding and maintenance: their error
+	// pages, JSON errors' support details, maintenance mode and
+	// GET /v1/branding/style.css (nil: the service's pages, no
+	// maintenance).
+	Brands Brands
 	// Ready and Live are extra readiness and liveness checks (for example
 	// the signer, or an embedded worker's health).
 	Ready []Check
@@ -274,14 +282,15 @@ type Server struct {
 	srv   *fasthttp.Server
 	promh fasthttp.RequestHandler
 	// accounts serves Deps.Accounts; nil without it.
-	accounts fasthttp.RequestHandler
-	console  fasthttp.RequestHandler
-	sess     sessions
-	ln       net.Listener
-	dln      net.Listener // the custom domains' (Config.DomainsAddr)
-	log      *slog.Logger
-	m        *metrics
-	routes   []route
+	accounts   fasthttp.RequestHandler
+	console    fasthttp.RequestHandler
+	verifyPage fasthttp.RequestHandler
+	sess       sessions
+	ln         net.Listener
+	dln        net.Listener // the custom domains' (Config.DomainsAddr)
+	log        *slog.Logger
+	m          *metrics
+	routes     []route
 	// stopping is closed when Run's context ends: results streams end.
 	stopping chan struct{}
 	// life ends with Run's context too. Handlers derive their contexts
@@ -349,6 +358,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	}
 	if deps.Console != nil {
 		s.console = fasthttpadaptor.NewFastHTTPHandler(deps.Console)
+	}
+	if deps.VerifyPage != nil {
+		s.verifyPage = fasthttpadaptor.NewFastHTTPHandler(deps.VerifyPage)
 	}
 	s.sess.m, s.sess.lookups = map[[32]byte]cachedSession{}, rate.NewLimiter(sessionLookups, 2*sessionLookups)
 	s.srv = &fasthttp.Server{
@@ -438,8 +450,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	name := "blocked"
 	if !s.blocked(ctx) {
-		name = s.dispatch(ctx)
+		name = s.dispatchIn(ctx)
 	}
+	s.decorateError(ctx)
 	h := &ctx.Response.Header
 	httpsec.Add(func(n string) bool { return h.Peek(n) != nil }, h.Set, ctx.IsTLS())
 	s.m.requests.WithLabelValues(name, strconv.Itoa(ctx.Response.StatusCode())).Inc()

@@ -33,6 +33,7 @@ import (
 	"github.com/certnode/certnode/sinks/translog"
 	usagesink "github.com/certnode/certnode/sinks/usage"
 	"github.com/certnode/certnode/sinks/webhook"
+	"github.com/certnode/certnode/verifypage"
 )
 
 // credentials is what `certnode dev` writes for the developer (mode 0600).
@@ -300,10 +301,14 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("%v", err)
 			}
+			vpage, err := verifypage.New(verifypage.Config{Brand: replica.Brand, OrgForHost: replica.DomainOrg})
+			if err != nil {
+				return usageErr("%v", err)
+			}
 			// Requests on a custom domain are bound to its organization,
 			// whoever terminates their TLS.
 			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica, Domains: replica,
-				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, Compliance: pdfRenderer{}, Log: tlogClient,
+				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, VerifyPage: vpage, Brands: replica, Compliance: pdfRenderer{}, Log: tlogClient,
 				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}
 			if df.enabled() {

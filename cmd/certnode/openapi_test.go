@@ -403,6 +403,21 @@ func TestOpenAPIContract(t *testing.T) {
 		// The proof needs to know whose receipt it is: ClickHouse (off here).
 		{name: "proof without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: e.key, status: 503, code: "storage_unavailable"},
 		{name: "proof unknown key", method: "GET", path: "/v1/receipts/" + rc.ReceiptID + "/proof", key: "cn_nope", status: 401, code: "unauthorized"},
+		// The public proof, for the verification page.
+		{name: "public proof", method: "GET", path: "/v1/log/proof/" + rc.ReceiptID, status: 200},
+		{name: "public proof of an unknown receipt", method: "GET", path: "/v1/log/proof/" + strings.Repeat("A", 43), status: 404, code: "not_logged"},
+		{name: "public proof of no receipt id", method: "GET", path: "/v1/log/proof/x", status: 400, code: "invalid_receipt_id"},
+
+		// Branding previews and style sheet.
+		{name: "preview an error page", method: "POST", path: "/v1/branding/preview", key: e.key, ctype: js,
+			body: `{"page":"404","branding":{"display_name":"Demo","colors":{"primary":"#112233"}}}`, status: 200},
+		{name: "preview the verification page", method: "POST", path: "/v1/branding/preview", key: e.key, ctype: js, body: `{"branding":{"custom_css":".cn-name{font-weight:700}"}}`, status: 200},
+		{name: "preview CSS that loads a URL", method: "POST", path: "/v1/branding/preview", key: e.key, ctype: js,
+			body: `{"branding":{"custom_css":"a{background:url(https://evil.test/x)}"}}`, status: 400, code: "invalid_branding"},
+		{name: "preview a page that is none", method: "POST", path: "/v1/branding/preview", key: e.key, ctype: js, body: `{"page":"teapot","branding":{}}`, offSpec: true, status: 400, code: "invalid_page"},
+		{name: "preview unknown key", method: "POST", path: "/v1/branding/preview", key: "cn_nope", ctype: js, body: `{"branding":{}}`, status: 401, code: "unauthorized"},
+		{name: "style sheet", method: "GET", path: "/v1/branding/style.css", key: e.key, status: 200},
+		{name: "style sheet unknown key", method: "GET", path: "/v1/branding/style.css", key: "cn_nope", status: 401, code: "unauthorized"},
 
 		// Auth is the same on every tenant route: a missing key breaks the
 		// document, an unknown one is the server's to refuse.

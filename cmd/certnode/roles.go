@@ -40,6 +40,7 @@ import (
 	chsink "github.com/certnode/certnode/sinks/clickhouse"
 	usagesink "github.com/certnode/certnode/sinks/usage"
 	"github.com/certnode/certnode/transparency"
+	"github.com/certnode/certnode/verifypage"
 )
 
 // kafkaFlags are shared by every role.
@@ -346,10 +347,15 @@ func newIngestCmd() *cobra.Command {
 					return &exitError{code: exitUsage, err: err}
 				}
 			}
+			vcfg := verifypage.Config{}
 			if orgs != nil { // the dashboard signs in with the coordinator's users
 				if deps.Console, err = console.New(); err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
+				deps.Brands, vcfg.Brand, vcfg.OrgForHost = replica, replica.Brand, replica.DomainOrg
+			}
+			if deps.VerifyPage, err = verifypage.New(vcfg); err != nil {
+				return &exitError{code: exitUsage, err: err}
 			}
 			if logURL != "" {
 				if logKey != "" {

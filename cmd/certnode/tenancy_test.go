@@ -12,6 +12,7 @@ import (
 	"github.com/go-json-experiment/json"
 
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/testenv"
 )
 
 // crossTenant is what tenant A ("demo") owns and tenant B ("other") must
@@ -298,6 +299,30 @@ func TestCrossTenant(t *testing.T) {
 			c.expect(t, e, exchange{name: "A on B's job", method: "GET", path: "/v1/jobs/" + b, key: e.key, status: 404, code: "not_found"})
 			c.expect(t, e, exchange{name: "A on B's job results", method: "GET", path: "/v1/jobs/" + b + "/results", key: e.key, status: 404, code: "not_found"})
 		},
+	}
+
+	// Branding: B's style sheet and previews hold nothing of A's branding
+	// (A's custom CSS carries A's secret).
+	brandA := func(t *testing.T) {
+		t.Helper()
+		c.expect(t, e, exchange{name: "A's branding", method: "PUT", path: "/v1/orgs/demo/branding", key: e.key, ctype: js,
+			body: `{"display_name":"Demo ` + a.secret + `","custom_css":"/* ` + a.secret + ` */ .cn-name { color: red }"}`, status: 200})
+		testenv.WaitFor(t, "ingest has A's branding", 10*time.Second, func() (bool, string) {
+			_, body := e.do("GET", "/v1/branding/style.css", e.key, "", "")
+			return strings.Contains(body, a.secret), body
+		})
+	}
+	cases["GET /v1/branding/style.css"] = func(t *testing.T) {
+		brandA(t)
+		a.leaks(t, c.expect(t, e, exchange{name: "B's style sheet", method: "GET", path: "/v1/branding/style.css", key: e.other, status: 200}).body)
+		c.expect(t, e, exchange{name: "B names A's organization", method: "GET", path: "/v1/branding/style.css?org=demo", key: e.other, status: 400, code: "org_mismatch"})
+	}
+	cases["POST /v1/branding/preview"] = func(t *testing.T) {
+		brandA(t)
+		for _, page := range []string{"verify", "404", "maintenance"} {
+			a.leaks(t, c.expect(t, e, exchange{name: "B previews " + page, method: "POST", path: "/v1/branding/preview", key: e.other, ctype: js,
+				body: `{"page":"` + page + `","branding":{}}`, status: 200}).body)
+		}
 	}
 
 	for key, run := range webhookCrossTenant(t, c, e, a) {

@@ -62,6 +62,7 @@ const PAGES = [
   { id: 'domains', title: 'Domains', roles: ALL, render: domains },
   { id: 'audit', title: 'Audit', roles: ['owner', 'admin'], render: audit },
   { id: 'security', title: 'Security', roles: ['owner', 'admin'], render: security },
+  { id: 'branding', title: 'Branding', roles: ['owner', 'admin'], render: branding },
 ];
 
 function stopTimers() {
@@ -148,7 +149,8 @@ async function pickOrg(org) {
   route();
 }
 
-// brand applies the organization's name, logo and colour (its settings).
+// brand applies the organization's branding (its settings): name, logo,
+// favicon, palette, and its style sheet (custom CSS), served by this site.
 function brand(o) {
   const s = o.settings || {};
   const name = s.display_name || o.name || o.id;
@@ -156,7 +158,19 @@ function brand(o) {
   document.title = name + ' · CertNode';
   const logo = document.getElementById('logo');
   if (s.logo_url && /^(https:|data:image\/)/.test(s.logo_url)) { logo.src = s.logo_url; logo.alt = name; logo.hidden = false; } else { logo.hidden = true; }
-  document.documentElement.style.setProperty('--brand', /^#[0-9a-fA-F]{6}$/.test(s.brand_color || '') ? s.brand_color : '#1f5fbf');
+  const c = s.colors || {};
+  const color = (v, d) => (/^#[0-9a-fA-F]{6}$/.test(v || '') ? v : d);
+  const root = document.documentElement.style;
+  root.setProperty('--brand', color(c.primary || s.brand_color, '#1f5fbf'));
+  root.setProperty('--accent', color(c.accent, '#0a7ea4'));
+  root.setProperty('--bg', color(c.background, '#ffffff'));
+  root.setProperty('--fg', color(c.text, '#1b1f24'));
+  const icon = document.getElementById('favicon');
+  icon.href = /^https:/.test(s.favicon_url || '') ? s.favicon_url : 'data:,';
+  document.getElementById('org-css')?.remove();
+  if (s.custom_css) {
+    document.head.append(el('link', { id: 'org-css', rel: 'stylesheet', href: '/v1/branding/style.css?' + qs({ org: o.id, v: o.updated_at }) }));
+  }
 }
 
 function route() {

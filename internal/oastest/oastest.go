@@ -17,6 +17,12 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 )
 
+// Pages and style sheets are text, as text/plain is.
+func init() {
+	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
+	openapi3filter.RegisterBodyDecoder("text/css", openapi3filter.PlainBodyDecoder)
+}
+
 // Doc is a loaded document, routed at a test server.
 type Doc struct {
 	*openapi3.T
