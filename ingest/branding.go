@@ -108,6 +108,28 @@ func (s *Server) brandingStyle(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []
 	ctx.SetBodyString(brand.StyleSheet(&b))
 }
 
+// brandingHost answers GET /v1/branding/host: the public face of the
+// organization whose custom domain the request came to (its name, logo,
+// favicon, palette and support details: what its pages there show
+// anyone), for the pages drawn before anyone signs in there, such as the
+// dashboard's sign-in. On any other host: 404 not_custom_domain.
+func (s *Server) brandingHost(ctx *fasthttp.RequestCtx) {
+	org, _ := ctx.UserValue(orgValue).(string)
+	var o brand.Org
+	ok := org != "" && s.deps.Brands != nil
+	if ok {
+		o, ok = s.deps.Brands.Brand(org)
+	}
+	if !ok {
+		apiError(ctx, fasthttp.StatusNotFound, "not_custom_domain", "this host is not an organization's custom domain")
+		return
+	}
+	b := o.Branding
+	b.CustomCSS, b.ErrorPages = "", nil
+	ctx.Response.Header.Set("Cache-Control", "public, max-age=60")
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"id": o.ID, "name": o.Name, "settings": b})
+}
+
 // receiptIDPat is a receipt id: a base64url SHA-256.
 var receiptIDPat = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
 

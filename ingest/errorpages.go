@@ -57,12 +57,12 @@ func (s *Server) dispatchIn(ctx *fasthttp.RequestCtx) string {
 }
 
 // maintenanceExempt are the paths an organization in maintenance still
-// reaches: the account routes and the dashboard (to turn it off), the
-// probes, and the published keys (receipts already handed out must stay
-// verifiable).
+// reaches: the account routes and the dashboard (to turn it off) with its
+// sign-in page's branding, the probes, and the published keys (receipts
+// already handed out must stay verifiable).
 func maintenanceExempt(p string) bool {
 	switch p {
-	case "/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/v1/jwks":
+	case "/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/v1/jwks", "/v1/branding/host":
 		return true
 	}
 	return accountPath(p) || p == ConsolePrefix || strings.HasPrefix(p, ConsolePrefix+"/")

@@ -57,6 +57,7 @@ func (s *Server) table() []route {
 		pub("GET", "/v1/jwks", "jwks", s.jwks),
 		pub("GET", "/openapi.json", "openapi", s.openAPI),
 		pub("GET", "/v1/webhooks/event-types", "event_types", s.eventTypes),
+		pub("GET", "/v1/branding/host", "branding_host", s.brandingHost),
 		pub("GET", "/v1/log/checkpoint", "log_checkpoint", s.logCheckpoint),
 		pub("GET", "/v1/log/key", "log_key", s.logKey),
 		pub("GET", "/v1/log/consistency", "log_consistency", s.logConsistency),

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +38,9 @@ func newBrowser(t *testing.T, width, height int) *browser {
 	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(bin),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"),
+		// Names under .test (custom domains) are this machine; nothing else
+		// resolves.
+		chromedp.Flag("host-resolver-rules", "MAP *.test 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"),
 		chromedp.WindowSize(width, height))
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
@@ -301,6 +304,21 @@ func TestDashboard(t *testing.T) {
 	ns.Set("_certnode-challenge.shop.dash.test", "certnode-verify="+dom.Token)
 	b.do("verify", chromedp.Click(chromedp.CSS(`tr[data-domain="shop.dash.test"] [data-testid=verify-domain]`)))
 	b.waitFor("the domain verified", `(() => { const r = `+row+`; return !!r && r.dataset.state === 'verified'; })()`, 10*time.Second)
+	// On it, the sign-in page wears the organization's brand.
+	if code, body := e.admin("PUT", "/v1/orgs/"+c.Tenant+"/branding", `{"display_name":"Dash Shop","colors":{"primary":"#aa3300"}}`); code != 200 {
+		t.Fatalf("branding: %d %s", code, body)
+	}
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(e.base, "http://"))
+	bd := newBrowser(t, 1280, 900)
+	bd.do("open the dashboard on the custom domain", chromedp.Navigate("http://shop.dash.test:"+port+"/dashboard"), chromedp.WaitVisible(chromedp.CSS("#email")))
+	bd.waitFor("the sign-in page is the organization's", `document.body.dataset.hostBrand === '`+c.Tenant+`' && document.title.startsWith('Dash Shop') && document.getElementById('org-name').textContent === 'Dash Shop' &&
+		getComputedStyle(document.documentElement).getPropertyValue('--brand').trim() === '#aa3300'`, 10*time.Second)
+	bs := newBrowser(t, 1280, 900)
+	bs.do("open the dashboard on the service's address", chromedp.Navigate(e.base+"/dashboard"), chromedp.WaitVisible(chromedp.CSS("#email")))
+	bs.waitFor("the service's page asked for a brand", `document.body.dataset.hostBrand !== undefined`, 10*time.Second)
+	if name := eval[string](bs, `document.getElementById('org-name').textContent + document.body.dataset.hostBrand`); name != "CertNode" {
+		t.Fatalf("the service's own sign-in page shows %q", name)
+	}
 	eval[bool](b, `(window.confirm = () => true, true)`)
 	b.do("remove the domain", chromedp.Click(chromedp.CSS(`tr[data-domain="shop.dash.test"] [data-testid=remove-domain]`)))
 	b.waitFor("the domain gone", `!`+row+` && document.getElementById('domains-status').textContent.includes('removed')`, 10*time.Second)

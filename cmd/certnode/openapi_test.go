@@ -23,7 +23,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/ingest"
+	"github.com/certnode/certnode/internal/mail/mailtest"
 	"github.com/certnode/certnode/internal/oastest"
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -97,6 +99,7 @@ func bearerPresent(_ context.Context, in *openapi3filter.AuthenticationInput) er
 type exchange struct {
 	name                           string
 	method, path, key, ctype, body string
+	host                           string // the request's Host, if not the server's address
 	// offSpec: the request breaks the document (the server must refuse
 	// it, or accept only the part it can, as a bulk upload does).
 	offSpec bool
@@ -117,6 +120,9 @@ func (x exchange) request(base string) *http.Request {
 	}
 	if x.ctype != "" {
 		req.Header.Set("Content-Type", x.ctype)
+	}
+	if x.host != "" {
+		req.Host = x.host
 	}
 	return req
 }
@@ -329,7 +335,8 @@ func (c *contract) checkCoverage(t *testing.T) {
 // TestOpenAPIContract drives every route of a running `certnode dev` and
 // validates requests and responses, errors included, against the document.
 func TestOpenAPIContract(t *testing.T) {
-	e := startDev(t)
+	ns := mailtest.StartDNS(t) // proves the demo organization's custom domain
+	e := startDev(t, "--dns-resolver", ns.Addr)
 	c := newContract(t, e)
 	const js = "application/json"
 	t.Run("the document has exactly the served routes", c.checkRoutes)
@@ -356,6 +363,28 @@ func TestOpenAPIContract(t *testing.T) {
 	}
 	json.Unmarshal([]byte(receipt), &rc, json.RejectUnknownMembers(false))
 	_, jwks := e.do("GET", "/.well-known/jwks.json", "", "", "")
+
+	// The demo organization's custom domain, proved by DNS.
+	code, body := e.admin("POST", "/v1/orgs/"+e.creds().Tenant+"/domains", `{"name":"api.contract.test"}`)
+	var dom struct {
+		Token string `json:"token"`
+	}
+	if json.Unmarshal([]byte(body), &dom, json.RejectUnknownMembers(false)); code != 201 {
+		t.Fatalf("add a domain: %d %s", code, body)
+	}
+	ns.Set("_certnode-challenge.api.contract.test", "certnode-verify="+dom.Token)
+	if code, body := e.admin("POST", "/v1/orgs/"+e.creds().Tenant+"/domains/api.contract.test/verify", ""); code != 200 {
+		t.Fatalf("verify the domain: %d %s", code, body)
+	}
+	testenv.WaitFor(t, "ingest binds the domain", 10*time.Second, func() (bool, string) {
+		r := exchange{method: "GET", path: "/v1/branding/host", host: "api.contract.test"}.request(e.base)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, resp.Status
+	})
 
 	job := c.expect(t, e, exchange{name: "sign job", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: ndjson,
 		body: "{\"n\":1}\n\n{\"n\":3}\n", status: 202}).body
@@ -418,6 +447,8 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "preview unknown key", method: "POST", path: "/v1/branding/preview", key: "cn_nope", ctype: js, body: `{"branding":{}}`, status: 401, code: "unauthorized"},
 		{name: "style sheet", method: "GET", path: "/v1/branding/style.css", key: e.key, status: 200},
 		{name: "style sheet unknown key", method: "GET", path: "/v1/branding/style.css", key: "cn_nope", status: 401, code: "unauthorized"},
+		{name: "a custom domain's face", method: "GET", path: "/v1/branding/host", host: "api.contract.test", status: 200},
+		{name: "the service's own host has none", method: "GET", path: "/v1/branding/host", status: 404, code: "not_custom_domain"},
 
 		// Auth is the same on every tenant route: a missing key breaks the
 		// document, an unknown one is the server's to refuse.

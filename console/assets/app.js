@@ -115,6 +115,9 @@ async function start() {
 function signedOut() {
   stopTimers();
   S.me = null; S.org = ''; S.role = '';
+  // On an organization's custom domain, its sign-in page wears its brand.
+  // data-host-brand says once the answer is in.
+  api('/v1/branding/host').then((o) => { brand(o); document.body.dataset.hostBrand = o.id; }, () => { document.body.dataset.hostBrand = ''; });
   document.getElementById('nav').hidden = true;
   document.getElementById('who').hidden = true;
   const msg = el('p', { class: 'error', role: 'alert', id: 'login-error' });
