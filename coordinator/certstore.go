@@ -120,7 +120,7 @@ func (c *LockCert) validate(s *State) error {
 	l := s.CertLocks[c.Name]
 	switch {
 	case c.Renew && (l == nil || l.Token != c.Token):
-		return fmt.Errorf("%w: the lock %q is not held by this token (it lapsed)", ErrConflict, c.Name)
+		return fmt.Errorf("%w: the lease on %q lapsed", ErrLocked, c.Name)
 	case !c.Renew && l != nil && l.Token != c.Token && c.Now.Before(l.Expires):
 		return ErrLocked
 	}
@@ -333,7 +333,7 @@ func (c *CertStore) List(ctx context.Context, prefix string, recursive bool) ([]
 }
 
 // Lock takes (renew: extends) the lease on name for token; false while
-// another holds it.
+// another holds it, or, renewing, once token's lease lapsed.
 func (c *CertStore) Lock(ctx context.Context, name, token string, ttl time.Duration, renew bool) (bool, error) {
 	err := c.r.nodeCall(ctx, "POST", "lock", url.Values{"key": {name}},
 		map[string]any{"token": token, "ttl_ms": ttl.Milliseconds(), "renew": renew}, nil)

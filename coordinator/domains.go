@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -15,7 +14,9 @@ import (
 
 	"golang.org/x/net/idna"
 
+	"github.com/certnode/certnode/internal/hostname"
 	"github.com/certnode/certnode/internal/mail"
+	"github.com/certnode/certnode/internal/text"
 )
 
 // Custom domains: an organization serves its API, JWKS and pages on a
@@ -70,6 +71,16 @@ type Domain struct {
 func (d *Domain) owner() string              { return d.Org }
 func (d *Domain) created() time.Time         { return d.CreatedAt }
 func domainsOf(st *State) map[string]*Domain { return st.Domains }
+
+// ClaimTTL is how long a claim may stay unproved: then another
+// organization may claim the name, so that nobody can hold a name by
+// adding it and never proving it.
+const ClaimTTL = 7 * 24 * time.Hour
+
+// lapsed reports whether an unproved claim is past ClaimTTL at now.
+func (d *Domain) lapsed(now time.Time) bool {
+	return !d.Bound() && d.State != DomainIssuing && now.Sub(d.CreatedAt) > ClaimTTL
+}
 
 // Bound reports whether the domain's ownership is established, so that
 // requests on it are bound to its organization: proved by DNS, or (HTTP
@@ -153,8 +164,8 @@ func (d *Domain) check() error {
 	if len(d.Token) < 16 || len(d.Token) > 64 {
 		errs = append(errs, invalid("token must be 16-64 bytes"))
 	}
-	if len(d.Reason) > 500 {
-		errs = append(errs, invalid("reason is at most 500 bytes"))
+	if len(d.Reason) > maxReason {
+		errs = append(errs, invalid("reason is at most %d bytes", maxReason))
 	}
 	if d.CreatedAt.IsZero() || d.UpdatedAt.IsZero() {
 		errs = append(errs, invalid("created_at and updated_at are required"))
@@ -184,11 +195,10 @@ func (c *AddDomain) validate(s *State) error {
 	if _, ok := s.Orgs[d.Org]; !ok {
 		return fmt.Errorf("%w: organization %q", ErrNotFound, d.Org)
 	}
-	if old := s.Domains[d.Name]; old != nil {
-		if old.Org == d.Org {
-			return fmt.Errorf("%w: the organization has the domain %q already", ErrConflict, d.Name)
-		}
-		return fmt.Errorf("%w: the domain %q belongs to another organization", ErrConflict, d.Name)
+	if old := s.Domains[d.Name]; old != nil && !old.lapsed(c.Meta.At) {
+		// The same answer whoever holds it: it tells nobody which names
+		// other organizations claim.
+		return fmt.Errorf("%w: the domain %q is claimed already", ErrConflict, d.Name)
 	}
 	n := 0
 	for _, o := range s.Domains {
@@ -203,7 +213,7 @@ func (c *AddDomain) validate(s *State) error {
 }
 func (c *AddDomain) apply(s *State) {
 	d := c.Domain
-	s.Domains[d.Name] = &d
+	s.Domains[d.Name] = &d // a lapsed claim of another organization goes
 }
 func (c *AddDomain) audit() (string, string, string) {
 	return "domain.add", c.Domain.Org, c.Domain.Name
@@ -240,8 +250,9 @@ type SetDomainState struct {
 	// Verified marks the ownership proved (at Meta.At).
 	Verified bool `json:"verified,omitempty"`
 	// The certificate served, with state active.
-	Serial   string    `json:"serial,omitempty"`
-	NotAfter time.Time `json:"not_after,omitzero"`
+	Serial    string    `json:"serial,omitempty"`
+	NotBefore time.Time `json:"not_before,omitzero"`
+	NotAfter  time.Time `json:"not_after,omitzero"`
 }
 
 func (*SetDomainState) cmdType() cmdType { return cmdSetDomainState }
@@ -256,8 +267,12 @@ func (c *SetDomainState) validate(s *State) error {
 		return fmt.Errorf("%w: domain %q is %s", ErrConflict, c.Name, d.State)
 	case c.Meta.At.IsZero():
 		return invalid("at is required")
-	case len(c.Reason) > 500 || len(c.Serial) > 128:
+	case len(c.Reason) > maxReason || len(c.Serial) > 128:
 		return invalid("reason or serial too long")
+	case c.State == DomainActive && !d.Bound() && c.NotBefore.Before(d.CreatedAt):
+		// A certificate proves an HTTP-verified name only if the CA issued
+		// it for this claim: not one left from an earlier holder.
+		return fmt.Errorf("%w: the certificate of %q predates its claim", ErrConflict, c.Name)
 	}
 	return nil
 }
@@ -309,6 +324,10 @@ func (s *Server) addDomain(w http.ResponseWriter, r *http.Request, sc scope, bod
 	name, err := NormalizeDomain(b.Name)
 	if err != nil {
 		s.fail(w, err)
+		return
+	}
+	if r := reservedBy(name, s.node.cfg.ReservedDomains); r != "" {
+		s.fail(w, invalid("domain %q: the service's own name %q and the names under it are reserved", name, r))
 		return
 	}
 	if b.Verification == "" {
@@ -371,12 +390,16 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, sc scope, 
 	if !ok {
 		return
 	}
-	switch d.State {
-	case DomainVerified, DomainIssuing, DomainActive:
+	now := time.Now().UTC()
+	switch {
+	case d.State == DomainVerified || d.State == DomainActive,
+		d.State == DomainIssuing && now.Sub(d.UpdatedAt) < issuingStale:
 		writeJSON(w, http.StatusOK, domainViewOf(nil, &d))
 		return
 	}
-	c := &SetDomainState{Meta: Meta{At: time.Now().UTC()}, Name: d.Name, Org: sc.org, From: []string{DomainPending, DomainFailed}}
+	// A domain issuing for long (no ingest node took it, or its outcome
+	// was lost) may be asked again.
+	c := &SetDomainState{Meta: Meta{At: now}, Name: d.Name, Org: sc.org, From: []string{DomainPending, DomainFailed, DomainIssuing}}
 	var failure error
 	switch {
 	case d.Verification == VerifyHTTP:
@@ -389,7 +412,7 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, sc scope, 
 		cancel()
 		c.State, c.Verified = DomainVerified, true
 		if failure != nil {
-			c.State, c.Verified, c.Reason = DomainPending, false, failure.Error()
+			c.State, c.Verified, c.Reason = DomainPending, false, text.Clip(failure.Error(), maxReason)
 		}
 	}
 	if !s.commit(w, r, c) {
@@ -406,6 +429,13 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, sc scope, 
 	}
 	writeJSON(w, http.StatusOK, domainViewOf(nil, &d))
 }
+
+// maxReason bounds a domain's reason.
+const maxReason = 500
+
+// issuingStale is how long an issuance may go without news before its
+// owner may ask again.
+const issuingStale = 10 * time.Minute
 
 // domainCheckTimeout bounds one TXT lookup.
 const domainCheckTimeout = 10 * time.Second
@@ -466,7 +496,7 @@ func (r *Replica) DomainOrg(host string) (string, bool) {
 	if st == nil || len(st.domains) == 0 {
 		return "", false
 	}
-	d := st.domains[hostName(host)]
+	d := st.domains[hostname.Of(host)]
 	if d == nil || !d.Bound() || st.orgs[d.Org] == nil {
 		return "", false
 	}
@@ -492,11 +522,12 @@ func (r *Replica) ReportDomain(ctx context.Context, c SetDomainState) error {
 	return r.postNode(ctx, "/v1/node/domains/"+url.PathEscape(c.Name)+"/state", c)
 }
 
-// hostName is a Host header's name: lower case, without port or trailing
-// dot.
-func hostName(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+// reservedBy is the reserved name that name is or lies under ("": none).
+func reservedBy(name string, reserved []string) string {
+	for _, r := range reserved {
+		if name == r || strings.HasSuffix(name, "."+r) {
+			return r
+		}
 	}
-	return strings.ToLower(strings.TrimSuffix(host, "."))
+	return ""
 }

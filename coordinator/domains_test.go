@@ -79,7 +79,7 @@ func TestDomainLifecycle(t *testing.T) {
 		t.Fatalf("added: %+v %+v", d, d.DNSRecord)
 	}
 	op.must(409, "POST", "/v1/orgs/acme/domains", `{"name":"api.lifecycle.example"}`)
-	if out := op.must(409, "POST", "/v1/orgs/globex/domains", `{"name":"api.lifecycle.example."}`); !strings.Contains(out, "another organization") {
+	if out := op.must(409, "POST", "/v1/orgs/globex/domains", `{"name":"api.lifecycle.example."}`); !strings.Contains(out, "is claimed already") {
 		t.Fatalf("taken: %s", out)
 	}
 	op.must(400, "POST", "/v1/orgs/acme/domains", `{"name":"*.lifecycle.example"}`)
@@ -150,7 +150,14 @@ func TestDomainLifecycle(t *testing.T) {
 		t.Fatalf("http failed: %+v", h)
 	}
 	json.Unmarshal([]byte(op.must(200, "POST", "/v1/orgs/globex/domains/verify.lifecycle.example/verify", "")), &h)
-	if err := r.ReportDomain(ctx, SetDomainState{Name: "verify.lifecycle.example", Org: "globex", State: DomainActive, Serial: "ff"}); err != nil {
+	// A certificate from before the claim (an earlier holder's) proves
+	// nothing; one the CA issued since does.
+	if err := r.ReportDomain(ctx, SetDomainState{Name: "verify.lifecycle.example", Org: "globex", State: DomainActive, Serial: "ee",
+		NotBefore: h.CreatedAt.Add(-time.Hour)}); err == nil || !strings.Contains(err.Error(), "predates its claim") {
+		t.Fatalf("a leftover certificate: %v", err)
+	}
+	if err := r.ReportDomain(ctx, SetDomainState{Name: "verify.lifecycle.example", Org: "globex", State: DomainActive, Serial: "ff",
+		NotBefore: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, "the http domain bound", 5*time.Second, func() (bool, string) {
@@ -242,7 +249,7 @@ func TestCertStore(t *testing.T) {
 	if ok, err := lock(b, time.Minute, false); ok || err != nil {
 		t.Fatalf("second holder: %v %v", ok, err)
 	}
-	if ok, err := lock(b, time.Minute, true); ok || err == nil {
+	if ok, err := lock(b, time.Minute, true); ok || err != nil {
 		t.Fatalf("renewed by another: %v %v", ok, err)
 	}
 	if err := cs.Unlock(ctx, "issue_cert_a.example", b); err == nil {
@@ -255,7 +262,7 @@ func TestCertStore(t *testing.T) {
 		ok, err := lock(b, time.Minute, false)
 		return ok, fmt.Sprint(err)
 	})
-	if ok, err := lock(a, time.Minute, true); ok || err == nil {
+	if ok, err := lock(a, time.Minute, true); ok || err != nil {
 		t.Fatal("a lapsed holder renewed the lease another took")
 	}
 	if err := cs.Unlock(ctx, "issue_cert_a.example", b); err != nil {
@@ -284,4 +291,56 @@ func FuzzNormalizeDomain(f *testing.F) {
 			t.Fatalf("%q -> %q", in, n)
 		}
 	})
+}
+
+// An unproved claim holds a name for ClaimTTL only: then another
+// organization may claim it, so that nobody can sit on a name.
+func TestDomainClaimLapses(t *testing.T) {
+	st := newState()
+	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	for _, o := range []string{"acme", "globex"} {
+		st.Orgs[o] = &Org{ID: o, Name: o, Status: OrgActive, Plan: DefaultPlan}
+	}
+	claim := func(org string, at time.Time) *AddDomain {
+		return &AddDomain{Meta: Meta{At: at}, Domain: Domain{Name: "shop.example.com", Org: org, Verification: VerifyDNS, State: DomainPending,
+			Token: strings.Repeat("t", 32), CreatedAt: at, UpdatedAt: at}}
+	}
+	first := claim("acme", t0)
+	if err := first.validate(st); err != nil {
+		t.Fatal(err)
+	}
+	first.apply(st)
+	if err := claim("globex", t0.Add(ClaimTTL-time.Hour)).validate(st); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a fresh claim of another: %v", err)
+	}
+	late := claim("globex", t0.Add(ClaimTTL+time.Hour))
+	if err := late.validate(st); err != nil {
+		t.Fatalf("a lapsed claim of another: %v", err)
+	}
+	late.apply(st)
+	if st.Domains["shop.example.com"].Org != "globex" {
+		t.Fatal("the lapsed claim stayed")
+	}
+	// A proved domain never lapses.
+	d := *st.Domains["shop.example.com"]
+	d.State, d.VerifiedAt = DomainActive, t0.Add(ClaimTTL+2*time.Hour)
+	st.Domains[d.Name] = &d
+	if err := claim("acme", t0.Add(10*ClaimTTL)).validate(st); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a proved domain claimed by another: %v", err)
+	}
+}
+
+// No organization may claim the service's own names or names under them.
+func TestReservedDomains(t *testing.T) {
+	n := startNodeCfg(t, Config{ID: "solo", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true,
+		ReservedDomains: []string{"api.certnode.example"}})
+	testenv.WaitFor(t, "leader", 10*time.Second, func() (bool, string) { return n.node.IsLeader(), "" })
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"acme"}`)
+	for _, name := range []string{"api.certnode.example", "API.Certnode.Example.", "eu.api.certnode.example"} {
+		if out := op.must(400, "POST", "/v1/orgs/acme/domains", `{"name":"`+name+`","verification":"http"}`); !strings.Contains(out, "reserved") {
+			t.Fatalf("%s: %s", name, out)
+		}
+	}
+	op.must(201, "POST", "/v1/orgs/acme/domains", `{"name":"notapi.certnode.example.org"}`)
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -56,6 +57,9 @@ type Config struct {
 	// Audit sends the audit events (applied changes, relayed by the leader,
 	// and refused requests) to the audit log; nil: they stay in the state.
 	Audit AuditPublisher
+	// ReservedDomains are the service's own names (its public and API
+	// hosts): no organization may claim them or a name under them.
+	ReservedDomains []string
 	// Resolver looks up the TXT records proving custom domains and the
 	// sending domains' DKIM records (nil: the first server of
 	// /etc/resolv.conf).
@@ -118,6 +122,11 @@ func (c *Config) Validate() error {
 	if c.Bootstrap && c.Join != "" {
 		errs = append(errs, errors.New("coordinator: --bootstrap and --join exclude each other"))
 	}
+	for _, d := range c.ReservedDomains {
+		if n, err := NormalizeDomain(d); err != nil || n != d {
+			errs = append(errs, fmt.Errorf("coordinator: --reserved-domains %q: a lower-case domain name", d))
+		}
+	}
 	if len(c.AdminToken) < 16 || len(c.NodeToken) < 16 {
 		errs = append(errs, errors.New("coordinator: the admin and node tokens must be at least 16 bytes"))
 	}
@@ -132,6 +141,9 @@ type Node struct {
 	trans *raft.NetworkTransport
 	logs  *raftboltdb.BoltStore
 	log   *slog.Logger
+	// barrierTerm is the term this node last passed a barrier in as leader
+	// (Consistent).
+	barrierTerm atomic.Value
 }
 
 // Open starts the raft node: its log and stable store (BoltDB), snapshots
@@ -274,14 +286,24 @@ func (n *Node) Propose(c Command) (uint64, error) {
 	return res.index, res.err
 }
 
-// Consistent waits until this node, as the leader, has applied every
-// entry committed before the call: a read after it sees every write
-// acknowledged before it (a key check right after a revoke).
+// Consistent makes a read on this node linearizable: it confirms the
+// node still leads (a round of heartbeats) and, once per term, waits for a
+// barrier, so that entries of earlier terms are applied here. A barrier is
+// a log entry: one per read would let anonymous readers write to the log.
+// Later in the term every write this leader acknowledged is applied.
 func (n *Node) Consistent() error {
 	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return ErrNotLeader
 	}
-	return n.raft.Barrier(n.cfg.ApplyTimeout).Error()
+	term := n.raft.Stats()["term"]
+	if t, _ := n.barrierTerm.Load().(string); t == term {
+		return nil
+	}
+	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+		return err
+	}
+	n.barrierTerm.Store(term)
+	return nil
 }
 
 // Leader returns the leader's id and HTTP address, if known.

@@ -1,11 +1,11 @@
 package ingest
 
 import (
-	"net"
 	"strings"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/certnode/certnode/internal/hostname"
 	"github.com/certnode/certnode/internal/tenants"
 )
 
@@ -25,7 +25,7 @@ func (s *Server) boundOrg(ctx *fasthttp.RequestCtx) (string, bool) {
 	}
 	host := string(ctx.Host())
 	if cs := ctx.TLSConnectionState(); cs != nil && cs.ServerName != "" {
-		if _, custom := s.deps.Domains.DomainOrg(cs.ServerName); custom && !strings.EqualFold(hostOnly(host), cs.ServerName) {
+		if _, custom := s.deps.Domains.DomainOrg(cs.ServerName); custom && hostname.Of(host) != hostname.Of(cs.ServerName) {
 			apiError(ctx, fasthttp.StatusMisdirectedRequest, "misdirected_request",
 				"this connection was opened for "+cs.ServerName+": send its requests with that Host")
 			return "", false
@@ -33,13 +33,6 @@ func (s *Server) boundOrg(ctx *fasthttp.RequestCtx) (string, bool) {
 	}
 	org, _ := s.deps.Domains.DomainOrg(host)
 	return org, true
-}
-
-func hostOnly(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		return h
-	}
-	return strings.TrimSuffix(host, ".")
 }
 
 // outsideDomain refuses a caller of another organization than the custom

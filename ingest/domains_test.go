@@ -8,13 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certnode/certnode/internal/hostname"
 	"github.com/certnode/certnode/internal/testenv"
 )
 
 type fakeDomains map[string]string
 
 func (f fakeDomains) DomainOrg(host string) (string, bool) {
-	org, ok := f[hostOnly(strings.ToLower(host))]
+	org, ok := f[hostname.Of(host)]
 	return org, ok
 }
 

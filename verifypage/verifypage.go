@@ -19,12 +19,12 @@ import (
 	"html/template"
 	"io/fs"
 	"mime"
-	"net"
 	"net/http"
 	"path"
 	"strings"
 
 	"github.com/certnode/certnode/internal/brand"
+	"github.com/certnode/certnode/internal/hostname"
 )
 
 // Prefix is where the page is served.
@@ -116,11 +116,7 @@ func (h *Handler) hostOrg(r *http.Request) *brand.Org {
 	if h.cfg.OrgForHost == nil || h.cfg.Brand == nil {
 		return nil
 	}
-	host := r.Host
-	if hh, _, err := net.SplitHostPort(host); err == nil {
-		host = hh
-	}
-	id, ok := h.cfg.OrgForHost(strings.ToLower(strings.TrimSuffix(host, ".")))
+	id, ok := h.cfg.OrgForHost(hostname.Of(r.Host))
 	if !ok {
 		return nil
 	}

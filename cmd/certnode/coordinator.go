@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +36,7 @@ func newCoordinatorCmd() *cobra.Command {
 	var kf kafkaFlags
 	var tf tlsFlags
 	var peerCA, resolver string
+	var reserved []string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator node (Raft): organizations, API keys and the cluster's membership",
@@ -58,6 +61,7 @@ func newCoordinatorCmd() *cobra.Command {
 			if resolver != "" {
 				cfg.Resolver = &mail.Resolver{Addr: resolver}
 			}
+			cfg.ReservedDomains = reservedDomains(reserved, cfg.PublicURL)
 			if err := errors.Join(err1, err2, err3, err4, err5, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -108,6 +112,8 @@ func newCoordinatorCmd() *cobra.Command {
 	bindEnv(fs, "raft-tls", "CERTNODE_COORDINATOR_RAFT_TLS")
 	fs.StringVar(&cfg.PublicURL, "public-url", "", "the service's public base URL, which links in email previews point under (the mailers' --public-url)")
 	bindEnv(fs, "public-url", "CERTNODE_PUBLIC_URL")
+	fs.StringSliceVar(&reserved, "reserved-domains", nil, "the service's own host names (its API's, its dashboard's): no organization may claim them or a name under them as a custom domain (--public-url's host is reserved too)")
+	bindEnv(fs, "reserved-domains", "CERTNODE_RESERVED_DOMAINS")
 	fs.StringVar(&resolver, "dns-resolver", "", "the DNS server (host:port) asked for the TXT records proving custom domains and sending domains' DKIM keys (default: the first of /etc/resolv.conf)")
 	bindEnv(fs, "dns-resolver", "CERTNODE_DNS_RESOLVER")
 	fs.DurationVar(&cfg.OrgKeyActivationDelay, "org-key-activation-delay", coordinator.DefaultOrgKeyActivationDelay,
@@ -209,4 +215,25 @@ func requiredSecret(name string) (string, error) {
 		return "", fmt.Errorf("$%s (or $%s_FILE) is required", name, name)
 	}
 	return strings.TrimSpace(v), nil
+}
+
+// reservedDomains are the names no organization may claim: those given,
+// lower-cased, and the host of the service's public URL when it is a
+// name. A malformed one is left for Config.Validate to name.
+func reservedDomains(names []string, publicURL string) []string {
+	var out []string
+	for _, n := range names {
+		if n = strings.TrimSpace(n); n != "" {
+			if c, err := coordinator.NormalizeDomain(n); err == nil {
+				n = c
+			}
+			out = append(out, n)
+		}
+	}
+	if u, err := url.Parse(publicURL); err == nil && u.Hostname() != "" {
+		if c, err := coordinator.NormalizeDomain(u.Hostname()); err == nil && !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }

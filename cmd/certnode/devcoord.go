@@ -30,7 +30,8 @@ import (
 func openDevCoordinator(dir, httpAddr, publicURL string, creds *credentials, events coordinator.AuditPublisher, res coordinator.Resolver) (*coordinator.Server, error) {
 	return coordinator.NewServer(coordinator.Config{ID: "dev", RaftAddr: "127.0.0.1:0", HTTPAddr: httpAddr,
 		DataDir: filepath.Join(dir, "coordinator"), Bootstrap: true, AdminToken: creds.AdminToken, NodeToken: creds.NodeToken,
-		WebhookAllow: devWebhookAllow, Audit: events, PublicURL: publicURL, Resolver: res, OrgKeyActivationDelay: devOrgKeyActivationDelay})
+		WebhookAllow: devWebhookAllow, Audit: events, PublicURL: publicURL, ReservedDomains: reservedDomains(nil, publicURL), Resolver: res,
+		OrgKeyActivationDelay: devOrgKeyActivationDelay})
 }
 
 // devOrgKeyActivationDelay is how long an organization's new key is

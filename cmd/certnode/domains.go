@@ -95,14 +95,15 @@ func (d replicaDomains) CustomDomains() (map[string]certs.Domain, bool) {
 	out := make(map[string]certs.Domain, len(ds))
 	for n, dom := range ds {
 		_, active := d.r.Limits(dom.Org)
-		out[n] = certs.Domain{Org: dom.Org, Serve: active && dom.Issuable(), State: dom.State, Serial: dom.CertSerial}
+		out[n] = certs.Domain{Org: dom.Org, Serve: active && dom.Issuable(), State: dom.State, Serial: dom.CertSerial,
+			Proved: dom.Bound(), Claimed: dom.CreatedAt}
 	}
 	return out, true
 }
 
 func (d replicaDomains) ReportDomain(ctx context.Context, r certs.Report) error {
 	err := d.r.ReportDomain(ctx, coordinator.SetDomainState{Name: r.Name, Org: r.Org, State: r.State, Reason: r.Reason,
-		From: r.From, Serial: r.Serial, NotAfter: r.NotAfter})
+		From: r.From, Serial: r.Serial, NotBefore: r.NotBefore, NotAfter: r.NotAfter})
 	if err != nil {
 		return fmt.Errorf("domain %s: %w", r.Name, err)
 	}

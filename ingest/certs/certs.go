@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/certnode/certnode/internal/hostname"
+	"github.com/certnode/certnode/internal/text"
 	"github.com/mholt/acmez/v3/acme"
 )
 
@@ -36,6 +38,10 @@ type Domain struct {
 	// State as the coordinator holds it, and the certificate it knows.
 	State  string
 	Serial string
+	// Proved: the ownership is established (an HTTP-verified domain is
+	// not, until its first certificate); Claimed: when it was added.
+	Proved  bool
+	Claimed time.Time
 }
 
 // Domains is the coordinator's view of custom domains (a replica): every
@@ -50,9 +56,9 @@ type Domains interface {
 type Report struct {
 	Name, Org, State, Reason string
 	// From: the states it may follow (empty: any).
-	From     []string
-	Serial   string
-	NotAfter time.Time
+	From                []string
+	Serial              string
+	NotBefore, NotAfter time.Time
 }
 
 // Config configures certificate management.
@@ -129,6 +135,13 @@ type Manager struct {
 	mu      sync.Mutex
 	managed map[string]context.CancelFunc // names under management here
 	served  map[string]bool               // names whose certificate is served
+	// known are the names of the last view, sent the time an active
+	// report was last queued for a name (re-sent when the coordinator's
+	// state disagrees with what is served), and swept when the
+	// certificates of domains that are gone were last looked for.
+	known map[string]bool
+	sent  map[string]time.Time
+	swept time.Time
 }
 
 // New makes a manager; Run starts it. The HTTP-01 listener is bound here,
@@ -151,7 +164,7 @@ func New(cfg Config, domains Domains, st Store, seal Sealer) (*Manager, error) {
 	}
 	log := slog.With("role", "ingest", "part", "certificates")
 	m := &Manager{cfg: cfg, domains: domains, store: newStorage(st, seal, log), log: log, reports: make(chan Report, 256),
-		managed: map[string]context.CancelFunc{}, served: map[string]bool{}}
+		managed: map[string]context.CancelFunc{}, served: map[string]bool{}, known: map[string]bool{}, sent: map[string]time.Time{}}
 	zl := zapLogger(log)
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return m.cm, nil },
@@ -193,7 +206,9 @@ func New(cfg Config, domains Domains, st Store, seal Sealer) (*Manager, error) {
 		Logger:                  zl,
 	})
 	m.cm.Issuers = []certmagic.Issuer{m.iss}
-	m.http = &http.Server{Handler: http.HandlerFunc(m.serveHTTP), ReadHeaderTimeout: 10 * time.Second,
+	// Port 80 is open to anyone: every wait is bounded.
+	m.http = &http.Server{Handler: http.HandlerFunc(m.serveHTTP), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	return m, nil
 }
@@ -205,7 +220,7 @@ func (m *Manager) HTTPAddr() string { return m.ln.Addr().String() }
 func (m *Manager) Serves(name string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.served[strings.ToLower(name)]
+	return m.served[hostname.Of(name)]
 }
 
 // TLSConfig serves the custom domains' certificates by SNI, and other
@@ -263,7 +278,8 @@ func (m *Manager) Close() {
 }
 
 // reconcile starts managing the domains to serve, stops serving the
-// others, and revokes the certificates of domains that are gone.
+// others, re-sends what the coordinator does not know of what is served,
+// and revokes the certificates of domains that are gone.
 func (m *Manager) reconcile(ctx context.Context) {
 	ds, ok := m.domains.CustomDomains()
 	if !ok {
@@ -281,13 +297,21 @@ func (m *Manager) reconcile(ctx context.Context) {
 			stop = append(stop, n)
 		}
 	}
-	for _, n := range start {
-		nctx, cancel := context.WithCancel(ctx)
-		m.managed[n] = cancel
-		if err := m.cm.ManageAsync(nctx, []string{n}); err != nil {
-			m.log.Error("managing a domain's certificate", "domain", n, "err", err)
+	gone := m.swept.IsZero() || time.Since(m.swept) > sweepEvery
+	for n := range m.known {
+		if _, ok := ds[n]; !ok {
+			gone = true
 		}
 	}
+	m.known = make(map[string]bool, len(ds))
+	for n := range ds {
+		m.known[n] = true
+	}
+	m.mu.Unlock()
+	for _, n := range start {
+		m.start(ctx, n, ds[n])
+	}
+	m.mu.Lock()
 	for _, n := range stop {
 		m.managed[n]()
 		delete(m.managed, n)
@@ -298,7 +322,57 @@ func (m *Manager) reconcile(ctx context.Context) {
 	for _, n := range stop {
 		m.log.Info("custom domain no longer served", "domain", n)
 	}
-	m.revokeGone(ctx, ds)
+	m.resend(ds)
+	if gone {
+		m.swept = time.Now()
+		m.revokeGone(ctx, ds)
+	}
+}
+
+// sweepEvery is how often the store is looked through for certificates of
+// domains that are gone, besides whenever one leaves the view: a removal
+// made while every node was down is found then.
+const sweepEvery = 10 * time.Minute
+
+// start manages a domain's certificate. An HTTP-verified domain not yet
+// proved must be proved by an order of its own: a certificate left in the
+// store by an earlier holder of the name is deleted first.
+func (m *Manager) start(ctx context.Context, n string, d Domain) {
+	if !d.Proved {
+		if cert, err := m.leaf(ctx, n); err == nil && cert.NotBefore.Before(d.Claimed) {
+			if err := m.store.Delete(ctx, certmagic.StorageKeys.CertsSitePrefix(m.iss.IssuerKey(), n)); err != nil {
+				m.log.Error("deleting an earlier holder's certificate", "domain", n, "err", err)
+				return // next poll
+			}
+		}
+	}
+	nctx, cancel := context.WithCancel(ctx)
+	m.mu.Lock()
+	m.managed[n] = cancel
+	m.mu.Unlock()
+	if err := m.cm.ManageAsync(nctx, []string{n}); err != nil {
+		m.log.Error("managing a domain's certificate", "domain", n, "err", err)
+	}
+}
+
+// resend queues an active report for each name served here whose
+// certificate the coordinator does not hold as active (a report lost, or
+// refused while the coordinator was away), at most once a minute each.
+func (m *Manager) resend(ds map[string]Domain) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for n := range m.served {
+		d := ds[n]
+		certs := m.cache.AllMatchingCertificates(n)
+		if len(certs) == 0 || certs[0].Leaf == nil {
+			continue
+		}
+		if d.State == stateActive && d.Serial == fmt.Sprintf("%x", certs[0].Leaf.SerialNumber) || time.Since(m.sent[n]) < time.Minute {
+			continue
+		}
+		m.sent[n] = time.Now()
+		m.queue(Report{Name: n, State: stateActive})
+	}
 }
 
 // revokeGone revokes, once across the nodes, the stored certificates of
@@ -308,7 +382,7 @@ func (m *Manager) revokeGone(ctx context.Context, ds map[string]Domain) {
 	prefix := certmagic.StorageKeys.CertsPrefix(m.iss.IssuerKey())
 	names, err := m.store.List(ctx, prefix, false)
 	if err != nil {
-		return // nothing stored yet (fs.ErrNotExist), or the store is away: next poll
+		return // nothing stored yet (fs.ErrNotExist), or the store is away: next sweep
 	}
 	for _, k := range names {
 		n := k[strings.LastIndexByte(k, '/')+1:]
@@ -368,6 +442,7 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 			// the reason, until a renewal succeeds or it expires.
 			r.State, r.From, r.Reason = stateActive, []string{stateActive}, "renewal failed, retrying: "+r.Reason
 		}
+		r.Reason = text.Clip(r.Reason, maxReason)
 		m.queue(r)
 	case "cached_managed_cert":
 		sans, _ := data["sans"].([]string)
@@ -397,12 +472,11 @@ func reason(err error) string {
 		}
 		return strings.TrimSpace(s)
 	}
-	s := err.Error()
-	if len(s) > 480 {
-		s = s[:480]
-	}
-	return s
+	return err.Error()
 }
+
+// maxReason bounds a reason, as the coordinator does.
+const maxReason = 500
 
 func (m *Manager) queue(r Report) {
 	select {
@@ -432,7 +506,7 @@ func (m *Manager) report(ctx context.Context) {
 					m.log.Error("reading a domain's certificate", "domain", r.Name, "err", err)
 					continue
 				}
-				r.Serial, r.NotAfter = fmt.Sprintf("%x", cert.SerialNumber), cert.NotAfter.UTC()
+				r.Serial, r.NotBefore, r.NotAfter = fmt.Sprintf("%x", cert.SerialNumber), cert.NotBefore.UTC(), cert.NotAfter.UTC()
 				if d.State == stateActive && d.Serial == r.Serial && r.Reason == "" {
 					continue // known already
 				}
@@ -463,12 +537,14 @@ func (m *Manager) leaf(ctx context.Context, name string) (*x509.Certificate, err
 // serveHTTP answers the CA's HTTP-01 requests from the shared store, and
 // sends other requests on a served custom domain to HTTPS.
 func (m *Manager) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if m.iss.HandleHTTPChallenge(w, r) {
+	host := hostname.Of(r.Host)
+	// Only the names of domains to serve reach the shared store: anyone
+	// may send this port any request. The local view is asked, not what
+	// this node manages: another node may have ordered a moment before
+	// this one polled its view.
+	ds, _ := m.domains.CustomDomains()
+	if ds[host].Serve && m.iss.HandleHTTPChallenge(w, r) {
 		return
-	}
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
 	}
 	if !m.Serves(host) {
 		http.Error(w, `{"error":{"code":"not_found","message":"no custom domain of that name is served here"}}`, http.StatusNotFound)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -18,7 +19,8 @@ import (
 // Store is the shared store certmagic's Storage is built on: the
 // coordinator's certificate store (coordinator.CertStore). Load, Stat and
 // List answer fs.ErrNotExist for what is not there; Lock reports false
-// while another token holds the lease.
+// while another token holds the lease, and for a renewal when this
+// token's lease lapsed (and another may hold it).
 type Store interface {
 	Load(ctx context.Context, key string) ([]byte, error)
 	Store(ctx context.Context, key string, value []byte) error
@@ -54,17 +56,19 @@ const (
 // accounts' and the certificates', every key ending in ".key") are
 // sealed, and locks are leases kept alive while held.
 type storage struct {
-	st   Store
-	seal Sealer
-	log  *slog.Logger
-	mu   sync.Mutex
-	held map[string]*lease // by lock name: the leases this process holds
+	st    Store
+	seal  Sealer
+	log   *slog.Logger
+	renew time.Duration // how often a held lease is renewed (leaseRenew)
+	mu    sync.Mutex
+	held  map[string]*lease // by lock name: the leases this process holds
 }
 
 type lease struct {
-	token string
-	stop  chan struct{}
-	done  chan struct{}
+	token  string
+	stop   chan struct{}
+	done   chan struct{}
+	lapsed atomic.Bool // another holder took it: release nothing
 }
 
 var (
@@ -73,7 +77,7 @@ var (
 )
 
 func newStorage(st Store, seal Sealer, log *slog.Logger) *storage {
-	return &storage{st: st, seal: seal, log: log, held: map[string]*lease{}}
+	return &storage{st: st, seal: seal, log: log, renew: leaseRenew, held: map[string]*lease{}}
 }
 
 func sealed(key string) bool { return strings.HasSuffix(key, ".key") }
@@ -140,8 +144,15 @@ func (s *storage) Lock(ctx context.Context, name string) error {
 	}
 }
 
-// TryLock takes the lease on name if nobody holds it.
+// TryLock takes the lease on name if nobody holds it: not another node,
+// and not this process (whose lease may have lapsed at the store while
+// it still works under it).
 func (s *storage) TryLock(ctx context.Context, name string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[name] != nil {
+		return false, nil
+	}
 	var b [18]byte
 	rand.Read(b[:])
 	token := base64.RawURLEncoding.EncodeToString(b[:])
@@ -150,36 +161,42 @@ func (s *storage) TryLock(ctx context.Context, name string) (bool, error) {
 		return false, err
 	}
 	l := &lease{token: token, stop: make(chan struct{}), done: make(chan struct{})}
-	s.mu.Lock()
 	s.held[name] = l
-	s.mu.Unlock()
 	go s.keep(name, l)
 	return true, nil
 }
 
-// keep renews a held lease until it is released. A renewal refused (the
-// lease lapsed and another took it) is logged: certmagic re-checks the
-// storage after its work, so the worst outcome is one extra order.
+// keep renews a held lease until it is released, or until a renewal is
+// refused (the lease lapsed and another took it): then it is no longer
+// this process's to renew or release. certmagic re-checks the storage
+// after its work, so the worst outcome is one extra order. A renewal that
+// fails to reach the store is tried again at the next tick.
 func (s *storage) keep(name string, l *lease) {
 	defer close(l.done)
-	t := time.NewTicker(leaseRenew)
+	t := time.NewTicker(s.renew)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.stop:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
-			_, err := s.st.Lock(ctx, name, l.token, leaseTTL, true)
+			ctx, cancel := context.WithTimeout(context.Background(), s.renew)
+			ok, err := s.st.Lock(ctx, name, l.token, leaseTTL, true)
 			cancel()
-			if err != nil {
-				s.log.Error("renewing a certificate lock", "name", name, "err", err)
+			switch {
+			case err != nil:
+				s.log.Warn("renewing a certificate lock", "name", name, "err", err)
+			case !ok:
+				s.log.Error("a certificate lock lapsed while held; another node may hold it now", "name", name)
+				l.lapsed.Store(true)
+				return
 			}
 		}
 	}
 }
 
-// Unlock releases the lease this process holds on name.
+// Unlock releases the lease this process holds on name (once lapsed and
+// taken by another, there is nothing of it to release).
 func (s *storage) Unlock(ctx context.Context, name string) error {
 	s.mu.Lock()
 	l := s.held[name]
@@ -190,6 +207,9 @@ func (s *storage) Unlock(ctx context.Context, name string) error {
 	}
 	close(l.stop)
 	<-l.done
+	if l.lapsed.Load() {
+		return nil
+	}
 	return s.st.Unlock(ctx, name, l.token)
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/certnode/certnode/internal/testenv"
 )
 
 // memStore is a Store in memory, with leases as the coordinator keeps
@@ -65,7 +67,7 @@ func (m *memStore) Lock(_ context.Context, name, token string, _ time.Duration, 
 	held, ok := m.locks[name]
 	switch {
 	case renew && held != token:
-		return false, errors.New("lapsed")
+		return false, nil
 	case renew:
 		m.renews++
 		return true, nil
@@ -174,7 +176,11 @@ func TestStorageLocks(t *testing.T) {
 	}
 	got := make(chan error, 1)
 	go func() { got <- s.Lock(ctx, "issue_cert_a.example") }()
-	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-got:
+		t.Fatalf("a waiter got a held lock: %v", err)
+	case <-time.After(1500 * time.Millisecond): // past one poll: it waits
+	}
 	if err := s.Unlock(ctx, "issue_cert_a.example"); err != nil {
 		t.Fatal(err)
 	}
@@ -194,5 +200,39 @@ func TestStorageLocks(t *testing.T) {
 	defer ms.mu.Unlock()
 	if len(ms.locks) != 0 {
 		t.Fatalf("left after release: %v", ms.locks)
+	}
+}
+
+// A lease that lapsed while held (another took it at the store) stops
+// being renewed, and its holder's Unlock releases nothing of the other's.
+func TestStorageLeaseLapses(t *testing.T) {
+	ms := newMemStore()
+	s := newStorage(ms, &rot13{}, slog.Default())
+	s.renew = 50 * time.Millisecond
+	ctx := context.Background()
+	if err := s.Lock(ctx, "issue_cert_a.example"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "a held lease renewed", 5*time.Second, func() (bool, string) {
+		ms.mu.Lock()
+		defer ms.mu.Unlock()
+		return ms.renews > 0, ""
+	})
+	ms.mu.Lock()
+	ms.locks["issue_cert_a.example"] = "another node's token"
+	ms.mu.Unlock()
+	l := s.held["issue_cert_a.example"]
+	select {
+	case <-l.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the renewals went on after the lease lapsed")
+	}
+	if err := s.Unlock(ctx, "issue_cert_a.example"); err != nil {
+		t.Fatal(err)
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.locks["issue_cert_a.example"] != "another node's token" {
+		t.Fatalf("the holder of a lapsed lease released another's: %v", ms.locks)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/certnode/certnode/internal/text"
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
 )
@@ -362,7 +363,7 @@ func (d *Dispatcher) post(ep *Endpoint, m *schemas.WebhookMessage, now time.Time
 	case err != nil:
 		o.err = err.Error()
 	case resp.Status >= 300 && resp.Status < 400:
-		o.err = "redirects are not followed (Location: " + truncate(resp.Header.Get("Location"), 200) + ")"
+		o.err = "redirects are not followed (Location: " + text.Clip(resp.Header.Get("Location"), 200) + ")"
 	}
 	if err == nil {
 		o.retryAfter = retryAfter(resp.Header.Get("Retry-After"), now)
@@ -382,13 +383,6 @@ func retryAfter(v string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 func maxTime(a, b time.Time) time.Time {
