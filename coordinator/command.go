@@ -95,6 +95,9 @@ var registry = map[cmdType]func() Command{
 	cmdSetOrgKeySettings: func() Command { return new(SetOrgKeySettings) },
 	cmdRequestOrgKey:     func() Command { return new(RequestOrgKey) },
 	cmdInstallOrgKey:     func() Command { return new(InstallOrgKey) },
+	// 70-79: API customization (apisettings.go).
+	cmdSetAPISettings: func() Command { return new(SetAPISettings) },
+	cmdSetKeyDefaults: func() Command { return new(SetKeyDefaults) },
 }
 
 func encode(c Command) ([]byte, error) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -40,6 +41,9 @@ func FuzzApply(f *testing.F) {
 			Request: &schemas.OrgKeyRequest{Org: "acme", ID: "okr_fuzz", Alg: schemas.AlgES256, Reason: OrgKeyReasonEnable, RequestedAt: t0}},
 		&RequestOrgKey{Request: schemas.OrgKeyRequest{Org: "acme", ID: "okr_two", Alg: schemas.AlgEdDSA, Reason: OrgKeyReasonManual, RequestedAt: t0}},
 		installAt("acme", testOrgKey(f, schemas.AlgES256, "okr_fuzz"), t0),
+		&SetAPISettings{Org: "acme", At: t0, Settings: apicustom.Settings{ResponseHeaders: map[string]string{"X-Acme": "1"},
+			WebhookReceipt: apicustom.ReceiptOmit, ReceiptMetadata: []byte(`{"env":"prod"}`), APIVersion: schemas.APIVersionBaseline}},
+		&SetKeyDefaults{Org: "acme", Key: key.ID, Defaults: apicustom.KeyDefaults{JobType: "verify", ResultFormat: apicustom.ResultsCompact}},
 	} {
 		data, _ := encode(c)
 		f.Add(data)

@@ -119,6 +119,10 @@ func (s *Server) routes() []route {
 		{"PUT", "/signing-keys/settings", s.leader(s.inOrg(permSigningKeysWrite, s.putSigningKeySettings)), false},
 		{"POST", "/signing-keys/rotate", s.leader(s.inOrg(permSigningKeysWrite, s.rotateSigningKey)), false},
 		{"GET", "/jwks", s.consistent(s.inOrg(permSigningKeysRead, s.orgJWKS)), false},
+		// API customization (apisettings.go).
+		{"GET", "/api-settings", s.inOrg(permOrgRead, s.getAPISettings), false},
+		{"PATCH", "/api-settings", s.leader(s.inOrg(permOrgWrite, s.patchAPISettings)), false},
+		{"PATCH", "/keys/{key}", s.leader(s.inOrg(permKeysWrite, s.patchKey)), true},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

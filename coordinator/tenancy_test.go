@@ -102,6 +102,9 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"PUT /v1/orgs/{org}/signing-keys/settings":                  {body: `{"enabled":true}`},
 		"POST /v1/orgs/{org}/signing-keys/rotate":                   {},
 		"GET /v1/orgs/{org}/jwks":                                   {},
+		"GET /v1/orgs/{org}/api-settings":                           {},
+		"PATCH /v1/orgs/{org}/api-settings":                         {body: `{"response_headers":{"X-Pwned":"yes"}}`},
+		"PATCH /v1/orgs/{org}/keys/{key}":                           {body: `{"defaults":{"job_type":"verify"}}`, ids: map[string]string{"key": gk.ID}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {
