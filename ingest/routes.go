@@ -139,6 +139,11 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		s.console(ctx)
 		return "console"
 	}
+	requested, ok := requestedVersion(ctx)
+	if !ok {
+		return "unknown_api_version"
+	}
+	s.applyVersion(ctx, requested, bound, nil)
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
 		if org := accountOrg(string(ctx.Path())); bound != "" && org != "" && org != bound {
 			apiError(ctx, fasthttp.StatusForbidden, "domain_bound", "this domain serves one organization only; use its own API address for others")
@@ -176,6 +181,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		if !ok {
 			return "unauthorized"
 		}
+		s.applyVersion(ctx, requested, t.ID, t)
 		if s.outsideDomain(ctx, bound, t) {
 			return "domain_bound"
 		}

@@ -165,6 +165,11 @@ type Deps struct {
 	// organization's custom domain (Domains) the JWKS routes serve its
 	// keys and the service's.
 	OrgKeys OrgKeySource
+
+	// API gives organizations' API settings: response headers, pinned
+	// versions, receipt metadata (nil: none, and every request gets the
+	// current version unless it asks for another).
+	API OrgAPI
 }
 
 // Config configures the HTTP tier.
@@ -440,6 +445,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if !s.blocked(ctx) {
 		name = s.dispatch(ctx)
 	}
+	s.addOrgHeaders(ctx)
 	h := &ctx.Response.Header
 	httpsec.Add(func(n string) bool { return h.Peek(n) != nil }, h.Set, ctx.IsTLS())
 	s.m.requests.WithLabelValues(name, strconv.Itoa(ctx.Response.StatusCode())).Inc()
