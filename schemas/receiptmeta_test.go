@@ -2,6 +2,8 @@ package schemas
 
 import (
 	"errors"
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +41,18 @@ func TestAPIVersions(t *testing.T) {
 	}
 	if APIVersionAtLeast(APIVersionBaseline, APIVersionReceiptMeta) || !APIVersionAtLeast(APIVersionReceiptMeta, APIVersionReceiptMeta) || APIVersionAtLeast("", APIVersionReceiptMeta) {
 		t.Fatal("at least")
+	}
+}
+
+// The README's changelog lists every version.
+func TestAPIVersionsInREADME(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range APIVersions {
+		if !strings.Contains(string(readme), "| `"+v.Version+"` |") {
+			t.Errorf("README's API versions table lacks %s", v.Version)
+		}
 	}
 }
