@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/tenants"
@@ -170,5 +171,24 @@ func TestKeyDefaults(t *testing.T) {
 	if full, compact := string(renderResult(res, 1, false)), string(renderResult(res, 1, true)); !strings.Contains(full, `"receipt":{`) ||
 		strings.Contains(compact, `"receipt":`) || !strings.Contains(compact, `"receipt_id":"r"`) {
 		t.Fatalf("full %s, compact %s", full, compact)
+	}
+}
+
+// Listened receipt.signed events leave the receipt out for an organization
+// that leaves it out of its webhook events.
+func TestListenOmitsReceipts(t *testing.T) {
+	h := &listenHub{topics: schemas.TopicsFor("t"), maxReceipt: 1 << 20,
+		api: fakeAPI{"omits": {WebhookReceipt: apicustom.ReceiptOmit}, "carries": {}}}
+	for org, carried := range map[string]bool{"omits": false, "carries": true} {
+		res := schemas.Result{V: 1, ID: "req_1", Tenant: org, Kind: schemas.KindSign, Status: schemas.StatusSigned, Auth: schemas.AuthIngest,
+			Kid: "k", ReceiptID: "r1", Receipt: []byte(`{"payload":{}}`), ProcessedAt: time.Now()}
+		val, _ := json.Marshal(res)
+		ev, err := h.event(&kgo.Record{Topic: h.topics.Receipts, Key: []byte(org), Value: val}, org)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(string(ev.body), `"receipt":{`); got != carried || !strings.Contains(string(ev.body), `"receipt_id":"r1"`) {
+			t.Errorf("%s: %s", org, ev.body)
+		}
 	}
 }

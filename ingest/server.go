@@ -344,6 +344,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.hub = newListenHub(cfg.Kafka, kadm.NewClient(s.prod), cfg.MaxListeners, cfg.WebhookReceiptBytes, s.m)
+	s.hub.api = deps.API
 	g := cfg.Gatherer
 	if g == nil {
 		g = prometheus.DefaultGatherer
