@@ -101,6 +101,9 @@ var registry = map[cmdType]func() Command{
 	cmdInstallOrgKey:     func() Command { return new(InstallOrgKey) },
 	cmdSetBranding:       func() Command { return new(SetBranding) },
 	cmdSetMaintenance:    func() Command { return new(SetMaintenance) },
+	// 70-79: API customization (apisettings.go).
+	cmdSetAPISettings: func() Command { return new(SetAPISettings) },
+	cmdSetKeyDefaults: func() Command { return new(SetKeyDefaults) },
 }
 
 func encode(c Command) ([]byte, error) {

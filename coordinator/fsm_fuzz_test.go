@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/schemas"
 )
@@ -44,6 +45,9 @@ func FuzzApply(f *testing.F) {
 		&SetBranding{Org: "acme", Branding: brand.Branding{DisplayName: "A", Colors: brand.Palette{Accent: "#010203"}, CustomCSS: "a{color:red}",
 			ErrorPages: map[string]string{brand.KindNotFound: "<h1>{{.Title}}</h1>"}}, At: t0.Add(time.Hour)},
 		&SetMaintenance{Org: "acme", Maintenance: &brand.Maintenance{Message: "m", Until: t0.Add(2 * time.Hour), Since: t0.Add(time.Hour)}, At: t0.Add(time.Hour)},
+		&SetAPISettings{Org: "acme", At: t0, Settings: apicustom.Settings{ResponseHeaders: map[string]string{"X-Acme": "1"},
+			WebhookReceipt: apicustom.ReceiptOmit, ReceiptMetadata: []byte(`{"env":"prod"}`), APIVersion: schemas.APIVersionBaseline}},
+		&SetKeyDefaults{Org: "acme", Key: key.ID, Defaults: apicustom.KeyDefaults{JobType: "verify", ResultFormat: apicustom.ResultsCompact}},
 	} {
 		data, _ := encode(c)
 		f.Add(data)

@@ -23,9 +23,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/egress"
 	"github.com/certnode/certnode/internal/httpsec"
 	"github.com/certnode/certnode/internal/tenants"
+	"github.com/certnode/certnode/schemas"
 )
 
 // Server is a node with its HTTP API: the operator's admin routes under
@@ -380,7 +382,8 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, body []byte) 
 		return
 	}
 	now := time.Now().UTC()
-	o := Org{ID: b.ID, Status: OrgActive, Plan: DefaultPlan, CreatedAt: now, UpdatedAt: now}
+	// Pinned to the version current now (apisettings.go).
+	o := Org{ID: b.ID, Status: OrgActive, Plan: DefaultPlan, CreatedAt: now, UpdatedAt: now, API: apicustom.Settings{APIVersion: schemas.LatestAPIVersion()}}
 	b.OrgPatch.applyTo(&o)
 	s.write(w, r, body, &PutOrg{Org: o, Create: true}, http.StatusCreated, o)
 }
@@ -471,6 +474,8 @@ type keyView struct {
 	// SuspendedAt and SuspendedFor: see APIKey.
 	SuspendedAt  time.Time `json:"suspended_at,omitzero"`
 	SuspendedFor string    `json:"suspended_for,omitempty"`
+	// Defaults: see APIKey.
+	Defaults apicustom.KeyDefaults `json:"defaults"`
 	// LastUsedAt is when an ingest node last admitted the key, to within
 	// about a minute.
 	LastUsedAt time.Time `json:"last_used_at,omitzero"`
@@ -480,7 +485,8 @@ type keyView struct {
 
 func viewOf(k *APIKey) keyView {
 	return keyView{ID: k.ID, Org: k.Org, Name: k.Name, Scopes: k.Scopes, CIDRs: k.CIDRs,
-		CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt, SuspendedAt: k.SuspendedAt, SuspendedFor: k.SuspendedFor}
+		CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt, SuspendedAt: k.SuspendedAt, SuspendedFor: k.SuspendedFor,
+		Defaults: k.Defaults}
 }
 
 // NewAPIKey makes a key: a public id (cnk_ and 12 letters or digits) and
@@ -508,10 +514,11 @@ func HashKey(key string) string {
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, body []byte) {
 	var b struct {
-		Name      string    `json:"name"`
-		Scopes    []string  `json:"scopes"`
-		CIDRs     []string  `json:"cidrs"`
-		ExpiresAt time.Time `json:"expires_at"`
+		Name      string                `json:"name"`
+		Scopes    []string              `json:"scopes"`
+		CIDRs     []string              `json:"cidrs"`
+		ExpiresAt time.Time             `json:"expires_at"`
+		Defaults  apicustom.KeyDefaults `json:"defaults"`
 	}
 	if err := decodeBody(body, &b); err != nil {
 		s.fail(w, err)
@@ -527,7 +534,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, sc scope, bod
 		return
 	}
 	k := APIKey{ID: id, Org: sc.org, Name: b.Name, Hash: hash, Scopes: b.Scopes, CIDRs: b.CIDRs,
-		CreatedAt: time.Now().UTC(), ExpiresAt: b.ExpiresAt}
+		CreatedAt: time.Now().UTC(), ExpiresAt: b.ExpiresAt, Defaults: b.Defaults}
 	v := viewOf(&k)
 	v.Key = secret
 	s.write(w, r, body, &CreateKey{Key: k}, http.StatusCreated, v)

@@ -270,6 +270,8 @@ func TestOpenAPIAccounts(t *testing.T) {
 		"POST /v1/orgs/{org}/domains":                               `{"name":"samples.acme.example"}`,
 		"POST /v1/orgs/{org}/email/domains":                         `{"domain":"mail.acme.test"}`,
 		"PUT /v1/orgs/{org}/signing-keys/settings":                  `{"enabled":false}`,
+		"PATCH /v1/orgs/{org}/api-settings":                         `{"webhook_receipt":"include"}`,
+		"PATCH /v1/orgs/{org}/keys/{key}":                           `{"defaults":{}}`,
 	}
 	// onlyCredentials fails unless x, made with credentials (ada's session
 	// and CSRF token, or the admin-scope key), would conform.
@@ -763,6 +765,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 		}
 	})
 	t.Run("signing keys", func(t *testing.T) { signingKeysConformance(t, k, n, ada, key, dev) })
+	t.Run("API settings", func(t *testing.T) { apiSettingsConformance(t, k, ada, key, dev) })
 
 	t.Run("idempotency", func(t *testing.T) {
 		idem := map[string]string{IdempotencyHeader: "create-ci-key-1"}

@@ -21,6 +21,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
@@ -99,6 +100,8 @@ type replicaState struct {
 	// retention is each organization's retention in days (absent: none).
 	retention map[string]int
 	orgKeys   replicaOrgKeys // organizations' own signing keys
+	// api is every organization's API settings (apisettings.go).
+	api map[string]*apicustom.Settings
 }
 
 // orgHooks is what the dispatcher needs of an organization.
@@ -129,7 +132,7 @@ type keyUse struct{ last, sent atomic.Int64 }
 func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 	rs := &replicaState{index: st.Index, keys: make(map[string]usableKey, len(st.State.Keys)), orgs: map[string]*replicaOrg{},
 		hooks: map[string]*orgHooks{}, quota: pendingQuotaAlerts(st.State.QuotaAlerts), reps: map[string]*Report{}, blocks: map[string]Block{},
-		retention: map[string]int{}, domains: map[string]*Domain{}}
+		retention: map[string]int{}, domains: map[string]*Domain{}, api: map[string]*apicustom.Settings{}}
 	for addr, b := range st.State.Blocks {
 		rs.blocks[addr] = *b
 	}
@@ -149,6 +152,7 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 			}
 		}
 		rs.hooks[id] = h
+		rs.api[id] = replicaAPI(o)
 		if o.Status == OrgActive {
 			rs.orgs[id] = &replicaOrg{limits: o.EffectiveLimits(), plans: o.PlanHistory, producer: map[string]*ProducerKey{}, subject: o.Settings.SubjectPointer,
 				brand: brand.Org{ID: id, Name: o.Name, Branding: o.Settings.Branding(), Maintenance: o.Maintenance}}
@@ -178,7 +182,8 @@ func newReplicaState(st *NodeState, prev *replicaState) *replicaState {
 		if org == nil || !k.RevokedAt.IsZero() || !k.SuspendedAt.IsZero() {
 			continue
 		}
-		t := &tenants.Tenant{ID: k.Org, Scopes: k.Scopes, KeyID: id, Limits: org.limits}
+		t := &tenants.Tenant{ID: k.Org, Scopes: k.Scopes, KeyID: id, Limits: org.limits, Defaults: k.Defaults,
+			APIVersion: keyVersion(k, rs.api[k.Org])}
 		for _, c := range k.CIDRs {
 			if p, err := netip.ParsePrefix(c); err == nil { // checked when the key was made
 				t.CIDRs = append(t.CIDRs, p.Masked())

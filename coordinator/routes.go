@@ -123,6 +123,10 @@ func (s *Server) routes() []route {
 		{"PUT", "/branding", s.leader(s.inOrg(permOrgWrite, s.putBranding)), false},
 		{"PUT", "/maintenance", s.leader(s.inOrg(permOrgWrite, s.putMaintenance)), true},
 		{"DELETE", "/maintenance", s.leader(s.inOrg(permOrgWrite, s.endMaintenance)), true},
+		// API customization (apisettings.go).
+		{"GET", "/api-settings", s.inOrg(permOrgRead, s.getAPISettings), false},
+		{"PATCH", "/api-settings", s.leader(s.inOrg(permOrgWrite, s.patchAPISettings)), false},
+		{"PATCH", "/keys/{key}", s.leader(s.inOrg(permKeysWrite, s.patchKey)), true},
 	}
 	for _, o := range orgRoutes {
 		rs = append(rs, route{pattern: o.method + " /v1/orgs/{org}" + o.path, h: caller(o.h), org: true})

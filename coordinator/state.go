@@ -13,6 +13,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/schemas"
@@ -215,8 +216,10 @@ type Org struct {
 	// with the plan's terms as they were, so a closed period is billed
 	// on the terms in effect then. The FSM appends to it.
 	PlanHistory []tenants.PlanPeriod `json:"plan_history,omitempty"`
-	CreatedAt   time.Time            `json:"created_at"`
-	UpdatedAt   time.Time            `json:"updated_at"`
+	// API is the organization's API customization (apisettings.go).
+	API       apicustom.Settings `json:"api,omitzero"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
 }
 
 // EffectiveLimits are the plan's limits with the organization's overrides.
@@ -305,6 +308,9 @@ type APIKey struct {
 	// SuspendedFor why.
 	SuspendedAt  time.Time `json:"suspended_at,omitzero"`
 	SuspendedFor string    `json:"suspended_for,omitempty"`
+	// Defaults are what the key's requests get when they do not say
+	// (apisettings.go).
+	Defaults apicustom.KeyDefaults `json:"defaults,omitzero"`
 }
 
 var (
@@ -373,6 +379,7 @@ func (o *Org) check() error {
 	if err := o.Limits.Check(); err != nil {
 		errs = append(errs, invalid("limits: %v", err))
 	}
+	errs = append(errs, checkAPI(&o.API))
 	if o.CreatedAt.IsZero() || o.UpdatedAt.IsZero() {
 		errs = append(errs, invalid("created_at and updated_at are required"))
 	}
@@ -426,6 +433,7 @@ func (k *APIKey) check() error {
 	if k.CreatedAt.IsZero() {
 		errs = append(errs, invalid("created_at is required"))
 	}
+	errs = append(errs, checkKeyDefaults(&k.Defaults))
 	if !k.ExpiresAt.IsZero() && !k.ExpiresAt.After(k.CreatedAt) {
 		errs = append(errs, invalid("expires_at must be after created_at"))
 	}

@@ -106,6 +106,9 @@ func TestCrossTenantRoutes(t *testing.T) {
 		"PUT /v1/orgs/{org}/branding":                               {body: `{"display_name":"pwned"}`},
 		"PUT /v1/orgs/{org}/maintenance":                            {body: `{"message":"pwned"}`},
 		"DELETE /v1/orgs/{org}/maintenance":                         {},
+		"GET /v1/orgs/{org}/api-settings":                           {},
+		"PATCH /v1/orgs/{org}/api-settings":                         {body: `{"response_headers":{"X-Pwned":"yes"}}`},
+		"PATCH /v1/orgs/{org}/keys/{key}":                           {body: `{"defaults":{"job_type":"verify"}}`, ids: map[string]string{"key": gk.ID}},
 	}
 	seen := map[string]bool{}
 	for _, rt := range n.routes() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/whsig"
 	"github.com/certnode/certnode/schemas"
 )
@@ -31,6 +32,10 @@ type WebhookEndpoint struct {
 	// Ordered: messages go one at a time, in order, a failing one holding
 	// back the rest of this endpoint's (and only this endpoint's).
 	Ordered bool `json:"ordered,omitempty"`
+	// Receipt is whether receipt.signed events carry the receipt here
+	// (apicustom.ReceiptInclude or ReceiptOmit; "": the organization's
+	// webhook_receipt).
+	Receipt string `json:"receipt,omitempty"`
 	// DisabledReason says why the service disabled the endpoint (a 410,
 	// or failing for too long); empty when a user did.
 	DisabledReason string `json:"disabled_reason,omitempty"`
@@ -98,6 +103,9 @@ func (e *WebhookEndpoint) check() error {
 		if len(v) > maxHeaderValue || strings.ContainsAny(v, "\r\n\x00") {
 			errs = append(errs, invalid("header %q: a value up to %d bytes on one line", k, maxHeaderValue))
 		}
+	}
+	if err := apicustom.CheckReceiptMode(e.Receipt); err != nil {
+		errs = append(errs, invalid("receipt: %v", err))
 	}
 	if len(e.Secrets) == 0 || len(e.Secrets) > 5 {
 		errs = append(errs, invalid("an endpoint has 1 to 5 secrets"))
@@ -287,6 +295,7 @@ type endpointView struct {
 	Headers        map[string]string `json:"headers,omitempty"`
 	Enabled        bool              `json:"enabled"`
 	Ordered        bool              `json:"ordered"`
+	Receipt        string            `json:"receipt,omitempty"`
 	DisabledReason string            `json:"disabled_reason,omitempty"`
 	FailingSince   time.Time         `json:"failing_since,omitzero"`
 	CreatedAt      time.Time         `json:"created_at"`
@@ -298,7 +307,7 @@ type endpointView struct {
 
 func endpointViewOf(e *WebhookEndpoint) endpointView {
 	v := endpointView{ID: e.ID, Org: e.Org, URL: e.URL, Description: e.Description, EventTypes: e.EventTypes,
-		Headers: e.Headers, Enabled: e.Enabled, Ordered: e.Ordered, DisabledReason: e.DisabledReason,
+		Headers: e.Headers, Enabled: e.Enabled, Ordered: e.Ordered, Receipt: e.Receipt, DisabledReason: e.DisabledReason,
 		FailingSince: e.FailingSince, CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt}
 	if v.EventTypes == nil {
 		v.EventTypes = []string{}
@@ -320,6 +329,7 @@ type endpointBody struct {
 	Headers     *map[string]string `json:"headers"`
 	Enabled     *bool              `json:"enabled"`
 	Ordered     *bool              `json:"ordered"`
+	Receipt     *string            `json:"receipt"`
 	Secret      *string            `json:"secret"` // on creation only
 }
 
@@ -345,6 +355,9 @@ func (b *endpointBody) applyTo(e *WebhookEndpoint) {
 	}
 	if b.Ordered != nil {
 		e.Ordered = *b.Ordered
+	}
+	if b.Receipt != nil {
+		e.Receipt = *b.Receipt
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/certnode/certnode/internal/brand"
+	"github.com/certnode/certnode/schemas"
 )
 
 // Brands gives an active organization's branding and maintenance (the
@@ -129,7 +130,7 @@ func (s *Server) decorateError(ctx *fasthttp.RequestCtx) {
 		writePage(ctx, status, brand.Render(o, e), "'none'")
 		return
 	}
-	if o == nil || (o.Branding.SupportMessage == "" && o.Branding.SupportURL == "") {
+	if o == nil || (o.Branding.SupportMessage == "" && o.Branding.SupportURL == "") || !atLeast(ctx, schemas.APIVersionWhiteLabel) {
 		return
 	}
 	body.Error.Support = &errorSupport{Message: o.Branding.SupportMessage, URL: o.Branding.SupportURL}

@@ -231,9 +231,9 @@ func (c *callerKeys) check(line int64, jwks jsontext.Value) error {
 }
 
 // envelope builds the certnode.requests record for one request.
-func (s *Server) envelope(t *tenants.Tenant, kind schemas.Kind, id, jobID string, line int64, body, jwks jsontext.Value) (*kgo.Record, error) {
+func (s *Server) envelope(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schemas.Kind, id, jobID string, line int64, body, jwks jsontext.Value) (*kgo.Record, error) {
 	req := schemas.Request{V: schemas.EnvelopeVersion, ID: id, Tenant: t.ID, Kind: kind, JobID: jobID, Line: line,
-		JWKS: jwks, ReceivedAt: time.Now().UTC(), KeyID: t.KeyID}
+		JWKS: jwks, ReceivedAt: time.Now().UTC(), KeyID: t.KeyID, APIVersion: apiVersion(ctx)}
 	if kind == schemas.KindSign {
 		req.Payload = body
 	} else {
@@ -290,6 +290,12 @@ func (s *Server) single(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schema
 		apiError(ctx, fasthttp.StatusUnprocessableEntity, code, err.Error())
 		return
 	}
+	if kind == schemas.KindSign {
+		if err := s.reservedMember(ctx, t, input); err != nil {
+			apiError(ctx, fasthttp.StatusBadRequest, "reserved_member", err.Error())
+			return
+		}
+	}
 	if err := payloadTooLarge(t, kind, input); err != nil {
 		apiError(ctx, fasthttp.StatusRequestEntityTooLarge, "payload_too_large", err.Error())
 		return
@@ -320,7 +326,7 @@ var errKafkaUnavailable = errors.New("the message broker is unavailable")
 // process answers and returns its id (pending) instead.
 func (s *Server) process(ctx *fasthttp.RequestCtx, t *tenants.Tenant, kind schemas.Kind, input, jwks jsontext.Value) (res *schemas.Result, pending string, err error) {
 	id := newID("req_")
-	rec, err := s.envelope(t, kind, id, "", 0, input, jwks)
+	rec, err := s.envelope(ctx, t, kind, id, "", 0, input, jwks)
 	if err != nil {
 		return nil, "", err
 	}
@@ -454,9 +460,9 @@ func (u *upload) skip(line int64) {
 
 // createJob streams an NDJSON body into Kafka line by line.
 func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string) {
-	kind := schemas.Kind(ctx.QueryArgs().Peek("type"))
+	kind := jobKind(ctx, t)
 	if kind != schemas.KindSign && kind != schemas.KindVerify {
-		apiError(ctx, fasthttp.StatusBadRequest, "invalid_type", "query parameter type must be sign or verify")
+		apiError(ctx, fasthttp.StatusBadRequest, "invalid_type", "query parameter type must be sign or verify (it may be left out for an API key with a default job type)")
 		return
 	}
 	if s.forbidden(ctx, t, string(kind)) != "" { // a job signs or verifies: it needs that scope too
@@ -555,6 +561,12 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			up.reject(l.n, code, verr.Error())
 			continue
 		}
+		if kind == schemas.KindSign {
+			if rerr := s.reservedMember(ctx, t, doc); rerr != nil {
+				up.reject(l.n, "reserved_member", rerr.Error())
+				continue
+			}
+		}
 		if perr := payloadTooLarge(t, kind, doc); perr != nil {
 			up.reject(l.n, "payload_too_large", perr.Error())
 			continue
@@ -577,7 +589,7 @@ func (s *Server) createJob(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []stri
 			up.reject(l.n, "monthly_quota_exceeded", monthlyMessage(t))
 			continue
 		}
-		rec, eerr := s.envelope(t, kind, lineID(j.lineKey, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), append(jsontext.Value(nil), jwks...))
+		rec, eerr := s.envelope(ctx, t, kind, lineID(j.lineKey, meta.ID, l.n), meta.ID, l.n, append(jsontext.Value(nil), doc...), append(jsontext.Value(nil), jwks...))
 		if eerr != nil {
 			up.reject(l.n, "internal", eerr.Error())
 			continue
@@ -672,7 +684,7 @@ func statusOf(j schemas.Job) jobStatus {
 		Done: j.Done, Valid: j.Valid, Invalid: j.Invalid, Failed: j.Failed, LinesRejected: len(j.Rejected),
 		CreatedAt: j.CreatedAt, UploadedAt: j.UploadedAt, FinishedAt: j.FinishedAt}
 	if j.Result != nil {
-		st.Result = bytes.TrimSuffix(renderResult(j.Result, 1), []byte("\n"))
+		st.Result = bytes.TrimSuffix(renderResult(j.Result, 1, false), []byte("\n"))
 	}
 	return st
 }

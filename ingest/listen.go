@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/time/rate"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/internal/whsig"
@@ -111,6 +112,9 @@ func (ls *listenSession) take(ev *listenEvent) { ls.queued.Add(-int64(len(ev.bod
 
 // listenHub holds the sessions of this process and the tail feeding them.
 type listenHub struct {
+	// api gives the organizations' choice of receipts in events (nil:
+	// carried).
+	api         OrgAPI
 	kcfg        kafka.Config
 	adm         *kadm.Client // finds the topics' ends
 	topics      schemas.Topics
@@ -336,7 +340,7 @@ func (h *listenHub) event(rec *kgo.Record, org string) (*listenEvent, error) {
 		if res.Tenant != org {
 			return nil, fmt.Errorf("a result of %q keyed %q", res.Tenant, org)
 		}
-		ev, ok, err := schemas.EventForResult(res, h.maxReceipt)
+		ev, ok, err := schemas.EventForResult(res, h.receiptLimit(org))
 		if err != nil || !ok {
 			return nil, err
 		}
@@ -487,4 +491,15 @@ func (s *Server) listen(ctx *fasthttp.RequestCtx, t *tenants.Tenant, _ []string)
 			}
 		}
 	})
+}
+
+// receiptLimit is the largest receipt org's listened events carry: none
+// when it leaves receipts out of its events, as its endpoints get them.
+func (h *listenHub) receiptLimit(org string) int {
+	if h.api != nil {
+		if a, ok := h.api.APISettings(org); ok && a.WebhookReceipt == apicustom.ReceiptOmit {
+			return 0
+		}
+	}
+	return h.maxReceipt
 }

@@ -12,6 +12,8 @@ type errorBody struct {
 	Error errorDetail `json:"error"`
 	JobID string      `json:"job_id,omitempty"`
 	Job   any         `json:"job,omitempty"`
+	// KnownVersions lists the API versions, for an unknown one.
+	KnownVersions []string `json:"known_versions,omitempty"`
 }
 
 type errorDetail struct {

@@ -144,6 +144,11 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, bound string) string {
 		s.verifyPage(ctx)
 		return "verify_page"
 	}
+	requested, ok := requestedVersion(ctx)
+	if !ok {
+		return "unknown_api_version"
+	}
+	s.applyVersion(ctx, requested, bound, nil)
 	if s.accounts != nil && accountPath(string(ctx.Path())) {
 		if org := accountOrg(string(ctx.Path())); bound != "" && org != "" && org != bound {
 			apiError(ctx, fasthttp.StatusForbidden, "domain_bound", "this domain serves one organization only; use its own API address for others")
@@ -184,7 +189,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, bound string) string {
 		if s.outsideDomain(ctx, bound, t) {
 			return "domain_bound"
 		}
-		ctx.SetUserValue(orgValue, t.ID)
+		s.applyVersion(ctx, requested, t.ID, t) // the caller's organization's, from now on
 		if s.inMaintenance(ctx, t.ID) {
 			return "maintenance"
 		}

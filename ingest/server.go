@@ -173,6 +173,11 @@ type Deps struct {
 	// organization's custom domain (Domains) the JWKS routes serve its
 	// keys and the service's.
 	OrgKeys OrgKeySource
+
+	// API gives organizations' API settings: response headers, pinned
+	// versions, receipt metadata (nil: none, and every request gets the
+	// current version unless it asks for another).
+	API OrgAPI
 }
 
 // Config configures the HTTP tier.
@@ -348,6 +353,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.hub = newListenHub(cfg.Kafka, kadm.NewClient(s.prod), cfg.MaxListeners, cfg.WebhookReceiptBytes, s.m)
+	s.hub.api = deps.API
 	g := cfg.Gatherer
 	if g == nil {
 		g = prometheus.DefaultGatherer
@@ -453,6 +459,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		name = s.dispatchIn(ctx)
 	}
 	s.decorateError(ctx)
+	s.addOrgHeaders(ctx)
 	h := &ctx.Response.Header
 	httpsec.Add(func(n string) bool { return h.Peek(n) != nil }, h.Set, ctx.IsTLS())
 	s.m.requests.WithLabelValues(name, strconv.Itoa(ctx.Response.StatusCode())).Inc()

@@ -34,10 +34,12 @@ type resultLine struct {
 	Receipt   jsontext.Value `json:"receipt,omitzero"`
 }
 
-func renderResult(res *schemas.Result, line int64) []byte {
+// renderResult is a results line; compact leaves the receipt out (its
+// receipt_id and kid stay).
+func renderResult(res *schemas.Result, line int64, compact bool) []byte {
 	out := resultLine{Line: line, ID: res.ID, Status: string(res.Status), Reason: res.Reason, Keys: res.Keys,
 		Kid: res.Kid, ReceiptID: res.ReceiptID}
-	if res.Kind == schemas.KindSign {
+	if res.Kind == schemas.KindSign && !compact {
 		out.Receipt = res.Receipt // verify callers already hold theirs
 	}
 	b, _ := json.Marshal(out)
@@ -77,6 +79,10 @@ func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 			return
 		}
 		after = n
+	}
+	compact, ok := resultFormat(ctx, t)
+	if !ok {
+		return
 	}
 	j, _, ok := s.jobs.lookup(t.ID, id)
 	if !ok {
@@ -118,7 +124,7 @@ func (s *Server) jobResults(ctx *fasthttp.RequestCtx, t *tenants.Tenant, params 
 		defer gone.stop()
 		sctx, cancel := context.WithTimeout(context.Background(), maxStream)
 		defer cancel()
-		st := &stream{s: s, w: w, tenant: t.ID, id: id, next: after + 1, gone: gone.ch, deadline: sctx.Done()}
+		st := &stream{s: s, w: w, tenant: t.ID, id: id, next: after + 1, gone: gone.ch, deadline: sctx.Done(), compact: compact}
 		st.run(part, start)
 	})
 }
@@ -181,6 +187,7 @@ type stream struct {
 	deadline   <-chan struct{}
 	ahead      map[int64][]byte
 	aheadBytes int
+	compact    bool // results lines without receipts (resultFormat)
 }
 
 // wait blocks until the job changes, its upload outlives the upload
@@ -227,7 +234,7 @@ func (st *stream) run(part int32, start int64) {
 		}
 		if cur.Single && cur.Result != nil {
 			if st.next <= 1 {
-				st.w.Write(renderResult(cur.Result, 1))
+				st.w.Write(renderResult(cur.Result, 1, st.compact))
 			}
 			return
 		}
@@ -279,7 +286,7 @@ func (st *stream) run(part int32, start int64) {
 				overflow = true
 				return
 			}
-			b := renderResult(res, res.Line)
+			b := renderResult(res, res.Line, st.compact)
 			st.ahead[res.Line], st.aheadBytes = b, st.aheadBytes+len(b)
 		})
 		if n == 0 && overflow {

@@ -77,6 +77,9 @@ type Config struct {
 	// OrgKeys sign the requests of organizations with keys of their own
 	// and verify their receipts (nil: the service's keys only).
 	OrgKeys OrgKeys
+	// API gives organizations' receipt metadata and pinned versions
+	// (apisettings.go; nil: payloads are signed as sent).
+	API OrgAPI
 }
 
 // AuditRecorder sends security events to the audit log (internal/audit's
@@ -595,6 +598,17 @@ func answerable(req *schemas.Request) bool {
 }
 
 func (w *Worker) sign(ctx context.Context, req *schemas.Request, res *schemas.Result) error {
+	payload, err := w.payloadFor(req)
+	var pe *permanentError
+	switch {
+	case errors.As(err, &pe):
+		return pe
+	case err != nil && invalidPayload(err):
+		return refuse(ReasonInvalidPayload, err)
+	case err != nil:
+		return err
+	}
+	req.Payload = payload
 	rc, err := w.signFor(ctx, req)
 	if err != nil {
 		if invalidPayload(err) {

@@ -135,6 +135,10 @@ type Request struct {
 	// KeyID names the API key ingest authenticated the request with, for
 	// usage per key; only the ingest tier sets it.
 	KeyID string `json:"key_id,omitempty"`
+	// APIVersion is the API version the request was made under
+	// (VersionHeader): ingest sets the one it applied; a producer may set
+	// one, else its organization's applies.
+	APIVersion string `json:"api_version,omitempty"`
 }
 
 // ErrBadEnvelope wraps every envelope problem.
@@ -194,6 +198,9 @@ func (r *Request) Validate() error {
 	errs := checkCommon(r.V, r.ID, r.Tenant, r.JobID, r.Line)
 	if r.KeyID != "" {
 		errs = append(errs, checkToken("key_id", r.KeyID, MaxIDBytes))
+	}
+	if r.APIVersion != "" && !KnownAPIVersion(r.APIVersion) {
+		errs = append(errs, fmt.Errorf("api_version %q: want one of %v", r.APIVersion, KnownAPIVersions()))
 	}
 	switch r.Kind {
 	case KindSign:

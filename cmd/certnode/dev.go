@@ -197,7 +197,7 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return usageErr("%v", err)
 			}
-			wcfg.OrgKeys = orgKeys
+			wcfg.OrgKeys, wcfg.API = orgKeys, replica
 			wcfg.DrainTimeout = drainTimeout()
 			w, err := pipeline.New(wcfg, ring, replica, mac)
 			if err != nil {
@@ -307,7 +307,7 @@ func newDevCmd() *cobra.Command {
 			}
 			// Requests on a custom domain are bound to its organization,
 			// whoever terminates their TLS.
-			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica, Domains: replica,
+			deps := ingest.Deps{Auth: replica, Limiter: limiter, Keys: ring, Plans: replica, Domains: replica, API: replica,
 				MAC: mac, Accounts: replica.Accounts(), Endpoints: endpointInfos{replica}, Orgs: replica, Reports: replica, Console: dash, VerifyPage: vpage, Brands: replica, Compliance: pdfRenderer{}, Log: tlogClient,
 				AuditLog: auditLog{Client: alogClient, mac: mac}, Audit: events, Blocks: blocklist{replica}, SubjectPointers: replica, Ready: []ingest.Check{signerCheck, replica.Ready},
 				Live: []ingest.Check{func(context.Context) error { return w.Healthy() }}}

@@ -49,7 +49,7 @@ func (h *hookDirectory) Endpoints(org string) ([]*webhook.Endpoint, bool) {
 		c := h.cache[e]
 		if c == nil {
 			c = &webhook.Endpoint{ID: e.ID, Org: e.Org, URL: e.URL, EventTypes: e.EventTypes, Headers: e.Headers,
-				Enabled: e.Enabled, Ordered: e.Ordered, CreatedAt: e.CreatedAt, FailingSince: e.FailingSince, UpdatedAt: e.UpdatedAt}
+				Enabled: e.Enabled, Ordered: e.Ordered, Receipt: e.Receipt, CreatedAt: e.CreatedAt, FailingSince: e.FailingSince, UpdatedAt: e.UpdatedAt}
 			for _, s := range e.Secrets {
 				if key, err := whsig.ParseSecret(s.Secret); err == nil { // checked when stored
 					c.Secrets = append(c.Secrets, webhook.Secret{Key: key, ExpiresAt: s.ExpiresAt})
@@ -64,6 +64,11 @@ func (h *hookDirectory) Endpoints(org string) ([]*webhook.Endpoint, bool) {
 
 func (h *hookDirectory) RetrySchedule(org string) []time.Duration {
 	return h.r.WebhookRetrySchedule(org)
+}
+
+func (h *hookDirectory) WebhookReceipt(org string) string {
+	a, _ := h.r.APISettings(org)
+	return a.WebhookReceipt
 }
 
 func (h *hookDirectory) ReportHealth(ctx context.Context, ep *webhook.Endpoint, since time.Time, disable bool, reason string) error {

@@ -105,6 +105,7 @@ type exchange struct {
 	offSpec bool
 	status  int
 	code    string // the error code, for an error status
+	version string // Certnode-Version, when set
 }
 
 type response struct {
@@ -123,6 +124,9 @@ func (x exchange) request(base string) *http.Request {
 	}
 	if x.host != "" {
 		req.Host = x.host
+	}
+	if x.version != "" {
+		req.Header.Set(schemas.VersionHeader, x.version)
 	}
 	return req
 }
@@ -487,7 +491,7 @@ func TestOpenAPIContract(t *testing.T) {
 			body: `{"receipt":` + receipt + `,"jwks":` + strings.Replace(strings.TrimSpace(jwks), `{"keys":[`, `{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"},`, 1) + "}\n" +
 				`{"receipt":` + receipt + `,"jwks":{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}}` + "\n"},
 		{name: "job with a rejected line", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: "application/x-jsonlines", body: "{}\nnope\n", offSpec: true, status: 202},
-		{name: "job without type", method: "POST", path: "/v1/jobs", key: e.key, ctype: ndjson, body: "{}\n", offSpec: true, status: 400, code: "invalid_type"},
+		{name: "job without type, and no default job type for the key", method: "POST", path: "/v1/jobs", key: e.key, ctype: ndjson, body: "{}\n", status: 400, code: "invalid_type"},
 		{name: "job unknown type", method: "POST", path: "/v1/jobs?type=stamp", key: e.key, ctype: ndjson, body: "{}\n", offSpec: true, status: 400, code: "invalid_type"},
 		{name: "job wrong content type", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: js, body: "{}\n", offSpec: true, status: 415, code: "unsupported_media_type"},
 		{name: "job of no valid line", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: "application/ndjson", body: "[1]\nnope\n", offSpec: true, status: 422, code: "no_valid_lines"},
@@ -509,6 +513,11 @@ func TestOpenAPIContract(t *testing.T) {
 		{name: "results negative after_line", method: "GET", path: "/v1/jobs/" + acc.JobID + "/results?after_line=-1", key: e.key, offSpec: true, status: 400, code: "invalid_after_line"},
 		{name: "results of unknown job", method: "GET", path: "/v1/jobs/job_nope/results", key: e.key, status: 404, code: "not_found"},
 		{name: "results of abandoned job", method: "GET", path: "/v1/jobs/" + abandoned + "/results", key: e.key, status: 409, code: "job_abandoned"},
+		{name: "results compact", method: "GET", path: "/v1/jobs/" + mixed + "/results?format=compact", key: e.key, status: 200},
+		{name: "results in no format", method: "GET", path: "/v1/jobs/" + mixed + "/results?format=xml", key: e.key, offSpec: true, status: 400, code: "invalid_format"},
+		{name: "job in an unknown API version", method: "POST", path: "/v1/jobs?type=sign", key: e.key, ctype: ndjson, body: "{}\n", version: "2001-02-03", status: 400, code: "unknown_api_version"},
+		{name: "sign in an unknown API version", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{"payload":{}}`, version: "1999-01-01", status: 400, code: "unknown_api_version"},
+		{name: "sign in the baseline version", method: "POST", path: "/v1/sign", key: e.key, ctype: js, body: `{"payload":{}}`, version: schemas.APIVersionBaseline, status: 200},
 
 		// GET /v1/receipts/{receipt_id}: dev runs without ClickHouse here.
 		{name: "receipt without storage", method: "GET", path: "/v1/receipts/" + rc.ReceiptID, key: e.key, status: 503, code: "storage_unavailable"},

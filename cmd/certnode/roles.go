@@ -340,7 +340,7 @@ func newIngestCmd() *cobra.Command {
 			if replica != nil {
 				// Requests on a custom domain are bound to its organization,
 				// whoever terminates their TLS.
-				deps.Domains = replica
+				deps.Domains, deps.API = replica, replica
 			}
 			if replica != nil {
 				if deps.OrgKeys, err = publishedOrgKeys(keys, replica); err != nil {
@@ -565,6 +565,7 @@ func newWorkerCmd() *cobra.Command {
 			defer events.Close()
 			cfg.Registerer, cfg.Limiter, cfg.Audit = reg, limiter, events
 			if replica != nil {
+				cfg.API = replica
 				if cfg.OrgKeys, err = workerOrgKeys(&keys, ring, replica, parts); err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/apicustom"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -42,6 +43,11 @@ type Tenant struct {
 	// KeyID names the API key a request authenticated with, for usage per
 	// key; empty for the keys of a tenants file.
 	KeyID string `json:"-"`
+	// Defaults are the API key's defaults; APIVersion is the version its
+	// requests get without schemas.VersionHeader: the key's pin, else its
+	// organization's ("": the current version, for a tenants file).
+	Defaults   apicustom.KeyDefaults `json:"-"`
+	APIVersion string                `json:"-"`
 }
 
 // Limits are a tenant's quotas; a zero field means unlimited.

@@ -38,8 +38,12 @@ type Endpoint struct {
 	Headers    map[string]string
 	Enabled    bool
 	Ordered    bool
-	Secrets    []Secret
-	CreatedAt  time.Time
+	// Receipt is whether receipt.signed events carry the receipt here:
+	// ReceiptInclude, ReceiptOmit, or "" for the organization's choice
+	// (Directory.WebhookReceipt).
+	Receipt   string
+	Secrets   []Secret
+	CreatedAt time.Time
 	// FailingSince is the first failure since the last success, as the
 	// cluster knows it.
 	FailingSince time.Time
@@ -61,6 +65,10 @@ type Directory interface {
 	Endpoints(org string) (eps []*Endpoint, ok bool)
 	// RetrySchedule is an organization's own schedule (nil: the default).
 	RetrySchedule(org string) []time.Duration
+	// WebhookReceipt is whether the organization's receipt.signed events
+	// carry the receipt by default (ReceiptInclude, ReceiptOmit; "":
+	// include).
+	WebhookReceipt(org string) string
 	// ReportHealth records when an endpoint started failing (zero: it
 	// delivers again), or disables it with a reason, unless it changed
 	// since ep was read.
@@ -74,6 +82,13 @@ type Directory interface {
 	DueReports(now time.Time) []DueReport
 	AnnounceReport(ctx context.Context, org, id, period string) error
 }
+
+// Receipt modes of receipt.signed events: carried up to MaxReceiptBytes
+// (beyond, linked), or always left out for receipt_id and receipt_url.
+const (
+	ReceiptInclude = "include"
+	ReceiptOmit    = "omit"
+)
 
 // DueReport is a scheduled report's period to announce (report.ready).
 type DueReport struct {

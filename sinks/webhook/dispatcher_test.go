@@ -32,6 +32,7 @@ type fakeDir struct {
 	mu        sync.Mutex
 	eps       map[string][]*Endpoint
 	sched     map[string][]time.Duration
+	receipt   map[string]string // organizations' webhook receipt modes
 	reports   []healthReport
 	alerts    []QuotaAlert
 	due       []DueReport
@@ -55,6 +56,12 @@ func (f *fakeDir) RetrySchedule(org string) []time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.sched[org]
+}
+
+func (f *fakeDir) WebhookReceipt(org string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.receipt[org]
 }
 
 func (f *fakeDir) ReportHealth(_ context.Context, ep *Endpoint, since time.Time, disable bool, reason string) error {

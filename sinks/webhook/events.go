@@ -22,6 +22,9 @@ type event struct {
 	ev      schemas.WebhookEvent
 	only    []string // the record names its endpoints
 	except  string
+	// res is the result a receipt.signed event announces: its body
+	// without the receipt is made from it for endpoints that omit it.
+	res *schemas.Result
 }
 
 // eventOf reads a record of certnode.receipts, certnode.events or
@@ -49,7 +52,11 @@ func (d *Dispatcher) eventOf(rec *kgo.Record) (*event, error) {
 		if !ok {
 			return nil, errNotOurs
 		}
-		return &event{id: schemas.ResultEventID(res), org: res.Tenant, ev: *ev}, nil
+		e := &event{id: schemas.ResultEventID(res), org: res.Tenant, ev: *ev}
+		if ev.Type == schemas.EventReceiptSigned {
+			e.res = res
+		}
+		return e, nil
 	case d.topics.Events:
 		if err := d.authentic(rec); err != nil {
 			return nil, err
@@ -103,7 +110,11 @@ func jobEvent(rec *kgo.Record) (*event, error) {
 // (so an endpoint does not receive history), or per endpoint the event
 // names.
 func (d *Dispatcher) messages(e *event, eps []*Endpoint, now time.Time) ([]*schemas.WebhookMessage, error) {
-	var body []byte
+	var body, bare []byte // the event's body, and a receipt.signed one without the receipt
+	orgMode := ""
+	if e.res != nil {
+		orgMode = d.dir.WebhookReceipt(e.org)
+	}
 	var out []*schemas.WebhookMessage
 	for _, ep := range eps {
 		switch {
@@ -116,17 +127,44 @@ func (d *Dispatcher) messages(e *event, eps []*Endpoint, now time.Time) ([]*sche
 		case e.ev.Timestamp.Before(ep.CreatedAt) || len(ep.EventTypes) > 0 && !slices.Contains(ep.EventTypes, e.ev.Type):
 			continue
 		}
-		if body == nil {
-			var err error
-			if body, err = json.Marshal(e.ev); err != nil {
-				return nil, err
-			}
-			if len(body) > schemas.MaxWebhookBody {
-				return nil, fmt.Errorf("event %s: a body of %d bytes", e.id, len(body))
-			}
+		mode := ep.Receipt
+		if mode == "" {
+			mode = orgMode
+		}
+		b, err := d.body(e, mode == ReceiptOmit, &body, &bare)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, &schemas.WebhookMessage{V: schemas.EnvelopeVersion, ID: schemas.MessageID(e.id, ep.ID), Org: e.org,
-			EndpointID: ep.ID, EventType: e.ev.Type, EventID: e.id, Body: body, CreatedAt: e.ev.Timestamp, DueAt: now})
+			EndpointID: ep.ID, EventType: e.ev.Type, EventID: e.id, Body: b, CreatedAt: e.ev.Timestamp, DueAt: now})
 	}
 	return out, nil
+}
+
+// body is the event's body, made once per event: with omit, for a
+// receipt.signed event, the one whose receipt is replaced by its
+// receipt_id and receipt_url.
+func (d *Dispatcher) body(e *event, omit bool, full, bare *[]byte) ([]byte, error) {
+	dst, ev := full, &e.ev
+	if omit && e.res != nil {
+		dst = bare
+		if *bare == nil {
+			linked, _, err := schemas.EventForResult(e.res, 0)
+			if err != nil {
+				return nil, err
+			}
+			ev = linked
+		}
+	}
+	if *dst == nil {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return nil, err
+		}
+		if len(b) > schemas.MaxWebhookBody {
+			return nil, fmt.Errorf("event %s: a body of %d bytes", e.id, len(b))
+		}
+		*dst = b
+	}
+	return *dst, nil
 }

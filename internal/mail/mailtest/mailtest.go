@@ -25,14 +25,21 @@ type DNS struct {
 // StartDNS starts a server for the test's lifetime.
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
+	// UDP and TCP on one port: the UDP port the kernel gives may be taken
+	// for TCP, so try a few.
+	var pc net.PacketConn
+	var ln net.Listener
+	for i := 0; ln == nil; i++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if i == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	d := &DNS{Addr: pc.LocalAddr().String(), txt: map[string][]string{}}
 	mux := dns.NewServeMux()
