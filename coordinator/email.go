@@ -249,6 +249,10 @@ func eventEmailID(eventID, to string) string {
 	return "eml_" + strings.TrimPrefix(schemas.EventID(eventID, to), "evt_")
 }
 
+// maxQueueEmails bounds the messages of one QueueEmails command; more
+// are queued in several.
+const maxQueueEmails = 100
+
 // QueueEmails adds messages to the outbox; one that is there already (the
 // same event read twice) is left as it is. Invitation, when set, is
 // created in the same entry: an invitation sent by email.
@@ -260,8 +264,8 @@ type QueueEmails struct {
 
 func (*QueueEmails) cmdType() cmdType { return cmdQueueEmails }
 func (c *QueueEmails) validate(s *State) error {
-	if c.Meta.At.IsZero() || len(c.Messages) == 0 || len(c.Messages) > 100 {
-		return invalid("1-100 messages and a time")
+	if c.Meta.At.IsZero() || len(c.Messages) == 0 || len(c.Messages) > maxQueueEmails {
+		return invalid("1-%d messages and a time", maxQueueEmails)
 	}
 	if c.Invitation != nil {
 		if err := (&PutInvitation{Invitation: *c.Invitation, Create: true}).validate(s); err != nil {

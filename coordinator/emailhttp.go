@@ -484,5 +484,13 @@ func (s *Server) queueEventEmail(w http.ResponseWriter, r *http.Request, body []
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	// Many recipients take several commands; after a failure the
+	// mailer's retry queues those not queued yet.
+	for len(msgs) > maxQueueEmails {
+		if !s.commit(w, r, &QueueEmails{Meta: Meta{At: now}, Messages: msgs[:maxQueueEmails]}) {
+			return
+		}
+		msgs = msgs[maxQueueEmails:]
+	}
 	s.write(w, r, body, &QueueEmails{Meta: Meta{At: now}, Messages: msgs}, http.StatusNoContent, nil)
 }
