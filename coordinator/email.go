@@ -280,8 +280,26 @@ func (c *QueueEmails) validate(s *State) error {
 		if _, ok := s.Orgs[m.Org]; m.Org != "" && !ok {
 			return fmt.Errorf("%w: organization %q", ErrNotFound, m.Org)
 		}
+		if m.Template == cnmail.TemplatePasswordReset && s.resetQueued(m.Ref, c.Meta.At) {
+			return errResetTooSoon
+		}
 	}
 	return nil
+}
+
+// errResetTooSoon refuses a reset email queued within ResetRequestInterval
+// of the user's last one.
+var errResetTooSoon = fmt.Errorf("%w: a password reset email was queued for this user within %s", ErrConflict, ResetRequestInterval)
+
+// resetQueued reports whether a reset email for user was queued within
+// ResetRequestInterval before at.
+func (s *State) resetQueued(user string, at time.Time) bool {
+	for _, old := range s.EmailMessages {
+		if old.Template == cnmail.TemplatePasswordReset && old.Ref == user && at.Sub(old.CreatedAt) < ResetRequestInterval {
+			return true
+		}
+	}
+	return false
 }
 func (c *QueueEmails) apply(s *State) {
 	if c.Invitation != nil {

@@ -273,3 +273,55 @@ func TestMailClientRefusal(t *testing.T) {
 		srv.Close()
 	}
 }
+
+// Password reset emails to one user are a minute apart, decided in the
+// log: requests at once queue one message, and so do two commands that
+// each passed the handler's check.
+func TestResetRequestInterval(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	ada := createUser(op, "ada@acme.test")
+	bob := createUser(op, "bob@acme.test")
+	resets := func(user string) int {
+		count := 0
+		n.node.fsm.View(func(st *State) {
+			for _, m := range st.EmailMessages {
+				if m.Template == cnmail.TemplatePasswordReset && m.Ref == user {
+					count++
+				}
+			}
+		})
+		return count
+	}
+
+	anon := newClient(t, n)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { anon.must(202, "POST", "/v1/auth/password-reset/request", `{"email":"ada@acme.test"}`) })
+	}
+	wg.Wait()
+	n.tasks.Wait()
+	if got := resets(ada); got != 1 {
+		t.Fatalf("%d reset emails queued for requests at once, want 1", got)
+	}
+
+	at := time.Now().UTC()
+	reset := func(id string, at time.Time) error {
+		_, err := n.node.Propose(&QueueEmails{Meta: Meta{At: at}, Messages: []EmailMessage{{ID: id, Template: cnmail.TemplatePasswordReset,
+			To: "bob@acme.test", Ref: bob, Status: EmailQueued, CreatedAt: at}}})
+		return err
+	}
+	if err := reset("eml_bobbobbobbobbobbobbob1", at); err != nil {
+		t.Fatal(err)
+	}
+	if err := reset("eml_bobbobbobbobbobbobbob2", at.Add(ResetRequestInterval-time.Second)); !errors.Is(err, errResetTooSoon) {
+		t.Fatalf("a second reset within the interval: %v", err)
+	}
+	if err := reset("eml_bobbobbobbobbobbobbob3", at.Add(ResetRequestInterval)); err != nil {
+		t.Fatalf("a reset after the interval: %v", err)
+	}
+	if got := resets(bob); got != 2 {
+		t.Fatalf("%d reset emails for bob, want 2", got)
+	}
+}
