@@ -249,6 +249,10 @@ func eventEmailID(eventID, to string) string {
 	return "eml_" + strings.TrimPrefix(schemas.EventID(eventID, to), "evt_")
 }
 
+// maxQueueEmails bounds the messages of one QueueEmails command; more
+// are queued in several.
+const maxQueueEmails = 100
+
 // QueueEmails adds messages to the outbox; one that is there already (the
 // same event read twice) is left as it is. Invitation, when set, is
 // created in the same entry: an invitation sent by email.
@@ -260,8 +264,8 @@ type QueueEmails struct {
 
 func (*QueueEmails) cmdType() cmdType { return cmdQueueEmails }
 func (c *QueueEmails) validate(s *State) error {
-	if c.Meta.At.IsZero() || len(c.Messages) == 0 || len(c.Messages) > 100 {
-		return invalid("1-100 messages and a time")
+	if c.Meta.At.IsZero() || len(c.Messages) == 0 || len(c.Messages) > maxQueueEmails {
+		return invalid("1-%d messages and a time", maxQueueEmails)
 	}
 	if c.Invitation != nil {
 		if err := (&PutInvitation{Invitation: *c.Invitation, Create: true}).validate(s); err != nil {
@@ -276,8 +280,26 @@ func (c *QueueEmails) validate(s *State) error {
 		if _, ok := s.Orgs[m.Org]; m.Org != "" && !ok {
 			return fmt.Errorf("%w: organization %q", ErrNotFound, m.Org)
 		}
+		if m.Template == cnmail.TemplatePasswordReset && s.resetQueued(m.Ref, c.Meta.At) {
+			return errResetTooSoon
+		}
 	}
 	return nil
+}
+
+// errResetTooSoon refuses a reset email queued within ResetRequestInterval
+// of the user's last one.
+var errResetTooSoon = fmt.Errorf("%w: a password reset email was queued for this user within %s", ErrConflict, ResetRequestInterval)
+
+// resetQueued reports whether a reset email for user was queued within
+// ResetRequestInterval before at.
+func (s *State) resetQueued(user string, at time.Time) bool {
+	for _, old := range s.EmailMessages {
+		if old.Template == cnmail.TemplatePasswordReset && old.Ref == user && at.Sub(old.CreatedAt) < ResetRequestInterval {
+			return true
+		}
+	}
+	return false
 }
 func (c *QueueEmails) apply(s *State) {
 	if c.Invitation != nil {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/mail"
 	"strings"
 	"sync"
@@ -213,4 +216,112 @@ func linkIn(t *testing.T, body string) string {
 	}
 	end := strings.IndexAny(body[i:], " \r\n\"<")
 	return body[i : i+end]
+}
+
+// An event of an organization with more owners and admins than one
+// command holds is queued to all of them, in several commands.
+func TestEventEmailManyRecipients(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	const people = maxQueueEmails*2 + 5
+	for i := range people {
+		u := User{ID: fmt.Sprintf("usr_many%03d", i), Email: fmt.Sprintf("p%03d@acme.test", i), CreatedAt: t0}
+		role := RoleAdmin
+		if i == 0 {
+			role = RoleOwner
+		}
+		for _, c := range []Command{&CreateUser{User: u, Password: "$argon2id$x"},
+			&PutMembership{Membership: Membership{Org: "acme", User: u.ID, Role: role, CreatedAt: t0}}} {
+			if _, err := n.node.Propose(c); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ev := `{"event_id":"evt_many","org":"acme","template":"security_alert","fields":{"summary":"s"}}`
+	nodeClient(t, n).must(204, "POST", "/v1/node/email/events", ev)
+	nodeClient(t, n).must(204, "POST", "/v1/node/email/events", ev)
+	to := map[string]bool{}
+	n.node.fsm.View(func(st *State) {
+		for _, m := range st.EmailMessages {
+			if m.Ref == "evt_many" {
+				to[m.To] = true
+			}
+		}
+	})
+	if len(to) != people {
+		t.Fatalf("%d recipients queued, want %d", len(to), people)
+	}
+}
+
+// The mail client marks a refusal that asking again cannot change, so
+// that the mailer drops the event; a failure of the coordinator, or an
+// answer about the mailer's token or pace, is retried.
+func TestMailClientRefusal(t *testing.T) {
+	for status, refused := range map[int]bool{400: true, 404: true, 409: true, 401: false, 403: false, 429: false, 500: false, 503: false} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			writeError(w, status, "x", "no")
+		}))
+		mc, err := NewMailClient([]string{srv.URL}, nil, testNode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = mc.Enqueue(context.Background(), cnmail.EventEmail{EventID: "evt_1", Org: "acme", Template: cnmail.TemplateSecurityAlert})
+		if err == nil || errors.Is(err, cnmail.ErrRefused) != refused {
+			t.Errorf("status %d: %v, want refused %v", status, err, refused)
+		}
+		srv.Close()
+	}
+}
+
+// Password reset emails to one user are a minute apart, decided in the
+// log: requests at once queue one message, and so do two commands that
+// each passed the handler's check.
+func TestResetRequestInterval(t *testing.T) {
+	n := soloNode(t)
+	op := operator(t, n)
+	op.must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme"}`)
+	ada := createUser(op, "ada@acme.test")
+	bob := createUser(op, "bob@acme.test")
+	resets := func(user string) int {
+		count := 0
+		n.node.fsm.View(func(st *State) {
+			for _, m := range st.EmailMessages {
+				if m.Template == cnmail.TemplatePasswordReset && m.Ref == user {
+					count++
+				}
+			}
+		})
+		return count
+	}
+
+	anon := newClient(t, n)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { anon.must(202, "POST", "/v1/auth/password-reset/request", `{"email":"ada@acme.test"}`) })
+	}
+	wg.Wait()
+	n.tasks.Wait()
+	if got := resets(ada); got != 1 {
+		t.Fatalf("%d reset emails queued for requests at once, want 1", got)
+	}
+
+	at := time.Now().UTC()
+	reset := func(id string, at time.Time) error {
+		_, err := n.node.Propose(&QueueEmails{Meta: Meta{At: at}, Messages: []EmailMessage{{ID: id, Template: cnmail.TemplatePasswordReset,
+			To: "bob@acme.test", Ref: bob, Status: EmailQueued, CreatedAt: at}}})
+		return err
+	}
+	if err := reset("eml_bobbobbobbobbobbobbob1", at); err != nil {
+		t.Fatal(err)
+	}
+	if err := reset("eml_bobbobbobbobbobbobbob2", at.Add(ResetRequestInterval-time.Second)); !errors.Is(err, errResetTooSoon) {
+		t.Fatalf("a second reset within the interval: %v", err)
+	}
+	if err := reset("eml_bobbobbobbobbobbobbob3", at.Add(ResetRequestInterval)); err != nil {
+		t.Fatalf("a reset after the interval: %v", err)
+	}
+	if got := resets(bob); got != 2 {
+		t.Fatalf("%d reset emails for bob, want 2", got)
+	}
 }

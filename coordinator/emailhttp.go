@@ -224,8 +224,8 @@ func (s *Server) deleteSendingDomain(w http.ResponseWriter, r *http.Request, sc 
 
 // requestReset is the anonymous "forgot password" route: it always
 // answers 202 at once, whether or not the address has an account, and
-// queues the reset email afterwards, so neither the answer nor its timing
-// tells who has one.
+// queues the reset email in the background, so neither the answer nor its
+// timing tells who has one.
 func (s *Server) requestReset(w http.ResponseWriter, r *http.Request, body []byte) {
 	var b struct {
 		Email string `json:"email"`
@@ -239,22 +239,23 @@ func (s *Server) requestReset(w http.ResponseWriter, r *http.Request, body []byt
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "if the address has an account, a reset link is on its way"})
 	meta := s.meta(r)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*s.node.cfg.ApplyTimeout)
+	s.background(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, 2*s.node.cfg.ApplyTimeout)
 		defer cancel()
 		if err := s.queueReset(ctx, email, meta); err != nil {
 			s.log.Warn("password reset email not queued", "err", err)
 		}
-	}()
+	})
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "if the address has an account, a reset link is on its way"})
 }
 
 // queueReset queues a reset email for the user with email, if there is
-// one and none was queued for them within ResetRequestInterval. The
+// one and none was queued for them within ResetRequestInterval (which
+// QueueEmails enforces, so that requests at once queue one). The
 // message is branded by the user's organization when they have exactly
 // one.
-func (s *Server) queueReset(_ context.Context, email string, meta Meta) error {
+func (s *Server) queueReset(ctx context.Context, email string, meta Meta) error {
 	id, err := newID("eml_")
 	if err != nil {
 		return err
@@ -262,13 +263,8 @@ func (s *Server) queueReset(_ context.Context, email string, meta Meta) error {
 	var m *EmailMessage
 	s.node.fsm.View(func(st *State) {
 		u := st.userByEmail(email)
-		if u == nil {
+		if u == nil || st.resetQueued(u.ID, meta.At) {
 			return
-		}
-		for _, old := range st.EmailMessages {
-			if old.Template == cnmail.TemplatePasswordReset && old.Ref == u.ID && meta.At.Sub(old.CreatedAt) < ResetRequestInterval {
-				return
-			}
 		}
 		var orgs []string
 		for _, ms := range st.Memberships {
@@ -284,7 +280,13 @@ func (s *Server) queueReset(_ context.Context, email string, meta Meta) error {
 	if m == nil {
 		return nil
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	_, err = s.node.Propose(&QueueEmails{Meta: meta, Messages: []EmailMessage{*m}})
+	if errors.Is(err, errResetTooSoon) {
+		return nil
+	}
 	return err
 }
 
@@ -483,6 +485,14 @@ func (s *Server) queueEventEmail(w http.ResponseWriter, r *http.Request, body []
 	if len(msgs) == 0 {
 		w.WriteHeader(http.StatusNoContent)
 		return
+	}
+	// Many recipients take several commands; after a failure the
+	// mailer's retry queues those not queued yet.
+	for len(msgs) > maxQueueEmails {
+		if !s.commit(w, r, &QueueEmails{Meta: Meta{At: now}, Messages: msgs[:maxQueueEmails]}) {
+			return
+		}
+		msgs = msgs[maxQueueEmails:]
 	}
 	s.write(w, r, body, &QueueEmails{Meta: Meta{At: now}, Messages: msgs}, http.StatusNoContent, nil)
 }

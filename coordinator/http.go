@@ -46,6 +46,12 @@ type Server struct {
 	url     string // the API's base URL as peers reach it
 	client  *http.Client
 	log     *slog.Logger
+	// Work a request leaves running after its answer lives as long as the
+	// server: it ends with Run, and Close waits for it.
+	bg     context.Context
+	stopBG context.CancelFunc
+	bgMu   sync.Mutex // orders background starts before Close's wait
+	tasks  sync.WaitGroup
 }
 
 // forwardedHeader marks a request a follower sent on, so it is never
@@ -70,6 +76,7 @@ func NewServer(cfg Config) (*Server, error) {
 	// port when the configured one was 0.
 	n.cfg.HTTPAddr = ln.Addr().String()
 	s := &Server{node: n, ln: ln, url: n.cfg.HTTPAddr, client: HTTPClient(cfg.PeerTLS, 2*n.cfg.ApplyTimeout), log: n.log}
+	s.bg, s.stopBG = context.WithCancel(context.Background())
 	if cfg.TLS != nil {
 		s.ln, s.url = tls.NewListener(ln, cfg.TLS), "https://"+n.cfg.HTTPAddr
 	}
@@ -111,6 +118,7 @@ func (s *Server) URL() string { return s.url }
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	context.AfterFunc(ctx, s.stopBG)
 	go s.announce(ctx)
 	go s.rotateOrgKeys(ctx)
 	if s.node.cfg.Audit != nil {
@@ -131,10 +139,25 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.srv.Shutdown(sctx)
 }
 
-// Close stops the API and the node.
+// Close stops the API, the work requests left running, and the node.
 func (s *Server) Close() error {
 	s.srv.Close()
+	s.bgMu.Lock()
+	s.stopBG()
+	s.bgMu.Unlock()
+	s.tasks.Wait()
 	return s.node.Close()
+}
+
+// background runs f after the request that starts it, on a context that
+// ends with the server; nothing starts once the server stopped.
+func (s *Server) background(f func(ctx context.Context)) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.bg.Err() != nil {
+		return
+	}
+	s.tasks.Go(func() { f(s.bg) })
 }
 
 // join asks a member (forwarded to the leader) to add this node, until it

@@ -40,7 +40,8 @@ var (
 
 // call sends in (nil: no body) and decodes a 200 answer into out; it
 // reports whether there was one (204: none). Each address is tried until
-// one answers; a refusal (4xx) is final.
+// one answers; a refusal (4xx) is final, and wraps mail.ErrRefused when
+// asking again cannot help.
 func (c *MailClient) call(ctx context.Context, method, path string, in, out any) (bool, error) {
 	var body []byte
 	if in != nil {
@@ -73,10 +74,19 @@ func (c *MailClient) call(ctx context.Context, method, path string, in, out any)
 		case resp.StatusCode == http.StatusOK && out != nil:
 			return true, json.Unmarshal(b, out, json.RejectUnknownMembers(false))
 		}
-		errs = append(errs, fmt.Errorf("%s: status %d: %.300s", addr, resp.StatusCode, b))
+		err = fmt.Errorf("%s: status %d: %.300s", addr, resp.StatusCode, b)
 		if resp.StatusCode < 500 {
+			// The same request gets the same answer, unless the answer is
+			// about the mailer (its token, its pace): that is retried.
+			switch resp.StatusCode {
+			case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusTooManyRequests:
+			default:
+				err = fmt.Errorf("%w: %w", cnmail.ErrRefused, err)
+			}
+			errs = append(errs, err)
 			break
 		}
+		errs = append(errs, err)
 	}
 	return false, fmt.Errorf("%s %s: %w", method, path, errors.Join(errs...))
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/certnode/certnode/schemas"
 )
@@ -20,22 +22,61 @@ type OrgKeys interface {
 	KidOrg(kid string) (string, bool)
 }
 
+// ReasonOrgKeyUnavailable fails a sign request whose organization's
+// active key this worker could not use for Config.OrgKeyWait.
+const ReasonOrgKeyUnavailable = "org_key_unavailable"
+
 // signFor signs a request with its organization's active key when it has
 // one, else with the service's. An organization's request is never signed
 // with another key than its own: when its key cannot be used here the
-// error is transient and the record is retried until it can (the key is
-// published before it activates, so every worker has normally opened it).
+// error is transient and the record is retried (the key is published
+// before it activates, so every worker has normally opened it), until the
+// key has failed here for OrgKeyWait; then the request fails, so that the
+// other tenants of its partition are not held up behind it.
 func (w *Worker) signFor(ctx context.Context, req *schemas.Request) (*schemas.Receipt, error) {
 	if w.cfg.OrgKeys != nil {
 		rc, ok, err := w.cfg.OrgKeys.Sign(ctx, req.Tenant, req.Payload)
 		if ok {
 			if err != nil && !invalidPayload(err) {
 				w.m.orgKeyWaits.Inc()
+				if w.orgKeysDown.failing(req.Tenant) >= w.cfg.OrgKeyWait {
+					return nil, refuse(ReasonOrgKeyUnavailable, err)
+				}
+			} else {
+				w.orgKeysDown.works(req.Tenant)
 			}
 			return rc, err
 		}
 	}
 	return w.signer.Sign(ctx, req.Payload)
+}
+
+// keysDown keeps since when each organization's key has failed here.
+type keysDown struct {
+	mu    sync.Mutex
+	since map[string]time.Time
+}
+
+// failing records a failure of org's key and says how long it has failed.
+func (d *keysDown) failing(org string) time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	since, ok := d.since[org]
+	if !ok {
+		if d.since == nil {
+			d.since = map[string]time.Time{}
+		}
+		since = time.Now()
+		d.since[org] = since
+	}
+	return time.Since(since)
+}
+
+// works records that org's key signed.
+func (d *keysDown) works(org string) {
+	d.mu.Lock()
+	delete(d.since, org)
+	d.mu.Unlock()
 }
 
 // invalidPayload reports an error that is the payload's, not the key's.

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/certnode/certnode/internal/kafka"
 	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
@@ -118,7 +119,8 @@ func TestWorkerSignsWithOrgKeys(t *testing.T) {
 }
 
 // A worker that cannot use an organization's active key yet never signs
-// its request with another key and never sends it to the DLQ: it retries
+// its request with another key and, within OrgKeyWait, never sends it to
+// the DLQ: it retries
 // (certnode_worker_org_key_unavailable_total counts the tries) and
 // produces nothing, and once the key can be used the request is signed
 // with the organization's kid.
@@ -146,5 +148,46 @@ func TestWorkerWaitsForOrgKey(t *testing.T) {
 	r := results(t, h.consume(topics.Receipts, 1))["wait"]
 	if r == nil || r.Status != schemas.StatusSigned || r.Kid != orgKeys.keys["acme"].kid {
 		t.Fatalf("once the key is usable: %+v, want signed by acme's own key", r)
+	}
+}
+
+// An organization whose key never opens on this worker holds up its
+// partition for OrgKeyWait at most: its requests then fail
+// (org_key_unavailable, with a DLQ copy, counted), never signed with
+// another key, while the other tenants of the partition are signed.
+func TestWorkerOrgKeyUnavailableFails(t *testing.T) {
+	h := newHarness(t, 1)
+	orgKeys := newFakeOrgKeys(t, "acme", "globex")
+	orgKeys.down["acme"].Store(true)
+	reg := prometheus.NewRegistry()
+	h.produce(
+		h.request("acme", "a1", schemas.KindSign, `{"n":1}`, ""),
+		h.request("globex", "g1", schemas.KindSign, `{"n":2}`, ""),
+		h.request("initech", "i1", schemas.KindSign, `{"n":3}`, ""),
+		h.request("acme", "a2", schemas.KindSign, `{"n":4}`, ""),
+	)
+	_, stop := h.workerWith(context.Background(), h.ring, func(c *Config) {
+		c.OrgKeys, c.Registerer, c.OrgKeyWait = orgKeys, reg, 300*time.Millisecond
+	})
+	defer stop()
+	res := results(t, h.consume(topics.Receipts, 4))
+	for id, signer := range map[string]*memSigner{"g1": orgKeys.keys["globex"], "i1": h.ring} {
+		if r := res[id]; r == nil || r.Status != schemas.StatusSigned || r.Kid != signer.kid {
+			t.Errorf("%s: %+v, want signed by %s", id, r, signer.kid)
+		}
+	}
+	for _, id := range []string{"a1", "a2"} {
+		if r := res[id]; r == nil || r.Status != schemas.StatusFailed || r.Reason != ReasonOrgKeyUnavailable || r.Kid != "" || r.Receipt != nil {
+			t.Errorf("%s: %+v, want failed with %s", id, r, ReasonOrgKeyUnavailable)
+		}
+	}
+	dlq := h.consume(topics.DLQ, 2)
+	for _, r := range dlq {
+		if string(r.Key) != "acme" || kafka.Header(r, schemas.HeaderDLQReason) != ReasonOrgKeyUnavailable {
+			t.Errorf("DLQ copy of %q with reason %q", r.Key, kafka.Header(r, schemas.HeaderDLQReason))
+		}
+	}
+	if n := metric(t, reg, "certnode_worker_org_key_unavailable_total"); n < 2 {
+		t.Errorf("%v unusable-key attempts counted, want at least 2", n)
 	}
 }

@@ -80,6 +80,10 @@ type Config struct {
 	// API gives organizations' receipt metadata and pinned versions
 	// (apisettings.go; nil: payloads are signed as sent).
 	API OrgAPI
+	// OrgKeyWait bounds how long an organization's sign requests are
+	// retried while its active key cannot be used here; after it they fail
+	// (org_key_unavailable, with a DLQ copy) until the key signs again.
+	OrgKeyWait time.Duration
 }
 
 // AuditRecorder sends security events to the audit log (internal/audit's
@@ -109,6 +113,9 @@ func (c *Config) Validate() error {
 	if c.MaxHeldBytes < 1 {
 		errs = append(errs, errors.New("worker: max held bytes must be at least 1"))
 	}
+	if c.OrgKeyWait <= 0 {
+		errs = append(errs, errors.New("worker: the wait for an organization's key must be positive"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -121,6 +128,7 @@ func DefaultConfig() Config {
 		MaxBatch:     1000,
 		DrainTimeout: 30 * time.Second,
 		MaxHeldBytes: 16 << 20,
+		OrgKeyWait:   30 * time.Second,
 
 		RebalanceTimeout: kafka.RebalanceTimeout,
 	}
@@ -189,7 +197,7 @@ func (w *Worker) newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "certnode_worker_handover_skipped_total", Help: "Records skipped after a handover: the partition's previous owner had answered them.",
 		}),
 		orgKeyWaits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "certnode_worker_org_key_unavailable_total", Help: "Sign requests retried because their organization's active key could not be used here.",
+			Name: "certnode_worker_org_key_unavailable_total", Help: "Sign attempts whose organization's active key could not be used here (retried, or failed org_key_unavailable past the worker's wait).",
 		}),
 		stalled: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "certnode_worker_stalled", Help: "1 while the batch in hand has outlived the group's rebalance timeout.",
@@ -225,6 +233,8 @@ type Worker struct {
 	// batchStart is the UnixNano time the batch in hand was polled (0: idle).
 	batchStart atomic.Int64
 	callerKeys keySetCache
+	// orgKeysDown is since when organizations' keys fail here.
+	orgKeysDown keysDown
 }
 
 // keySetCache keeps the caller JWKS recently seen decoded: a verify job

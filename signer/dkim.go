@@ -5,10 +5,13 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
+	mrand "math/rand/v2"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -28,15 +31,31 @@ func (h *HSM) DKIMKeys() *DKIMKeys { return &DKIMKeys{h: h} }
 // ErrNoDKIMKey names a DKIM key the token does not hold.
 var ErrNoDKIMKey = errors.New("no such DKIM key on the token")
 
+// errLabelShared: two pairs have a DKIM key's label, for the moment two
+// mailers making it at once take to settle (generate).
+var errLabelShared = errors.New("labels must be unique")
+
 // Key returns the signer of the key named name (a mail.KeyName), making
 // it when create is set and there is none.
 func (k *DKIMKeys) Key(ctx context.Context, name string, create bool) (crypto.Signer, error) {
 	label := DKIMLabelPrefix + name
 	pub, err := k.public(ctx, label)
-	if errors.Is(err, ErrNoDKIMKey) && create {
-		if err = k.generate(ctx, label); err == nil {
-			pub, err = k.public(ctx, label)
+	// Mailers making the key at once settle on one pair, or all yield:
+	// tried again after a random moment, a few times.
+	for try := 0; try < 4 && (errors.Is(err, errLabelShared) || create && errors.Is(err, ErrNoDKIMKey)); try++ {
+		if try > 0 || errors.Is(err, errLabelShared) {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(mrand.Int64N(int64(500 * time.Millisecond)))):
+			}
 		}
+		if errors.Is(err, ErrNoDKIMKey) {
+			if pub, err = k.generate(ctx, label); err != nil || pub != nil {
+				break
+			}
+		}
+		pub, err = k.public(ctx, label)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dkim key %q: %w", label, err)
@@ -62,35 +81,47 @@ func (k *DKIMKeys) public(ctx context.Context, label string) (*rsa.PublicKey, er
 		case len(priv) == 0:
 			return ErrNoDKIMKey
 		case len(priv) > 1 || len(pubs) != 1:
-			return fmt.Errorf("%d private and %d public keys are labelled %q; labels must be unique", len(priv), len(pubs), label)
+			return fmt.Errorf("%d private and %d public keys are labelled %q; %w", len(priv), len(pubs), label, errLabelShared)
 		}
-		attrs, err := k.h.mod.p.GetAttributeValue(s.h, pubs[0], []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil)})
-		if err != nil {
-			return fmt.Errorf("%w: not an RSA key (%v)", ErrWrongKeyType, err)
-		}
-		e := new(big.Int).SetBytes(attrs[1].Value)
-		if !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31 {
-			return fmt.Errorf("%w: RSA exponent", ErrWrongKeyType)
-		}
-		pub = &rsa.PublicKey{N: new(big.Int).SetBytes(attrs[0].Value), E: int(e.Int64())}
-		return nil
+		pub, err = k.rsaPublic(s, pubs[0])
+		return err
 	})
 	return pub, err
 }
 
-// generate makes an RSA-2048 pair labelled label on the token.
-func (k *DKIMKeys) generate(ctx context.Context, label string) error {
+// rsaPublic reads an RSA public key object.
+func (k *DKIMKeys) rsaPublic(s session, obj pkcs11.ObjectHandle) (*rsa.PublicKey, error) {
+	attrs, err := k.h.mod.p.GetAttributeValue(s.h, obj, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil)})
+	if err != nil {
+		return nil, fmt.Errorf("%w: not an RSA key (%v)", ErrWrongKeyType, err)
+	}
+	e := new(big.Int).SetBytes(attrs[1].Value)
+	if !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31 {
+		return nil, fmt.Errorf("%w: RSA exponent", ErrWrongKeyType)
+	}
+	return &rsa.PublicKey{N: new(big.Int).SetBytes(attrs[0].Value), E: int(e.Int64())}, nil
+}
+
+// generate makes an RSA-2048 pair labelled label on the token and returns
+// its public half, or nil when another pair has the label (made by
+// another mailer meanwhile): that one is the key. PKCS#11 cannot claim a
+// label atomically, and making a pair takes long: it is made under a
+// label of its own, given label only if no key has it (Relabel), and
+// destroyed again if another pair got label at the same moment. So no
+// more than one pair keeps the label; when all yield, none does.
+func (k *DKIMKeys) generate(ctx context.Context, label string) (*rsa.PublicKey, error) {
 	id := make([]byte, 16)
 	if _, err := rand.Read(id); err != nil {
-		return err
+		return nil, err
 	}
+	tmp := DKIMLabelPrefix + "new-" + hex.EncodeToString(id)
 	common := func(class uint) []*pkcs11.Attribute {
 		return []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, tmp),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 		}
 	}
@@ -103,17 +134,50 @@ func (k *DKIMKeys) generate(ctx context.Context, label string) error {
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false))
-	return k.h.with(ctx, func(s session) error {
-		existing, err := k.h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
-		if err != nil || len(existing) > 0 {
-			return err // made meanwhile (by a retry of this call, or another mailer)
-		}
-		_, _, err = k.h.mod.p.GenerateKeyPair(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)}, pubTmpl, privTmpl)
+	var pub *rsa.PublicKey
+	made := false
+	err := k.h.with(ctx, func(s session) error {
+		pubObj, _, err := k.h.mod.p.GenerateKeyPair(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)}, pubTmpl, privTmpl)
 		if err != nil {
 			return fmt.Errorf("generate RSA key: %w", err)
 		}
+		made = true
+		pub, err = k.rsaPublic(s, pubObj)
+		return err
+	})
+	if err != nil && made {
+		err = errors.Join(err, k.h.DestroyKey(tmp))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := k.h.Relabel(tmp, label); err != nil {
+		destroyed := k.h.DestroyKey(tmp)
+		if errors.Is(err, ErrKeyExists) {
+			return nil, destroyed
+		}
+		return nil, errors.Join(err, destroyed)
+	}
+	err = k.h.with(ctx, func(s session) error {
+		privs, err := k.h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+		if err != nil || len(privs) == 1 {
+			return err
+		}
+		pub = nil // another pair got the label too: this one yields
+		for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+			objs, err := k.h.find(s, class, pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+			if err != nil {
+				return err
+			}
+			for _, o := range objs {
+				if err := k.h.mod.p.DestroyObject(s.h, o); err != nil {
+					return fmt.Errorf("destroy the DKIM key made for %q: %w", label, err)
+				}
+			}
+		}
 		return nil
 	})
+	return pub, err
 }
 
 // dkimSigner signs with a DKIM key inside the token.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/mail"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,6 +70,39 @@ func TestHSMDKIMKeys(t *testing.T) {
 	}})
 	if err != nil || len(vs) != 1 || vs[0].Err != nil {
 		t.Fatalf("verify: %v %+v", err, vs)
+	}
+}
+
+// Two mailers on one token making the same domain's key at once end with
+// one pair under its label, and both sign with it.
+func TestHSMDKIMKeysConcurrentMake(t *testing.T) {
+	name := cnmail.KeyName("c"+strings.ToLower(testLabel(t)[len(testLabel(t))-12:]), "mail.example.test")
+	label := DKIMLabelPrefix + name
+	hs := []*HSM{openTestHSM(t, 1), openTestHSM(t, 1)}
+	t.Cleanup(func() { destroyLabelled(t, hs[0], label) })
+	keys := make([]crypto.Signer, len(hs))
+	errs := make([]error, len(hs))
+	var wg sync.WaitGroup
+	for i, h := range hs {
+		wg.Go(func() { keys[i], errs[i] = h.DKIMKeys().Key(context.Background(), name, true) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(cnmailRecord(t, keys[0]), cnmailRecord(t, keys[1])) {
+		t.Fatal("the two makers got different keys")
+	}
+	_ = hs[0].with(context.Background(), func(s session) error {
+		for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+			if objs, err := hs[0].find(s, class, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)); err != nil || len(objs) != 1 {
+				t.Errorf("class %d: %d objects labelled %q (%v), want 1", class, len(objs), label, err)
+			}
+		}
+		return nil
+	})
+	if _, err := hs[1].DKIMKeys().Key(context.Background(), name, false); err != nil {
+		t.Fatalf("the key read back: %v", err)
 	}
 }
 

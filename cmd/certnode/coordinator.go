@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,16 +56,22 @@ func newCoordinatorCmd() *cobra.Command {
 			var err1, err2 error
 			cfg.AdminToken, err1 = requiredSecret("CERTNODE_ADMIN_TOKEN")
 			cfg.NodeToken, err2 = requiredSecret("CERTNODE_NODE_TOKEN")
-			var err3, err4, err5 error
+			var err3, err4, err5, err6 error
 			cfg.WebhookAllow, err3 = parsePrefixes("--webhook-allow", webhookAllow)
 			cfg.TLS, err4 = tf.config()
 			cfg.PeerTLS, err5 = coordinatorTLS(peerCA)
 			if resolver != "" {
-				cfg.Resolver = &mail.Resolver{Addr: resolver}
+				cfg.Resolver, err6 = dnsResolver(resolver)
 			}
 			cfg.ReservedDomains = reservedDomains(reserved, cfg.PublicURL)
-			if err := errors.Join(err1, err2, err3, err4, err5, cfg.Validate()); err != nil {
+			if err := errors.Join(err1, err2, err3, err4, err5, err6, cfg.Validate()); err != nil {
 				return &exitError{code: exitUsage, err: err}
+			}
+			if cfg.OrgKeyActivationDelay < coordinator.DefaultOrgKeyActivationDelay {
+				// Verifiers that cached the JWKS before a new key was
+				// published may then refuse its first receipts.
+				slog.Warn("--org-key-activation-delay is below the JWKS's cache lifetime: an organization's first receipts with a new key may not verify against a cached JWKS",
+					"delay", cfg.OrgKeyActivationDelay, "jwks_cache", coordinator.DefaultOrgKeyActivationDelay)
 			}
 			if kcfg := kf.config(); len(kcfg.Brokers) > 0 {
 				mac, err := recordauth.SecretsFromEnv()
@@ -123,6 +131,15 @@ func newCoordinatorCmd() *cobra.Command {
 	k := fs.Lookup("kafka")
 	k.Usage = strings.Replace(k.Usage, "comma separated", "comma separated, for the audit log's events (none: they stay in the coordinator's state only)", 1)
 	return cmd
+}
+
+// dnsResolver is the DNS server --dns-resolver names (host:port).
+func dnsResolver(addr string) (*mail.Resolver, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if n, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || n == 0 {
+		return nil, fmt.Errorf("--dns-resolver %q: want host:port, such as 127.0.0.1:53", addr)
+	}
+	return &mail.Resolver{Addr: addr}, nil
 }
 
 // parsePrefixes reads CIDR prefixes given to flag.

@@ -23,7 +23,6 @@ import (
 	"github.com/certnode/certnode/internal/chconn"
 	"github.com/certnode/certnode/internal/envelope"
 	"github.com/certnode/certnode/internal/kafka"
-	"github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/internal/recordauth"
 	"github.com/certnode/certnode/internal/tenants"
 	"github.com/certnode/certnode/pipeline"
@@ -101,6 +100,14 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var res coordinator.Resolver
+			if resolver != "" {
+				r, err := dnsResolver(resolver)
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				res = r
+			}
 			icfg.TLS = tlsCfg
 			scheme := "http://"
 			if tlsCfg != nil {
@@ -142,10 +149,6 @@ func newDevCmd() *cobra.Command {
 				return usageErr("%v", err)
 			}
 			defer events.Close()
-			var res coordinator.Resolver
-			if resolver != "" {
-				res = &mail.Resolver{Addr: resolver}
-			}
 			coord, err := openDevCoordinator(dataDir, coordAddr, mf.publicURL, creds, events, res)
 			if err != nil {
 				return usageErr("embedded coordinator (--coordinator-http): %v", err)

@@ -269,14 +269,34 @@ func TestCoordinatorBadInput(t *testing.T) {
 	}
 	t.Setenv("CERTNODE_ADMIN_TOKEN", "short")
 	t.Setenv("CERTNODE_NODE_TOKEN", "node-token-0123456789")
-	r = certnode(t, "", "coordinator", "--id", "Bad ID", "--raft", "nowhere", "--bootstrap", "--join", "127.0.0.1:1", "--webhook-allow", "127.0.0.0/8,loopback")
+	r = certnode(t, "", "coordinator", "--id", "Bad ID", "--raft", "nowhere", "--bootstrap", "--join", "127.0.0.1:1", "--webhook-allow", "127.0.0.0/8,loopback",
+		"--dns-resolver", "127.0.0.1")
 	for _, want := range []string{"--id", "--raft \"nowhere\"", "--data DIR is required", "exclude each other", "at least 16 bytes",
-		"--webhook-allow \"loopback\": want a CIDR prefix"} {
+		"--webhook-allow \"loopback\": want a CIDR prefix", "--dns-resolver \"127.0.0.1\": want host:port"} {
 		if r.code != 2 || !strings.Contains(r.stderr, want) {
 			t.Errorf("bad flags: stderr lacks %q: %+v", want, r)
 		}
 	}
 	if strings.Contains(r.stderr, "node-token-0123456789") {
 		t.Fatal("a token is printed")
+	}
+	for _, bad := range []string{"dns.example", ":53", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:dns", "[::1]:70000"} {
+		if _, err := dnsResolver(bad); err == nil {
+			t.Errorf("--dns-resolver %q accepted", bad)
+		}
+	}
+	for _, good := range []string{"127.0.0.1:53", "[::1]:5353", "dns.example:53"} {
+		if _, err := dnsResolver(good); err != nil {
+			t.Errorf("--dns-resolver %q: %v", good, err)
+		}
+	}
+}
+
+// certnode dev refuses a --dns-resolver that is not host:port before it
+// starts anything.
+func TestDevBadResolver(t *testing.T) {
+	r := certnode(t, "", "dev", "--data", t.TempDir(), "--dns-resolver", "127.0.0.1")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--dns-resolver \"127.0.0.1\": want host:port") {
+		t.Fatalf("got %+v", r)
 	}
 }

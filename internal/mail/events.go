@@ -26,10 +26,15 @@ var EventTemplates = map[string]string{
 
 // Enqueuer hands an event's email to the coordinator, which picks the
 // recipients and keeps one message per recipient (by the event's id, so a
-// record read twice is mailed once).
+// record read twice is mailed once). An error that wraps ErrRefused says
+// that asking again gets the same answer.
 type Enqueuer interface {
 	Enqueue(ctx context.Context, e EventEmail) error
 }
+
+// ErrRefused is the coordinator's refusal of a request (a 4xx answer that
+// is not about the caller's credentials or pace).
+var ErrRefused = errors.New("refused by the coordinator")
 
 // MAC checks that a certnode.events record was written by CertNode
 // (internal/recordauth).
@@ -49,7 +54,7 @@ type EventsConfig struct {
 // Events reads certnode.events and queues an email for each event that
 // is mailed. Offsets are committed once the coordinator took the batch's
 // emails, so none is lost; a record that is not CertNode's or does not
-// parse is dropped with a warning.
+// parse, or whose email the coordinator refuses, is dropped with a warning.
 type Events struct {
 	cfg EventsConfig
 	cl  *kgo.Client
@@ -89,7 +94,14 @@ func (e *Events) Run(ctx context.Context) error {
 			if err := kafka.Retry(ctx, e.log, "queue an event's email", func() error {
 				qctx, cancel := context.WithTimeout(work, 10*time.Second)
 				defer cancel()
-				return e.cfg.Queue.Enqueue(qctx, *ev)
+				err := e.cfg.Queue.Enqueue(qctx, *ev)
+				if errors.Is(err, ErrRefused) {
+					// Retried, it would hold up every organization's mail.
+					e.log.Warn("event email refused; dropped", "partition", rec.Partition, "offset", rec.Offset,
+						"event", ev.EventID, "org", ev.Org, "template", ev.Template, "err", err)
+					return nil
+				}
+				return err
 			}); err != nil {
 				return err
 			}

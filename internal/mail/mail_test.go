@@ -215,3 +215,37 @@ func FuzzRender(f *testing.F) {
 		}
 	})
 }
+
+// A From, To or Subject header added above a signed message (a second
+// one, which readers may show) breaks the signature: they are over-signed.
+func TestSignOverSigned(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	rec, _ := RecordValue(key.Public())
+	for _, replyTo := range []string{"", "help@acme.test"} {
+		m := Message{ID: "abc", From: mail.Address{Name: "Acme", Address: "no-reply@mail.example.test"}, To: "ada@example.test",
+			ReplyTo: replyTo, Rendered: Rendered{Subject: "Hi", Text: "Hello.\n", HTML: "<p>Hello.</p>"}, Date: time.Now()}
+		raw, err := m.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed, err := Sign(raw, DKIMKey{Domain: "mail.example.test", Selector: "sel1", Signer: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		verify := func(msg []byte) error {
+			vs, err := dkim.VerifyWithOptions(bytes.NewReader(msg), &dkim.VerifyOptions{LookupTXT: func(string) ([]string, error) { return []string{rec}, nil }})
+			if err != nil || len(vs) != 1 {
+				t.Fatalf("verify: %v %+v", err, vs)
+			}
+			return vs[0].Err
+		}
+		if err := verify(signed); err != nil {
+			t.Fatalf("reply-to %q: the signed message: %v", replyTo, err)
+		}
+		for _, added := range []string{"From: PayPal <security@paypal.example>", "To: eve@example.test", "Subject: Urgent", "Reply-To: eve@example.test"} {
+			if verify(append([]byte(added+"\r\n"), signed...)) == nil {
+				t.Errorf("reply-to %q: %q prepended after signing, and the signature verifies", replyTo, added)
+			}
+		}
+	}
+}

@@ -223,7 +223,12 @@ func (m *Mailer) deliver(ctx context.Context, job *Job, t tokens) {
 	} else {
 		// The error is recorded and logged; the token is in neither:
 		// errors come from the relay and the signer, never the body.
-		o.Error = strings.ReplaceAll(err.Error(), token, "[token]")
+		// Event templates have no token, and replacing "" would mark
+		// every character.
+		o.Error = err.Error()
+		if token != "" {
+			o.Error = strings.ReplaceAll(o.Error, token, "[token]")
+		}
 		if i := job.Attempt - 1; i < len(m.cfg.Backoff) {
 			o.RetryAt = time.Now().UTC().Add(m.cfg.Backoff[i])
 		}

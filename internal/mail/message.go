@@ -1,11 +1,13 @@
 package mail
 
 import (
+	"bufio"
 	"bytes"
 	"crypto"
 	"errors"
 	"fmt"
 	"net/mail"
+	"net/textproto"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -69,21 +71,43 @@ type DKIMKey struct {
 	Signer   crypto.Signer
 }
 
-// signedHeaders are the headers a signature covers. From is required; the
-// others are what a forger would change. Each is listed once more than it
-// appears (RFC 6376 §5.4.2 "over-signing" happens by listing absent ones),
-// so a header added in transit breaks the signature.
-var signedHeaders = []string{"From", "To", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version", "Content-Type", "Auto-Submitted"}
+// overSigned are the headers a forger would add or change: a signature
+// lists each once more than the message has it (RFC 6376 §8.15, over-
+// signing), so one more, prepended in transit, breaks it. The others
+// signed are listed once.
+var (
+	overSigned    = []string{"From", "To", "Subject", "Date", "Message-ID", "Reply-To"}
+	signedHeaders = []string{"MIME-Version", "Content-Type", "Auto-Submitted"}
+)
+
+// headerKeys is what a signature of raw lists (h=).
+func headerKeys(raw []byte) ([]string, error) {
+	h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw))).ReadMIMEHeader()
+	if err != nil {
+		return nil, fmt.Errorf("dkim: the message's header: %w", err)
+	}
+	var keys []string
+	for _, k := range overSigned {
+		for range len(h.Values(k)) + 1 {
+			keys = append(keys, k)
+		}
+	}
+	return append(keys, signedHeaders...), nil
+}
 
 // Sign adds a DKIM-Signature header to raw (relaxed/relaxed, SHA-256).
 func Sign(raw []byte, k DKIMKey) ([]byte, error) {
 	if k.Signer == nil || k.Domain == "" || k.Selector == "" {
 		return nil, errors.New("dkim: a key needs a domain, a selector and a signer")
 	}
+	keys, err := headerKeys(raw)
+	if err != nil {
+		return nil, err
+	}
 	var out bytes.Buffer
-	err := dkim.Sign(&out, bytes.NewReader(raw), &dkim.SignOptions{Domain: k.Domain, Selector: k.Selector, Signer: k.Signer,
+	err = dkim.Sign(&out, bytes.NewReader(raw), &dkim.SignOptions{Domain: k.Domain, Selector: k.Selector, Signer: k.Signer,
 		Hash: crypto.SHA256, HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed,
-		HeaderKeys: signedHeaders})
+		HeaderKeys: keys})
 	if err != nil {
 		return nil, fmt.Errorf("dkim sign (d=%s s=%s): %w", k.Domain, k.Selector, err)
 	}
