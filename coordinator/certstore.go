@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"net/url"
@@ -13,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/go-json-experiment/json"
 )
 
 // The certificate store: the ACME accounts, certificates and issuance
@@ -348,51 +345,17 @@ func (c *CertStore) Unlock(ctx context.Context, name, token string) error {
 	return c.r.nodeCall(ctx, "DELETE", "lock", url.Values{"key": {name}, "token": {token}}, nil, nil)
 }
 
-// nodeCall sends a store request to the cluster, trying each address
-// until one answers (any member forwards to the leader). out, when not
-// nil, receives a 200's body; 404 is ErrCertNotFound, 409 locked is
-// ErrLocked.
+// nodeCall sends a store request to the cluster: 404 is
+// ErrCertNotFound, 409 locked is ErrLocked.
 func (r *Replica) nodeCall(ctx context.Context, method, op string, q url.Values, in, out any) error {
-	var body []byte
-	if in != nil {
-		var err error
-		if body, err = json.Marshal(in); err != nil {
-			return err
-		}
+	_, err := r.node().call(ctx, method, "/v1/node/certs/"+op+"?"+q.Encode(), in, out)
+	var se *StatusError
+	switch {
+	case !errors.As(err, &se):
+	case se.Status == http.StatusNotFound:
+		return ErrCertNotFound
+	case se.Status == http.StatusConflict && bytes.Contains(se.Body, []byte(`"locked"`)):
+		return ErrLocked
 	}
-	path := "/v1/node/certs/" + op + "?" + q.Encode()
-	var errs []error
-	for _, addr := range r.cfg.Addrs {
-		req, err := http.NewRequestWithContext(ctx, method, BaseURL(addr)+path, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+r.cfg.Token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := r.client.Do(req)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 2*maxCertValue))
-		resp.Body.Close()
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-			continue
-		case resp.StatusCode == http.StatusOK && out != nil:
-			return json.Unmarshal(b, out)
-		case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNoContent:
-			return nil
-		case resp.StatusCode == http.StatusNotFound:
-			return ErrCertNotFound
-		case resp.StatusCode == http.StatusConflict && bytes.Contains(b, []byte(`"locked"`)):
-			return ErrLocked
-		}
-		errs = append(errs, fmt.Errorf("%s: status %d: %.200s", addr, resp.StatusCode, b))
-		if resp.StatusCode < 500 {
-			break // the cluster refused it: another node would too
-		}
-	}
-	return fmt.Errorf("%s %s: %w", method, path, errors.Join(errs...))
+	return err
 }

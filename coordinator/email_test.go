@@ -22,7 +22,7 @@ import (
 	"github.com/certnode/certnode/internal/testenv"
 )
 
-func nodeClient(t *testing.T, n *testServer) *client {
+func nodeCaller(t *testing.T, n *testServer) *client {
 	c := newClient(t, n)
 	c.hdr["Authorization"] = "Bearer " + testNode
 	return c
@@ -173,7 +173,7 @@ func TestEmailOutbox(t *testing.T) {
 	box.fail = nil
 
 	// An event queued twice is one message to each owner and admin.
-	nc := nodeClient(t, n)
+	nc := nodeCaller(t, n)
 	ev := `{"event_id":"evt_1","org":"acme","template":"quota_warning","fields":{"period":"2030-01","used":"80","limit":"100","percent":"80"}}`
 	nc.must(204, "POST", "/v1/node/email/events", ev)
 	nc.must(204, "POST", "/v1/node/email/events", ev)
@@ -239,8 +239,8 @@ func TestEventEmailManyRecipients(t *testing.T) {
 		}
 	}
 	ev := `{"event_id":"evt_many","org":"acme","template":"security_alert","fields":{"summary":"s"}}`
-	nodeClient(t, n).must(204, "POST", "/v1/node/email/events", ev)
-	nodeClient(t, n).must(204, "POST", "/v1/node/email/events", ev)
+	nodeCaller(t, n).must(204, "POST", "/v1/node/email/events", ev)
+	nodeCaller(t, n).must(204, "POST", "/v1/node/email/events", ev)
 	to := map[string]bool{}
 	n.node.fsm.View(func(st *State) {
 		for _, m := range st.EmailMessages {

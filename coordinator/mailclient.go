@@ -1,28 +1,20 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"time"
-
-	"github.com/go-json-experiment/json"
 
 	cnmail "github.com/certnode/certnode/internal/mail"
 )
 
 // MailClient is the mailer's client of the coordinator's outbox (the
 // /v1/node/email routes): it implements mail.Queue and mail.Enqueuer.
-type MailClient struct {
-	addrs  []string
-	token  string
-	client *http.Client
-}
+type MailClient struct{ node *nodeClient }
 
 // NewMailClient reaches the cluster at addrs (any member forwards writes
 // to the leader) with the node token.
@@ -30,7 +22,7 @@ func NewMailClient(addrs []string, tlsCfg *tls.Config, token string) (*MailClien
 	if len(addrs) == 0 || len(token) < 16 {
 		return nil, errors.New("coordinator: the mailer needs the coordinator's addresses and the node token ($CERTNODE_NODE_TOKEN)")
 	}
-	return &MailClient{addrs: addrs, token: token, client: HTTPClient(tlsCfg, 30*time.Second)}, nil
+	return &MailClient{node: &nodeClient{addrs: addrs, token: token, client: HTTPClient(tlsCfg, 30*time.Second)}}, nil
 }
 
 var (
@@ -39,56 +31,21 @@ var (
 )
 
 // call sends in (nil: no body) and decodes a 200 answer into out; it
-// reports whether there was one (204: none). Each address is tried until
-// one answers; a refusal (4xx) is final, and wraps mail.ErrRefused when
-// asking again cannot help.
+// reports whether there was one (204: none). A refusal (4xx) wraps
+// mail.ErrRefused when asking again cannot help.
 func (c *MailClient) call(ctx context.Context, method, path string, in, out any) (bool, error) {
-	var body []byte
-	if in != nil {
-		var err error
-		if body, err = json.Marshal(in); err != nil {
-			return false, err
+	status, err := c.node.call(ctx, method, path, in, out)
+	var se *StatusError
+	if errors.As(err, &se) && se.Status < 500 {
+		// The same request gets the same answer, unless the answer is
+		// about the mailer (its token, its pace): that is retried.
+		switch se.Status {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusTooManyRequests:
+		default:
+			err = fmt.Errorf("%w: %w", cnmail.ErrRefused, err)
 		}
 	}
-	var errs []error
-	for _, addr := range c.addrs {
-		req, err := http.NewRequestWithContext(ctx, method, BaseURL(addr)+path, bytes.NewReader(body))
-		if err != nil {
-			return false, err
-		}
-		req.Header.Set("Authorization", "Bearer "+c.token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := c.client.Do(req)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-			continue
-		case resp.StatusCode == http.StatusNoContent:
-			return false, nil
-		case resp.StatusCode == http.StatusOK && out != nil:
-			return true, json.Unmarshal(b, out, json.RejectUnknownMembers(false))
-		}
-		err = fmt.Errorf("%s: status %d: %.300s", addr, resp.StatusCode, b)
-		if resp.StatusCode < 500 {
-			// The same request gets the same answer, unless the answer is
-			// about the mailer (its token, its pace): that is retried.
-			switch resp.StatusCode {
-			case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusTooManyRequests:
-			default:
-				err = fmt.Errorf("%w: %w", cnmail.ErrRefused, err)
-			}
-			errs = append(errs, err)
-			break
-		}
-		errs = append(errs, err)
-	}
-	return false, fmt.Errorf("%s %s: %w", method, path, errors.Join(errs...))
+	return err == nil && status == http.StatusOK, err
 }
 
 // Claim implements mail.Queue.

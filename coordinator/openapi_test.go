@@ -721,7 +721,7 @@ func TestOpenAPIAccounts(t *testing.T) {
 
 	t.Run("email", func(t *testing.T) {
 		n.node.cfg.Resolver = &cnmail.Resolver{Addr: mailtest.StartDNS(t).Addr}
-		nodeC := nodeClient(t, n)
+		nodeC := nodeCaller(t, n)
 		for _, x := range []call{
 			{name: "preview", as: dev, method: "POST", path: "/v1/orgs/acme/email/templates/invitation/preview", status: 200},
 			{name: "preview unsaved settings", as: ada, method: "POST", path: "/v1/orgs/acme/email/templates/quota_warning/preview",

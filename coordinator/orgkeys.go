@@ -623,8 +623,8 @@ func (r *Replica) PendingOrgKeys() []schemas.OrgKeyRequest {
 // gone): the caller destroys its key. An error leaves the outcome unknown:
 // report again.
 func (r *Replica) InstallOrgKey(ctx context.Context, org, request string, key schemas.OrgKey) (installed bool, err error) {
-	status, err := r.postNodeStatus(ctx, "/v1/node/orgs/"+url.PathEscape(org)+"/signing-keys",
-		OrgKeyReport{Request: request, Kid: key.Kid, JWK: key.JWK, Source: key.Source})
+	status, err := r.node().call(ctx, "POST", "/v1/node/orgs/"+url.PathEscape(org)+"/signing-keys",
+		OrgKeyReport{Request: request, Kid: key.Kid, JWK: key.JWK, Source: key.Source}, nil)
 	switch {
 	case status == http.StatusNoContent:
 		return true, nil

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
@@ -503,46 +502,15 @@ func (r *Replica) AnnounceQuota(ctx context.Context, org, month string, level in
 	return r.postNode(ctx, "/v1/node/quota-alerts/"+url.PathEscape(org), AnnounceQuota{Month: month, Level: level})
 }
 
-// postNode sends a node's report to the cluster, trying each address
-// until one takes it (any member forwards to the leader).
+// postNode sends a node's report to the cluster.
 func (r *Replica) postNode(ctx context.Context, path string, v any) error {
-	_, err := r.postNodeStatus(ctx, path, v)
+	_, err := r.node().call(ctx, "POST", path, v, nil)
 	return err
 }
 
-// postNodeStatus is postNode, with the status of the last answer (0: no
-// node answered).
-func (r *Replica) postNodeStatus(ctx context.Context, path string, v any) (int, error) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return 0, err
-	}
-	var errs []error
-	status := 0
-	for _, addr := range r.cfg.Addrs {
-		req, err := http.NewRequestWithContext(ctx, "POST", BaseURL(addr)+path, bytes.NewReader(body))
-		if err != nil {
-			return 0, err
-		}
-		req.Header.Set("Authorization", "Bearer "+r.cfg.Token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := r.client.Do(req)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		resp.Body.Close()
-		status = resp.StatusCode
-		if status == http.StatusNoContent {
-			return status, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: status %d: %.200s", addr, status, b))
-		if status < 500 {
-			break // the cluster refused it: another node would too
-		}
-	}
-	return status, fmt.Errorf("POST %s: %w", path, errors.Join(errs...))
+// node is the client of the cluster's node routes.
+func (r *Replica) node() *nodeClient {
+	return &nodeClient{addrs: r.cfg.Addrs, token: r.cfg.Token, client: r.client}
 }
 
 // Accounts proxies the account routes to the coordinators this replica
