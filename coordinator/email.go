@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certnode/certnode/internal/brand"
 	cnmail "github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/schemas"
 )
@@ -441,17 +442,15 @@ func (c *RecordEmail) apply(s *State) {
 }
 func (*RecordEmail) coordinatorOnly() {}
 
-// branding is how an organization's mail looks: its settings, its name
-// when it set no display name.
+// branding is how an organization's mail looks: its branding as its
+// pages show it (internal/brand), its name when it set no display name.
 func branding(o *Org) cnmail.Branding {
 	if o == nil {
 		return cnmail.Branding{}
 	}
-	name := o.Settings.DisplayName
-	if name == "" {
-		name = o.Name
-	}
-	return cnmail.Branding{Name: name, LogoURL: o.Settings.LogoURL, Color: o.Settings.BrandColor, SupportEmail: o.Settings.SupportEmail}
+	b := brand.Org{ID: o.ID, Name: o.Name, Branding: o.Settings.Branding()}
+	return cnmail.Branding{Name: b.Title(), LogoURL: b.Branding.LogoURL, Color: b.Branding.Colors.Primary,
+		SupportEmail: b.Branding.SupportEmail, SupportURL: b.Branding.SupportURL}
 }
 
 // sender is the verified sending domain org's mail goes out from (the

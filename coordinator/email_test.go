@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/brand"
 	cnmail "github.com/certnode/certnode/internal/mail"
 	"github.com/certnode/certnode/internal/mail/mailtest"
 	"github.com/certnode/certnode/internal/testenv"
@@ -323,5 +324,24 @@ func TestResetRequestInterval(t *testing.T) {
 	}
 	if got := resets(bob); got != 2 {
 		t.Fatalf("%d reset emails for bob, want 2", got)
+	}
+}
+
+// Mail wears the branding the pages wear: the palette's primary colour,
+// the display name (else the name), the support page.
+func TestEmailBrandingIsThePages(t *testing.T) {
+	o := &Org{ID: "acme", Name: "Acme Inc", Settings: OrgSettings{Colors: brand.Palette{Primary: "#123456"}, SupportURL: "https://help.acme.test",
+		SupportEmail: "help@acme.test", LogoURL: "https://acme.test/logo.png"}}
+	b := branding(o)
+	if b.Name != "Acme Inc" || b.Color != "#123456" || b.SupportURL != "https://help.acme.test" || b.SupportEmail != "help@acme.test" || b.LogoURL != "https://acme.test/logo.png" {
+		t.Fatalf("%+v", b)
+	}
+	o.Settings.DisplayName, o.Settings.Colors, o.Settings.BrandColor = "Acme", brand.Palette{}, "#abcdef"
+	if b := branding(o); b.Name != "Acme" || b.Color != "#abcdef" {
+		t.Fatalf("%+v", b)
+	}
+	r, err := cnmail.Render(cnmail.TemplateQuotaWarning, cnmail.Data{Brand: branding(o), Recipient: "x@acme.test", Link: "https://certnode.test/dashboard/#/usage"})
+	if err != nil || !strings.Contains(r.HTML, "https://help.acme.test") || !strings.Contains(r.Text, "Help: https://help.acme.test") {
+		t.Fatalf("%v\n%s\n%s", err, r.HTML, r.Text)
 	}
 }

@@ -44,6 +44,7 @@ type Branding struct {
 	LogoURL      string `json:"logo_url,omitempty"`
 	Color        string `json:"color,omitempty"` // #rrggbb
 	SupportEmail string `json:"support_email,omitempty"`
+	SupportURL   string `json:"support_url,omitempty"` // an http(s) help page
 }
 
 // Defaults of Branding.
@@ -67,6 +68,9 @@ func (b Branding) normalized() Branding {
 	}
 	if u, err := url.Parse(b.LogoURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		b.LogoURL = ""
+	}
+	if u, err := url.Parse(b.SupportURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		b.SupportURL = ""
 	}
 	return b
 }
