@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/chromedp/chromedp"
 )
 
@@ -62,15 +63,10 @@ func TestDashboardBranding(t *testing.T) {
 	eval[bool](b, `(() => { document.querySelector('#branding-form [name=preview_page]').value = '404'; return true; })()`)
 	b.do("preview", chromedp.Click(chromedp.CSS("#branding-preview")))
 	b.waitFor("the preview is shown", `document.getElementById('branding-frame').dataset.shown === '404'`, 10*time.Second)
-	var shown string
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(shown, "custom404") && time.Now().Before(deadline) {
-		shown = b.frameText()
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !strings.Contains(shown, `<h1 class="custom404">Proposed Name lost /example</h1>`) {
-		t.Fatalf("the preview frame shows %.500s", shown)
-	}
+	testenv.WaitFor(t, "the preview frame shows the proposed template", 10*time.Second, func() (bool, string) {
+		shown := b.frameText()
+		return strings.Contains(shown, `<h1 class="custom404">Proposed Name lost /example</h1>`), shown
+	})
 	if _, body := e.do("GET", "/v1/orgs/demo/branding", e.key, "", ""); strings.Contains(body, "Proposed Name") {
 		t.Fatalf("the preview saved the branding: %s", body)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/go-json-experiment/json"
 
+	"github.com/certnode/certnode/internal/testenv"
 	"github.com/certnode/certnode/schemas"
 )
 
@@ -115,16 +116,10 @@ func TestVerifyPage(t *testing.T) {
 	}
 	foreign := foreignReceipt(t, payload)
 	// The receipt is in a checkpoint before the page asks for its proof.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if code, _ := e.do("GET", "/v1/log/proof/"+rc.ReceiptID, "", "", ""); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the receipt never reached the transparency log")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "the receipt in the transparency log", 30*time.Second, func() (bool, string) {
+		code, body := e.do("GET", "/v1/log/proof/"+rc.ReceiptID, "", "", "")
+		return code == 200, body
+	})
 
 	b := newBrowser(t, 1100, 900)
 	var mu sync.Mutex
