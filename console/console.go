@@ -8,15 +8,12 @@ package console
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"embed"
-	"encoding/base64"
 	"html/template"
-	"io/fs"
-	"mime"
 	"net/http"
-	"path"
 	"strings"
+
+	"github.com/certnode/certnode/internal/webassets"
 )
 
 // Prefix is where the dashboard is served.
@@ -35,33 +32,22 @@ type Handler struct {
 	page []byte
 	// preview is the branding preview's frame (assets/preview.js).
 	preview []byte
-	files   map[string][]byte // asset path (under assets/) -> content
+	assets  *webassets.Set
 }
 
 // New builds the handler: the page names each script and style with its
 // SHA-256 (subresource integrity) and a version for caches.
 func New() (*Handler, error) {
-	h := &Handler{files: map[string][]byte{}}
-	err := fs.WalkDir(assets, "assets", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := assets.ReadFile(p)
-		h.files[strings.TrimPrefix(p, "assets/")] = b
-		return err
-	})
+	set, err := webassets.Load(assets, "assets", Prefix+"/assets/")
 	if err != nil {
 		return nil, err
 	}
+	h := &Handler{assets: set}
 	tmpl, err := template.ParseFS(assets, "assets/index.html")
 	if err != nil {
 		return nil, err
 	}
-	asset := func(name string) map[string]string {
-		sum := sha256.Sum256(h.files[name])
-		return map[string]string{"URL": Prefix + "/assets/" + name + "?v=" + base64.RawURLEncoding.EncodeToString(sum[:6]),
-			"Integrity": "sha256-" + base64.StdEncoding.EncodeToString(sum[:])}
-	}
+	asset := set.Ref
 	var page bytes.Buffer
 	if err := tmpl.Execute(&page, map[string]any{
 		"UPlotJS": asset(UPlotJS), "UPlotCSS": asset(UPlotCSS), "AppJS": asset("app.js"), "AppCSS": asset("app.css"), "BrandingJS": asset("branding.js"),
@@ -72,7 +58,7 @@ func New() (*Handler, error) {
 	// No integrity on the frame's script: the sandboxed frame is an origin
 	// of its own, so its request for the script is cross-origin, where
 	// subresource integrity needs CORS.
-	h.preview = []byte(`<!doctype html><meta charset="utf-8"><title>Preview</title><script src="` + asset("preview.js")["URL"] + `"></script>`)
+	h.preview = []byte(`<!doctype html><meta charset="utf-8"><title>Preview</title><script src="` + asset("preview.js").URL + `"></script>`)
 	return h, nil
 }
 
@@ -109,21 +95,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		hdr.Set("Cache-Control", "no-store")
 		w.Write(h.preview)
 	case strings.HasPrefix(p, Prefix+"/assets/"):
-		name := strings.TrimPrefix(p, Prefix+"/assets/")
-		b, ok := h.files[name]
-		if !ok || name == "index.html" {
-			http.NotFound(w, r)
-			return
-		}
-		ctype := mime.TypeByExtension(path.Ext(name))
-		if ctype == "" {
-			ctype = "application/octet-stream"
-		}
-		hdr.Set("Content-Type", ctype)
-		// The page names each asset with its version: a cached copy is
-		// never stale.
-		hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
-		w.Write(b)
+		h.assets.Serve(w, r)
 	default:
 		http.NotFound(w, r)
 	}

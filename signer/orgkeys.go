@@ -399,23 +399,15 @@ func (m *OrgKeyMaker) report(ctx context.Context, mk madeKey) {
 // pairHandles finds the key pair labelled label: its private half, then
 // its public half (by CKA_ID, else by label).
 func (h *HSM) pairHandles(s session, label string) ([]pkcs11.ObjectHandle, error) {
-	if err := h.loggedIn(s); err != nil {
-		return nil, err
-	}
-	privs, err := h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
-	switch {
-	case err != nil:
-		return nil, err
-	case len(privs) == 0:
-		return nil, fmt.Errorf("%w: %q on token %q", ErrKeyNotFound, label, h.cfg.TokenLabel)
-	case len(privs) > 1:
-		return nil, fmt.Errorf("%d private keys are labelled %q; labels must be unique", len(privs), label)
-	}
-	pubs, err := h.publicHalves(s, privs[0], label)
+	priv, err := h.private(s, label)
 	if err != nil {
 		return nil, err
 	}
-	return append(privs, pubs...), nil
+	pubs, err := h.publicHalves(s, priv, label)
+	if err != nil {
+		return nil, err
+	}
+	return append([]pkcs11.ObjectHandle{priv}, pubs...), nil
 }
 
 // forget drops a label's cached handles.

@@ -509,22 +509,11 @@ func (h *HSM) object(s session, label string) (*hsmObject, error) {
 	if cached {
 		return o, nil
 	}
-	// Checked first: a logged-out session sees no private key at all, and
-	// a login by another caller meanwhile would make "not found" a lie.
-	if err := h.loggedIn(s); err != nil {
+	priv, err := h.private(s, label)
+	if err != nil {
 		return nil, err
 	}
-	privs, err := h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
-	switch {
-	case err != nil:
-		return nil, err
-	case len(privs) == 0:
-		return nil, fmt.Errorf("%w: %q on token %q", ErrKeyNotFound, label, h.cfg.TokenLabel)
-	case len(privs) > 1:
-		// Signing with either would be a guess.
-		return nil, fmt.Errorf("%d private keys are labelled %q; labels must be unique", len(privs), label)
-	}
-	o, err = h.pair(s, privs[0], label)
+	o, err = h.pair(s, priv, label)
 	if err != nil {
 		return nil, fmt.Errorf("key %q: %w", label, err)
 	}
@@ -534,6 +523,26 @@ func (h *HSM) object(s session, label string) (*hsmObject, error) {
 	}
 	h.mu.Unlock()
 	return o, nil
+}
+
+// private finds the one private key labelled label.
+func (h *HSM) private(s session, label string) (pkcs11.ObjectHandle, error) {
+	// Checked first: a logged-out session sees no private key at all, and
+	// a login by another caller meanwhile would make "not found" a lie.
+	if err := h.loggedIn(s); err != nil {
+		return 0, err
+	}
+	privs, err := h.find(s, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+	switch {
+	case err != nil:
+		return 0, err
+	case len(privs) == 0:
+		return 0, fmt.Errorf("%w: %q on token %q", ErrKeyNotFound, label, h.cfg.TokenLabel)
+	case len(privs) > 1:
+		// Signing with either would be a guess.
+		return 0, fmt.Errorf("%d private keys are labelled %q; labels must be unique", len(privs), label)
+	}
+	return privs[0], nil
 }
 
 // loggedIn fails with CKR_USER_NOT_LOGGED_IN (recoverable) when s is a

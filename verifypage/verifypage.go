@@ -17,14 +17,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"html/template"
-	"io/fs"
-	"mime"
 	"net/http"
-	"path"
 	"strings"
 
 	"github.com/certnode/certnode/internal/brand"
 	"github.com/certnode/certnode/internal/hostname"
+	"github.com/certnode/certnode/internal/webassets"
 )
 
 // Prefix is where the page is served.
@@ -44,32 +42,18 @@ type Config struct {
 
 // Handler serves the page and its assets.
 type Handler struct {
-	cfg   Config
-	tmpl  *template.Template
-	files map[string][]byte // asset path (under assets/) -> content
-	refs  map[string]asset
+	cfg    Config
+	tmpl   *template.Template
+	assets *webassets.Set
 }
-
-type asset struct{ URL, Integrity string }
 
 // New builds the handler.
 func New(cfg Config) (*Handler, error) {
-	h := &Handler{cfg: cfg, files: map[string][]byte{}, refs: map[string]asset{}}
-	err := fs.WalkDir(assets, "assets", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := assets.ReadFile(p)
-		name := strings.TrimPrefix(p, "assets/")
-		h.files[name] = b
-		sum := sha256.Sum256(b)
-		h.refs[name] = asset{URL: Prefix + "/assets/" + name + "?v=" + base64.RawURLEncoding.EncodeToString(sum[:6]),
-			Integrity: "sha256-" + base64.StdEncoding.EncodeToString(sum[:])}
-		return err
-	})
+	set, err := webassets.Load(assets, "assets", Prefix+"/assets/")
 	if err != nil {
 		return nil, err
 	}
+	h := &Handler{cfg: cfg, assets: set}
 	if h.tmpl, err = template.ParseFS(assets, "assets/index.html"); err != nil {
 		return nil, err
 	}
@@ -84,13 +68,13 @@ type page struct {
 	Title, OrgID, LogoURL, FaviconURL, SupportURL, SupportEmail string
 	Branded                                                     bool
 	Style                                                       template.CSS
-	JS, CSS                                                     asset
+	JS, CSS                                                     webassets.Ref
 }
 
 // render draws the page for o (nil: the service's), and returns it with
 // the hash of its inline style, for the page's policy.
 func (h *Handler) render(o *brand.Org) ([]byte, error) {
-	p := page{Title: brand.ServiceName, JS: h.refs["verify.js"], CSS: h.refs["verify.css"]}
+	p := page{Title: brand.ServiceName, JS: h.assets.Ref("verify.js"), CSS: h.assets.Ref("verify.css")}
 	var b brand.Branding
 	if o != nil {
 		b = o.Branding
@@ -161,19 +145,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		hdr.Set("Cache-Control", "no-store")
 		w.Write(b)
 	case strings.HasPrefix(p, Prefix+"/assets/"):
-		name := strings.TrimPrefix(p, Prefix+"/assets/")
-		b, ok := h.files[name]
-		if !ok || name == "index.html" {
-			http.NotFound(w, r)
-			return
-		}
-		ctype := mime.TypeByExtension(path.Ext(name))
-		if ctype == "" {
-			ctype = "application/octet-stream"
-		}
-		hdr.Set("Content-Type", ctype)
-		hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
-		w.Write(b)
+		h.assets.Serve(w, r)
 	default:
 		http.NotFound(w, r)
 	}
