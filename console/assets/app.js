@@ -79,7 +79,10 @@ function every(fn) {
 function main() { return document.getElementById('main'); }
 
 function showError(e) {
-  if (e instanceof APIError && e.status === 401) { signedOut(); return; }
+  // A 401 signs the page out, once: a request still on its way when the
+  // user signed out must not draw the sign-in form again over what they
+  // opened since (the forgotten-password form).
+  if (e instanceof APIError && e.status === 401) { if (S.me) signedOut(); return; }
   const box = document.getElementById('error') || main().appendChild(el('p', { id: 'error', class: 'error', role: 'alert' }));
   box.textContent = e.message || String(e);
 }
@@ -739,6 +742,9 @@ document.addEventListener('DOMContentLoaded', () => {
   window.addEventListener('hashchange', route);
   document.getElementById('org-select').addEventListener('change', (ev) => pickOrg(ev.target.value));
   document.getElementById('sign-out').addEventListener('click', async () => {
+    // Nothing of the signed-in pages runs on, nor draws over what follows.
+    stopTimers();
+    S.me = null;
     try { await api('/v1/auth/logout', { method: 'POST', body: {} }); } catch (_) { /* signed out either way */ }
     signedOut();
   });
