@@ -14,16 +14,8 @@ import (
 // brand colour disagree with the palette; the operator's CLI route turns
 // maintenance off.
 func TestBrandingReachesReplicas(t *testing.T) {
-	n := startNode(t, "solo", t.TempDir(), true, "")
-	testenv.WaitFor(t, "leader", 10*time.Second, func() (bool, string) { return n.node.IsLeader(), "" })
-	must := func(want int, method, path, body string) string {
-		t.Helper()
-		code, out := n.do(t, method, path, testAdmin, body)
-		if code != want {
-			t.Fatalf("%s %s: %d %s, want %d", method, path, code, out, want)
-		}
-		return out
-	}
+	n := soloNode(t)
+	must := operator(t, n).must
 	must(201, "POST", "/v1/admin/orgs", `{"id":"acme","name":"Acme Corp"}`)
 	r, err := NewReplica(ReplicaConfig{Addrs: []string{n.Addr()}, Token: testNode, Wait: time.Second})
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -36,21 +35,7 @@ func TestDevAPICustomization(t *testing.T) {
 	}
 	send := func(method, path, key, ctype, body string, hdr ...string) (*http.Response, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, e.base+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+key)
-		if ctype != "" {
-			req.Header.Set("Content-Type", ctype)
-		}
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
+		return requestWith(t, method, e.base+path, key, ctype, body, hdr...)
 	}
 	testenv.WaitFor(t, "dev applies the settings and the pinned key", 5*time.Second, func() (bool, string) {
 		resp, body := send("GET", "/v1/jobs/job_none", pinned.Key, "", "")

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -41,21 +40,8 @@ func TestE2EAPICustomization(t *testing.T) {
 
 	send := func(key, method, path, ctype, body string, hdr ...string) (int, http.Header, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, "http://"+e.http+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+key)
-		if ctype != "" {
-			req.Header.Set("Content-Type", ctype)
-		}
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, string(b)
+		resp, b := requestWith(t, method, "http://"+e.http+path, key, ctype, body, hdr...)
+		return resp.StatusCode, resp.Header, b
 	}
 	// Through ingest, as a customer does.
 	if code, _, body := send(acmeKey, "PATCH", "/v1/orgs/"+acme+"/api-settings", "application/json",

@@ -190,6 +190,27 @@ func (e *devEnv) do(method, path, key, ctype, body string) (int, string) {
 // request sends one HTTP request with an optional Bearer key and content
 // type and returns the status and body (0 and the error on a transport
 // failure, for the caller to report).
+// requestWith sends a request with extra headers (name, value pairs) and
+// gives the whole answer.
+func requestWith(t *testing.T, method, url, key, ctype, body string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
 func request(method, url, key, ctype, body string) (int, string) {
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	if key != "" {
