@@ -168,6 +168,18 @@ type HSM struct {
 // reopenBackoff spaces reconnection attempts to a failing token.
 const reopenBackoff = time.Second
 
+// errTokenNotFound: no slot holds a token with the configured label.
+var errTokenNotFound = errors.New("token not found")
+
+// A token missing at start is looked for again, for a bounded time: SoftHSM2
+// reads its tokens once, in C_Initialize, and leaves out for the life of the
+// process one it reads while another process writes it (SoftHSMv2#757); a
+// network HSM may also list a token late after it comes up.
+const (
+	tokenRescans    = 8
+	tokenRescanWait = 250 * time.Millisecond
+)
+
 // hsmObject is a key pair found on the token.
 type hsmObject struct {
 	priv pkcs11.ObjectHandle
@@ -239,6 +251,20 @@ func (m *moduleRef) initializeLocked() error {
 	return err
 }
 
+// rescan re-initialises the library so that it reads its tokens again, when
+// nothing else in the process uses it (C_Finalize would pull the sessions
+// from under another client). It reports whether it did.
+func (m *moduleRef) rescan() bool {
+	modules.Lock()
+	defer modules.Unlock()
+	if m.refs != 1 || !m.owned {
+		return false
+	}
+	_ = m.p.Finalize()
+	m.owned = false
+	return m.initializeLocked() == nil
+}
+
 func (m *moduleRef) release() {
 	modules.Lock()
 	defer modules.Unlock()
@@ -292,6 +318,13 @@ func OpenHSM(cfg PKCS11Config) (*HSM, error) {
 	cfg.PIN = ""
 	h := &HSM{cfg: cfg, pin: func() string { return pin }, mod: mod, slots: make(chan struct{}, cfg.Signers), closing: make(chan struct{})}
 	slot, s, err := h.connect()
+	for i := 0; errors.Is(err, errTokenNotFound) && i < tokenRescans; i++ {
+		time.Sleep(tokenRescanWait)
+		if !mod.rescan() {
+			break
+		}
+		slot, s, err = h.connect()
+	}
 	if err != nil {
 		mod.release()
 		return nil, fmt.Errorf("%w: %s", ErrHSMUnavailable, describeP11(err))
@@ -324,7 +357,7 @@ func (h *HSM) connect() (uint, pkcs11.SessionHandle, error) {
 		}
 		return slot, s, nil
 	}
-	return 0, 0, fmt.Errorf("token not found: no token labelled %q", h.cfg.TokenLabel)
+	return 0, 0, fmt.Errorf("%w: no token labelled %q", errTokenNotFound, h.cfg.TokenLabel)
 }
 
 // install starts a new generation on a freshly logged-in session.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -251,6 +252,40 @@ func TestHSMUnavailable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHSMTokenListedLate: a token the library does not list when the client
+// starts (SoftHSM2 leaves out one it read mid-write by another process) is
+// found when it appears within the rescan window.
+func TestHSMTokenListedLate(t *testing.T) {
+	module, _ := testenv.PKCS11(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "softhsm2.conf")
+	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", conf) // read by C_Initialize; no other client is open in this test
+	const pin = "late-token-pin"
+	initialised := make(chan error, 1)
+	go func() {
+		time.Sleep(4 * tokenRescanWait)
+		out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "late", "--pin", pin, "--so-pin", pin).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("softhsm2-util: %v: %s", err, out)
+		}
+		initialised <- err
+	}()
+	h, err := OpenHSM(PKCS11Config{Module: module, TokenLabel: "late", PIN: pin})
+	if ierr := <-initialised; ierr != nil {
+		t.Fatal(ierr)
+	}
+	if err != nil {
+		t.Fatalf("token initialised %v after start not found: %v", 4*tokenRescanWait, err)
+	}
+	h.Close()
 }
 
 // TestHSMBusy holds every signing slot and checks the wait is bounded.
