@@ -65,9 +65,9 @@ type SetKeyDefaults struct {
 
 func (*SetKeyDefaults) cmdType() cmdType { return cmdSetKeyDefaults }
 func (c *SetKeyDefaults) validate(s *State) error {
-	k, ok := s.Keys[c.Key]
-	if !ok || k.Org != c.Org {
-		return fmt.Errorf("%w: key %q", ErrNotFound, c.Key)
+	k, err := s.orgKey(c.Org, c.Key)
+	if err != nil {
+		return err
 	}
 	if !k.RevokedAt.IsZero() {
 		return fmt.Errorf("%w: key %q is revoked", ErrConflict, c.Key)

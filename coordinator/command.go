@@ -367,6 +367,16 @@ func (c *CreateKey) apply(s *State) {
 	s.Keys[k.ID] = &k
 }
 
+// orgKey is API key id of org; another organization's key is not found,
+// so the answer never tells one that the id exists.
+func (s *State) orgKey(org, id string) (*APIKey, error) {
+	k, ok := s.Keys[id]
+	if !ok || k.Org != org {
+		return nil, fmt.Errorf("%w: key %q", ErrNotFound, id)
+	}
+	return k, nil
+}
+
 // RevokeKey ends a key at At; a revoked key stays listed.
 type RevokeKey struct {
 	Meta `json:"meta,omitzero"`
@@ -377,9 +387,9 @@ type RevokeKey struct {
 
 func (*RevokeKey) cmdType() cmdType { return cmdRevokeKey }
 func (c *RevokeKey) validate(s *State) error {
-	k, ok := s.Keys[c.ID]
-	if !ok || k.Org != c.Org {
-		return fmt.Errorf("%w: key %q", ErrNotFound, c.ID)
+	k, err := s.orgKey(c.Org, c.ID)
+	if err != nil {
+		return err
 	}
 	if c.At.IsZero() {
 		return invalid("at is required")

@@ -27,10 +27,10 @@ type SuspendKey struct {
 
 func (*SuspendKey) cmdType() cmdType { return cmdSuspendKey }
 func (c *SuspendKey) validate(s *State) error {
-	k, ok := s.Keys[c.ID]
+	k, err := s.orgKey(c.Org, c.ID)
 	switch {
-	case !ok || k.Org != c.Org:
-		return fmt.Errorf("%w: key %q", ErrNotFound, c.ID)
+	case err != nil:
+		return err
 	case c.At.IsZero():
 		return invalid("at is required")
 	case len(c.Reason) > 200:
